@@ -1,0 +1,8 @@
+"""The mreg client: push and pull model versions, manage aliases and registered models."""
+
+from __future__ import annotations
+
+from client.errors import MregError
+from client.registry import PullResult, PushResult, Registry
+
+__all__ = ["MregError", "PullResult", "PushResult", "Registry"]

@@ -1,0 +1,39 @@
+"""Configuration of the blob service: flags, each with an environment variable of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlobConfig:
+    """Settings of one blob service process."""
+
+    listen: str = "127.0.0.1:50052"
+    store: str = ".mreg/blobs"
+    workers: int = 32
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get("MREG_BLOB_LISTEN", BlobConfig.listen),
+        help="host:port to serve on; port 0 picks a free one (env MREG_BLOB_LISTEN)",
+    )
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("MREG_BLOB_STORE", BlobConfig.store),
+        help="where blobs live: a directory, or s3://BUCKET/PREFIX?endpoint=HOST:PORT (env MREG_BLOB_STORE)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("MREG_BLOB_WORKERS", BlobConfig.workers)),
+        help="concurrent RPCs served (env MREG_BLOB_WORKERS)",
+    )
+
+
+def from_args(args: argparse.Namespace) -> BlobConfig:
+    return BlobConfig(listen=args.listen, store=args.store, workers=args.workers)

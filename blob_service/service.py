@@ -1,0 +1,231 @@
+"""The blob service's domain logic: verified, content-addressed reads and writes.
+
+The storage backend only keeps bytes; everything about integrity lives here. Writes are
+hashed as they arrive and published only when the digest matches. Reads are hashed as
+they are served, and the last chunk is held back until the hash is verified, so a
+corrupt blob is reported as DATA_LOSS and never delivered whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from blob_service.digests import Digest
+from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
+from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+# Batch RPCs are for small blobs; larger content goes through the streaming RPCs.
+MAX_BATCH_BYTES = 32 << 20
+
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteChunk:
+    """One message of a write stream, already decoded."""
+
+    offset: int
+    data: bytes
+    finish: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReadResult:
+    digest: Digest
+    data: bytes | None
+    error: BlobError | None
+
+
+def validate_upload_id(upload_id: str) -> str:
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise InvalidArgument(
+            f"upload_id {upload_id[:140]!r} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)"
+        )
+    return upload_id
+
+
+class BlobStore:
+    """Verified access to a storage backend."""
+
+    def __init__(self, storage: BlobStorage, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.storage = storage
+        self.chunk_size = chunk_size
+
+    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        """Returns the digests not stored, in the order given, each once."""
+        seen: set[Digest] = set()
+        missing = []
+        for digest in digests:
+            if digest in seen:
+                continue
+            seen.add(digest)
+            if not self.storage.has(digest):
+                missing.append(digest)
+        return missing
+
+    def write(self, upload_id: str, digest: Digest, chunks: Iterator[WriteChunk]) -> int:
+        """Receives an upload and publishes it if its content matches ``digest``.
+
+        Returns:
+            The committed size: ``digest.size_bytes`` once the blob is stored, or the
+            bytes received so far when the stream ends without finishing.
+
+        Raises:
+            OutOfRange: a chunk's offset is not where the upload stands.
+            InvalidArgument: more bytes than the digest's size, or a hash mismatch.
+        """
+        validate_upload_id(upload_id)
+        if self.storage.has(digest):
+            return digest.size_bytes
+        upload = self.storage.begin_write(upload_id, digest)
+        try:
+            hasher = self._restore_hash(upload)
+            for chunk in chunks:
+                if chunk.offset != upload.committed_size:
+                    raise OutOfRange(
+                        f"write_offset {chunk.offset} does not continue upload {upload_id}, "
+                        f"which has {upload.committed_size} bytes: resume from there"
+                    )
+                if upload.committed_size + len(chunk.data) > digest.size_bytes:
+                    self.storage.abort_write(upload)
+                    raise InvalidArgument(
+                        f"upload {upload_id} sent more than the {digest.size_bytes} bytes of blob {digest}; "
+                        "nothing was stored"
+                    )
+                hasher.update(chunk.data)
+                upload.append(chunk.data)
+                if chunk.finish:
+                    return self._publish(upload, hasher)
+            return upload.committed_size
+        finally:
+            upload.close()
+
+    def _restore_hash(self, upload: PartialUpload) -> hashlib._Hash:
+        hasher = hashlib.sha256()
+        if upload.committed_size > upload.digest.size_bytes:
+            self.storage.abort_write(upload)
+            raise InvalidArgument(f"upload {upload.upload_id} holds more bytes than its digest; restart it")
+        for block in upload.read_back():
+            hasher.update(block)
+        return hasher
+
+    def _publish(self, upload: PartialUpload, hasher: hashlib._Hash) -> int:
+        digest = upload.digest
+        actual = hasher.hexdigest()
+        if upload.committed_size != digest.size_bytes or actual != digest.hash:
+            self.storage.abort_write(upload)
+            raise InvalidArgument(
+                f"uploaded content does not match digest {digest}: received {upload.committed_size} bytes "
+                f"with sha256 {actual}; nothing was stored"
+            )
+        if self.storage.has(digest):
+            # A concurrent upload of the same content won; ours is redundant.
+            self.storage.abort_write(upload)
+        else:
+            self.storage.commit_write(upload)
+            log.debug("stored blob %s", digest)
+        return digest.size_bytes
+
+    def query_write_status(self, upload_id: str, digest: Digest) -> tuple[int, bool]:
+        """Returns (committed size, complete) for an upload.
+
+        Raises:
+            NotFound: no such upload is in progress and the blob is not stored.
+        """
+        validate_upload_id(upload_id)
+        if self.storage.has(digest):
+            return digest.size_bytes, True
+        size = self.storage.upload_size(upload_id, digest)
+        if size is None:
+            raise NotFound(f"no upload {upload_id} of blob {digest} is in progress; start it at offset 0")
+        return size, False
+
+    def read(self, digest: Digest, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
+        """Yields the bytes [offset, offset+limit) of a blob in chunks, verifying all of it.
+
+        Raises:
+            NotFound, OutOfRange, DataLoss (the last chunk is never yielded then).
+        """
+        if offset < 0 or limit < 0:
+            raise InvalidArgument("read_offset and read_limit must not be negative")
+        if offset > digest.size_bytes:
+            raise OutOfRange(f"read_offset {offset} is past the end of blob {digest}")
+        end = digest.size_bytes if limit == 0 else min(digest.size_bytes, offset + limit)
+        # The generator body runs lazily; check existence now so NOT_FOUND comes first.
+        reader = self.storage.open_read(digest)
+        return self._read_verified(reader, digest, offset, end)
+
+    def _read_verified(self, reader: BlobReader, digest: Digest, start: int, end: int) -> Iterator[bytes]:
+        hasher = hashlib.sha256()
+        position = 0
+        held: bytes | None = None
+        with reader:
+            while block := reader.read(self.chunk_size):
+                hasher.update(block)
+                block_start, position = position, position + len(block)
+                if position > digest.size_bytes:
+                    break
+                lo, hi = max(start, block_start), min(end, position)
+                if lo < hi:
+                    if held is not None:
+                        yield held
+                    held = block[lo - block_start : hi - block_start]
+        if position != digest.size_bytes or hasher.hexdigest() != digest.hash:
+            log.error("blob %s is corrupt on %r", digest, self.storage)
+            raise DataLoss(
+                f"stored content of blob {digest} does not match its digest "
+                f"({position} bytes, sha256 {hasher.hexdigest()}); it was not served"
+            )
+        if held is not None:
+            yield held
+
+    def batch_update(self, items: list[tuple[Digest, bytes]]) -> list[BlobError | None]:
+        """Stores several small blobs; returns one error (or None) per item."""
+        total = sum(len(data) for _, data in items)
+        if total > MAX_BATCH_BYTES:
+            raise InvalidArgument(
+                f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Write for large blobs"
+            )
+        results: list[BlobError | None] = []
+        for digest, data in items:
+            try:
+                if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
+                    raise InvalidArgument(f"data does not match digest {digest}; nothing was stored")
+                if not self.storage.has(digest):
+                    self._store_small(digest, data)
+                results.append(None)
+            except BlobError as e:
+                results.append(e)
+        return results
+
+    def _store_small(self, digest: Digest, data: bytes) -> None:
+        upload = self.storage.begin_write(f"batch-{uuid.uuid4().hex}", digest)
+        try:
+            upload.append(data)
+            self.storage.commit_write(upload)
+        finally:
+            upload.close()
+
+    def batch_read(self, digests: list[Digest]) -> list[BatchReadResult]:
+        """Reads several small blobs, verified; one result per digest."""
+        total = sum(d.size_bytes for d in digests)
+        if total > MAX_BATCH_BYTES:
+            raise InvalidArgument(
+                f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Read for large blobs"
+            )
+        results = []
+        for digest in digests:
+            try:
+                data = b"".join(self.read(digest))
+                results.append(BatchReadResult(digest, data, None))
+            except BlobError as e:
+                results.append(BatchReadResult(digest, None, e))
+        return results

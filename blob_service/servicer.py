@@ -1,0 +1,134 @@
+"""gRPC servicer for mreg.blob.v1.BlobService: translates protos to the domain and back."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from mreg.blob.v1 import blob_service_pb2 as pb
+from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
+
+from blob_service.digests import Digest
+from blob_service.errors import BlobError, InvalidArgument
+from blob_service.service import BlobStore, WriteChunk
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _abort_on_domain_error(method: F) -> F:
+    """Maps domain errors to their gRPC status; anything else is a bug, logged as such."""
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except BlobError as e:
+            context.abort(grpc.StatusCode[e.code], str(e))
+
+    @functools.wraps(method)
+    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except BlobError as e:
+            context.abort(grpc.StatusCode[e.code], str(e))
+
+    return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
+
+
+def _digest(message: pb.Digest) -> Digest:
+    return Digest.parse(message.hash, message.size_bytes)
+
+
+def _digest_pb(digest: Digest) -> pb.Digest:
+    return pb.Digest(hash=digest.hash, size_bytes=digest.size_bytes)
+
+
+def _status(error: BlobError | None) -> status_pb2.Status:
+    if error is None:
+        return status_pb2.Status(code=code_pb2.OK)
+    return status_pb2.Status(code=grpc.StatusCode[error.code].value[0], message=str(error))
+
+
+class BlobServicer(pb_grpc.BlobServiceServicer):
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    @_abort_on_domain_error
+    def FindMissingBlobs(
+        self, request: pb.FindMissingBlobsRequest, context: grpc.ServicerContext
+    ) -> pb.FindMissingBlobsResponse:
+        missing = self.store.find_missing(_digest(d) for d in request.blob_digests)
+        return pb.FindMissingBlobsResponse(missing_blob_digests=[_digest_pb(d) for d in missing])
+
+    @_abort_on_domain_error
+    def BatchUpdateBlobs(
+        self, request: pb.BatchUpdateBlobsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchUpdateBlobsResponse:
+        items = [(_digest(r.digest), r.data) for r in request.requests]
+        errors = self.store.batch_update(items)
+        return pb.BatchUpdateBlobsResponse(
+            responses=[
+                pb.BatchUpdateBlobsResponse.Response(digest=_digest_pb(d), status=_status(err))
+                for (d, _), err in zip(items, errors, strict=True)
+            ]
+        )
+
+    @_abort_on_domain_error
+    def BatchReadBlobs(
+        self, request: pb.BatchReadBlobsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchReadBlobsResponse:
+        results = self.store.batch_read([_digest(d) for d in request.digests])
+        return pb.BatchReadBlobsResponse(
+            responses=[
+                pb.BatchReadBlobsResponse.Response(
+                    digest=_digest_pb(r.digest), data=r.data or b"", status=_status(r.error)
+                )
+                for r in results
+            ]
+        )
+
+    @_abort_on_domain_error
+    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
+        for data in self.store.read(_digest(request.digest), request.read_offset, request.read_limit):
+            yield pb.ReadResponse(data=data)
+
+    @_abort_on_domain_error
+    def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+        first = next(request_iterator, None)
+        if first is None:
+            raise InvalidArgument("the write stream carried no message")
+        if not first.upload_id or not first.HasField("digest"):
+            raise InvalidArgument("the first WriteRequest must set upload_id and digest")
+        digest = _digest(first.digest)
+
+        def chunks() -> Iterator[WriteChunk]:
+            message = first
+            while True:
+                if (message.upload_id and message.upload_id != first.upload_id) or (
+                    message.HasField("digest") and message.digest != first.digest
+                ):
+                    raise InvalidArgument("upload_id and digest must not change within a write stream")
+                yield WriteChunk(message.write_offset, message.data, message.finish_write)
+                if message.finish_write:
+                    return
+                next_message = next(request_iterator, None)
+                if next_message is None:
+                    return
+                message = next_message
+
+        committed = self.store.write(first.upload_id, digest, chunks())
+        return pb.WriteResponse(committed_size=committed)
+
+    @_abort_on_domain_error
+    def QueryWriteStatus(
+        self, request: pb.QueryWriteStatusRequest, context: grpc.ServicerContext
+    ) -> pb.QueryWriteStatusResponse:
+        committed, complete = self.store.query_write_status(request.upload_id, _digest(request.digest))
+        return pb.QueryWriteStatusResponse(committed_size=committed, complete=complete)

@@ -1,0 +1,98 @@
+"""The storage interface every blob backend implements.
+
+Backends only store and return bytes. They never hash: the blob service verifies every
+digest before it asks a backend to publish, and verifies content as it reads it back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from blob_service.digests import Digest
+
+
+class BlobReader(ABC):
+    """A forward-only reader over one stored blob."""
+
+    @abstractmethod
+    def read(self, size: int) -> bytes:
+        """Returns up to ``size`` bytes; an empty result means the end of the blob."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Releases the underlying file or connection."""
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PartialUpload(ABC):
+    """An upload in progress whose received bytes live in the backend, not in memory.
+
+    Any process that opens the same upload id continues from ``committed_size``.
+    """
+
+    def __init__(self, upload_id: str, digest: Digest) -> None:
+        self.upload_id = upload_id
+        self.digest = digest
+
+    @property
+    @abstractmethod
+    def committed_size(self) -> int:
+        """The number of bytes received and kept so far."""
+
+    @abstractmethod
+    def append(self, data: bytes) -> None:
+        """Adds bytes at ``committed_size``."""
+
+    @abstractmethod
+    def read_back(self) -> Iterator[bytes]:
+        """Yields the bytes kept so far, so a resumed upload can restore its hash state."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Makes the received bytes durable and releases the upload for other writers."""
+
+
+class BlobStorage(ABC):
+    """Where blob bytes live. One subclass per backend."""
+
+    @abstractmethod
+    def has(self, digest: Digest) -> bool:
+        """True if the blob is published."""
+
+    @abstractmethod
+    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
+        """Opens a published blob at ``offset``.
+
+        Raises:
+            NotFound: the blob is not published.
+        """
+
+    @abstractmethod
+    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
+        """Opens the upload ``upload_id`` of ``digest``, creating it or resuming it.
+
+        Raises:
+            Aborted: another stream is writing the same upload right now.
+        """
+
+    @abstractmethod
+    def upload_size(self, upload_id: str, digest: Digest) -> int | None:
+        """The committed size of an upload in progress, or None if there is none."""
+
+    @abstractmethod
+    def commit_write(self, upload: PartialUpload) -> None:
+        """Publishes a complete, verified upload atomically under its digest."""
+
+    @abstractmethod
+    def abort_write(self, upload: PartialUpload) -> None:
+        """Discards an upload and everything it received."""
+
+    @abstractmethod
+    def delete(self, digest: Digest) -> None:
+        """Removes a published blob; a blob that is not there is not an error."""

@@ -1,0 +1,151 @@
+"""The local-disk backend: one file per blob, published by rename.
+
+Layout under the root directory::
+
+    blobs/ab/abcdef...      published blobs, named by their SHA-256
+    uploads/<id>.<sha256>   uploads in progress
+
+A published file is always complete: uploads are written to their own file, fsynced,
+and renamed into place, which is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from blob_service.digests import Digest
+from blob_service.errors import Aborted, NotFound
+from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
+
+_READ_BACK_CHUNK = 4 << 20
+
+
+class _FileReader(BlobReader):
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def read(self, size: int) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _DiskUpload(PartialUpload):
+    def __init__(self, upload_id: str, digest: Digest, path: Path) -> None:
+        super().__init__(upload_id, digest)
+        self.path = path
+        self._file = open(path, "ab")  # noqa: SIM115 - owned until close()
+        try:
+            # A lock per upload file keeps two streams (in any process on this host) from
+            # interleaving bytes of the same upload.
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._file.close()
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Aborted(
+                    f"upload {upload_id} is being written by another stream; "
+                    "query its status and retry when that stream ends"
+                ) from e
+            raise
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    @property
+    def committed_size(self) -> int:
+        return self._size
+
+    def append(self, data: bytes) -> None:
+        self._file.write(data)
+        self._size += len(data)
+
+    def read_back(self) -> Iterator[bytes]:
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(_READ_BACK_CHUNK):
+                yield chunk
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()
+
+
+class DiskStorage(BlobStorage):
+    """Blobs as files under one directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self._blobs = self.root / "blobs"
+        self._uploads = self.root / "uploads"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._uploads.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"DiskStorage({str(self.root)!r})"
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self._blobs / digest.hash[:2] / digest.hash
+
+    def _upload_path(self, upload_id: str, digest: Digest) -> Path:
+        return self._uploads / f"{upload_id}.{digest.hash}"
+
+    def has(self, digest: Digest) -> bool:
+        try:
+            return self.blob_path(digest).stat().st_size == digest.size_bytes
+        except FileNotFoundError:
+            return False
+
+    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
+        try:
+            file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
+        except FileNotFoundError as e:
+            raise NotFound(f"blob {digest} is not stored") from e
+        file.seek(offset)
+        return _FileReader(file)
+
+    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
+        return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest))
+
+    def upload_size(self, upload_id: str, digest: Digest) -> int | None:
+        try:
+            return self._upload_path(upload_id, digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def commit_write(self, upload: PartialUpload) -> None:
+        assert isinstance(upload, _DiskUpload)
+        upload.sync()
+        target = self.blob_path(upload.digest)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(upload.path, target)
+        upload.close()
+        _fsync_dir(target.parent)
+
+    def abort_write(self, upload: PartialUpload) -> None:
+        assert isinstance(upload, _DiskUpload)
+        upload.close()
+        with contextlib.suppress(FileNotFoundError):
+            upload.path.unlink()
+
+    def delete(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(digest).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is only durable once the directory entry itself is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

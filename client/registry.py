@@ -1,0 +1,309 @@
+"""The Python client: one object that composes the metadata and blob services.
+
+registry = Registry.connect("localhost:50051", "localhost:50052", entity="acme", project="vision")
+result = registry.push("./checkpoint", "resnet", aliases=["candidate"])
+registry.pull("resnet:candidate", "./restored")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+
+from client.errors import MregError
+from client.hashing import LocalFile, list_files, sha256_file
+from client.transfer import BlobTransfer, ProgressCallback, RemoteFile
+
+DEFAULT_METADATA_ADDR = "localhost:50051"
+DEFAULT_BLOB_ADDR = "localhost:50052"
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", 256 << 20),
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did."""
+
+    version: pb.Version
+    created: bool
+    links: tuple[pb.Link, ...]
+    files: int
+    size_bytes: int
+    uploaded_bytes: int
+
+
+@dataclass(frozen=True)
+class PullResult:
+    version: pb.Version
+    link: pb.Link | None
+    files: int
+    size_bytes: int
+    downloaded_bytes: int
+
+
+class Registry:
+    """A connection to an mreg registry (both services)."""
+
+    def __init__(
+        self,
+        metadata_channel: grpc.Channel,
+        blob_channel: grpc.Channel,
+        *,
+        entity: str | None = None,
+        project: str | None = None,
+        parallel: int = 8,
+    ) -> None:
+        self._channels = (metadata_channel, blob_channel)
+        self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
+        self.blobs = blob_grpc.BlobServiceStub(blob_channel)
+        self.transfer = BlobTransfer(self.blobs, parallel=parallel)
+        self.parallel = parallel
+        headers = []
+        if entity:
+            headers.append(("mreg-entity", entity))
+        if project:
+            headers.append(("mreg-project", project))
+        self._headers = tuple(headers)
+
+    @classmethod
+    def connect(
+        cls,
+        metadata_addr: str | None = None,
+        blob_addr: str | None = None,
+        *,
+        entity: str | None = None,
+        project: str | None = None,
+        parallel: int = 8,
+    ) -> Registry:
+        """Connects to the services; addresses and defaults fall back to MREG_* environment variables."""
+        metadata_addr = metadata_addr or os.environ.get("MREG_METADATA_ADDR") or DEFAULT_METADATA_ADDR
+        blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or DEFAULT_BLOB_ADDR
+        return cls(
+            grpc.insecure_channel(metadata_addr, options=CHANNEL_OPTIONS),
+            grpc.insecure_channel(blob_addr, options=CHANNEL_OPTIONS),
+            entity=entity if entity is not None else os.environ.get("MREG_ENTITY"),
+            project=project if project is not None else os.environ.get("MREG_PROJECT"),
+            parallel=parallel,
+        )
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, metadata=self._headers)
+        except grpc.RpcError as e:
+            raise MregError.from_rpc(e, "the metadata service") from e
+
+    # Push and pull -----------------------------------------------------------------------
+
+    def push(
+        self,
+        directory: str | os.PathLike[str],
+        ref: str,
+        *,
+        type: str = "model",
+        aliases: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        description: str = "",
+        tags: Sequence[str] = (),
+        link_to: Sequence[str] = (),
+        progress: Callable[[int], ProgressCallback] | None = None,
+    ) -> PushResult:
+        """Uploads a directory as a new version of the artifact ``ref`` and commits it.
+
+        Only content the blob service lacks is uploaded; pushing an unchanged directory
+        returns the existing latest version. ``link_to`` names registered models to link
+        the version into (created on first use with the artifact's type).
+
+        Args:
+            progress: called with the number of bytes to upload; returns a callback
+                that receives byte counts as they are sent.
+
+        Raises:
+            MregError: carrying the gRPC status code and the server's message.
+        """
+        root = Path(directory)
+        local = self._hash_directory(root)
+        pending = self._call(
+            self.metadata.CreateVersion,
+            pb.CreateVersionRequest(
+                artifact=ref, type=type, description=description, tags=list(tags), metadata=_struct(metadata)
+            ),
+        ).version
+        missing = self.transfer.find_missing(sorted({(f.sha256, f.size_bytes) for f in local}))
+        to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
+        total = sum({(f.sha256, f.size_bytes): f.size_bytes for f in to_send}.values())
+        uploaded = self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
+        for model in link_to:
+            self.ensure_registered_model(model, type=type)
+        response = self._call(
+            self.metadata.CommitVersion,
+            pb.CommitVersionRequest(
+                uid=pending.uid,
+                manifest=[
+                    pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
+                    for f in local
+                ],
+                aliases=list(aliases),
+                links=[pb.LinkTarget(registered_model=m) for m in link_to],
+            ),
+        )
+        return PushResult(
+            version=response.version,
+            created=response.created,
+            links=tuple(response.links),
+            files=len(local),
+            size_bytes=sum(f.size_bytes for f in local),
+            uploaded_bytes=uploaded,
+        )
+
+    def _hash_directory(self, root: Path) -> list[LocalFile]:
+        found = list_files(root)
+        with ThreadPoolExecutor(max(2, self.parallel)) as pool:
+            digests = list(pool.map(lambda item: sha256_file(item[0]), found))
+        return [
+            LocalFile(source, path, sha256, size) for (source, path), (sha256, size) in zip(found, digests, strict=True)
+        ]
+
+    def pull(
+        self,
+        ref: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: Callable[[int], ProgressCallback] | None = None,
+    ) -> PullResult:
+        """Downloads the version ``ref`` names into ``dest``, verifying every file.
+
+        Raises:
+            MregError: NOT_FOUND for an unknown reference, DATA_LOSS if content does not
+                verify (the affected file is then absent from ``dest``).
+        """
+        resolution = self.resolve(ref)
+        version = resolution.version
+        files = [RemoteFile(e.path, e.digest.hash, e.digest.size_bytes) for e in version.manifest]
+        target = Path(dest)
+        target.mkdir(parents=True, exist_ok=True)
+        total = sum(f.size_bytes for f in files)
+        received = self.transfer.download(files, target, progress(total) if progress else None)
+        return PullResult(
+            version=version,
+            link=resolution.link if resolution.HasField("link") else None,
+            files=len(files),
+            size_bytes=total,
+            downloaded_bytes=received,
+        )
+
+    # Metadata ----------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> pb.ResolveReferenceResponse:
+        return self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(reference=ref))
+
+    def get_artifact(self, name: str) -> pb.Artifact:
+        return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name))
+
+    def get_registered_model(self, name: str) -> pb.RegisteredModel:
+        return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name))
+
+    def create_registered_model(self, name: str, *, type: str = "model", description: str = "") -> pb.RegisteredModel:
+        return self._call(
+            self.metadata.CreateRegisteredModel,
+            pb.CreateRegisteredModelRequest(name=name, type=type, description=description),
+        )
+
+    def ensure_registered_model(self, name: str, *, type: str = "model") -> None:
+        """Creates a registered model unless one with this name exists."""
+        try:
+            self.create_registered_model(name, type=type)
+        except MregError as e:
+            if e.code != "ALREADY_EXISTS":
+                raise
+
+    def link(self, ref: str, registered_model: str, aliases: Sequence[str] = ()) -> pb.CreateLinkResponse:
+        """Links the version ``ref`` names into a registered model (created on first use)."""
+        version = self.resolve(ref).version
+        self.ensure_registered_model(registered_model, type=version.type)
+        return self._call(
+            self.metadata.CreateLink,
+            pb.CreateLinkRequest(version=ref, registered_model=registered_model, aliases=list(aliases)),
+        )
+
+    def set_alias(self, ref: str, alias: str) -> pb.SetAliasResponse:
+        return self._call(self.metadata.SetAlias, pb.SetAliasRequest(target=ref, alias=alias))
+
+    def delete_alias(self, collection: str, alias: str) -> pb.DeleteAliasResponse:
+        return self._call(self.metadata.DeleteAlias, pb.DeleteAliasRequest(collection=collection, alias=alias))
+
+    def list_versions(self, artifact: str, page_size: int = 0) -> Iterator[pb.Version]:
+        yield from self._paginate(
+            self.metadata.ListVersions,
+            pb.ListVersionsRequest(parent=artifact, page_size=page_size),
+            "versions",
+        )
+
+    def list_links(self, registered_model: str, page_size: int = 0) -> Iterator[pb.Link]:
+        yield from self._paginate(
+            self.metadata.ListLinks,
+            pb.ListLinksRequest(parent=registered_model, page_size=page_size),
+            "links",
+        )
+
+    def list_artifacts(self, project: str, page_size: int = 0) -> Iterator[pb.Artifact]:
+        yield from self._paginate(
+            self.metadata.ListArtifacts,
+            pb.ListArtifactsRequest(parent=project, page_size=page_size),
+            "artifacts",
+        )
+
+    def list_registered_models(self, project: str, page_size: int = 0) -> Iterator[pb.RegisteredModel]:
+        yield from self._paginate(
+            self.metadata.ListRegisteredModels,
+            pb.ListRegisteredModelsRequest(parent=project, page_size=page_size),
+            "registered_models",
+        )
+
+    def _paginate(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        while True:
+            response = self._call(method, request)
+            yield from getattr(response, field)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+
+def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    message = struct_pb2.Struct()
+    try:
+        message.update(json.loads(json.dumps(value)))
+    except (TypeError, ValueError) as e:
+        raise MregError("INVALID_ARGUMENT", f"metadata is not a JSON object: {e}") from e
+    return message
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(message)

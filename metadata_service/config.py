@@ -1,0 +1,59 @@
+"""Configuration of the metadata service: flags, each with an environment variable of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """Settings of one metadata service process."""
+
+    listen: str = "127.0.0.1:50051"
+    database_url: str = "sqlite:///.mreg/metadata.db"
+    blob_addr: str = "localhost:50052"
+    workers: int = 32
+    migrate: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get("MREG_METADATA_LISTEN", MetadataConfig.listen),
+        help="host:port to serve on; port 0 picks a free one (env MREG_METADATA_LISTEN)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("MREG_DATABASE_URL", MetadataConfig.database_url),
+        help="SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env MREG_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--blob-addr",
+        default=os.environ.get("MREG_BLOB_ADDR", MetadataConfig.blob_addr),
+        help="the blob service that commits are verified against (env MREG_BLOB_ADDR)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("MREG_METADATA_WORKERS", MetadataConfig.workers)),
+        help="concurrent RPCs served (env MREG_METADATA_WORKERS)",
+    )
+    parser.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        default=os.environ.get("MREG_NO_MIGRATE", "") == "",
+        help="do not upgrade the database schema at start-up (env MREG_NO_MIGRATE=1)",
+    )
+
+
+def from_args(args: argparse.Namespace) -> MetadataConfig:
+    return MetadataConfig(
+        listen=args.listen,
+        database_url=args.database_url,
+        blob_addr=args.blob_addr,
+        workers=args.workers,
+        migrate=args.migrate,
+    )

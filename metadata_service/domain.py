@@ -1,0 +1,97 @@
+"""Plain values the metadata service returns: what the servicer turns into protos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from metadata_service.manifest import FileEntry
+
+T = TypeVar("T")
+
+
+class VersionState(StrEnum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    DELETED = "deleted"
+
+
+class CollectionKind(StrEnum):
+    ARTIFACT = "artifact"
+    REGISTERED_MODEL = "registered_model"
+
+    @property
+    def label(self) -> str:
+        return "artifact" if self is CollectionKind.ARTIFACT else "registered model"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionView:
+    name: str
+    uid: str
+    artifact: str
+    type: str
+    index: int | None
+    state: VersionState
+    digest: str
+    size_bytes: int
+    file_count: int
+    aliases: tuple[str, ...]
+    description: str
+    tags: tuple[str, ...]
+    metadata: dict[str, Any]
+    created_at: datetime
+    committed_at: datetime | None
+    manifest: tuple[FileEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionView:
+    """An artifact (member_count counts versions) or registered model (counts links)."""
+
+    name: str
+    kind: CollectionKind
+    type: str
+    description: str
+    member_count: int
+    aliases: tuple[tuple[str, int], ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    name: str
+    registered_model: str
+    index: int
+    aliases: tuple[str, ...]
+    version: VersionView
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    version: VersionView
+    created: bool
+    links: tuple[LinkView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    version: VersionView
+    link: LinkView | None
+
+
+@dataclass(frozen=True, slots=True)
+class AliasChange:
+    collection: str
+    alias: str
+    index: int
+    previous_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    next_page_token: str

@@ -1,0 +1,111 @@
+"""Manifests: the validated, canonical list of a version's files, and its digest.
+
+The canonical form, which other implementations can reproduce, is the compact JSON
+array of the entries sorted by the UTF-8 bytes of their paths, each entry an object with
+keys in sorted order: ``digest`` (hex SHA-256), ``metadata`` (only if present),
+``path`` and ``size``. The version digest is the SHA-256 of that JSON's UTF-8 encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from metadata_service.errors import InvalidArgument
+
+PATH_MAX = 4096
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of a version."""
+
+    path: str
+    digest: str
+    size_bytes: int
+    metadata: dict[str, Any] | None = field(default=None, compare=False)
+
+    def canonical(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"digest": self.digest, "path": self.path, "size": self.size_bytes}
+        if self.metadata:
+            entry["metadata"] = self.metadata
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The sorted, validated files of a version."""
+
+    entries: tuple[FileEntry, ...]
+
+    @property
+    def digest(self) -> str:
+        encoded = json.dumps(
+            [e.canonical() for e in self.entries], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(e.size_bytes for e in self.entries)
+
+
+def validate_path(path: str) -> str:
+    """Checks that a manifest path is a clean relative POSIX path.
+
+    Raises:
+        InvalidArgument: naming the path and the rule it breaks.
+    """
+    problem = None
+    if not path:
+        problem = "it is empty"
+    elif len(path.encode()) > PATH_MAX:
+        problem = f"it is longer than {PATH_MAX} bytes"
+    elif path.startswith("/"):
+        problem = "it is absolute; paths are relative to the version's root"
+    elif "\\" in path or "\0" in path:
+        problem = "it contains a backslash or NUL; use '/' as the separator"
+    else:
+        for segment in path.split("/"):
+            if segment == "":
+                problem = "it has an empty segment ('//' or a trailing '/')"
+            elif segment in (".", ".."):
+                problem = f"it has a {segment!r} segment; paths must not leave or repeat directories"
+            if problem:
+                break
+    if problem:
+        raise InvalidArgument(f"manifest path {path[:300]!r} is invalid: {problem}")
+    return path
+
+
+def build_manifest(entries: Iterable[FileEntry]) -> Manifest:
+    """Validates entries and sorts them into a manifest.
+
+    Raises:
+        InvalidArgument: a path is invalid or repeated, or a digest is malformed.
+    """
+    by_path: dict[str, FileEntry] = {}
+    for entry in entries:
+        validate_path(entry.path)
+        if not _HEX64.fullmatch(entry.digest):
+            raise InvalidArgument(
+                f"manifest entry {entry.path!r} has digest {entry.digest[:80]!r}; expected 64 lowercase hex characters"
+            )
+        if entry.size_bytes < 0:
+            raise InvalidArgument(f"manifest entry {entry.path!r} has a negative size")
+        if entry.path in by_path:
+            raise InvalidArgument(f"manifest path {entry.path!r} appears more than once")
+        by_path[entry.path] = entry
+    for path in by_path:
+        parent = path.rpartition("/")[0]
+        while parent:
+            if parent in by_path:
+                raise InvalidArgument(f"manifest path {path!r} lies inside {parent!r}, which is a file")
+            parent = parent.rpartition("/")[0]
+    ordered = sorted(by_path.values(), key=lambda e: e.path.encode())
+    return Manifest(tuple(ordered))

@@ -1,0 +1,69 @@
+"""Builds and runs the metadata service's gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from mreg.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
+from sqlalchemy import Engine
+
+from metadata_service.blob_client import BlobContentChecker
+from metadata_service.config import MetadataConfig
+from metadata_service.db import create_database_engine, upgrade_schema
+from metadata_service.service import Registry
+from metadata_service.servicer import MetadataServicer
+from metadata_service.unit_of_work import Database
+
+log = logging.getLogger(__name__)
+
+# Manifests of very many files travel in one CommitVersion message.
+MAX_MESSAGE_BYTES = 256 << 20
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class RunningMetadataServer:
+    server: grpc.Server
+    port: int
+    engine: Engine
+    content: BlobContentChecker
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        self.server.stop(grace).wait()
+        self.content.close()
+        self.engine.dispose()
+
+
+def start(config: MetadataConfig) -> RunningMetadataServer:
+    """Starts a metadata server (upgrading the schema first unless told not to)."""
+    engine = create_database_engine(config.database_url)
+    if config.migrate:
+        upgrade_schema(engine)
+    content = BlobContentChecker(config.blob_addr)
+    registry = Registry(Database(engine), content)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
+    metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_name = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
+    health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {config.listen}")
+    server.start()
+    log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
+    return RunningMetadataServer(server, port, engine, content)

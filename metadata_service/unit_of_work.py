@@ -1,0 +1,88 @@
+"""Transactions: one unit of work per RPC, rolled back unless committed.
+
+``Database.run`` executes a function inside a unit of work and retries it when the
+database reports a transient conflict (a PostgreSQL serialization failure or deadlock,
+an SQLite lock that outlived the busy timeout), so callers never see those.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from metadata_service.db import WRITE_OPTION
+from metadata_service.errors import Unavailable
+from metadata_service.repository import Repository
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RETRYABLE_PG_CODES = {"40001", "40P01"}
+MAX_ATTEMPTS = 8
+
+
+class UnitOfWork:
+    """A session and its repository; leaving the block without commit() rolls back."""
+
+    def __init__(self, make_session: Callable[[], Session]) -> None:
+        self._make_session = make_session
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self._make_session()
+        self.repo = Repository(self.session)
+        return self
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.session.rollback()
+        self.session.close()
+
+
+def _is_transient(error: DBAPIError) -> bool:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    if code in _RETRYABLE_PG_CODES:
+        return True
+    return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+class Database:
+    """Runs functions in units of work against one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._reader = sessionmaker(bind=engine, expire_on_commit=False)
+        self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+
+    def run(self, work: Callable[[UnitOfWork], T], *, write: bool) -> T:
+        """Runs ``work`` in a transaction, committing if ``write``; retries transient conflicts.
+
+        Raises:
+            Unavailable: the database cannot be reached, or conflicts persisted.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with UnitOfWork(self._writer if write else self._reader) as uow:
+                    result = work(uow)
+                    if write:
+                        uow.commit()
+                    return result
+            except DBAPIError as e:
+                if _is_transient(e) and attempt < MAX_ATTEMPTS:
+                    delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5)
+                    log.info("transient database conflict (attempt %d), retrying: %s", attempt, e.orig)
+                    time.sleep(delay)
+                    continue
+                if e.connection_invalidated or isinstance(e, OperationalError):
+                    raise Unavailable(f"the metadata database is unavailable: {e.orig}") from e
+                raise
+        raise AssertionError("unreachable")
