@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos run test test-sqlite test-postgres lint bench clean
+.PHONY: install protos run test test-sqlite test-postgres lint clean
 
 TOOLS := $(VENV)/.codegen-tools
 
@@ -52,14 +52,14 @@ test-postgres: install
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
 
+# buf resolves google/rpc/status.proto from a local copy, so linting needs no network.
 lint: install $(BUF)
 	$(VENV)/bin/ruff check metadata_service blob_service client tests
 	$(VENV)/bin/ruff format --check metadata_service blob_service client tests
 	$(VENV)/bin/mypy
+	mkdir -p protos/gen/third_party/google/rpc
+	cp "$$($(PY) -c 'import google.rpc, os; print(google.rpc.__path__[0])')/status.proto" protos/gen/third_party/google/rpc/
 	cd protos && ../$(BUF) lint
-
-bench: install
-	$(PY) -m tests.bench
 
 clean:
 	rm -rf $(VENV) $(GEN) .pytest_cache .mypy_cache .ruff_cache

@@ -223,16 +223,16 @@ class Registry:
         return self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(reference=ref))
 
     def get_artifact(self, name: str) -> pb.Artifact:
-        return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name))
+        return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact
 
     def get_registered_model(self, name: str) -> pb.RegisteredModel:
-        return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name))
+        return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name)).registered_model
 
     def create_registered_model(self, name: str, *, type: str = "model", description: str = "") -> pb.RegisteredModel:
         return self._call(
             self.metadata.CreateRegisteredModel,
             pb.CreateRegisteredModelRequest(name=name, type=type, description=description),
-        )
+        ).registered_model
 
     def ensure_registered_model(self, name: str, *, type: str = "model") -> None:
         """Creates a registered model unless one with this name exists."""

@@ -184,8 +184,10 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
 
     @_abort_on_domain_error
-    def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.Version:
-        return version_pb(self.registry.resolve(_defaults(context), request.name).version)
+    def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
+        return pb.GetVersionResponse(
+            version=version_pb(self.registry.resolve(_defaults(context), request.name).version)
+        )
 
     @_abort_on_domain_error
     def ResolveReference(
@@ -205,8 +207,9 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
 
     @_abort_on_domain_error
-    def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.Artifact:
-        return artifact_pb(self.registry.get_collection(_defaults(context), request.name, CollectionKind.ARTIFACT))
+    def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.GetArtifactResponse:
+        view = self.registry.get_collection(_defaults(context), request.name, CollectionKind.ARTIFACT)
+        return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
     @_abort_on_domain_error
     def ListArtifacts(
@@ -222,18 +225,18 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     @_abort_on_domain_error
     def CreateRegisteredModel(
         self, request: pb.CreateRegisteredModelRequest, context: grpc.ServicerContext
-    ) -> pb.RegisteredModel:
+    ) -> pb.CreateRegisteredModelResponse:
         view = self.registry.create_registered_model(
             _defaults(context), request.name, request.type, request.description
         )
-        return registered_model_pb(view)
+        return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
     def GetRegisteredModel(
         self, request: pb.GetRegisteredModelRequest, context: grpc.ServicerContext
-    ) -> pb.RegisteredModel:
+    ) -> pb.GetRegisteredModelResponse:
         view = self.registry.get_collection(_defaults(context), request.name, CollectionKind.REGISTERED_MODEL)
-        return registered_model_pb(view)
+        return pb.GetRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
     def ListRegisteredModels(

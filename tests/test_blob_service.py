@@ -1,0 +1,207 @@
+"""The blob service over gRPC on the local-disk backend."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from mreg.blob.v1 import blob_service_pb2 as pb
+
+from blob_service.digests import Digest
+from blob_service.storage import DiskStorage
+from tests.helpers import digest_of
+
+CHUNK = 1 << 20
+
+
+def write_requests(data: bytes, digest: pb.Digest, upload_id: str, offset: int = 0, finish: bool = True):
+    first = True
+    position = offset
+    while True:
+        chunk = data[position : position + CHUNK]
+        last = position + len(chunk) >= len(data)
+        yield pb.WriteRequest(
+            upload_id=upload_id if first else "",
+            digest=digest if first else None,
+            write_offset=position,
+            finish_write=finish and last,
+            data=chunk,
+        )
+        first = False
+        position += len(chunk)
+        if last:
+            return
+
+
+def read_all(stub, digest: pb.Digest, offset: int = 0, limit: int = 0) -> bytes:
+    return b"".join(r.data for r in stub.Read(pb.ReadRequest(digest=digest, read_offset=offset, read_limit=limit)))
+
+
+def test_written_blob_reads_back_byte_identical_and_is_no_longer_missing(blob_stub) -> None:
+    data = os.urandom(3 * CHUNK + 12345)
+    digest = digest_of(data)
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests) == [
+        digest
+    ]
+
+    response = blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+
+    assert response.committed_size == len(data)
+    assert not blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests
+    assert read_all(blob_stub, digest) == data
+
+
+def test_read_honours_offset_and_limit(blob_stub) -> None:
+    data = os.urandom(2 * CHUNK + 77)
+    digest = digest_of(data)
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+
+    assert read_all(blob_stub, digest, offset=CHUNK - 5, limit=CHUNK + 10) == data[CHUNK - 5 : 2 * CHUNK + 5]
+    assert read_all(blob_stub, digest, offset=len(data) - 3) == data[-3:]
+    assert read_all(blob_stub, digest, offset=len(data)) == b""
+    with pytest.raises(grpc.RpcError) as error:
+        read_all(blob_stub, digest, offset=len(data) + 1)
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_write_with_wrong_digest_is_rejected_and_stores_nothing(blob_stub) -> None:
+    data = os.urandom(CHUNK + 10)
+    claimed = digest_of(b"something else" + data[14:])
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(write_requests(data, claimed, uuid.uuid4().hex))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not match" in error.value.details()
+    assert list(
+        blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[claimed])).missing_blob_digests
+    ) == [claimed]
+    with pytest.raises(grpc.RpcError) as error:
+        read_all(blob_stub, claimed)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_write_longer_than_the_digest_size_is_rejected(blob_stub) -> None:
+    data = b"x" * 100
+    digest = pb.Digest(hash=digest_of(data).hash, size_bytes=50)
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_writing_existing_content_succeeds_at_once(blob_stub) -> None:
+    data = os.urandom(2 * CHUNK)
+    digest = digest_of(data)
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    # A second upload that sends only its first chunk is still told the blob is complete.
+    only_first = write_requests(data[:CHUNK], digest, uuid.uuid4().hex, finish=False)
+    assert blob_stub.Write(only_first).committed_size == len(data)
+
+
+def test_broken_upload_resumes_from_the_committed_offset(blob_stub) -> None:
+    data = os.urandom(3 * CHUNK + 999)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    # The client sends two chunks, then its stream ends without finishing.
+    partial = blob_stub.Write(write_requests(data[: 2 * CHUNK], digest, upload_id, finish=False))
+    assert partial.committed_size == 2 * CHUNK
+
+    status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+    assert (status.committed_size, status.complete) == (2 * CHUNK, False)
+
+    with pytest.raises(grpc.RpcError) as error:  # continuing from the wrong offset is refused
+        blob_stub.Write(write_requests(data, digest, upload_id, offset=CHUNK))
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+    done = blob_stub.Write(write_requests(data, digest, upload_id, offset=status.committed_size))
+    assert done.committed_size == len(data)
+    assert read_all(blob_stub, digest) == data
+    status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+    assert status.complete
+
+
+def test_query_of_unknown_upload_is_not_found(blob_stub) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id="nope", digest=digest_of(b"nope")))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reading_a_missing_blob_is_not_found(blob_stub) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        read_all(blob_stub, digest_of(os.urandom(16)))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        pb.Digest(hash="abc", size_bytes=1),
+        pb.Digest(hash="A" * 64, size_bytes=1),
+        pb.Digest(hash="a" * 64, size_bytes=-1),
+    ],
+)
+def test_malformed_digests_are_invalid_argument(blob_stub, digest: pb.Digest) -> None:
+    for call in (
+        lambda: blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])),
+        lambda: read_all(blob_stub, digest),
+        lambda: blob_stub.Write(iter([pb.WriteRequest(upload_id="u1", digest=digest, finish_write=True)])),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            call()
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_write_without_upload_id_is_invalid_argument(blob_stub) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(iter([pb.WriteRequest(digest=digest_of(b"a"), data=b"a", finish_write=True)]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(iter([pb.WriteRequest(upload_id="../../etc", digest=digest_of(b"a"), data=b"a")]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_corrupted_blob_is_data_loss_and_its_content_is_never_delivered_whole(blob_only, blob_stub) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    digest = digest_of(data)
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    path = DiskStorage(blob_only.store.storage.root).blob_path(Digest(digest.hash, digest.size_bytes))
+    corrupted = bytearray(data)
+    corrupted[-1] ^= 0xFF
+    Path(path).write_bytes(bytes(corrupted))
+
+    received = bytearray()
+    with pytest.raises(grpc.RpcError) as error:
+        for response in blob_stub.Read(pb.ReadRequest(digest=digest)):
+            received += response.data
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS
+    assert len(received) < len(data)
+
+    batch = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest]))
+    assert batch.responses[0].status.code == grpc.StatusCode.DATA_LOSS.value[0]
+    assert batch.responses[0].data == b""
+
+
+def test_batch_update_and_read_report_per_blob_status(blob_stub) -> None:
+    good = [os.urandom(100 + i) for i in range(20)]
+    bad_data = b"not what the digest says"
+    requests = [pb.BatchUpdateBlobsRequest.Request(digest=digest_of(d), data=d) for d in good]
+    requests.append(pb.BatchUpdateBlobsRequest.Request(digest=digest_of(b"other"), data=bad_data))
+
+    response = blob_stub.BatchUpdateBlobs(pb.BatchUpdateBlobsRequest(requests=requests))
+
+    codes = [r.status.code for r in response.responses]
+    assert codes == [0] * 20 + [grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    missing_digest = digest_of(os.urandom(8))
+    read = blob_stub.BatchReadBlobs(
+        pb.BatchReadBlobsRequest(digests=[digest_of(d) for d in good] + [digest_of(b"other"), missing_digest])
+    )
+    assert [r.data for r in read.responses[:20]] == good
+    assert [r.status.code for r in read.responses[20:]] == [grpc.StatusCode.NOT_FOUND.value[0]] * 2
+
+
+def test_empty_blob_can_be_written_and_read(blob_stub) -> None:
+    digest = digest_of(b"")
+    response = blob_stub.Write(iter([pb.WriteRequest(upload_id="empty1", digest=digest, finish_write=True)]))
+    assert response.committed_size == 0
+    assert read_all(blob_stub, digest) == b""

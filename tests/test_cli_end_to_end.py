@@ -1,0 +1,212 @@
+"""The README walkthrough through the real `mreg` CLI against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blob_service.digests import Digest
+from client.cli import main
+from tests.helpers import assert_same_tree, make_checkpoint
+
+
+@pytest.fixture
+def mreg(servers, monkeypatch, capsys):
+    """Runs `mreg ARGS --json` in-process against the test servers; returns (exit code, parsed stdout, stderr)."""
+    for key, value in servers.cli_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MREG_ENTITY", raising=False)
+    monkeypatch.delenv("MREG_PROJECT", raising=False)
+
+    def run(*args: str, json_output: bool = True):
+        capsys.readouterr()
+        code = main([*args, "--json"] if json_output else list(args))
+        captured = capsys.readouterr()
+        parsed = json.loads(captured.out) if json_output and code == 0 else captured.out
+        return code, parsed, captured.err
+
+    return run
+
+
+def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck")
+    artifact = f"acme/vision/resnet-{unique}"
+    model = f"acme/model-registry/Image Classifier {unique}"
+    size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
+
+    code, v0, _ = mreg("push", str(checkpoint), artifact)
+    assert code == 0
+    assert (v0["ref"], v0["version"], v0["files"], v0["size"]) == (f"{artifact}:v0", 0, 4, size)
+    assert v0["uploaded_bytes"] == size - 0  # everything was new
+    assert v0["aliases"] == ["latest"]
+
+    code, again, _ = mreg("push", str(checkpoint), artifact)
+    assert (code, again["version"], again["uploaded_bytes"], again["digest"]) == (0, 0, 0, v0["digest"])
+
+    changed = tmp_path / "ck2"
+    shutil.copytree(checkpoint, changed)
+    (changed / "config.json").write_text('{"layers": 101}')
+    code, v1, _ = mreg("push", str(changed), artifact, "--metadata", '{"accuracy": 0.93}', "--alias", "candidate")
+    assert (code, v1["version"]) == (0, 1)
+    assert v1["uploaded_bytes"] == len('{"layers": 101}')
+    assert set(v1["aliases"]) == {"latest", "candidate"}
+
+    code, alias, _ = mreg("alias", "set", f"{artifact}:v0", "best")
+    assert (code, alias["version"]) == (0, 0)
+
+    code, link0, _ = mreg("link", f"{artifact}:v0", model, "--alias", "staging")
+    assert (code, link0["link_version"], link0["source_ref"]) == (0, 0, f"{artifact}:v0")
+    code, link1, _ = mreg("link", f"{artifact}:v1", model, "--alias", "production")
+    assert (code, link1["link_version"]) == (0, 1)
+
+    code, pulled, _ = mreg("pull", f"{artifact}:best", str(tmp_path / "out-best"))
+    assert (code, pulled["version"]) == (0, 0)
+    assert_same_tree(checkpoint, tmp_path / "out-best")
+    code, pulled, _ = mreg("pull", f"{model}:production", str(tmp_path / "out-prod"))
+    assert (code, pulled["version"], pulled["link_version"]) == (0, 1, 1)
+    assert_same_tree(changed, tmp_path / "out-prod")
+    code, pulled, _ = mreg("pull", f"{model}:staging", str(tmp_path / "out-staging"))
+    assert_same_tree(checkpoint, tmp_path / "out-staging")
+
+    code, shown, _ = mreg("show", f"{model}:staging")
+    assert code == 0
+    assert shown["link_version"] == 0 and shown["source_ref"] == f"{artifact}:v0"
+    assert shown["state"] == "committed" and "best" in shown["aliases"]
+    assert sorted(e["path"] for e in shown["manifest"]) == [
+        "config.json",
+        "tokenizer/empty.txt",
+        "tokenizer/vocab.txt",
+        "weights.bin",
+    ]
+    code, shown, _ = mreg("show", f"{artifact}:candidate")
+    assert (shown["version"], shown["metadata"]) == (1, {"accuracy": 0.93})
+
+    code, listed, _ = mreg("ls", artifact)
+    assert [row["version"] for row in listed] == [1, 0]
+    code, listed, _ = mreg("ls", model)
+    assert [(row["link_version"], row["aliases"]) for row in listed] == [
+        (1, ["latest", "production"]),
+        (0, ["staging"]),
+    ]
+    code, listed, _ = mreg("ls", "acme/vision")
+    assert {"name": artifact, "kind": "artifact", "type": "model", "count": 2} in listed
+
+    code, removed, _ = mreg("alias", "rm", artifact, "best")
+    assert (code, removed["previous_version"]) == (0, 0)
+
+
+def test_default_entity_and_project_come_from_the_environment(mreg, monkeypatch, tmp_path: Path, unique) -> None:
+    monkeypatch.setenv("MREG_ENTITY", "acme")
+    monkeypatch.setenv("MREG_PROJECT", "speech")
+    code, pushed, _ = mreg("push", str(make_checkpoint(tmp_path / "ck", 1000)), f"whisper-{unique}")
+    assert code == 0 and pushed["ref"] == f"acme/speech/whisper-{unique}:v0"
+
+
+@pytest.mark.parametrize(
+    ("args", "code_name"),
+    [
+        (["show", "acme/vision/does-not-exist"], "NOT_FOUND"),
+        (["show", "a/b/c/d"], "INVALID_ARGUMENT"),
+        (["show", "acme/vision/x:v01"], "INVALID_ARGUMENT"),
+        (["alias", "set", "acme/vision/x:v0", "latest"], "INVALID_ARGUMENT"),
+        (["pull", "acme/vision/nope:v3", "/tmp/never-created-mreg"], "NOT_FOUND"),
+        (["push", "/definitely/not/a/dir", "acme/vision/x"], "INVALID_ARGUMENT"),
+        (["push", ".", "acme/vision/x", "--metadata", "[1]"], "INVALID_ARGUMENT"),
+        (["show", "resnet"], "INVALID_ARGUMENT"),
+    ],
+)
+def test_errors_print_one_line_and_exit_non_zero(mreg, args, code_name) -> None:
+    code, out, err = mreg(*args, json_output=False)
+    assert code == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mreg: error: {code_name}: ")
+
+
+def test_pull_of_corrupted_content_is_data_loss_and_leaves_no_file(mreg, servers, tmp_path: Path, unique) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(2 << 20) + 3)
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/corrupt-{unique}")
+    assert code == 0
+    code, shown, _ = mreg("show", pushed["ref"])
+    entry = next(e for e in shown["manifest"] if e["path"] == "weights.bin")
+    blob = servers.blob.store.storage.blob_path(Digest(entry["digest"], entry["size"]))
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+    dest = tmp_path / "out"
+    code, _, err = mreg("pull", pushed["ref"], str(dest), json_output=False)
+
+    assert code == 1 and "DATA_LOSS" in err
+    assert not (dest / "weights.bin").exists()
+    assert not [p for p in dest.rglob("*") if "mreg-partial" in p.name]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mreg_serve_runs_the_embedded_registry_as_a_real_process(tmp_path: Path, unique) -> None:
+    """`mreg serve` on SQLite and local disk, driven by the installed `mreg` command."""
+    mreg_bin = Path(sys.executable).parent / "mreg"
+    metadata_port, blob_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [
+            str(mreg_bin),
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--metadata-port",
+            str(metadata_port),
+            "--blob-port",
+            str(blob_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + 30
+        banner = []
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            banner.append(line)
+            if line.startswith("mreg blob service listening"):
+                break
+        assert any(f"127.0.0.1:{metadata_port}" in line for line in banner), banner
+        env = dict(os.environ, MREG_METADATA_ADDR=f"127.0.0.1:{metadata_port}", MREG_BLOB_ADDR=f"127.0.0.1:{blob_port}")
+        checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1 << 20)
+        pushed = subprocess.run(
+            [str(mreg_bin), "push", str(checkpoint), "acme/vision/served", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(pushed.stdout)["ref"] == "acme/vision/served:v0"
+        subprocess.run(
+            [str(mreg_bin), "pull", "acme/vision/served", str(tmp_path / "out"), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert_same_tree(checkpoint, tmp_path / "out")
+        assert (tmp_path / "data" / "metadata.db").exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
