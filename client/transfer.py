@@ -37,6 +37,7 @@ ATTEMPTS = 5
 
 ProgressCallback = Callable[[int], None]
 FileT = TypeVar("FileT", LocalFile, "RemoteFile")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,18 @@ def _code_name(code: int) -> str:
 
 def _backoff(attempt: int) -> None:
     time.sleep(min(2.0, 0.1 * 2**attempt))
+
+
+def _retrying(call: Callable[[], T]) -> T:
+    """Runs a unary call, retrying transient failures with backoff."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+                raise MregError.from_rpc(e, "the blob service") from e
+            _backoff(attempt)
+    raise AssertionError("unreachable")
 
 
 def _batches(items: Sequence[FileT]) -> Iterator[list[FileT]]:
@@ -114,14 +127,7 @@ class BlobTransfer:
             requests.append(
                 pb.BatchUpdateBlobsRequest.Request(digest=_digest(f.sha256, f.size_bytes), data=f.source.read_bytes())
             )
-        for attempt in range(ATTEMPTS):
-            try:
-                response = self.stub.BatchUpdateBlobs(pb.BatchUpdateBlobsRequest(requests=requests))
-                break
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
-                    raise MregError.from_rpc(e, "the blob service") from e
-                _backoff(attempt)
+        response = _retrying(lambda: self.stub.BatchUpdateBlobs(pb.BatchUpdateBlobsRequest(requests=requests)))
         for f, result in zip(files, response.responses, strict=True):
             if result.status.code != 0:
                 raise MregError(
@@ -199,14 +205,7 @@ class BlobTransfer:
 
     def _download_batch(self, files: list[RemoteFile], dest: Path, report: ProgressCallback) -> None:
         request = pb.BatchReadBlobsRequest(digests=[_digest(f.sha256, f.size_bytes) for f in files])
-        for attempt in range(ATTEMPTS):
-            try:
-                response = self.stub.BatchReadBlobs(request)
-                break
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
-                    raise MregError.from_rpc(e, "the blob service") from e
-                _backoff(attempt)
+        response = _retrying(lambda: self.stub.BatchReadBlobs(request))
         for f, result in zip(files, response.responses, strict=True):
             if result.status.code != 0:
                 raise MregError(_code_name(result.status.code), f"{f.path}: {result.status.message}")

@@ -353,3 +353,22 @@ def test_concurrent_commits_to_one_artifact_get_unique_contiguous_indexes(server
     assert sorted(results) == list(range(12))
     with servers.registry() as client:
         assert client.resolve(name).version.index == 11
+
+
+def test_registered_models_are_listed_with_their_link_counts_and_aliases(registry, metadata_stub, unique) -> None:
+    (a,) = upload(registry, b"listed" + unique.encode())
+    commit(metadata_stub, f"listed-{unique}", {"f": a})
+    registry.link(f"listed-{unique}:v0", f"acme/listing-{unique}/Ranker", aliases=["production"])
+    registry.create_registered_model(f"acme/listing-{unique}/Empty")
+
+    models = list(registry.list_registered_models(f"acme/listing-{unique}", page_size=1))
+
+    assert [(m.name, m.link_count) for m in models] == [
+        (f"acme/listing-{unique}/Empty", 0),
+        (f"acme/listing-{unique}/Ranker", 1),
+    ]
+    assert [(a.alias, a.index) for a in models[1].aliases] == [("latest", 0), ("production", 0)]
+    assert list(registry.list_artifacts(f"acme/listing-{unique}")) == []
+    with pytest.raises(MregError) as error:
+        list(registry.list_artifacts(f"acme/no-such-project-{unique}"))
+    assert error.value.code == "NOT_FOUND"
