@@ -45,6 +45,7 @@ class VersionView:
     created_at: datetime
     committed_at: datetime | None
     manifest: tuple[FileEntry, ...] = ()
+    run: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,9 @@ class CollectionView:
     member_count: int
     aliases: tuple[tuple[str, int], ...]
     created_at: datetime
+    tags: tuple[str, ...] = ()
+    protected_aliases: tuple[str, ...] = ()
+    retention_keep_last: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +99,39 @@ class AliasChange:
 class Page(Generic[T]):
     items: tuple[T, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """A change made in the current transaction, to be appended to the event log at commit."""
+
+    kind: str
+    resource: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    sequence: int
+    kind: str
+    resource: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    actor: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    producer_run: str
+    consumer_runs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedVersion:
+    version: VersionView
+    removed_aliases: tuple[str, ...]
+    removed_links: tuple[str, ...]

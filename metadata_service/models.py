@@ -77,6 +77,9 @@ class Collection(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     next_index: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    tags: Mapped[list[str]] = mapped_column(JsonDocument, default=list, server_default="[]")
+    protected_aliases: Mapped[list[str]] = mapped_column(JsonDocument, default=list, server_default="[]")
+    retention_keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Version(Base):
@@ -99,6 +102,7 @@ class Version(Base):
     metadata_doc: Mapped[dict[str, Any]] = mapped_column("metadata", JsonDocument, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     committed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    producer_run: Mapped[str | None] = mapped_column(String(400), nullable=True, index=True)
 
 
 class ManifestEntry(Base):
@@ -136,3 +140,48 @@ class Alias(Base):
     name: Mapped[str] = mapped_column(String(64))
     target_index: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class RequestRecord(Base):
+    """The outcome of an idempotent mutation, kept so a retry returns it instead of acting again."""
+
+    __tablename__ = "request_records"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+
+class EventCounter(Base):
+    """One row holding the last event sequence; updating it orders events by commit."""
+
+    __tablename__ = "event_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(600), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    actor: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class RunInput(Base):
+    """A version a run used."""
+
+    __tablename__ = "run_inputs"
+    __table_args__ = (UniqueConstraint("run", "version_id", name="uq_run_inputs_run_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run: Mapped[str] = mapped_column(String(400), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

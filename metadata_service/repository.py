@@ -6,17 +6,49 @@ turns them into views before the transaction ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from metadata_service.domain import CollectionKind, VersionState
+from metadata_service import filters
+from metadata_service.domain import CollectionKind, PendingEvent, VersionState
 from metadata_service.manifest import FileEntry
-from metadata_service.models import Alias, Collection, Entity, Link, ManifestEntry, Project, Version, utcnow
+from metadata_service.models import (
+    Alias,
+    Collection,
+    Entity,
+    Event,
+    EventCounter,
+    Link,
+    ManifestEntry,
+    Project,
+    RequestRecord,
+    RunInput,
+    Version,
+    utcnow,
+)
 from metadata_service.references import CollectionName, ProjectName
 
 
@@ -253,3 +285,293 @@ class Repository:
         return self.session.scalars(
             select(func.count()).select_from(Link).where(Link.registered_model_id == registered_model_id)
         ).one()
+
+    def delete_link(self, link: Link) -> None:
+        self.session.execute(delete(Link).where(Link.id == link.id))
+
+    def links_to_version(self, version_id: int) -> Sequence[Link]:
+        return self.session.scalars(select(Link).where(Link.version_id == version_id).order_by(Link.id)).all()
+
+    def delete_aliases_at(self, collection_id: int, index: int) -> list[str]:
+        """Removes every alias naming ``index``; returns their names."""
+        names = self.session.scalars(
+            select(Alias.name).where(Alias.collection_id == collection_id, Alias.target_index == index)
+        ).all()
+        self.session.execute(delete(Alias).where(Alias.collection_id == collection_id, Alias.target_index == index))
+        return sorted(names)
+
+    def has_members(self, collection: Collection) -> bool:
+        if collection.kind == CollectionKind.ARTIFACT.value:
+            return self.count_versions(collection.id) > 0
+        return self.count_links(collection.id) > 0
+
+    def delete_collection(self, collection: Collection) -> None:
+        """Deletes a collection with no committed versions or links, and its remaining rows."""
+        version_ids = select(Version.id).where(Version.artifact_id == collection.id).scalar_subquery()
+        linked = self.session.scalars(
+            select(func.count()).select_from(Link).where(Link.version_id.in_(version_ids))
+        ).one()
+        if linked:
+            raise AssertionError("caller must check links first")
+        self.session.execute(delete(RunInput).where(RunInput.version_id.in_(version_ids)))
+        self.session.execute(delete(ManifestEntry).where(ManifestEntry.version_id.in_(version_ids)))
+        self.session.execute(delete(Version).where(Version.artifact_id == collection.id))
+        self.session.execute(delete(Alias).where(Alias.collection_id == collection.id))
+        self.session.execute(delete(Link).where(Link.registered_model_id == collection.id))
+        self.session.execute(delete(Collection).where(Collection.id == collection.id))
+
+    def versions_beyond(self, artifact_id: int, keep_last: int) -> Sequence[Version]:
+        """Committed versions older than the newest ``keep_last``."""
+        return self.session.scalars(
+            select(Version)
+            .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
+            .order_by(Version.index.desc())
+            .offset(keep_last)
+        ).all()
+
+    def is_linked(self, version_id: int) -> bool:
+        return self.session.scalars(select(Link.id).where(Link.version_id == version_id).limit(1)).first() is not None
+
+    def expired_pending_versions(self, older_than: datetime) -> Sequence[Version]:
+        return self.session.scalars(
+            select(Version).where(Version.state == VersionState.PENDING.value, Version.created_at < older_than)
+        ).all()
+
+    # Idempotency ---------------------------------------------------------------------------
+
+    def claim_request(self, request_id: str, method: str, fingerprint: str) -> RequestRecord | None:
+        """Claims a request id for this transaction; returns the earlier record if it was taken.
+
+        A concurrent transaction holding the same id makes this wait until it ends.
+        """
+        claimed = self._insert_ignoring_conflict_key(
+            RequestRecord,
+            {"request_id": request_id, "method": method, "fingerprint": fingerprint, "created_at": utcnow()},
+        )
+        if claimed:
+            return None
+        return self.session.get_one(RequestRecord, request_id, populate_existing=True)
+
+    def store_request_result(self, request_id: str, result: dict[str, Any]) -> None:
+        self.session.execute(update(RequestRecord).where(RequestRecord.request_id == request_id).values(result=result))
+
+    def forget_requests(self, older_than: datetime) -> int:
+        result = self.session.execute(delete(RequestRecord).where(RequestRecord.created_at < older_than))
+        return int(getattr(result, "rowcount", 0))
+
+    def _insert_ignoring_conflict_key(self, model: Any, values: dict[str, Any]) -> bool:
+        make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        result = self.session.execute(make_insert(model).values(**values).on_conflict_do_nothing())
+        return bool(getattr(result, "rowcount", 0))
+
+    # Events --------------------------------------------------------------------------------
+
+    def append_events(self, events: Sequence[PendingEvent], actor: str) -> None:
+        counter = self.session.scalars(select(EventCounter).where(EventCounter.id == 1).with_for_update()).one()
+        self.session.refresh(counter)
+        first = counter.last_sequence + 1
+        counter.last_sequence += len(events)
+        now = utcnow()
+        self.session.execute(
+            insert(Event),
+            [
+                {
+                    "sequence": first + i,
+                    "kind": e.kind,
+                    "resource": e.resource,
+                    "before": e.before,
+                    "after": e.after,
+                    "actor": actor,
+                    "created_at": now,
+                }
+                for i, e in enumerate(events)
+            ],
+        )
+        self.session.flush()
+
+    def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:
+        query = select(Event).where(Event.sequence > sequence)
+        if resource_prefix:
+            query = query.where(Event.resource.startswith(resource_prefix, autoescape=True))
+        return self.session.scalars(query.order_by(Event.sequence).limit(limit)).all()
+
+    def last_event_sequence(self) -> int:
+        return self.session.scalars(select(EventCounter.last_sequence).where(EventCounter.id == 1)).one()
+
+    def resource_events(self, resource: str, before_sequence: int | None, limit: int) -> Sequence[Event]:
+        query = select(Event).where(Event.resource == resource)
+        if before_sequence is not None:
+            query = query.where(Event.sequence < before_sequence)
+        return self.session.scalars(query.order_by(Event.sequence.desc()).limit(limit)).all()
+
+    # Lineage -------------------------------------------------------------------------------
+
+    def add_run_input(self, run: str, version_id: int) -> None:
+        self._insert_ignoring_conflict_key(RunInput, {"run": run, "version_id": version_id, "created_at": utcnow()})
+
+    def consumer_runs(self, version_id: int) -> list[str]:
+        return sorted(set(self.session.scalars(select(RunInput.run).where(RunInput.version_id == version_id)).all()))
+
+    def run_inputs(self, run: str) -> Sequence[Version]:
+        return self.session.scalars(
+            select(Version).join(RunInput, RunInput.version_id == Version.id).where(RunInput.run == run)
+        ).all()
+
+    def run_outputs(self, run: str) -> Sequence[Version]:
+        return self.session.scalars(
+            select(Version).where(Version.producer_run == run, Version.state == VersionState.COMMITTED.value)
+        ).all()
+
+    # Search --------------------------------------------------------------------------------
+
+    def _json_value(self, column: Any, path: tuple[str, ...], kind: str) -> ColumnElement[Any]:
+        """A typed JSON value at ``path``, or NULL where the value has another type.
+
+        The type guard keeps comparisons honest: on SQLite any text sorts above any
+        number, and on PostgreSQL casting text to a number would fail the query.
+        """
+        if self._dialect == "postgresql":
+            node = func.jsonb_extract_path(column, *path)
+            json_type = {"number": "number", "text": "string", "bool": "boolean"}[kind]
+            text_value = func.jsonb_extract_path_text(column, *path)
+            typed: ColumnElement[Any] = {
+                "number": cast(text_value, Float),
+                "text": text_value,
+                "bool": cast(text_value, Boolean),
+            }[kind]
+            return case((func.jsonb_typeof(node) == json_type, typed), else_=null())
+        json_path = "$" + "".join(f'."{key}"' for key in path)
+        sqlite_types = {"number": ("integer", "real"), "text": ("text",), "bool": ("true", "false")}[kind]
+        return case(
+            (func.json_type(column, json_path).in_(sqlite_types), func.json_extract(column, json_path)),
+            else_=null(),
+        )
+
+    def _json_list_contains(self, column: Any, value: str) -> ColumnElement[bool]:
+        if self._dialect == "postgresql":
+            return column.op("@>")(func.jsonb_build_array(value))
+        items = func.json_each(column).table_valued("value")
+        return exists(select(literal(1)).select_from(items).where(items.c.value == value))
+
+    def _compile(self, node: filters.Node, artifact_id: int) -> ColumnElement[bool]:
+        if isinstance(node, filters.And):
+            return and_(*(self._compile(item, artifact_id) for item in node.items))
+        if isinstance(node, filters.Or):
+            return or_(*(self._compile(item, artifact_id) for item in node.items))
+        if isinstance(node, filters.Not):
+            return not_(self._compile(node.item, artifact_id))
+        expression = self._compile_comparison(node, artifact_id)
+        return expression
+
+    def _compile_comparison(self, node: filters.Comparison, artifact_id: int) -> ColumnElement[bool]:
+        field, op, value = node.field, node.op, node.value
+        if field == "alias":
+            if value == "latest":
+                newest = (
+                    select(func.max(Version.index))
+                    .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
+                    .scalar_subquery()
+                )
+                matched: ColumnElement[bool] = Version.index == newest
+            else:
+                matched = exists(
+                    select(Alias.id).where(
+                        Alias.collection_id == artifact_id, Alias.name == value, Alias.target_index == Version.index
+                    )
+                )
+            return matched if op == "=" else not_(matched)
+        if field == "tag":
+            contained = self._json_list_contains(Version.tags, str(value))
+            return contained if op == "=" else not_(contained)
+        if field == "state":
+            return _compare(Version.state, op, value)
+        if field == "run":
+            return _compare(Version.producer_run, op, value)
+        columns = {
+            "index": Version.index,
+            "size_bytes": Version.size_bytes,
+            "file_count": Version.file_count,
+            "create_time": Version.created_at,
+            "commit_time": Version.committed_at,
+        }
+        if field in columns:
+            return _compare(columns[field], op, value)
+        kind = "bool" if isinstance(value, bool) else "number" if isinstance(value, float) else "text"
+        return _compare(self._json_value(Version.metadata_doc, node.path, kind), op, value)
+
+    def _order_column(self, key: filters.OrderKey) -> ColumnElement[Any]:
+        if key.field == "metadata":
+            return self._json_value(Version.metadata_doc, key.path, "number")
+        columns: dict[str, Any] = {
+            "index": Version.index,
+            "create_time": Version.created_at,
+            "size_bytes": Version.size_bytes,
+        }
+        return columns[key.field]
+
+    def search_versions(
+        self,
+        artifact_id: int,
+        where: filters.Node | None,
+        order: filters.OrderKey,
+        after: tuple[Any, int] | None,
+        limit: int,
+    ) -> list[tuple[Version, Any]]:
+        """Versions matching a filter, in order, after a keyset position; with each row's sort value.
+
+        Rows whose sort value is NULL (a missing metadata key) come last in either
+        direction; ties go by index, newest first.
+        """
+        sort = self._order_column(order)
+        query = select(Version, sort.label("sort_value")).where(
+            Version.artifact_id == artifact_id, Version.state != VersionState.PENDING.value
+        )
+        if not filters.mentions_state(where):
+            query = query.where(Version.state == VersionState.COMMITTED.value)
+        if where is not None:
+            query = query.where(self._compile(where, artifact_id))
+        if after is not None:
+            last_value, last_index = after
+            if order.field == "create_time" and last_value is not None:
+                last_value = datetime.fromisoformat(last_value)
+            if last_value is None:
+                query = query.where(sort.is_(None), Version.index < last_index)
+            else:
+                beyond = sort < last_value if order.descending else sort > last_value
+                query = query.where(or_(beyond, and_(sort == last_value, Version.index < last_index), sort.is_(None)))
+        direction = sort.desc() if order.descending else sort.asc()
+        query = query.order_by(sort.is_(None), direction, Version.index.desc()).limit(limit)
+        return [(row[0], row[1]) for row in self.session.execute(query).all()]
+
+    def search_collections(
+        self,
+        project: Project,
+        kind: CollectionKind,
+        name_prefix: str,
+        type_: str,
+        tag: str,
+        after: str | None,
+        limit: int,
+    ) -> Sequence[Collection]:
+        query = select(Collection).where(Collection.project_id == project.id, Collection.kind == kind.value)
+        if name_prefix:
+            query = query.where(Collection.name.startswith(name_prefix, autoescape=True))
+        if type_:
+            query = query.where(Collection.type == type_)
+        if tag:
+            query = query.where(self._json_list_contains(Collection.tags, tag))
+        if after is not None:
+            query = query.where(Collection.name > after)
+        return self.session.scalars(query.order_by(Collection.name).limit(limit)).all()
+
+
+def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+    operators: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+        "=": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b,
+    }
+    return operators[op](column, value)

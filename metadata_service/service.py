@@ -7,18 +7,24 @@ and return views from ``domain``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
+from metadata_service import filters
 from metadata_service.domain import (
     AliasChange,
     CollectionKind,
     CollectionView,
     CommitResult,
+    DeletedVersion,
+    EventView,
+    Lineage,
     LinkView,
     Page,
     Resolution,
@@ -27,7 +33,7 @@ from metadata_service.domain import (
 )
 from metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from metadata_service.manifest import FileEntry, build_manifest
-from metadata_service.models import Collection, Link, Version, utcnow
+from metadata_service.models import Collection, Event, Link, Version, utcnow
 from metadata_service.pagination import decode_token, encode_token, page_size
 from metadata_service.references import (
     LATEST,
@@ -49,6 +55,19 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 128
 DEFAULT_REGISTERED_MODEL_TYPE = "model"
+MAX_REQUEST_ID = 128
+DEFAULT_PENDING_TTL = timedelta(hours=24)
+REQUEST_RECORD_TTL = timedelta(hours=24)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: their default entity/project and the actor name events record."""
+
+    defaults: Defaults = field(default_factory=Defaults)
+    actor: str = ""
 
 
 class ContentChecker(Protocol):
@@ -85,6 +104,16 @@ def _validate_aliases(aliases: Sequence[str]) -> list[str]:
     return sorted({validate_alias(a) for a in aliases})
 
 
+def _validate_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID} printable characters")
+    return request_id
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass
 class _CollectionContext:
     """A collection with what its member views need: full name, aliases and latest index."""
@@ -110,38 +139,65 @@ class _CollectionContext:
 class Registry:
     """The registry's operations; one instance serves all RPCs."""
 
-    def __init__(self, database: Database, content: ContentChecker) -> None:
+    def __init__(
+        self, database: Database, content: ContentChecker, pending_ttl: timedelta = DEFAULT_PENDING_TTL
+    ) -> None:
         self.db = database
         self.content = content
+        self.pending_ttl = pending_ttl
+
+    def _mutate(
+        self,
+        caller: Caller,
+        method: str,
+        request_id: str,
+        arguments: tuple[Any, ...],
+        work: Callable[[UnitOfWork], tuple[T, dict[str, Any]]],
+        replay: Callable[[UnitOfWork, dict[str, Any]], T],
+    ) -> T:
+        """Runs a mutation in one transaction, once per request id.
+
+        ``work`` returns the result and a small JSON key from which ``replay`` rebuilds
+        that result when a retry arrives with the same request id.
+        """
+        _validate_request_id(request_id)
+        fingerprint = _fingerprint(method, caller.defaults.entity, caller.defaults.project, *arguments)
+
+        def transaction(uow: UnitOfWork) -> T:
+            if request_id:
+                earlier = uow.repo.claim_request(request_id, method, fingerprint)
+                if earlier is not None:
+                    if (earlier.method, earlier.fingerprint) != (method, fingerprint):
+                        raise InvalidArgument(
+                            f"request_id {request_id!r} was already used for a different request ({earlier.method})"
+                        )
+                    return replay(uow, earlier.result or {})
+            result, key = work(uow)
+            if request_id:
+                uow.repo.store_request_result(request_id, key)
+            return result
+
+        return self.db.run(transaction, write=True, actor=caller.actor)
 
     # Versions ------------------------------------------------------------------------------
 
     def create_version(
         self,
-        defaults: Defaults,
+        caller: Caller,
         artifact: str,
         type_: str,
         description: str = "",
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        request_id: str = "",
     ) -> VersionView:
-        name = parse_collection(artifact, defaults, "artifact")
+        name = parse_collection(artifact, caller.defaults, "artifact")
         validate_type(type_)
         clean_tags = _validate_tags(tags)
         clean_metadata = _validate_metadata(metadata or {})
 
-        def work(uow: UnitOfWork) -> VersionView:
-            project = uow.repo.ensure_project(name.project_name)
-            row = uow.repo.find_collection(name) or uow.repo.create_collection(
-                project, name.name, CollectionKind.ARTIFACT, type_, ""
-            )
-            row = row or uow.repo.find_collection(name)
-            assert row is not None
-            self._require_kind(row, name, CollectionKind.ARTIFACT)
-            if row.type != type_:
-                raise FailedPrecondition(
-                    f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it"
-                )
+        def work(uow: UnitOfWork) -> tuple[VersionView, dict[str, Any]]:
+            row = self._ensure_artifact(uow, name, type_)
             version = uow.repo.add_version(
                 Version(
                     uid=uuid.uuid4().hex,
@@ -156,31 +212,62 @@ class Registry:
                     created_at=utcnow(),
                 )
             )
-            context = _CollectionContext(row, name, {}, None)
-            return self._version_view(uow.repo, version, context, with_manifest=False)
+            return self._version_view(uow.repo, version, self._context(uow.repo, row), with_manifest=False), {
+                "uid": version.uid
+            }
 
-        return self.db.run(work, write=True)
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> VersionView:
+            return self._view_by_uid(uow, key["uid"])
+
+        arguments = (str(name), type_, description, clean_tags, clean_metadata)
+        return self._mutate(caller, "CreateVersion", request_id, arguments, work, replay)
+
+    def _ensure_artifact(self, uow: UnitOfWork, name: CollectionName, type_: str) -> Collection:
+        row = uow.repo.find_collection(name)
+        if row is None:
+            project = uow.repo.ensure_project(name.project_name)
+            row = uow.repo.create_collection(project, name.name, CollectionKind.ARTIFACT, type_, "")
+            if row is not None:
+                uow.record("collection.created", str(name), after={"kind": "artifact", "type": type_})
+            row = row or uow.repo.find_collection(name)
+        assert row is not None
+        self._require_kind(row, name, CollectionKind.ARTIFACT)
+        if row.type != type_:
+            raise FailedPrecondition(
+                f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it"
+            )
+        return row
+
+    def _view_by_uid(self, uow: UnitOfWork, uid: str) -> VersionView:
+        version = uow.repo.find_version_by_uid(uid)
+        if version is None:
+            raise NotFound(f"version {uid} no longer exists")
+        artifact = uow.repo.get_collection(version.artifact_id)
+        return self._version_view(uow.repo, version, self._context(uow.repo, artifact), with_manifest=True)
 
     def commit_version(
         self,
-        defaults: Defaults,
+        caller: Caller,
         uid: str,
         entries: Sequence[FileEntry],
         aliases: Sequence[str] = (),
         links: Sequence[LinkRequest] = (),
+        run: str = "",
+        request_id: str = "",
     ) -> CommitResult:
         manifest = build_manifest(entries)
         clean_aliases = _validate_aliases(aliases)
         link_targets = [
             (
-                parse_collection(link.registered_model, defaults, "registered model"),
+                parse_collection(link.registered_model, caller.defaults, "registered model"),
                 _validate_aliases(link.aliases),
             )
             for link in links
         ]
+        run_name = str(parse_collection(run, caller.defaults, "run")) if run else None
         self._require_content(manifest.entries)
 
-        def work(uow: UnitOfWork) -> CommitResult:
+        def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
             repo = uow.repo
             version = repo.find_version_by_uid(uid, for_update=True)
             if version is None:
@@ -196,6 +283,8 @@ class Registry:
             elif version.state == VersionState.DELETED.value:
                 raise FailedPrecondition(f"version {uid} was deleted")
             else:
+                if version.created_at < utcnow() - self.pending_ttl:
+                    raise NotFound(f"pending version {uid} has expired; create a new one")
                 latest = repo.latest_version(artifact.id)
                 if latest is not None and latest.digest == manifest.digest:
                     # Same content as latest: no new version, the pending one is dropped.
@@ -208,21 +297,63 @@ class Registry:
                     version.size_bytes = manifest.size_bytes
                     version.file_count = len(manifest.entries)
                     version.committed_at = utcnow()
+                    version.producer_run = run_name
                     repo.add_manifest(version.id, manifest.entries)
                     target, created = version, True
             assert target.index is not None
+            collection_name = repo.collection_full_name(artifact)
+            if created:
+                uow.record(
+                    "version.committed",
+                    f"{collection_name}:v{target.index}",
+                    after={
+                        "index": target.index,
+                        "digest": target.digest,
+                        "size_bytes": target.size_bytes,
+                        "file_count": target.file_count,
+                        "run": run_name,
+                    },
+                )
             for alias in clean_aliases:
-                repo.set_alias(artifact.id, alias, target.index)
+                self._move_alias(uow, artifact, collection_name, alias, target.index)
             link_views = tuple(
-                self._link(repo, target, artifact, rm_name, rm_aliases)[0] for rm_name, rm_aliases in link_targets
+                self._link(uow, target, artifact, rm_name, rm_aliases)[0] for rm_name, rm_aliases in link_targets
             )
-            context = self._context(repo, artifact)
-            view = self._version_view(repo, target, context, with_manifest=True)
+            if created and artifact.retention_keep_last is not None:
+                self._apply_retention(uow, artifact, collection_name)
+            view = self._version_view(repo, target, self._context(repo, artifact), with_manifest=True)
             if created:
                 log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
-            return CommitResult(view, created, link_views)
+            key = {
+                "version_id": target.id,
+                "created": created,
+                "link_ids": [self._link_id(repo, v) for v in link_views],
+            }
+            return CommitResult(view, created, link_views), key
 
-        return self.db.run(work, write=True)
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> CommitResult:
+            version = uow.repo.get_version(key["version_id"])
+            artifact = uow.repo.get_collection(version.artifact_id)
+            view = self._version_view(uow.repo, version, self._context(uow.repo, artifact), with_manifest=True)
+            links = tuple(self._link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
+            return CommitResult(view, key["created"], links)
+
+        arguments = (uid, manifest.digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
+        return self._mutate(caller, "CommitVersion", request_id, arguments, work, replay)
+
+    def _link_id(self, repo: Repository, view: LinkView) -> int:
+        ref = parse_reference(view.name)
+        row = self._find_collection(repo, ref.collection, CollectionKind.REGISTERED_MODEL)
+        link = repo.find_link_by_index(row.id, ref.index or 0)
+        assert link is not None
+        return link.id
+
+    def _link_view_by_id(self, repo: Repository, link_id: int) -> LinkView:
+        link = repo.session.get(Link, link_id)
+        if link is None:
+            raise NotFound("the link this request created has since been deleted")
+        rm = repo.get_collection(link.registered_model_id)
+        return self._link_view(repo, link, self._context(repo, rm), with_manifest=False)[1]
 
     def _require_content(self, entries: Sequence[FileEntry]) -> None:
         digests = sorted({(e.digest, e.size_bytes) for e in entries})
@@ -232,14 +363,15 @@ class Registry:
         if missing:
             shown = ", ".join(f"{h}/{s}" for h, s in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            paths = sorted(e.path for e in entries if (e.digest, e.size_bytes) in set(missing))[:5]
+            missing_set = set(missing)
+            paths = sorted(e.path for e in entries if (e.digest, e.size_bytes) in missing_set)[:5]
             raise FailedPrecondition(
                 f"the blob service lacks {len(missing)} of the manifest's blobs ({shown}{more}; "
                 f"files {', '.join(paths)}): upload them before committing"
             )
 
-    def resolve(self, defaults: Defaults, reference: str) -> Resolution:
-        ref = parse_reference(reference, defaults)
+    def resolve(self, caller: Caller, reference: str) -> Resolution:
+        ref = parse_reference(reference, caller.defaults)
 
         def work(uow: UnitOfWork) -> Resolution:
             row = self._find_collection(uow.repo, ref.collection, None)
@@ -252,25 +384,84 @@ class Registry:
 
         return self.db.run(work, write=False)
 
-    def list_versions(self, defaults: Defaults, parent: str, size: int, token: str) -> Page[VersionView]:
-        name = parse_collection(parent, defaults, "artifact")
+    def list_versions(
+        self, caller: Caller, parent: str, size: int, token: str, filter_text: str = "", order_by: str = ""
+    ) -> Page[VersionView]:
+        name = parse_collection(parent, caller.defaults, "artifact")
         limit = page_size(size)
-        before = decode_token(token, f"versions:{name}")
+        where = filters.parse_filter(filter_text)
+        order = filters.parse_order_by(order_by)
+        listing = f"versions:{name}:{filter_text}:{order_by}"
+        after = decode_token(token, listing)
 
         def work(uow: UnitOfWork) -> Page[VersionView]:
             row = self._find_collection(uow.repo, name, CollectionKind.ARTIFACT)
             context = self._context(uow.repo, row)
-            rows = uow.repo.list_versions(row.id, before, limit + 1)
-            views = tuple(self._version_view(uow.repo, v, context, with_manifest=False) for v in rows[:limit])
-            more = len(rows) > limit
-            return Page(views, encode_token(f"versions:{name}", rows[limit - 1].index) if more else "")
+            rows = uow.repo.search_versions(row.id, where, order, tuple(after) if after else None, limit + 1)
+            views = tuple(self._version_view(uow.repo, v, context, with_manifest=False) for v, _ in rows[:limit])
+            if len(rows) <= limit:
+                return Page(views, "")
+            last, sort_value = rows[limit - 1]
+            if isinstance(sort_value, datetime):
+                sort_value = sort_value.isoformat()
+            return Page(views, encode_token(listing, [sort_value, last.index]))
 
         return self.db.run(work, write=False)
 
+    def delete_version(
+        self, caller: Caller, reference: str, force: bool = False, request_id: str = ""
+    ) -> DeletedVersion:
+        ref = parse_reference(reference, caller.defaults)
+
+        def work(uow: UnitOfWork) -> tuple[DeletedVersion, dict[str, Any]]:
+            row = self._find_collection(uow.repo, ref.collection, CollectionKind.ARTIFACT, for_update=True)
+            context = self._context(uow.repo, row)
+            version = self._select_version(uow.repo, context, ref)
+            assert version.index is not None
+            aliases = sorted(a for a, i in context.aliases.items() if i == version.index)
+            links = uow.repo.links_to_version(version.id)
+            link_names = [self._link_name(uow.repo, link) for link in links]
+            if (aliases or links) and not force:
+                held = [f"alias {a!r}" for a in aliases] + [f"link {n}" for n in link_names]
+                raise FailedPrecondition(
+                    f"{context.name}:v{version.index} is still named by {', '.join(held)}; "
+                    "remove them first or delete with force"
+                )
+            for alias in aliases:
+                self._remove_alias(uow, row, context.name, alias)
+            for link, link_name in zip(links, link_names, strict=True):
+                self._delete_link(uow, link, link_name)
+            self._tombstone(uow, version, f"{context.name}:v{version.index}")
+            view = self._version_view(uow.repo, version, self._context(uow.repo, row), with_manifest=False)
+            result = DeletedVersion(view, tuple(aliases), tuple(link_names))
+            return result, {"uid": version.uid, "aliases": aliases, "links": link_names}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> DeletedVersion:
+            return DeletedVersion(self._view_by_uid(uow, key["uid"]), tuple(key["aliases"]), tuple(key["links"]))
+
+        return self._mutate(caller, "DeleteVersion", request_id, (str(ref), force), work, replay)
+
+    def _tombstone(self, uow: UnitOfWork, version: Version, resource: str) -> None:
+        version.state = VersionState.DELETED.value
+        uow.session.flush()
+        uow.record("version.deleted", resource, before={"index": version.index, "digest": version.digest})
+
+    def _link_name(self, repo: Repository, link: Link) -> str:
+        return f"{repo.collection_full_name(repo.get_collection(link.registered_model_id))}:v{link.index}"
+
+    def _delete_link(self, uow: UnitOfWork, link: Link, link_name: str) -> None:
+        rm = uow.repo.get_collection(link.registered_model_id)
+        rm_name = uow.repo.collection_full_name(rm)
+        for alias in uow.repo.delete_aliases_at(rm.id, link.index):
+            uow.record("alias.deleted", f"{rm_name}:{alias}", before={"index": link.index})
+        version = uow.repo.get_version(link.version_id)
+        uow.repo.delete_link(link)
+        uow.record("link.deleted", link_name, before={"index": link.index, "version_uid": version.uid})
+
     # Collections ---------------------------------------------------------------------------
 
-    def get_collection(self, defaults: Defaults, name: str, kind: CollectionKind) -> CollectionView:
-        parsed = parse_collection(name, defaults, kind.label)
+    def get_collection(self, caller: Caller, name: str, kind: CollectionKind) -> CollectionView:
+        parsed = parse_collection(name, caller.defaults, kind.label)
 
         def work(uow: UnitOfWork) -> CollectionView:
             row = self._find_collection(uow.repo, parsed, kind)
@@ -279,71 +470,177 @@ class Registry:
         return self.db.run(work, write=False)
 
     def list_collections(
-        self, defaults: Defaults, parent: str, kind: CollectionKind, size: int, token: str
+        self,
+        caller: Caller,
+        parent: str,
+        kind: CollectionKind,
+        size: int,
+        token: str,
+        name_prefix: str = "",
+        type_: str = "",
+        tag: str = "",
     ) -> Page[CollectionView]:
-        project_name = parse_project(parent, defaults)
+        project_name = parse_project(parent, caller.defaults)
         limit = page_size(size)
-        listing = f"{kind.value}s:{project_name}"
+        if type_:
+            validate_type(type_)
+        listing = f"{kind.value}s:{project_name}:{name_prefix}:{type_}:{tag}"
         after = decode_token(token, listing)
 
         def work(uow: UnitOfWork) -> Page[CollectionView]:
             project = uow.repo.find_project(project_name)
             if project is None:
                 raise NotFound(f"project {project_name} does not exist")
-            rows = uow.repo.list_collections(project, kind, after, limit + 1)
+            rows = uow.repo.search_collections(project, kind, name_prefix, type_, tag, after, limit + 1)
             views = tuple(self._collection_view(uow.repo, self._context(uow.repo, r)) for r in rows[:limit])
             return Page(views, encode_token(listing, rows[limit - 1].name) if len(rows) > limit else "")
 
         return self.db.run(work, write=False)
 
     def create_registered_model(
-        self, defaults: Defaults, name: str, type_: str = "", description: str = ""
+        self,
+        caller: Caller,
+        name: str,
+        type_: str = "",
+        description: str = "",
+        tags: Sequence[str] = (),
+        request_id: str = "",
     ) -> CollectionView:
-        parsed = parse_collection(name, defaults, "registered model")
+        parsed = parse_collection(name, caller.defaults, "registered model")
         type_ = validate_type(type_ or DEFAULT_REGISTERED_MODEL_TYPE)
+        clean_tags = _validate_tags(tags)
 
-        def work(uow: UnitOfWork) -> CollectionView:
+        def work(uow: UnitOfWork) -> tuple[CollectionView, dict[str, Any]]:
             project = uow.repo.ensure_project(parsed.project_name)
             row = uow.repo.create_collection(project, parsed.name, CollectionKind.REGISTERED_MODEL, type_, description)
             if row is None:
                 existing = uow.repo.find_collection(parsed)
                 kind = CollectionKind(existing.kind).label if existing else "collection"
                 raise AlreadyExists(f"{kind} {parsed} already exists")
-            return self._collection_view(uow.repo, _CollectionContext(row, parsed, {}, None))
+            row.tags = clean_tags
+            uow.record("collection.created", str(parsed), after={"kind": "registered_model", "type": type_})
+            return self._collection_view(uow.repo, self._context(uow.repo, row)), {"id": row.id}
 
-        return self.db.run(work, write=True)
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> CollectionView:
+            return self._collection_view(uow.repo, self._context(uow.repo, uow.repo.get_collection(key["id"])))
+
+        arguments = (str(parsed), type_, description, clean_tags)
+        return self._mutate(caller, "CreateRegisteredModel", request_id, arguments, work, replay)
+
+    def delete_collection(self, caller: Caller, name: str, request_id: str = "") -> None:
+        parsed = parse_collection(name, caller.defaults)
+
+        def work(uow: UnitOfWork) -> tuple[None, dict[str, Any]]:
+            row = self._find_collection(uow.repo, parsed, None, for_update=True)
+            kind = CollectionKind(row.kind)
+            if uow.repo.has_members(row):
+                member = "committed versions" if kind is CollectionKind.ARTIFACT else "links"
+                raise FailedPrecondition(f"{kind.label} {parsed} still has {member}; delete them first")
+            if kind is CollectionKind.ARTIFACT:
+                for version in uow.repo.list_versions(row.id, None, 1_000_000):
+                    if uow.repo.is_linked(version.id):
+                        raise FailedPrecondition(f"{parsed}:v{version.index} is still linked")
+            uow.repo.delete_collection(row)
+            uow.record("collection.deleted", str(parsed), before={"kind": kind.value, "type": row.type})
+            return None, {}
+
+        self._mutate(caller, "DeleteCollection", request_id, (str(parsed),), work, lambda uow, key: None)
+
+    def set_retention_policy(
+        self, caller: Caller, artifact: str, keep_last: int | None, request_id: str = ""
+    ) -> tuple[CollectionView, tuple[int, ...]]:
+        name = parse_collection(artifact, caller.defaults, "artifact")
+        if keep_last is not None and keep_last < 0:
+            raise InvalidArgument(f"keep_last must not be negative (got {keep_last})")
+
+        def work(uow: UnitOfWork) -> tuple[tuple[CollectionView, tuple[int, ...]], dict[str, Any]]:
+            row = self._find_collection(uow.repo, name, CollectionKind.ARTIFACT, for_update=True)
+            before = row.retention_keep_last
+            row.retention_keep_last = keep_last
+            uow.record("retention.set", str(name), before={"keep_last": before}, after={"keep_last": keep_last})
+            deleted = self._apply_retention(uow, row, name) if keep_last is not None else ()
+            view = self._collection_view(uow.repo, self._context(uow.repo, row))
+            return (view, deleted), {"id": row.id, "deleted": list(deleted)}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[CollectionView, tuple[int, ...]]:
+            row = uow.repo.get_collection(key["id"])
+            return self._collection_view(uow.repo, self._context(uow.repo, row)), tuple(key["deleted"])
+
+        return self._mutate(caller, "SetRetentionPolicy", request_id, (str(name), keep_last), work, replay)
+
+    def _apply_retention(self, uow: UnitOfWork, artifact: Collection, name: CollectionName) -> tuple[int, ...]:
+        """Deletes committed versions past the newest N that have no alias and no link."""
+        keep_last = artifact.retention_keep_last
+        assert keep_last is not None
+        aliased = set(uow.repo.aliases(artifact.id).values())
+        deleted = []
+        for version in uow.repo.versions_beyond(artifact.id, keep_last):
+            if version.index in aliased or uow.repo.is_linked(version.id):
+                continue
+            self._tombstone(uow, version, f"{name}:v{version.index}")
+            assert version.index is not None
+            deleted.append(version.index)
+        return tuple(sorted(deleted))
+
+    def expire_pending(self) -> int:
+        """Deletes pending versions older than the TTL and forgets old request records."""
+
+        def work(uow: UnitOfWork) -> int:
+            expired = uow.repo.expired_pending_versions(utcnow() - self.pending_ttl)
+            for version in expired:
+                uow.repo.delete_pending_version(version)
+            uow.repo.forget_requests(utcnow() - REQUEST_RECORD_TTL)
+            return len(expired)
+
+        count = self.db.run(work, write=True)
+        if count:
+            log.info("expired %d pending versions", count)
+        return count
 
     # Links ---------------------------------------------------------------------------------
 
     def create_link(
-        self, defaults: Defaults, version_ref: str, registered_model: str, aliases: Sequence[str] = ()
+        self,
+        caller: Caller,
+        version_ref: str,
+        registered_model: str,
+        aliases: Sequence[str] = (),
+        request_id: str = "",
     ) -> tuple[LinkView, bool]:
-        ref = parse_reference(version_ref, defaults)
-        rm_name = parse_collection(registered_model, defaults, "registered model")
+        ref = parse_reference(version_ref, caller.defaults)
+        rm_name = parse_collection(registered_model, caller.defaults, "registered model")
         clean_aliases = _validate_aliases(aliases)
 
-        def work(uow: UnitOfWork) -> tuple[LinkView, bool]:
-            row = self._find_collection(uow.repo, ref.collection, None)
-            context = self._context(uow.repo, row)
-            if row.kind == CollectionKind.ARTIFACT.value:
-                version, artifact = self._select_version(uow.repo, context, ref), row
-            else:
-                # A reference through a registered model links the version its link names.
-                link = self._select_link(uow.repo, context, ref)
-                version = uow.repo.get_version(link.version_id)
-                artifact = uow.repo.get_collection(version.artifact_id)
-            return self._link(uow.repo, version, artifact, rm_name, clean_aliases)
+        def work(uow: UnitOfWork) -> tuple[tuple[LinkView, bool], dict[str, Any]]:
+            version, artifact = self._resolve_version_row(uow.repo, ref)
+            view, created = self._link(uow, version, artifact, rm_name, clean_aliases)
+            return (view, created), {"link_id": self._link_id(uow.repo, view), "created": created}
 
-        return self.db.run(work, write=True)
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[LinkView, bool]:
+            return self._link_view_by_id(uow.repo, key["link_id"]), key["created"]
+
+        arguments = (str(ref), str(rm_name), clean_aliases)
+        return self._mutate(caller, "CreateLink", request_id, arguments, work, replay)
+
+    def _resolve_version_row(self, repo: Repository, ref: Reference) -> tuple[Version, Collection]:
+        """The version a reference names, through a registered model's link if need be."""
+        row = self._find_collection(repo, ref.collection, None)
+        context = self._context(repo, row)
+        if row.kind == CollectionKind.ARTIFACT.value:
+            return self._select_version(repo, context, ref), row
+        link = self._select_link(repo, context, ref)
+        version = repo.get_version(link.version_id)
+        return version, repo.get_collection(version.artifact_id)
 
     def _link(
         self,
-        repo: Repository,
+        uow: UnitOfWork,
         version: Version,
         artifact: Collection,
         rm_name: CollectionName,
         aliases: Sequence[str],
     ) -> tuple[LinkView, bool]:
+        repo = uow.repo
         rm = self._find_collection(repo, rm_name, CollectionKind.REGISTERED_MODEL, for_update=True)
         if rm.type != artifact.type:
             raise FailedPrecondition(
@@ -355,19 +652,30 @@ class Registry:
         if link is None:
             link = repo.add_link(
                 Link(
-                    registered_model_id=rm.id,
-                    index=repo.allocate_index(rm),
-                    version_id=version.id,
-                    created_at=utcnow(),
+                    registered_model_id=rm.id, index=repo.allocate_index(rm), version_id=version.id, created_at=utcnow()
                 )
             )
+            source = f"{repo.collection_full_name(artifact)}:v{version.index}"
+            uow.record("link.created", f"{rm_name}:v{link.index}", after={"index": link.index, "version": source})
         for alias in aliases:
-            repo.set_alias(rm.id, alias, link.index)
+            self._move_alias(uow, rm, rm_name, alias, link.index)
         _, view = self._link_view(repo, link, self._context(repo, rm), with_manifest=False)
         return view, created
 
-    def list_links(self, defaults: Defaults, parent: str, size: int, token: str) -> Page[LinkView]:
-        name = parse_collection(parent, defaults, "registered model")
+    def delete_link(self, caller: Caller, reference: str, request_id: str = "") -> str:
+        ref = parse_reference(reference, caller.defaults)
+
+        def work(uow: UnitOfWork) -> tuple[str, dict[str, Any]]:
+            row = self._find_collection(uow.repo, ref.collection, CollectionKind.REGISTERED_MODEL, for_update=True)
+            link = self._select_link(uow.repo, self._context(uow.repo, row), ref)
+            name = f"{ref.collection}:v{link.index}"
+            self._delete_link(uow, link, name)
+            return name, {"name": name}
+
+        return self._mutate(caller, "DeleteLink", request_id, (str(ref),), work, lambda uow, key: key["name"])
+
+    def list_links(self, caller: Caller, parent: str, size: int, token: str) -> Page[LinkView]:
+        name = parse_collection(parent, caller.defaults, "registered model")
         limit = page_size(size)
         listing = f"links:{name}"
         before = decode_token(token, listing)
@@ -383,11 +691,19 @@ class Registry:
 
     # Aliases -------------------------------------------------------------------------------
 
-    def set_alias(self, defaults: Defaults, target: str, alias: str) -> AliasChange:
-        ref = parse_reference(target, defaults)
+    def set_alias(
+        self,
+        caller: Caller,
+        target: str,
+        alias: str,
+        expected_index: int | None = None,
+        expect_unset: bool = False,
+        request_id: str = "",
+    ) -> AliasChange:
+        ref = parse_reference(target, caller.defaults)
         validate_alias(alias)
 
-        def work(uow: UnitOfWork) -> AliasChange:
+        def work(uow: UnitOfWork) -> tuple[AliasChange, dict[str, Any]]:
             row = self._find_collection(uow.repo, ref.collection, None, for_update=True)
             context = self._context(uow.repo, row)
             if row.kind == CollectionKind.ARTIFACT.value:
@@ -395,23 +711,144 @@ class Registry:
             else:
                 index = self._select_link(uow.repo, context, ref).index
             assert index is not None
-            previous = uow.repo.set_alias(row.id, alias, index)
-            return AliasChange(str(ref.collection), alias, index, previous)
+            current = context.aliases.get(alias)
+            _check_expectation(context.name, alias, current, expected_index, expect_unset)
+            previous = self._move_alias(uow, row, context.name, alias, index)
+            change = AliasChange(str(context.name), alias, index, previous)
+            return change, asdict(change)
 
-        return self.db.run(work, write=True)
+        arguments = (str(ref), alias, expected_index, expect_unset)
+        return self._mutate(caller, "SetAlias", request_id, arguments, work, lambda uow, key: AliasChange(**key))
 
-    def delete_alias(self, defaults: Defaults, collection: str, alias: str) -> int:
-        name = parse_collection(collection, defaults)
+    def _move_alias(
+        self, uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str, index: int
+    ) -> int | None:
+        previous = uow.repo.set_alias(collection.id, alias, index)
+        if previous != index:
+            before = None if previous is None else {"index": previous}
+            uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index})
+        return previous
+
+    def _remove_alias(self, uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str) -> int | None:
+        previous = uow.repo.delete_alias(collection.id, alias)
+        if previous is not None:
+            uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous})
+        return previous
+
+    def delete_alias(
+        self, caller: Caller, collection: str, alias: str, expected_index: int | None = None, request_id: str = ""
+    ) -> int:
+        name = parse_collection(collection, caller.defaults)
         validate_alias(alias)
 
-        def work(uow: UnitOfWork) -> int:
+        def work(uow: UnitOfWork) -> tuple[int, dict[str, Any]]:
             row = self._find_collection(uow.repo, name, None, for_update=True)
-            previous = uow.repo.delete_alias(row.id, alias)
-            if previous is None:
+            current = uow.repo.aliases(row.id).get(alias)
+            if current is None:
                 raise NotFound(f"{CollectionKind(row.kind).label} {name} has no alias {alias!r}")
-            return previous
+            _check_expectation(name, alias, current, expected_index, False)
+            self._remove_alias(uow, row, name, alias)
+            return current, {"previous": current}
 
-        return self.db.run(work, write=True)
+        arguments = (str(name), alias, expected_index)
+        return self._mutate(caller, "DeleteAlias", request_id, arguments, work, lambda uow, key: key["previous"])
+
+    def set_alias_protection(
+        self, caller: Caller, collection: str, alias: str, protected: bool, request_id: str = ""
+    ) -> tuple[str, ...]:
+        name = parse_collection(collection, caller.defaults)
+        validate_alias(alias)
+
+        def work(uow: UnitOfWork) -> tuple[tuple[str, ...], dict[str, Any]]:
+            row = self._find_collection(uow.repo, name, None, for_update=True)
+            current = set(row.protected_aliases or ())
+            changed = (alias in current) != protected
+            current = current | {alias} if protected else current - {alias}
+            row.protected_aliases = sorted(current)
+            if changed:
+                uow.record("alias.protected" if protected else "alias.unprotected", f"{name}:{alias}")
+            return tuple(sorted(current)), {"protected": sorted(current)}
+
+        arguments = (str(name), alias, protected)
+        return self._mutate(
+            caller, "SetAliasProtection", request_id, arguments, work, lambda uow, key: tuple(key["protected"])
+        )
+
+    def alias_history(self, caller: Caller, collection: str, alias: str, size: int, token: str) -> Page[EventView]:
+        name = parse_collection(collection, caller.defaults)
+        if not alias:
+            raise InvalidArgument("alias is empty")
+        limit = page_size(size)
+        resource = f"{name}:{alias}"
+        before = decode_token(token, f"history:{resource}")
+
+        def work(uow: UnitOfWork) -> Page[EventView]:
+            rows = uow.repo.resource_events(resource, before, limit + 1)
+            views = tuple(_event_view(e) for e in rows[:limit])
+            more = len(rows) > limit
+            return Page(views, encode_token(f"history:{resource}", rows[limit - 1].sequence) if more else "")
+
+        return self.db.run(work, write=False)
+
+    # Lineage -------------------------------------------------------------------------------
+
+    def record_run_inputs(
+        self, caller: Caller, run: str, references: Sequence[str], request_id: str = ""
+    ) -> tuple[str, ...]:
+        run_name = str(parse_collection(run, caller.defaults, "run"))
+        refs = [parse_reference(r, caller.defaults) for r in references]
+        if not refs:
+            raise InvalidArgument("name at least one version the run used")
+
+        def work(uow: UnitOfWork) -> tuple[tuple[str, ...], dict[str, Any]]:
+            recorded = []
+            for ref in refs:
+                version, artifact = self._resolve_version_row(uow.repo, ref)
+                uow.repo.add_run_input(run_name, version.id)
+                recorded.append(f"{uow.repo.collection_full_name(artifact)}:v{version.index}")
+            uow.record("run.inputs", run_name, after={"versions": recorded})
+            return tuple(recorded), {"versions": recorded}
+
+        arguments = (run_name, [str(r) for r in refs])
+        return self._mutate(
+            caller, "RecordRunInputs", request_id, arguments, work, lambda uow, key: tuple(key["versions"])
+        )
+
+    def lineage(self, caller: Caller, version_ref: str = "", run: str = "") -> Lineage:
+        if bool(version_ref) == bool(run):
+            raise InvalidArgument("set exactly one of version and run")
+
+        def of_version(uow: UnitOfWork) -> Lineage:
+            version, _ = self._resolve_version_row(uow.repo, parse_reference(version_ref, caller.defaults))
+            return Lineage(version.producer_run or "", tuple(uow.repo.consumer_runs(version.id)), (), ())
+
+        def of_run(uow: UnitOfWork) -> Lineage:
+            name = str(parse_collection(run, caller.defaults, "run"))
+            inputs = tuple(sorted(self._version_name(uow.repo, v) for v in uow.repo.run_inputs(name)))
+            outputs = tuple(sorted(self._version_name(uow.repo, v) for v in uow.repo.run_outputs(name)))
+            return Lineage("", (), inputs, outputs)
+
+        return self.db.run(of_version if version_ref else of_run, write=False)
+
+    def _version_name(self, repo: Repository, version: Version) -> str:
+        return f"{repo.collection_full_name(repo.get_collection(version.artifact_id))}:v{version.index}"
+
+    # Events --------------------------------------------------------------------------------
+
+    def events_after(self, sequence: int, resource_prefix: str = "", limit: int = 500) -> tuple[list[EventView], int]:
+        """Returns events after ``sequence`` (oldest first) and the last sequence committed."""
+        if sequence < 0:
+            raise InvalidArgument(f"start_after must not be negative (got {sequence})")
+
+        def work(uow: UnitOfWork) -> tuple[list[EventView], int]:
+            last = uow.repo.last_event_sequence()
+            rows = uow.repo.events_after(sequence, resource_prefix, limit)
+            return [_event_view(e) for e in rows], last
+
+        return self.db.run(work, write=False)
+
+    def wait_for_events(self, timeout: float) -> None:
+        self.db.wait_for_commit(timeout)
 
     # Helpers -------------------------------------------------------------------------------
 
@@ -487,6 +924,7 @@ class Registry:
             created_at=version.created_at,
             committed_at=version.committed_at,
             manifest=tuple(repo.manifest(version.id)) if with_manifest else (),
+            run=version.producer_run or "",
         )
 
     def _link_view(
@@ -517,4 +955,30 @@ class Registry:
             member_count=count,
             aliases=context.alias_pairs(),
             created_at=row.created_at,
+            tags=tuple(row.tags or ()),
+            protected_aliases=tuple(row.protected_aliases or ()),
+            retention_keep_last=row.retention_keep_last,
         )
+
+
+def _check_expectation(
+    name: CollectionName, alias: str, current: int | None, expected_index: int | None, expect_unset: bool
+) -> None:
+    """Compare-and-set: refuses the change unless the alias names what the caller expects."""
+    holder = "is not set" if current is None else f"names v{current}"
+    if expect_unset and current is not None:
+        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}; expected it unset")
+    if expected_index is not None and current != expected_index:
+        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}, not the expected v{expected_index}")
+
+
+def _event_view(event: Event) -> EventView:
+    return EventView(
+        sequence=event.sequence,
+        kind=event.kind,
+        resource=event.resource,
+        before=event.before,
+        after=event.after,
+        actor=event.actor,
+        created_at=event.created_at,
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -15,6 +17,7 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from metadata_service.domain import (
     CollectionKind,
     CollectionView,
+    EventView,
     LinkView,
     VersionState,
     VersionView,
@@ -22,12 +25,16 @@ from metadata_service.domain import (
 from metadata_service.errors import RegistryError
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
-from metadata_service.service import LinkRequest, Registry
+from metadata_service.service import Caller, LinkRequest, Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
+ACTOR_HEADER = "mreg-actor"
+# A Watch stream with nothing to say still sends the reached sequence this often.
+HEARTBEAT_SECONDS = 10.0
+POLL_SECONDS = 0.5
 
 _STATES = {
     VersionState.PENDING: pb.VERSION_STATE_PENDING,
@@ -40,18 +47,26 @@ def _abort_on_domain_error(method: F) -> F:
     """Maps domain errors to their gRPC status in one place."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
         except RegistryError as e:
             context.abort(grpc.StatusCode[e.code], str(e))
 
-    return wrapper  # type: ignore[return-value]
+    @functools.wraps(method)
+    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except RegistryError as e:
+            context.abort(grpc.StatusCode[e.code], str(e))
+
+    return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
 
 
-def _defaults(context: grpc.ServicerContext) -> Defaults:
-    headers = dict(context.invocation_metadata())
-    return Defaults(entity=headers.get(ENTITY_HEADER) or None, project=headers.get(PROJECT_HEADER) or None)
+def _caller(context: grpc.ServicerContext) -> Caller:
+    headers = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+    defaults = Defaults(entity=headers.get(ENTITY_HEADER) or None, project=headers.get(PROJECT_HEADER) or None)
+    return Caller(defaults, actor=headers.get(ACTOR_HEADER, "")[:256])
 
 
 def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
@@ -99,6 +114,7 @@ def version_pb(view: VersionView) -> pb.Version:
             )
             for e in view.manifest
         ],
+        run=view.run,
     )
 
 
@@ -125,6 +141,9 @@ def artifact_pb(view: CollectionView) -> pb.Artifact:
         version_count=view.member_count,
         aliases=_aliases_pb(view),
         create_time=_timestamp(view.created_at),
+        tags=view.tags,
+        protected_aliases=view.protected_aliases,
+        retention_keep_last=view.retention_keep_last,
     )
 
 
@@ -136,7 +155,25 @@ def registered_model_pb(view: CollectionView) -> pb.RegisteredModel:
         link_count=view.member_count,
         aliases=_aliases_pb(view),
         create_time=_timestamp(view.created_at),
+        tags=view.tags,
+        protected_aliases=view.protected_aliases,
     )
+
+
+def event_pb(view: EventView) -> pb.Event:
+    return pb.Event(
+        sequence=view.sequence,
+        kind=view.kind,
+        resource=view.resource,
+        before=_struct(view.before),
+        after=_struct(view.after),
+        actor=view.actor,
+        create_time=_timestamp(view.created_at),
+    )
+
+
+def _optional(message: Any, field: str) -> Any:
+    return getattr(message, field) if message.HasField(field) else None
 
 
 def _file_entry(entry: pb.ManifestEntry) -> FileEntry:
@@ -157,12 +194,13 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.CreateVersionRequest, context: grpc.ServicerContext
     ) -> pb.CreateVersionResponse:
         view = self.registry.create_version(
-            _defaults(context),
+            _caller(context),
             request.artifact,
             request.type,
             description=request.description,
             tags=list(request.tags),
             metadata=_dict(request.metadata),
+            request_id=request.request_id,
         )
         return pb.CreateVersionResponse(version=version_pb(view))
 
@@ -171,29 +209,27 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.CommitVersionRequest, context: grpc.ServicerContext
     ) -> pb.CommitVersionResponse:
         result = self.registry.commit_version(
-            _defaults(context),
+            _caller(context),
             request.uid,
             [_file_entry(e) for e in request.manifest],
             aliases=list(request.aliases),
             links=[LinkRequest(t.registered_model, tuple(t.aliases)) for t in request.links],
+            run=request.run,
+            request_id=request.request_id,
         )
         return pb.CommitVersionResponse(
-            version=version_pb(result.version),
-            created=result.created,
-            links=[link_pb(v) for v in result.links],
+            version=version_pb(result.version), created=result.created, links=[link_pb(v) for v in result.links]
         )
 
     @_abort_on_domain_error
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
-        return pb.GetVersionResponse(
-            version=version_pb(self.registry.resolve(_defaults(context), request.name).version)
-        )
+        return pb.GetVersionResponse(version=version_pb(self.registry.resolve(_caller(context), request.name).version))
 
     @_abort_on_domain_error
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
-        resolution = self.registry.resolve(_defaults(context), request.reference)
+        resolution = self.registry.resolve(_caller(context), request.reference)
         return pb.ResolveReferenceResponse(
             version=version_pb(resolution.version),
             link=link_pb(resolution.link) if resolution.link else None,
@@ -201,14 +237,27 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
-        page = self.registry.list_versions(_defaults(context), request.parent, request.page_size, request.page_token)
+        page = self.registry.list_versions(
+            _caller(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
+        )
         return pb.ListVersionsResponse(
             versions=[version_pb(v) for v in page.items], next_page_token=page.next_page_token
         )
 
     @_abort_on_domain_error
+    def DeleteVersion(
+        self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteVersionResponse:
+        deleted = self.registry.delete_version(_caller(context), request.name, request.force, request.request_id)
+        return pb.DeleteVersionResponse(
+            version=version_pb(deleted.version),
+            removed_aliases=deleted.removed_aliases,
+            removed_links=deleted.removed_links,
+        )
+
+    @_abort_on_domain_error
     def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.GetArtifactResponse:
-        view = self.registry.get_collection(_defaults(context), request.name, CollectionKind.ARTIFACT)
+        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.ARTIFACT)
         return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
     @_abort_on_domain_error
@@ -216,7 +265,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListArtifactsResponse:
         page = self.registry.list_collections(
-            _defaults(context), request.parent, CollectionKind.ARTIFACT, request.page_size, request.page_token
+            _caller(context),
+            request.parent,
+            CollectionKind.ARTIFACT,
+            request.page_size,
+            request.page_token,
+            request.name_prefix,
+            request.type,
+            request.tag,
         )
         return pb.ListArtifactsResponse(
             artifacts=[artifact_pb(v) for v in page.items], next_page_token=page.next_page_token
@@ -227,7 +283,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.CreateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.CreateRegisteredModelResponse:
         view = self.registry.create_registered_model(
-            _defaults(context), request.name, request.type, request.description
+            _caller(context), request.name, request.type, request.description, list(request.tags), request.request_id
         )
         return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
 
@@ -235,7 +291,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def GetRegisteredModel(
         self, request: pb.GetRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.GetRegisteredModelResponse:
-        view = self.registry.get_collection(_defaults(context), request.name, CollectionKind.REGISTERED_MODEL)
+        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
         return pb.GetRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
@@ -243,32 +299,61 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.ListRegisteredModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegisteredModelsResponse:
         page = self.registry.list_collections(
-            _defaults(context),
+            _caller(context),
             request.parent,
             CollectionKind.REGISTERED_MODEL,
             request.page_size,
             request.page_token,
+            request.name_prefix,
+            request.type,
+            request.tag,
         )
         return pb.ListRegisteredModelsResponse(
-            registered_models=[registered_model_pb(v) for v in page.items],
-            next_page_token=page.next_page_token,
+            registered_models=[registered_model_pb(v) for v in page.items], next_page_token=page.next_page_token
         )
+
+    @_abort_on_domain_error
+    def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteCollectionResponse:
+        self.registry.delete_collection(_caller(context), request.name, request.request_id)
+        return pb.DeleteCollectionResponse()
+
+    @_abort_on_domain_error
+    def SetRetentionPolicy(
+        self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
+    ) -> pb.SetRetentionPolicyResponse:
+        view, deleted = self.registry.set_retention_policy(
+            _caller(context), request.artifact, _optional(request, "keep_last"), request.request_id
+        )
+        return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
     @_abort_on_domain_error
     def CreateLink(self, request: pb.CreateLinkRequest, context: grpc.ServicerContext) -> pb.CreateLinkResponse:
         view, created = self.registry.create_link(
-            _defaults(context), request.version, request.registered_model, list(request.aliases)
+            _caller(context), request.version, request.registered_model, list(request.aliases), request.request_id
         )
         return pb.CreateLinkResponse(link=link_pb(view), created=created)
 
     @_abort_on_domain_error
     def ListLinks(self, request: pb.ListLinksRequest, context: grpc.ServicerContext) -> pb.ListLinksResponse:
-        page = self.registry.list_links(_defaults(context), request.parent, request.page_size, request.page_token)
+        page = self.registry.list_links(_caller(context), request.parent, request.page_size, request.page_token)
         return pb.ListLinksResponse(links=[link_pb(v) for v in page.items], next_page_token=page.next_page_token)
 
     @_abort_on_domain_error
+    def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
+        return pb.DeleteLinkResponse(name=self.registry.delete_link(_caller(context), request.name, request.request_id))
+
+    @_abort_on_domain_error
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:
-        change = self.registry.set_alias(_defaults(context), request.target, request.alias)
+        change = self.registry.set_alias(
+            _caller(context),
+            request.target,
+            request.alias,
+            expected_index=_optional(request, "expected_index"),
+            expect_unset=request.expect_unset,
+            request_id=request.request_id,
+        )
         return pb.SetAliasResponse(
             collection=change.collection,
             alias=pb.Alias(alias=change.alias, index=change.index),
@@ -277,5 +362,71 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> pb.DeleteAliasResponse:
-        previous = self.registry.delete_alias(_defaults(context), request.collection, request.alias)
+        previous = self.registry.delete_alias(
+            _caller(context),
+            request.collection,
+            request.alias,
+            _optional(request, "expected_index"),
+            request.request_id,
+        )
         return pb.DeleteAliasResponse(previous_index=previous)
+
+    @_abort_on_domain_error
+    def SetAliasProtection(
+        self, request: pb.SetAliasProtectionRequest, context: grpc.ServicerContext
+    ) -> pb.SetAliasProtectionResponse:
+        protected = self.registry.set_alias_protection(
+            _caller(context), request.collection, request.alias, request.protected, request.request_id
+        )
+        return pb.SetAliasProtectionResponse(protected_aliases=protected)
+
+    @_abort_on_domain_error
+    def ListAliasHistory(
+        self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListAliasHistoryResponse:
+        page = self.registry.alias_history(
+            _caller(context), request.collection, request.alias, request.page_size, request.page_token
+        )
+        return pb.ListAliasHistoryResponse(
+            events=[event_pb(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    @_abort_on_domain_error
+    def RecordRunInputs(
+        self, request: pb.RecordRunInputsRequest, context: grpc.ServicerContext
+    ) -> pb.RecordRunInputsResponse:
+        recorded = self.registry.record_run_inputs(
+            _caller(context), request.run, list(request.versions), request.request_id
+        )
+        return pb.RecordRunInputsResponse(versions=recorded)
+
+    @_abort_on_domain_error
+    def GetLineage(self, request: pb.GetLineageRequest, context: grpc.ServicerContext) -> pb.GetLineageResponse:
+        lineage = self.registry.lineage(_caller(context), request.version, request.run)
+        return pb.GetLineageResponse(
+            producer_run=lineage.producer_run,
+            consumer_runs=lineage.consumer_runs,
+            inputs=lineage.inputs,
+            outputs=lineage.outputs,
+        )
+
+    @_abort_on_domain_error
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
+        cursor = request.start_after
+        if request.from_now:
+            _, cursor = self.registry.events_after(0, limit=0)
+        last_sent = time.monotonic()
+        while context.is_active():
+            events, reached = self.registry.events_after(cursor, request.resource_prefix)
+            for event in events:
+                yield pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
+                cursor = event.sequence
+            if events:
+                last_sent = time.monotonic()
+                continue
+            if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                # Filtered consumers learn how far the log has advanced without matching events.
+                cursor = max(cursor, reached)
+                yield pb.WatchResponse(sequence=cursor)
+                last_sent = time.monotonic()
+            self.registry.wait_for_events(POLL_SECONDS)

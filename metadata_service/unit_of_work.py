@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_service.db import WRITE_OPTION
+from metadata_service.domain import PendingEvent
 from metadata_service.errors import Unavailable
 from metadata_service.repository import Repository
 
@@ -30,17 +32,33 @@ MAX_ATTEMPTS = 8
 
 
 class UnitOfWork:
-    """A session and its repository; leaving the block without commit() rolls back."""
+    """A session and its repository; leaving the block without commit() rolls back.
 
-    def __init__(self, make_session: Callable[[], Session]) -> None:
+    Changes are described with ``record`` as they are made; commit() appends them to
+    the event log in the same transaction, so the log never disagrees with the data.
+    """
+
+    def __init__(self, make_session: Callable[[], Session], actor: str = "") -> None:
         self._make_session = make_session
+        self.actor = actor
+        self.events: list[PendingEvent] = []
 
     def __enter__(self) -> UnitOfWork:
         self.session = self._make_session()
         self.repo = Repository(self.session)
+        self.events = []
         return self
 
+    def record(
+        self, kind: str, resource: str, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None
+    ) -> None:
+        self.events.append(PendingEvent(kind, resource, before, after))
+
     def commit(self) -> None:
+        if self.events:
+            # Last statement before COMMIT: the counter row lock is held only briefly, and
+            # sequence order equals commit order, which Watch relies on.
+            self.repo.append_events(self.events, self.actor)
         self.session.commit()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -62,8 +80,18 @@ class Database:
         self.engine = engine
         self._reader = sessionmaker(bind=engine, expire_on_commit=False)
         self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._committed = threading.Condition()
 
-    def run(self, work: Callable[[UnitOfWork], T], *, write: bool) -> T:
+    def _notify_committed(self) -> None:
+        with self._committed:
+            self._committed.notify_all()
+
+    def wait_for_commit(self, timeout: float) -> None:
+        """Blocks until this process commits events or ``timeout`` passes (other replicas are polled)."""
+        with self._committed:
+            self._committed.wait(timeout)
+
+    def run(self, work: Callable[[UnitOfWork], T], *, write: bool, actor: str = "") -> T:
         """Runs ``work`` in a transaction, committing if ``write``; retries transient conflicts.
 
         Raises:
@@ -71,10 +99,12 @@ class Database:
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                with UnitOfWork(self._writer if write else self._reader) as uow:
+                with UnitOfWork(self._writer if write else self._reader, actor) as uow:
                     result = work(uow)
                     if write:
                         uow.commit()
+                        if uow.events:
+                            self._notify_committed()
                     return result
             except DBAPIError as e:
                 if _is_transient(e) and attempt < MAX_ATTEMPTS:
