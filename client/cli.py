@@ -126,6 +126,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             description=args.description,
             tags=args.tag,
             link_to=args.link,
+            run=args.run,
             progress=out.progress("push"),
         )
     version = result.version
@@ -153,7 +154,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        result = registry.pull(args.ref, args.dest, progress=out.progress("pull"))
+        result = registry.pull(args.ref, args.dest, run=args.run, progress=out.progress("pull"))
     version = result.version
     data = {
         "ref": version.name,
@@ -258,9 +259,21 @@ def _list_project(registry: Registry, target: str) -> tuple[list[dict[str, Any]]
     return rows, lines
 
 
+def _expectation(text: str | None) -> tuple[int | None, bool]:
+    if text is None:
+        return None, False
+    if text == "none":
+        return None, True
+    digits = text.removeprefix("v")
+    if not digits.isdigit():
+        raise MregError("INVALID_ARGUMENT", f"--expect takes vN, N or 'none', not {text!r}")
+    return int(digits), False
+
+
 def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
+    expected_index, expect_unset = _expectation(args.expect)
     with _registry(args) as registry:
-        response = registry.set_alias(args.ref, args.alias)
+        response = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
     data = {
         "collection": response.collection,
         "alias": response.alias.alias,
@@ -285,6 +298,132 @@ def cmd_link(args: argparse.Namespace, out: Output) -> None:
     verb = "linked" if response.created else "already linked"
     aliases = f"  ({', '.join(response.link.aliases)})" if response.link.aliases else ""
     out.result(data, f"{verb} {response.link.version.name} as {response.link.name}{aliases}")
+
+
+def cmd_delete(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        if args.collection:
+            registry.delete_collection(args.ref)
+            out.result({"deleted": args.ref, "kind": "collection"}, f"deleted {args.ref}")
+            return
+        if ":" not in args.ref:
+            raise MregError(
+                "INVALID_ARGUMENT", f"name the version to delete, e.g. {args.ref}:v3 (or pass --collection)"
+            )
+        target = registry.resolve(args.ref)
+        if target.HasField("link"):
+            name = registry.delete_link(args.ref).name
+            out.result({"deleted": name, "kind": "link"}, f"deleted link {name}")
+            return
+        response = registry.delete_version(args.ref, force=args.force)
+    data = {
+        "deleted": response.version.name,
+        "kind": "version",
+        "removed_aliases": list(response.removed_aliases),
+        "removed_links": list(response.removed_links),
+    }
+    removed = list(response.removed_aliases) + list(response.removed_links)
+    out.result(data, f"deleted {response.version.name}" + (f" (removed {', '.join(removed)})" if removed else ""))
+
+
+def cmd_versions(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        versions = list(registry.list_versions(args.ref, filter=args.filter, order_by=args.order_by))
+    rows = [version_json(v, with_manifest=False) for v in versions]
+    lines = [
+        f"{v.name}  {_human_size(v.size_bytes):>10}  {', '.join(v.aliases) or '-'}  "
+        f"{json.dumps(struct_to_dict(v.metadata), sort_keys=True) if v.metadata.fields else ''}".rstrip()
+        for v in versions
+    ]
+    out.result(rows, "\n".join(lines) if lines else "(no versions match)")
+
+
+def cmd_alias_history(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        events = list(registry.alias_history(args.collection, args.alias))
+    rows = [event_json(e) for e in events]
+    lines = [
+        f"#{e.sequence}  {e.create_time.ToJsonString()}  {e.kind:<14} "
+        f"{_index_of(e.before)} -> {_index_of(e.after)}  by {e.actor or '?'}"
+        for e in events
+    ]
+    out.result(rows, "\n".join(lines) if lines else "(no history)")
+
+
+def _index_of(state: Any) -> str:
+    return f"v{int(state['index'])}" if state is not None and "index" in state.fields else "-"
+
+
+def cmd_alias_protect(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        protected = registry.set_alias_protection(args.collection, args.alias, not args.off)
+    out.result(
+        {"collection": args.collection, "protected_aliases": protected}, f"protected: {', '.join(protected) or '-'}"
+    )
+
+
+def cmd_lineage(args: argparse.Namespace, out: Output) -> None:
+    if bool(args.ref) == bool(args.run):
+        raise MregError("INVALID_ARGUMENT", "give a version reference or --run RUN")
+    with _registry(args) as registry:
+        if args.record:
+            recorded = registry.record_run_inputs(args.run, args.record)
+            out.result({"run": args.run, "inputs": recorded}, f"{args.run} used {', '.join(recorded)}")
+            return
+        lineage = registry.lineage(ref=args.ref or "", run=args.run or "")
+    data = {
+        "producer_run": lineage.producer_run or None,
+        "consumer_runs": list(lineage.consumer_runs),
+        "inputs": list(lineage.inputs),
+        "outputs": list(lineage.outputs),
+    }
+    if args.ref:
+        text = f"produced by: {lineage.producer_run or '(unknown)'}\nused by: {', '.join(lineage.consumer_runs) or '-'}"
+    else:
+        text = f"inputs: {', '.join(lineage.inputs) or '-'}\noutputs: {', '.join(lineage.outputs) or '-'}"
+    out.result(data, text)
+
+
+def event_json(event: pb.Event) -> dict[str, Any]:
+    return {
+        "sequence": event.sequence,
+        "kind": event.kind,
+        "resource": event.resource,
+        "before": struct_to_dict(event.before) if event.HasField("before") else None,
+        "after": struct_to_dict(event.after) if event.HasField("after") else None,
+        "actor": event.actor,
+        "time": event.create_time.ToJsonString(),
+    }
+
+
+def cmd_watch(args: argparse.Namespace, out: Output) -> None:
+    """Prints one line (one JSON object with --json) per event until interrupted or --limit."""
+    seen = 0
+    with _registry(args) as registry:
+        for message in registry.watch(args.since, from_now=args.from_now, resource_prefix=args.prefix):
+            if not message.HasField("event"):
+                continue
+            event = message.event
+            if out.as_json:
+                print(json.dumps(event_json(event)), flush=True)
+            else:
+                change = (
+                    f"{_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
+                )
+                print(f"#{event.sequence} {event.kind} {event.resource} {change}".rstrip(), flush=True)
+            seen += 1
+            if args.limit and seen >= args.limit:
+                return
+
+
+def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
+    keep_last = None if args.keep_last is None else args.keep_last
+    with _registry(args) as registry:
+        response = registry.set_retention(args.artifact, keep_last)
+    deleted = [f"v{i}" for i in response.deleted_indexes]
+    data = {"artifact": response.artifact.name, "keep_last": keep_last, "deleted": list(response.deleted_indexes)}
+    policy = f"keep the last {keep_last}" if keep_last is not None else "keep everything"
+    out.result(data, f"{response.artifact.name}: {policy}; deleted {', '.join(deleted) or 'nothing'}")
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> None:
@@ -315,11 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--description", default="")
     push.add_argument("--tag", action="append", default=[])
     push.add_argument("--link", action="append", default=[], metavar="REGISTERED_MODEL")
+    push.add_argument("--run", default="", help="the run that produced this version (lineage)")
     push.set_defaults(handler=cmd_push)
 
     pull = commands.add_parser("pull", parents=[common], help="download a version, verified")
     pull.add_argument("ref")
     pull.add_argument("dest")
+    pull.add_argument("--run", default="", help="record that this run used the version (lineage)")
     pull.set_defaults(handler=cmd_pull)
 
     show = commands.add_parser("show", parents=[common], help="a version's (or link's) details and manifest")
@@ -335,11 +476,59 @@ def build_parser() -> argparse.ArgumentParser:
     alias_set = alias_commands.add_parser("set", parents=[common], help="point ALIAS at the version REF names")
     alias_set.add_argument("ref")
     alias_set.add_argument("alias")
+    alias_set.add_argument(
+        "--expect", metavar="vN|none", help="move only if the alias names vN now (or is unset): a safe promotion"
+    )
     alias_set.set_defaults(handler=cmd_alias_set)
     alias_rm = alias_commands.add_parser("rm", parents=[common], help="remove ALIAS from COLLECTION")
     alias_rm.add_argument("collection")
     alias_rm.add_argument("alias")
     alias_rm.set_defaults(handler=cmd_alias_rm)
+    history = alias_commands.add_parser("history", parents=[common], help="who moved ALIAS of COLLECTION, when")
+    history.add_argument("collection")
+    history.add_argument("alias")
+    history.set_defaults(handler=cmd_alias_history)
+    protect = alias_commands.add_parser("protect", parents=[common], help="mark ALIAS of COLLECTION protected")
+    protect.add_argument("collection")
+    protect.add_argument("alias")
+    protect.add_argument("--off", action="store_true", help="unprotect instead")
+    protect.set_defaults(handler=cmd_alias_protect)
+
+    delete = commands.add_parser("delete", parents=[common], help="delete a version, a link or an empty collection")
+    delete.add_argument("ref", help="ARTIFACT:vN, REGISTERED_MODEL:vN, or a collection with --collection")
+    delete.add_argument("--force", action="store_true", help="also remove the version's aliases and links")
+    delete.add_argument("--collection", action="store_true", help="delete the (empty) collection REF")
+    delete.set_defaults(handler=cmd_delete)
+
+    versions = commands.add_parser("versions", parents=[common], help="search an artifact's versions")
+    versions.add_argument("ref", help="the artifact")
+    versions.add_argument("--filter", default="", help="e.g. 'metadata.val_loss < 0.2 AND tag = \"fp16\"'")
+    versions.add_argument("--order-by", default="", help="e.g. 'metadata.val_loss asc' (default: index desc)")
+    versions.set_defaults(handler=cmd_versions)
+
+    lineage = commands.add_parser("lineage", parents=[common], help="which run made a version, which runs used it")
+    lineage.add_argument("ref", nargs="?")
+    lineage.add_argument("--run", help="show (or with --record, add to) a run's inputs and outputs")
+    lineage.add_argument("--record", nargs="+", metavar="REF", help="record that --run used these versions")
+    lineage.set_defaults(handler=cmd_lineage)
+
+    watch = commands.add_parser("watch", parents=[common], help="stream change events")
+    watch.add_argument("--since", type=int, default=0, metavar="CURSOR", help="replay events after this sequence")
+    watch.add_argument("--from-now", action="store_true", help="skip the replay")
+    watch.add_argument("--prefix", default="", help="only resources starting with this prefix")
+    watch.add_argument("--limit", type=int, default=0, help="stop after this many events")
+    watch.set_defaults(handler=cmd_watch)
+
+    retention = commands.add_parser("retention", help="per-artifact retention policies")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
+    retention_set = retention_commands.add_parser(
+        "set", parents=[common], help="keep the last N versions plus every version with an alias or link"
+    )
+    retention_set.add_argument("artifact")
+    group = retention_set.add_mutually_exclusive_group(required=True)
+    group.add_argument("--keep-last", type=int, metavar="N")
+    group.add_argument("--none", action="store_true", help="remove the policy")
+    retention_set.set_defaults(handler=cmd_retention_set)
 
     link = commands.add_parser("link", parents=[common], help="link a version into a registered model")
     link.add_argument("ref")

@@ -7,8 +7,13 @@ registry.pull("resnet:candidate", "./restored")
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import random
+import socket
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +33,8 @@ from client.transfer import BlobTransfer, ProgressCallback, RemoteFile
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
+RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRY_ATTEMPTS = 6
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 256 << 20),
@@ -68,13 +75,16 @@ class Registry:
         entity: str | None = None,
         project: str | None = None,
         parallel: int = 8,
+        actor: str | None = None,
+        timeout: float = 120.0,
     ) -> None:
         self._channels = (metadata_channel, blob_channel)
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
         self.blobs = blob_grpc.BlobServiceStub(blob_channel)
         self.transfer = BlobTransfer(self.blobs, parallel=parallel)
         self.parallel = parallel
-        headers = []
+        self.timeout = timeout
+        headers = [("mreg-actor", actor or os.environ.get("MREG_ACTOR") or _default_actor())]
         if entity:
             headers.append(("mreg-entity", entity))
         if project:
@@ -113,10 +123,21 @@ class Registry:
         self.close()
 
     def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, metadata=self._headers)
-        except grpc.RpcError as e:
-            raise MregError.from_rpc(e, "the metadata service") from e
+        """Calls the metadata service, retrying transient failures.
+
+        A mutation gets one request_id for the logical call, reused by every retry, so a
+        retry after a lost response returns the first result instead of acting twice.
+        """
+        if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return method(request, metadata=self._headers, timeout=self.timeout)
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE_CODES or attempt == RETRY_ATTEMPTS - 1:
+                    raise MregError.from_rpc(e, "the metadata service") from e
+                time.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
 
     # Push and pull -----------------------------------------------------------------------
 
@@ -131,6 +152,7 @@ class Registry:
         description: str = "",
         tags: Sequence[str] = (),
         link_to: Sequence[str] = (),
+        run: str = "",
         progress: Callable[[int], ProgressCallback] | None = None,
     ) -> PushResult:
         """Uploads a directory as a new version of the artifact ``ref`` and commits it.
@@ -170,6 +192,7 @@ class Registry:
                 ],
                 aliases=list(aliases),
                 links=[pb.LinkTarget(registered_model=m) for m in link_to],
+                run=run,
             ),
         )
         return PushResult(
@@ -194,6 +217,7 @@ class Registry:
         ref: str,
         dest: str | os.PathLike[str],
         *,
+        run: str = "",
         progress: Callable[[int], ProgressCallback] | None = None,
     ) -> PullResult:
         """Downloads the version ``ref`` names into ``dest``, verifying every file.
@@ -209,6 +233,8 @@ class Registry:
         target.mkdir(parents=True, exist_ok=True)
         total = sum(f.size_bytes for f in files)
         received = self.transfer.download(files, target, progress(total) if progress else None)
+        if run:
+            self.record_run_inputs(run, [version.name])
         return PullResult(
             version=version,
             link=resolution.link if resolution.HasField("link") else None,
@@ -251,18 +277,78 @@ class Registry:
             pb.CreateLinkRequest(version=ref, registered_model=registered_model, aliases=list(aliases)),
         )
 
-    def set_alias(self, ref: str, alias: str) -> pb.SetAliasResponse:
-        return self._call(self.metadata.SetAlias, pb.SetAliasRequest(target=ref, alias=alias))
+    def set_alias(
+        self, ref: str, alias: str, *, expected_index: int | None = None, expect_unset: bool = False
+    ) -> pb.SetAliasResponse:
+        """Points ``alias`` at the version (or link) ``ref`` names.
 
-    def delete_alias(self, collection: str, alias: str) -> pb.DeleteAliasResponse:
-        return self._call(self.metadata.DeleteAlias, pb.DeleteAliasRequest(collection=collection, alias=alias))
+        With ``expected_index`` (or ``expect_unset``) the move happens only if the alias
+        names that index now (or nothing), else FAILED_PRECONDITION: a safe promotion.
+        """
+        request = pb.SetAliasRequest(target=ref, alias=alias, expected_index=expected_index, expect_unset=expect_unset)
+        return self._call(self.metadata.SetAlias, request)
 
-    def list_versions(self, artifact: str, page_size: int = 0) -> Iterator[pb.Version]:
-        yield from self._paginate(
-            self.metadata.ListVersions,
-            pb.ListVersionsRequest(parent=artifact, page_size=page_size),
-            "versions",
-        )
+    def delete_alias(self, collection: str, alias: str, *, expected_index: int | None = None) -> pb.DeleteAliasResponse:
+        request = pb.DeleteAliasRequest(collection=collection, alias=alias, expected_index=expected_index)
+        return self._call(self.metadata.DeleteAlias, request)
+
+    def list_versions(
+        self, artifact: str, page_size: int = 0, filter: str = "", order_by: str = ""
+    ) -> Iterator[pb.Version]:
+        """Versions of an artifact, newest first unless ``order_by`` says otherwise; see the filter grammar."""
+        request = pb.ListVersionsRequest(parent=artifact, page_size=page_size, filter=filter, order_by=order_by)
+        yield from self._paginate(self.metadata.ListVersions, request, "versions")
+
+    def delete_version(self, ref: str, force: bool = False) -> pb.DeleteVersionResponse:
+        return self._call(self.metadata.DeleteVersion, pb.DeleteVersionRequest(name=ref, force=force))
+
+    def delete_link(self, ref: str) -> pb.DeleteLinkResponse:
+        return self._call(self.metadata.DeleteLink, pb.DeleteLinkRequest(name=ref))
+
+    def delete_collection(self, name: str) -> None:
+        self._call(self.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
+
+    def set_retention(self, artifact: str, keep_last: int | None) -> pb.SetRetentionPolicyResponse:
+        request = pb.SetRetentionPolicyRequest(artifact=artifact, keep_last=keep_last)
+        return self._call(self.metadata.SetRetentionPolicy, request)
+
+    def set_alias_protection(self, collection: str, alias: str, protected: bool = True) -> list[str]:
+        request = pb.SetAliasProtectionRequest(collection=collection, alias=alias, protected=protected)
+        return list(self._call(self.metadata.SetAliasProtection, request).protected_aliases)
+
+    def alias_history(self, collection: str, alias: str) -> Iterator[pb.Event]:
+        request = pb.ListAliasHistoryRequest(collection=collection, alias=alias)
+        yield from self._paginate(self.metadata.ListAliasHistory, request, "events")
+
+    def record_run_inputs(self, run: str, refs: Sequence[str]) -> list[str]:
+        request = pb.RecordRunInputsRequest(run=run, versions=list(refs))
+        return list(self._call(self.metadata.RecordRunInputs, request).versions)
+
+    def lineage(self, ref: str = "", run: str = "") -> pb.GetLineageResponse:
+        return self._call(self.metadata.GetLineage, pb.GetLineageRequest(version=ref, run=run))
+
+    def watch(
+        self,
+        start_after: int = 0,
+        *,
+        from_now: bool = False,
+        resource_prefix: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[pb.WatchResponse]:
+        """Streams events after ``start_after``, then live ones; heartbeats carry no event.
+
+        The first message is a heartbeat sent as soon as the stream is live. The stream
+        runs until the caller stops iterating, or for ``timeout`` seconds.
+        """
+        request = pb.WatchRequest(start_after=start_after, from_now=from_now, resource_prefix=resource_prefix)
+        stream = self.metadata.Watch(request, metadata=self._headers, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise MregError.from_rpc(e, "the metadata service") from e
+        finally:
+            stream.cancel()
 
     def list_links(self, registered_model: str, page_size: int = 0) -> Iterator[pb.Link]:
         yield from self._paginate(
@@ -292,6 +378,14 @@ class Registry:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:

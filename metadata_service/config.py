@@ -16,6 +16,8 @@ class MetadataConfig:
     blob_addr: str = "localhost:50052"
     workers: int = 32
     migrate: bool = True
+    pending_ttl_seconds: float = 24 * 3600
+    janitor_interval_seconds: float = 60
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="concurrent RPCs served (env MREG_METADATA_WORKERS)",
     )
     parser.add_argument(
+        "--pending-ttl-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_PENDING_TTL_SECONDS", MetadataConfig.pending_ttl_seconds)),
+        help="pending versions not committed within this time expire (env MREG_PENDING_TTL_SECONDS)",
+    )
+    parser.add_argument(
+        "--janitor-interval-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_JANITOR_INTERVAL_SECONDS", MetadataConfig.janitor_interval_seconds)),
+        help="how often expired pending versions are removed (env MREG_JANITOR_INTERVAL_SECONDS)",
+    )
+    parser.add_argument(
         "--no-migrate",
         dest="migrate",
         action="store_false",
@@ -56,4 +70,6 @@ def from_args(args: argparse.Namespace) -> MetadataConfig:
         blob_addr=args.blob_addr,
         workers=args.workers,
         migrate=args.migrate,
+        pending_ttl_seconds=args.pending_ttl_seconds,
+        janitor_interval_seconds=args.janitor_interval_seconds,
     )

@@ -106,9 +106,8 @@ def _tokenize(text: str) -> list[_Token]:
             break
         match = _TOKEN.match(text, position)
         if not match or match.end() == position:
-            raise InvalidArgument(
-                f"filter: unexpected character {text[position:].lstrip()[:1]!r} at position {position + 1}"
-            )
+            start = len(text) - len(text[position:].lstrip())
+            raise InvalidArgument(f"filter: unexpected character {text[start]!r} at position {start + 1}")
         kind = match.lastgroup or ""
         tokens.append(_Token(kind, match.group(kind), match.start(kind) + 1))
         position = match.end()

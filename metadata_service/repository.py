@@ -57,13 +57,16 @@ class Repository:
         self.session = session
         self._dialect = session.get_bind().dialect.name
 
-    def _insert_ignoring_conflict(self, model: Any, values: dict[str, Any]) -> int | None:
-        """INSERTs a row unless a unique key is taken; returns the new id, or None.
+    def _insert_ignoring_conflict(self, model: Any, values: dict[str, Any]) -> Any | None:
+        """INSERTs a row unless a unique key is taken; returns the new row's primary key, or None.
 
-        This is how concurrent create-on-first-use stays free of integrity errors.
+        This is how concurrent create-on-first-use and request-id claims stay free of
+        integrity errors: a concurrent insert of the same key waits for the other
+        transaction and then finds the key taken.
         """
         make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        statement = make_insert(model).values(**values).on_conflict_do_nothing().returning(model.id)
+        key = next(iter(model.__table__.primary_key.columns))
+        statement = make_insert(model).values(**values).on_conflict_do_nothing().returning(key)
         return self.session.execute(statement).scalar_one_or_none()
 
     # Entities and projects -------------------------------------------------------------
@@ -344,11 +347,11 @@ class Repository:
 
         A concurrent transaction holding the same id makes this wait until it ends.
         """
-        claimed = self._insert_ignoring_conflict_key(
+        claimed = self._insert_ignoring_conflict(
             RequestRecord,
             {"request_id": request_id, "method": method, "fingerprint": fingerprint, "created_at": utcnow()},
         )
-        if claimed:
+        if claimed is not None:
             return None
         return self.session.get_one(RequestRecord, request_id, populate_existing=True)
 
@@ -358,11 +361,6 @@ class Repository:
     def forget_requests(self, older_than: datetime) -> int:
         result = self.session.execute(delete(RequestRecord).where(RequestRecord.created_at < older_than))
         return int(getattr(result, "rowcount", 0))
-
-    def _insert_ignoring_conflict_key(self, model: Any, values: dict[str, Any]) -> bool:
-        make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        result = self.session.execute(make_insert(model).values(**values).on_conflict_do_nothing())
-        return bool(getattr(result, "rowcount", 0))
 
     # Events --------------------------------------------------------------------------------
 
@@ -407,7 +405,7 @@ class Repository:
     # Lineage -------------------------------------------------------------------------------
 
     def add_run_input(self, run: str, version_id: int) -> None:
-        self._insert_ignoring_conflict_key(RunInput, {"run": run, "version_id": version_id, "created_at": utcnow()})
+        self._insert_ignoring_conflict(RunInput, {"run": run, "version_id": version_id, "created_at": utcnow()})
 
     def consumer_runs(self, version_id: int) -> list[str]:
         return sorted(set(self.session.scalars(select(RunInput.run).where(RunInput.version_id == version_id)).all()))
@@ -449,7 +447,7 @@ class Repository:
 
     def _json_list_contains(self, column: Any, value: str) -> ColumnElement[bool]:
         if self._dialect == "postgresql":
-            return column.op("@>")(func.jsonb_build_array(value))
+            return column.op("@>", is_comparison=True)(func.jsonb_build_array(value))
         items = func.json_each(column).table_valued("value")
         return exists(select(literal(1)).select_from(items).where(items.c.value == value))
 

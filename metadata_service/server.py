@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,12 +37,15 @@ class RunningMetadataServer:
     port: int
     engine: Engine
     content: BlobContentChecker
+    registry: Registry
+    stopping: threading.Event
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = None) -> None:
+        self.stopping.set()
         self.server.stop(grace).wait()
         self.content.close()
         self.engine.dispose()
@@ -52,7 +57,11 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     if config.migrate:
         upgrade_schema(engine)
     content = BlobContentChecker(config.blob_addr)
-    registry = Registry(Database(engine), content)
+    registry = Registry(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    stopping = threading.Event()
+    threading.Thread(
+        target=_janitor, args=(registry, config.janitor_interval_seconds, stopping), name="mreg-janitor", daemon=True
+    ).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
     health_servicer = health.HealthServicer()
@@ -66,4 +75,13 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         raise RuntimeError(f"cannot listen on {config.listen}")
     server.start()
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
-    return RunningMetadataServer(server, port, engine, content)
+    return RunningMetadataServer(server, port, engine, content, registry, stopping)
+
+
+def _janitor(registry: Registry, interval: float, stopping: threading.Event) -> None:
+    """Expires pending versions and old request records until the server stops."""
+    while not stopping.wait(interval):
+        try:
+            registry.expire_pending()
+        except Exception:  # the janitor must outlive a database hiccup
+            log.exception("expiring pending versions failed; retrying in %.0f s", interval)

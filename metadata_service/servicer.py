@@ -415,6 +415,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         cursor = request.start_after
         if request.from_now:
             _, cursor = self.registry.events_after(0, limit=0)
+        # The first message tells the consumer the stream is live and where it starts.
+        yield pb.WatchResponse(sequence=cursor)
         last_sent = time.monotonic()
         while context.is_active():
             events, reached = self.registry.events_after(cursor, request.resource_prefix)

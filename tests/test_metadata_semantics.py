@@ -1,0 +1,490 @@
+"""DESIGN §2 under concurrency, retries and crashes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+
+from client import MregError, Registry
+from metadata_service import server as metadata_server
+from metadata_service.config import MetadataConfig
+from tests.processes import ServiceProcess
+from tests.test_metadata_service import upload
+
+
+def push_one(
+    registry: Registry,
+    name: str,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    tags: tuple[str, ...] = (),
+    **commit_fields: Any,
+) -> pb.CommitVersionResponse:
+    """Creates and commits a one-file version through the raw RPCs."""
+    (digest,) = upload(registry, content.encode())
+    create = pb.CreateVersionRequest(artifact=name, type="model", tags=list(tags))
+    if metadata:
+        create.metadata.update(metadata)
+    pending = registry._call(registry.metadata.CreateVersion, create).version
+    request = pb.CommitVersionRequest(
+        uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)], **commit_fields
+    )
+    return registry._call(registry.metadata.CommitVersion, request)
+
+
+def code_of(call) -> str:
+    with pytest.raises(MregError) as error:
+        call()
+    return error.value.code
+
+
+# Concurrency ---------------------------------------------------------------------------------
+
+
+def test_32_committers_in_separate_processes_get_exactly_v0_to_v31(servers, unique) -> None:
+    artifact = f"acme/vision/crowd-{unique}"
+    start_at = time.time() + 8  # every process is up and waiting by then
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.committer",
+                servers.metadata.address,
+                servers.blob.address,
+                artifact,
+                str(i),
+                str(start_at),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(32)
+    ]
+    outputs = [w.communicate(timeout=240) for w in workers]
+
+    assert [w.returncode for w in workers] == [0] * 32, [err for _, err in outputs if err]
+    assert sorted(int(out) for out, _ in outputs) == list(range(32))
+    with servers.registry() as registry:
+        assert registry.resolve(artifact).version.index == 31
+        assert [v.index for v in registry.list_versions(artifact)] == list(range(31, -1, -1))
+
+
+def test_concurrent_compare_and_set_promotions_have_exactly_one_winner(servers, registry, unique) -> None:
+    name = f"promo-{unique}"
+    for i in range(21):
+        push_one(registry, name, f"{name} {i}")
+    registry.set_alias(f"{name}:v0", "production")
+    outcomes: list[str] = []
+
+    def promote(candidate: int) -> None:
+        with servers.registry() as client:
+            try:
+                client.set_alias(f"{name}:v{candidate}", "production", expected_index=0)
+                outcomes.append(f"won v{candidate}")
+            except MregError as e:
+                outcomes.append(e.code)
+
+    threads = [threading.Thread(target=promote, args=(i,)) for i in range(1, 21)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    winners = [o for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1 and outcomes.count("FAILED_PRECONDITION") == 19
+    assert f"v{registry.resolve(f'{name}:production').version.index}" == winners[0].split()[1]
+
+
+def test_compare_and_set_mismatch_names_the_current_holder(registry, unique) -> None:
+    name = f"cas-{unique}"
+    push_one(registry, name, "a")
+    push_one(registry, name, "b")
+    registry.set_alias(f"{name}:v1", "production")
+    with pytest.raises(MregError) as error:
+        registry.set_alias(f"{name}:v0", "production", expected_index=0)
+    assert error.value.code == "FAILED_PRECONDITION" and "names v1" in error.value.message
+    with pytest.raises(MregError) as error:
+        registry.set_alias(f"{name}:v0", "production", expect_unset=True)
+    assert error.value.code == "FAILED_PRECONDITION"
+    registry.set_alias(f"{name}:v0", "staging", expect_unset=True)
+    assert registry.resolve(f"{name}:staging").version.index == 0
+
+
+# Idempotency ---------------------------------------------------------------------------------
+
+
+def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry, unique) -> None:
+    name = f"retry-{unique}"
+    (a, b) = upload(registry, b"retry a " + unique.encode(), b"retry b " + unique.encode())
+    request_id = uuid.uuid4().hex
+    create = pb.CreateVersionRequest(artifact=name, type="model", request_id=request_id)
+    first_pending = registry._call(registry.metadata.CreateVersion, create)
+    again_pending = registry._call(registry.metadata.CreateVersion, create)
+    assert first_pending.version.uid == again_pending.version.uid
+
+    commit_id = uuid.uuid4().hex
+    request = pb.CommitVersionRequest(
+        uid=first_pending.version.uid,
+        manifest=[pb.ManifestEntry(path="f", digest=a)],
+        request_id=commit_id,
+        aliases=["best"],
+    )
+    first = registry._call(registry.metadata.CommitVersion, request)
+    # Another version lands in between; the retry must still return the first result.
+    push_one(registry, name, "between " + unique)
+    retried = registry._call(registry.metadata.CommitVersion, request)
+
+    assert (first.version.index, retried.version.index) == (0, 0)
+    assert retried.created is True
+    assert [v.index for v in registry.list_versions(name)] == [1, 0]
+
+    reused = pb.CommitVersionRequest(
+        uid=first_pending.version.uid, manifest=[pb.ManifestEntry(path="f", digest=b)], request_id=commit_id
+    )
+    assert code_of(lambda: registry._call(registry.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
+
+
+def test_a_retried_alias_move_returns_the_first_result(registry, unique) -> None:
+    name = f"alias-retry-{unique}"
+    push_one(registry, name, "a")
+    push_one(registry, name, "b")
+    request = pb.SetAliasRequest(target=f"{name}:v1", alias="best", request_id=uuid.uuid4().hex)
+    first = registry._call(registry.metadata.SetAlias, request)
+    registry.set_alias(f"{name}:v0", "best")
+    retried = registry._call(registry.metadata.SetAlias, request)
+    assert retried == first
+    assert registry.resolve(f"{name}:best").version.index == 0  # the retry did not act again
+    history = list(registry.alias_history(name, "best"))
+    assert [(e.after["index"]) for e in history] == [0, 1]
+
+
+# Deletion and retention ----------------------------------------------------------------------
+
+
+def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique) -> None:
+    name = f"del-{unique}"
+    model = f"del-model-{unique}"
+    push_one(registry, name, "a")
+    push_one(registry, name, "b")
+    registry.set_alias(f"{name}:v1", "best")
+    registry.link(f"{name}:v1", model, aliases=["production"])
+
+    with pytest.raises(MregError) as error:
+        registry.delete_version(f"{name}:v1")
+    assert error.value.code == "FAILED_PRECONDITION"
+    assert "'best'" in error.value.message and f"{model}:v0" in error.value.message
+    assert registry.resolve(f"{name}:best").version.index == 1  # nothing changed
+
+    deleted = registry.delete_version(f"{name}:v1", force=True)
+
+    assert list(deleted.removed_aliases) == ["best"]
+    assert list(deleted.removed_links) == [f"acme/vision/{model}:v0"]
+    assert deleted.version.state == pb.VERSION_STATE_DELETED
+    assert registry.resolve(name).version.index == 0  # latest falls back
+    assert code_of(lambda: registry.resolve(f"{name}:v1")) == "NOT_FOUND"
+    assert code_of(lambda: registry.resolve(f"{model}:production")) == "NOT_FOUND"
+    # The index is never reused.
+    assert push_one(registry, name, "c").version.index == 2
+    tombstones = list(registry.list_versions(name, filter='state = "deleted"'))
+    assert [v.index for v in tombstones] == [1]
+
+
+def test_links_and_empty_collections_can_be_deleted(registry, unique) -> None:
+    name = f"linkdel-{unique}"
+    model = f"linkdel-model-{unique}"
+    push_one(registry, name, "a")
+    registry.link(f"{name}:v0", model, aliases=["staging"])
+    assert code_of(lambda: registry.delete_collection(model)) == "FAILED_PRECONDITION"
+    assert registry.delete_link(f"{model}:staging").name == f"acme/vision/{model}:v0"
+    assert list(registry.list_links(model)) == []
+    registry.delete_collection(model)
+    assert code_of(lambda: registry.get_registered_model(model)) == "NOT_FOUND"
+    assert code_of(lambda: registry.delete_collection(name)) == "FAILED_PRECONDITION"
+    registry.delete_version(f"{name}:v0")
+    registry.delete_collection(name)
+    assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
+
+
+def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, unique) -> None:
+    name = f"keep-{unique}"
+    for i in range(6):
+        push_one(registry, name, f"{name} {i}")
+    registry.set_alias(f"{name}:v0", "baseline")
+    registry.link(f"{name}:v1", f"keep-model-{unique}")
+
+    response = registry.set_retention(name, 2)
+
+    assert list(response.deleted_indexes) == [2, 3]
+    assert response.artifact.retention_keep_last == 2
+    assert [v.index for v in registry.list_versions(name)] == [5, 4, 1, 0]
+    push_one(registry, name, f"{name} 6")  # v4 falls out as v6 arrives
+    assert [v.index for v in registry.list_versions(name)] == [6, 5, 1, 0]
+    registry.set_retention(name, None)
+    push_one(registry, name, f"{name} 7")
+    assert [v.index for v in registry.list_versions(name)] == [7, 6, 5, 1, 0]
+
+
+def test_pending_versions_expire_and_are_never_listed(servers, unique) -> None:
+    short_lived = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=servers.database_url,
+            blob_addr=servers.blob.address,
+            pending_ttl_seconds=1,
+            janitor_interval_seconds=0.2,
+            migrate=False,
+        )
+    )
+    try:
+        with Registry.connect(short_lived.address, servers.blob.address, entity="acme", project="vision") as registry:
+            name = f"pending-{unique}"
+            push_one(registry, name, "committed")
+            (digest,) = upload(registry, b"late " + unique.encode())
+            pending = registry._call(
+                registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="model")
+            ).version
+            assert [v.index for v in registry.list_versions(name)] == [0]
+            time.sleep(2.0)
+            late = pb.CommitVersionRequest(uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)])
+            assert code_of(lambda: registry._call(registry.metadata.CommitVersion, late)) == "NOT_FOUND"
+            assert [v.index for v in registry.list_versions(name)] == [0]
+    finally:
+        short_lived.stop(grace=None)
+
+
+# Search ----------------------------------------------------------------------------------------
+
+
+def test_versions_are_searched_by_metadata_tags_and_aliases_with_keyset_pages(registry, unique) -> None:
+    name = f"search-{unique}"
+    losses = [0.5, 0.15, 0.3, 0.1, None, 0.19]
+    for i, loss in enumerate(losses):
+        metrics = {"epoch": i} if loss is None else {"val_loss": loss, "epoch": i}
+        push_one(registry, name, f"{name} {i}", metadata=metrics, tags=("fp16",) if i % 2 else ("fp32",))
+    registry.set_alias(f"{name}:v2", "best")
+
+    def indexes(filter: str = "", order_by: str = "", page_size: int = 2) -> list[int]:
+        return [v.index for v in registry.list_versions(name, page_size, filter=filter, order_by=order_by)]
+
+    assert indexes('metadata.val_loss < 0.2 AND tag = "fp16"') == [5, 3, 1]
+    assert indexes('alias = "best" OR metadata.epoch >= 5') == [5, 2]
+    assert indexes('NOT tag = "fp16" AND alias != "latest"') == [4, 2, 0]
+    assert indexes("index >= 4") == [5, 4]
+    assert indexes(order_by="metadata.val_loss asc") == [3, 1, 5, 2, 0, 4]
+    assert indexes(order_by="metadata.val_loss desc", page_size=1) == [0, 2, 5, 1, 3, 4]
+    assert indexes(order_by="index asc", page_size=4) == [0, 1, 2, 3, 4, 5]
+    assert indexes('create_time > "2000-01-01T00:00:00Z"', order_by="create_time asc") == [0, 1, 2, 3, 4, 5]
+    assert indexes('metadata.val_loss = "0.1"') == []  # a string never equals a number
+
+
+@pytest.mark.parametrize(
+    ("bad", "position"),
+    [
+        ("metadata.val_loss <", "position 20"),
+        ("unknown = 1", "position 1"),
+        ("index = 1 AND", "position 14"),
+        ("tag < 'x'", "position 5"),
+        ("(index = 1", "position 11"),
+        ("index = 1 ; DROP TABLE versions", "position 11"),
+    ],
+)
+def test_bad_filters_are_invalid_argument_pointing_at_the_position(registry, unique, bad, position) -> None:
+    push_one(registry, f"badfilter-{unique}", "x")
+    with pytest.raises(MregError) as error:
+        list(registry.list_versions(f"badfilter-{unique}", filter=bad))
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert position in error.value.message
+
+
+def test_collections_are_searched_by_name_prefix_type_and_tag(registry, unique) -> None:
+    project = f"acme/catalog-{unique}"
+    for name in ("resnet-a", "resnet-b", "bert_x"):
+        push_one(registry, f"{project}/{name}", name)
+    registry._call(
+        registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=f"{project}/imagenet", type="dataset")
+    )
+    registry._call(
+        registry.metadata.CreateRegisteredModel,
+        pb.CreateRegisteredModelRequest(name=f"{project}/Ranker", tags=["search"]),
+    )
+
+    def names(**fields: str) -> list[str]:
+        request = pb.ListArtifactsRequest(parent=project, **fields)
+        return [a.name.rsplit("/", 1)[1] for a in registry._call(registry.metadata.ListArtifacts, request).artifacts]
+
+    assert names(name_prefix="resnet") == ["resnet-a", "resnet-b"]
+    assert names(name_prefix="bert_") == ["bert_x"]
+    assert names(name_prefix="resnet_") == []  # '_' is literal, not a LIKE wildcard
+    assert names(type="dataset") == ["imagenet"]
+    request = pb.ListRegisteredModelsRequest(parent=project, tag="search")
+    assert [m.name for m in registry._call(registry.metadata.ListRegisteredModels, request).registered_models] == [
+        f"{project}/Ranker"
+    ]
+
+
+# Lineage, protection, history ------------------------------------------------------------------
+
+
+def test_lineage_is_queryable_in_both_directions(registry, unique, tmp_path) -> None:
+    dataset = f"data-{unique}"
+    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=dataset, type="dataset"))
+    run = f"acme/vision/train-{unique}"
+    push_one(registry, name := f"lin-{unique}", "model", run=run)
+    registry.set_alias(f"{name}:v0", "production")
+    registry.record_run_inputs(f"eval-{unique}", [f"{name}:production"])
+    registry.record_run_inputs(f"serve-{unique}", [f"{name}:v0"])
+
+    of_version = registry.lineage(f"{name}:production")
+    assert of_version.producer_run == run
+    assert list(of_version.consumer_runs) == [f"acme/vision/eval-{unique}", f"acme/vision/serve-{unique}"]
+    of_run = registry.lineage(run=f"eval-{unique}")
+    assert list(of_run.inputs) == [f"acme/vision/{name}:v0"]
+    assert list(registry.lineage(run=run).outputs) == [f"acme/vision/{name}:v0"]
+    assert code_of(lambda: registry.lineage()) == "INVALID_ARGUMENT"
+
+
+def test_protected_aliases_are_stored_and_exposed(registry, unique) -> None:
+    name = f"prot-{unique}"
+    push_one(registry, name, "x")
+    assert registry.set_alias_protection(name, "production") == ["production"]
+    assert list(registry.get_artifact(name).protected_aliases) == ["production"]
+    assert registry.set_alias_protection(name, "production", protected=False) == []
+
+
+# Events ------------------------------------------------------------------------------------------
+
+
+def test_every_mutation_appends_an_event_in_order(registry, unique) -> None:
+    stream = registry.watch(0, from_now=True, timeout=60)
+    assert not next(stream).HasField("event")  # the stream is live from here on
+    name = f"events-{unique}"
+    push_one(registry, name, "a")
+    registry.set_alias(f"{name}:v0", "best")
+    registry.delete_alias(name, "best")
+    seen = []
+    for message in stream:
+        if message.HasField("event") and message.event.resource.startswith(f"acme/vision/{name}"):
+            seen.append((message.event.kind, message.event.resource, message.event.actor))
+        if len(seen) == 4:
+            break
+    actor = seen[0][2]
+    assert "@" in actor
+    assert seen == [
+        ("collection.created", f"acme/vision/{name}", actor),
+        ("version.committed", f"acme/vision/{name}:v0", actor),
+        ("alias.set", f"acme/vision/{name}:best", actor),
+        ("alias.deleted", f"acme/vision/{name}:best", actor),
+    ]
+
+
+def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, unique) -> None:
+    service = ServiceProcess(
+        "metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
+    ).start()
+    prefix = f"acme/vision/resume-{unique}"
+    try:
+        with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as registry:
+            cursor = next(registry.watch(0, from_now=True, timeout=60)).sequence
+            for i in range(3):
+                push_one(registry, f"resume-{unique}", f"first {i}")
+            received = []
+            for message in registry.watch(cursor, resource_prefix=prefix, timeout=60):
+                if message.HasField("event"):
+                    received.append(message.event.sequence)
+                if len(received) == 4:  # collection.created + 3 commits
+                    break
+            cursor = received[-1]
+        service.kill()
+        service.start()
+        with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as registry:
+            for i in range(3):
+                push_one(registry, f"resume-{unique}", f"second {i}")
+            for message in registry.watch(cursor, resource_prefix=prefix, timeout=60):
+                if message.HasField("event"):
+                    received.append(message.event.sequence)
+                if len(received) == 7:
+                    break
+    finally:
+        service.stop()
+    assert len(received) == len(set(received)) == 7
+    assert received == sorted(received)
+
+
+def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique) -> None:
+    service = ServiceProcess(
+        "metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
+    ).start()
+    name = f"crash-{unique}"
+    acknowledged: dict[int, str] = {}
+    stop = threading.Event()
+
+    def burst(worker: int) -> None:
+        with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as client:
+            client.timeout = 5
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    response = push_one(client, name, f"{worker} {i} {unique}")
+                except MregError:
+                    continue
+                acknowledged[response.version.index] = response.version.digest
+
+    try:
+        threads = [threading.Thread(target=burst, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        service.kill()
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        service.start()
+        with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as registry:
+            versions = list(registry.list_versions(name))
+            indexes = sorted(v.index for v in versions)
+            assert acknowledged, "the burst acknowledged no commit before the kill"
+            assert indexes == list(range(len(indexes)))  # contiguous: nothing half-written
+            for index, digest in acknowledged.items():
+                version = registry.resolve(f"{name}:v{index}").version
+                assert version.digest == digest
+                assert len(version.manifest) == version.file_count == 1
+            assert push_one(registry, name, f"after {unique}").version.index == len(indexes)
+    finally:
+        stop.set()
+        service.stop()
+
+
+# Grammars over the wire ----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(reference=st.text(max_size=80), filter_text=st.text(max_size=80))
+def test_arbitrary_references_and_filters_never_cause_internal_errors(servers, reference, filter_text) -> None:
+    allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+    with grpc.insecure_channel(servers.metadata.address) as channel:
+        from mreg.metadata.v1 import metadata_service_pb2_grpc
+
+        stub = metadata_service_pb2_grpc.MetadataServiceStub(channel)
+        headers = (("mreg-entity", "acme"), ("mreg-project", "vision"))
+        for call in (
+            lambda: stub.ResolveReference(pb.ResolveReferenceRequest(reference=reference), metadata=headers),
+            lambda: stub.ListVersions(pb.ListVersionsRequest(parent="acme/vision/any", filter=filter_text)),
+            lambda: stub.SetAlias(pb.SetAliasRequest(target=reference, alias="x"), metadata=headers),
+        ):
+            try:
+                call()
+            except grpc.RpcError as e:
+                assert e.code() in allowed, (e.code(), e.details())
