@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -51,11 +52,41 @@ from metadata_service.models import (
 )
 from metadata_service.references import CollectionName, ProjectName
 
+# The hot read paths, built once: constructing SQLAlchemy expressions costs more than
+# running these indexed queries.
+_FIND_COLLECTION = (
+    select(Collection)
+    .join(Project, Project.id == Collection.project_id)
+    .join(Entity, Entity.id == Project.entity_id)
+    .where(
+        Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
+    )
+)
+_FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
+_COMMITTED = Version.state == VersionState.COMMITTED.value
+_VERSION_BY_INDEX = select(Version).where(
+    Version.artifact_id == bindparam("artifact_id"), Version.index == bindparam("index"), _COMMITTED
+)
+_LATEST_VERSION = (
+    select(Version)
+    .where(Version.artifact_id == bindparam("artifact_id"), _COMMITTED)
+    .order_by(Version.index.desc())
+    .limit(1)
+)
+_MANIFEST = select(ManifestEntry).where(ManifestEntry.version_id == bindparam("version_id"))
+_ALIASES = select(Alias.name, Alias.target_index).where(Alias.collection_id == bindparam("collection_id"))
+_LINK_BY_INDEX = select(Link).where(Link.registered_model_id == bindparam("model_id"), Link.index == bindparam("index"))
+_LATEST_LINK = (
+    select(Link).where(Link.registered_model_id == bindparam("model_id")).order_by(Link.index.desc()).limit(1)
+)
+
 
 class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._dialect = session.get_bind().dialect.name
+        # Full names of collections seen in this unit of work; they never change.
+        self._names: dict[int, CollectionName] = {}
 
     def _insert_ignoring_conflict(self, model: Any, values: dict[str, Any]) -> Any | None:
         """INSERTs a row unless a unique key is taken; returns the new row's primary key, or None.
@@ -89,17 +120,15 @@ class Repository:
     # Collections -------------------------------------------------------------------------
 
     def find_collection(self, name: CollectionName, *, for_update: bool = False) -> Collection | None:
-        query = (
-            select(Collection)
-            .join(Project, Project.id == Collection.project_id)
-            .join(Entity, Entity.id == Project.entity_id)
-            .where(Entity.name == name.entity, Project.name == name.project, Collection.name == name.name)
-        )
-        if for_update:
-            # Serializes commits, links and alias moves per collection (PostgreSQL row lock;
-            # SQLite write transactions are already exclusive).
-            query = query.with_for_update(of=Collection)
-        return self.session.scalars(query).one_or_none()
+        # Serializes commits, links and alias moves per collection (PostgreSQL row lock;
+        # SQLite write transactions are already exclusive).
+        query = _FIND_COLLECTION_FOR_UPDATE if for_update else _FIND_COLLECTION
+        row = self.session.scalars(
+            query, {"entity": name.entity, "project": name.project, "name": name.name}
+        ).one_or_none()
+        if row is not None:
+            self._names[row.id] = name
+        return row
 
     def lock_collection(self, collection_id: int) -> Collection:
         return self.session.scalars(select(Collection).where(Collection.id == collection_id).with_for_update()).one()
@@ -154,21 +183,10 @@ class Repository:
         return self.session.scalars(query).one_or_none()
 
     def find_version_by_index(self, artifact_id: int, index: int) -> Version | None:
-        return self.session.scalars(
-            select(Version).where(
-                Version.artifact_id == artifact_id,
-                Version.index == index,
-                Version.state == VersionState.COMMITTED.value,
-            )
-        ).one_or_none()
+        return self.session.scalars(_VERSION_BY_INDEX, {"artifact_id": artifact_id, "index": index}).one_or_none()
 
     def latest_version(self, artifact_id: int) -> Version | None:
-        return self.session.scalars(
-            select(Version)
-            .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
-            .order_by(Version.index.desc())
-            .limit(1)
-        ).one_or_none()
+        return self.session.scalars(_LATEST_VERSION, {"artifact_id": artifact_id}).one_or_none()
 
     def list_versions(self, artifact_id: int, before_index: int | None, limit: int) -> Sequence[Version]:
         query = select(Version).where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
@@ -193,12 +211,14 @@ class Repository:
         return self.session.get_one(Collection, collection_id)
 
     def collection_full_name(self, collection: Collection) -> CollectionName:
-        entity, project = self.session.execute(
-            select(Entity.name, Project.name)
-            .join(Project, Project.entity_id == Entity.id)
-            .where(Project.id == collection.project_id)
-        ).one()
-        return CollectionName(entity, project, collection.name)
+        if collection.id not in self._names:
+            entity, project = self.session.execute(
+                select(Entity.name, Project.name)
+                .join(Project, Project.entity_id == Entity.id)
+                .where(Project.id == collection.project_id)
+            ).one()
+            self._names[collection.id] = CollectionName(entity, project, collection.name)
+        return self._names[collection.id]
 
     # Manifests ---------------------------------------------------------------------------
 
@@ -217,7 +237,7 @@ class Repository:
             self.session.execute(insert(ManifestEntry), rows)
 
     def manifest(self, version_id: int) -> list[FileEntry]:
-        rows = self.session.scalars(select(ManifestEntry).where(ManifestEntry.version_id == version_id)).all()
+        rows = self.session.scalars(_MANIFEST, {"version_id": version_id}).all()
         entries = [FileEntry(r.path, r.digest, r.size_bytes, r.metadata_doc) for r in rows]
         entries.sort(key=lambda e: e.path.encode())
         return entries
@@ -225,9 +245,7 @@ class Repository:
     # Aliases -----------------------------------------------------------------------------
 
     def aliases(self, collection_id: int) -> dict[str, int]:
-        rows = self.session.execute(
-            select(Alias.name, Alias.target_index).where(Alias.collection_id == collection_id)
-        ).all()
+        rows = self.session.execute(_ALIASES, {"collection_id": collection_id}).all()
         return {name: index for name, index in rows}
 
     def set_alias(self, collection_id: int, name: str, index: int) -> int | None:
@@ -264,14 +282,10 @@ class Repository:
         ).one_or_none()
 
     def find_link_by_index(self, registered_model_id: int, index: int) -> Link | None:
-        return self.session.scalars(
-            select(Link).where(Link.registered_model_id == registered_model_id, Link.index == index)
-        ).one_or_none()
+        return self.session.scalars(_LINK_BY_INDEX, {"model_id": registered_model_id, "index": index}).one_or_none()
 
     def latest_link(self, registered_model_id: int) -> Link | None:
-        return self.session.scalars(
-            select(Link).where(Link.registered_model_id == registered_model_id).order_by(Link.index.desc()).limit(1)
-        ).one_or_none()
+        return self.session.scalars(_LATEST_LINK, {"model_id": registered_model_id}).one_or_none()
 
     def add_link(self, link: Link) -> Link:
         self.session.add(link)

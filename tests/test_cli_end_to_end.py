@@ -210,3 +210,49 @@ def test_mreg_serve_runs_the_embedded_registry_as_a_real_process(tmp_path: Path,
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_cli_manages_promotion_search_deletion_lineage_and_events(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/ops-{unique}"
+    for i, loss in enumerate((0.4, 0.2, 0.1)):
+        ck = make_checkpoint(tmp_path / f"ck{i}", large_bytes=1000, seed=i)
+        code, _, err = mreg(
+            "push",
+            str(ck),
+            artifact,
+            "--metadata",
+            json.dumps({"val_loss": loss}),
+            "--run",
+            f"acme/vision/train-{unique}",
+        )
+        assert code == 0, err
+
+    code, found, _ = mreg(
+        "versions", artifact, "--filter", "metadata.val_loss < 0.3", "--order-by", "metadata.val_loss"
+    )
+    assert [row["version"] for row in found] == [2, 1]
+
+    assert mreg("alias", "set", f"{artifact}:v1", "production", "--expect", "none")[0] == 0
+    code, _, err = mreg("alias", "set", f"{artifact}:v2", "production", "--expect", "v0", json_output=False)
+    assert code == 1 and "FAILED_PRECONDITION" in err and "names v1" in err
+    assert mreg("alias", "set", f"{artifact}:v2", "production", "--expect", "v1")[0] == 0
+    code, history, _ = mreg("alias", "history", artifact, "production")
+    assert [(h["before"], h["after"]) for h in history] == [({"index": 1}, {"index": 2}), (None, {"index": 1})]
+
+    code, lineage, _ = mreg("lineage", f"{artifact}:production")
+    assert lineage["producer_run"] == f"acme/vision/train-{unique}"
+    assert mreg("pull", f"{artifact}:production", str(tmp_path / "out"), "--run", f"acme/vision/eval-{unique}")[0] == 0
+    code, lineage, _ = mreg("lineage", "--run", f"acme/vision/eval-{unique}")
+    assert lineage["inputs"] == [f"{artifact}:v2"]
+
+    code, _, err = mreg("delete", f"{artifact}:v2", json_output=False)
+    assert code == 1 and "FAILED_PRECONDITION" in err
+    code, deleted, _ = mreg("delete", f"{artifact}:v2", "--force")
+    assert deleted["removed_aliases"] == ["production"]
+    code, retention, _ = mreg("retention", "set", artifact, "--keep-last", "1")
+    assert retention["deleted"] == [0]
+
+    code, events, _ = mreg("watch", "--prefix", artifact, "--limit", "3", json_output=False)
+    kinds = events.splitlines()
+    assert code == 0 and len(kinds) == 3
+    assert "collection.created" in kinds[0] and "version.committed" in kinds[1]
