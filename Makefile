@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos run test test-sqlite test-postgres lint clean
+.PHONY: install protos run test test-sqlite test-postgres lint bench clean
 
 TOOLS := $(VENV)/.codegen-tools
 
@@ -53,6 +53,9 @@ $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
 
 # buf resolves google/rpc/status.proto from a local copy, so linting needs no network.
+bench: install
+	$(PY) -m tests.bench
+
 lint: install $(BUF)
 	$(VENV)/bin/ruff check metadata_service blob_service client tests
 	$(VENV)/bin/ruff format --check metadata_service blob_service client tests
