@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from blob_service.digests import Digest
 from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 1 << 20
 # Batch RPCs are for small blobs; larger content goes through the streaming RPCs.
 MAX_BATCH_BYTES = 32 << 20
+
+# A FindMissingBlobs hit renews a blob's use time when it is older than this; far
+# shorter than any sensible garbage collection grace period.
+TOUCH_INTERVAL = timedelta(minutes=10)
+# While receiving an upload, check this often whether a concurrent upload has published it.
+PUBLISHED_CHECK_EVERY = 64
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -60,16 +67,45 @@ class BlobStore:
         self.chunk_size = chunk_size
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
-        """Returns the digests not stored, in the order given, each once."""
+        """Returns the digests not stored, in the order given, each once.
+
+        Blobs found present are marked used (at most once per TOUCH_INTERVAL), so garbage
+        collection keeps content a client is about to commit without uploading it.
+        """
         seen: set[Digest] = set()
         missing = []
+        renew_before = datetime.now(UTC) - TOUCH_INTERVAL
         for digest in digests:
             if digest in seen:
                 continue
             seen.add(digest)
-            if not self.storage.has(digest):
+            last_used = self.storage.last_used(digest)
+            if last_used is None or not self.storage.has(digest):
                 missing.append(digest)
+            elif last_used < renew_before:
+                self.storage.touch(digest)
         return missing
+
+    def unused_blobs(self, unused_before: datetime) -> Iterator[Digest]:
+        """Digests of stored blobs not written or found since ``unused_before``."""
+        for blob in self.storage.iter_blobs():
+            if blob.last_used < unused_before:
+                yield blob.digest
+
+    def delete_unused(
+        self, digests: Iterable[Digest], unused_before: datetime, remove_stale_uploads: bool = False
+    ) -> tuple[list[Digest], int]:
+        """Deletes each blob still unused since ``unused_before``; returns (deleted, stale parts removed)."""
+        deleted = []
+        for digest in digests:
+            last_used = self.storage.last_used(digest)
+            if last_used is not None and last_used < unused_before:
+                self.storage.delete(digest)
+                deleted.append(digest)
+        removed = self.storage.remove_stale_uploads(unused_before) if remove_stale_uploads else 0
+        if deleted or removed:
+            log.info("garbage collection deleted %d blobs and %d stale upload parts", len(deleted), removed)
+        return deleted, removed
 
     def write(self, upload_id: str, digest: Digest, chunks: Iterator[WriteChunk]) -> int:
         """Receives an upload and publishes it if its content matches ``digest``.
@@ -84,11 +120,12 @@ class BlobStore:
         """
         validate_upload_id(upload_id)
         if self.storage.has(digest):
+            self.storage.touch(digest)
             return digest.size_bytes
         upload = self.storage.begin_write(upload_id, digest)
         try:
             hasher = self._restore_hash(upload)
-            for chunk in chunks:
+            for received, chunk in enumerate(chunks, start=1):
                 if chunk.offset != upload.committed_size:
                     raise OutOfRange(
                         f"write_offset {chunk.offset} does not continue upload {upload_id}, "
@@ -104,6 +141,10 @@ class BlobStore:
                 upload.append(chunk.data)
                 if chunk.finish:
                     return self._publish(upload, hasher)
+                if received % PUBLISHED_CHECK_EVERY == 0 and self.storage.has(digest):
+                    # Another upload of the same content won: stop receiving.
+                    self.storage.abort_write(upload)
+                    return digest.size_bytes
             return upload.committed_size
         finally:
             upload.close()

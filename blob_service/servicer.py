@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +21,7 @@ from blob_service.service import BlobStore, WriteChunk
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+LIST_BATCH = 1000
 
 
 def _abort_on_domain_error(method: F) -> F:
@@ -132,3 +134,27 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     ) -> pb.QueryWriteStatusResponse:
         committed, complete = self.store.query_write_status(request.upload_id, _digest(request.digest))
         return pb.QueryWriteStatusResponse(committed_size=committed, complete=complete)
+
+    @_abort_on_domain_error
+    def ListBlobs(self, request: pb.ListBlobsRequest, context: grpc.ServicerContext) -> Iterator[pb.ListBlobsResponse]:
+        batch: list[pb.Digest] = []
+        for digest in self.store.unused_blobs(_time(request, "unused_before")):
+            batch.append(_digest_pb(digest))
+            if len(batch) == LIST_BATCH:
+                yield pb.ListBlobsResponse(digests=batch)
+                batch = []
+        if batch:
+            yield pb.ListBlobsResponse(digests=batch)
+
+    @_abort_on_domain_error
+    def DeleteBlobs(self, request: pb.DeleteBlobsRequest, context: grpc.ServicerContext) -> pb.DeleteBlobsResponse:
+        deleted, removed = self.store.delete_unused(
+            [_digest(d) for d in request.digests], _time(request, "unused_before"), request.remove_stale_uploads
+        )
+        return pb.DeleteBlobsResponse(deleted_digests=[_digest_pb(d) for d in deleted], removed_upload_parts=removed)
+
+
+def _time(request: Any, field: str) -> datetime:
+    if not request.HasField(field):
+        raise InvalidArgument(f"{field} must be set")
+    return getattr(request, field).ToDatetime(tzinfo=UTC)

@@ -9,6 +9,10 @@ dropped at the end. An unreachable PostgreSQL fails the suite rather than skippi
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from blob_service.config import BlobConfig
 from client import Registry
 from metadata_service import server as metadata_server
 from metadata_service.config import MetadataConfig
+from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("MREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DATABASES = [d.strip() for d in os.environ.get("MREG_TEST_DATABASES", "sqlite,postgresql").split(",") if d.strip()]
@@ -88,9 +93,77 @@ def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     blobs.stop(grace=None)
 
 
+S3_ACCESS_KEY = "mreg-test"
+S3_SECRET_KEY = "mreg-test-secret"
+
+
+class S3Server:
+    """An S3 server subprocess on a free loopback port: moto_server or rclone serve s3."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.root = root
+        bin_dir = Path(sys.executable).parent
+        if kind == "moto":
+            self.command = [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        else:
+            self.command = [
+                str(bin_dir / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+                "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}", "--config", "/dev/null", str(root),
+            ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> S3Server:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.kind} did not listen on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def store_url(self, bucket: str) -> str:
+        return f"s3://{bucket}/mreg?endpoint=127.0.0.1:{self.port}&region=us-east-1"
+
+
 @pytest.fixture(scope="session")
-def blob_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[blob_server.RunningBlobServer]:
-    running = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(tmp_path_factory.mktemp("blob-only"))))
+def s3_credentials() -> None:
+    os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
+    os.environ["MREG_S3_SECRET_KEY"] = S3_SECRET_KEY
+
+
+@pytest.fixture(scope="session", params=["moto", "rclone"])
+def s3_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_credentials
+) -> Iterator[S3Server]:
+    server = S3Server(request.param, tmp_path_factory.mktemp(f"{request.param}-data")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["disk", "moto", "rclone"])
+def blob_store_location(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_credentials
+) -> Iterator[str]:
+    """Where a blob service keeps its blobs: a directory or a bucket on a real S3 server."""
+    if request.param == "disk":
+        yield str(tmp_path_factory.mktemp("blob-disk"))
+        return
+    server = S3Server(request.param, tmp_path_factory.mktemp(f"{request.param}-blobs")).start()
+    yield server.store_url(f"blobs-{uuid.uuid4().hex[:8]}")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def blob_only(blob_store_location: str) -> Iterator[blob_server.RunningBlobServer]:
+    running = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=blob_store_location))
     yield running
     running.stop(grace=None)
 

@@ -32,3 +32,26 @@ def assert_same_tree(a: Path, b: Path) -> None:
     assert files_a == files_b
     for name in files_a:
         assert filecmp.cmp(a / name, b / name, shallow=False), name
+
+
+def corrupt_blob(storage, sha256: str, size: int) -> None:  # type: ignore[no-untyped-def]
+    """Flips one byte of a stored blob behind the service's back, on disk or in S3."""
+    import io
+
+    from blob_service.digests import Digest
+    from blob_service.storage import DiskStorage
+
+    digest = Digest(sha256, size)
+    if isinstance(storage, DiskStorage):
+        path = storage.blob_path(digest)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        return
+    key = storage.key(f"blobs/{sha256}")
+    response = storage.client.get_object(storage.bucket, key)
+    data = bytearray(response.read())
+    response.close()
+    response.release_conn()
+    data[len(data) // 2] ^= 0x01
+    storage.client.put_object(storage.bucket, key, io.BytesIO(bytes(data)), len(data))

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import grpc
 import pytest
 from mreg.blob.v1 import blob_service_pb2 as pb
 
-from blob_service.digests import Digest
-from blob_service.storage import DiskStorage
-from tests.helpers import digest_of
+from tests.helpers import corrupt_blob, digest_of
 
 CHUNK = 1 << 20
 
@@ -165,10 +162,7 @@ def test_corrupted_blob_is_data_loss_and_its_content_is_never_delivered_whole(bl
     data = os.urandom(2 * CHUNK + 5)
     digest = digest_of(data)
     blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
-    path = DiskStorage(blob_only.store.storage.root).blob_path(Digest(digest.hash, digest.size_bytes))
-    corrupted = bytearray(data)
-    corrupted[-1] ^= 0xFF
-    Path(path).write_bytes(bytes(corrupted))
+    corrupt_blob(blob_only.store.storage, digest.hash, digest.size_bytes)
 
     received = bytearray()
     with pytest.raises(grpc.RpcError) as error:

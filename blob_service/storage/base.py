@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 from blob_service.digests import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A published blob and when it was last stored or asked for (for garbage collection)."""
+
+    digest: Digest
+    last_used: datetime
 
 
 class BlobReader(ABC):
@@ -96,3 +106,19 @@ class BlobStorage(ABC):
     @abstractmethod
     def delete(self, digest: Digest) -> None:
         """Removes a published blob; a blob that is not there is not an error."""
+
+    @abstractmethod
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every published blob, in no particular order."""
+
+    @abstractmethod
+    def last_used(self, digest: Digest) -> datetime | None:
+        """When the blob was last published or touched; None if it is not stored."""
+
+    @abstractmethod
+    def touch(self, digest: Digest) -> None:
+        """Marks a stored blob as used now, so garbage collection leaves it alone."""
+
+    @abstractmethod
+    def remove_stale_uploads(self, older_than: datetime) -> int:
+        """Discards uploads that received nothing since ``older_than``; returns how many parts went."""

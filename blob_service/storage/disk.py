@@ -16,12 +16,13 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from blob_service.digests import Digest
 from blob_service.errors import Aborted, NotFound
-from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
+from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 _READ_BACK_CHUNK = 4 << 20
 
@@ -140,6 +141,38 @@ class DiskStorage(BlobStorage):
     def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.blob_path(digest).unlink()
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        for shard in self._blobs.iterdir():
+            for entry in os.scandir(shard):
+                if len(entry.name) != 64:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    info = entry.stat()
+                    yield StoredBlob(Digest(entry.name, info.st_size), _utc(info.st_mtime))
+
+    def last_used(self, digest: Digest) -> datetime | None:
+        try:
+            return _utc(self.blob_path(digest).stat().st_mtime)
+        except FileNotFoundError:
+            return None
+
+    def touch(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.blob_path(digest))
+
+    def remove_stale_uploads(self, older_than: datetime) -> int:
+        removed = 0
+        for entry in os.scandir(self._uploads):
+            with contextlib.suppress(FileNotFoundError):
+                if _utc(entry.stat().st_mtime) < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,374 @@
+"""The S3 backend, through the minio SDK: works with AWS S3, MinIO and other S3 servers.
+
+Layout under ``s3://BUCKET/PREFIX``::
+
+    PREFIX/blobs/<sha256>                      published blobs
+    PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress
+
+Each part of an upload is staged as its own object as soon as it is complete (8 MiB
+by default), so the upload's durable offset is the sum of its staged parts and any
+replica can continue it, or read the parts back to restore the hash. Only when the
+service has verified the digest are the parts assembled into the final object, by
+server-side multipart copy (``compose_object``) where the server supports it and by a
+streaming multipart upload otherwise; either way the blob appears atomically, complete.
+
+Servers differ in how they report errors (some send bodies the SDK cannot parse), so
+existence is decided by HEAD (``stat_object``) and HTTP status codes alone.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import urllib.parse
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO, cast
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from blob_service.digests import Digest
+from blob_service.errors import InvalidArgument, NotFound, Unavailable
+from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 << 20
+# S3 requires every part but the last of a multipart upload to be at least 5 MiB.
+MIN_COMPOSE_PART = 5 << 20
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
+
+
+def _unavailable(error: Exception) -> Unavailable:
+    return Unavailable(f"the S3 store cannot be reached: {type(error).__name__}: {str(error)[:300]}")
+
+
+class _S3Reader(BlobReader):
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._response.read(size)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+
+    def close(self) -> None:
+        self._response.close()
+        self._response.release_conn()
+
+
+class _S3Upload(PartialUpload):
+    """Bytes are buffered up to one part, then staged as an object of their own."""
+
+    def __init__(self, storage: S3Storage, upload_id: str, digest: Digest) -> None:
+        super().__init__(upload_id, digest)
+        self._storage = storage
+        self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
+        self.parts = storage.staged_parts(self.prefix)
+        self._staged = sum(size for _, size in self.parts)
+        self._buffer = bytearray()
+
+    @property
+    def committed_size(self) -> int:
+        return self._staged + len(self._buffer)
+
+    def append(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= PART_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        key = f"{self.prefix}{self._staged:016d}"
+        self._storage.put(key, bytes(self._buffer))
+        self.parts.append((key, len(self._buffer)))
+        self._staged += len(self._buffer)
+        self._buffer.clear()
+
+    def read_back(self) -> Iterator[bytes]:
+        for key, _ in self.parts:
+            reader = self._storage.open_key(key)
+            with reader:
+                while block := reader.read(1 << 20):
+                    yield block
+        if self._buffer:
+            yield bytes(self._buffer)
+
+    def close(self) -> None:
+        # A stream that ends without finishing keeps what it sent: stage the tail.
+        self.flush()
+
+
+class S3Storage(BlobStorage):
+    """Blobs as objects in one bucket, under one prefix."""
+
+    def __init__(self, client: Minio, bucket: str, prefix: str = "", endpoint: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint = endpoint
+        try:
+            if not self.client.bucket_exists(bucket):
+                self.client.make_bucket(bucket)
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            raise InvalidArgument(f"cannot use bucket {bucket!r} at {endpoint}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Storage:
+        """Builds a backend from ``s3://BUCKET[/PREFIX]?endpoint=HOST:PORT[&secure=true][&region=R]``.
+
+        Credentials come from MREG_S3_ACCESS_KEY / MREG_S3_SECRET_KEY (or the AWS_*
+        variables of the same meaning).
+        """
+        parsed = urllib.parse.urlsplit(url)
+        options = dict(urllib.parse.parse_qsl(parsed.query))
+        if not parsed.netloc:
+            raise InvalidArgument(f"S3 store {url!r} names no bucket: use s3://BUCKET/PREFIX?endpoint=HOST:PORT")
+        endpoint = options.get("endpoint", "s3.amazonaws.com")
+        access = os.environ.get("MREG_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("MREG_S3_SECRET_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=120),
+            maxsize=64,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        client = Minio(
+            endpoint,
+            access_key=access,
+            secret_key=secret,
+            secure=options.get("secure", "false").lower() == "true",
+            region=options.get("region", "us-east-1"),
+            http_client=http,
+        )
+        return cls(client, parsed.netloc, parsed.path, endpoint)
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.endpoint}/{self.bucket}/{self.prefix})"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    def _blob_key(self, digest: Digest) -> str:
+        return self.key(f"blobs/{digest.hash}")
+
+    # Low-level helpers, shared with uploads ---------------------------------------------------
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+
+    def _stat_size(self, key: str) -> int | None:
+        try:
+            return self.client.stat_object(self.bucket, key).size
+        except S3Error as e:
+            if e.code in _NOT_FOUND_CODES or (e.response is not None and e.response.status == 404):
+                return None
+            raise Unavailable(f"the S3 store failed a HEAD of {key}: {e.code}") from e
+        except InvalidResponseError as e:
+            if e._code == 404:  # an error body the SDK could not parse; the status says enough
+                return None
+            raise _unavailable(e) from e
+        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+            raise _unavailable(e) from e
+
+    def open_key(self, key: str, offset: int = 0) -> BlobReader:
+        try:
+            return _S3Reader(self.client.get_object(self.bucket, key, offset=offset))
+        except (S3Error, InvalidResponseError) as e:
+            raise NotFound(f"object {key} is not stored") from e
+        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+            raise _unavailable(e) from e
+
+    def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
+        """The staged parts under an upload's prefix, in offset order, each (key, size)."""
+        try:
+            objects = sorted(
+                (o.object_name, o.size or 0)
+                for o in self.client.list_objects(self.bucket, prefix=prefix)
+                if o.object_name
+            )
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+        # Keep only the contiguous run from offset 0: a part written by a stream that
+        # died mid-PUT never became visible, so there are no holes, but be strict.
+        parts, expected = [], 0
+        for key, size in objects:
+            if int(key.rsplit("/", 1)[1]) != expected:
+                break
+            parts.append((key, size))
+            expected += size
+        return parts
+
+    def _remove(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.client.remove_object(self.bucket, key)
+            except (S3Error, InvalidResponseError, ServerError, urllib3.exceptions.HTTPError, OSError) as e:
+                log.warning("could not remove %s: %s", key, e)
+
+    # BlobStorage ---------------------------------------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        return self._stat_size(self._blob_key(digest)) == digest.size_bytes
+
+    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
+        if self._stat_size(self._blob_key(digest)) is None:
+            raise NotFound(f"blob {digest} is not stored")
+        if digest.size_bytes == 0:
+            return _EmptyReader()
+        return self.open_key(self._blob_key(digest), offset)
+
+    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
+        return _S3Upload(self, upload_id, digest)
+
+    def upload_size(self, upload_id: str, digest: Digest) -> int | None:
+        parts = self.staged_parts(self.key(f"uploads/{upload_id}.{digest.hash}/"))
+        return sum(size for _, size in parts) if parts else None
+
+    def commit_write(self, upload: PartialUpload) -> None:
+        assert isinstance(upload, _S3Upload)
+        upload.flush()
+        target = self._blob_key(upload.digest)
+        try:
+            self._assemble(upload, target)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+        self._remove([key for key, _ in upload.parts])
+
+    def _assemble(self, upload: _S3Upload, target: str) -> None:
+        if not upload.parts:
+            self.put(target, b"")
+            return
+        sizes = [size for _, size in upload.parts]
+        total = sum(sizes)
+        if len(upload.parts) == 1 or all(size >= MIN_COMPOSE_PART for size in sizes[:-1]):
+            sources = [ComposeSource(self.bucket, key) for key, _ in upload.parts]
+            if self._server_side(target, total, lambda: self._copy_or_compose(target, upload.parts, sources)):
+                return
+        # Fallback: a streaming multipart upload, completed only after the last part.
+        stream = _ConcatenatedParts(self, upload.parts)
+        try:
+            self.client.put_object(self.bucket, target, cast(BinaryIO, stream), total, part_size=PART_SIZE)
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            raise Unavailable(f"the S3 store refused to publish {target}: {e}") from e
+
+    def _copy_or_compose(self, target: str, parts: list[tuple[str, int]], sources: list[ComposeSource]) -> None:
+        if len(parts) == 1:
+            self.client.copy_object(self.bucket, target, CopySource(self.bucket, parts[0][0]))
+        else:
+            self.client.compose_object(self.bucket, target, sources)
+
+    def _server_side(self, target: str, size: int, operation: Callable[[], object]) -> bool:
+        """Runs a server-side copy; True if the target now exists with the right size.
+
+        Some servers do the copy but answer in a form the SDK cannot parse, and some do
+        not implement it; the object's presence, checked by HEAD, is what counts.
+        """
+        try:
+            operation()
+        except (S3Error, InvalidResponseError, ServerError, ValueError) as e:
+            log.debug("server-side copy to %s answered %s", target, e)
+        return self._stat_size(target) == size
+
+    def abort_write(self, upload: PartialUpload) -> None:
+        assert isinstance(upload, _S3Upload)
+        upload._buffer.clear()
+        self._remove([key for key, _ in upload.parts])
+        upload.parts.clear()
+
+    def delete(self, digest: Digest) -> None:
+        self._remove([self._blob_key(digest)])
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        try:
+            for item in self.client.list_objects(self.bucket, prefix=self.key("blobs/"), recursive=True):
+                name = (item.object_name or "").rsplit("/", 1)[-1]
+                if len(name) == 64 and item.last_modified is not None:
+                    yield StoredBlob(Digest(name, item.size or 0), item.last_modified.astimezone(UTC))
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            raise Unavailable(f"the S3 store failed to list blobs: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+
+    def touch(self, digest: Digest) -> None:
+        # S3 objects cannot change their modification time in place; a metadata-replacing
+        # self-copy renews it. Callers throttle this (see BlobStore.find_missing).
+        key = self._blob_key(digest)
+        try:
+            self.client.copy_object(
+                self.bucket,
+                key,
+                CopySource(self.bucket, key),
+                metadata={"x-amz-meta-mreg-used": datetime.now(UTC).isoformat()},
+                metadata_directive="REPLACE",
+            )
+        except (S3Error, InvalidResponseError, ServerError, ValueError, urllib3.exceptions.HTTPError, OSError) as e:
+            log.debug("renewing %s answered %s", key, e)
+
+    def last_used(self, digest: Digest) -> datetime | None:
+        try:
+            return self.client.stat_object(self.bucket, self._blob_key(digest)).last_modified
+        except (S3Error, InvalidResponseError, ServerError, urllib3.exceptions.HTTPError, OSError):
+            return None
+
+    def stale_uploads(self, older_than: datetime) -> list[str]:
+        stale = []
+        for item in self.client.list_objects(self.bucket, prefix=self.key("uploads/"), recursive=True):
+            if item.last_modified is not None and item.last_modified < older_than and item.object_name:
+                stale.append(item.object_name)
+        return stale
+
+    def remove_stale_uploads(self, older_than: datetime) -> int:
+        stale = self.stale_uploads(older_than)
+        self._remove(stale)
+        return len(stale)
+
+
+class _EmptyReader(BlobReader):
+    def read(self, size: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class _ConcatenatedParts(io.RawIOBase):
+    """A file-like view of staged parts, read one after another."""
+
+    def __init__(self, storage: S3Storage, parts: list[tuple[str, int]]) -> None:
+        self._storage = storage
+        self._keys = [key for key, _ in parts]
+        self._reader: BlobReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunks = bytearray()
+        want = size if size >= 0 else 1 << 62
+        while len(chunks) < want:
+            if self._reader is None:
+                if not self._keys:
+                    break
+                self._reader = self._storage.open_key(self._keys.pop(0))
+            block = self._reader.read(min(want - len(chunks), 1 << 20))
+            if not block:
+                self._reader.close()
+                self._reader = None
+                continue
+            chunks += block
+        return bytes(chunks)
