@@ -14,6 +14,7 @@ class BlobConfig:
     listen: str = "127.0.0.1:50052"
     store: str = ".mreg/blobs"
     workers: int = 32
+    touch_interval_seconds: float = 600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("MREG_BLOB_WORKERS", BlobConfig.workers)),
         help="concurrent RPCs served (env MREG_BLOB_WORKERS)",
     )
+    parser.add_argument(
+        "--touch-interval-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_BLOB_TOUCH_INTERVAL_SECONDS", BlobConfig.touch_interval_seconds)),
+        help="renew a found blob's use time when older than this; keep it below the GC grace period",
+    )
 
 
 def from_args(args: argparse.Namespace) -> BlobConfig:
-    return BlobConfig(listen=args.listen, store=args.store, workers=args.workers)
+    return BlobConfig(
+        listen=args.listen, store=args.store, workers=args.workers, touch_interval_seconds=args.touch_interval_seconds
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +43,7 @@ class RunningBlobServer:
 
 def start(config: BlobConfig) -> RunningBlobServer:
     """Starts a blob server; returns once it listens."""
-    store = BlobStore(open_storage(config.store))
+    store = BlobStore(open_storage(config.store), touch_interval=timedelta(seconds=config.touch_interval_seconds))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
     blob_service_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
     health_servicer = health.HealthServicer()

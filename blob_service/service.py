@@ -26,8 +26,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 # Batch RPCs are for small blobs; larger content goes through the streaming RPCs.
 MAX_BATCH_BYTES = 32 << 20
 
-# A FindMissingBlobs hit renews a blob's use time when it is older than this; far
-# shorter than any sensible garbage collection grace period.
+# A FindMissingBlobs hit renews a blob's use time when it is older than this. Garbage
+# collection's grace period must be longer (it defaults to a day).
 TOUCH_INTERVAL = timedelta(minutes=10)
 # While receiving an upload, check this often whether a concurrent upload has published it.
 PUBLISHED_CHECK_EVERY = 64
@@ -62,19 +62,23 @@ def validate_upload_id(upload_id: str) -> str:
 class BlobStore:
     """Verified access to a storage backend."""
 
-    def __init__(self, storage: BlobStorage, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self, storage: BlobStorage, chunk_size: int = DEFAULT_CHUNK_SIZE, touch_interval: timedelta = TOUCH_INTERVAL
+    ) -> None:
         self.storage = storage
         self.chunk_size = chunk_size
+        self.touch_interval = touch_interval
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """Returns the digests not stored, in the order given, each once.
 
-        Blobs found present are marked used (at most once per TOUCH_INTERVAL), so garbage
-        collection keeps content a client is about to commit without uploading it.
+        Blobs found present are marked used (at most once per touch interval), so garbage
+        collection, whose grace period must exceed that interval, keeps content a client
+        is about to commit without uploading it.
         """
         seen: set[Digest] = set()
         missing = []
-        renew_before = datetime.now(UTC) - TOUCH_INTERVAL
+        renew_before = datetime.now(UTC) - self.touch_interval
         for digest in digests:
             if digest in seen:
                 continue

@@ -103,7 +103,12 @@ class Output:
 
 def _registry(args: argparse.Namespace) -> Registry:
     return Registry.connect(
-        args.metadata_addr, args.blob_addr, entity=args.entity, project=args.project, parallel=args.parallel
+        args.metadata_addr,
+        args.blob_addr,
+        entity=args.entity,
+        project=args.project,
+        parallel=args.parallel,
+        use_cache=not args.no_cache,
     )
 
 
@@ -426,6 +431,25 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
     out.result(data, f"{response.artifact.name}: {policy}; deleted {', '.join(deleted) or 'nothing'}")
 
 
+def cmd_gc(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        report = registry.collect_garbage(args.grace_seconds, args.dry_run)
+    data = {
+        "examined_blobs": report.examined_blobs,
+        "referenced_blobs": report.referenced_blobs,
+        "deleted_blobs": report.deleted_blobs,
+        "deleted_bytes": report.deleted_bytes,
+        "removed_upload_parts": report.removed_upload_parts,
+        "dry_run": args.dry_run,
+    }
+    verb = "would delete" if args.dry_run else "deleted"
+    out.result(
+        data,
+        f"{verb} {report.deleted_blobs} blobs ({_human_size(report.deleted_bytes)}); "
+        f"kept {report.referenced_blobs} referenced; removed {report.removed_upload_parts} stale upload parts",
+    )
+
+
 def cmd_serve(args: argparse.Namespace, out: Output) -> None:
     from client.serve import serve
 
@@ -441,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print a JSON document instead of text")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--parallel", type=int, default=8, help="parallel transfer streams (default 8)")
+    common.add_argument(
+        "--no-cache", action="store_true", help="skip the local hash and content caches (env MREG_CACHE_DIR)"
+    )
 
     parser = argparse.ArgumentParser(prog="mreg", description="mreg: a model registry for training clusters")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -535,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("registered_model")
     link.add_argument("--alias", action="append", default=[])
     link.set_defaults(handler=cmd_link)
+
+    gc = commands.add_parser("gc", parents=[common], help="delete blob content no version references")
+    gc.add_argument("--grace-seconds", type=int, help="keep content used more recently (default one day)")
+    gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    gc.set_defaults(handler=cmd_gc)
 
     serve = commands.add_parser("serve", parents=[common], help="run both services on SQLite and local disk")
     serve.add_argument("--data-dir", default=os.environ.get("MREG_DATA_DIR", ".mreg"))

@@ -27,9 +27,10 @@ from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
+from client.cache import ContentCache, HashCache, default_cache_dir
 from client.errors import MregError
 from client.hashing import LocalFile, list_files, sha256_file
-from client.transfer import BlobTransfer, ProgressCallback, RemoteFile
+from client.transfer import BlobTransfer, ProgressCallback, RemoteFile, safe_destination
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
@@ -77,6 +78,8 @@ class Registry:
         parallel: int = 8,
         actor: str | None = None,
         timeout: float = 120.0,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
     ) -> None:
         self._channels = (metadata_channel, blob_channel)
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
@@ -84,6 +87,9 @@ class Registry:
         self.transfer = BlobTransfer(self.blobs, parallel=parallel)
         self.parallel = parallel
         self.timeout = timeout
+        cache_root = cache_dir or default_cache_dir()
+        self.hash_cache = HashCache(cache_root) if use_cache else None
+        self.content_cache = ContentCache(cache_root) if use_cache else None
         headers = [("mreg-actor", actor or os.environ.get("MREG_ACTOR") or _default_actor())]
         if entity:
             headers.append(("mreg-entity", entity))
@@ -100,6 +106,8 @@ class Registry:
         entity: str | None = None,
         project: str | None = None,
         parallel: int = 8,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
     ) -> Registry:
         """Connects to the services; addresses and defaults fall back to MREG_* environment variables."""
         metadata_addr = metadata_addr or os.environ.get("MREG_METADATA_ADDR") or DEFAULT_METADATA_ADDR
@@ -110,11 +118,15 @@ class Registry:
             entity=entity if entity is not None else os.environ.get("MREG_ENTITY"),
             project=project if project is not None else os.environ.get("MREG_PROJECT"),
             parallel=parallel,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
         )
 
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
+        if self.hash_cache is not None:
+            self.hash_cache.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -205,11 +217,20 @@ class Registry:
         )
 
     def _hash_directory(self, root: Path) -> list[LocalFile]:
+        """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup."""
         found = list_files(root)
+        infos = [source.stat() for source, _ in found]
+        known = [
+            self.hash_cache.lookup(source.resolve(), info) if self.hash_cache else None
+            for (source, _), info in zip(found, infos, strict=True)
+        ]
+        to_hash = [i for i, sha in enumerate(known) if sha is None]
         with ThreadPoolExecutor(max(2, self.parallel)) as pool:
-            digests = list(pool.map(lambda item: sha256_file(item[0]), found))
+            hashed = dict(zip(to_hash, pool.map(lambda i: sha256_file(found[i][0])[0], to_hash), strict=True))
+        if self.hash_cache is not None and hashed:
+            self.hash_cache.store((found[i][0].resolve(), infos[i], sha) for i, sha in hashed.items())
         return [
-            LocalFile(source, path, sha256, size) for (source, path), (sha256, size) in zip(found, digests, strict=True)
+            LocalFile(source, path, known[i] or hashed[i], infos[i].st_size) for i, (source, path) in enumerate(found)
         ]
 
     def pull(
@@ -232,7 +253,17 @@ class Registry:
         target = Path(dest)
         target.mkdir(parents=True, exist_ok=True)
         total = sum(f.size_bytes for f in files)
-        received = self.transfer.download(files, target, progress(total) if progress else None)
+        cache = self.content_cache
+        to_fetch = [
+            f
+            for f in files
+            if cache is None or not cache.place(f.sha256, f.size_bytes, safe_destination(target, f.path))
+        ]
+        fetch_total = sum(f.size_bytes for f in to_fetch)
+        received = self.transfer.download(to_fetch, target, progress(fetch_total) if progress else None)
+        if cache is not None:
+            for f in to_fetch:
+                cache.adopt(f.sha256, safe_destination(target, f.path))
         if run:
             self.record_run_inputs(run, [version.name])
         return PullResult(
@@ -326,6 +357,11 @@ class Registry:
 
     def lineage(self, ref: str = "", run: str = "") -> pb.GetLineageResponse:
         return self._call(self.metadata.GetLineage, pb.GetLineageRequest(version=ref, run=run))
+
+    def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> pb.CollectGarbageResponse:
+        """Deletes blob content no version references and nobody used for the grace period."""
+        request = pb.CollectGarbageRequest(grace_period_seconds=grace_seconds, dry_run=dry_run)
+        return self._call(self.metadata.CollectGarbage, request)
 
     def watch(
         self,

@@ -33,7 +33,8 @@ SMALL_FILE_BYTES = 1 << 20
 BATCH_BYTES = 8 << 20
 BATCH_COUNT = 2000
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-ATTEMPTS = 5
+# Enough attempts, with backoff capped at 2 s, to ride out a blob service restart.
+ATTEMPTS = 9
 
 ProgressCallback = Callable[[int], None]
 FileT = TypeVar("FileT", LocalFile, "RemoteFile")

@@ -1,10 +1,13 @@
-"""The metadata service's view of the blob service: which manifest content is stored."""
+"""The metadata service's view of the blob service: which content is stored, and garbage collection."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 
@@ -12,10 +15,11 @@ from metadata_service.errors import FailedPrecondition, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
 _BATCH = 10_000
+T = TypeVar("T")
 
 
-class BlobContentChecker:
-    """Asks a blob service over gRPC which digests it lacks."""
+class BlobServiceClient:
+    """Asks a blob service over gRPC which digests it lacks, and deletes unused ones."""
 
     def __init__(self, address: str, timeout: float = 60.0) -> None:
         self.address = address
@@ -43,3 +47,35 @@ class BlobContentChecker:
 
     def close(self) -> None:
         self._channel.close()
+
+    def _rpc(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            raise Unavailable(f"the blob service at {self.address} failed: {e.code().name} {e.details()}") from e
+
+    def list_unused(self, unused_before: datetime) -> Iterator[list[tuple[str, int]]]:
+        """Batches of (sha256, size) of blobs unused since ``unused_before``."""
+        request = blob_pb.ListBlobsRequest(unused_before=_timestamp(unused_before))
+        try:
+            for response in self._stub.ListBlobs(request, timeout=3600):
+                yield [(d.hash, d.size_bytes) for d in response.digests]
+        except grpc.RpcError as e:
+            raise Unavailable(f"the blob service at {self.address} failed: {e.code().name} {e.details()}") from e
+
+    def delete_unused(
+        self, digests: Sequence[tuple[str, int]], unused_before: datetime, remove_stale_uploads: bool
+    ) -> tuple[list[tuple[str, int]], int]:
+        request = blob_pb.DeleteBlobsRequest(
+            digests=[blob_pb.Digest(hash=h, size_bytes=s) for h, s in digests],
+            unused_before=_timestamp(unused_before),
+            remove_stale_uploads=remove_stale_uploads,
+        )
+        response = self._rpc(lambda: self._stub.DeleteBlobs(request, timeout=3600))
+        return [(d.hash, d.size_bytes) for d in response.deleted_digests], response.removed_upload_parts
+
+
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp

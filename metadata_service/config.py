@@ -18,6 +18,8 @@ class MetadataConfig:
     migrate: bool = True
     pending_ttl_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 60
+    gc_interval_seconds: float = 6 * 3600
+    gc_grace_seconds: float = 24 * 3600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often expired pending versions are removed (env MREG_JANITOR_INTERVAL_SECONDS)",
     )
     parser.add_argument(
+        "--gc-interval-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_GC_INTERVAL_SECONDS", MetadataConfig.gc_interval_seconds)),
+        help="how often blob garbage collection runs; 0 turns it off (env MREG_GC_INTERVAL_SECONDS)",
+    )
+    parser.add_argument(
+        "--gc-grace-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_GC_GRACE_SECONDS", MetadataConfig.gc_grace_seconds)),
+        help="blobs used more recently than this are never collected (env MREG_GC_GRACE_SECONDS)",
+    )
+    parser.add_argument(
         "--no-migrate",
         dest="migrate",
         action="store_false",
@@ -72,4 +86,6 @@ def from_args(args: argparse.Namespace) -> MetadataConfig:
         migrate=args.migrate,
         pending_ttl_seconds=args.pending_ttl_seconds,
         janitor_interval_seconds=args.janitor_interval_seconds,
+        gc_interval_seconds=args.gc_interval_seconds,
+        gc_grace_seconds=args.gc_grace_seconds,
     )

@@ -354,6 +354,24 @@ class Repository:
             select(Version).where(Version.state == VersionState.PENDING.value, Version.created_at < older_than)
         ).all()
 
+    def referenced_digests(self, hashes: Sequence[str]) -> set[str]:
+        """The hashes, out of those given, that a committed or pending version's manifest names."""
+        live: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            chunk = list(hashes[start : start + 500])
+            live.update(
+                self.session.scalars(
+                    select(ManifestEntry.digest)
+                    .join(Version, Version.id == ManifestEntry.version_id)
+                    .where(
+                        ManifestEntry.digest.in_(chunk),
+                        Version.state.in_([VersionState.COMMITTED.value, VersionState.PENDING.value]),
+                    )
+                    .distinct()
+                ).all()
+            )
+        return live
+
     # Idempotency ---------------------------------------------------------------------------
 
     def claim_request(self, request_id: str, method: str, fingerprint: str) -> RequestRecord | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from mreg.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from sqlalchemy import Engine
 
-from metadata_service.blob_client import BlobContentChecker
+from metadata_service.blob_client import BlobServiceClient
 from metadata_service.config import MetadataConfig
 from metadata_service.db import create_database_engine, upgrade_schema
 from metadata_service.service import Registry
@@ -36,7 +37,7 @@ class RunningMetadataServer:
     server: grpc.Server
     port: int
     engine: Engine
-    content: BlobContentChecker
+    content: BlobServiceClient
     registry: Registry
     stopping: threading.Event
 
@@ -56,12 +57,10 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)
-    content = BlobContentChecker(config.blob_addr)
+    content = BlobServiceClient(config.blob_addr)
     registry = Registry(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     stopping = threading.Event()
-    threading.Thread(
-        target=_janitor, args=(registry, config.janitor_interval_seconds, stopping), name="mreg-janitor", daemon=True
-    ).start()
+    threading.Thread(target=_janitor, args=(registry, config, stopping), name="mreg-janitor", daemon=True).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
     health_servicer = health.HealthServicer()
@@ -78,10 +77,14 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     return RunningMetadataServer(server, port, engine, content, registry, stopping)
 
 
-def _janitor(registry: Registry, interval: float, stopping: threading.Event) -> None:
-    """Expires pending versions and old request records until the server stops."""
-    while not stopping.wait(interval):
+def _janitor(registry: Registry, config: MetadataConfig, stopping: threading.Event) -> None:
+    """Expires pending versions and, less often, collects garbage, until the server stops."""
+    next_gc = time.monotonic() + config.gc_interval_seconds
+    while not stopping.wait(config.janitor_interval_seconds):
         try:
             registry.expire_pending()
-        except Exception:  # the janitor must outlive a database hiccup
-            log.exception("expiring pending versions failed; retrying in %.0f s", interval)
+            if config.gc_interval_seconds > 0 and time.monotonic() >= next_gc:
+                next_gc = time.monotonic() + config.gc_interval_seconds
+                registry.collect_garbage(timedelta(seconds=config.gc_grace_seconds))
+        except Exception:  # the janitor must outlive a database or blob service hiccup
+            log.exception("janitor run failed; retrying in %.0f s", config.janitor_interval_seconds)

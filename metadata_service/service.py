@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -58,6 +58,7 @@ DEFAULT_REGISTERED_MODEL_TYPE = "model"
 MAX_REQUEST_ID = 128
 DEFAULT_PENDING_TTL = timedelta(hours=24)
 REQUEST_RECORD_TTL = timedelta(hours=24)
+DEFAULT_GC_GRACE = timedelta(days=1)
 
 T = TypeVar("T")
 
@@ -70,12 +71,31 @@ class Caller:
     actor: str = ""
 
 
-class ContentChecker(Protocol):
-    """Asks the blob service which content it lacks."""
+class BlobService(Protocol):
+    """What the metadata service needs of the blob service."""
 
     def find_missing(self, digests: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
         """Returns the (sha256, size) pairs not stored. Raises Unavailable if it cannot tell."""
         ...
+
+    def list_unused(self, unused_before: datetime) -> Iterator[list[tuple[str, int]]]:
+        """Batches of blobs neither written nor looked up since ``unused_before``."""
+        ...
+
+    def delete_unused(
+        self, digests: Sequence[tuple[str, int]], unused_before: datetime, remove_stale_uploads: bool
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Deletes those still unused since ``unused_before``; returns (deleted, stale upload parts removed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageReport:
+    examined_blobs: int = 0
+    referenced_blobs: int = 0
+    deleted_blobs: int = 0
+    deleted_bytes: int = 0
+    removed_upload_parts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +159,7 @@ class _CollectionContext:
 class Registry:
     """The registry's operations; one instance serves all RPCs."""
 
-    def __init__(
-        self, database: Database, content: ContentChecker, pending_ttl: timedelta = DEFAULT_PENDING_TTL
-    ) -> None:
+    def __init__(self, database: Database, content: BlobService, pending_ttl: timedelta = DEFAULT_PENDING_TTL) -> None:
         self.db = database
         self.content = content
         self.pending_ttl = pending_ttl
@@ -846,6 +864,37 @@ class Registry:
             return [_event_view(e) for e in rows], last
 
         return self.db.run(work, write=False)
+
+    # Garbage collection ------------------------------------------------------------------------
+
+    def collect_garbage(self, grace: timedelta = DEFAULT_GC_GRACE, dry_run: bool = False) -> GarbageReport:
+        """Deletes blobs no committed or pending version references, unused for ``grace``.
+
+        Safe against concurrent pushes: the blob service renews a blob's use time when
+        it is written or found by FindMissingBlobs, and deletes a blob only if it is
+        still unused at the moment of deletion. A commit verifies its content after
+        those lookups, so it either sees its blobs present or fails; it never lands
+        pointing at deleted content.
+        """
+        if grace < timedelta(0):
+            raise InvalidArgument("grace_period_seconds must not be negative")
+        unused_before = utcnow() - grace
+        examined = referenced = deleted = deleted_bytes = 0
+        for batch in self.content.list_unused(unused_before):
+            examined += len(batch)
+            hashes = [h for h, _ in batch]
+            live = self.db.run(lambda uow: uow.repo.referenced_digests(hashes), write=False)  # noqa: B023
+            garbage = [(h, s) for h, s in batch if h not in live]
+            referenced += len(batch) - len(garbage)
+            if garbage and not dry_run:
+                gone, _ = self.content.delete_unused(garbage, unused_before, remove_stale_uploads=False)
+                garbage = gone
+            deleted += len(garbage)
+            deleted_bytes += sum(s for _, s in garbage)
+        removed = 0 if dry_run else self.content.delete_unused([], unused_before, remove_stale_uploads=True)[1]
+        report = GarbageReport(examined, referenced, deleted, deleted_bytes, removed)
+        log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
+        return report
 
     def wait_for_events(self, timeout: float) -> None:
         self.db.wait_for_commit(timeout)

@@ -6,6 +6,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -25,7 +26,7 @@ from metadata_service.domain import (
 from metadata_service.errors import RegistryError
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
-from metadata_service.service import Caller, LinkRequest, Registry
+from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -408,6 +409,22 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             consumer_runs=lineage.consumer_runs,
             inputs=lineage.inputs,
             outputs=lineage.outputs,
+        )
+
+    @_abort_on_domain_error
+    def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
+    ) -> pb.CollectGarbageResponse:
+        grace = _optional(request, "grace_period_seconds")
+        report = self.registry.collect_garbage(
+            DEFAULT_GC_GRACE if grace is None else timedelta(seconds=grace), request.dry_run
+        )
+        return pb.CollectGarbageResponse(
+            examined_blobs=report.examined_blobs,
+            referenced_blobs=report.referenced_blobs,
+            deleted_blobs=report.deleted_blobs,
+            deleted_bytes=report.deleted_bytes,
+            removed_upload_parts=report.removed_upload_parts,
         )
 
     @_abort_on_domain_error

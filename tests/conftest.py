@@ -50,6 +50,12 @@ def _admin_connect():
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_client_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keeps the client's hash and content caches out of the user's home."""
+    os.environ["MREG_CACHE_DIR"] = str(tmp_path_factory.mktemp("client-cache"))
+
+
 @pytest.fixture(scope="session", params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if request.param == "sqlite":

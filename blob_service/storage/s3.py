@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import BinaryIO, cast
+from xml.etree import ElementTree
 
 import urllib3
 from minio import Minio
@@ -163,7 +164,14 @@ class S3Storage(BlobStorage):
 
     def put(self, key: str, data: bytes) -> None:
         try:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+            try:
+                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+            except S3Error as e:
+                if e.code != "NoSuchBucket":
+                    raise
+                # The bucket vanished (a wiped test server, a lifecycle rule): recreate it once.
+                self.client.make_bucket(self.bucket)
+                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (S3Error, InvalidResponseError, ServerError) as e:
             raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -280,7 +288,7 @@ class S3Storage(BlobStorage):
         """
         try:
             operation()
-        except (S3Error, InvalidResponseError, ServerError, ValueError) as e:
+        except (S3Error, InvalidResponseError, ServerError, ValueError, ElementTree.ParseError) as e:
             log.debug("server-side copy to %s answered %s", target, e)
         return self._stat_size(target) == size
 
@@ -316,7 +324,15 @@ class S3Storage(BlobStorage):
                 metadata={"x-amz-meta-mreg-used": datetime.now(UTC).isoformat()},
                 metadata_directive="REPLACE",
             )
-        except (S3Error, InvalidResponseError, ServerError, ValueError, urllib3.exceptions.HTTPError, OSError) as e:
+        except (
+            S3Error,
+            InvalidResponseError,
+            ServerError,
+            ValueError,
+            ElementTree.ParseError,
+            urllib3.exceptions.HTTPError,
+            OSError,
+        ) as e:
             log.debug("renewing %s answered %s", key, e)
 
     def last_used(self, digest: Digest) -> datetime | None:

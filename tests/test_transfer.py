@@ -1,0 +1,277 @@
+"""Transfers on every blob store (local disk, moto_server, rclone serve s3): resumable,
+verified, cached, garbage-collected."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from mreg.blob.v1 import blob_service_pb2 as pb
+from mreg.blob.v1 import blob_service_pb2_grpc
+
+from blob_service import server as blob_server
+from blob_service.config import BlobConfig
+from client import MregError, Registry
+from client.hashing import LocalFile
+from client.transfer import BlobTransfer
+from metadata_service import server as metadata_server
+from metadata_service.config import MetadataConfig
+from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint
+from tests.processes import ServiceProcess
+from tests.test_blob_service import read_all, write_requests
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Stack:
+    blob: blob_server.RunningBlobServer
+    metadata: metadata_server.RunningMetadataServer
+
+    def registry(self, cache_dir: Path | None = None, use_cache: bool = False) -> Registry:
+        return Registry.connect(
+            self.metadata.address,
+            self.blob.address,
+            entity="acme",
+            project="transfer",
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(blob_store_location: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Both services on one blob store; the blob service renews use times on every lookup (for GC tests)."""
+    blob = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=blob_store_location, touch_interval_seconds=0))
+    database = tmp_path_factory.mktemp("transfer-db") / "metadata.db"
+    metadata = metadata_server.start(
+        MetadataConfig(listen="127.0.0.1:0", database_url=f"sqlite:///{database}", blob_addr=blob.address)
+    )
+    yield Stack(blob, metadata)
+    metadata.stop(grace=None)
+    blob.stop(grace=None)
+
+
+def test_push_and_pull_are_byte_identical(stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(20 << 20) + 12345)
+    with stack.registry() as registry:
+        pushed = registry.push(checkpoint, "roundtrip")
+        pulled = registry.pull("roundtrip", tmp_path / "out")
+    assert pushed.uploaded_bytes == pushed.size_bytes == pulled.downloaded_bytes
+    assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_corrupted_content_is_data_loss_and_the_file_is_absent(stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 7)
+    with stack.registry() as registry:
+        pushed = registry.push(checkpoint, f"corrupt-{uuid.uuid4().hex[:6]}")
+        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
+        corrupt_blob(stack.blob.store.storage, weights.digest.hash, weights.digest.size_bytes)
+        with pytest.raises(MregError) as error:
+            registry.pull(pushed.version.name, tmp_path / "out")
+    assert error.value.code == "DATA_LOSS"
+    assert not (tmp_path / "out" / "weights.bin").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
+
+
+@pytest.mark.parametrize("cut_after_chunks", [1, 5, 9, 17])
+def test_upload_cut_by_the_client_resumes_to_an_identical_blob(blob_only, blob_stub, cut_after_chunks: int) -> None:
+    data = os.urandom(20 * CHUNK + 333)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+
+    def cut_stream() -> Iterator[pb.WriteRequest]:
+        for i, message in enumerate(write_requests(data, digest, upload_id)):
+            if i == cut_after_chunks:
+                raise ConnectionError("network cable pulled")
+            yield message
+
+    with pytest.raises(grpc.RpcError):
+        blob_stub.Write(cut_stream())
+
+    # The service keeps what it durably received (S3 stages whole parts); continue from there.
+    offset = _settled_offset(blob_stub, upload_id, digest)
+    assert 0 <= offset <= cut_after_chunks * CHUNK
+    response = blob_stub.Write(write_requests(data, digest, upload_id, offset=offset))
+    assert response.committed_size == len(data)
+    assert hashlib.sha256(read_all(blob_stub, digest)).hexdigest() == digest.hash
+
+
+def _settled_offset(stub, upload_id: str, digest: pb.Digest) -> int:
+    """QueryWriteStatus once the broken stream's handler has finished with the upload."""
+    previous, deadline = -1, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            status = stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+            current = status.committed_size
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND
+            current = 0
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.3)
+    return previous
+
+
+def test_upload_survives_a_sigkill_and_restart_of_the_blob_service(blob_store_location: str, tmp_path: Path) -> None:
+    service = ServiceProcess("blob_service", ["--store", blob_store_location]).start()
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(96 << 20))
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    file = LocalFile(source, "big.bin", sha, source.stat().st_size)
+    sent = Counter[str]()
+    killed = threading.Event()
+
+    def on_progress(n: int) -> None:
+        sent["bytes"] += n
+        if sent["bytes"] >= 40 << 20 and not killed.is_set():
+            killed.set()
+            service.kill()
+            threading.Thread(target=service.start, daemon=True).start()
+
+    try:
+        with grpc.insecure_channel(service.address) as channel:
+            transfer = BlobTransfer(blob_service_pb2_grpc.BlobServiceStub(channel))
+            transfer.upload([file], on_progress)
+            assert killed.is_set()
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            digest = pb.Digest(hash=sha, size_bytes=file.size_bytes)
+            assert hashlib.sha256(read_all(stub, digest)).hexdigest() == sha
+        # It continued from what the killed service had kept instead of starting over.
+        assert sent["bytes"] < 2 * file.size_bytes
+    finally:
+        service.stop()
+
+
+def test_stopped_s3_server_is_unavailable_and_a_retry_succeeds_once_it_is_back(s3_server) -> None:
+    running = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=s3_server.store_url(f"outage-{uuid.uuid4().hex[:8]}"))
+    )
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            data = os.urandom(10 * CHUNK)
+            digest = digest_of(data)
+            s3_server.stop()
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Write(write_requests(data, digest, uuid.uuid4().hex), timeout=60)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "S3" in error.value.details()
+            assert time.monotonic() - started < 30  # a clear error, not a hang
+            s3_server.start()
+            assert stub.Write(write_requests(data, digest, uuid.uuid4().hex)).committed_size == len(data)
+            assert read_all(stub, digest) == data
+    finally:
+        running.stop(grace=None)
+        s3_server.start() if s3_server.process.poll() is not None else None
+
+
+def test_small_files_travel_in_a_handful_of_batches(stack, tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    for i in range(3000):
+        (root / f"d{i % 30}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 30}" / f"f{i}.bin").write_bytes(os.urandom(512 + i % 2048))
+    calls: Counter[str] = Counter()
+
+    class Counting(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            calls[details.method.rsplit("/", 1)[1]] += 1
+            return continuation(details, request)
+
+        def intercept_stream_unary(self, continuation, details, request_iterator):
+            calls[details.method.rsplit("/", 1)[1]] += 1
+            return continuation(details, request_iterator)
+
+    blob_channel = grpc.intercept_channel(grpc.insecure_channel(stack.blob.address), Counting())
+    metadata_channel = grpc.insecure_channel(stack.metadata.address)
+    registry = Registry(metadata_channel, blob_channel, entity="acme", project="transfer", use_cache=False)
+    with registry:
+        pushed = registry.push(root, f"many-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "out")
+    assert pushed.files == 3000
+    assert calls["Write"] == 0
+    assert calls["BatchUpdateBlobs"] <= 5 and calls["BatchReadBlobs"] <= 5
+    assert_same_tree(root, tmp_path / "out")
+
+
+def test_repush_of_an_unchanged_checkpoint_reads_no_file_and_sends_nothing(stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=4 << 20)
+    with stack.registry(cache_dir=tmp_path / "cache", use_cache=True) as registry:
+        first = registry.push(checkpoint, name := f"cached-{uuid.uuid4().hex[:6]}")
+        hits_before = registry.hash_cache.hits
+        again = registry.push(checkpoint, name)
+        assert registry.hash_cache.hits - hits_before == again.files == 4
+        assert (again.uploaded_bytes, again.version.index, again.created) == (0, first.version.index, False)
+        # A change of content (and so of mtime) is noticed.
+        (checkpoint / "config.json").write_text('{"layers": 152}')
+        changed = registry.push(checkpoint, name)
+        assert changed.created and changed.uploaded_bytes == len('{"layers": 152}')
+
+
+def test_pulling_cached_content_moves_no_bytes(stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=6 << 20)
+    with stack.registry(cache_dir=tmp_path / "cache", use_cache=True) as registry:
+        pushed = registry.push(checkpoint, f"pullcache-{uuid.uuid4().hex[:6]}")
+        first = registry.pull(pushed.version.name, tmp_path / "one")
+        second = registry.pull(pushed.version.name, tmp_path / "two")
+    assert first.downloaded_bytes == pushed.size_bytes
+    assert second.downloaded_bytes == 0
+    assert_same_tree(checkpoint, tmp_path / "two")
+
+
+def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses(stack, tmp_path: Path) -> None:
+    with stack.registry() as registry:
+        name = f"gc-{uuid.uuid4().hex[:6]}"
+        kept = registry.push(make_checkpoint(tmp_path / "kept", large_bytes=1 << 20, seed=1), name)
+        dropped = registry.push(make_checkpoint(tmp_path / "dropped", large_bytes=1 << 20, seed=2), name)
+        registry.delete_version(dropped.version.name)
+        orphans = [os.urandom(2000) for _ in range(30)]
+        registry.transfer.stub.BatchUpdateBlobs(
+            pb.BatchUpdateBlobsRequest(
+                requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest_of(o), data=o) for o in orphans]
+            )
+        )
+        time.sleep(2.5)  # everything above is now older than the 1 s grace period
+
+        # Commits that reuse the old orphans race garbage collection runs.
+        committed: list[str] = []
+        stop = threading.Event()
+
+        def commit_orphans() -> None:
+            with stack.registry() as client:
+                for i, orphan in enumerate(orphans):
+                    folder = tmp_path / f"reuse{i}"
+                    folder.mkdir()
+                    (folder / "blob.bin").write_bytes(orphan)
+                    committed.append(client.push(folder, f"{name}-reuse").version.name)
+            stop.set()
+
+        worker = threading.Thread(target=commit_orphans)
+        worker.start()
+        reports = []
+        while not stop.is_set():
+            reports.append(registry.collect_garbage(grace_seconds=1))
+        worker.join()
+        reports.append(registry.collect_garbage(grace_seconds=1))
+
+        assert sum(r.deleted_blobs for r in reports) >= 1  # the deleted version's unique weights
+        for ref in [*committed, kept.version.name]:
+            registry.pull(ref, tmp_path / "check" / ref.replace("/", "_").replace(":", "_"))
+        assert_same_tree(tmp_path / "kept", tmp_path / "check" / kept.version.name.replace("/", "_").replace(":", "_"))
+        dropped_weights = next(e for e in dropped.version.manifest if e.path == "weights.bin").digest
+        missing = registry.transfer.find_missing([(dropped_weights.hash, dropped_weights.size_bytes)])
+        assert missing == {(dropped_weights.hash, dropped_weights.size_bytes)}
+        assert registry.collect_garbage(grace_seconds=1, dry_run=True).deleted_blobs == 0
+    _ = timedelta
