@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,8 @@ from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+# Concurrent storage operations within one batch RPC (stat calls, or requests to S3).
+IO_PARALLELISM = 16
 # Batch RPCs are for small blobs; larger content goes through the streaming RPCs.
 MAX_BATCH_BYTES = 32 << 20
 
@@ -68,6 +71,7 @@ class BlobStore:
         self.storage = storage
         self.chunk_size = chunk_size
         self.touch_interval = touch_interval
+        self._pool = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="blob-io")
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """Returns the digests not stored, in the order given, each once.
@@ -76,19 +80,19 @@ class BlobStore:
         collection, whose grace period must exceed that interval, keeps content a client
         is about to commit without uploading it.
         """
-        seen: set[Digest] = set()
-        missing = []
+        unique = list(dict.fromkeys(digests))
         renew_before = datetime.now(UTC) - self.touch_interval
-        for digest in digests:
-            if digest in seen:
-                continue
-            seen.add(digest)
+
+        def missing(digest: Digest) -> bool:
             last_used = self.storage.last_used(digest)
-            if last_used is None or not self.storage.has(digest):
-                missing.append(digest)
-            elif last_used < renew_before:
+            if last_used is None:
+                return True
+            if last_used < renew_before:
                 self.storage.touch(digest)
-        return missing
+            return False
+
+        # Lookups are I/O (a stat, or a HEAD request on S3): run them side by side.
+        return [d for d, absent in zip(unique, self._pool.map(missing, unique), strict=True) if absent]
 
     def unused_blobs(self, unused_before: datetime) -> Iterator[Digest]:
         """Digests of stored blobs not written or found since ``unused_before``."""
@@ -239,20 +243,22 @@ class BlobStore:
             raise InvalidArgument(
                 f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Write for large blobs"
             )
-        results: list[BlobError | None] = []
-        for digest, data in items:
+
+        def store(item: tuple[Digest, bytes]) -> BlobError | None:
+            digest, data = item
             try:
                 if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
                     raise InvalidArgument(f"data does not match digest {digest}; nothing was stored")
-                if not self.storage.has(digest):
+                if self.storage.last_used(digest) is None:
                     self._store_small(digest, data)
-                results.append(None)
+                return None
             except BlobError as e:
-                results.append(e)
-        return results
+                return e
+
+        return list(self._pool.map(store, items))
 
     def _store_small(self, digest: Digest, data: bytes) -> None:
-        upload = self.storage.begin_write(f"batch-{uuid.uuid4().hex}", digest)
+        upload = self.storage.begin_write(f"batch-{uuid.uuid4().hex}", digest, fresh=True)
         try:
             upload.append(data)
             self.storage.commit_write(upload)
@@ -266,11 +272,11 @@ class BlobStore:
             raise InvalidArgument(
                 f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Read for large blobs"
             )
-        results = []
-        for digest in digests:
+
+        def load(digest: Digest) -> BatchReadResult:
             try:
-                data = b"".join(self.read(digest))
-                results.append(BatchReadResult(digest, data, None))
+                return BatchReadResult(digest, b"".join(self.read(digest)), None)
             except BlobError as e:
-                results.append(BatchReadResult(digest, None, e))
-        return results
+                return BatchReadResult(digest, None, e)
+
+        return list(self._pool.map(load, digests))

@@ -84,8 +84,10 @@ class BlobStorage(ABC):
         """
 
     @abstractmethod
-    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
+    def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         """Opens the upload ``upload_id`` of ``digest``, creating it or resuming it.
+
+        ``fresh`` promises the id was never used, so there is nothing to resume.
 
         Raises:
             Aborted: another stream is writing the same upload right now.
@@ -113,7 +115,7 @@ class BlobStorage(ABC):
 
     @abstractmethod
     def last_used(self, digest: Digest) -> datetime | None:
-        """When the blob was last published or touched; None if it is not stored."""
+        """When the blob was last published or touched; None unless it is stored whole."""
 
     @abstractmethod
     def touch(self, digest: Digest) -> None:

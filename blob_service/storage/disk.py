@@ -114,7 +114,7 @@ class DiskStorage(BlobStorage):
         file.seek(offset)
         return _FileReader(file)
 
-    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
+    def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest))
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
@@ -153,9 +153,10 @@ class DiskStorage(BlobStorage):
 
     def last_used(self, digest: Digest) -> datetime | None:
         try:
-            return _utc(self.blob_path(digest).stat().st_mtime)
+            info = self.blob_path(digest).stat()
         except FileNotFoundError:
             return None
+        return _utc(info.st_mtime) if info.st_size == digest.size_bytes else None
 
     def touch(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -44,6 +44,12 @@ MIN_COMPOSE_PART = 5 << 20
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
 
 
+def _is_not_found(error: S3Error | InvalidResponseError) -> bool:
+    if isinstance(error, S3Error):
+        return error.code in _NOT_FOUND_CODES or (error.response is not None and error.response.status == 404)
+    return error._code == 404  # an error body the SDK could not parse; the status says enough
+
+
 def _unavailable(error: Exception) -> Unavailable:
     return Unavailable(f"the S3 store cannot be reached: {type(error).__name__}: {str(error)[:300]}")
 
@@ -66,11 +72,11 @@ class _S3Reader(BlobReader):
 class _S3Upload(PartialUpload):
     """Bytes are buffered up to one part, then staged as an object of their own."""
 
-    def __init__(self, storage: S3Storage, upload_id: str, digest: Digest) -> None:
+    def __init__(self, storage: S3Storage, upload_id: str, digest: Digest, *, fresh: bool = False) -> None:
         super().__init__(upload_id, digest)
         self._storage = storage
         self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
-        self.parts = storage.staged_parts(self.prefix)
+        self.parts: list[tuple[str, int]] = [] if fresh else storage.staged_parts(self.prefix)
         self._staged = sum(size for _, size in self.parts)
         self._buffer = bytearray()
 
@@ -180,14 +186,10 @@ class S3Storage(BlobStorage):
     def _stat_size(self, key: str) -> int | None:
         try:
             return self.client.stat_object(self.bucket, key).size
-        except S3Error as e:
-            if e.code in _NOT_FOUND_CODES or (e.response is not None and e.response.status == 404):
+        except (S3Error, InvalidResponseError) as e:
+            if _is_not_found(e):
                 return None
-            raise Unavailable(f"the S3 store failed a HEAD of {key}: {e.code}") from e
-        except InvalidResponseError as e:
-            if e._code == 404:  # an error body the SDK could not parse; the status says enough
-                return None
-            raise _unavailable(e) from e
+            raise Unavailable(f"the S3 store failed a HEAD of {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise _unavailable(e) from e
 
@@ -240,8 +242,8 @@ class S3Storage(BlobStorage):
             return _EmptyReader()
         return self.open_key(self._blob_key(digest), offset)
 
-    def begin_write(self, upload_id: str, digest: Digest) -> PartialUpload:
-        return _S3Upload(self, upload_id, digest)
+    def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
+        return _S3Upload(self, upload_id, digest, fresh=fresh)
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
         parts = self.staged_parts(self.key(f"uploads/{upload_id}.{digest.hash}/"))
@@ -249,8 +251,13 @@ class S3Storage(BlobStorage):
 
     def commit_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _S3Upload)
-        upload.flush()
         target = self._blob_key(upload.digest)
+        if not upload.parts:
+            # The whole blob is in the buffer: one PUT publishes it, atomically.
+            self.put(target, bytes(upload._buffer))
+            upload._buffer.clear()
+            return
+        upload.flush()
         try:
             self._assemble(upload, target)
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -337,9 +344,14 @@ class S3Storage(BlobStorage):
 
     def last_used(self, digest: Digest) -> datetime | None:
         try:
-            return self.client.stat_object(self.bucket, self._blob_key(digest)).last_modified
-        except (S3Error, InvalidResponseError, ServerError, urllib3.exceptions.HTTPError, OSError):
-            return None
+            info = self.client.stat_object(self.bucket, self._blob_key(digest))
+        except (S3Error, InvalidResponseError) as e:
+            if _is_not_found(e):
+                return None
+            raise Unavailable(f"the S3 store failed a HEAD of blob {digest}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+            raise _unavailable(e) from e
+        return info.last_modified if info.size == digest.size_bytes else None
 
     def stale_uploads(self, older_than: datetime) -> list[str]:
         stale = []

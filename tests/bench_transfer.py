@@ -1,0 +1,287 @@
+"""Transfer benchmark (part of `make bench`), on local disk and on S3 (moto_server).
+
+Measured in one run on the same generated data:
+  (a) push and pull of a 1 GiB checkpoint (2 large files + 200 small ones), MB/s, against
+      two baselines: a raw gRPC stream of the same bytes into a file with sha256 and fsync
+      (and back out), and `cp -r` + sync;
+  (b) push and pull of many files of 4-64 KiB, files/s;
+  (c) re-push of the unchanged checkpoint: seconds and bytes sent;
+  (d) push of a copy with every tenth file changed: bytes sent against bytes changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from client import Registry
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
+from tests.processes import ServiceProcess, free_port, wait_serving
+
+MB = 1e6
+CHUNK = 1 << 20
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_checkpoint(root: Path, total: int = 1 << 30, small_files: int = 200) -> None:
+    rng = random.Random(7)
+    root.mkdir(parents=True)
+    small_total = 0
+    for i in range(small_files):
+        size = rng.randint(16 << 10, 256 << 10)
+        (root / "shards").mkdir(exist_ok=True)
+        (root / "shards" / f"shard-{i:03d}.bin").write_bytes(os.urandom(size))
+        small_total += size
+    large = (total - small_total) // 2
+    for name in ("model-00001.safetensors", "model-00002.safetensors"):
+        with open(root / name, "wb") as f:
+            for _ in range(large // CHUNK):
+                f.write(os.urandom(CHUNK))
+            f.write(os.urandom(large % CHUNK))
+
+
+def make_many_files(root: Path, count: int) -> None:
+    rng = random.Random(11)
+    for i in range(count):
+        folder = root / f"part-{i // 500:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"tensor-{i:05d}.bin").write_bytes(os.urandom(rng.randint(4 << 10, 64 << 10)))
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def drop_page_cache_hint(root: Path) -> None:
+    # Without root-only knobs, at least make every file's pages clean and equal for all runs.
+    subprocess.run(["sync"], check=True)
+
+
+# Raw gRPC baseline -------------------------------------------------------------------------
+
+
+def raw_server(port: int, directory: str) -> None:
+    """A bare gRPC server: Put streams bytes into a file with sha256 and fsync; Get streams a file back."""
+
+    def put(request_iterator, context):  # type: ignore[no-untyped-def]
+        hasher = hashlib.sha256()
+        path = Path(directory) / uuid.uuid4().hex
+        with open(path, "wb") as f:
+            for chunk in request_iterator:
+                hasher.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        return hasher.hexdigest().encode() + b" " + path.name.encode()
+
+    def get(request, context):  # type: ignore[no-untyped-def]
+        with open(Path(directory) / request.decode(), "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    identity = {"request_deserializer": None, "response_serializer": None}
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Raw",
+        {
+            "Put": grpc.stream_unary_rpc_method_handler(put, **identity),
+            "Get": grpc.unary_stream_rpc_method_handler(get, **identity),
+        },
+    )
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=options)
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.start()
+    server.wait_for_termination()
+
+
+def raw_baseline(source: Path, work: Path) -> dict[str, float]:
+    """Streams every byte of ``source`` through one bare gRPC stream into a file and back."""
+    port = free_port()
+    (work / "raw").mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench_transfer", "--raw-server", str(port), str(work / "raw")]
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        total = sum(p.stat().st_size for p in files)
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
+            put = channel.stream_unary("/bench.Raw/Put")
+            get = channel.unary_stream("/bench.Raw/Get")
+
+            def chunks():  # type: ignore[no-untyped-def]
+                for path in files:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(CHUNK):
+                            yield chunk
+
+            started = time.perf_counter()
+            stored = put(chunks()).split(b" ")[1]
+            push_s = time.perf_counter() - started
+            started = time.perf_counter()
+            hasher = hashlib.sha256()
+            with open(work / "raw-back.bin", "wb") as out:
+                for chunk in get(stored):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            pull_s = time.perf_counter() - started
+        return {"push_MBps": total / MB / push_s, "pull_MBps": total / MB / pull_s}
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(work / "raw", ignore_errors=True)
+        (work / "raw-back.bin").unlink(missing_ok=True)
+
+
+def cp_baseline(source: Path, work: Path) -> float:
+    target = work / "cp-copy"
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(source), str(target)], check=True)
+    subprocess.run(["sync"], check=True)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(target)
+    return tree_bytes(source) / MB / elapsed
+
+
+# The registry ---------------------------------------------------------------------------------
+
+
+def bench_store(
+    label: str, store: str, checkpoint: Path, many: Path, work: Path, baseline: dict[str, float]
+) -> dict[str, Any]:
+    blob = ServiceProcess("blob_service", ["--store", store]).start()
+    metadata = ServiceProcess(
+        "metadata_service", ["--database-url", f"sqlite:///{work / f'{label}.db'}", "--blob-addr", blob.address]
+    ).start()
+    out: dict[str, Any] = {}
+    try:
+
+        def registry(cache: str) -> Registry:
+            return Registry.connect(
+                metadata.address,
+                blob.address,
+                entity="bench",
+                project=label,
+                cache_dir=work / f"{label}-{cache}",
+                parallel=8,
+            )
+
+        total = tree_bytes(checkpoint)
+        with registry("push-cache") as client:
+            started = time.perf_counter()
+            pushed = client.push(checkpoint, "checkpoint")
+            push_s = time.perf_counter() - started
+        with registry("pull-cache") as client:
+            started = time.perf_counter()
+            client.pull("checkpoint", work / f"{label}-pulled")
+            pull_s = time.perf_counter() - started
+        shutil.rmtree(work / f"{label}-pulled")
+        out["a_push_MBps"] = round(total / MB / push_s, 1)
+        out["a_pull_MBps"] = round(total / MB / pull_s, 1)
+        out["a_push_vs_raw_grpc"] = round(out["a_push_MBps"] / baseline["push_MBps"], 3)
+        out["a_pull_vs_raw_grpc"] = round(out["a_pull_MBps"] / baseline["pull_MBps"], 3)
+        out["a_push_vs_cp"] = round(out["a_push_MBps"] / baseline["cp_MBps"], 3)
+        out["a_pull_vs_cp"] = round(out["a_pull_MBps"] / baseline["cp_MBps"], 3)
+        log(
+            f"  {label}: push {out['a_push_MBps']} MB/s, pull {out['a_pull_MBps']} MB/s "
+            f"(uploaded {pushed.uploaded_bytes})"
+        )
+
+        with registry("push-cache") as client:  # the hash cache is warm from the push above
+            started = time.perf_counter()
+            again = client.push(checkpoint, "checkpoint")
+            out["c_repush_seconds"] = round(time.perf_counter() - started, 3)
+            out["c_repush_bytes_sent"] = again.uploaded_bytes
+            out["c_repush_seconds_per_GiB"] = round(out["c_repush_seconds"] / (total / (1 << 30)), 3)
+        log(f"  {label}: unchanged re-push {out['c_repush_seconds']} s, {again.uploaded_bytes} bytes sent")
+
+        changed = work / f"{label}-changed"
+        shutil.copytree(checkpoint, changed)
+        files = sorted(p for p in changed.rglob("*") if p.is_file())
+        changed_bytes = 0
+        for path in files[::10]:
+            data = bytearray(path.read_bytes())
+            data[0] ^= 0xFF
+            path.write_bytes(bytes(data))
+            changed_bytes += len(data)
+        with registry("changed-cache") as client:
+            delta = client.push(changed, "checkpoint")
+        shutil.rmtree(changed)
+        out["d_files_changed"] = len(files[::10])
+        out["d_files_total"] = len(files)
+        out["d_bytes_sent"] = delta.uploaded_bytes
+        out["d_bytes_changed"] = changed_bytes
+        out["d_sent_fraction_of_total"] = round(delta.uploaded_bytes / total, 4)
+        log(f"  {label}: 10% changed: sent {delta.uploaded_bytes} of {total} bytes ({changed_bytes} changed)")
+
+        count = sum(1 for p in many.rglob("*") if p.is_file())
+        with registry("many-push") as client:
+            started = time.perf_counter()
+            client.push(many, "many-files")
+            many_push_s = time.perf_counter() - started
+        with registry("many-pull") as client:
+            started = time.perf_counter()
+            client.pull("many-files", work / f"{label}-many-pulled")
+            many_pull_s = time.perf_counter() - started
+        shutil.rmtree(work / f"{label}-many-pulled")
+        out["b_files"] = count
+        out["b_push_files_per_s"] = round(count / many_push_s, 1)
+        out["b_pull_files_per_s"] = round(count / many_pull_s, 1)
+        log(f"  {label}: {count} small files: push {out['b_push_files_per_s']}/s, pull {out['b_pull_files_per_s']}/s")
+        return out
+    finally:
+        metadata.stop()
+        blob.stop()
+
+
+def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: int = 2_000) -> dict[str, Any]:
+    checkpoint = work / "checkpoint"
+    log("  generating 1 GiB checkpoint and small-file sets")
+    make_checkpoint(checkpoint)
+    make_many_files(work / "many-disk", small_files_disk)
+    make_many_files(work / "many-s3", small_files_s3)
+    drop_page_cache_hint(work)
+    baseline = raw_baseline(checkpoint, work)
+    baseline["cp_MBps"] = cp_baseline(checkpoint, work)
+    log(
+        f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s, "
+        f"cp -r {baseline['cp_MBps']:.0f} MB/s"
+    )
+    results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
+    results["disk"] = bench_store("disk", str(work / "blobs"), checkpoint, work / "many-disk", work, baseline)
+    os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
+    os.environ["MREG_S3_SECRET_KEY"] = S3_SECRET_KEY
+    s3 = S3Server("moto", work / "moto").start()
+    try:
+        store = s3.store_url("bench")
+        results["s3_moto"] = bench_store("s3", store, checkpoint, work / "many-s3", work, baseline)
+    finally:
+        s3.stop()
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--raw-server":
+        raw_server(int(sys.argv[2]), sys.argv[3])
