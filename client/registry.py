@@ -36,6 +36,8 @@ DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
 RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_ATTEMPTS = 6
+COMMIT_ATTEMPTS = 3
+MISSING_CONTENT = "the blob service lacks"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 256 << 20),
@@ -188,25 +190,34 @@ class Registry:
                 artifact=ref, type=type, description=description, tags=list(tags), metadata=_struct(metadata)
             ),
         ).version
-        missing = self.transfer.find_missing(sorted({(f.sha256, f.size_bytes) for f in local}))
-        to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
-        total = sum({(f.sha256, f.size_bytes): f.size_bytes for f in to_send}.values())
-        uploaded = self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
         for model in link_to:
             self.ensure_registered_model(model, type=type)
-        response = self._call(
-            self.metadata.CommitVersion,
-            pb.CommitVersionRequest(
-                uid=pending.uid,
-                manifest=[
-                    pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
-                    for f in local
-                ],
-                aliases=list(aliases),
-                links=[pb.LinkTarget(registered_model=m) for m in link_to],
-                run=run,
-            ),
+        request = pb.CommitVersionRequest(
+            uid=pending.uid,
+            manifest=[
+                pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
+                for f in local
+            ],
+            aliases=list(aliases),
+            links=[pb.LinkTarget(registered_model=m) for m in link_to],
+            run=run,
         )
+        uploaded = 0
+        for attempt in range(COMMIT_ATTEMPTS):
+            uploaded += self._upload_missing(local, progress)
+            try:
+                response = self._call(self.metadata.CommitVersion, request)
+                break
+            except MregError as e:
+                # Content found present can be garbage-collected before the commit lands;
+                # the commit then refuses, and uploading what is missing again fixes it.
+                if (
+                    e.code != "FAILED_PRECONDITION"
+                    or MISSING_CONTENT not in e.message
+                    or attempt == COMMIT_ATTEMPTS - 1
+                ):
+                    raise
+                request.request_id = ""
         return PushResult(
             version=response.version,
             created=response.created,
@@ -215,6 +226,12 @@ class Registry:
             size_bytes=sum(f.size_bytes for f in local),
             uploaded_bytes=uploaded,
         )
+
+    def _upload_missing(self, local: Sequence[LocalFile], progress: Callable[[int], ProgressCallback] | None) -> int:
+        missing = self.transfer.find_missing(sorted({(f.sha256, f.size_bytes) for f in local}))
+        to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
+        total = sum({(f.sha256, f.size_bytes): f.size_bytes for f in to_send}.values())
+        return self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
 
     def _hash_directory(self, root: Path) -> list[LocalFile]:
         """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup."""

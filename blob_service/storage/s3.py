@@ -123,7 +123,7 @@ class S3Storage(BlobStorage):
         try:
             if not self.client.bucket_exists(bucket):
                 self.client.make_bucket(bucket)
-        except (S3Error, InvalidResponseError, ServerError) as e:
+        except (S3Error, InvalidResponseError, ServerError, ValueError) as e:
             raise InvalidArgument(f"cannot use bucket {bucket!r} at {endpoint}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
@@ -209,7 +209,11 @@ class S3Storage(BlobStorage):
                 for o in self.client.list_objects(self.bucket, prefix=prefix)
                 if o.object_name
             )
-        except (S3Error, InvalidResponseError, ServerError) as e:
+        except S3Error as e:
+            if e.code == "NoSuchBucket":
+                return []
+            raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
+        except (InvalidResponseError, ServerError) as e:
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
