@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -250,20 +249,12 @@ class BlobStore:
                 if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
                     raise InvalidArgument(f"data does not match digest {digest}; nothing was stored")
                 if self.storage.last_used(digest) is None:
-                    self._store_small(digest, data)
+                    self.storage.put_verified(digest, data)
                 return None
             except BlobError as e:
                 return e
 
         return list(self._pool.map(store, items))
-
-    def _store_small(self, digest: Digest, data: bytes) -> None:
-        upload = self.storage.begin_write(f"batch-{uuid.uuid4().hex}", digest, fresh=True)
-        try:
-            upload.append(data)
-            self.storage.commit_write(upload)
-        finally:
-            upload.close()
 
     def batch_read(self, digests: list[Digest]) -> list[BatchReadResult]:
         """Reads several small blobs, verified; one result per digest."""

@@ -27,6 +27,11 @@ def sha256_file(path: Path) -> tuple[str, int]:
     hasher = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
+        first = f.read(HASH_BLOCK)
+        hasher.update(first)
+        size = len(first)
+        if size < HASH_BLOCK:  # most files of a checkpoint are small: no big buffer for them
+            return hasher.hexdigest(), size
         buffer = bytearray(HASH_BLOCK)
         view = memoryview(buffer)
         while n := f.readinto(buffer):

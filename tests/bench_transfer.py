@@ -165,6 +165,24 @@ def cp_baseline(source: Path, work: Path) -> float:
     return tree_bytes(source) / MB / elapsed
 
 
+def change_tenth_and_push(source: Path, copy: Path, client: Registry) -> tuple[int, int, int]:
+    """Copies ``source``, changes one byte in every tenth file, pushes the copy; returns (sent, changed, total)."""
+    shutil.copytree(source, copy)
+    files = sorted(p for p in copy.rglob("*") if p.is_file())
+    changed_bytes = 0
+    for path in files[::10]:
+        data = bytearray(path.read_bytes())
+        data[0] ^= 0xFF
+        path.write_bytes(bytes(data))
+        changed_bytes += len(data)
+    with client:
+        name = "checkpoint" if (source / "shards").exists() else "many-files"
+        sent = client.push(copy, name).uploaded_bytes
+    total = tree_bytes(copy)
+    shutil.rmtree(copy)
+    return sent, changed_bytes, total
+
+
 # The registry ---------------------------------------------------------------------------------
 
 
@@ -217,24 +235,14 @@ def bench_store(
             out["c_repush_seconds_per_GiB"] = round(out["c_repush_seconds"] / (total / (1 << 30)), 3)
         log(f"  {label}: unchanged re-push {out['c_repush_seconds']} s, {again.uploaded_bytes} bytes sent")
 
-        changed = work / f"{label}-changed"
-        shutil.copytree(checkpoint, changed)
-        files = sorted(p for p in changed.rglob("*") if p.is_file())
-        changed_bytes = 0
-        for path in files[::10]:
-            data = bytearray(path.read_bytes())
-            data[0] ^= 0xFF
-            path.write_bytes(bytes(data))
-            changed_bytes += len(data)
-        with registry("changed-cache") as client:
-            delta = client.push(changed, "checkpoint")
-        shutil.rmtree(changed)
+        sent, changed_bytes, _ = change_tenth_and_push(checkpoint, work / f"{label}-changed", registry("changed-cache"))
+        files = sorted(p for p in checkpoint.rglob("*") if p.is_file())
         out["d_files_changed"] = len(files[::10])
         out["d_files_total"] = len(files)
-        out["d_bytes_sent"] = delta.uploaded_bytes
+        out["d_bytes_sent"] = sent
         out["d_bytes_changed"] = changed_bytes
-        out["d_sent_fraction_of_total"] = round(delta.uploaded_bytes / total, 4)
-        log(f"  {label}: 10% changed: sent {delta.uploaded_bytes} of {total} bytes ({changed_bytes} changed)")
+        out["d_sent_fraction_of_total"] = round(sent / total, 4)
+        log(f"  {label}: 10% of files changed: sent {sent} of {total} bytes ({changed_bytes} changed)")
 
         count = sum(1 for p in many.rglob("*") if p.is_file())
         with registry("many-push") as client:
@@ -246,6 +254,12 @@ def bench_store(
             client.pull("many-files", work / f"{label}-many-pulled")
             many_pull_s = time.perf_counter() - started
         shutil.rmtree(work / f"{label}-many-pulled")
+        sent, changed_bytes, many_total = change_tenth_and_push(
+            many, work / f"{label}-many-changed", registry("many-changed")
+        )
+        out["d_many_files_bytes_sent"] = sent
+        out["d_many_files_bytes_changed"] = changed_bytes
+        out["d_many_files_sent_fraction_of_total"] = round(sent / many_total, 4)
         out["b_files"] = count
         out["b_push_files_per_s"] = round(count / many_push_s, 1)
         out["b_pull_files_per_s"] = round(count / many_pull_s, 1)

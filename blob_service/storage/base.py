@@ -102,6 +102,10 @@ class BlobStorage(ABC):
         """Publishes a complete, verified upload atomically under its digest."""
 
     @abstractmethod
+    def put_verified(self, digest: Digest, data: bytes) -> None:
+        """Publishes a small blob whose bytes the service has already verified, in one step."""
+
+    @abstractmethod
     def abort_write(self, upload: PartialUpload) -> None:
         """Discards an upload and everything it received."""
 

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +131,21 @@ class DiskStorage(BlobStorage):
         target.parent.mkdir(exist_ok=True)
         os.replace(upload.path, target)
         upload.close()
+        _fsync_dir(target.parent)
+
+    def put_verified(self, digest: Digest, data: bytes) -> None:
+        target = self.blob_path(digest)
+        target.parent.mkdir(exist_ok=True)
+        temp = self._uploads / f"put-{uuid.uuid4().hex}.{digest.hash}"
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
         _fsync_dir(target.parent)
 
     def abort_write(self, upload: PartialUpload) -> None:
