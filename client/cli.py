@@ -81,7 +81,7 @@ class Output:
         if self.as_json:
             json.dump(data, sys.stdout, indent=2, sort_keys=False)
             sys.stdout.write("\n")
-        elif not self.quiet or not text.startswith(" "):
+        else:
             print(text)
 
     def progress(self, description: str) -> Callable[[int], ProgressCallback] | None:

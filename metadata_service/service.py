@@ -554,10 +554,6 @@ class Registry:
             if uow.repo.has_members(row):
                 member = "committed versions" if kind is CollectionKind.ARTIFACT else "links"
                 raise FailedPrecondition(f"{kind.label} {parsed} still has {member}; delete them first")
-            if kind is CollectionKind.ARTIFACT:
-                for version in uow.repo.list_versions(row.id, None, 1_000_000):
-                    if uow.repo.is_linked(version.id):
-                        raise FailedPrecondition(f"{parsed}:v{version.index} is still linked")
             uow.repo.delete_collection(row)
             uow.record("collection.deleted", str(parsed), before={"kind": kind.value, "type": row.type})
             return None, {}
