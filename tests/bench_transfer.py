@@ -235,7 +235,7 @@ def bench_store(
             out["c_repush_seconds_per_GiB"] = round(out["c_repush_seconds"] / (total / (1 << 30)), 3)
         log(f"  {label}: unchanged re-push {out['c_repush_seconds']} s, {again.uploaded_bytes} bytes sent")
 
-        sent, changed_bytes, _ = change_tenth_and_push(checkpoint, work / f"{label}-changed", registry("changed-cache"))
+        sent, changed_bytes, _ = change_tenth_and_push(checkpoint, work / f"{label}-copy", registry("changed-cache"))
         files = sorted(p for p in checkpoint.rglob("*") if p.is_file())
         out["d_files_changed"] = len(files[::10])
         out["d_files_total"] = len(files)
