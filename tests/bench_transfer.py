@@ -255,7 +255,7 @@ def bench_store(
             many_pull_s = time.perf_counter() - started
         shutil.rmtree(work / f"{label}-many-pulled")
         sent, changed_bytes, many_total = change_tenth_and_push(
-            many, work / f"{label}-many-changed", registry("many-changed")
+            many, work / f"{label}-many-copy", registry("many-changed")
         )
         out["d_many_files_bytes_sent"] = sent
         out["d_many_files_bytes_changed"] = changed_bytes
