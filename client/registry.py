@@ -37,7 +37,8 @@ DEFAULT_BLOB_ADDR = "localhost:50052"
 RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_ATTEMPTS = 6
 COMMIT_ATTEMPTS = 3
-MISSING_CONTENT = "the blob service lacks"
+# The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
+MISSING_BLOB = "MISSING_BLOB"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     ("grpc.max_send_message_length", 256 << 20),
@@ -211,11 +212,8 @@ class Registry:
             except MregError as e:
                 # Content found present can be garbage-collected before the commit lands;
                 # the commit then refuses, and uploading what is missing again fixes it.
-                if (
-                    e.code != "FAILED_PRECONDITION"
-                    or MISSING_CONTENT not in e.message
-                    or attempt == COMMIT_ATTEMPTS - 1
-                ):
+                missing_content = any(kind == MISSING_BLOB for kind, _ in e.violations)
+                if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 request.request_id = ""
         return PushResult(

@@ -28,6 +28,16 @@ class AlreadyExists(RegistryError):
 class FailedPrecondition(RegistryError):
     code = "FAILED_PRECONDITION"
 
+    def __init__(self, message: str, violations: list[tuple[str, str, str]] | None = None) -> None:
+        """``violations`` are (type, subject, description) triples a client can act on."""
+        super().__init__(message)
+        self.violations = violations or []
+
+
+# The violation type of a commit whose manifest names content the blob service lacks;
+# the subject is "blobs/<sha256>/<size>". Clients upload those blobs and commit again.
+MISSING_BLOB = "MISSING_BLOB"
+
 
 class Unavailable(RegistryError):
     """A dependency (the database or the blob service) cannot be reached; retry later."""

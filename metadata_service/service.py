@@ -31,7 +31,7 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
 from metadata_service.pagination import decode_token, encode_token, page_size
@@ -385,7 +385,8 @@ class Registry:
             paths = sorted(e.path for e in entries if (e.digest, e.size_bytes) in missing_set)[:5]
             raise FailedPrecondition(
                 f"the blob service lacks {len(missing)} of the manifest's blobs ({shown}{more}; "
-                f"files {', '.join(paths)}): upload them before committing"
+                f"files {', '.join(paths)}): upload them before committing",
+                violations=[(MISSING_BLOB, f"blobs/{h}/{s}", "not stored in the blob service") for h, s in missing],
             )
 
     def resolve(self, caller: Caller, reference: str) -> Resolution:

@@ -10,7 +10,9 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -52,16 +54,36 @@ def _abort_on_domain_error(method: F) -> F:
         try:
             return method(self, request, context)
         except RegistryError as e:
-            context.abort(grpc.StatusCode[e.code], str(e))
+            _abort(context, e)
 
     @functools.wraps(method)
     def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from method(self, request, context)
         except RegistryError as e:
-            context.abort(grpc.StatusCode[e.code], str(e))
+            _abort(context, e)
 
     return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
+
+
+def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
+    """Ends the RPC with the error's status, plus a google.rpc.PreconditionFailure where it has one."""
+    code = grpc.StatusCode[error.code]
+    violations: list[tuple[str, str, str]] = getattr(error, "violations", None) or []
+    if not violations:
+        context.abort(code, str(error))
+        return
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=text)
+                for kind, subject, text in violations
+            ]
+        )
+    )
+    status = status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
+    context.abort_with_status(rpc_status.to_status(status))
 
 
 def _caller(context: grpc.ServicerContext) -> Caller:

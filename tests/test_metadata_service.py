@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
@@ -78,6 +80,12 @@ def test_commit_refuses_content_the_blob_service_lacks(registry, metadata_stub, 
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert absent.hash in error.value.details()
     assert "model.bin" in error.value.details()
+    # Other languages act on the structured detail, not the message.
+    failure = error_details_pb2.PreconditionFailure()
+    assert rpc_status.from_call(error.value).details[0].Unpack(failure)
+    assert [(v.type, v.subject) for v in failure.violations] == [
+        ("MISSING_BLOB", f"blobs/{absent.hash}/{absent.size_bytes}")
+    ]
     with pytest.raises(MregError) as lookup:
         registry.resolve(f"missing-{unique}")
     assert lookup.value.code == "NOT_FOUND"
