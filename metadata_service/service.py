@@ -334,9 +334,8 @@ class Registry:
                 )
             for alias in clean_aliases:
                 self._move_alias(uow, artifact, collection_name, alias, target.index)
-            link_views = tuple(
-                self._link(uow, target, artifact, rm_name, rm_aliases)[0] for rm_name, rm_aliases in link_targets
-            )
+            linked = [self._link(uow, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets]
+            link_views = tuple(view for view, _, _ in linked)
             if created and artifact.retention_keep_last is not None:
                 self._apply_retention(uow, artifact, collection_name)
             view = self._version_view(repo, target, self._context(repo, artifact), with_manifest=True)
@@ -345,7 +344,7 @@ class Registry:
             key = {
                 "version_id": target.id,
                 "created": created,
-                "link_ids": [self._link_id(repo, v) for v in link_views],
+                "link_ids": [link_id for _, _, link_id in linked],
             }
             return CommitResult(view, created, link_views), key
 
@@ -358,13 +357,6 @@ class Registry:
 
         arguments = (uid, manifest.digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
         return self._mutate(caller, "CommitVersion", request_id, arguments, work, replay)
-
-    def _link_id(self, repo: Repository, view: LinkView) -> int:
-        ref = parse_reference(view.name)
-        row = self._find_collection(repo, ref.collection, CollectionKind.REGISTERED_MODEL)
-        link = repo.find_link_by_index(row.id, ref.index or 0)
-        assert link is not None
-        return link.id
 
     def _link_view_by_id(self, repo: Repository, link_id: int) -> LinkView:
         link = repo.session.get(Link, link_id)
@@ -628,8 +620,8 @@ class Registry:
 
         def work(uow: UnitOfWork) -> tuple[tuple[LinkView, bool], dict[str, Any]]:
             version, artifact = self._resolve_version_row(uow.repo, ref)
-            view, created = self._link(uow, version, artifact, rm_name, clean_aliases)
-            return (view, created), {"link_id": self._link_id(uow.repo, view), "created": created}
+            view, created, link_id = self._link(uow, version, artifact, rm_name, clean_aliases)
+            return (view, created), {"link_id": link_id, "created": created}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[LinkView, bool]:
             return self._link_view_by_id(uow.repo, key["link_id"]), key["created"]
@@ -654,7 +646,8 @@ class Registry:
         artifact: Collection,
         rm_name: CollectionName,
         aliases: Sequence[str],
-    ) -> tuple[LinkView, bool]:
+    ) -> tuple[LinkView, bool, int]:
+        """Links a version into a registered model; returns (view, created, link id)."""
         repo = uow.repo
         rm = self._find_collection(repo, rm_name, CollectionKind.REGISTERED_MODEL, for_update=True)
         if rm.type != artifact.type:
@@ -675,7 +668,7 @@ class Registry:
         for alias in aliases:
             self._move_alias(uow, rm, rm_name, alias, link.index)
         _, view = self._link_view(repo, link, self._context(repo, rm), with_manifest=False)
-        return view, created
+        return view, created, link.id
 
     def delete_link(self, caller: Caller, reference: str, request_id: str = "") -> str:
         ref = parse_reference(reference, caller.defaults)
