@@ -233,17 +233,18 @@ class Registry:
 
     def _hash_directory(self, root: Path) -> list[LocalFile]:
         """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup."""
-        found = list_files(root)
+        # Resolving the root once gives every file an absolute path to key the hash cache by.
+        found = list_files(root.resolve())
         infos = [source.stat() for source, _ in found]
         known = [
-            self.hash_cache.lookup(source.resolve(), info) if self.hash_cache else None
+            self.hash_cache.lookup(source, info) if self.hash_cache else None
             for (source, _), info in zip(found, infos, strict=True)
         ]
         to_hash = [i for i, sha in enumerate(known) if sha is None]
         with ThreadPoolExecutor(max(2, self.parallel)) as pool:
             hashed = dict(zip(to_hash, pool.map(lambda i: sha256_file(found[i][0])[0], to_hash), strict=True))
         if self.hash_cache is not None and hashed:
-            self.hash_cache.store((found[i][0].resolve(), infos[i], sha) for i, sha in hashed.items())
+            self.hash_cache.store((found[i][0], infos[i], sha) for i, sha in hashed.items())
         return [
             LocalFile(source, path, known[i] or hashed[i], infos[i].st_size) for i, (source, path) in enumerate(found)
         ]
