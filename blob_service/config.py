@@ -15,6 +15,7 @@ class BlobConfig:
     store: str = ".mreg/blobs"
     workers: int = 32
     touch_interval_seconds: float = 600
+    min_gc_grace_seconds: float = 3600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--touch-interval-seconds",
         type=float,
         default=float(os.environ.get("MREG_BLOB_TOUCH_INTERVAL_SECONDS", BlobConfig.touch_interval_seconds)),
-        help="renew a found blob's use time when older than this; keep it below the GC grace period",
+        help="renew a found blob's use time when older than this (capped at a third of the minimum GC grace)",
+    )
+    parser.add_argument(
+        "--min-gc-grace-seconds",
+        type=float,
+        default=float(os.environ.get("MREG_BLOB_MIN_GC_GRACE_SECONDS", BlobConfig.min_gc_grace_seconds)),
+        help="never delete a blob written or looked up more recently than this, whatever cutoff garbage "
+        "collection sends; protects uploads not yet committed (env MREG_BLOB_MIN_GC_GRACE_SECONDS)",
     )
 
 
 def from_args(args: argparse.Namespace) -> BlobConfig:
     return BlobConfig(
-        listen=args.listen, store=args.store, workers=args.workers, touch_interval_seconds=args.touch_interval_seconds
+        listen=args.listen,
+        store=args.store,
+        workers=args.workers,
+        touch_interval_seconds=args.touch_interval_seconds,
+        min_gc_grace_seconds=args.min_gc_grace_seconds,
     )

@@ -43,7 +43,11 @@ class RunningBlobServer:
 
 def start(config: BlobConfig) -> RunningBlobServer:
     """Starts a blob server; returns once it listens."""
-    store = BlobStore(open_storage(config.store), touch_interval=timedelta(seconds=config.touch_interval_seconds))
+    store = BlobStore(
+        open_storage(config.store),
+        touch_interval=timedelta(seconds=config.touch_interval_seconds),
+        min_gc_grace=timedelta(seconds=config.min_gc_grace_seconds),
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
     blob_service_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
     health_servicer = health.HealthServicer()

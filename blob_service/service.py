@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ IO_PARALLELISM = 16
 # Batch RPCs are for small blobs; larger content goes through the streaming RPCs.
 MAX_BATCH_BYTES = 32 << 20
 
-# A FindMissingBlobs hit renews a blob's use time when it is older than this. Garbage
-# collection's grace period must be longer (it defaults to a day).
+# A FindMissingBlobs hit renews a blob's use time when it is older than this (capped at a
+# third of the minimum grace, so a looked-up blob always stays well inside it).
 TOUCH_INTERVAL = timedelta(minutes=10)
+# Garbage collection never deletes a blob written or looked up more recently than this,
+# whatever cutoff a caller sends: it protects uploads whose commit has not landed yet.
+MIN_GC_GRACE = timedelta(hours=1)
+# Partial uploads (and batch temp files) younger than this are never reclaimed as stale.
+MIN_STALE_UPLOAD_AGE = timedelta(hours=1)
 # While receiving an upload, check this often whether a concurrent upload has published it.
 PUBLISHED_CHECK_EVERY = 64
 
@@ -65,11 +71,16 @@ class BlobStore:
     """Verified access to a storage backend."""
 
     def __init__(
-        self, storage: BlobStorage, chunk_size: int = DEFAULT_CHUNK_SIZE, touch_interval: timedelta = TOUCH_INTERVAL
+        self,
+        storage: BlobStorage,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        touch_interval: timedelta = TOUCH_INTERVAL,
+        min_gc_grace: timedelta = MIN_GC_GRACE,
     ) -> None:
         self.storage = storage
         self.chunk_size = chunk_size
-        self.touch_interval = touch_interval
+        self.min_gc_grace = min_gc_grace
+        self.touch_interval = min(touch_interval, min_gc_grace / 3)
         self._pool = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="blob-io")
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
@@ -93,23 +104,42 @@ class BlobStore:
         # Lookups are I/O (a stat, or a HEAD request on S3): run them side by side.
         return [d for d, absent in zip(unique, self._pool.map(missing, unique), strict=True) if absent]
 
+    def _bounded(self, unused_before: datetime, minimum_age: timedelta) -> datetime:
+        """The cutoff actually applied: never later than this server's clock minus ``minimum_age``."""
+        return min(unused_before, datetime.now(UTC) - minimum_age)
+
     def unused_blobs(self, unused_before: datetime) -> Iterator[Digest]:
-        """Digests of stored blobs not written or found since ``unused_before``."""
+        """Digests of stored blobs not written or found since ``unused_before`` (bounded by the minimum grace)."""
+        cutoff = self._bounded(unused_before, self.min_gc_grace)
         for blob in self.storage.iter_blobs():
-            if blob.last_used < unused_before:
+            if blob.last_used < cutoff:
                 yield blob.digest
 
     def delete_unused(
-        self, digests: Iterable[Digest], unused_before: datetime, remove_stale_uploads: bool = False
+        self,
+        digests: Iterable[Digest],
+        unused_before: datetime,
+        remove_stale_uploads: bool = False,
+        deadline: float | None = None,
     ) -> tuple[list[Digest], int]:
-        """Deletes each blob still unused since ``unused_before``; returns (deleted, stale parts removed)."""
+        """Deletes each blob still unused since ``unused_before``; returns (deleted, stale parts removed).
+
+        The cutoff is bounded by this server's clock minus its minimum grace, so a cutoff in
+        the future (or a skewed clock) cannot delete content in use. Nothing is deleted
+        after ``deadline`` (a ``time.monotonic()`` value): a caller that gave up must be
+        able to rely on the deletion having stopped.
+        """
+        cutoff = self._bounded(unused_before, self.min_gc_grace)
         deleted = []
         for digest in digests:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             last_used = self.storage.last_used(digest)
-            if last_used is not None and last_used < unused_before:
+            if last_used is not None and last_used < cutoff:
                 self.storage.delete(digest)
                 deleted.append(digest)
-        removed = self.storage.remove_stale_uploads(unused_before) if remove_stale_uploads else 0
+        stale_cutoff = self._bounded(unused_before, max(self.min_gc_grace, MIN_STALE_UPLOAD_AGE))
+        removed = self.storage.remove_stale_uploads(stale_cutoff) if remove_stale_uploads else 0
         if deleted or removed:
             log.info("garbage collection deleted %d blobs and %d stale upload parts", len(deleted), removed)
         return deleted, removed

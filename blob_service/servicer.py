@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -148,8 +149,13 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     @_abort_on_domain_error
     def DeleteBlobs(self, request: pb.DeleteBlobsRequest, context: grpc.ServicerContext) -> pb.DeleteBlobsResponse:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
         deleted, removed = self.store.delete_unused(
-            [_digest(d) for d in request.digests], _time(request, "unused_before"), request.remove_stale_uploads
+            [_digest(d) for d in request.digests],
+            _time(request, "unused_before"),
+            request.remove_stale_uploads,
+            deadline=deadline,
         )
         return pb.DeleteBlobsResponse(deleted_digests=[_digest_pb(d) for d in deleted], removed_upload_parts=removed)
 

@@ -36,7 +36,8 @@ DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
 RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_ATTEMPTS = 6
-COMMIT_ATTEMPTS = 3
+# A commit refused because a sweep took its content is retried after uploading it again.
+COMMIT_ATTEMPTS = 6
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
 MISSING_BLOB = "MISSING_BLOB"
 CHANNEL_OPTIONS = [
@@ -216,6 +217,8 @@ class Registry:
                 if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 request.request_id = ""
+                # A sweep may still be deleting that content: give it a moment to finish.
+                time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
         return PushResult(
             version=response.version,
             created=response.created,

@@ -15,6 +15,9 @@ from metadata_service.errors import FailedPrecondition, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
 _BATCH = 10_000
+# Shorter than the garbage collector's lease (service.GC_LEASE); the blob service stops
+# deleting when it passes.
+DELETE_TIMEOUT = 300.0
 T = TypeVar("T")
 
 
@@ -71,7 +74,7 @@ class BlobServiceClient:
             unused_before=_timestamp(unused_before),
             remove_stale_uploads=remove_stale_uploads,
         )
-        response = self._rpc(lambda: self._stub.DeleteBlobs(request, timeout=3600))
+        response = self._rpc(lambda: self._stub.DeleteBlobs(request, timeout=DELETE_TIMEOUT))
         return [(d.hash, d.size_bytes) for d in response.deleted_digests], response.removed_upload_parts
 
 

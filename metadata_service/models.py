@@ -185,3 +185,33 @@ class RunInput(Base):
     run: Mapped[str] = mapped_column(String(400), index=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class GcState(Base):
+    """One row coordinating garbage collection with commits.
+
+    ``epoch`` counts completed deletion steps. A commit reads it before asking the blob
+    service whether its content is stored, and in its transaction refuses content that a
+    sweep condemned or deleted after that read. ``pruned_through`` is the newest epoch
+    whose deletion records were forgotten; a commit older than that is refused too.
+    ``lease_owner``/``lease_until`` keep sweeps to one replica at a time.
+    """
+
+    __tablename__ = "gc_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class CondemnedBlob(Base):
+    """A blob a sweep is deleting (``deleted_epoch`` NULL) or deleted (at ``deleted_epoch``)."""
+
+    __tablename__ = "condemned_blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    deleted_epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    condemned_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

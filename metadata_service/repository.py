@@ -39,9 +39,11 @@ from metadata_service.manifest import FileEntry
 from metadata_service.models import (
     Alias,
     Collection,
+    CondemnedBlob,
     Entity,
     Event,
     EventCounter,
+    GcState,
     Link,
     ManifestEntry,
     Project,
@@ -367,6 +369,79 @@ class Repository:
                 ).all()
             )
         return live
+
+    # Garbage collection ------------------------------------------------------------------
+    # The protocol is explained in service.Registry.collect_garbage.
+
+    def gc_epoch(self) -> int:
+        return int(self.session.execute(select(GcState.epoch).where(GcState.id == 1)).scalar_one())
+
+    def lock_gc_state(self, *, exclusive: bool) -> GcState:
+        """The garbage collection state row, share-locked by commits and exclusively by sweeps."""
+        statement = select(GcState).where(GcState.id == 1).with_for_update(read=not exclusive)
+        state = self.session.scalars(statement).one()
+        self.session.refresh(state)
+        return state
+
+    def condemned_since(self, hashes: Sequence[str], epoch: int) -> list[str]:
+        """The hashes, out of those given, that a sweep is deleting now or deleted after ``epoch``."""
+        taken: list[str] = []
+        for start in range(0, len(hashes), 500):
+            taken.extend(
+                self.session.scalars(
+                    select(CondemnedBlob.digest).where(
+                        CondemnedBlob.digest.in_(list(hashes[start : start + 500])),
+                        or_(CondemnedBlob.deleted_epoch.is_(None), CondemnedBlob.deleted_epoch > epoch),
+                    )
+                ).all()
+            )
+        return taken
+
+    def condemn(self, blobs: Sequence[tuple[str, int]]) -> None:
+        """Marks blobs as being deleted; commits naming them are refused until the sweep finishes."""
+        if not blobs:
+            return
+        make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        statement = make_insert(CondemnedBlob)
+        statement = statement.on_conflict_do_update(
+            index_elements=[CondemnedBlob.digest],
+            set_={"deleted_epoch": None, "condemned_at": statement.excluded.condemned_at},
+        )
+        now = utcnow()
+        self.session.execute(
+            statement, [{"digest": h, "size_bytes": s, "deleted_epoch": None, "condemned_at": now} for h, s in blobs]
+        )
+
+    def condemned_in_progress(self) -> list[tuple[str, int]]:
+        return [
+            (row.digest, row.size_bytes)
+            for row in self.session.execute(
+                select(CondemnedBlob.digest, CondemnedBlob.size_bytes).where(CondemnedBlob.deleted_epoch.is_(None))
+            )
+        ]
+
+    def close_condemnation(self, state: GcState, hashes: Sequence[str]) -> int:
+        """Records that the sweep of these blobs ended, in a new epoch (the caller holds the lock)."""
+        state.epoch += 1
+        for start in range(0, len(hashes), 500):
+            self.session.execute(
+                update(CondemnedBlob)
+                .where(CondemnedBlob.digest.in_(list(hashes[start : start + 500])))
+                .values(deleted_epoch=state.epoch)
+            )
+        return state.epoch
+
+    def prune_condemned(self, state: GcState, older_than: datetime) -> None:
+        """Forgets deletions condemned before ``older_than``; commits older than them are refused."""
+        newest = self.session.execute(
+            select(func.max(CondemnedBlob.deleted_epoch)).where(
+                CondemnedBlob.deleted_epoch.is_not(None), CondemnedBlob.condemned_at < older_than
+            )
+        ).scalar_one_or_none()
+        if newest is None:
+            return
+        self.session.execute(delete(CondemnedBlob).where(CondemnedBlob.deleted_epoch <= newest))
+        state.pruned_through = max(state.pruned_through, newest)
 
     # Idempotency ---------------------------------------------------------------------------
 

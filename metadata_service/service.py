@@ -59,6 +59,14 @@ MAX_REQUEST_ID = 128
 DEFAULT_PENDING_TTL = timedelta(hours=24)
 REQUEST_RECORD_TTL = timedelta(hours=24)
 DEFAULT_GC_GRACE = timedelta(days=1)
+# A sweep's lease on the GC state row, renewed every batch. It must outlast the blob
+# service's DeleteBlobs deadline (blob_client.DELETE_TIMEOUT), so a sweep that lost its
+# lease can have no deletion still under way when another sweep starts.
+GC_LEASE = timedelta(minutes=30)
+GC_BATCH = 1000
+# How long deletions are remembered for commits in flight; a commit slower than this
+# between its content check and its transaction is refused and retried by the client.
+CONDEMNATION_MEMORY = timedelta(hours=1)
 
 T = TypeVar("T")
 
@@ -283,6 +291,9 @@ class Registry:
             for link in links
         ]
         run_name = str(parse_collection(run, caller.defaults, "run")) if run else None
+        # Read before asking the blob service, so the transaction below can tell whether a
+        # sweep deleted any of this content after the blob service said it was there.
+        gc_epoch = self.db.run(lambda uow: uow.repo.gc_epoch(), write=False) if manifest.entries else 0
         self._require_content(manifest.entries)
 
         def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
@@ -309,6 +320,7 @@ class Registry:
                     repo.delete_pending_version(version)
                     target = latest
                 else:
+                    _refuse_collected_content(repo, manifest.entries, gc_epoch)
                     version.index = repo.allocate_index(artifact)
                     version.state = VersionState.COMMITTED.value
                     version.digest = manifest.digest
@@ -858,33 +870,85 @@ class Registry:
     # Garbage collection ------------------------------------------------------------------------
 
     def collect_garbage(self, grace: timedelta = DEFAULT_GC_GRACE, dry_run: bool = False) -> GarbageReport:
-        """Deletes blobs no committed or pending version references, unused for ``grace``.
+        """Deletes blobs no committed version references and nobody used for ``grace``.
 
-        Safe against concurrent pushes: the blob service renews a blob's use time when
-        it is written or found by FindMissingBlobs, and deletes a blob only if it is
-        still unused at the moment of deletion. A commit verifies its content after
-        those lookups, so it either sees its blobs present or fails; it never lands
-        pointing at deleted content.
+        Commits and sweeps never race, at any grace period, by this protocol:
+
+        - A commit reads the GC epoch, then asks the blob service whether its content is
+          stored, then in its transaction (share-locking the GC state row) refuses with
+          MISSING_BLOB any blob that a sweep is deleting now or deleted after that epoch.
+        - A sweep, in a transaction holding that row exclusively, finds which listed blobs
+          no committed version references and records them as condemned; only then does
+          it ask the blob service to delete them, and afterwards it closes the
+          condemnation in a new epoch.
+
+        So a commit either lands before the condemnation (the sweep sees its references
+        and keeps the content) or after it (and refuses; the client uploads again). A
+        lease on the state row keeps sweeps to one replica at a time; a sweep that died
+        leaves condemnations open, which the next sweep finishes before anything else.
+        The blob service also keeps content written or looked up within its own minimum
+        grace period, which protects uploads that are not committed yet.
+
+        Raises:
+            InvalidArgument: a negative grace period.
+            FailedPrecondition: another sweep holds the lease.
         """
         if grace < timedelta(0):
             raise InvalidArgument("grace_period_seconds must not be negative")
         unused_before = utcnow() - grace
-        examined = referenced = deleted = deleted_bytes = 0
-        for batch in self.content.list_unused(unused_before):
-            examined += len(batch)
-            hashes = [h for h, _ in batch]
-            live = self.db.run(lambda uow: uow.repo.referenced_digests(hashes), write=False)  # noqa: B023
-            garbage = [(h, s) for h, s in batch if h not in live]
-            referenced += len(batch) - len(garbage)
-            if garbage and not dry_run:
-                gone, _ = self.content.delete_unused(garbage, unused_before, remove_stale_uploads=False)
-                garbage = gone
-            deleted += len(garbage)
-            deleted_bytes += sum(s for _, s in garbage)
-        removed = 0 if dry_run else self.content.delete_unused([], unused_before, remove_stale_uploads=True)[1]
+        owner = uuid.uuid4().hex
+        examined = referenced = deleted = deleted_bytes = removed = 0
+        if not dry_run:
+            self.db.run(lambda uow: _take_gc_lease(uow.repo, owner), write=True)
+        try:
+            if not dry_run:
+                self._finish_interrupted_sweeps(owner, unused_before)
+            for batch in self.content.list_unused(unused_before):
+                examined += len(batch)
+                garbage = self.db.run(
+                    lambda uow: _condemn_unreferenced(uow.repo, batch, owner, dry_run),  # noqa: B023
+                    write=not dry_run,
+                )
+                referenced += len(batch) - len(garbage)
+                if garbage and not dry_run:
+                    garbage = self._delete_condemned(garbage, unused_before)
+                deleted += len(garbage)
+                deleted_bytes += sum(s for _, s in garbage)
+            if not dry_run:
+                removed = self.content.delete_unused([], unused_before, remove_stale_uploads=True)[1]
+        finally:
+            if not dry_run:
+                self.db.run(lambda uow: _release_gc_lease(uow.repo, owner), write=True)
         report = GarbageReport(examined, referenced, deleted, deleted_bytes, removed)
         log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
         return report
+
+    def _delete_condemned(self, condemned: list[tuple[str, int]], unused_before: datetime) -> list[tuple[str, int]]:
+        """Deletes condemned blobs and closes their condemnation; returns those deleted."""
+        gone, _ = self.content.delete_unused(condemned, unused_before, remove_stale_uploads=False)
+
+        def close(uow: UnitOfWork) -> None:
+            # Every condemned blob, deleted or kept, is closed in the new epoch: a commit
+            # that read an older epoch may have seen it before the deletion.
+            state = uow.repo.lock_gc_state(exclusive=True)
+            uow.repo.close_condemnation(state, [h for h, _ in condemned])
+
+        self.db.run(close, write=True)
+        return gone
+
+    def _finish_interrupted_sweeps(self, owner: str, unused_before: datetime) -> None:
+        """Completes condemnations a sweep that died left open, so commits of that content proceed."""
+
+        def prune_and_find(uow: UnitOfWork) -> list[tuple[str, int]]:
+            state = uow.repo.lock_gc_state(exclusive=True)
+            uow.repo.prune_condemned(state, utcnow() - CONDEMNATION_MEMORY)
+            return uow.repo.condemned_in_progress()
+
+        leftover = self.db.run(prune_and_find, write=True)
+        for start in range(0, len(leftover), GC_BATCH):
+            self._delete_condemned(leftover[start : start + GC_BATCH], unused_before)
+        if leftover:
+            log.warning("garbage collection finished %d blob deletions an interrupted sweep left open", len(leftover))
 
     def wait_for_events(self, timeout: float) -> None:
         self.db.wait_for_commit(timeout)
@@ -1021,3 +1085,51 @@ def _event_view(event: Event) -> EventView:
         actor=event.actor,
         created_at=event.created_at,
     )
+
+
+def _refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epoch: int) -> None:
+    """Refuses a commit naming content a sweep is deleting, or deleted after ``epoch`` was read."""
+    if not entries:
+        return
+    state = repo.lock_gc_state(exclusive=False)
+    sizes = {e.digest: e.size_bytes for e in entries}
+    taken = sorted(sizes) if epoch < state.pruned_through else sorted(repo.condemned_since(sorted(sizes), epoch))
+    if taken:
+        raise FailedPrecondition(
+            f"garbage collection deleted or is deleting {len(taken)} of the manifest's blobs while this commit "
+            f"was in flight (e.g. {taken[0]}): upload what FindMissingBlobs reports missing and commit again",
+            violations=[(MISSING_BLOB, f"blobs/{h}/{sizes[h]}", "collected during the commit") for h in taken],
+        )
+
+
+def _take_gc_lease(repo: Repository, owner: str) -> None:
+    state = repo.lock_gc_state(exclusive=True)
+    now = utcnow()
+    if state.lease_owner and state.lease_until is not None and state.lease_until > now:
+        raise FailedPrecondition(
+            f"another garbage collection is running (its lease lasts until {state.lease_until.isoformat()}); "
+            "wait for it to finish"
+        )
+    state.lease_owner, state.lease_until = owner, now + GC_LEASE
+
+
+def _release_gc_lease(repo: Repository, owner: str) -> None:
+    state = repo.lock_gc_state(exclusive=True)
+    if state.lease_owner == owner:
+        state.lease_owner, state.lease_until = None, None
+
+
+def _condemn_unreferenced(
+    repo: Repository, batch: list[tuple[str, int]], owner: str, dry_run: bool
+) -> list[tuple[str, int]]:
+    """The blobs of ``batch`` no committed version references, condemned unless ``dry_run``."""
+    if not dry_run:
+        state = repo.lock_gc_state(exclusive=True)
+        if state.lease_owner != owner:
+            raise FailedPrecondition("this garbage collection lost its lease to another one; it stopped")
+        state.lease_until = utcnow() + GC_LEASE
+    live = repo.referenced_digests([h for h, _ in batch])
+    garbage = [(h, s) for h, s in batch if h not in live]
+    if not dry_run:
+        repo.condemn(garbage)
+    return garbage

@@ -50,8 +50,11 @@ class Stack:
 
 
 def _start_stack(location: str, database: Path) -> Stack:
-    """Both services on one blob store; the blob service renews use times on every lookup (for GC tests)."""
-    blob = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=location, touch_interval_seconds=0))
+    """Both services on one blob store; the blob service renews use times on every lookup and keeps
+    only a 1 s minimum grace (for GC tests)."""
+    blob = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=location, touch_interval_seconds=0, min_gc_grace_seconds=1)
+    )
     metadata = metadata_server.start(
         MetadataConfig(listen="127.0.0.1:0", database_url=f"sqlite:///{database}", blob_addr=blob.address)
     )
