@@ -553,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retention_set.add_argument("artifact")
     group = retention_set.add_mutually_exclusive_group(required=True)
-    group.add_argument("--keep-last", type=int, metavar="N")
+    group.add_argument(
+        "--keep-last", type=int, metavar="N", help="N >= 1: the latest version, and anything aliased or linked, stays"
+    )
     group.add_argument("--none", action="store_true", help="remove the policy")
     retention_set.set_defaults(handler=cmd_retention_set)
 

@@ -159,6 +159,8 @@ class Repository:
         self, project: Project, kind: CollectionKind, after_name: str | None, limit: int
     ) -> Sequence[Collection]:
         query = select(Collection).where(Collection.project_id == project.id, Collection.kind == kind.value)
+        if kind is CollectionKind.ARTIFACT:
+            query = query.where(Collection.next_index > 0)  # unborn artifacts are invisible
         if after_name is not None:
             query = query.where(Collection.name > after_name)
         return self.session.scalars(query.order_by(Collection.name).limit(limit)).all()
@@ -346,6 +348,31 @@ class Repository:
 
     def is_linked(self, version_id: int) -> bool:
         return self.session.scalars(select(Link.id).where(Link.version_id == version_id).limit(1)).first() is not None
+
+    def has_pending_versions(self, artifact_id: int) -> bool:
+        return (
+            self.session.scalars(
+                select(Version.id)
+                .where(Version.artifact_id == artifact_id, Version.state == VersionState.PENDING.value)
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+    def delete_unborn_artifacts(self, artifact_ids: Iterable[int]) -> None:
+        """Deletes those of the artifacts that never committed a version and have no pending one left."""
+        ids = list(artifact_ids)
+        if not ids:
+            return
+        self.session.flush()
+        self.session.execute(
+            delete(Collection).where(
+                Collection.id.in_(ids),
+                Collection.kind == CollectionKind.ARTIFACT.value,
+                Collection.next_index == 0,
+                ~exists(select(Version.id).where(Version.artifact_id == Collection.id)),
+            )
+        )
 
     def expired_pending_versions(self, older_than: datetime) -> Sequence[Version]:
         return self.session.scalars(
@@ -655,6 +682,8 @@ class Repository:
         limit: int,
     ) -> Sequence[Collection]:
         query = select(Collection).where(Collection.project_id == project.id, Collection.kind == kind.value)
+        if kind is CollectionKind.ARTIFACT:
+            query = query.where(Collection.next_index > 0)  # unborn artifacts are invisible
         if name_prefix:
             query = query.where(Collection.name.startswith(name_prefix, autoescape=True))
         if type_:

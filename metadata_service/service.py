@@ -251,13 +251,15 @@ class Registry:
     def _ensure_artifact(self, uow: UnitOfWork, name: CollectionName, type_: str) -> Collection:
         row = uow.repo.find_collection(name)
         if row is None:
+            # The artifact stays invisible (_is_unborn) until its first version commits,
+            # so a push that never commits leaves nothing behind.
             project = uow.repo.ensure_project(name.project_name)
             row = uow.repo.create_collection(project, name.name, CollectionKind.ARTIFACT, type_, "")
-            if row is not None:
-                uow.record("collection.created", str(name), after={"kind": "artifact", "type": type_})
             row = row or uow.repo.find_collection(name)
         assert row is not None
         self._require_kind(row, name, CollectionKind.ARTIFACT)
+        if row.type != type_ and _is_unborn(row) and not uow.repo.has_pending_versions(row.id):
+            row.type = type_  # nobody ever saw this artifact: the first push to commit picks its type
         if row.type != type_:
             raise FailedPrecondition(
                 f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it"
@@ -332,6 +334,10 @@ class Registry:
                     target, created = version, True
             assert target.index is not None
             collection_name = repo.collection_full_name(artifact)
+            if created and target.index == 0:
+                uow.record(
+                    "collection.created", str(collection_name), after={"kind": "artifact", "type": artifact.type}
+                )
             if created:
                 uow.record(
                     "version.committed",
@@ -569,8 +575,11 @@ class Registry:
         self, caller: Caller, artifact: str, keep_last: int | None, request_id: str = ""
     ) -> tuple[CollectionView, tuple[int, ...]]:
         name = parse_collection(artifact, caller.defaults, "artifact")
-        if keep_last is not None and keep_last < 0:
-            raise InvalidArgument(f"keep_last must not be negative (got {keep_last})")
+        if keep_last is not None and keep_last < 1:
+            raise InvalidArgument(
+                f"keep_last must be at least 1 (got {keep_last}): the latest version is always kept; "
+                "unset the policy to keep everything"
+            )
 
         def work(uow: UnitOfWork) -> tuple[tuple[CollectionView, tuple[int, ...]], dict[str, Any]]:
             row = self._find_collection(uow.repo, name, CollectionKind.ARTIFACT, for_update=True)
@@ -608,6 +617,7 @@ class Registry:
             expired = uow.repo.expired_pending_versions(utcnow() - self.pending_ttl)
             for version in expired:
                 uow.repo.delete_pending_version(version)
+            uow.repo.delete_unborn_artifacts({v.artifact_id for v in expired})
             uow.repo.forget_requests(utcnow() - REQUEST_RECORD_TTL)
             return len(expired)
 
@@ -965,7 +975,7 @@ class Registry:
         self, repo: Repository, name: CollectionName, kind: CollectionKind | None, *, for_update: bool = False
     ) -> Collection:
         row = repo.find_collection(name, for_update=for_update)
-        if row is None or (kind is not None and row.kind != kind.value):
+        if row is None or (kind is not None and row.kind != kind.value) or _is_unborn(row):
             label = kind.label if kind else "artifact or registered model"
             raise NotFound(f"no {label} named {name}")
         return row
@@ -1133,3 +1143,8 @@ def _condemn_unreferenced(
     if not dry_run:
         repo.condemn(garbage)
     return garbage
+
+
+def _is_unborn(row: Collection) -> bool:
+    """An artifact none of whose versions has ever committed: only its pending pushes know it."""
+    return row.kind == CollectionKind.ARTIFACT.value and row.next_index == 0

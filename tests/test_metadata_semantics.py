@@ -312,8 +312,13 @@ def test_collections_are_searched_by_name_prefix_type_and_tag(registry, unique) 
     project = f"acme/catalog-{unique}"
     for name in ("resnet-a", "resnet-b", "bert_x"):
         push_one(registry, f"{project}/{name}", name)
-    registry._call(
+    (digest,) = upload(registry, b"images " + unique.encode())
+    dataset = registry._call(
         registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=f"{project}/imagenet", type="dataset")
+    ).version
+    registry._call(
+        registry.metadata.CommitVersion,
+        pb.CommitVersionRequest(uid=dataset.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)]),
     )
     registry._call(
         registry.metadata.CreateRegisteredModel,
