@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from blob_service.digests import Digest
-from blob_service.limits import quote
 from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
+from blob_service.limits import quote
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)

@@ -238,7 +238,8 @@ def parse_field(text: str, position: int, *, order: bool) -> tuple[str, tuple[st
     allowed = ORDER_FIELDS if order else SCALAR_FIELDS | TIME_FIELDS | EQUALITY_FIELDS
     if text not in allowed:
         raise InvalidArgument(
-            f"unknown field {quote(text)} at position {position}; use one of {', '.join(sorted(allowed))} or metadata.KEY"
+            f"unknown field {quote(text)} at position {position}; "
+            f"use one of {', '.join(sorted(allowed))} or metadata.KEY"
         )
     return text, ()
 

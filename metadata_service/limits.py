@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from metadata_service.errors import InvalidArgument
@@ -168,7 +169,7 @@ def _check_value(field: Any, value: Any, where: str) -> None:
             _check_message(value, f"{where}.")
 
 
-def check_document(document: Message, where: str) -> None:
+def check_document(document: struct_pb2.Struct, where: str) -> None:
     """Checks a metadata document (a Struct): size, depth, finite numbers, no NUL."""
     size = document.ByteSize()
     if size > MAX_METADATA_BYTES:
@@ -176,7 +177,7 @@ def check_document(document: Message, where: str) -> None:
     _check_struct(document, where, 1)
 
 
-def _check_struct(struct: Message, where: str, depth: int) -> None:
+def _check_struct(struct: struct_pb2.Struct, where: str, depth: int) -> None:
     if depth > MAX_METADATA_DEPTH:
         raise InvalidArgument(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
     for key, value in struct.fields.items():
@@ -184,7 +185,7 @@ def _check_struct(struct: Message, where: str, depth: int) -> None:
         _check_json_value(value, f"{where}.{key[:QUOTE_CHARS]}", depth)
 
 
-def _check_json_value(value: Message, where: str, depth: int) -> None:
+def _check_json_value(value: struct_pb2.Value, where: str, depth: int) -> None:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         if not math.isfinite(value.number_value):

@@ -95,7 +95,8 @@ def build_manifest(entries: Iterable[FileEntry]) -> Manifest:
         validate_path(entry.path)
         if not _HEX64.fullmatch(entry.digest):
             raise InvalidArgument(
-                f"manifest entry {quote(entry.path)} has digest {quote(entry.digest)}; expected 64 lowercase hex characters"
+                f"manifest entry {quote(entry.path)} has digest {quote(entry.digest)}; "
+                "expected 64 lowercase hex characters"
             )
         if entry.size_bytes < 0:
             raise InvalidArgument(f"manifest entry {quote(entry.path)} has a negative size")

@@ -32,9 +32,9 @@ from metadata_service.domain import (
     VersionView,
 )
 from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.limits import MAX_INDEX, quote
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
-from metadata_service.limits import MAX_INDEX, quote
 from metadata_service.pagination import (
     decode_token,
     encode_token,

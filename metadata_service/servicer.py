@@ -18,16 +18,16 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
+from metadata_service import limits
 from metadata_service.domain import (
     CollectionKind,
     CollectionView,
     EventView,
     LinkView,
+    Page,
     VersionState,
     VersionView,
 )
-from metadata_service import limits
-from metadata_service.domain import Page
 from metadata_service.errors import InvalidArgument, RegistryError
 from metadata_service.limits import QUOTE_CHARS
 from metadata_service.manifest import FileEntry

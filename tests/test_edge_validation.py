@@ -84,19 +84,59 @@ def nested(depth: int) -> dict[str, Any]:
 
 NUL_REQUESTS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     # name: (RPC, request built from a unique suffix, the field the error must name)
-    "description": ("CreateVersion", lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", description="a\0b"), "description"),
+    "description": (
+        "CreateVersion",
+        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", description="a\0b"),
+        "description",
+    ),
     "tag": ("CreateVersion", lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", tags=["a\0"]), "tags"),
-    "metadata key": ("CreateVersion", lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k\0": 1})), "metadata"),
-    "metadata value": ("CreateVersion", lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k": ["x\0"]})), "metadata"),
-    "model description": ("CreateRegisteredModel", lambda u: pb.CreateRegisteredModelRequest(name=f"m-{u}", description="\0"), "description"),
-    "model tag": ("CreateRegisteredModel", lambda u: pb.CreateRegisteredModelRequest(name=f"m-{u}", tags=["\0"]), "tags"),
-    "filter": ("ListVersions", lambda u: pb.ListVersionsRequest(parent="nul-target", filter='metadata.a = "\0"'), "filter"),
-    "name prefix": ("ListArtifacts", lambda u: pb.ListArtifactsRequest(parent="acme/edge", name_prefix="a\0"), "name_prefix"),
-    "collection tag": ("ListRegisteredModels", lambda u: pb.ListRegisteredModelsRequest(parent="acme/edge", tag="\0"), "tag"),
-    "alias history": ("ListAliasHistory", lambda u: pb.ListAliasHistoryRequest(collection="nul-target", alias="a\0"), "alias"),
+    "metadata key": (
+        "CreateVersion",
+        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k\0": 1})),
+        "metadata",
+    ),
+    "metadata value": (
+        "CreateVersion",
+        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k": ["x\0"]})),
+        "metadata",
+    ),
+    "model description": (
+        "CreateRegisteredModel",
+        lambda u: pb.CreateRegisteredModelRequest(name=f"m-{u}", description="\0"),
+        "description",
+    ),
+    "model tag": (
+        "CreateRegisteredModel",
+        lambda u: pb.CreateRegisteredModelRequest(name=f"m-{u}", tags=["\0"]),
+        "tags",
+    ),
+    "filter": (
+        "ListVersions",
+        lambda u: pb.ListVersionsRequest(parent="nul-target", filter='metadata.a = "\0"'),
+        "filter",
+    ),
+    "name prefix": (
+        "ListArtifacts",
+        lambda u: pb.ListArtifactsRequest(parent="acme/edge", name_prefix="a\0"),
+        "name_prefix",
+    ),
+    "collection tag": (
+        "ListRegisteredModels",
+        lambda u: pb.ListRegisteredModelsRequest(parent="acme/edge", tag="\0"),
+        "tag",
+    ),
+    "alias history": (
+        "ListAliasHistory",
+        lambda u: pb.ListAliasHistoryRequest(collection="nul-target", alias="a\0"),
+        "alias",
+    ),
     "watch prefix": ("Watch", lambda u: pb.WatchRequest(resource_prefix="acme/\0"), "resource_prefix"),
-    "request id": ("DeleteCollection", lambda u: pb.DeleteCollectionRequest(name=f"x-{u}", request_id="\0"), "request_id"),
-}  # fmt: skip
+    "request id": (
+        "DeleteCollection",
+        lambda u: pb.DeleteCollectionRequest(name=f"x-{u}", request_id="\0"),
+        "request_id",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", NUL_REQUESTS)
