@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import json
 import os
 import string
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -85,17 +86,17 @@ FILTER_VALUES = [
     '"best"', "'committed'", '"deleted"', '"x\\"y"', '"2026-01-01T00:00:00Z"', '"0001-01-01T00:00:00+14:00"',
     '"9999-12-31T23:59:59-14:00"', '"2026-13-45"', '"2026-01-01"', "true", "false", "NaN", "inf", '"\0"',
 ]  # fmt: skip
-LISTINGS = {
-    # A listing's fingerprint as the service computes it, and a request of that listing.
-    "versions": (f"versions:{ARTIFACT}::", lambda t: ("ListVersions", pb.ListVersionsRequest(parent=ARTIFACT, page_token=t))),
-    "versions by time": (f"versions:{ARTIFACT}::create_time", lambda t: ("ListVersions", pb.ListVersionsRequest(parent=ARTIFACT, order_by="create_time", page_token=t))),
-    "versions by size": (f"versions:{ARTIFACT}::size_bytes desc", lambda t: ("ListVersions", pb.ListVersionsRequest(parent=ARTIFACT, order_by="size_bytes desc", page_token=t))),
-    "versions by metadata": (f"versions:{ARTIFACT}::metadata.loss", lambda t: ("ListVersions", pb.ListVersionsRequest(parent=ARTIFACT, order_by="metadata.loss", page_token=t))),
-    "artifacts": (f"artifacts:{ENTITY}/{PROJECT}:::", lambda t: ("ListArtifacts", pb.ListArtifactsRequest(parent=f"{ENTITY}/{PROJECT}", page_token=t))),
-    "models": (f"registered_models:{ENTITY}/{PROJECT}:::", lambda t: ("ListRegisteredModels", pb.ListRegisteredModelsRequest(parent=f"{ENTITY}/{PROJECT}", page_token=t))),
-    "links": (f"links:{MODEL}", lambda t: ("ListLinks", pb.ListLinksRequest(parent=MODEL, page_token=t))),
-    "history": (f"history:{ARTIFACT}:best", lambda t: ("ListAliasHistory", pb.ListAliasHistoryRequest(collection=ARTIFACT, alias="best", page_token=t))),
-}  # fmt: skip
+LISTINGS: list[tuple[str, str, dict[str, str]]] = [
+    # A listing's fingerprint as the service computes it, the RPC, and the request fields of that listing.
+    (f"versions:{ARTIFACT}::", "ListVersions", {"parent": ARTIFACT}),
+    (f"versions:{ARTIFACT}::create_time", "ListVersions", {"parent": ARTIFACT, "order_by": "create_time"}),
+    (f"versions:{ARTIFACT}::size_bytes desc", "ListVersions", {"parent": ARTIFACT, "order_by": "size_bytes desc"}),
+    (f"versions:{ARTIFACT}::metadata.loss", "ListVersions", {"parent": ARTIFACT, "order_by": "metadata.loss"}),
+    (f"artifacts:{ENTITY}/{PROJECT}:::", "ListArtifacts", {"parent": f"{ENTITY}/{PROJECT}"}),
+    (f"registered_models:{ENTITY}/{PROJECT}:::", "ListRegisteredModels", {"parent": f"{ENTITY}/{PROJECT}"}),
+    (f"links:{MODEL}", "ListLinks", {"parent": MODEL}),
+    (f"history:{ARTIFACT}:best", "ListAliasHistory", {"collection": ARTIFACT, "alias": "best"}),
+]
 
 INT32 = (-(1 << 31), (1 << 31) - 1)
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -142,8 +143,10 @@ json_leaves = st.one_of(
     st.text(max_size=20),
 )
 json_values = st.recursive(
-    json_leaves, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=8
-)  # fmt: skip
+    json_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 def nested_document(depth: int) -> dict[str, Any]:
@@ -167,7 +170,10 @@ documents = st.one_of(
 ).map(_document)
 timestamps = st.builds(
     timestamp_pb2.Timestamp,
-    seconds=st.one_of(st.sampled_from([0, -1, -62135596800, -62135596801, 253402300799, 253402300800, *INT64]), st.integers(*INT64)),
+    seconds=st.one_of(
+        st.sampled_from([0, -1, -62135596800, -62135596801, 253402300799, 253402300800, *INT64]),
+        st.integers(*INT64),
+    ),
     nanos=st.one_of(st.just(0), st.integers(*INT32)),
 )  # fmt: skip
 hashes = st.one_of(
@@ -176,12 +182,16 @@ hashes = st.one_of(
     st.sampled_from(["", "A" * 64, "g" * 64, BLOB_DIGEST.hash + "0", BLOB_DIGEST.hash.upper()]),
     odd_text,
 )
-json_keys = st.one_of(json_values, st.lists(json_values, min_size=2, max_size=2), st.sampled_from([[1.5, 0], [None, 3], ["2026-01-01T00:00:00+00:00", 0], ["x", 1 << 31], [1, -1]]))  # fmt: skip
+json_keys = st.one_of(
+    json_values,
+    st.lists(json_values, min_size=2, max_size=2),
+    st.sampled_from([[1.5, 0], [None, 3], ["2026-01-01T00:00:00+00:00", 0], ["x", 1 << 31], [1, -1], [0, 1.0]]),
+)
 
 
 @st.composite
 def page_tokens(draw: st.DrawFn) -> str:
-    listing = draw(st.sampled_from([listing for listing, _ in LISTINGS.values()]))
+    listing = draw(st.sampled_from([listing for listing, _, _ in LISTINGS]))
     return draw(
         st.one_of(
             odd_text,
@@ -273,7 +283,9 @@ def _value_strategy(
     return numbers_for(field, wild)
 
 
-plain_documents = st.dictionaries(st.sampled_from(["loss", "a", "epoch"]), st.one_of(st.floats(0, 1), st.text(max_size=5)), max_size=3).map(_document)  # fmt: skip
+plain_documents = st.dictionaries(
+    st.sampled_from(["loss", "a", "epoch"]), st.one_of(st.floats(0, 1), st.text(max_size=5)), max_size=3
+).map(_document)
 
 
 def messages(descriptor: Descriptor, module: Any, wildness: int, depth: int = 0) -> st.SearchStrategy[Message]:
@@ -331,9 +343,9 @@ def calls(draw: st.DrawFn) -> tuple[str, Any, Any, tuple[tuple[str, str], ...]]:
     """One call: (method name, service module, request or list of requests, headers)."""
     if draw(st.integers(0, 9)) == 0:
         # A forged page token of exactly the listing the request names.
-        listing, build = draw(st.sampled_from(list(LISTINGS.values())))
-        method, request = build(draw(st.builds(encode_token, st.just(listing), json_keys)))
-        return method, pb, request, ()
+        listing, method, fields = draw(st.sampled_from(LISTINGS))
+        token = draw(st.builds(encode_token, st.just(listing), json_keys))
+        return method, pb, getattr(pb, f"{method}Request")(page_token=token, **fields), ()
     method, module = draw(st.sampled_from(ALL_METHODS))
     request_strategy = messages(method.input_type, module, draw(st.sampled_from([0, 0, 5, 20, 100])))
     request: Any = (
@@ -349,9 +361,9 @@ def calls(draw: st.DrawFn) -> tuple[str, Any, Any, tuple[tuple[str, str], ...]]:
 
 @dataclass
 class Tally:
-    codes: collections.Counter[str] = field(default_factory=collections.Counter)
-    per_method: collections.Counter[str] = field(default_factory=collections.Counter)
-    failures: list[str] = field(default_factory=list)
+    codes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    per_method: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    failures: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def calls(self) -> int:
