@@ -24,6 +24,10 @@ DEFAULT_MAX_CHARS = 1024
 # Sizes and offsets: never negative.
 INT_BOUNDS = (0, (1 << 63) - 1)
 
+# Digests per batch or lookup: the clients send at most 10 000, and the answer about that
+# many stays far below a default client's 4 MiB receive limit.
+MAX_ITEMS = 10_000
+
 _TIMESTAMP = "google.protobuf.Timestamp"
 # Timestamps Python's datetime can hold: years 1 to 9999.
 _MIN_TIMESTAMP = -62135596800
@@ -58,6 +62,8 @@ def _check_message(message: Message, prefix: str) -> None:
     for field, value in message.ListFields():
         where = f"{prefix}{field.name}"
         values = list(value) if field.is_repeated else [value]
+        if len(values) > MAX_ITEMS:
+            raise InvalidArgument(f"{where} has {len(values)} items; the limit is {MAX_ITEMS}")
         for position, item in enumerate(values):
             _check_value(field, item, f"{where}[{position}]" if field.is_repeated else where)
 

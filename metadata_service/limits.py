@@ -87,6 +87,11 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
 }
 DEFAULT_INT_BOUNDS = (0, MAX_INT64)
 
+# Per repeated field name, the most items it may hold; other repeated fields hold at most
+# DEFAULT_MAX_ITEMS. The manifest's bound is generous: very many small files are normal.
+REPEATED_BOUNDS: dict[str, int] = {"manifest": 1_000_000, "tags": 64, "aliases": 64, "links": 64, "versions": 1000}
+DEFAULT_MAX_ITEMS = 1000
+
 _STRUCT = "google.protobuf.Struct"
 _LIST_VALUE = "google.protobuf.ListValue"
 _VALUE = "google.protobuf.Value"
@@ -143,6 +148,8 @@ def _check_message(message: Message, prefix: str) -> None:
         where = f"{prefix}{field.name}"
         repeated = field.is_repeated
         values = list(value) if repeated else [value]
+        if repeated and len(values) > (limit := REPEATED_BOUNDS.get(field.name, DEFAULT_MAX_ITEMS)):
+            raise InvalidArgument(f"{where} has {len(values)} items; the limit is {limit}")
         for position, item in enumerate(values):
             item_where = f"{where}[{position}]" if repeated else where
             _check_value(field, item, item_where)

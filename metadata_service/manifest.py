@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metadata_service.errors import InvalidArgument
-from metadata_service.limits import quote
+from metadata_service.limits import MAX_INT64, quote
 
 PATH_MAX = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -110,4 +110,7 @@ def build_manifest(entries: Iterable[FileEntry]) -> Manifest:
                 raise InvalidArgument(f"manifest path {quote(path)} lies inside {quote(parent)}, which is a file")
             parent = parent.rpartition("/")[0]
     ordered = sorted(by_path.values(), key=lambda e: e.path.encode())
-    return Manifest(tuple(ordered))
+    manifest = Manifest(tuple(ordered))
+    if manifest.size_bytes > MAX_INT64:
+        raise InvalidArgument(f"the manifest's files total {manifest.size_bytes} bytes; the limit is {MAX_INT64}")
+    return manifest

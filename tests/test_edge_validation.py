@@ -404,3 +404,23 @@ def test_list_pages_stop_before_a_default_client_receive_limit(stub, blobs, uniq
     assert pages >= 2
     resolved = stub.ResolveReference(pb.ResolveReferenceRequest(reference=f"{artifact}:v4"), metadata=HEADERS)
     assert resolved.version.metadata == struct(big)
+
+
+def test_a_manifest_whose_sizes_overflow_the_stored_total_is_refused(stub) -> None:
+    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact="overflow", type="model"), metadata=HEADERS)
+    huge = blob_pb.Digest(hash="a" * 64, size_bytes=(1 << 62) + 1)
+    manifest = [pb.ManifestEntry(path=f"f{i}", digest=huge) for i in range(2)]
+    request = pb.CommitVersionRequest(uid=pending.version.uid, manifest=manifest)
+    error = error_of(lambda: stub.CommitVersion(request, metadata=HEADERS))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "total" in error.details()
+
+
+def test_repeated_fields_beyond_their_bound_are_refused_so_answers_stay_readable(stub, blobs) -> None:
+    run_request = pb.RecordRunInputsRequest(run="run-1", versions=["x:v0"] * 1001)
+    error = error_of(lambda: stub.RecordRunInputs(run_request, metadata=HEADERS))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "versions" in error.details()
+
+    lookup = blob_pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"%d" % i) for i in range(10_001)])
+    error = error_of(lambda: blobs.FindMissingBlobs(lookup))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "blob_digests" in error.details()
