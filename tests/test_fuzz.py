@@ -10,7 +10,8 @@ keys of every JSON type. Streaming RPCs are included (Watch with a short deadlin
 The calls run against servers of their own (on the session's database) with default
 client channels, so a response a default client cannot read shows up as a failure too.
 The number of calls is bounded (MREG_FUZZ_CALLS, default 5000 per database); the codes
-seen are printed and recorded as the test's ``fuzz_codes`` property.
+seen are printed, recorded as the test's ``fuzz_codes`` property, and appended as a JSON
+line to the file MREG_FUZZ_REPORT names, if set.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from sqlalchemy.engine import make_url
 
 from blob_service import server as blob_server
 from blob_service.config import BlobConfig
@@ -226,10 +228,20 @@ PLAUSIBLE_STRINGS: dict[str, st.SearchStrategy[str]] = {
     "tag": clean_text,
     "parent": st.sampled_from([ARTIFACT, MODEL, f"{ENTITY}/{PROJECT}", "model"]),
 }
+LONG_FILTERS = [
+    # Just under the 4096-character limit: long chains and deep nesting reach the SQL compilers.
+    " OR ".join(["index = 1"] * 315),
+    " AND ".join(["metadata.a.b.c < 1"] * 180),
+    " OR ".join(['tag = "x"'] * 315),
+    " OR ".join(['alias = "b"'] * 300),
+    " OR ".join(["(" * 10 + "index = 1" + ")" * 10] * 100),
+    "NOT " * 31 + "index = 1",
+    "(" * 31 + "size_bytes > 1e308" + ")" * 31,
+]
 ADVERSARIAL_STRINGS: dict[str, st.SearchStrategy[str]] = {
     "hash": hashes,
     "page_token": page_tokens(),
-    "filter": st.one_of(filters(), odd_text),
+    "filter": st.one_of(filters(), odd_text, st.sampled_from(LONG_FILTERS)),
     "order_by": st.one_of(
         st.sampled_from(["index sideways", "name", "metadata.", "metadata.a.b.c asc desc"]), odd_text
     ),
@@ -371,7 +383,8 @@ class Tally:
 
 
 class Fuzzer:
-    def __init__(self, metadata_address: str, blob_address: str) -> None:
+    def __init__(self, metadata_address: str, blob_address: str, database_url: str) -> None:
+        self.database_url = database_url
         # Default channels: what any client reads, the fuzz reads.
         self.channels = [grpc.insecure_channel(metadata_address), grpc.insecure_channel(blob_address)]
         self.stubs = {
@@ -422,7 +435,7 @@ def fuzz_target(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     metadata = metadata_server.start(
         MetadataConfig(listen="127.0.0.1:0", database_url=database_url, blob_addr=blobs.address)
     )
-    fuzzer = Fuzzer(metadata.address, blobs.address)
+    fuzzer = Fuzzer(metadata.address, blobs.address, database_url)
     _seed(fuzzer)
     yield fuzzer
     fuzzer.close()
@@ -466,7 +479,8 @@ def _seed(fuzzer: Fuzzer) -> None:
 def test_fuzzed_calls_to_every_rpc_never_answer_unknown_or_internal(
     fuzz_target: Fuzzer, record_property, capsys
 ) -> None:
-    examples = max(1, TOTAL_CALLS // CALLS_PER_EXAMPLE)
+    examples = -(-TOTAL_CALLS // CALLS_PER_EXAMPLE)
+    database = make_url(fuzz_target.database_url).get_backend_name()
 
     @settings(
         max_examples=examples,
@@ -489,8 +503,11 @@ def test_fuzzed_calls_to_every_rpc_never_answer_unknown_or_internal(
     }
     record_property("fuzz_codes", json.dumps(summary))
     with capsys.disabled():
-        print(f"\nfuzz summary: {json.dumps(summary)}")
-    assert tally.calls >= TOTAL_CALLS - CALLS_PER_EXAMPLE
+        print(f"\nfuzz summary ({database}): {json.dumps(summary)}")
+    if report := os.environ.get("MREG_FUZZ_REPORT"):
+        with open(report, "a") as out:
+            out.write(json.dumps({"database": database, **summary}) + "\n")
+    assert tally.calls >= TOTAL_CALLS
     untouched = {m.name for m, _ in ALL_METHODS} - set(tally.per_method)
     assert not untouched, f"RPCs never called: {sorted(untouched)}"
     assert not tally.failures, "\n".join(tally.failures[:30])
