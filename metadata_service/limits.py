@@ -140,40 +140,81 @@ def check_request(request: Message) -> None:
     Raises:
         InvalidArgument: naming the field (as a path, e.g. ``manifest[3].path``) and the bound.
     """
-    _check_message(request, "")
+    _check_message(request, ())
 
 
-def _check_message(message: Message, prefix: str) -> None:
-    for field, value in message.ListFields():
-        where = f"{prefix}{field.name}"
-        repeated = field.is_repeated
-        values = list(value) if repeated else [value]
-        if repeated and len(values) > (limit := REPEATED_BOUNDS.get(field.name, DEFAULT_MAX_ITEMS)):
-            raise InvalidArgument(f"{where} has {len(values)} items; the limit is {limit}")
-        for position, item in enumerate(values):
-            item_where = f"{where}[{position}]" if repeated else where
-            _check_value(field, item, item_where)
+# A field's path as parts, rendered only for an error message (requests may hold a
+# million manifest entries, so nothing is formatted while all is well).
+Path = tuple[str | int, ...]
 
 
-def _check_value(field: Any, value: Any, where: str) -> None:
-    kind = field.type
-    if kind == field.TYPE_STRING:
-        limit = STRING_BOUNDS.get(field.name, DEFAULT_MAX_CHARS)
-        check_text(value, where, limit, count_bytes=field.name in BYTE_BOUNDED)
-    elif kind in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
-        if not math.isfinite(value):
-            raise InvalidArgument(f"{where} is {value}; only finite numbers are accepted")
-    elif kind in _INT_TYPES:
-        check_int(value, where, INT_BOUNDS.get(field.name, DEFAULT_INT_BOUNDS))
-    elif kind == field.TYPE_MESSAGE:
-        name = field.message_type.full_name
-        if name == _STRUCT:
-            check_document(value, where)
-        elif name == _TIMESTAMP:
-            if not _MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP or not 0 <= value.nanos < 10**9:
-                raise InvalidArgument(f"{where} is outside the years 1 to 9999")
+def _render(path: Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+_TEXT, _FLOAT, _INT, _DOCUMENT, _TIME, _MESSAGE, _OTHER = range(7)
+# Per field descriptor: (kind, name, bound, counts bytes, item limit); computed once.
+_PLANS: dict[Any, tuple[int, str, Any, bool, int]] = {}
+
+
+def _plan(field: Any) -> tuple[int, str, Any, bool, int]:
+    plan = _PLANS.get(field)
+    if plan is None:
+        name, kind = field.name, field.type
+        items = REPEATED_BOUNDS.get(name, DEFAULT_MAX_ITEMS)
+        if kind == field.TYPE_STRING:
+            plan = (_TEXT, name, STRING_BOUNDS.get(name, DEFAULT_MAX_CHARS), name in BYTE_BOUNDED, items)
+        elif kind in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+            plan = (_FLOAT, name, None, False, items)
+        elif kind in _INT_TYPES:
+            plan = (_INT, name, INT_BOUNDS.get(name, DEFAULT_INT_BOUNDS), False, items)
+        elif kind == field.TYPE_MESSAGE:
+            message = field.message_type.full_name
+            plan = ({_STRUCT: _DOCUMENT, _TIMESTAMP: _TIME}.get(message, _MESSAGE), name, None, False, items)
         else:
-            _check_message(value, f"{where}.")
+            plan = (_OTHER, name, None, False, items)
+        _PLANS[field] = plan
+    return plan
+
+
+def _check_message(message: Message, path: Path) -> None:
+    for field, value in message.ListFields():
+        plan = _plan(field)
+        if field.is_repeated:
+            if len(value) > plan[4]:
+                raise InvalidArgument(f"{_render((*path, plan[1]))} has {len(value)} items; the limit is {plan[4]}")
+            for position, item in enumerate(value):
+                _check_value(plan, item, path, position)
+        else:
+            _check_value(plan, value, path, None)
+
+
+def _check_value(plan: tuple[int, str, Any, bool, int], value: Any, path: Path, position: int | None) -> None:
+    kind, name, bound, count_bytes, _ = plan
+    if kind == _TEXT:
+        if len(value) > bound or "\0" in value or (count_bytes and len(value.encode()) > bound):
+            check_text(value, _render(_item(path, name, position)), bound, count_bytes=count_bytes)
+    elif kind == _MESSAGE:
+        _check_message(value, _item(path, name, position))
+    elif kind == _INT:
+        if not bound[0] <= value <= bound[1]:
+            check_int(value, _render(_item(path, name, position)), bound)
+    elif kind == _FLOAT:
+        if not math.isfinite(value):
+            raise InvalidArgument(
+                f"{_render(_item(path, name, position))} is {value}; only finite numbers are accepted"
+            )
+    elif kind == _DOCUMENT:
+        check_document(value, _render(_item(path, name, position)))
+    elif kind == _TIME and not (_MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP and 0 <= value.nanos < 10**9):
+        raise InvalidArgument(f"{_render(_item(path, name, position))} is outside the years 1 to 9999")
+
+
+def _item(path: Path, name: str, position: int | None) -> Path:
+    return (*path, name) if position is None else (*path, name, position)
 
 
 def check_document(document: struct_pb2.Struct, where: str) -> None:
