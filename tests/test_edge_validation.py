@@ -424,3 +424,16 @@ def test_repeated_fields_beyond_their_bound_are_refused_so_answers_stay_readable
     lookup = blob_pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"%d" % i) for i in range(10_001)])
     error = error_of(lambda: blobs.FindMissingBlobs(lookup))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "blob_digests" in error.details()
+
+
+@pytest.mark.parametrize(
+    "service,method",
+    [("mreg.metadata.v1.MetadataService", "GetVersion"), ("mreg.blob.v1.BlobService", "QueryWriteStatus")],
+)
+def test_requests_with_text_that_is_not_utf8_are_invalid_argument_not_internal(servers, service, method) -> None:
+    """Other languages can send any bytes in a string field; gRPC's own answer to that would be INTERNAL."""
+    address = servers.metadata.address if "metadata" in service else servers.blob.address
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/{service}/{method}")
+        error = error_of(lambda: call(_length_delimited(1, b"caf\xc3"), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()

@@ -31,6 +31,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.internal import encoder
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -350,6 +351,29 @@ header_values = st.one_of(
 )
 
 
+RAW = "raw"
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return encoder._VarintBytes(number << 3 | 2) + encoder._VarintBytes(len(payload)) + payload
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn, descriptor: Descriptor, module: Any) -> bytes:
+    valid = draw(messages(descriptor, module, 0)).SerializeToString()
+    kind = draw(st.integers(0, 3))
+    if kind == 0:  # a string field holding bytes that are not UTF-8
+        number = draw(st.sampled_from([f.number for f in descriptor.fields] or [1]))
+        return valid + _length_delimited(
+            number, draw(st.sampled_from([b"\xff", b"a\xc3", b"\xed\xa0\x80", b"\xc0\x80"]))
+        )
+    if kind == 1 and valid:  # truncated
+        return valid[: draw(st.integers(0, len(valid) - 1))]
+    if kind == 2:  # a length that runs past the end
+        return valid + b"\x0a\xff\xff\xff\x0f"
+    return draw(st.binary(max_size=100))
+
+
 @st.composite
 def calls(draw: st.DrawFn) -> tuple[str, Any, Any, tuple[tuple[str, str], ...]]:
     """One call: (method name, service module, request or list of requests, headers)."""
@@ -359,6 +383,10 @@ def calls(draw: st.DrawFn) -> tuple[str, Any, Any, tuple[tuple[str, str], ...]]:
         token = draw(st.builds(encode_token, st.just(listing), json_keys))
         return method, pb, getattr(pb, f"{method}Request")(page_token=token, **fields), ()
     method, module = draw(st.sampled_from(ALL_METHODS))
+    if draw(st.integers(0, 19)) == 0:
+        # Bytes no Python client would send: invalid UTF-8 in a string field, truncation, noise.
+        raw = draw(raw_requests(method.input_type, module))
+        return method.name, RAW, [raw] if method.client_streaming else raw, ()
     request_strategy = messages(method.input_type, module, draw(st.sampled_from([0, 0, 5, 20, 100])))
     request: Any = (
         draw(st.lists(request_strategy, min_size=1, max_size=3)) if method.client_streaming else draw(request_strategy)
@@ -392,6 +420,11 @@ class Fuzzer:
             blob_pb: blob_grpc.BlobServiceStub(self.channels[1]),
         }
         self.streaming = {m.name: (m.client_streaming, m.server_streaming) for m, _ in ALL_METHODS}
+        self.raw_routes = {
+            method.name: (service.full_name, channel)
+            for (service, _), channel in zip(SERVICES, self.channels, strict=True)
+            for method in service.methods
+        }
         self.tally = Tally()
 
     def close(self) -> None:
@@ -399,8 +432,19 @@ class Fuzzer:
             channel.close()
 
     def call(self, method: str, module: Any, request: Any, headers: tuple[tuple[str, str], ...]) -> None:
-        stub_method = getattr(self.stubs[module], method)
         client_streaming, server_streaming = self.streaming[method]
+        if module == RAW:
+            # No serializers: the bytes go out as they are, and answers come back as bytes.
+            service, channel = self.raw_routes[method]
+            path = f"/{service}/{method}"
+            if client_streaming:
+                stub_method = channel.stream_unary(path)
+            elif server_streaming:
+                stub_method = channel.unary_stream(path)
+            else:
+                stub_method = channel.unary_unary(path)
+        else:
+            stub_method = getattr(self.stubs[module], method)
         timeout = WATCH_TIMEOUT if method == "Watch" else UNARY_TIMEOUT
         code = grpc.StatusCode.OK
         details = ""
