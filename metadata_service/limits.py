@@ -26,6 +26,9 @@ from metadata_service.errors import InvalidArgument
 QUOTE_CHARS = 80
 # A message that somehow grew longer is cut here (the gRPC trailer must stay small).
 MAX_ERROR_MESSAGE_CHARS = 1000
+# Structured violations listed in one error's google.rpc.PreconditionFailure: with the
+# message, they stay well under the 8 KiB of trailers a default gRPC client accepts.
+MAX_VIOLATIONS = 32
 
 # Indexes (versions, links) are stored in 32-bit integer columns.
 MAX_INDEX = (1 << 31) - 1

@@ -123,7 +123,9 @@ def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
     """Ends the RPC with the error's status, plus a google.rpc.PreconditionFailure where it has one."""
     code = grpc.StatusCode[error.code]
     message = limits.clip_message(str(error))
-    violations: list[tuple[str, str, str]] = getattr(error, "violations", None) or []
+    # The detail travels in a trailer, which gRPC clients cap at 8 KiB by default: list the
+    # first violations only (the message gives the total; FindMissingBlobs tells the rest).
+    violations: list[tuple[str, str, str]] = (getattr(error, "violations", None) or [])[: limits.MAX_VIOLATIONS]
     if not violations:
         context.abort(code, message)
         return

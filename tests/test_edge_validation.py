@@ -437,3 +437,20 @@ def test_requests_with_text_that_is_not_utf8_are_invalid_argument_not_internal(s
         call = channel.unary_unary(f"/{service}/{method}")
         error = error_of(lambda: call(_length_delimited(1, b"caf\xc3"), timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+
+
+def test_a_commit_missing_many_blobs_is_failed_precondition_with_a_detail_that_fits_the_trailer(stub) -> None:
+    """Every missing blob listed in the status detail overflowed gRPC's 8 KiB trailer: RESOURCE_EXHAUSTED."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact="many-missing", type="model"), metadata=HEADERS)
+    manifest = [pb.ManifestEntry(path=f"f{i}", digest=digest_of(uuid.uuid4().bytes)) for i in range(1000)]
+    request = pb.CommitVersionRequest(uid=pending.version.uid, manifest=manifest)
+    error = error_of(lambda: stub.CommitVersion(request, metadata=HEADERS))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert "1000" in error.details()
+    failure = error_details_pb2.PreconditionFailure()
+    assert rpc_status.from_call(error).details[0].Unpack(failure)
+    assert 0 < len(failure.violations) < 1000
+    assert all(v.type == "MISSING_BLOB" for v in failure.violations)
