@@ -10,11 +10,11 @@ from datetime import timedelta
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from mreg.blob.v1 import blob_service_pb2, blob_service_pb2_grpc
+from mreg.blob.v1 import blob_service_pb2
 
 from blob_service.config import BlobConfig
 from blob_service.service import BlobStore
-from blob_service.servicer import BlobServicer
+from blob_service.servicer import BlobServicer, add_to_server
 from blob_service.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         min_gc_grace=timedelta(seconds=config.min_gc_grace_seconds),
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-    blob_service_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
+    add_to_server(BlobServicer(store), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name

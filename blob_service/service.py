@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from blob_service.digests import Digest
 from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
+from blob_service.limits import quote
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class BatchReadResult:
 def validate_upload_id(upload_id: str) -> str:
     if not _UPLOAD_ID.fullmatch(upload_id):
         raise InvalidArgument(
-            f"upload_id {upload_id[:140]!r} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)"
+            f"upload_id {quote(upload_id)} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)"
         )
     return upload_id
 

@@ -97,8 +97,15 @@ class AliasChange:
 
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
+    """One page of a listing.
+
+    ``item_tokens[i]`` continues the listing after ``items[i]``: the servicer ends a page
+    early with it when the whole page would not fit one response.
+    """
+
     items: tuple[T, ...]
     next_page_token: str
+    item_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,13 @@ Errors are InvalidArgument naming the position (counted from 1).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from metadata_service.errors import InvalidArgument
+from metadata_service.limits import quote
 
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 32
@@ -141,7 +143,9 @@ class _Parser:
     def parse(self) -> Node:
         node = self.parse_or()
         if (extra := self.peek()) is not None:
-            raise InvalidArgument(f"filter: unexpected {extra.text!r} at position {extra.position}; expected AND or OR")
+            raise InvalidArgument(
+                f"filter: unexpected {quote(extra.text)} at position {extra.position}; expected AND or OR"
+            )
         return node
 
     def parse_or(self) -> Node:
@@ -178,7 +182,9 @@ class _Parser:
     def parse_comparison(self) -> Comparison:
         token = self.take()
         if token.kind != "word":
-            raise InvalidArgument(f"filter: expected a field name at position {token.position}, found {token.text!r}")
+            raise InvalidArgument(
+                f"filter: expected a field name at position {token.position}, found {quote(token.text)}"
+            )
         field, path = parse_field(token.text, token.position, order=False)
         op_token = self.take()
         if op_token.kind != "op":
@@ -197,36 +203,43 @@ class _Parser:
                 try:
                     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
                 except ValueError as e:
-                    raise InvalidArgument(f"filter: {text!r} {where} is not an RFC 3339 time") from e
+                    raise InvalidArgument(f"filter: {quote(text)} {where} is not an RFC 3339 time") from e
                 if moment.tzinfo is None:
-                    raise InvalidArgument(f"filter: time {text!r} {where} needs a zone, e.g. 'Z'")
-                return moment
+                    raise InvalidArgument(f"filter: time {quote(text)} {where} needs a zone, e.g. 'Z'")
+                try:
+                    return moment.astimezone(UTC)
+                except OverflowError as e:
+                    raise InvalidArgument(f"filter: time {quote(text)} {where} is outside the years 1 to 9999") from e
             if field in SCALAR_FIELDS:
                 raise InvalidArgument(f"filter: {field} compares with a number, not a string ({where})")
             if field == "state" and text not in STATES:
-                raise InvalidArgument(f"filter: state is 'committed' or 'deleted', not {text!r} ({where})")
+                raise InvalidArgument(f"filter: state is 'committed' or 'deleted', not {quote(text)} ({where})")
             return text
         if token.kind == "number":
             if field not in SCALAR_FIELDS and field != "metadata":
                 raise InvalidArgument(f"filter: {field} compares with a quoted string, not a number ({where})")
-            return float(token.text)
+            number = float(token.text)
+            if not math.isfinite(number):
+                raise InvalidArgument(f"filter: number {quote(token.text)} {where} is too large")
+            return number
         if token.kind == "word" and token.text.lower() in ("true", "false"):
             if field != "metadata":
                 raise InvalidArgument(f"filter: only metadata fields compare with true/false ({where})")
             return token.text.lower() == "true"
-        raise InvalidArgument(f"filter: expected a value {where}, found {token.text!r}")
+        raise InvalidArgument(f"filter: expected a value {where}, found {quote(token.text)}")
 
 
 def parse_field(text: str, position: int, *, order: bool) -> tuple[str, tuple[str, ...]]:
     if text.startswith("metadata."):
         keys = tuple(text.split(".")[1:])
         if not keys or not all(_METADATA_KEY.fullmatch(k) for k in keys):
-            raise InvalidArgument(f"invalid metadata key {text!r} at position {position}")
+            raise InvalidArgument(f"invalid metadata key {quote(text)} at position {position}")
         return "metadata", keys
     allowed = ORDER_FIELDS if order else SCALAR_FIELDS | TIME_FIELDS | EQUALITY_FIELDS
     if text not in allowed:
         raise InvalidArgument(
-            f"unknown field {text!r} at position {position}; use one of {', '.join(sorted(allowed))} or metadata.KEY"
+            f"unknown field {quote(text)} at position {position}; "
+            f"use one of {', '.join(sorted(allowed))} or metadata.KEY"
         )
     return text, ()
 
@@ -246,7 +259,7 @@ def parse_order_by(text: str) -> OrderKey:
     if not words:
         return OrderKey("index", (), True)
     if len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
-        raise InvalidArgument(f"order_by {text!r} is invalid: write KEY, KEY asc or KEY desc")
+        raise InvalidArgument(f"order_by {quote(text)} is invalid: write KEY, KEY asc or KEY desc")
     field, path = parse_field(words[0], 1, order=True)
     descending = len(words) == 2 and words[1].lower() == "desc"
     return OrderKey(field, path, descending)

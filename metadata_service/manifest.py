@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metadata_service.errors import InvalidArgument
+from metadata_service.limits import MAX_INT64, quote
 
 PATH_MAX = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -79,7 +80,7 @@ def validate_path(path: str) -> str:
             if problem:
                 break
     if problem:
-        raise InvalidArgument(f"manifest path {path[:300]!r} is invalid: {problem}")
+        raise InvalidArgument(f"manifest path {quote(path)} is invalid: {problem}")
     return path
 
 
@@ -94,18 +95,22 @@ def build_manifest(entries: Iterable[FileEntry]) -> Manifest:
         validate_path(entry.path)
         if not _HEX64.fullmatch(entry.digest):
             raise InvalidArgument(
-                f"manifest entry {entry.path!r} has digest {entry.digest[:80]!r}; expected 64 lowercase hex characters"
+                f"manifest entry {quote(entry.path)} has digest {quote(entry.digest)}; "
+                "expected 64 lowercase hex characters"
             )
         if entry.size_bytes < 0:
-            raise InvalidArgument(f"manifest entry {entry.path!r} has a negative size")
+            raise InvalidArgument(f"manifest entry {quote(entry.path)} has a negative size")
         if entry.path in by_path:
-            raise InvalidArgument(f"manifest path {entry.path!r} appears more than once")
+            raise InvalidArgument(f"manifest path {quote(entry.path)} appears more than once")
         by_path[entry.path] = entry
     for path in by_path:
         parent = path.rpartition("/")[0]
         while parent:
             if parent in by_path:
-                raise InvalidArgument(f"manifest path {path!r} lies inside {parent!r}, which is a file")
+                raise InvalidArgument(f"manifest path {quote(path)} lies inside {quote(parent)}, which is a file")
             parent = parent.rpartition("/")[0]
     ordered = sorted(by_path.values(), key=lambda e: e.path.encode())
-    return Manifest(tuple(ordered))
+    manifest = Manifest(tuple(ordered))
+    if manifest.size_bytes > MAX_INT64:
+        raise InvalidArgument(f"the manifest's files total {manifest.size_bytes} bytes; the limit is {MAX_INT64}")
+    return manifest

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from metadata_service.errors import InvalidArgument
+from metadata_service.limits import quote
 
 NAME_MAX = 128
 ALIAS_MAX = 64
@@ -74,7 +75,7 @@ class Reference:
 def validate_name(value: str, what: str = "name") -> str:
     if not _NAME.fullmatch(value) or value != value.strip(" ") or not value.strip("."):
         raise InvalidArgument(
-            f"{what} {value[:200]!r} is invalid: use 1-{NAME_MAX} letters, digits, spaces, '.', '_' or '-', "
+            f"{what} {quote(value)} is invalid: use 1-{NAME_MAX} letters, digits, spaces, '.', '_' or '-', "
             "with no leading or trailing space and not only dots"
         )
     return value
@@ -87,16 +88,16 @@ def validate_alias(value: str) -> str:
         InvalidArgument: malformed, or reserved for the system ("latest", "vN").
     """
     if not _ALIAS.fullmatch(value):
-        raise InvalidArgument(f"alias {value[:200]!r} is invalid: use 1-{ALIAS_MAX} letters, digits, '.', '_' or '-'")
+        raise InvalidArgument(f"alias {quote(value)} is invalid: use 1-{ALIAS_MAX} letters, digits, '.', '_' or '-'")
     if value == LATEST or re.fullmatch(r"v[0-9]+", value):
-        raise InvalidArgument(f"alias {value!r} is reserved: the registry maintains 'latest' and 'vN' itself")
+        raise InvalidArgument(f"alias {quote(value)} is reserved: the registry maintains 'latest' and 'vN' itself")
     return value
 
 
 def validate_type(value: str) -> str:
     if not _TYPE.fullmatch(value):
         raise InvalidArgument(
-            f"type {value[:200]!r} is invalid: use 1-64 lowercase letters, digits, '.', '_' or '-' "
+            f"type {quote(value)} is invalid: use 1-64 lowercase letters, digits, '.', '_' or '-' "
             "(e.g. 'model' or 'dataset')"
         )
     return value
@@ -109,7 +110,7 @@ def _split_path(text: str, what: str, labels: tuple[str, ...], defaults: tuple[s
     given = text.split("/")
     if len(given) > len(labels):
         raise InvalidArgument(
-            f"{what} {text[:200]!r} has {len(given)} '/'-separated parts; at most {len(labels)} are allowed "
+            f"{what} {quote(text)} has {len(given)} '/'-separated parts; at most {len(labels)} are allowed "
             f"({'/'.join(labels)})"
         )
     missing = len(labels) - len(given)
@@ -117,13 +118,13 @@ def _split_path(text: str, what: str, labels: tuple[str, ...], defaults: tuple[s
     for label, default in zip(labels[:missing], defaults, strict=False):
         if not default:
             raise InvalidArgument(
-                f"{what} {text[:200]!r} names no {label} and no default {label} is set "
+                f"{what} {quote(text)} names no {label} and no default {label} is set "
                 f"(set MREG_{label.upper()} or write {'/'.join(labels)})"
             )
         filled.append(default)
     parts = filled + given
     for label, part in zip(labels, parts, strict=True):
-        validate_name(part, f"{label} of {what} {text[:200]!r}:")
+        validate_name(part, f"{label} of {what} {quote(text)}:")
     return parts
 
 
@@ -136,7 +137,7 @@ def parse_project(text: str, defaults: Defaults = Defaults()) -> ProjectName:
 def parse_collection(text: str, defaults: Defaults = Defaults(), what: str = "collection") -> CollectionName:
     """Parses ``[[entity/]project/]name`` with no selector."""
     if ":" in text:
-        raise InvalidArgument(f"{what} {text[:200]!r} must not carry a ':selector' here")
+        raise InvalidArgument(f"{what} {quote(text)} must not carry a ':selector' here")
     entity, project, name = _split_path(text, what, ("entity", "project", "name"), (defaults.entity, defaults.project))
     return CollectionName(entity, project, name)
 
@@ -145,16 +146,16 @@ def parse_reference(text: str, defaults: Defaults = Defaults()) -> Reference:
     """Parses ``[[entity/]project/]name[:selector]``; no selector means ``latest``."""
     path, colon, selector = text.partition(":")
     if ":" in selector:
-        raise InvalidArgument(f"reference {text[:200]!r} has more than one ':'")
+        raise InvalidArgument(f"reference {quote(text)} has more than one ':'")
     collection = parse_collection(path, defaults, "reference")
     if not colon:
         return Reference(collection, alias=LATEST)
     if not selector:
-        raise InvalidArgument(f"reference {text[:200]!r} ends in ':' with no version or alias after it")
+        raise InvalidArgument(f"reference {quote(text)} ends in ':' with no version or alias after it")
     if match := _INDEX.fullmatch(selector):
         return Reference(collection, index=int(match.group(1)))
     if selector == LATEST:
         return Reference(collection, alias=LATEST)
     if re.fullmatch(r"v[0-9]+", selector):
-        raise InvalidArgument(f"version selector {selector!r} is invalid: write vN without leading zeros")
+        raise InvalidArgument(f"version selector {quote(selector)} is invalid: write vN without leading zeros")
     return Reference(collection, alias=validate_alias(selector))

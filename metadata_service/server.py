@@ -12,14 +12,14 @@ from datetime import timedelta
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from mreg.metadata.v1 import metadata_service_pb2, metadata_service_pb2_grpc
+from mreg.metadata.v1 import metadata_service_pb2
 from sqlalchemy import Engine
 
 from metadata_service.blob_client import BlobServiceClient
 from metadata_service.config import MetadataConfig
 from metadata_service.db import create_database_engine, upgrade_schema
 from metadata_service.service import Registry
-from metadata_service.servicer import MetadataServicer
+from metadata_service.servicer import MetadataServicer, add_to_server
 from metadata_service.unit_of_work import Database
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     stopping = threading.Event()
     threading.Thread(target=_janitor, args=(registry, config, stopping), name="mreg-janitor", daemon=True).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-    metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
+    add_to_server(MetadataServicer(registry), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name

@@ -32,9 +32,18 @@ from metadata_service.domain import (
     VersionView,
 )
 from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.limits import MAX_INDEX, quote
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
-from metadata_service.pagination import decode_token, encode_token, page_size
+from metadata_service.pagination import (
+    decode_token,
+    encode_token,
+    index_key,
+    name_key,
+    page_size,
+    sequence_key,
+    version_key,
+)
 from metadata_service.references import (
     LATEST,
     CollectionName,
@@ -124,7 +133,7 @@ def _validate_tags(tags: Sequence[str]) -> list[str]:
         raise InvalidArgument(f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
     for tag in tags:
         if not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable():
-            raise InvalidArgument(f"tag {tag[:200]!r} is invalid: use 1-{MAX_TAG_LENGTH} printable characters")
+            raise InvalidArgument(f"tag {quote(tag)} is invalid: use 1-{MAX_TAG_LENGTH} printable characters")
     return sorted(set(tags))
 
 
@@ -421,19 +430,18 @@ class Registry:
         where = filters.parse_filter(filter_text)
         order = filters.parse_order_by(order_by)
         listing = f"versions:{name}:{filter_text}:{order_by}"
-        after = decode_token(token, listing)
+        after = decode_token(token, listing, version_key(order.field))
 
         def work(uow: UnitOfWork) -> Page[VersionView]:
             row = self._find_collection(uow.repo, name, CollectionKind.ARTIFACT)
             context = self._context(uow.repo, row)
             rows = uow.repo.search_versions(row.id, where, order, tuple(after) if after else None, limit + 1)
             views = tuple(self._version_view(uow.repo, v, context, with_manifest=False) for v, _ in rows[:limit])
-            if len(rows) <= limit:
-                return Page(views, "")
-            last, sort_value = rows[limit - 1]
-            if isinstance(sort_value, datetime):
-                sort_value = sort_value.isoformat()
-            return Page(views, encode_token(listing, [sort_value, last.index]))
+            tokens = tuple(
+                encode_token(listing, [value.isoformat() if isinstance(value, datetime) else value, v.index])
+                for v, value in rows[:limit]
+            )
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
 
         return self.db.run(work, write=False)
 
@@ -514,7 +522,7 @@ class Registry:
         if type_:
             validate_type(type_)
         listing = f"{kind.value}s:{project_name}:{name_prefix}:{type_}:{tag}"
-        after = decode_token(token, listing)
+        after = decode_token(token, listing, name_key)
 
         def work(uow: UnitOfWork) -> Page[CollectionView]:
             project = uow.repo.find_project(project_name)
@@ -522,7 +530,8 @@ class Registry:
                 raise NotFound(f"project {project_name} does not exist")
             rows = uow.repo.search_collections(project, kind, name_prefix, type_, tag, after, limit + 1)
             views = tuple(self._collection_view(uow.repo, self._context(uow.repo, r)) for r in rows[:limit])
-            return Page(views, encode_token(listing, rows[limit - 1].name) if len(rows) > limit else "")
+            tokens = tuple(encode_token(listing, r.name) for r in rows[:limit])
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
 
         return self.db.run(work, write=False)
 
@@ -708,14 +717,15 @@ class Registry:
         name = parse_collection(parent, caller.defaults, "registered model")
         limit = page_size(size)
         listing = f"links:{name}"
-        before = decode_token(token, listing)
+        before = decode_token(token, listing, index_key)
 
         def work(uow: UnitOfWork) -> Page[LinkView]:
             row = self._find_collection(uow.repo, name, CollectionKind.REGISTERED_MODEL)
             context = self._context(uow.repo, row)
             rows = uow.repo.list_links(row.id, before, limit + 1)
             views = tuple(self._link_view(uow.repo, link, context, with_manifest=False)[1] for link in rows[:limit])
-            return Page(views, encode_token(listing, rows[limit - 1].index) if len(rows) > limit else "")
+            tokens = tuple(encode_token(listing, link.index) for link in rows[:limit])
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
 
         return self.db.run(work, write=False)
 
@@ -810,13 +820,14 @@ class Registry:
             raise InvalidArgument("alias is empty")
         limit = page_size(size)
         resource = f"{name}:{alias}"
-        before = decode_token(token, f"history:{resource}")
+        listing = f"history:{resource}"
+        before = decode_token(token, listing, sequence_key)
 
         def work(uow: UnitOfWork) -> Page[EventView]:
             rows = uow.repo.resource_events(resource, before, limit + 1)
             views = tuple(_event_view(e) for e in rows[:limit])
-            more = len(rows) > limit
-            return Page(views, encode_token(f"history:{resource}", rows[limit - 1].sequence) if more else "")
+            tokens = tuple(encode_token(listing, e.sequence) for e in rows[:limit])
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
 
         return self.db.run(work, write=False)
 
@@ -992,6 +1003,9 @@ class Registry:
     @staticmethod
     def _selected_index(context: _CollectionContext, ref: Reference, member: str) -> int:
         if ref.index is not None:
+            if ref.index > MAX_INDEX:
+                # The grammar allows 18 digits; no stored index is that large.
+                raise NotFound(f"{context.name} has no {member} v{ref.index}")
             return ref.index
         if ref.alias == LATEST:
             if context.latest_index is None:

@@ -11,21 +11,25 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
+from metadata_service import limits
 from metadata_service.domain import (
     CollectionKind,
     CollectionView,
     EventView,
     LinkView,
+    Page,
     VersionState,
     VersionView,
 )
-from metadata_service.errors import RegistryError
+from metadata_service.errors import InvalidArgument, RegistryError
+from metadata_service.limits import QUOTE_CHARS
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
 from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
@@ -47,11 +51,12 @@ _STATES = {
 
 
 def _abort_on_domain_error(method: F) -> F:
-    """Maps domain errors to their gRPC status in one place."""
+    """Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place."""
 
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            _check(request)
             return method(self, request, context)
         except RegistryError as e:
             _abort(context, e)
@@ -59,6 +64,7 @@ def _abort_on_domain_error(method: F) -> F:
     @functools.wraps(method)
     def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            _check(request)
             yield from method(self, request, context)
         except RegistryError as e:
             _abort(context, e)
@@ -66,12 +72,62 @@ def _abort_on_domain_error(method: F) -> F:
     return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
 
 
+class _Undecodable:
+    """What a request deserializes to when its bytes are not a valid message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            "the request is not a valid protobuf message (nested more than 100 levels deep, or a string "
+            f"that is not UTF-8): {str(request.error)[:QUOTE_CHARS]}"
+        )
+    limits.check_request(request)
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that hands a parse failure to the method, which answers INVALID_ARGUMENT.
+
+    gRPC's own handling of a deserialization failure is INTERNAL, which would blame the server.
+    """
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return _Undecodable(e)
+
+    return deserialize
+
+
+def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
+    """Registers the servicer like the generated ``add_..._to_server``, with tolerant deserializers."""
+    service = pb.DESCRIPTOR.services_by_name["MetadataService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
     """Ends the RPC with the error's status, plus a google.rpc.PreconditionFailure where it has one."""
     code = grpc.StatusCode[error.code]
-    violations: list[tuple[str, str, str]] = getattr(error, "violations", None) or []
+    message = limits.clip_message(str(error))
+    # The detail travels in a trailer, which gRPC clients cap at 8 KiB by default: list the
+    # first violations only (the message gives the total; FindMissingBlobs tells the rest).
+    violations: list[tuple[str, str, str]] = (getattr(error, "violations", None) or [])[: limits.MAX_VIOLATIONS]
     if not violations:
-        context.abort(code, str(error))
+        context.abort(code, message)
         return
     detail = any_pb2.Any()
     detail.Pack(
@@ -82,7 +138,7 @@ def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
             ]
         )
     )
-    status = status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     context.abort_with_status(rpc_status.to_status(status))
 
 
@@ -195,6 +251,23 @@ def event_pb(view: EventView) -> pb.Event:
     )
 
 
+def _fit(page: Page[Any], convert: Callable[[Any], Any]) -> tuple[list[Any], str]:
+    """Converts a page's items, ending the page early where the response would pass the budget.
+
+    Every item alone fits (the edge bounds see to that), so a page always makes progress.
+    """
+    messages: list[Any] = []
+    total = 0
+    for position, item in enumerate(page.items):
+        message = convert(item)
+        # Each repeated item costs its size plus a tag and a length prefix (at most 6 bytes).
+        total += message.ByteSize() + 6
+        if messages and total > limits.MAX_RESPONSE_BYTES and page.item_tokens:
+            return messages, page.item_tokens[position - 1]
+        messages.append(message)
+    return messages, page.next_page_token
+
+
 def _optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
 
@@ -253,19 +326,19 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
         resolution = self.registry.resolve(_caller(context), request.reference)
-        return pb.ResolveReferenceResponse(
-            version=version_pb(resolution.version),
-            link=link_pb(resolution.link) if resolution.link else None,
-        )
+        link = link_pb(resolution.link) if resolution.link else None
+        if link is not None:
+            # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
+            link.version.ClearField("manifest")
+        return pb.ResolveReferenceResponse(version=version_pb(resolution.version), link=link)
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
         page = self.registry.list_versions(
             _caller(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
         )
-        return pb.ListVersionsResponse(
-            versions=[version_pb(v) for v in page.items], next_page_token=page.next_page_token
-        )
+        versions, token = _fit(page, version_pb)
+        return pb.ListVersionsResponse(versions=versions, next_page_token=token)
 
     @_abort_on_domain_error
     def DeleteVersion(
@@ -297,9 +370,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             request.type,
             request.tag,
         )
-        return pb.ListArtifactsResponse(
-            artifacts=[artifact_pb(v) for v in page.items], next_page_token=page.next_page_token
-        )
+        artifacts, token = _fit(page, artifact_pb)
+        return pb.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
     @_abort_on_domain_error
     def CreateRegisteredModel(
@@ -331,9 +403,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             request.type,
             request.tag,
         )
-        return pb.ListRegisteredModelsResponse(
-            registered_models=[registered_model_pb(v) for v in page.items], next_page_token=page.next_page_token
-        )
+        models, token = _fit(page, registered_model_pb)
+        return pb.ListRegisteredModelsResponse(registered_models=models, next_page_token=token)
 
     @_abort_on_domain_error
     def DeleteCollection(
@@ -361,7 +432,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     @_abort_on_domain_error
     def ListLinks(self, request: pb.ListLinksRequest, context: grpc.ServicerContext) -> pb.ListLinksResponse:
         page = self.registry.list_links(_caller(context), request.parent, request.page_size, request.page_token)
-        return pb.ListLinksResponse(links=[link_pb(v) for v in page.items], next_page_token=page.next_page_token)
+        links, token = _fit(page, link_pb)
+        return pb.ListLinksResponse(links=links, next_page_token=token)
 
     @_abort_on_domain_error
     def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
@@ -410,9 +482,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         page = self.registry.alias_history(
             _caller(context), request.collection, request.alias, request.page_size, request.page_token
         )
-        return pb.ListAliasHistoryResponse(
-            events=[event_pb(e) for e in page.items], next_page_token=page.next_page_token
-        )
+        events, token = _fit(page, event_pb)
+        return pb.ListAliasHistoryResponse(events=events, next_page_token=token)
 
     @_abort_on_domain_error
     def RecordRunInputs(

@@ -130,6 +130,20 @@ def test_reading_a_missing_blob_is_not_found(blob_stub) -> None:
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_reading_stored_content_under_a_wrong_size_is_not_found_not_data_loss(blob_stub) -> None:
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    for size in (2999, 3001, 0):
+        wrong = pb.Digest(hash=digest.hash, size_bytes=size)
+        with pytest.raises(grpc.RpcError) as error:
+            read_all(blob_stub, wrong)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        batch = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[wrong]))
+        assert batch.responses[0].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert read_all(blob_stub, digest) == data
+
+
 @pytest.mark.parametrize(
     "digest",
     [

@@ -112,6 +112,10 @@ class DiskStorage(BlobStorage):
             file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError as e:
             raise NotFound(f"blob {digest} is not stored") from e
+        if os.fstat(file.fileno()).st_size != digest.size_bytes:
+            # A digest is hash and size: content of this hash with another size is another blob.
+            file.close()
+            raise NotFound(f"blob {digest} is not stored (is the size right?)")
         file.seek(offset)
         return _FileReader(file)
 

@@ -240,8 +240,9 @@ class S3Storage(BlobStorage):
         return self._stat_size(self._blob_key(digest)) == digest.size_bytes
 
     def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
-        if self._stat_size(self._blob_key(digest)) is None:
-            raise NotFound(f"blob {digest} is not stored")
+        if self._stat_size(self._blob_key(digest)) != digest.size_bytes:
+            # A digest is hash and size: content of this hash with another size is another blob.
+            raise NotFound(f"blob {digest} is not stored (is the size right?)")
         if digest.size_bytes == 0:
             return _EmptyReader()
         return self.open_key(self._blob_key(digest), offset)
