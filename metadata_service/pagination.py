@@ -25,10 +25,10 @@ MAX_PAGE_SIZE = 1000
 KeyCheck = Callable[[Any], bool]
 
 
-def page_size(requested: int) -> int:
+def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
     if requested < 0:
         raise InvalidArgument(f"page_size must not be negative (got {requested})")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, maximum)
 
 
 def _fingerprint(listing: str) -> str:
@@ -72,6 +72,11 @@ def index_key(value: Any) -> bool:
 def sequence_key(value: Any) -> bool:
     """An event sequence."""
     return _is_int(value, 1, MAX_INT64)
+
+
+def path_key(value: Any) -> bool:
+    """A manifest path (at most 4096 UTF-8 bytes, no NUL)."""
+    return isinstance(value, str) and 0 < len(value) <= 4096 and "\0" not in value
 
 
 def name_key(value: Any) -> bool:

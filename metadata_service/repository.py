@@ -246,6 +246,16 @@ class Repository:
         entries.sort(key=lambda e: e.path.encode())
         return entries
 
+    def manifest_page(self, version_id: int, after_path: str | None, limit: int) -> list[FileEntry]:
+        """Up to ``limit`` manifest entries after ``after_path``, in UTF-8 byte order of their paths."""
+        # Byte order on both databases: SQLite's default BINARY collation, PostgreSQL's "C".
+        path = ManifestEntry.path.collate("C") if self._dialect == "postgresql" else ManifestEntry.path
+        query = select(ManifestEntry).where(ManifestEntry.version_id == version_id)
+        if after_path is not None:
+            query = query.where(path > after_path)
+        rows = self.session.scalars(query.order_by(path).limit(limit)).all()
+        return [FileEntry(r.path, r.digest, r.size_bytes, r.metadata_doc) for r in rows]
+
     # Aliases -----------------------------------------------------------------------------
 
     def aliases(self, collection_id: int) -> dict[str, int]:

@@ -41,6 +41,7 @@ from metadata_service.pagination import (
     index_key,
     name_key,
     page_size,
+    path_key,
     sequence_key,
     version_key,
 )
@@ -68,6 +69,8 @@ MAX_REQUEST_ID = 128
 DEFAULT_PENDING_TTL = timedelta(hours=24)
 REQUEST_RECORD_TTL = timedelta(hours=24)
 DEFAULT_GC_GRACE = timedelta(days=1)
+DEFAULT_FILE_PAGE_SIZE = 1000
+MAX_FILE_PAGE_SIZE = 10_000
 # A sweep's lease on the GC state row, renewed every batch. It must outlast the blob
 # service's DeleteBlobs deadline (blob_client.DELETE_TIMEOUT), so a sweep that lost its
 # lease can have no deletion still under way when another sweep starts.
@@ -712,6 +715,23 @@ class Registry:
             return name, {"name": name}
 
         return self._mutate(caller, "DeleteLink", request_id, (str(ref),), work, lambda uow, key: key["name"])
+
+    def list_version_files(self, caller: Caller, reference: str, size: int, token: str) -> tuple[str, Page[FileEntry]]:
+        """The files of the version ``reference`` names, a page at a time; returns (version name, page)."""
+        ref = parse_reference(reference, caller.defaults)
+        limit = page_size(size, DEFAULT_FILE_PAGE_SIZE, MAX_FILE_PAGE_SIZE)
+
+        def work(uow: UnitOfWork) -> tuple[str, Page[FileEntry]]:
+            version, _ = self._resolve_version_row(uow.repo, ref)
+            # Bound to the version itself, so an alias moving between pages cannot mix manifests.
+            listing = f"files:{version.uid}"
+            after = decode_token(token, listing, path_key)
+            rows = uow.repo.manifest_page(version.id, after, limit + 1)
+            tokens = tuple(encode_token(listing, entry.path) for entry in rows[:limit])
+            page = Page(tuple(rows[:limit]), tokens[-1] if len(rows) > limit else "", tokens)
+            return self._version_name(uow.repo, version), page
+
+        return self.db.run(work, write=False)
 
     def list_links(self, caller: Caller, parent: str, size: int, token: str) -> Page[LinkView]:
         name = parse_collection(parent, caller.defaults, "registered model")

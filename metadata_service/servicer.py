@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
@@ -35,6 +35,7 @@ from metadata_service.references import Defaults
 from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R", bound=Message)
 
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
@@ -168,6 +169,25 @@ def _dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
+def manifest_entry_pb(entry: FileEntry) -> pb.ManifestEntry:
+    return pb.ManifestEntry(
+        path=entry.path,
+        digest=blob_pb.Digest(hash=entry.digest, size_bytes=entry.size_bytes),
+        metadata=_struct(entry.metadata),
+    )
+
+
+def _within_budget(response: R, version: pb.Version) -> R:
+    """Leaves ``version``'s manifest out of ``response`` when the whole would not fit a default client.
+
+    The client then pages through it with ListVersionFiles.
+    """
+    if response.ByteSize() > limits.MAX_RESPONSE_BYTES:
+        version.ClearField("manifest")
+        version.manifest_omitted = True
+    return response
+
+
 def version_pb(view: VersionView) -> pb.Version:
     return pb.Version(
         name=view.name,
@@ -185,14 +205,7 @@ def version_pb(view: VersionView) -> pb.Version:
         metadata=_struct(view.metadata),
         create_time=_timestamp(view.created_at),
         commit_time=_timestamp(view.committed_at),
-        manifest=[
-            pb.ManifestEntry(
-                path=e.path,
-                digest=blob_pb.Digest(hash=e.digest, size_bytes=e.size_bytes),
-                metadata=_struct(e.metadata),
-            )
-            for e in view.manifest
-        ],
+        manifest=[manifest_entry_pb(e) for e in view.manifest],
         run=view.run,
     )
 
@@ -313,13 +326,17 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             run=request.run,
             request_id=request.request_id,
         )
-        return pb.CommitVersionResponse(
+        response = pb.CommitVersionResponse(
             version=version_pb(result.version), created=result.created, links=[link_pb(v) for v in result.links]
         )
+        return _within_budget(response, response.version)
 
     @_abort_on_domain_error
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
-        return pb.GetVersionResponse(version=version_pb(self.registry.resolve(_caller(context), request.name).version))
+        response = pb.GetVersionResponse(
+            version=version_pb(self.registry.resolve(_caller(context), request.name).version)
+        )
+        return _within_budget(response, response.version)
 
     @_abort_on_domain_error
     def ResolveReference(
@@ -330,7 +347,18 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         if link is not None:
             # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
             link.version.ClearField("manifest")
-        return pb.ResolveReferenceResponse(version=version_pb(resolution.version), link=link)
+        response = pb.ResolveReferenceResponse(version=version_pb(resolution.version), link=link)
+        return _within_budget(response, response.version)
+
+    @_abort_on_domain_error
+    def ListVersionFiles(
+        self, request: pb.ListVersionFilesRequest, context: grpc.ServicerContext
+    ) -> pb.ListVersionFilesResponse:
+        version, page = self.registry.list_version_files(
+            _caller(context), request.name, request.page_size, request.page_token
+        )
+        files, token = _fit(page, manifest_entry_pb)
+        return pb.ListVersionFilesResponse(version=version, files=files, next_page_token=token)
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
