@@ -278,6 +278,13 @@ class BlobTransfer:
                     error = MregError.from_rpc(e, "the blob service")
                     raise MregError(error.code, f"{file.path}: {error.message}") from e
                 op.sleep(attempt)
+                if e.code() == grpc.StatusCode.ABORTED and attempt >= 2:
+                    # Another stream (a concurrent push of the same content from this machine)
+                    # holds this upload: upload under an id of our own rather than wait for it.
+                    with op.lock:
+                        op.streaming.pop(upload_id, None)
+                        upload_id = uuid.uuid4().hex
+                        op.streaming[upload_id] = digest
                 offset = self._resume_offset(op, upload_id, digest)
         with op.lock:
             op.streaming.pop(upload_id, None)

@@ -218,7 +218,9 @@ def test_pull_into_a_destination_that_cannot_be_a_directory_is_one_error_line(
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", '{"b": [NaN]}'])
 def test_metadata_with_nan_or_infinity_is_invalid_argument(mreg, tmp_path: Path, value: str) -> None:
     checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
-    code, _, err = mreg("push", str(checkpoint), "acme/vision/nan", "--metadata", f'{{"a": {value}}}', json_output=False)
+    code, _, err = mreg(
+        "push", str(checkpoint), "acme/vision/nan", "--metadata", f'{{"a": {value}}}', json_output=False
+    )
     assert code == 1
     assert "JSON" in _one_error_line(err, "INVALID_ARGUMENT")
 
@@ -371,7 +373,7 @@ def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_p
             time.sleep(0.05)
         assert process.poll() is None, "the push finished before it could be interrupted"
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)  # a hang check, not a speed check
+        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
     finally:
         if process.poll() is None:
             process.kill()
@@ -405,3 +407,25 @@ def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_p
     with servers.registry() as registry:
         registry.pull(f"{artifact}:v0", tmp_path / "out")
     assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(servers, tmp_path: Path, unique) -> None:
+    """Both share the cache and so the persisted upload id of the file: neither may fail on the other's stream."""
+    import threading
+
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=8 << 20)
+    results: dict[int, object] = {}
+
+    def push(i: int) -> None:
+        try:
+            with servers.registry(parallel=2) as registry:
+                results[i] = registry.push(checkpoint, f"same-{unique}-{i}").version.index
+        except Exception as e:  # reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results == {0: 0, 1: 0}
