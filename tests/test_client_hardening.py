@@ -325,7 +325,8 @@ def test_the_client_grammar_accepts_exactly_what_the_server_accepts(text: str, d
     except InvalidArgument:
         expected = None
     try:
-        actual = client_references.check_collection(text, *defaults, what="run")
+        entity, project = defaults
+        actual = client_references.check_collection(text, entity, project, what="run")
     except MregError as e:
         assert e.code == "INVALID_ARGUMENT"
         actual = None
