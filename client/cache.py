@@ -14,7 +14,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -28,6 +27,7 @@ from client.hashing import sha256_file
 log = logging.getLogger(__name__)
 
 _FICLONE = 0x40049409  # Linux ioctl: share the source's extents copy-on-write
+_COPY_STEP = 64 << 20
 
 
 def default_cache_dir() -> Path:
@@ -120,8 +120,10 @@ class ContentCache:
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
-    def place(self, sha256: str, size: int, target: Path) -> bool:
+    def place(self, sha256: str, size: int, target: Path, cancel: threading.Event | None = None) -> bool:
         """Puts cached content at ``target``; False if the cache does not hold it intact.
+
+        ``cancel`` set (Ctrl-C) stops a copy between blocks with KeyboardInterrupt.
 
         Raises:
             MregError: FAILED_PRECONDITION if a directory stands at ``target``.
@@ -141,7 +143,7 @@ class ContentCache:
             info = verified
         temp = partial_path(target)
         try:
-            _clone_or_copy(source, temp)
+            _clone_or_copy(source, temp, cancel)
             # An entry edited while it was copied gives a copy nobody verified: not placed.
             if _signature(source.stat()) != _signature(info):
                 log.warning("cache entry %s changed while it was placed; downloading instead", sha256)
@@ -238,7 +240,7 @@ def replace_file(temp: Path, target: Path) -> None:
         ) from e
 
 
-def _clone_or_copy(source: Path, target: Path) -> None:
+def _clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = None) -> None:
     """reflink (shares extents copy-on-write: an edit of either side never shows in the other), else copy."""
     try:
         with open(source, "rb") as src, open(target, "wb") as dst:
@@ -249,4 +251,14 @@ def _clone_or_copy(source: Path, target: Path) -> None:
             target.unlink()
         if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
             raise
-    shutil.copyfile(source, target)
+    # In-kernel copy in large steps, so Ctrl-C stops a multi-gigabyte copy within a step.
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        offset = 0
+        size = os.fstat(src.fileno()).st_size
+        while offset < size:
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            sent = os.sendfile(dst.fileno(), src.fileno(), offset, min(_COPY_STEP, size - offset))
+            if sent == 0:
+                break
+            offset += sent

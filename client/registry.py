@@ -315,11 +315,7 @@ class Registry:
         paths = prepare_destination(target, [f.path for f in files])
         total = sum(f.size_bytes for f in files)
         cache = self.content_cache
-        to_fetch = [
-            f
-            for f, path in zip(files, paths, strict=True)
-            if cache is None or not cache.place(f.sha256, f.size_bytes, path)
-        ]
+        to_fetch = files if cache is None else self._place_cached(cache, files, paths)
         fetch_total = sum(f.size_bytes for f in to_fetch)
         adopt = (lambda f, path: cache.adopt(f.sha256, path)) if cache is not None else None
         received = self.transfer.download(
@@ -334,6 +330,26 @@ class Registry:
             size_bytes=total,
             downloaded_bytes=received,
         )
+
+    def _place_cached(
+        self, cache: ContentCache, files: Sequence[RemoteFile], paths: Sequence[Path]
+    ) -> list[RemoteFile]:
+        """Places what the cache holds intact, copies in parallel; returns the files still to download."""
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max(2, self.parallel))
+        try:
+            placed = list(
+                pool.map(
+                    lambda item: cache.place(item[0].sha256, item[0].size_bytes, item[1], stop),
+                    zip(files, paths, strict=True),
+                )
+            )
+        except BaseException:
+            stop.set()  # Ctrl-C: running copies stop at their next step
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return [f for f, done in zip(files, placed, strict=True) if not done]
 
     # Metadata ----------------------------------------------------------------------------
 
