@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
+from client.cache import default_cache_dir
 from client.errors import MregError, PushInterrupted, local_error
 from client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
 from client.transfer import ProgressCallback
@@ -627,6 +629,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         error = local_error(e)
         return _fail(error.code, error.message)
+    except sqlite3.Error as e:
+        return _fail(
+            "FAILED_PRECONDITION",
+            f"the local cache in {default_cache_dir()} is unusable ({e}); remove it or pass --no-cache",
+        )
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
         return _fail(error.code, error.message)

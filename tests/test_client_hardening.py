@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -151,6 +152,24 @@ def test_a_dangling_symlink_fails_with_its_path(mreg, servers, tmp_path: Path, u
     assert "tokenizer/gone.txt" in _one_error_line(err, "INVALID_ARGUMENT")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "not utf-8"])
+def test_a_file_that_cannot_be_pushed_fails_with_its_path_instead_of_being_skipped(
+    mreg, tmp_path: Path, unique, kind: str
+) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    if kind == "fifo":
+        os.mkfifo(checkpoint / "tokenizer" / "pipe")
+        expected = "tokenizer/pipe"
+    else:
+        os.close(os.open(os.fsencode(checkpoint / "tokenizer") + b"/bad-\xff.txt", os.O_CREAT | os.O_WRONLY))
+        expected = "bad-"
+
+    code, _, err = mreg("push", str(checkpoint), f"acme/vision/special-{unique}", json_output=False)
+
+    assert code == 1
+    assert expected in _one_error_line(err, "INVALID_ARGUMENT")
+
+
 # The CLI never ends in a traceback ----------------------------------------------------------
 
 
@@ -239,6 +258,7 @@ def test_the_python_client_refuses_nan_metadata_before_uploading(servers, tmp_pa
         (PermissionError(errno.EACCES, "Permission denied", "/x"), "PERMISSION_DENIED"),
         (OSError(errno.ENOSPC, "No space left on device"), "RESOURCE_EXHAUSTED"),
         (RuntimeError("a bug"), "INTERNAL"),
+        (sqlite3.OperationalError("database is locked"), "FAILED_PRECONDITION"),
     ],
 )
 def test_an_unexpected_error_is_one_line_and_no_traceback(mreg, monkeypatch, error, code_name) -> None:
