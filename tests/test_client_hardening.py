@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -47,6 +48,11 @@ def mreg(servers, monkeypatch, capsys):
     return run
 
 
+def _checkpoint(root: Path, large_bytes: int) -> Path:
+    """A checkpoint whose small files differ from the seed-0 ones other tests expect to be new."""
+    return make_checkpoint(root, large_bytes=large_bytes, seed=random.randrange(1, 251))
+
+
 def _one_error_line(err: str, code_name: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -64,7 +70,7 @@ def _cache_entry(sha256: str) -> Path:
 def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_entry_were_edited(
     mreg, tmp_path: Path, unique
 ) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(2 << 20) + 5)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=(2 << 20) + 5)
     (checkpoint / "head.bin").write_bytes(os.urandom(5000))
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/cache-{unique}")
     assert code == 0
@@ -95,7 +101,7 @@ def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_en
 
 
 def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=3000)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=3000)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/evict-{unique}")
     assert mreg("pull", pushed["ref"], str(tmp_path / "a"))[0] == 0
     entry = _cache_entry(hashlib.sha256((checkpoint / "weights.bin").read_bytes()).hexdigest())
@@ -113,7 +119,7 @@ def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(m
 
 
 def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=2000)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=2000)
     outside = tmp_path / "shared-shards"
     outside.mkdir()
     (outside / "shard-0.bin").write_bytes(os.urandom(100))
@@ -133,7 +139,7 @@ def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tm
 
 
 def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / "tokenizer" / "again").symlink_to("..")
 
     code, _, err = mreg("push", str(checkpoint), f"acme/vision/loop-{unique}", json_output=False)
@@ -143,7 +149,7 @@ def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, uniq
 
 
 def test_a_dangling_symlink_fails_with_its_path(mreg, servers, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / "tokenizer" / "gone.txt").symlink_to(tmp_path / "nowhere")
 
     code, _, err = mreg("push", str(checkpoint), f"acme/vision/dangling-{unique}", json_output=False)
@@ -156,7 +162,7 @@ def test_a_dangling_symlink_fails_with_its_path(mreg, servers, tmp_path: Path, u
 def test_a_file_that_cannot_be_pushed_fails_with_its_path_instead_of_being_skipped(
     mreg, tmp_path: Path, unique, kind: str
 ) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     if kind == "fifo":
         os.mkfifo(checkpoint / "tokenizer" / "pipe")
         expected = "tokenizer/pipe"
@@ -174,7 +180,7 @@ def test_a_file_that_cannot_be_pushed_fails_with_its_path_instead_of_being_skipp
 
 
 def test_a_file_with_a_250_byte_name_pushes_and_pulls(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / ("n" * 250)).write_bytes(b"long name")
     (checkpoint / ("b" * 251)).write_bytes(os.urandom((1 << 20) + 10))  # a streamed download too
     code, pushed, err = mreg("push", str(checkpoint), f"acme/vision/long-{unique}")
@@ -190,7 +196,7 @@ def test_a_file_with_a_250_byte_name_pushes_and_pulls(mreg, tmp_path: Path, uniq
 def test_pull_where_a_directory_stands_in_place_of_a_file_is_one_error_line(
     mreg, tmp_path: Path, unique, cached: bool
 ) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/dir-for-file-{unique}")
     if cached:
         assert mreg("pull", pushed["ref"], str(tmp_path / "warm"))[0] == 0
@@ -206,7 +212,7 @@ def test_pull_where_a_directory_stands_in_place_of_a_file_is_one_error_line(
 
 
 def test_pull_where_a_file_stands_in_place_of_a_directory_is_one_error_line(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/file-for-dir-{unique}")
     dest = tmp_path / "out"
     dest.mkdir()
@@ -222,7 +228,7 @@ def test_pull_where_a_file_stands_in_place_of_a_directory_is_one_error_line(mreg
 def test_pull_into_a_destination_that_cannot_be_a_directory_is_one_error_line(
     mreg, tmp_path: Path, unique, kind: str
 ) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/dest-{unique}")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -236,7 +242,7 @@ def test_pull_into_a_destination_that_cannot_be_a_directory_is_one_error_line(
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", '{"b": [NaN]}'])
 def test_metadata_with_nan_or_infinity_is_invalid_argument(mreg, tmp_path: Path, value: str) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, _, err = mreg(
         "push", str(checkpoint), "acme/vision/nan", "--metadata", f'{{"a": {value}}}', json_output=False
     )
@@ -245,7 +251,7 @@ def test_metadata_with_nan_or_infinity_is_invalid_argument(mreg, tmp_path: Path,
 
 
 def test_the_python_client_refuses_nan_metadata_before_uploading(servers, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     with servers.registry() as registry, pytest.raises(MregError) as raised:
         registry.push(checkpoint, f"nan-{unique}", metadata={"a": float("nan")})
     assert raised.value.code == "INVALID_ARGUMENT"
@@ -273,7 +279,7 @@ def test_an_unexpected_error_is_one_line_and_no_traceback(mreg, monkeypatch, err
 
 def test_ls_into_a_closed_pipe_exits_quietly(servers, tmp_path: Path, unique) -> None:
     with servers.registry() as registry:
-        registry.push(make_checkpoint(tmp_path / "ck", large_bytes=10), f"pipe-{unique}")
+        registry.push(_checkpoint(tmp_path / "ck", large_bytes=10), f"pipe-{unique}")
     env = dict(os.environ, **servers.cli_env())
     process = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "ls", "acme/vision", "--json"],
@@ -308,7 +314,7 @@ def test_ls_into_a_closed_pipe_exits_quietly(servers, tmp_path: Path, unique) ->
 def test_bad_references_are_refused_before_hashing_or_uploading(
     mreg, servers, metadata_stub, tmp_path: Path, unique, extra: list[str]
 ) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(1 << 20) + 7)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=(1 << 20) + 7)
     artifact = f"acme/vision/early-{unique}"
 
     code, _, err = mreg("push", str(checkpoint), artifact, *extra, json_output=False)
@@ -324,7 +330,7 @@ def test_bad_references_are_refused_before_hashing_or_uploading(
 
 
 def test_a_short_run_name_without_default_project_is_refused_before_uploading(mreg, tmp_path: Path) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, _, err = mreg("push", str(checkpoint), "acme/vision/x", "--run", "train-1", json_output=False)
     assert code == 1
     assert "run" in _one_error_line(err, "INVALID_ARGUMENT")
@@ -434,7 +440,7 @@ def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(s
     """Both share the cache and so the persisted upload id of the file: neither may fail on the other's stream."""
     import threading
 
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=8 << 20)
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=8 << 20)
     results: dict[int, object] = {}
 
     def push(i: int) -> None:
