@@ -456,3 +456,41 @@ def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(s
     for thread in threads:
         thread.join(timeout=300)
     assert results == {0: 0, 1: 0}
+
+
+def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, tmp_path: Path, unique) -> None:
+    size = 300 << 20
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    with open(checkpoint / "big.bin", "wb") as f:
+        f.truncate(size - 16)
+        f.seek(size - 16)
+        f.write(os.urandom(16))
+    with servers.registry() as registry:
+        ref = registry.push(checkpoint, f"pull-interrupt-{unique}").version.name
+    dest = tmp_path / "out"
+    env = dict(os.environ, **servers.cli_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "pull", ref, str(dest), "--quiet", "--no-cache"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(6000):  # bounded by count
+            received = max((p.stat().st_size for p in dest.glob(".mreg-partial-*")), default=0)
+            if received >= 4 << 20 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the pull finished before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["mreg: interrupted"]
+    assert list(dest.iterdir()) == []  # neither the file nor its partial download
