@@ -1,10 +1,12 @@
 """Client-side caches that make repeated pushes and pulls nearly free.
 
 HashCache remembers the SHA-256 of local files keyed by (path, size, mtime_ns, inode),
-so re-pushing an unchanged checkpoint costs one stat per file. ContentCache keeps
+so re-pushing an unchanged checkpoint costs one stat per file, and the upload id of each
+large upload until it completes, so an interrupted push resumes. ContentCache keeps
 verified downloaded content by digest and places it into a destination by reflink or
 copy (never a hard link: a destination must not share bytes an edit could change), so
-pulling content already seen moves no bytes over the network. Both live under MREG_CACHE_DIR (default ~/.cache/mreg).
+pulling content already seen moves no bytes over the network. Both live under
+MREG_CACHE_DIR (default ~/.cache/mreg).
 """
 
 from __future__ import annotations
