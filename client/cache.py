@@ -1,10 +1,12 @@
 """Client-side caches that make repeated pushes and pulls nearly free.
 
 HashCache remembers the SHA-256 of local files keyed by (path, size, mtime_ns, inode),
-so re-pushing an unchanged checkpoint costs one stat per file. ContentCache keeps
-verified downloaded content by digest and places it into a destination by reflink,
-hard link or, across file systems, copy, so pulling content already seen moves no bytes
-over the network. Both live under MREG_CACHE_DIR (default ~/.cache/mreg).
+so re-pushing an unchanged checkpoint costs one stat per file, and the upload id of each
+large upload until it completes, so an interrupted push resumes. ContentCache keeps
+verified downloaded content by digest and places it into a destination by reflink or
+copy (never a hard link: a destination must not share bytes an edit could change), so
+pulling content already seen moves no bytes over the network. Both live under
+MREG_CACHE_DIR (default ~/.cache/mreg).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -22,9 +23,15 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from client.errors import MregError
+from client.hashing import sha256_file
+
 log = logging.getLogger(__name__)
 
 _FICLONE = 0x40049409  # Linux ioctl: share the source's extents copy-on-write
+_COPY_STEP = 64 << 20
+# (source device, target device) pairs whose file systems refused a reflink.
+_NO_REFLINK: set[tuple[int, int]] = set()
 
 
 def default_cache_dir() -> Path:
@@ -45,6 +52,9 @@ class HashCache:
             "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
             " inode INTEGER, sha256 TEXT)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT, size INTEGER, upload_id TEXT, PRIMARY KEY (sha256, size))"
+        )
         self._lock = threading.Lock()
         self.hits = 0
 
@@ -63,74 +73,205 @@ class HashCache:
         with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", rows)
 
+    def upload_id(self, sha256: str, size: int) -> str:
+        """The upload id this client uses for a blob, the same in every run until it is stored.
+
+        A push that was interrupted leaves its partial upload in the blob service under
+        this id; the next push of the same content continues it from QueryWriteStatus.
+        """
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT upload_id FROM uploads WHERE sha256 = ? AND size = ?", (sha256, size)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            upload_id = uuid.uuid4().hex
+            self._db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (sha256, size, upload_id))
+        return upload_id
+
+    def forget_upload(self, sha256: str, size: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM uploads WHERE sha256 = ? AND size = ?", (sha256, size))
+
     def close(self) -> None:
         self._db.close()
 
 
 class ContentCache:
-    """Verified content by digest, placed into destinations without copying where possible.
+    """Verified content by digest, placed into destinations by reflink or copy.
 
-    Entries are read-only: a file hard-linked from the cache shares its inode, and a
-    read-only inode keeps an in-place edit of the pulled file from altering the cache.
+    A destination never shares an inode with the cache, so editing a pulled file cannot
+    alter an entry. An entry itself can still be edited (by root, or after a chmod), so
+    the (size, mtime_ns, ctime_ns, inode) of each entry is recorded when its digest is
+    verified; an entry whose stat differs is hashed again before it is placed, and
+    evicted if it no longer matches. ctime cannot be set back by a user, so an edit that
+    restores size and mtime is still noticed.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(root / "content.db", check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # No fsync per record: a record lost in a crash only costs one more hash of the entry.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS verified (sha256 TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+            " ctime_ns INTEGER, inode INTEGER)"
+        )
+        self._lock = threading.Lock()
+        self.rehashed = 0
+        self.evicted = 0
 
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
-    def place(self, sha256: str, size: int, target: Path) -> bool:
-        """Puts cached content at ``target``; False if the cache does not hold it."""
+    def place(self, sha256: str, size: int, target: Path, cancel: threading.Event | None = None) -> bool:
+        """Puts cached content at ``target``; False if the cache does not hold it intact.
+
+        ``cancel`` set (Ctrl-C) stops a copy between blocks with KeyboardInterrupt.
+
+        Raises:
+            MregError: FAILED_PRECONDITION if a directory stands at ``target``.
+        """
         source = self._path(sha256)
         try:
-            if source.stat().st_size != size:
-                return False
+            info = source.stat()
         except FileNotFoundError:
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.parent / f".{target.name}.mreg-cache-{uuid.uuid4().hex[:8]}"
+        if info.st_size != size:
+            self._evict(sha256, source, "its size changed")
+            return False
+        if not self._trusted(sha256, info):
+            verified = self._reverify(sha256, source, info)
+            if verified is None:
+                return False
+            info = verified
+        temp = partial_path(target)
         try:
-            _clone_or_link(source, temp)
-            os.replace(temp, target)
+            _clone_or_copy(source, temp, cancel)
+            # An entry edited while it was copied gives a copy nobody verified: not placed.
+            if _signature(source.stat()) != _signature(info):
+                log.warning("cache entry %s changed while it was placed; downloading instead", sha256)
+                return False
+            replace_file(temp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
         return True
 
     def adopt(self, sha256: str, verified_file: Path) -> None:
-        """Adds a file whose digest was just verified, sharing its storage where possible."""
+        """Adds a copy (or reflink) of a file whose digest was just verified."""
         entry = self._path(sha256)
-        if entry.exists():
-            return
+        with contextlib.suppress(FileNotFoundError):
+            if self._trusted(sha256, entry.stat()):
+                return
         entry.parent.mkdir(exist_ok=True)
         temp = entry.parent / f".{sha256}.{uuid.uuid4().hex[:8]}"
         try:
-            _clone_or_link(verified_file, temp)
+            _clone_or_copy(verified_file, temp)
             os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(temp, entry)
+            self._record(sha256, entry.stat())  # after the rename, which may change ctime
         except OSError as e:
             log.debug("could not cache %s: %s", sha256, e)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
+    def close(self) -> None:
+        self._db.close()
 
-def _clone_or_link(source: Path, target: Path) -> None:
-    """reflink, else hard link, else copy."""
-    try:
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-        return
-    except OSError as e:
+    def _trusted(self, sha256: str, info: os.stat_result) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, ctime_ns, inode FROM verified WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return row is not None and tuple(row) == _signature(info)
+
+    def _record(self, sha256: str, info: os.stat_result) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?, ?)", (sha256, *_signature(info)))
+
+    def _reverify(self, sha256: str, source: Path, info: os.stat_result) -> os.stat_result | None:
+        """Hashes an entry whose stat changed since it was verified; evicts it if it no longer matches.
+
+        Returns:
+            The entry's stat, now recorded as verified; None if the entry cannot be used.
+        """
+        self.rehashed += 1
+        try:
+            actual, _ = sha256_file(source)
+        except OSError as e:
+            self._evict(sha256, source, f"it cannot be read ({e})")
+            return None
+        if actual != sha256:
+            self._evict(sha256, source, f"its content hashes to {actual}")
+            return None
+        after = source.stat()
+        if _signature(after) != _signature(info):
+            return None  # changing while hashed: neither trusted nor evicted on this evidence
+        self._record(sha256, after)
+        return after
+
+    def _evict(self, sha256: str, source: Path, why: str) -> None:
+        log.warning("evicting cache entry %s: %s", sha256, why)
+        self.evicted += 1
         with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
-            raise
+            source.unlink()
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM verified WHERE sha256 = ?", (sha256,))
+
+
+def _signature(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
+def partial_path(target: Path) -> Path:
+    """A short temporary name next to ``target``: fits NAME_MAX whatever the length of target's name."""
+    return target.parent / f".mreg-partial-{uuid.uuid4().hex[:12]}"
+
+
+def replace_file(temp: Path, target: Path) -> None:
+    """Renames ``temp`` onto ``target``, refusing (not crashing) where a directory stands.
+
+    Raises:
+        MregError: FAILED_PRECONDITION naming ``target``.
+    """
     try:
-        os.link(source, target)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copyfile(source, target)
+        os.replace(temp, target)
+    except IsADirectoryError as e:
+        raise MregError(
+            "FAILED_PRECONDITION", f"{target} is a directory, but the version has a file there; move it away"
+        ) from e
+
+
+def _clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = None) -> None:
+    """reflink (shares extents copy-on-write: an edit of either side never shows in the other), else copy.
+
+    The copy is an in-kernel sendfile in large steps, so Ctrl-C (``cancel``) stops a
+    multi-gigabyte copy within a step.
+    """
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        src_info = os.fstat(fd)
+        with open(target, "wb") as dst:
+            devices = (src_info.st_dev, os.fstat(dst.fileno()).st_dev)
+            if devices not in _NO_REFLINK:
+                try:
+                    fcntl.ioctl(dst.fileno(), _FICLONE, fd)
+                    return
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
+                        raise
+                    _NO_REFLINK.add(devices)  # not asked again for this pair of file systems
+            offset = 0
+            while offset < src_info.st_size:
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                sent = os.sendfile(dst.fileno(), fd, offset, min(_COPY_STEP, src_info.st_size - offset))
+                if sent == 0:
+                    break
+                offset += sent
+    finally:
+        os.close(fd)

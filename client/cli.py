@@ -1,23 +1,32 @@
 """The ``mreg`` command line: push, pull, show, ls, alias, link and serve.
 
 Output is for people by default and a JSON document with ``--json``. Any failure prints
-one line, ``mreg: error: CODE: message``, to stderr and exits with status 1.
+one line, ``mreg: error: CODE: message``, to stderr and exits with status 1 (never a
+traceback); Ctrl-C exits with 130, a closed output pipe quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client.errors import MregError
+from client.cache import default_cache_dir
+from client.errors import MregError, PushInterrupted, local_error
 from client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
 from client.transfer import ProgressCallback
+
+log = logging.getLogger(__name__)
 
 _STATE_NAMES = {
     pb.VERSION_STATE_PENDING: "pending",
@@ -112,13 +121,20 @@ def _registry(args: argparse.Namespace) -> Registry:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    """json.loads accepts NaN and Infinity, which JSON (and protobuf's Struct) does not have."""
+    raise MregError("INVALID_ARGUMENT", f"--metadata is not valid JSON: {name} is not a JSON number")
+
+
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
     metadata = None
     if args.metadata:
         try:
-            metadata = json.loads(args.metadata)
+            metadata = json.loads(args.metadata, parse_constant=_reject_constant)
         except json.JSONDecodeError as e:
             raise MregError("INVALID_ARGUMENT", f"--metadata is not valid JSON: {e}") from e
+        except RecursionError as e:
+            raise MregError("INVALID_ARGUMENT", "--metadata is nested too deeply") from e
         if not isinstance(metadata, dict):
             raise MregError("INVALID_ARGUMENT", "--metadata must be a JSON object")
     with _registry(args) as registry:
@@ -580,18 +596,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status of a command whose output pipe was closed by the reader (`mreg ls | head`): what
+# a process killed by SIGPIPE reports, as cat or git do.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command. Exit status: 0 success, 1 error (one line on stderr), 2 usage error,
+    130 interrupted, 141 output pipe closed by the reader."""
     args = build_parser().parse_args(argv)
     out = Output(getattr(args, "json", False), getattr(args, "quiet", False))
     try:
         args.handler(args, out)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except MregError as e:
-        print(f"mreg: error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
+        return _fail(e.code, e.message)
+    except PushInterrupted as e:
+        print(
+            f"mreg: interrupted: {e.stored_bytes} of {e.total_bytes} bytes stored; run the same push again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("mreg: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader is gone: say nothing more, and keep the interpreter's final flush of
+        # stdout from failing again on the closed pipe.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as e:
+        error = local_error(e)
+        return _fail(error.code, error.message)
+    except sqlite3.Error as e:
+        return _fail(
+            "FAILED_PRECONDITION",
+            f"the local cache in {default_cache_dir()} is unusable ({e}); remove it or pass --no-cache",
+        )
+    except grpc.RpcError as e:
+        error = MregError.from_rpc(e)
+        return _fail(error.code, error.message)
+    except Exception as e:  # the last resort: a bug, but still one line and no traceback
+        log.debug("unexpected error", exc_info=True)
+        return _fail("INTERNAL", f"unexpected {type(e).__name__}: {str(e)[:500]} (please report this)")
     return 0
+
+
+def _fail(code: str, message: str) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"mreg: error: {code}: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Errors the client raises: one type, carrying the gRPC status code and the server's message."""
+"""Errors the client raises: MregError, carrying a gRPC status code name and a message, and PushInterrupted."""
 
 from __future__ import annotations
+
+import errno
 
 import grpc
 from google.rpc import error_details_pb2
@@ -34,3 +36,39 @@ def _violations(error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
         if detail.Unpack(failure):
             found.extend((v.type, v.subject) for v in failure.violations)
     return tuple(found)
+
+
+# errno -> the status code name a local failure is reported with; anything else is FAILED_PRECONDITION
+# (the local system is not in a state the command needs).
+_ERRNO_CODES = {
+    errno.ENOENT: "NOT_FOUND",
+    errno.EACCES: "PERMISSION_DENIED",
+    errno.EPERM: "PERMISSION_DENIED",
+    errno.EROFS: "PERMISSION_DENIED",
+    errno.ENOSPC: "RESOURCE_EXHAUSTED",
+    errno.EDQUOT: "RESOURCE_EXHAUSTED",
+    errno.EMFILE: "RESOURCE_EXHAUSTED",
+    errno.ENFILE: "RESOURCE_EXHAUSTED",
+    errno.ENAMETOOLONG: "INVALID_ARGUMENT",
+}
+
+
+def local_error(error: OSError, what: str = "") -> MregError:
+    """A local file-system failure as an MregError, e.g. ``PERMISSION_DENIED: /x: Permission denied``."""
+    code = _ERRNO_CODES.get(error.errno or 0, "FAILED_PRECONDITION")
+    reason = error.strerror or str(error) or type(error).__name__
+    subject = what or (str(error.filename) if error.filename is not None else "")
+    return MregError(code, f"{subject}: {reason}" if subject else reason)
+
+
+class PushInterrupted(KeyboardInterrupt):
+    """A push was interrupted (Ctrl-C); what was stored stays, and the same push resumes it.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C keeps working; ``stored_bytes`` of
+    ``total_bytes`` of the version's content are in the blob service.
+    """
+
+    def __init__(self, stored_bytes: int, total_bytes: int) -> None:
+        super().__init__(f"{stored_bytes} of {total_bytes} bytes stored")
+        self.stored_bytes = stored_bytes
+        self.total_bytes = total_bytes

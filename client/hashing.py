@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +24,12 @@ class LocalFile:
     size_bytes: int
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Returns the SHA-256 (hex) and size of a file, reading it in large blocks."""
+def sha256_file(path: Path, cancel: threading.Event | None = None) -> tuple[str, int]:
+    """Returns the SHA-256 (hex) and size of a file, reading it in large blocks.
+
+    Raises:
+        KeyboardInterrupt: ``cancel`` was set (checked between blocks).
+    """
     hasher = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
@@ -35,28 +41,74 @@ def sha256_file(path: Path) -> tuple[str, int]:
         buffer = bytearray(HASH_BLOCK)
         view = memoryview(buffer)
         while n := f.readinto(buffer):
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
             hasher.update(view[:n])
             size += n
     return hasher.hexdigest(), size
 
 
 def list_files(root: Path) -> list[tuple[Path, str]]:
-    """Lists the regular files under ``root`` as (absolute path, relative POSIX path), sorted.
+    """Lists the regular files under ``root`` as (path, relative POSIX path), sorted by path bytes.
 
-    Symbolic links to files are followed; links to directories are not, so a link cycle
-    cannot make the walk endless.
+    Symbolic links are followed, to files and to directories alike: the content is the
+    target's, the manifest path is the link's own path under ``root``. Nothing is left out
+    silently: a link that leads back into a directory containing it (a loop), a dangling
+    link, a FIFO, socket or device, an unreadable directory or a name that is not UTF-8
+    fails the whole listing with the path.
 
     Raises:
-        MregError: ``root`` is not a directory.
+        MregError: INVALID_ARGUMENT naming the offending path (PERMISSION_DENIED for an
+            unreadable directory).
     """
     if not root.is_dir():
         raise MregError("INVALID_ARGUMENT", f"{root} is not a directory")
-    found = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs.sort()
-        for name in names:
-            full = Path(directory) / name
-            if full.is_file():
-                found.append((full, full.relative_to(root).as_posix()))
+    top = root.stat()
+    found: list[tuple[Path, str]] = []
+    # Each directory still to read, with the (device, inode) of it and its ancestors: a
+    # directory met again among its own ancestors is a loop, while the same directory
+    # reached through two unrelated links is content listed twice, which is fine.
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(str(root), "", frozenset({(top.st_dev, top.st_ino)}))]
+    while stack:
+        directory, prefix, ancestors = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except PermissionError as e:
+            raise MregError("PERMISSION_DENIED", f"{prefix or '.'}: the directory cannot be read ({e.strerror})") from e
+        for entry in entries:
+            relative = prefix + entry.name
+            try:
+                relative.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise MregError("INVALID_ARGUMENT", f"{relative!r}: the file name is not valid UTF-8") from e
+            try:
+                if entry.is_dir():  # follows a link
+                    info = entry.stat()
+                    key = (info.st_dev, info.st_ino)
+                    if key in ancestors:
+                        raise MregError(
+                            "INVALID_ARGUMENT",
+                            f"{relative} is a symbolic link to a directory that contains it "
+                            f"({os.readlink(entry.path)!r}): a loop; remove the link or replace it by a copy",
+                        )
+                    stack.append((entry.path, relative + "/", ancestors | {key}))
+                elif entry.is_file():
+                    found.append((Path(entry.path), relative))
+                elif entry.is_symlink():
+                    raise MregError(
+                        "INVALID_ARGUMENT",
+                        f"{relative} is a symbolic link to {os.readlink(entry.path)!r}, which does not exist",
+                    )
+                else:
+                    raise MregError(
+                        "INVALID_ARGUMENT",
+                        f"{relative} is not a regular file or directory (a FIFO, socket or device); "
+                        "move it out of the directory to push",
+                    )
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise MregError("INVALID_ARGUMENT", f"{relative} is a loop of symbolic links") from e
+                raise MregError("INVALID_ARGUMENT", f"{relative}: {e.strerror or e}") from e
     found.sort(key=lambda item: item[1].encode())
     return found

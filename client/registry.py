@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,10 +28,11 @@ from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
+from client import references
 from client.cache import ContentCache, HashCache, default_cache_dir
-from client.errors import MregError
+from client.errors import MregError, PushInterrupted, local_error
 from client.hashing import LocalFile, list_files, sha256_file
-from client.transfer import BlobTransfer, ProgressCallback, RemoteFile, safe_destination
+from client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
@@ -88,12 +90,14 @@ class Registry:
         self._channels = (metadata_channel, blob_channel)
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
         self.blobs = blob_grpc.BlobServiceStub(blob_channel)
-        self.transfer = BlobTransfer(self.blobs, parallel=parallel)
         self.parallel = parallel
         self.timeout = timeout
         cache_root = cache_dir or default_cache_dir()
         self.hash_cache = HashCache(cache_root) if use_cache else None
         self.content_cache = ContentCache(cache_root) if use_cache else None
+        self.transfer = BlobTransfer(self.blobs, parallel=parallel, upload_ids=self.hash_cache)
+        self.entity = entity
+        self.project = project
         headers = [("mreg-actor", actor or os.environ.get("MREG_ACTOR") or _default_actor())]
         if entity:
             headers.append(("mreg-entity", entity))
@@ -131,6 +135,8 @@ class Registry:
             channel.close()
         if self.hash_cache is not None:
             self.hash_cache.close()
+        if self.content_cache is not None:
+            self.content_cache.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -182,15 +188,18 @@ class Registry:
                 that receives byte counts as they are sent.
 
         Raises:
-            MregError: carrying the gRPC status code and the server's message.
+            MregError: carrying the gRPC status code and the server's message; a malformed
+                name, alias, run, type or metadata is INVALID_ARGUMENT before any file is read.
+            PushInterrupted: on Ctrl-C during the upload, within about a second, with the
+                bytes stored so far; the same push again resumes from there.
         """
+        self._check_push_arguments(ref, type, aliases, link_to, run)
+        struct = _struct(metadata)
         root = Path(directory)
         local = self._hash_directory(root)
         pending = self._call(
             self.metadata.CreateVersion,
-            pb.CreateVersionRequest(
-                artifact=ref, type=type, description=description, tags=list(tags), metadata=_struct(metadata)
-            ),
+            pb.CreateVersionRequest(artifact=ref, type=type, description=description, tags=list(tags), metadata=struct),
         ).version
         for model in link_to:
             self.ensure_registered_model(model, type=type)
@@ -219,6 +228,7 @@ class Registry:
                 request.request_id = ""
                 # A sweep may still be deleting that content: give it a moment to finish.
                 time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+        self._complete_manifest(response.version)
         return PushResult(
             version=response.version,
             created=response.created,
@@ -228,24 +238,56 @@ class Registry:
             uploaded_bytes=uploaded,
         )
 
+    def _check_push_arguments(
+        self, ref: str, type_: str, aliases: Sequence[str], link_to: Sequence[str], run: str
+    ) -> None:
+        """Refuses what the commit would refuse, before anything is hashed, uploaded or created."""
+        references.check_collection(ref, self.entity, self.project, "artifact")
+        references.check_type(type_)
+        for alias in aliases:
+            references.check_alias(alias)
+        for model in link_to:
+            references.check_collection(model, self.entity, self.project, "registered model")
+        if run:
+            references.check_collection(run, self.entity, self.project, "run")
+
     def _upload_missing(self, local: Sequence[LocalFile], progress: Callable[[int], ProgressCallback] | None) -> int:
-        missing = self.transfer.find_missing(sorted({(f.sha256, f.size_bytes) for f in local}))
+        content = {(f.sha256, f.size_bytes): f.size_bytes for f in local}
+        missing = self.transfer.find_missing(sorted(content))
         to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
-        total = sum({(f.sha256, f.size_bytes): f.size_bytes for f in to_send}.values())
-        return self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
+        total = sum(size for key, size in content.items() if key in missing)
+        try:
+            return self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
+        except PushInterrupted as e:
+            # What was stored before this push plus what it stored; of all the version's content.
+            present = sum(content.values()) - total
+            raise PushInterrupted(present + e.stored_bytes, sum(content.values())) from None
 
     def _hash_directory(self, root: Path) -> list[LocalFile]:
         """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup."""
         # Resolving the root once gives every file an absolute path to key the hash cache by.
         found = list_files(root.resolve())
-        infos = [source.stat() for source, _ in found]
+        try:
+            infos = [source.stat() for source, _ in found]
+        except OSError as e:
+            raise local_error(e) from e
         known = [
             self.hash_cache.lookup(source, info) if self.hash_cache else None
             for (source, _), info in zip(found, infos, strict=True)
         ]
         to_hash = [i for i, sha in enumerate(known) if sha is None]
-        with ThreadPoolExecutor(max(2, self.parallel)) as pool:
-            hashed = dict(zip(to_hash, pool.map(lambda i: sha256_file(found[i][0])[0], to_hash), strict=True))
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max(2, self.parallel))
+        try:
+            hashed = dict(zip(to_hash, pool.map(lambda i: sha256_file(found[i][0], stop)[0], to_hash), strict=True))
+        except BaseException as e:
+            # Ctrl-C or a failure: the workers stop at their next block instead of hashing on.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(e, OSError):
+                raise local_error(e) from e
+            raise
+        pool.shutdown()
         if self.hash_cache is not None and hashed:
             self.hash_cache.store((found[i][0], infos[i], sha) for i, sha in hashed.items())
         return [
@@ -264,25 +306,25 @@ class Registry:
 
         Raises:
             MregError: NOT_FOUND for an unknown reference, DATA_LOSS if content does not
-                verify (the affected file is then absent from ``dest``).
+                verify (the affected file is then absent from ``dest``), FAILED_PRECONDITION
+                if ``dest`` is a file or holds a directory where the version has a file (or
+                the reverse), checked before anything is downloaded.
         """
         resolution = self.resolve(ref)
         version = resolution.version
         files = [RemoteFile(e.path, e.digest.hash, e.digest.size_bytes) for e in version.manifest]
+        if run:
+            references.check_collection(run, self.entity, self.project, "run")
         target = Path(dest)
-        target.mkdir(parents=True, exist_ok=True)
+        paths = prepare_destination(target, [f.path for f in files])
         total = sum(f.size_bytes for f in files)
         cache = self.content_cache
-        to_fetch = [
-            f
-            for f in files
-            if cache is None or not cache.place(f.sha256, f.size_bytes, safe_destination(target, f.path))
-        ]
+        to_fetch = files if cache is None else self._place_cached(cache, files, paths)
         fetch_total = sum(f.size_bytes for f in to_fetch)
-        received = self.transfer.download(to_fetch, target, progress(fetch_total) if progress else None)
-        if cache is not None:
-            for f in to_fetch:
-                cache.adopt(f.sha256, safe_destination(target, f.path))
+        adopt = (lambda f, path: cache.adopt(f.sha256, path)) if cache is not None else None
+        received = self.transfer.download(
+            to_fetch, target, progress(fetch_total) if progress else None, on_verified=adopt
+        )
         if run:
             self.record_run_inputs(run, [version.name])
         return PullResult(
@@ -293,10 +335,41 @@ class Registry:
             downloaded_bytes=received,
         )
 
+    def _place_cached(
+        self, cache: ContentCache, files: Sequence[RemoteFile], paths: Sequence[Path]
+    ) -> list[RemoteFile]:
+        """Places what the cache holds intact, copies in parallel; returns the files still to download."""
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max(2, self.parallel))
+        try:
+            placed = list(
+                pool.map(
+                    lambda item: cache.place(item[0].sha256, item[0].size_bytes, item[1], stop),
+                    zip(files, paths, strict=True),
+                )
+            )
+        except BaseException:
+            stop.set()  # Ctrl-C: running copies stop at their next step
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return [f for f, done in zip(files, placed, strict=True) if not done]
+
     # Metadata ----------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> pb.ResolveReferenceResponse:
-        return self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(reference=ref))
+        """The version (and, for a registered model reference, the link) ``ref`` names, with its whole manifest."""
+        response = self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(reference=ref))
+        self._complete_manifest(response.version)
+        return response
+
+    def _complete_manifest(self, version: pb.Version) -> None:
+        """Fills in a manifest the server left out of a response for its size, page by page."""
+        if not version.manifest_omitted:
+            return
+        request = pb.ListVersionFilesRequest(name=version.name, page_size=10_000)
+        version.manifest.extend(self._paginate(self.metadata.ListVersionFiles, request, "files"))
+        version.manifest_omitted = False
 
     def get_artifact(self, name: str) -> pb.Artifact:
         return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact
@@ -448,8 +521,9 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
         return None
     message = struct_pb2.Struct()
     try:
-        message.update(json.loads(json.dumps(value)))
-    except (TypeError, ValueError) as e:
+        # allow_nan=False: JSON has no NaN or Infinity, and protobuf's JSON form cannot carry them.
+        message.update(json.loads(json.dumps(value, allow_nan=False)))
+    except (TypeError, ValueError, RecursionError) as e:
         raise MregError("INVALID_ARGUMENT", f"metadata is not a JSON object: {e}") from e
     return message
 

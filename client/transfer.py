@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -24,7 +24,8 @@ import grpc
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
-from client.errors import MregError
+from client.cache import HashCache, partial_path, replace_file
+from client.errors import MregError, PushInterrupted, local_error
 from client.hashing import LocalFile
 
 CHUNK_SIZE = 1 << 20
@@ -35,6 +36,9 @@ BATCH_COUNT = 2000
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 # Enough attempts, with backoff capped at 2 s, to ride out a blob service restart.
 ATTEMPTS = 9
+
+# After Ctrl-C, how long workers get to notice the cancellation and clean up their temp files.
+CANCEL_GRACE_SECONDS = 1.0
 
 ProgressCallback = Callable[[int], None]
 FileT = TypeVar("FileT", LocalFile, "RemoteFile")
@@ -58,20 +62,61 @@ def _code_name(code: int) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"CODE_{code}")
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(min(2.0, 0.1 * 2**attempt))
+class _Cancelled(Exception):
+    """Raised in a worker whose transfer was cancelled (Ctrl-C); never leaves BlobTransfer."""
 
 
-def _retrying(call: Callable[[], T]) -> T:
-    """Runs a unary call, retrying transient failures with backoff."""
-    for attempt in range(ATTEMPTS):
+class _Operation:
+    """One upload() or download(): its cancel flag, its in-flight calls, what it finished.
+
+    Per call rather than per BlobTransfer, so threads sharing a Registry never cancel
+    each other's transfers.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+        self.calls: set[Any] = set()  # in-flight grpc calls and futures, cancelled on Ctrl-C
+        self.streaming: dict[str, pb.Digest] = {}  # upload_id -> digest of Write streams under way
+        self.completed_bytes = 0  # content whose upload finished
+
+    def cancel(self) -> None:
+        """Workers see the flag at their next step; in-flight calls end at once."""
+        self.cancelled.set()
+        with self.lock:
+            calls = list(self.calls)
+        for call in calls:
+            call.cancel()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled()
+
+    def track(self, call: Any) -> None:
+        with self.lock:
+            self.calls.add(call)
+        if self.cancelled.is_set():
+            call.cancel()
+
+    def untrack(self, call: Any) -> None:
+        with self.lock:
+            self.calls.discard(call)
+
+    def wait(self, future: Any) -> Any:
+        """The result of a call started with ``.future()``; cancellable by cancel()."""
+        self.track(future)
         try:
-            return call()
-        except grpc.RpcError as e:
-            if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
-                raise MregError.from_rpc(e, "the blob service") from e
-            _backoff(attempt)
-    raise AssertionError("unreachable")
+            return future.result()
+        except (grpc.FutureCancelledError, grpc.RpcError):
+            self.check()
+            raise
+        finally:
+            self.untrack(future)
+
+    def sleep(self, attempt: int) -> None:
+        """Backs off before a retry; cut short by cancel()."""
+        if self.cancelled.wait(min(2.0, 0.1 * 2**attempt)):
+            raise _Cancelled()
 
 
 def _batches(items: Sequence[FileT]) -> Iterator[list[FileT]]:
@@ -90,9 +135,63 @@ def _batches(items: Sequence[FileT]) -> Iterator[list[FileT]]:
 class BlobTransfer:
     """Uploads and downloads through one blob service stub."""
 
-    def __init__(self, stub: pb_grpc.BlobServiceStub, parallel: int = 8) -> None:
+    def __init__(self, stub: pb_grpc.BlobServiceStub, parallel: int = 8, upload_ids: HashCache | None = None) -> None:
+        """``upload_ids`` keeps each blob's upload id across runs, so a re-run resumes an interrupted upload."""
         self.stub = stub
         self.parallel = max(1, parallel)
+        self.upload_ids = upload_ids
+
+    def _run(self, op: _Operation, submit: Callable[[ThreadPoolExecutor], list[Future[None]]]) -> None:
+        """Runs jobs on a pool; on Ctrl-C (or any failure) cancels the rest instead of waiting for them."""
+        pool = ThreadPoolExecutor(self.parallel)
+        jobs: list[Future[None]] = []
+        try:
+            jobs = submit(pool)
+            for job in jobs:
+                job.result()
+        except BaseException:
+            op.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            # Workers stop within moments once their calls are cancelled; waiting that long
+            # lets them remove their temporary files.
+            wait_futures(jobs, timeout=CANCEL_GRACE_SECONDS)
+            raise
+        pool.shutdown(wait=True)
+
+    def _unary(self, op: _Operation, method: Any, request: Any) -> Any:
+        """Runs a unary call, retrying transient failures with backoff; cancellable."""
+        for attempt in range(ATTEMPTS):
+            op.check()
+            try:
+                return op.wait(method.future(request))
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+                    raise MregError.from_rpc(e, "the blob service") from e
+                op.sleep(attempt)
+        raise AssertionError("unreachable")
+
+    def _stored(self, op: _Operation, timeout: float = CANCEL_GRACE_SECONDS) -> int:
+        """Bytes the blob service holds of a cancelled upload: finished blobs plus partial streams.
+
+        Partial streams are asked with QueryWriteStatus, all at once and bounded by
+        ``timeout``; one that does not answer counts as nothing stored.
+        """
+        with op.lock:
+            streaming = list(op.streaming.items())
+        futures = [
+            self.stub.QueryWriteStatus.future(
+                pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest), timeout=timeout
+            )
+            for upload_id, digest in streaming
+        ]
+        partial = 0
+        for future, (_, digest) in zip(futures, streaming, strict=True):
+            try:
+                status = future.result()
+            except grpc.RpcError:
+                continue
+            partial += digest.size_bytes if status.complete else status.committed_size
+        return op.completed_bytes + partial
 
     # Uploads ---------------------------------------------------------------------------
 
@@ -110,25 +209,37 @@ class BlobTransfer:
         return missing
 
     def upload(self, files: Sequence[LocalFile], progress: ProgressCallback | None = None) -> int:
-        """Uploads the content of ``files`` (one copy per distinct digest); returns bytes sent."""
+        """Uploads the content of ``files`` (one copy per distinct digest); returns bytes sent.
+
+        Raises:
+            PushInterrupted: on Ctrl-C, within about a second, with the bytes of these files
+                the blob service holds (uploads resume from there on the next call).
+        """
         unique = list({(f.sha256, f.size_bytes): f for f in files}.values())
         small = [f for f in unique if f.size_bytes <= SMALL_FILE_BYTES]
         large = sorted((f for f in unique if f.size_bytes > SMALL_FILE_BYTES), key=lambda f: -f.size_bytes)
         report = progress or (lambda n: None)
-        with ThreadPoolExecutor(self.parallel) as pool:
-            jobs = [pool.submit(self._upload_stream, f, report) for f in large]
-            jobs += [pool.submit(self._upload_batch, batch, report) for batch in _batches(small)]
-            for job in jobs:
-                job.result()
-        return sum(f.size_bytes for f in unique)
+        op = _Operation()
 
-    def _upload_batch(self, files: list[LocalFile], report: ProgressCallback) -> None:
+        def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
+            jobs = [pool.submit(self._upload_stream, op, f, report) for f in large]
+            return jobs + [pool.submit(self._upload_batch, op, batch, report) for batch in _batches(small)]
+
+        total = sum(f.size_bytes for f in unique)
+        try:
+            self._run(op, submit)
+        except KeyboardInterrupt:
+            raise PushInterrupted(self._stored(op), total) from None
+        return total
+
+    def _upload_batch(self, op: _Operation, files: list[LocalFile], report: ProgressCallback) -> None:
         requests = []
+        op.check()
         for f in files:
             requests.append(
                 pb.BatchUpdateBlobsRequest.Request(digest=_digest(f.sha256, f.size_bytes), data=f.source.read_bytes())
             )
-        response = _retrying(lambda: self.stub.BatchUpdateBlobs(pb.BatchUpdateBlobsRequest(requests=requests)))
+        response = self._unary(op, self.stub.BatchUpdateBlobs, pb.BatchUpdateBlobsRequest(requests=requests))
         for f, result in zip(files, response.responses, strict=True):
             if result.status.code != 0:
                 raise MregError(
@@ -136,29 +247,56 @@ class BlobTransfer:
                     f"{f.path}: {result.status.message} (did the file change while pushing?)",
                 )
             report(f.size_bytes)
+        with op.lock:
+            op.completed_bytes += sum(f.size_bytes for f in files)
 
-    def _upload_stream(self, file: LocalFile, report: ProgressCallback) -> None:
-        upload_id = uuid.uuid4().hex
+    def _upload_stream(self, op: _Operation, file: LocalFile, report: ProgressCallback) -> None:
         digest = _digest(file.sha256, file.size_bytes)
-        offset = 0
+        if self.upload_ids is not None:
+            # The same id as an interrupted earlier run: continue where it stopped.
+            upload_id = self.upload_ids.upload_id(file.sha256, file.size_bytes)
+            offset = self._resume_offset(op, upload_id, digest)
+            report(max(offset, 0))
+        else:
+            upload_id, offset = uuid.uuid4().hex, 0
+        with op.lock:
+            op.streaming[upload_id] = digest
         for attempt in range(ATTEMPTS):
+            if offset == file.size_bytes:
+                break
+            op.check()
             try:
-                response = self.stub.Write(self._write_requests(file, upload_id, digest, offset, report))
+                response = op.wait(
+                    self.stub.Write.future(self._write_requests(op, file, upload_id, digest, offset, report))
+                )
                 if response.committed_size == file.size_bytes:
-                    return
+                    break
+                op.check()
                 raise MregError("DATA_LOSS", f"{file.path}: the blob service stored only part of the file")
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE | {grpc.StatusCode.OUT_OF_RANGE} or attempt == ATTEMPTS - 1:
                     error = MregError.from_rpc(e, "the blob service")
                     raise MregError(error.code, f"{file.path}: {error.message}") from e
-                _backoff(attempt)
-                offset = self._resume_offset(upload_id, digest)
-                if offset == file.size_bytes:
-                    return
+                op.sleep(attempt)
+                if e.code() == grpc.StatusCode.ABORTED and attempt >= 2:
+                    # Another stream (a concurrent push of the same content from this machine)
+                    # holds this upload: upload under an id of our own rather than wait for it.
+                    with op.lock:
+                        op.streaming.pop(upload_id, None)
+                        upload_id = uuid.uuid4().hex
+                        op.streaming[upload_id] = digest
+                offset = self._resume_offset(op, upload_id, digest)
+        with op.lock:
+            op.streaming.pop(upload_id, None)
+            op.completed_bytes += file.size_bytes
+        if self.upload_ids is not None:
+            self.upload_ids.forget_upload(file.sha256, file.size_bytes)
 
-    def _resume_offset(self, upload_id: str, digest: pb.Digest) -> int:
+    def _resume_offset(self, op: _Operation, upload_id: str, digest: pb.Digest) -> int:
         try:
-            status = self.stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+            status = op.wait(
+                self.stub.QueryWriteStatus.future(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+            )
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return 0
@@ -168,13 +306,13 @@ class BlobTransfer:
         return digest.size_bytes if status.complete else status.committed_size
 
     def _write_requests(
-        self, file: LocalFile, upload_id: str, digest: pb.Digest, offset: int, report: ProgressCallback
+        self, op: _Operation, file: LocalFile, upload_id: str, digest: pb.Digest, offset: int, report: ProgressCallback
     ) -> Iterator[pb.WriteRequest]:
         offset = max(offset, 0)
         with open(file.source, "rb", buffering=0) as f:
             f.seek(offset)
             first = True
-            while True:
+            while not op.cancelled.is_set():
                 data = f.read(CHUNK_SIZE)
                 finish = offset + len(data) >= file.size_bytes
                 yield pb.WriteRequest(
@@ -192,46 +330,83 @@ class BlobTransfer:
 
     # Downloads -------------------------------------------------------------------------
 
-    def download(self, files: Sequence[RemoteFile], dest: Path, progress: ProgressCallback | None = None) -> int:
-        """Downloads files under ``dest``, verified; returns the bytes received."""
+    def download(
+        self,
+        files: Sequence[RemoteFile],
+        dest: Path,
+        progress: ProgressCallback | None = None,
+        on_verified: Callable[[RemoteFile, Path], None] | None = None,
+    ) -> int:
+        """Downloads files under ``dest``, verified; returns the bytes received.
+
+        ``on_verified(file, path)`` runs in the worker after each file landed at ``path``.
+        """
         report = progress or (lambda n: None)
         small = [f for f in files if f.size_bytes <= SMALL_FILE_BYTES]
         large = sorted((f for f in files if f.size_bytes > SMALL_FILE_BYTES), key=lambda f: -f.size_bytes)
-        with ThreadPoolExecutor(self.parallel) as pool:
-            jobs = [pool.submit(self._download_stream, f, dest, report) for f in large]
-            jobs += [pool.submit(self._download_batch, batch, dest, report) for batch in _batches(small)]
-            for job in jobs:
-                job.result()
+        done = on_verified or (lambda f, p: None)
+        op = _Operation()
+
+        def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
+            jobs = [pool.submit(self._download_stream, op, f, dest, report, done) for f in large]
+            return jobs + [
+                pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small)
+            ]
+
+        self._run(op, submit)
         return sum(f.size_bytes for f in files)
 
-    def _download_batch(self, files: list[RemoteFile], dest: Path, report: ProgressCallback) -> None:
+    def _download_batch(
+        self,
+        op: _Operation,
+        files: list[RemoteFile],
+        dest: Path,
+        report: ProgressCallback,
+        done: Callable[[RemoteFile, Path], None],
+    ) -> None:
         request = pb.BatchReadBlobsRequest(digests=[_digest(f.sha256, f.size_bytes) for f in files])
-        response = _retrying(lambda: self.stub.BatchReadBlobs(request))
+        response = self._unary(op, self.stub.BatchReadBlobs, request)
         for f, result in zip(files, response.responses, strict=True):
+            op.check()
             if result.status.code != 0:
                 raise MregError(_code_name(result.status.code), f"{f.path}: {result.status.message}")
             with _verified_target(dest, f) as (out, hasher):
                 out.write(result.data)
                 hasher.update(result.data)
             report(f.size_bytes)
+            done(f, safe_destination(dest, f.path))
 
-    def _download_stream(self, file: RemoteFile, dest: Path, report: ProgressCallback) -> None:
+    def _download_stream(
+        self,
+        op: _Operation,
+        file: RemoteFile,
+        dest: Path,
+        report: ProgressCallback,
+        done: Callable[[RemoteFile, Path], None],
+    ) -> None:
         with _verified_target(dest, file) as (out, hasher):
             received = 0
             for attempt in range(ATTEMPTS):
+                op.check()
+                request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=received)
+                stream = self.stub.Read(request)
+                op.track(stream)
                 try:
-                    request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=received)
-                    for chunk in self.stub.Read(request):
+                    for chunk in stream:
                         out.write(chunk.data)
                         hasher.update(chunk.data)
                         received += len(chunk.data)
                         report(len(chunk.data))
-                    return
+                    break
                 except grpc.RpcError as e:
+                    op.check()
                     if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
                         error = MregError.from_rpc(e, "the blob service")
                         raise MregError(error.code, f"{file.path}: {error.message}") from e
-                    _backoff(attempt)
+                    op.sleep(attempt)
+                finally:
+                    op.untrack(stream)
+        done(file, safe_destination(dest, file.path))
 
 
 def safe_destination(dest: Path, path: str) -> Path:
@@ -251,8 +426,8 @@ def _verified_target(dest: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, A
     ever left at the destination.
     """
     target = safe_destination(dest, file.path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.parent / f".{target.name}.mreg-partial-{uuid.uuid4().hex[:8]}"
+    make_parents(dest, target)
+    temp = partial_path(target)
     hasher = hashlib.sha256()
     try:
         with open(temp, "wb") as out:
@@ -264,7 +439,62 @@ def _verified_target(dest: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, A
                 f"{file.path}: received content does not match its digest "
                 f"({actual_size} bytes, sha256 {hasher.hexdigest()}; expected {file.size_bytes}, {file.sha256})",
             )
-        os.replace(temp, target)
+        replace_file(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+def make_parents(dest: Path, target: Path) -> None:
+    """Creates the directories above ``target`` (under ``dest``).
+
+    Raises:
+        MregError: FAILED_PRECONDITION naming the file that stands where the version has a
+            directory; another code for other local failures.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.is_file() or p.is_symlink()), None)
+        where = blocker if blocker is not None else target.parent
+        raise MregError(
+            "FAILED_PRECONDITION", f"{where} is a file, but the version has a directory there; move it away"
+        ) from e
+    except OSError as e:
+        raise local_error(e, str(target.parent)) from e
+
+
+def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
+    """Creates ``dest`` and the directories a version's files need; returns each file's target.
+
+    Checks up front, before anything is transferred, that no directory stands where the
+    version has a file and no file where it has a directory, so a pull fails at once with
+    the path instead of after downloading.
+
+    Raises:
+        MregError: FAILED_PRECONDITION naming the conflicting path, INVALID_ARGUMENT for a
+            manifest path that would leave ``dest``.
+    """
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise MregError(
+            "FAILED_PRECONDITION", f"destination {dest} cannot be a directory: it or a directory above it is a file"
+        ) from e
+    except OSError as e:
+        raise local_error(e, f"destination {dest}") from e
+    targets = [safe_destination(dest, path) for path in paths]
+    made: set[Path] = set()
+    for target in targets:
+        if target.parent not in made:
+            make_parents(dest, target)
+            made.add(target.parent)
+        try:
+            is_directory = target.is_dir() and not target.is_symlink()
+        except OSError:
+            is_directory = False
+        if is_directory:
+            raise MregError(
+                "FAILED_PRECONDITION", f"{target} is a directory, but the version has a file there; move it away"
+            )
+    return targets

@@ -90,3 +90,11 @@ def test_a_file_page_token_is_bound_to_the_version_not_the_alias(registry, defau
         metadata=HEADERS,
     )
     assert len(rest.files) == 4
+
+
+def test_the_python_client_completes_an_omitted_manifest(registry, unique) -> None:
+    name = f"client-{unique}"
+    _commit_large(registry, name, FILES)
+    resolved = registry.resolve(name)
+    assert not resolved.version.manifest_omitted
+    assert [e.path for e in resolved.version.manifest] == sorted(_paths(FILES), key=lambda p: p.encode())

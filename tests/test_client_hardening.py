@@ -1,0 +1,496 @@
+"""Client hardening (issue 7): the cache never serves edited bytes, symlinks are never silently left out, the
+CLI never ends in a traceback, bad references are refused before any upload, and Ctrl-C stops a push at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+
+from client import references as client_references
+from client.cli import main
+from client.errors import MregError
+from metadata_service.errors import InvalidArgument
+from metadata_service.references import Defaults, parse_collection, validate_alias
+from tests.helpers import assert_same_tree, make_checkpoint
+
+
+@pytest.fixture
+def mreg(servers, monkeypatch, capsys):
+    """Runs `mreg ARGS --json` in-process against the test servers; returns (exit code, parsed stdout, stderr)."""
+    for key, value in servers.cli_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MREG_ENTITY", raising=False)
+    monkeypatch.delenv("MREG_PROJECT", raising=False)
+
+    def run(*args: str, json_output: bool = True):
+        capsys.readouterr()
+        code = main([*args, "--json"] if json_output else list(args))
+        captured = capsys.readouterr()
+        parsed = json.loads(captured.out) if json_output and code == 0 else captured.out
+        return code, parsed, captured.err
+
+    return run
+
+
+def _checkpoint(root: Path, large_bytes: int) -> Path:
+    """A checkpoint whose small files differ from the seed-0 ones other tests expect to be new."""
+    return make_checkpoint(root, large_bytes=large_bytes, seed=random.randrange(1, 251))
+
+
+def _one_error_line(err: str, code_name: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mreg: error: {code_name}: "), err
+    return lines[0]
+
+
+def _cache_entry(sha256: str) -> Path:
+    return Path(os.environ["MREG_CACHE_DIR"]) / "blobs" / sha256[:2] / sha256
+
+
+# The content cache -------------------------------------------------------------------------
+
+
+def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_entry_were_edited(
+    mreg, tmp_path: Path, unique
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=(2 << 20) + 5)
+    (checkpoint / "head.bin").write_bytes(os.urandom(5000))
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/cache-{unique}")
+    assert code == 0
+    first = tmp_path / "first"
+    assert mreg("pull", pushed["ref"], str(first))[0] == 0
+
+    # The pulled file is its own inode, not a link into the cache.
+    assert (first / "weights.bin").stat().st_nlink == 1
+    # Edit the pulled file in place, the way root or any owner who changes the mode can.
+    pulled = first / "weights.bin"
+    pulled.chmod(0o644)
+    with open(pulled, "r+b") as f:
+        f.write(b"EDITED-PULLED-FILE")
+    # Edit a cache entry directly, keeping its size and restoring its mtime: only ctime betrays it.
+    entry = _cache_entry(hashlib.sha256((checkpoint / "head.bin").read_bytes()).hexdigest())
+    assert entry.exists()
+    before = entry.stat()
+    entry.chmod(0o644)
+    with open(entry, "r+b") as f:
+        f.write(b"EDITED-CACHE-ENTRY")
+    os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    second = tmp_path / "second"
+    code, _, err = mreg("pull", pushed["ref"], str(second))
+
+    assert code == 0, err
+    assert_same_tree(checkpoint, second)
+
+
+def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=3000)
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/evict-{unique}")
+    assert mreg("pull", pushed["ref"], str(tmp_path / "a"))[0] == 0
+    entry = _cache_entry(hashlib.sha256((checkpoint / "weights.bin").read_bytes()).hexdigest())
+    entry.chmod(0o644)
+    entry.write_bytes(b"x" * 3000)
+
+    code, pulled, _ = mreg("pull", pushed["ref"], str(tmp_path / "b"))
+
+    assert code == 0 and pulled["downloaded_bytes"] == 3000
+    assert_same_tree(checkpoint, tmp_path / "b")
+    assert entry.read_bytes() == (checkpoint / "weights.bin").read_bytes()
+
+
+# Symbolic links ----------------------------------------------------------------------------
+
+
+def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=2000)
+    outside = tmp_path / "shared-shards"
+    outside.mkdir()
+    (outside / "shard-0.bin").write_bytes(os.urandom(100))
+    (checkpoint / "shards").symlink_to(outside)
+    (checkpoint / "weights-link.bin").symlink_to("weights.bin")
+
+    code, pushed, err = mreg("push", str(checkpoint), f"acme/vision/links-{unique}")
+    assert code == 0, err
+    code, shown, _ = mreg("show", pushed["ref"])
+    paths = {e["path"] for e in shown["manifest"]}
+    assert {"shards/shard-0.bin", "weights-link.bin", "weights.bin"} <= paths
+
+    out = tmp_path / "out"
+    assert mreg("pull", pushed["ref"], str(out))[0] == 0
+    assert (out / "shards" / "shard-0.bin").read_bytes() == (outside / "shard-0.bin").read_bytes()
+    assert (out / "weights-link.bin").read_bytes() == (checkpoint / "weights.bin").read_bytes()
+
+
+def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    (checkpoint / "tokenizer" / "again").symlink_to("..")
+
+    code, _, err = mreg("push", str(checkpoint), f"acme/vision/loop-{unique}", json_output=False)
+
+    assert code == 1
+    assert "tokenizer/again" in _one_error_line(err, "INVALID_ARGUMENT")
+
+
+def test_a_dangling_symlink_fails_with_its_path(mreg, servers, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    (checkpoint / "tokenizer" / "gone.txt").symlink_to(tmp_path / "nowhere")
+
+    code, _, err = mreg("push", str(checkpoint), f"acme/vision/dangling-{unique}", json_output=False)
+
+    assert code == 1
+    assert "tokenizer/gone.txt" in _one_error_line(err, "INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "not utf-8"])
+def test_a_file_that_cannot_be_pushed_fails_with_its_path_instead_of_being_skipped(
+    mreg, tmp_path: Path, unique, kind: str
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    if kind == "fifo":
+        os.mkfifo(checkpoint / "tokenizer" / "pipe")
+        expected = "tokenizer/pipe"
+    else:
+        os.close(os.open(os.fsencode(checkpoint / "tokenizer") + b"/bad-\xff.txt", os.O_CREAT | os.O_WRONLY))
+        expected = "bad-"
+
+    code, _, err = mreg("push", str(checkpoint), f"acme/vision/special-{unique}", json_output=False)
+
+    assert code == 1
+    assert expected in _one_error_line(err, "INVALID_ARGUMENT")
+
+
+# The CLI never ends in a traceback ----------------------------------------------------------
+
+
+def test_a_file_with_a_250_byte_name_pushes_and_pulls(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    (checkpoint / ("n" * 250)).write_bytes(b"long name")
+    (checkpoint / ("b" * 251)).write_bytes(os.urandom((1 << 20) + 10))  # a streamed download too
+    code, pushed, err = mreg("push", str(checkpoint), f"acme/vision/long-{unique}")
+    assert code == 0, err
+
+    for dest in ("a", "b"):  # the second pull places from the cache
+        code, _, err = mreg("pull", pushed["ref"], str(tmp_path / dest))
+        assert code == 0, err
+        assert_same_tree(checkpoint, tmp_path / dest)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_pull_where_a_directory_stands_in_place_of_a_file_is_one_error_line(
+    mreg, tmp_path: Path, unique, cached: bool
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/dir-for-file-{unique}")
+    if cached:
+        assert mreg("pull", pushed["ref"], str(tmp_path / "warm"))[0] == 0
+    dest = tmp_path / "out"
+    (dest / "config.json").mkdir(parents=True)
+    (dest / "config.json" / "mine.txt").write_text("keep me")
+
+    code, _, err = mreg("pull", pushed["ref"], str(dest), json_output=False)
+
+    assert code == 1
+    assert "config.json" in _one_error_line(err, "FAILED_PRECONDITION")
+    assert (dest / "config.json" / "mine.txt").read_text() == "keep me"
+
+
+def test_pull_where_a_file_stands_in_place_of_a_directory_is_one_error_line(mreg, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/file-for-dir-{unique}")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "tokenizer").write_text("a file")
+
+    code, _, err = mreg("pull", pushed["ref"], str(dest), json_output=False)
+
+    assert code == 1
+    assert "tokenizer" in _one_error_line(err, "FAILED_PRECONDITION")
+
+
+@pytest.mark.parametrize("kind", ["is a file", "under a file"])
+def test_pull_into_a_destination_that_cannot_be_a_directory_is_one_error_line(
+    mreg, tmp_path: Path, unique, kind: str
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/dest-{unique}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    dest = blocker if kind == "is a file" else blocker / "sub"
+
+    code, _, err = mreg("pull", pushed["ref"], str(dest), json_output=False)
+
+    assert code == 1
+    assert str(dest) in _one_error_line(err, "FAILED_PRECONDITION")
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", '{"b": [NaN]}'])
+def test_metadata_with_nan_or_infinity_is_invalid_argument(mreg, tmp_path: Path, value: str) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    code, _, err = mreg(
+        "push", str(checkpoint), "acme/vision/nan", "--metadata", f'{{"a": {value}}}', json_output=False
+    )
+    assert code == 1
+    assert "JSON" in _one_error_line(err, "INVALID_ARGUMENT")
+
+
+def test_the_python_client_refuses_nan_metadata_before_uploading(servers, tmp_path: Path, unique) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    with servers.registry() as registry, pytest.raises(MregError) as raised:
+        registry.push(checkpoint, f"nan-{unique}", metadata={"a": float("nan")})
+    assert raised.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("error", "code_name"),
+    [
+        (OSError(errno.EIO, "Input/output error"), "FAILED_PRECONDITION"),
+        (PermissionError(errno.EACCES, "Permission denied", "/x"), "PERMISSION_DENIED"),
+        (OSError(errno.ENOSPC, "No space left on device"), "RESOURCE_EXHAUSTED"),
+        (RuntimeError("a bug"), "INTERNAL"),
+        (sqlite3.OperationalError("database is locked"), "FAILED_PRECONDITION"),
+    ],
+)
+def test_an_unexpected_error_is_one_line_and_no_traceback(mreg, monkeypatch, error, code_name) -> None:
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("client.registry.Registry.resolve", fail)
+    code, _, err = mreg("show", "acme/vision/x", json_output=False)
+    assert code == 1
+    _one_error_line(err, code_name)
+
+
+def test_ls_into_a_closed_pipe_exits_quietly(servers, tmp_path: Path, unique) -> None:
+    with servers.registry() as registry:
+        registry.push(_checkpoint(tmp_path / "ck", large_bytes=10), f"pipe-{unique}")
+    env = dict(os.environ, **servers.cli_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "ls", "acme/vision", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # like `| head` that has already exited
+    err = process.stderr.read().decode()
+    code = process.wait(timeout=60)
+    assert "Traceback" not in err and err == ""
+    assert code == 141
+
+
+# References are checked before anything is uploaded -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--run", "a/b/c/d"],
+        ["--run", "bad:run"],
+        ["--alias", "latest"],
+        ["--alias", "v3"],
+        ["--alias", "no spaces"],
+        ["--link", "x/y/z/w"],
+        ["--link", "model:v1"],
+        ["--type", "Not A Type"],
+    ],
+)
+def test_bad_references_are_refused_before_hashing_or_uploading(
+    mreg, servers, metadata_stub, tmp_path: Path, unique, extra: list[str]
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=(1 << 20) + 7)
+    artifact = f"acme/vision/early-{unique}"
+
+    code, _, err = mreg("push", str(checkpoint), artifact, *extra, json_output=False)
+
+    assert code == 1
+    _one_error_line(err, "INVALID_ARGUMENT")
+    with pytest.raises(grpc.RpcError) as raised:
+        metadata_stub.GetArtifact(pb.GetArtifactRequest(name=artifact))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND  # no pending version was created
+    with servers.registry() as registry:
+        weights = hashlib.sha256((checkpoint / "weights.bin").read_bytes()).hexdigest()
+        assert registry.transfer.find_missing([(weights, (1 << 20) + 7)])  # nothing was uploaded
+
+
+def test_a_short_run_name_without_default_project_is_refused_before_uploading(mreg, tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    code, _, err = mreg("push", str(checkpoint), "acme/vision/x", "--run", "train-1", json_output=False)
+    assert code == 1
+    assert "run" in _one_error_line(err, "INVALID_ARGUMENT")
+
+
+_texts = st.one_of(
+    st.text(st.sampled_from("ab Z9._-/:"), max_size=12),
+    st.text(max_size=20),
+    st.sampled_from(["latest", "v0", "v01", "a/b", " a", "a ", "..", "x" * 129, "x" * 65]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts, st.sampled_from([(None, None), ("acme", None), ("acme", "vision")]))
+def test_the_client_grammar_accepts_exactly_what_the_server_accepts(text: str, defaults) -> None:
+    try:
+        expected = str(parse_collection(text, Defaults(*defaults), "run"))
+    except InvalidArgument:
+        expected = None
+    try:
+        entity, project = defaults
+        actual = client_references.check_collection(text, entity, project, what="run")
+    except MregError as e:
+        assert e.code == "INVALID_ARGUMENT"
+        actual = None
+    assert actual == expected
+    try:
+        validate_alias(text)
+        alias_ok = True
+    except InvalidArgument:
+        alias_ok = False
+    try:
+        client_references.check_alias(text)
+        assert alias_ok
+    except MregError:
+        assert not alias_ok
+
+
+# Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_path: Path, unique) -> None:
+    size = 300 << 20
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    big = checkpoint / "big.bin"
+    with open(big, "wb") as f:  # sparse, with a unique tail so no earlier test stored the same blob
+        f.truncate(size - 16)
+        f.seek(size - 16)
+        f.write(os.urandom(16))
+    env = dict(os.environ, **servers.cli_env(), PYTHONUNBUFFERED="1")
+    artifact = f"acme/vision/interrupt-{unique}"
+    uploads = servers.blob_dir / "uploads"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "push", str(checkpoint), artifact, "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stored = 0
+        for _ in range(6000):  # a bound by count: at most about 5 minutes on a very slow machine
+            stored = max((p.stat().st_size for p in uploads.glob("*") if p.is_file()), default=0)
+            if stored >= 4 << 20 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the push finished before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("mreg: interrupted: ") and line.endswith("bytes stored; run the same push again to resume")
+    stored_reported = int(line.removeprefix("mreg: interrupted: ").split(" of ")[0])
+    assert 0 < stored_reported < size
+    assert f" of {size} bytes" in line
+
+    sha = hashlib.sha256()
+    with open(big, "rb") as f:
+        while block := f.read(8 << 20):
+            sha.update(block)
+    with servers.registry() as registry:
+        assert registry.transfer.find_missing([(sha.hexdigest(), size)])  # not complete yet
+    rerun = subprocess.run(
+        [sys.executable, "-m", "client.cli", "push", str(checkpoint), artifact, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["version"] == 0
+    # The re-run continued the interrupted upload: its partial file was completed, not abandoned.
+    assert not [p for p in uploads.glob(f"*.{sha.hexdigest()}")]
+    with servers.registry() as registry:
+        registry.pull(f"{artifact}:v0", tmp_path / "out")
+    assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(servers, tmp_path: Path, unique) -> None:
+    """Both share the cache and so the persisted upload id of the file: neither may fail on the other's stream."""
+    import threading
+
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=8 << 20)
+    results: dict[int, object] = {}
+
+    def push(i: int) -> None:
+        try:
+            with servers.registry(parallel=2) as registry:
+                results[i] = registry.push(checkpoint, f"same-{unique}-{i}").version.index
+        except Exception as e:  # reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results == {0: 0, 1: 0}
+
+
+def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, tmp_path: Path, unique) -> None:
+    size = 300 << 20
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    with open(checkpoint / "big.bin", "wb") as f:
+        f.truncate(size - 16)
+        f.seek(size - 16)
+        f.write(os.urandom(16))
+    with servers.registry() as registry:
+        ref = registry.push(checkpoint, f"pull-interrupt-{unique}").version.name
+    dest = tmp_path / "out"
+    env = dict(os.environ, **servers.cli_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "pull", ref, str(dest), "--quiet", "--no-cache"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(6000):  # bounded by count
+            received = max((p.stat().st_size for p in dest.glob(".mreg-partial-*")), default=0)
+            if received >= 4 << 20 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the pull finished before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["mreg: interrupted"]
+    assert list(dest.iterdir()) == []  # neither the file nor its partial download
