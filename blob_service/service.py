@@ -114,6 +114,13 @@ class BlobStore:
             log.info("garbage collection deleted %d blobs and %d stale upload parts", len(deleted), removed)
         return deleted, removed
 
+    def expire_uploads(self, max_age: timedelta) -> int:
+        """Discards partial uploads that received nothing for ``max_age``; returns how many parts went."""
+        removed = self.storage.remove_stale_uploads(datetime.now(UTC) - max_age)
+        if removed:
+            log.info("discarded %d parts of uploads abandoned for over %s", removed, max_age)
+        return removed
+
     def write(self, upload_id: str, digest: Digest, chunks: Iterator[WriteChunk]) -> int:
         """Receives an upload and publishes it if its content matches ``digest``.
 

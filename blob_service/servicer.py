@@ -17,6 +17,7 @@ from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from blob_service.digests import Digest
 from blob_service.errors import BlobError, InvalidArgument
 from blob_service.service import BlobStore, WriteChunk
+from service_common.streams import IdleStreams
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ def _status(error: BlobError | None) -> status_pb2.Status:
 
 
 class BlobServicer(pb_grpc.BlobServiceServicer):
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, idle_writes: IdleStreams | None = None) -> None:
         self.store = store
+        # Ends uploads that stall, so they give back their thread and stream slot.
+        self.idle_writes = idle_writes
 
     @_abort_on_domain_error
     def FindMissingBlobs(
@@ -103,6 +106,8 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     @_abort_on_domain_error
     def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+        if self.idle_writes is not None:
+            request_iterator = self.idle_writes.watch(request_iterator, context)
         first = next(request_iterator, None)
         if first is None:
             raise InvalidArgument("the write stream carried no message")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
+from metadata_service.event_feed import EventFeed
 from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
@@ -163,6 +165,8 @@ class Registry:
         self.db = database
         self.content = content
         self.pending_ttl = pending_ttl
+        self.event_feed = EventFeed(lambda: self.db.run(lambda uow: uow.repo.last_event_sequence(), write=False))
+        database.add_commit_listener(self.event_feed.committed)
 
     def _mutate(
         self,
@@ -886,8 +890,9 @@ class Registry:
         log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
         return report
 
-    def wait_for_events(self, timeout: float) -> None:
-        self.db.wait_for_commit(timeout)
+    def wait_for_events(self, seen: int, wake: threading.Event, timeout: float) -> None:
+        """Blocks until an event after ``seen`` is committed, ``wake`` is set, or ``timeout`` passes."""
+        self.event_feed.wait(seen, wake, timeout)
 
     # Helpers -------------------------------------------------------------------------------
 

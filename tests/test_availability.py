@@ -1,0 +1,178 @@
+"""Availability: streams never starve unary calls, and a full store is an answer, not an outage.
+
+Each test starts servers of its own, because they change limits or fill a file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+
+from blob_service import server as blob_server
+from blob_service.config import BlobConfig
+from client import Registry
+from metadata_service import server as metadata_server
+from metadata_service.config import MetadataConfig
+from tests.helpers import digest_of
+
+# Generous: the assertions are about succeeding at all, never about speed.
+UNARY_DEADLINE = 5.0
+STREAMS_PER_CHANNEL = 50
+
+
+@dataclass
+class OpenStreams:
+    """Client-side streams held open against a server; closes them all at the end."""
+
+    channels: list[grpc.Channel] = field(default_factory=list)
+    calls: list[grpc.Future] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def channel(self, address: str, index: int) -> grpc.Channel:
+        if index % STREAMS_PER_CHANNEL == 0:
+            self.channels.append(grpc.insecure_channel(address))
+        return self.channels[-1]
+
+    def close(self) -> None:
+        self.release.set()
+        for call in self.calls:
+            call.cancel()
+        for channel in self.channels:
+            channel.close()
+
+
+@contextlib.contextmanager
+def open_streams() -> Iterator[OpenStreams]:
+    streams = OpenStreams()
+    try:
+        yield streams
+    finally:
+        streams.close()
+
+
+def open_watch_streams(streams: OpenStreams, address: str, count: int) -> list[grpc.RpcError | None]:
+    """Opens ``count`` idle Watch streams; returns, per stream, None once it is live or the error it ended with."""
+    calls = []
+    for i in range(count):
+        stub = pb_grpc.MetadataServiceStub(streams.channel(address, i))
+        call = stub.Watch(pb.WatchRequest(from_now=True))
+        streams.calls.append(call)
+        calls.append(call)
+
+    def first_message(call: grpc.Future) -> grpc.RpcError | None:
+        try:
+            next(call)  # type: ignore[call-overload]
+            return None
+        except grpc.RpcError as e:
+            return e
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(first_message, call) for call in calls]
+        done, not_done = wait(futures, timeout=30)
+        if not_done:
+            streams.close()  # unblocks the waiting threads
+            pytest.fail(f"{len(not_done)} of {count} Watch streams never started: the server is starved")
+        return [f.result() for f in futures]
+
+
+def open_stalled_writes(streams: OpenStreams, address: str, count: int) -> list[grpc.Future]:
+    """Starts ``count`` uploads that send one chunk and then nothing until the test ends."""
+    content = b"x" * 1000
+
+    def stalled(upload_id: str) -> Iterator[blob_pb.WriteRequest]:
+        yield blob_pb.WriteRequest(
+            upload_id=upload_id, digest=digest_of(content), write_offset=0, data=content[:10], finish_write=False
+        )
+        streams.release.wait()
+
+    futures = []
+    for i in range(count):
+        stub = blob_grpc.BlobServiceStub(streams.channel(address, i))
+        future = stub.Write.future(stalled(uuid.uuid4().hex))
+        streams.calls.append(future)
+        futures.append(future)
+    return futures
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(), timeout=UNARY_DEADLINE)
+            .status
+        )
+
+
+@pytest.fixture
+def make_servers(database_url: str, tmp_path: Path) -> Iterator:
+    started: list = []
+
+    def make(
+        blob: BlobConfig | None = None, metadata: MetadataConfig | None = None
+    ) -> tuple[blob_server.RunningBlobServer, metadata_server.RunningMetadataServer]:
+        blob_config = blob or BlobConfig()
+        blobs = blob_server.start(
+            BlobConfig(**{**blob_config.__dict__, "listen": "127.0.0.1:0", "store": str(tmp_path / "blobs")})
+        )
+        started.append(blobs)
+        metadata_config = metadata or MetadataConfig()
+        meta = metadata_server.start(
+            MetadataConfig(
+                **{
+                    **metadata_config.__dict__,
+                    "listen": "127.0.0.1:0",
+                    "database_url": database_url,
+                    "blob_addr": blobs.address,
+                }
+            )
+        )
+        started.append(meta)
+        return blobs, meta
+
+    yield make
+    for server in reversed(started):
+        server.stop(grace=None)
+
+
+def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_stalled_uploads_are_open(
+    make_servers, tmp_path: Path
+) -> None:
+    blobs, meta = make_servers()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_bytes(b"weights")
+    with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
+        client.push(tmp_path / "model", "resnet")
+    with open_streams() as streams:
+        watch_results = open_watch_streams(streams, meta.address, 500)
+        assert watch_results == [None] * 500, "every Watch stream within the default limit is served"
+        open_stalled_writes(streams, blobs.address, 100)
+
+        with grpc.insecure_channel(meta.address) as channel:
+            stub = pb_grpc.MetadataServiceStub(channel)
+            for _ in range(20):
+                resolved = stub.ResolveReference(
+                    pb.ResolveReferenceRequest(reference="acme/vision/resnet:latest"), timeout=UNARY_DEADLINE
+                )
+                assert resolved.version.index == 0
+                assert health(meta.address) == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(blobs.address) as channel:
+            blob_stub = blob_grpc.BlobServiceStub(channel)
+            for _ in range(20):
+                response = blob_stub.FindMissingBlobs(
+                    blob_pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"absent")]), timeout=UNARY_DEADLINE
+                )
+                assert len(response.missing_blob_digests) == 1
+                assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
