@@ -74,9 +74,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
     server.start()
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
-        threading.Thread(
-            target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True
-        ).start()
+        threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
     log.info("blob service listening on port %d, storing in %r", port, store.storage)
     return RunningBlobServer(server, port, store, stopping, idle_writes)
 

@@ -66,9 +66,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     # so however many are open, unary calls and health checks keep `workers` threads.
     pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "metadata-rpc")
     admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_METADATA_MAX_STREAMS")
-    server = grpc.server(
-        pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs
-    )
+    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
     metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,6 +31,7 @@ T = TypeVar("T")
 # Unary calls that find every unary thread busy wait in a queue of this many per thread;
 # beyond it gRPC answers RESOURCE_EXHAUSTED rather than letting the queue grow unbounded.
 UNARY_QUEUE_PER_THREAD = 8
+WARNING_INTERVAL_SECONDS = 10.0
 
 
 def thread_pool(unary_threads: int, max_streams: int, name: str) -> tuple[futures.ThreadPoolExecutor, int]:
@@ -58,6 +59,7 @@ class StreamAdmission(grpc.ServerInterceptor):
         self._setting = setting
         self._active = 0
         self._lock = threading.Lock()
+        self._last_warning = -WARNING_INTERVAL_SECONDS
 
     @property
     def active(self) -> int:
@@ -80,7 +82,10 @@ class StreamAdmission(grpc.ServerInterceptor):
             if admitted:
                 self._active += 1
         if not admitted:
-            log.warning("refused %s: %d streams are open, the limit (%s)", method, self.max_streams, self._setting)
+            now = time.monotonic()
+            if now - self._last_warning >= WARNING_INTERVAL_SECONDS:  # a flood of refusals logs one line
+                self._last_warning = now
+                log.warning("refused %s: %d streams are open, the limit (%s)", method, self.max_streams, self._setting)
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server is serving its limit of {self.max_streams} concurrent streams, so {method} was "

@@ -88,9 +88,14 @@ def open_watch_streams(streams: OpenStreams, address: str, count: int) -> list[g
         return [f.result() for f in futures]
 
 
-def open_stalled_writes(streams: OpenStreams, address: str, count: int) -> list[grpc.Future]:
-    """Starts ``count`` uploads that send one chunk and then nothing until the test ends."""
-    content = b"x" * 1000
+STALLED_CONTENT = b"x" * 1000
+
+
+def open_stalled_writes(
+    streams: OpenStreams, address: str, count: int, upload_ids: list[str] | None = None
+) -> list[grpc.Future]:
+    """Starts ``count`` uploads of STALLED_CONTENT that send 10 bytes and then nothing until the test ends."""
+    content = STALLED_CONTENT
 
     def stalled(upload_id: str) -> Iterator[blob_pb.WriteRequest]:
         yield blob_pb.WriteRequest(
@@ -101,7 +106,10 @@ def open_stalled_writes(streams: OpenStreams, address: str, count: int) -> list[
     futures = []
     for i in range(count):
         stub = blob_grpc.BlobServiceStub(streams.channel(address, i))
-        future = stub.Write.future(stalled(uuid.uuid4().hex))
+        upload_id = uuid.uuid4().hex
+        if upload_ids is not None:
+            upload_ids.append(upload_id)
+        future = stub.Write.future(stalled(upload_id))
         streams.calls.append(future)
         futures.append(future)
     return futures
@@ -110,9 +118,7 @@ def open_stalled_writes(streams: OpenStreams, address: str, count: int) -> list[
 def health(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         return int(
-            health_pb2_grpc.HealthStub(channel)
-            .Check(health_pb2.HealthCheckRequest(), timeout=UNARY_DEADLINE)
-            .status
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=UNARY_DEADLINE).status
         )
 
 
@@ -176,3 +182,75 @@ def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_s
                 )
                 assert len(response.missing_blob_digests) == 1
                 assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted_and_unary_calls_still_work(
+    make_servers,
+) -> None:
+    blobs, meta = make_servers(BlobConfig(max_streams=3), MetadataConfig(max_streams=3))
+    with open_streams() as streams:
+        results = open_watch_streams(streams, meta.address, 5)
+        refused = [r for r in results if r is not None]
+        assert len(refused) == 2
+        for error in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 3 concurrent streams" in error.details()
+            assert "MREG_METADATA_MAX_STREAMS" in error.details()
+        assert health(meta.address) == health_pb2.HealthCheckResponse.SERVING
+
+        writes = open_stalled_writes(streams, blobs.address, 5)
+        # Three are admitted and wait for data; two are refused at once.
+        refused_writes = [w.exception() for w in _first_finished(writes, 2)]
+        for error in refused_writes:
+            assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "MREG_BLOB_MAX_STREAMS" in error.details()
+        with grpc.insecure_channel(blobs.address) as channel:
+            blob_grpc.BlobServiceStub(channel).FindMissingBlobs(
+                blob_pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"absent")]), timeout=UNARY_DEADLINE
+            )
+        assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def _first_finished(futures: list[grpc.Future], count: int) -> list[grpc.Future]:
+    finished = threading.Semaphore(0)
+    for future in futures:
+        future.add_done_callback(lambda _f: finished.release())
+    for _ in range(count):
+        assert finished.acquire(timeout=30), "a refused stream was not answered"
+    return [f for f in futures if f.done()]
+
+
+def test_a_watch_stream_whose_client_went_away_gives_its_slot_back(make_servers) -> None:
+    _, meta = make_servers(metadata=MetadataConfig(max_streams=1))
+    with open_streams() as first:
+        assert open_watch_streams(first, meta.address, 1) == [None]
+    # The server notices the cancellation asynchronously; a bounded number of tries.
+    for _ in range(50):
+        with open_streams() as second:
+            if open_watch_streams(second, meta.address, 1) == [None]:
+                return
+        threading.Event().wait(0.1)
+    pytest.fail("the slot of a cancelled Watch stream was never released")
+
+
+def test_a_stalled_upload_is_ended_with_aborted_keeps_its_bytes_and_frees_its_slot(make_servers) -> None:
+    blobs, _ = make_servers(BlobConfig(max_streams=1, write_idle_timeout_seconds=0.5))
+    content = b"y" * 1000
+    upload_ids: list[str] = []
+    with open_streams() as streams:
+        (stalled,) = open_stalled_writes(streams, blobs.address, 1, upload_ids)
+        error = stalled.exception(timeout=30)
+        assert error is not None and error.code() == grpc.StatusCode.ABORTED
+        assert "sent nothing for 0.5 s" in error.details() and "QueryWriteStatus" in error.details()
+    with grpc.insecure_channel(blobs.address) as channel:
+        stub = blob_grpc.BlobServiceStub(channel)
+        status = stub.QueryWriteStatus(
+            blob_pb.QueryWriteStatusRequest(upload_id=upload_ids[0], digest=digest_of(STALLED_CONTENT))
+        )
+        assert (status.committed_size, status.complete) == (10, False)
+        # The slot is free again: a whole upload goes through.
+        response = stub.Write(
+            iter([blob_pb.WriteRequest(upload_id="whole", digest=digest_of(content), data=content, finish_write=True)]),
+            timeout=UNARY_DEADLINE,
+        )
+        assert response.committed_size == len(content)
