@@ -32,8 +32,8 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.event_feed import EventFeed
 from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.event_feed import EventFeed
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
 from metadata_service.pagination import decode_token, encode_token, page_size

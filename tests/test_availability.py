@@ -81,7 +81,7 @@ def open_watch_streams(streams: OpenStreams, address: str, count: int) -> list[g
 
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(first_message, call) for call in calls]
-        done, not_done = wait(futures, timeout=30)
+        _, not_done = wait(futures, timeout=30)
         if not_done:
             streams.close()  # unblocks the waiting threads
             pytest.fail(f"{len(not_done)} of {count} Watch streams never started: the server is starved")
