@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from blob_service.digests import Digest
-from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
+from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ def validate_upload_id(upload_id: str) -> str:
             f"upload_id {upload_id[:140]!r} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)"
         )
     return upload_id
+
+
+def _no_room(digest: Digest, error: StorageFull, received: int | None = None) -> StorageFull:
+    discarded = "" if received is None else f"; the {received} bytes received were discarded"
+    return StorageFull(
+        f"cannot store blob {digest}, {digest.size_bytes} bytes: {error}{discarded}. "
+        "Free space (e.g. delete unused versions and run `mreg gc`) or grow the store, then push again"
+    )
 
 
 class BlobStore:
@@ -136,7 +144,10 @@ class BlobStore:
         if self.storage.has(digest):
             self.storage.touch(digest)
             return digest.size_bytes
-        upload = self.storage.begin_write(upload_id, digest)
+        try:
+            upload = self.storage.begin_write(upload_id, digest)
+        except StorageFull as e:
+            raise _no_room(digest, e) from e
         try:
             hasher = self._restore_hash(upload)
             for received, chunk in enumerate(chunks, start=1):
@@ -160,6 +171,11 @@ class BlobStore:
                     self.storage.abort_write(upload)
                     return digest.size_bytes
             return upload.committed_size
+        except StorageFull as e:
+            # Release what the upload holds: the next, smaller push must find the room.
+            received = upload.committed_size
+            self.storage.abort_write(upload)
+            raise _no_room(digest, e, received) from e
         finally:
             upload.close()
 
@@ -258,6 +274,8 @@ class BlobStore:
                 if self.storage.last_used(digest) is None:
                     self.storage.put_verified(digest, data)
                 return None
+            except StorageFull as e:
+                return _no_room(digest, e)
             except BlobError as e:
                 return e
 

@@ -6,6 +6,8 @@ Each test starts servers of its own, because they change limits or fill a file s
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,9 +26,11 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from blob_service import server as blob_server
 from blob_service.config import BlobConfig
 from client import Registry
+from client.cli import main as cli_main
+from client.errors import MregError
 from metadata_service import server as metadata_server
 from metadata_service.config import MetadataConfig
-from tests.helpers import digest_of
+from tests.helpers import assert_same_tree, digest_of
 
 # Generous: the assertions are about succeeding at all, never about speed.
 UNARY_DEADLINE = 5.0
@@ -127,11 +131,11 @@ def make_servers(database_url: str, tmp_path: Path) -> Iterator:
     started: list = []
 
     def make(
-        blob: BlobConfig | None = None, metadata: MetadataConfig | None = None
+        blob: BlobConfig | None = None, metadata: MetadataConfig | None = None, store: Path | None = None
     ) -> tuple[blob_server.RunningBlobServer, metadata_server.RunningMetadataServer]:
         blob_config = blob or BlobConfig()
         blobs = blob_server.start(
-            BlobConfig(**{**blob_config.__dict__, "listen": "127.0.0.1:0", "store": str(tmp_path / "blobs")})
+            BlobConfig(**{**blob_config.__dict__, "listen": "127.0.0.1:0", "store": str(store or tmp_path / "blobs")})
         )
         started.append(blobs)
         metadata_config = metadata or MetadataConfig()
@@ -254,3 +258,94 @@ def test_a_stalled_upload_is_ended_with_aborted_keeps_its_bytes_and_frees_its_sl
             timeout=UNARY_DEADLINE,
         )
         assert response.committed_size == len(content)
+
+
+# Disk full ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs to fill; unmounted after the servers using it have stopped."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    root = tmp_path / "small-store"
+    root.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def _model(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def _partial_uploads(store: Path) -> list[str]:
+    return sorted(p.name for p in (store / "uploads").iterdir())
+
+
+def test_a_push_into_a_full_store_gets_resource_exhausted_releases_its_bytes_and_reads_keep_working(
+    small_store: Path, make_servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    blobs, meta = make_servers(store=small_store)
+    kept = _model(tmp_path / "kept", {"weights.bin": os.urandom(2 << 20), "config.json": b"{}"})
+    too_big = _model(tmp_path / "too-big", {"weights.bin": os.urandom(7 << 20)})
+    with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
+        client.push(kept, "kept")
+
+        with pytest.raises(MregError) as raised:
+            client.push(too_big, "big")
+        assert raised.value.code == "RESOURCE_EXHAUSTED"
+        assert str(small_store) in raised.value.message and str(7 << 20) in raised.value.message
+        assert _partial_uploads(small_store) == [], "the failed upload's bytes were released"
+
+        # The same through the CLI: one line, exit 1.
+        monkeypatch.setenv("MREG_METADATA_ADDR", meta.address)
+        monkeypatch.setenv("MREG_BLOB_ADDR", blobs.address)
+        capsys.readouterr()
+        assert cli_main(["push", str(too_big), "acme/vision/big"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith("mreg: error: RESOURCE_EXHAUSTED: "), error
+        assert "is full" in error[0]
+
+        # Reads keep working, verified.
+        client.pull("kept", tmp_path / "pulled")
+        assert_same_tree(kept, tmp_path / "pulled")
+
+        # Space was released, so a small push goes through.
+        client.push(_model(tmp_path / "small", {"notes.txt": b"x" * 50}), "small")
+
+
+def test_a_batch_upload_into_a_full_store_gets_resource_exhausted_per_blob_and_leaves_no_temp_files(
+    small_store: Path, make_servers
+) -> None:
+    blobs, _ = make_servers(store=small_store)
+    ballast = small_store / "ballast"
+    with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (64 << 10))
+    data = os.urandom(512 << 10)
+    with grpc.insecure_channel(blobs.address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = blob_grpc.BlobServiceStub(channel)
+        response = stub.BatchUpdateBlobs(
+            blob_pb.BatchUpdateBlobsRequest(
+                requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)]
+            )
+        )
+        (result,) = response.responses
+        assert result.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "is full" in result.status.message and str(512 << 10) in result.status.message
+        assert _partial_uploads(small_store) == []
+        ballast.unlink()
+        retried = stub.BatchUpdateBlobs(
+            blob_pb.BatchUpdateBlobsRequest(
+                requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)]
+            )
+        )
+        assert retried.responses[0].status.code == 0
