@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,8 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
 from blob_service import server as blob_server
 from blob_service.config import BlobConfig
+from blob_service.digests import Digest
+from blob_service.storage import DiskStorage
 from client import Registry
 from client.cli import main as cli_main
 from client.errors import MregError
@@ -349,3 +352,64 @@ def test_a_batch_upload_into_a_full_store_gets_resource_exhausted_per_blob_and_l
             )
         )
         assert retried.responses[0].status.code == 0
+
+
+# Abandoned uploads --------------------------------------------------------------------------
+
+
+def _assert_abandoned_uploads_are_reclaimed(store: str) -> None:
+    blobs = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=store, upload_expiry_seconds=1, janitor_interval_seconds=0.2)
+    )
+    try:
+        with grpc.insecure_channel(blobs.address) as channel:
+            stub = blob_grpc.BlobServiceStub(channel)
+            kept = os.urandom(1000)
+            stub.Write(
+                iter(
+                    [
+                        blob_pb.WriteRequest(
+                            upload_id=uuid.uuid4().hex, digest=digest_of(kept), data=kept, finish_write=True
+                        )
+                    ]
+                )
+            )
+            abandoned, upload_id = os.urandom(1000), uuid.uuid4().hex
+            response = stub.Write(
+                iter([blob_pb.WriteRequest(upload_id=upload_id, digest=digest_of(abandoned), data=abandoned[:100])])
+            )
+            assert response.committed_size == 100
+            status_request = blob_pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest_of(abandoned))
+            # The janitor runs in the background; a bounded number of looks.
+            for _ in range(150):
+                try:
+                    stub.QueryWriteStatus(status_request)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.NOT_FOUND
+                    break
+                threading.Event().wait(0.1)
+            else:
+                pytest.fail("an upload abandoned for longer than the expiry was never reclaimed")
+            read = b"".join(r.data for r in stub.Read(blob_pb.ReadRequest(digest=digest_of(kept))))
+            assert read == kept, "the janitor leaves stored blobs alone"
+    finally:
+        blobs.stop(grace=None)
+
+
+def test_uploads_abandoned_longer_than_the_expiry_are_reclaimed_on_disk(tmp_path: Path) -> None:
+    _assert_abandoned_uploads_are_reclaimed(str(tmp_path / "blobs"))
+
+
+def test_uploads_abandoned_longer_than_the_expiry_are_reclaimed_on_s3(s3_server) -> None:
+    _assert_abandoned_uploads_are_reclaimed(s3_server.store_url(f"janitor-{uuid.uuid4().hex[:8]}"))
+
+
+def test_an_upload_a_stream_is_writing_is_never_reclaimed_however_old(tmp_path: Path) -> None:
+    storage = DiskStorage(tmp_path / "blobs")
+    content = b"z" * 100
+    upload = storage.begin_write("busy", Digest.parse(digest_of(content).hash, len(content)))
+    upload.append(content[:10])
+    future = datetime.now(UTC) + timedelta(days=1)
+    assert storage.remove_stale_uploads(future) == 0
+    upload.close()
+    assert storage.remove_stale_uploads(future) == 1
