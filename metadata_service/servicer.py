@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
 ACTOR_HEADER = "mreg-actor"
-# A Watch stream with nothing to say still sends the reached sequence this often.
+# A Watch stream with nothing to say still sends the reached sequence at least this often.
 HEARTBEAT_SECONDS = 10.0
 
 _STATES = {
@@ -462,6 +463,9 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         context.add_callback(wake.set)
         seen = cursor
         last_sent = time.monotonic()
+        # Streams opened together would send their heartbeats together, in bursts that
+        # delay unary calls; each stream beats at its own interval within the bound.
+        heartbeat = HEARTBEAT_SECONDS * random.uniform(0.5, 1.0)
         while True:
             wake.clear()
             if not context.is_active():
@@ -475,9 +479,9 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                 continue
             # Nothing after the cursor matches up to `reached`: wait for the log to grow.
             seen = max(seen, reached, cursor)
-            if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+            if time.monotonic() - last_sent >= heartbeat:
                 # Filtered consumers learn how far the log has advanced without matching events.
                 cursor = seen
                 yield pb.WatchResponse(sequence=cursor)
                 last_sent = time.monotonic()
-            self.registry.wait_for_events(seen, wake, HEARTBEAT_SECONDS - (time.monotonic() - last_sent))
+            self.registry.wait_for_events(seen, wake, heartbeat - (time.monotonic() - last_sent))
