@@ -35,6 +35,7 @@ class RunningBlobServer:
     store: BlobStore
     stopping: threading.Event
     idle_writes: streams.IdleStreams
+    admission: streams.StreamAdmission
 
     @property
     def address(self) -> str:
@@ -76,7 +77,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
     log.info("blob service listening on port %d, storing in %r", port, store.storage)
-    return RunningBlobServer(server, port, store, stopping, idle_writes)
+    return RunningBlobServer(server, port, store, stopping, idle_writes, admission)
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

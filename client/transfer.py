@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
@@ -58,6 +60,15 @@ def _code_name(code: int) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"CODE_{code}")
 
 
+def _transient(error: grpc.RpcError) -> bool:
+    """True for failures worth retrying: the transient codes, and any refusal carrying google.rpc.RetryInfo
+    (a server at its stream limit says RESOURCE_EXHAUSTED with it; a full store says it without)."""
+    if error.code() in RETRYABLE:
+        return True
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    return status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+
+
 def _backoff(attempt: int) -> None:
     time.sleep(min(2.0, 0.1 * 2**attempt))
 
@@ -68,7 +79,7 @@ def _retrying(call: Callable[[], T]) -> T:
         try:
             return call()
         except grpc.RpcError as e:
-            if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+            if not _transient(e) or attempt == ATTEMPTS - 1:
                 raise MregError.from_rpc(e, "the blob service") from e
             _backoff(attempt)
     raise AssertionError("unreachable")
@@ -148,7 +159,7 @@ class BlobTransfer:
                     return
                 raise MregError("DATA_LOSS", f"{file.path}: the blob service stored only part of the file")
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE | {grpc.StatusCode.OUT_OF_RANGE} or attempt == ATTEMPTS - 1:
+                if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or attempt == ATTEMPTS - 1:
                     error = MregError.from_rpc(e, "the blob service")
                     raise MregError(error.code, f"{file.path}: {error.message}") from e
                 _backoff(attempt)
@@ -228,7 +239,7 @@ class BlobTransfer:
                         report(len(chunk.data))
                     return
                 except grpc.RpcError as e:
-                    if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+                    if not _transient(e) or attempt == ATTEMPTS - 1:
                         error = MregError.from_rpc(e, "the blob service")
                         raise MregError(error.code, f"{file.path}: {error.message}") from e
                     _backoff(attempt)

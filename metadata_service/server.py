@@ -40,6 +40,7 @@ class RunningMetadataServer:
     content: BlobServiceClient
     registry: Registry
     stopping: threading.Event
+    admission: streams.StreamAdmission
 
     @property
     def address(self) -> str:
@@ -79,7 +80,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         raise RuntimeError(f"cannot listen on {config.listen}")
     server.start()
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
-    return RunningMetadataServer(server, port, engine, content, registry, stopping)
+    return RunningMetadataServer(server, port, engine, content, registry, stopping, admission)
 
 
 def _janitor(registry: Registry, config: MetadataConfig, stopping: threading.Event) -> None:

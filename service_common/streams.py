@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ T = TypeVar("T")
 # beyond it gRPC answers RESOURCE_EXHAUSTED rather than letting the queue grow unbounded.
 UNARY_QUEUE_PER_THREAD = 8
 WARNING_INTERVAL_SECONDS = 10.0
+ERROR_DOMAIN = "mreg.dev"
+STREAM_LIMIT_REASON = "STREAM_LIMIT"
 
 
 def thread_pool(unary_threads: int, max_streams: int, name: str) -> tuple[futures.ThreadPoolExecutor, int]:
@@ -86,11 +91,29 @@ class StreamAdmission(grpc.ServerInterceptor):
             if now - self._last_warning >= WARNING_INTERVAL_SECONDS:  # a flood of refusals logs one line
                 self._last_warning = now
                 log.warning("refused %s: %d streams are open, the limit (%s)", method, self.max_streams, self._setting)
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server is serving its limit of {self.max_streams} concurrent streams, so {method} was "
-                f"refused: retry with backoff, close idle streams, or raise the limit ({self._setting})",
+            context.abort_with_status(self._refusal(method))
+
+    def _refusal(self, method: str) -> grpc.Status:
+        """RESOURCE_EXHAUSTED with RetryInfo, which tells clients this refusal (unlike a full disk) is worth
+        retrying, and ErrorInfo, whose reason they can branch on."""
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=STREAM_LIMIT_REASON,
+                domain=ERROR_DOMAIN,
+                metadata={"max_streams": str(self.max_streams), "setting": self._setting},
             )
+        )
+        return rpc_status.to_status(
+            status_pb2.Status(
+                code=code_pb2.RESOURCE_EXHAUSTED,
+                message=f"the server is serving its limit of {self.max_streams} concurrent streams, so {method} "
+                f"was refused: retry with backoff, close idle streams, or raise the limit ({self._setting})",
+                details=[retry, info],
+            )
+        )
 
     def _release(self) -> None:
         with self._lock:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
@@ -119,6 +121,11 @@ def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "limit of 3 concurrent streams" in error.details()
             assert "MREG_METADATA_MAX_STREAMS" in error.details()
+            details = {d.type_url.rsplit("/", 1)[1]: d for d in rpc_status.from_call(error).details}
+            info = error_details_pb2.ErrorInfo()
+            details["google.rpc.ErrorInfo"].Unpack(info)
+            assert info.reason == "STREAM_LIMIT"
+            assert "google.rpc.RetryInfo" in details, "the refusal tells clients to retry"
         assert health(meta.address) == health_pb2.HealthCheckResponse.SERVING
 
         writes = open_stalled_writes(streams, blobs.address, 5)
@@ -132,6 +139,27 @@ def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted
                 blob_pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"absent")]), timeout=UNARY_DEADLINE
             )
         assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_push_refused_at_the_stream_limit_is_retried_and_succeeds_once_a_slot_frees(
+    make_servers, tmp_path: Path
+) -> None:
+    blobs, meta = make_servers(BlobConfig(max_streams=1, write_idle_timeout_seconds=1))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(3 << 20))  # large enough to go through a Write stream
+    with open_streams() as streams:
+        (stalled,) = open_stalled_writes(streams, blobs.address, 1)
+        for _ in range(100):  # until the server has admitted it; a bounded number of looks
+            if blobs.admission.active == 1:
+                break
+            threading.Event().wait(0.05)
+        assert blobs.admission.active == 1
+        with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
+            # The stalled upload holds the only slot until the idle timeout ends it.
+            client.push(model, "patient")
+            assert client.resolve("patient").version.index == 0
+        assert stalled.exception(timeout=30).code() == grpc.StatusCode.ABORTED
 
 
 def _first_finished(futures: list[grpc.Future], count: int) -> list[grpc.Future]:
