@@ -165,7 +165,12 @@ class Registry:
         self.db = database
         self.content = content
         self.pending_ttl = pending_ttl
-        self.event_feed = EventFeed(lambda: self.db.run(lambda uow: uow.repo.last_event_sequence(), write=False))
+        self.event_feed = EventFeed(
+            lambda: self.db.run(lambda uow: uow.repo.last_event_sequence(), write=False),
+            lambda after, limit: self.db.run(
+                lambda uow: [_event_view(e) for e in uow.repo.events_after(after, "", limit)], write=False
+            ),
+        )
         database.add_commit_listener(self.event_feed.committed)
 
     def _mutate(
@@ -889,6 +894,14 @@ class Registry:
         report = GarbageReport(examined, referenced, deleted, deleted_bytes, removed)
         log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
         return report
+
+    def follow_events(self, sequence: int, resource_prefix: str = "", limit: int = 500) -> tuple[list[EventView], int]:
+        """Like ``events_after``, for streams following the log: served from the recent events this
+        process keeps in memory when they cover ``sequence``, so open streams cost no queries."""
+        if sequence < 0:
+            raise InvalidArgument(f"start_after must not be negative (got {sequence})")
+        cached = self.event_feed.recent_after(sequence, resource_prefix, limit)
+        return cached if cached is not None else self.events_after(sequence, resource_prefix, limit)
 
     def wait_for_events(self, seen: int, wake: threading.Event, timeout: float) -> None:
         """Blocks until an event after ``seen`` is committed, ``wake`` is set, or ``timeout`` passes."""

@@ -470,7 +470,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             wake.clear()
             if not context.is_active():
                 return
-            events, reached = self.registry.events_after(cursor, request.resource_prefix)
+            events, reached = self.registry.follow_events(cursor, request.resource_prefix)
             for event in events:
                 yield pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
                 cursor = event.sequence

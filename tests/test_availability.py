@@ -109,6 +109,28 @@ def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_s
                 assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_every_open_watch_stream_receives_a_new_commit_in_order(make_servers, tmp_path: Path) -> None:
+    blobs, meta = make_servers()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"weights")
+    with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
+        streams = [client.watch(0, from_now=True, resource_prefix="acme/vision/fanout", timeout=60) for _ in range(100)]
+        for stream in streams:
+            assert not next(stream).HasField("event")  # live
+        client.push(model, "fanout")
+        client.set_alias("fanout:v0", "best")
+        for stream in streams:
+            kinds = []
+            for message in stream:
+                if message.HasField("event"):
+                    kinds.append(message.event.kind)
+                if len(kinds) == 3:
+                    break
+            assert kinds == ["collection.created", "version.committed", "alias.set"]
+            stream.close()
+
+
 def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted_and_unary_calls_still_work(
     make_servers,
 ) -> None:
