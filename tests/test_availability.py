@@ -33,6 +33,7 @@ from client.cli import main as cli_main
 from client.errors import MregError
 from metadata_service import server as metadata_server
 from metadata_service.config import MetadataConfig
+from service_common.streams import StreamAdmission
 from tests.helpers import assert_same_tree, digest_of
 from tests.streams import STALLED_CONTENT, open_stalled_writes, open_streams, open_watch_streams
 
@@ -45,6 +46,15 @@ def health(address: str) -> int:
         return int(
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=UNARY_DEADLINE).status
         )
+
+
+def wait_for_streams(admission: StreamAdmission, count: int) -> None:
+    """Waits until the server serves ``count`` streams; a bounded number of looks."""
+    for _ in range(300):
+        if admission.active == count:
+            return
+        threading.Event().wait(0.05)
+    assert admission.active == count
 
 
 @pytest.fixture
@@ -89,7 +99,9 @@ def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_s
     with open_streams() as streams:
         watch_results = open_watch_streams(streams, meta.address, 500)
         assert watch_results == [None] * 500, "every Watch stream within the default limit is served"
-        open_stalled_writes(streams, blobs.address, 100)
+        writes = open_stalled_writes(streams, blobs.address, 100)
+        wait_for_streams(blobs.admission, 100)
+        assert meta.admission.active == 500
 
         with grpc.insecure_channel(meta.address) as channel:
             stub = pb_grpc.MetadataServiceStub(channel)
@@ -107,6 +119,8 @@ def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_s
                 )
                 assert len(response.missing_blob_digests) == 1
                 assert health(blobs.address) == health_pb2.HealthCheckResponse.SERVING
+        assert not any(w.done() for w in writes), "the stalled uploads were still open throughout"
+        assert (meta.admission.active, blobs.admission.active) == (500, 100)
 
 
 def test_every_open_watch_stream_receives_a_new_commit_in_order(make_servers, tmp_path: Path) -> None:
@@ -172,11 +186,7 @@ def test_a_push_refused_at_the_stream_limit_is_retried_and_succeeds_once_a_slot_
     (model / "weights.bin").write_bytes(os.urandom(3 << 20))  # large enough to go through a Write stream
     with open_streams() as streams:
         (stalled,) = open_stalled_writes(streams, blobs.address, 1)
-        for _ in range(100):  # until the server has admitted it; a bounded number of looks
-            if blobs.admission.active == 1:
-                break
-            threading.Event().wait(0.05)
-        assert blobs.admission.active == 1
+        wait_for_streams(blobs.admission, 1)
         with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
             # The stalled upload holds the only slot until the idle timeout ends it.
             client.push(model, "patient")
