@@ -6,6 +6,7 @@ Each test starts servers of its own, because they change limits or fill a file s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import threading
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+import urllib3
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from minio.error import S3Error
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
@@ -27,7 +30,10 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from blob_service import server as blob_server
 from blob_service.config import BlobConfig
 from blob_service.digests import Digest
+from blob_service.errors import StorageFull
+from blob_service.service import BlobStore, WriteChunk
 from blob_service.storage import DiskStorage
+from blob_service.storage.s3 import S3Storage
 from client import Registry
 from client.cli import main as cli_main
 from client.errors import MregError
@@ -389,3 +395,54 @@ def test_an_upload_a_stream_is_writing_is_never_reclaimed_however_old(tmp_path: 
     assert storage.remove_stale_uploads(future) == 0
     upload.close()
     assert storage.remove_stale_uploads(future) == 1
+
+
+def test_an_s3_server_out_of_space_is_reported_as_a_full_store_and_the_upload_is_discarded() -> None:
+    """No test S3 server can be filled, so a client stands in that answers as MinIO does when full."""
+
+    class FullS3:
+        def __init__(self) -> None:
+            self.stored: list[str] = []
+            self.removed: list[str] = []
+
+        def bucket_exists(self, bucket: str) -> bool:
+            return True
+
+        def put_object(self, bucket: str, key: str, *args: object, **kwargs: object) -> None:
+            if not self.stored:  # room for one part only
+                self.stored.append(key)
+                return
+            response = urllib3.HTTPResponse(status=507)
+            raise S3Error(
+                response,
+                "XMinioStorageFull",
+                "Storage backend has reached its minimum free drive threshold",
+                key,
+                "",
+                "",
+            )
+
+        def stat_object(self, bucket: str, key: str) -> None:
+            raise S3Error(urllib3.HTTPResponse(status=404), "NoSuchKey", "not found", key, "", "")
+
+        def list_objects(self, bucket: str, prefix: str = "", recursive: bool = False) -> list:
+            return []
+
+        def remove_object(self, bucket: str, key: str) -> None:
+            self.removed.append(key)
+
+    client = FullS3()
+    store = BlobStore(S3Storage(client, "models", "mreg", "minio:9000"))  # type: ignore[arg-type]
+    data = os.urandom(17 << 20)  # the first 8 MiB part is staged, the second finds the store full
+    digest = Digest.parse(hashlib.sha256(data).hexdigest(), len(data))
+    chunks = (
+        WriteChunk(offset, data[offset : offset + (1 << 20)], offset + (1 << 20) >= len(data))
+        for offset in range(0, len(data), 1 << 20)
+    )
+    with pytest.raises(StorageFull) as raised:
+        store.write("full", digest, chunks)
+    assert "the S3 store minio:9000/models is full" in str(raised.value)
+    assert f"{17 << 20} bytes" in str(raised.value)
+    assert client.removed == client.stored, "the staged part of the failed upload was removed"
+    (result,) = store.batch_update([(Digest.parse(hashlib.sha256(b"small").hexdigest(), 5), b"small")])
+    assert isinstance(result, StorageFull)
