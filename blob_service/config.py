@@ -15,7 +15,7 @@ class BlobConfig:
     store: str = ".mreg/blobs"
     workers: int = 32
     max_streams: int = 200
-    write_idle_timeout_seconds: float = 60
+    stream_idle_timeout_seconds: float = 60
     touch_interval_seconds: float = 600
     upload_expiry_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 600
@@ -46,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with RESOURCE_EXHAUSTED (env MREG_BLOB_MAX_STREAMS)",
     )
     parser.add_argument(
-        "--write-idle-timeout-seconds",
+        "--stream-idle-timeout-seconds",
         type=float,
-        default=float(os.environ.get("MREG_BLOB_WRITE_IDLE_TIMEOUT_SECONDS", BlobConfig.write_idle_timeout_seconds)),
-        help="end a Write stream that sends nothing for this long with ABORTED (its bytes are kept for "
-        "resuming); 0 never (env MREG_BLOB_WRITE_IDLE_TIMEOUT_SECONDS)",
+        default=float(os.environ.get("MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS", BlobConfig.stream_idle_timeout_seconds)),
+        help="end with ABORTED a Write whose client sends nothing, or a Read whose client takes nothing, for "
+        "this long (an upload keeps its bytes for resuming); 0 never (env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS)",
     )
     parser.add_argument(
         "--upload-expiry-seconds",
@@ -78,7 +78,7 @@ def from_args(args: argparse.Namespace) -> BlobConfig:
         store=args.store,
         workers=args.workers,
         max_streams=args.max_streams,
-        write_idle_timeout_seconds=args.write_idle_timeout_seconds,
+        stream_idle_timeout_seconds=args.stream_idle_timeout_seconds,
         touch_interval_seconds=args.touch_interval_seconds,
         upload_expiry_seconds=args.upload_expiry_seconds,
         janitor_interval_seconds=args.janitor_interval_seconds,

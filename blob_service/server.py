@@ -34,7 +34,7 @@ class RunningBlobServer:
     port: int
     store: BlobStore
     stopping: threading.Event
-    idle_writes: streams.IdleStreams
+    idle_streams: streams.IdleStreams
     admission: streams.StreamAdmission
 
     @property
@@ -44,25 +44,23 @@ class RunningBlobServer:
     def stop(self, grace: float | None = None) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        self.idle_writes.stop()
+        self.idle_streams.stop()
 
 
 def start(config: BlobConfig) -> RunningBlobServer:
     """Starts a blob server; returns once it listens."""
     store = BlobStore(open_storage(config.store), touch_interval=timedelta(seconds=config.touch_interval_seconds))
-    idle_writes = streams.IdleStreams(
-        config.write_idle_timeout_seconds,
+    idle_streams = streams.IdleStreams(
+        config.stream_idle_timeout_seconds,
         grpc.StatusCode.ABORTED,
-        f"the upload sent nothing for {config.write_idle_timeout_seconds:g} s (--write-idle-timeout-seconds, "
-        "env MREG_BLOB_WRITE_IDLE_TIMEOUT_SECONDS); the bytes received are kept: "
-        "call QueryWriteStatus and resume from committed_size",
+        "--stream-idle-timeout-seconds, env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS",
     )
     # Streams (Read, Write, ListBlobs) hold a thread each while open; they get threads of
     # their own, bounded, so FindMissingBlobs and health checks keep `workers` threads.
     pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "blob-rpc")
     admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
     server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
-    blob_service_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(store, idle_writes), server)
+    blob_service_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(store, idle_streams), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
@@ -77,7 +75,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
     log.info("blob service listening on port %d, storing in %r", port, store.storage)
-    return RunningBlobServer(server, port, store, stopping, idle_writes, admission)
+    return RunningBlobServer(server, port, store, stopping, idle_streams, admission)
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

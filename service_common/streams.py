@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -153,37 +153,37 @@ class StreamAdmission(grpc.ServerInterceptor):
 @dataclass(slots=True, eq=False)
 class _Watched:
     context: grpc.ServicerContext
+    details: str
     waiting_since: float | None = None
     expired: bool = False
 
 
 class IdleStreams:
-    """Ends client streams that leave the server waiting for their next message too long.
+    """Ends streams whose client leaves the server waiting too long: one that sends nothing
+    (a stalled upload), or one that takes nothing (a reader that stopped reading, whose
+    thread would otherwise block on flow control forever).
 
     Only time spent waiting for the client counts, not time the server spends on a
     message. An expired stream is cancelled with ``code`` and a message naming the
-    setting; on the server its request iterator simply ends, so the handler finishes
-    normally (an upload keeps the bytes it received and can be resumed).
+    setting and what to do; on the server a request iterator simply ends, so the handler
+    finishes normally (an upload keeps the bytes it received and can be resumed).
     """
 
-    def __init__(self, timeout_seconds: float, code: grpc.StatusCode, explanation: str) -> None:
+    def __init__(self, timeout_seconds: float, code: grpc.StatusCode, setting: str) -> None:
         self.timeout = timeout_seconds
         self._code = code
-        self._explanation = explanation
+        self._setting = setting
         self._watched: set[_Watched] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
-    def watch(self, requests: Iterator[T], context: grpc.ServicerContext) -> Iterator[T]:
+    def watch(self, requests: Iterator[T], context: grpc.ServicerContext, advice: str) -> Iterator[T]:
         """Yields ``requests``, ending the stream if the client sends nothing for ``timeout`` seconds."""
         if self.timeout <= 0:
             yield from requests
             return
-        entry = _Watched(context)
-        with self._lock:
-            self._watched.add(entry)
-            self._start_locked()
+        entry = self._register(context, f"the client sent nothing for {self.timeout:g} s ({self._setting}); {advice}")
         try:
             while True:
                 entry.waiting_since = time.monotonic()
@@ -199,16 +199,42 @@ class IdleStreams:
                     entry.waiting_since = None
                 yield message
         finally:
-            with self._lock:
-                self._watched.discard(entry)
+            self._unregister(entry)
+
+    def watch_responses(self, responses: Iterable[T], context: grpc.ServicerContext, advice: str) -> Iterator[T]:
+        """Yields ``responses``, ending the stream if the client takes none for ``timeout`` seconds.
+
+        gRPC asks for the next response only once the previous one is sent, and a send
+        waits while the client's flow-control window is full: the time a ``yield`` takes
+        is the time the client leaves the server waiting.
+        """
+        if self.timeout <= 0:
+            yield from responses
+            return
+        entry = self._register(context, f"the client took no data for {self.timeout:g} s ({self._setting}); {advice}")
+        try:
+            for response in responses:
+                entry.waiting_since = time.monotonic()
+                yield response
+                entry.waiting_since = None
+        finally:
+            self._unregister(entry)
+
+    def _register(self, context: grpc.ServicerContext, details: str) -> _Watched:
+        entry = _Watched(context, details)
+        with self._lock:
+            self._watched.add(entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="idle-streams", daemon=True)
+                self._thread.start()
+        return entry
+
+    def _unregister(self, entry: _Watched) -> None:
+        with self._lock:
+            self._watched.discard(entry)
 
     def stop(self) -> None:
         self._stopping.set()
-
-    def _start_locked(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="idle-streams", daemon=True)
-            self._thread.start()
 
     def _run(self) -> None:
         period = min(1.0, self.timeout / 4)
@@ -223,7 +249,7 @@ class IdleStreams:
                 for w in expired:
                     w.expired = True
             for w in expired:
-                _cancel_with_status(w.context, self._code, self._explanation)
+                _cancel_with_status(w.context, self._code, w.details)
 
 
 def _cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:

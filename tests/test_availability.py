@@ -186,7 +186,7 @@ def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted
 def test_a_push_refused_at_the_stream_limit_is_retried_and_succeeds_once_a_slot_frees(
     make_servers, tmp_path: Path
 ) -> None:
-    blobs, meta = make_servers(BlobConfig(max_streams=1, write_idle_timeout_seconds=1))
+    blobs, meta = make_servers(BlobConfig(max_streams=1, stream_idle_timeout_seconds=1))
     model = tmp_path / "model"
     model.mkdir()
     (model / "weights.bin").write_bytes(os.urandom(3 << 20))  # large enough to go through a Write stream
@@ -223,7 +223,7 @@ def test_a_watch_stream_whose_client_went_away_gives_its_slot_back(make_servers)
 
 
 def test_a_stalled_upload_is_ended_with_aborted_keeps_its_bytes_and_frees_its_slot(make_servers) -> None:
-    blobs, _ = make_servers(BlobConfig(max_streams=1, write_idle_timeout_seconds=0.5))
+    blobs, _ = make_servers(BlobConfig(max_streams=1, stream_idle_timeout_seconds=0.5))
     content = b"y" * 1000
     upload_ids: list[str] = []
     with open_streams() as streams:
@@ -446,3 +446,35 @@ def test_an_s3_server_out_of_space_is_reported_as_a_full_store_and_the_upload_is
     assert client.removed == client.stored, "the staged part of the failed upload was removed"
     (result,) = store.batch_update([(Digest.parse(hashlib.sha256(b"small").hexdigest(), 5), b"small")])
     assert isinstance(result, StorageFull)
+
+
+def test_a_reader_that_stops_reading_is_ended_with_aborted_and_frees_its_slot(make_servers) -> None:
+    blobs, _ = make_servers(BlobConfig(max_streams=1, stream_idle_timeout_seconds=0.5))
+    content = os.urandom(64 << 20)  # far more than flow control lets through unread
+    digest = digest_of(content)
+    chunk = 1 << 20
+    with grpc.insecure_channel(blobs.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = blob_grpc.BlobServiceStub(channel)
+        stub.Write(
+            blob_pb.WriteRequest(
+                upload_id="big" if i == 0 else "",
+                digest=digest if i == 0 else None,
+                write_offset=i,
+                data=content[i : i + chunk],
+                finish_write=i + chunk >= len(content),
+            )
+            for i in range(0, len(content), chunk)
+        )
+        stalled = stub.Read(blob_pb.ReadRequest(digest=digest))
+        next(stalled)  # the stream is live; the client reads nothing more
+        wait_for_streams(blobs.admission, 1)
+        wait_for_streams(blobs.admission, 0)  # the idle timeout ended it
+        received = 1
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in stalled:  # what was in flight, then the status
+                received += 1
+        assert received < len(content) // chunk
+        assert ended.value.code() == grpc.StatusCode.ABORTED
+        assert "took no data for 0.5 s" in ended.value.details()
+        head = stub.Read(blob_pb.ReadRequest(digest=digest, read_limit=10))
+        assert b"".join(r.data for r in head) == content[:10]
