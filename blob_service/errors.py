@@ -39,3 +39,9 @@ class Aborted(BlobError):
     """A concurrent operation got in the way; retry after QueryWriteStatus."""
 
     code = "ABORTED"
+
+
+class StorageFull(BlobError):
+    """The store has no room (a full disk, a quota, an S3 server out of space)."""
+
+    code = "RESOURCE_EXHAUSTED"

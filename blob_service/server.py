@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent import futures
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +16,7 @@ from blob_service.config import BlobConfig
 from blob_service.service import BlobStore
 from blob_service.servicer import BlobServicer, add_to_server
 from blob_service.storage import open_storage
+from service_common import streams
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,18 @@ class RunningBlobServer:
     server: grpc.Server
     port: int
     store: BlobStore
+    stopping: threading.Event
+    idle_streams: streams.IdleStreams
+    admission: streams.StreamAdmission
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = None) -> None:
+        self.stopping.set()
         self.server.stop(grace).wait()
+        self.idle_streams.stop()
 
 
 def start(config: BlobConfig) -> RunningBlobServer:
@@ -47,9 +53,19 @@ def start(config: BlobConfig) -> RunningBlobServer:
         open_storage(config.store),
         touch_interval=timedelta(seconds=config.touch_interval_seconds),
         min_gc_grace=timedelta(seconds=config.min_gc_grace_seconds),
+        upload_expiry=timedelta(seconds=config.upload_expiry_seconds),
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-    add_to_server(BlobServicer(store), server)
+    idle_streams = streams.IdleStreams(
+        config.stream_idle_timeout_seconds,
+        grpc.StatusCode.ABORTED,
+        "--stream-idle-timeout-seconds, env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS",
+    )
+    # Streams (Read, Write, ListBlobs) hold a thread each while open; they get threads of
+    # their own, bounded, so FindMissingBlobs and health checks keep `workers` threads.
+    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "blob-rpc")
+    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
+    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
+    add_to_server(BlobServicer(store, idle_streams), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
@@ -60,5 +76,17 @@ def start(config: BlobConfig) -> RunningBlobServer:
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.listen}")
     server.start()
+    stopping = threading.Event()
+    if config.janitor_interval_seconds > 0:
+        threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
     log.info("blob service listening on port %d, storing in %r", port, store.storage)
-    return RunningBlobServer(server, port, store)
+    return RunningBlobServer(server, port, store, stopping, idle_streams, admission)
+
+
+def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:
+    """Discards partial uploads abandoned for longer than the expiry, until the server stops."""
+    while not stopping.wait(config.janitor_interval_seconds):
+        try:
+            store.expire_uploads()
+        except Exception:  # the janitor must outlive a storage hiccup
+            log.exception("expiring abandoned uploads failed; retrying in %.0f s", config.janitor_interval_seconds)

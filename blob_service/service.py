@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from blob_service.digests import Digest
-from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange
+from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
 from blob_service.limits import quote
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
@@ -36,8 +36,9 @@ TOUCH_INTERVAL = timedelta(minutes=10)
 # Garbage collection never deletes a blob written or looked up more recently than this,
 # whatever cutoff a caller sends: it protects uploads whose commit has not landed yet.
 MIN_GC_GRACE = timedelta(hours=1)
-# Partial uploads (and batch temp files) younger than this are never reclaimed as stale.
-MIN_STALE_UPLOAD_AGE = timedelta(hours=1)
+# Partial uploads that received nothing for this long are discarded (by the janitor and by
+# garbage collection); younger ones never are, whatever cutoff a caller sends.
+UPLOAD_EXPIRY = timedelta(days=1)
 # While receiving an upload, check this often whether a concurrent upload has published it.
 PUBLISHED_CHECK_EVERY = 64
 
@@ -68,6 +69,14 @@ def validate_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+def _no_room(digest: Digest, error: StorageFull, received: int | None = None) -> StorageFull:
+    discarded = "" if received is None else f"; the {received} bytes received were discarded"
+    return StorageFull(
+        f"cannot store blob {digest}, {digest.size_bytes} bytes: {error}{discarded}. "
+        "Free space (e.g. delete unused versions and run `mreg gc`) or grow the store, then push again"
+    )
+
+
 class BlobStore:
     """Verified access to a storage backend."""
 
@@ -77,10 +86,12 @@ class BlobStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         touch_interval: timedelta = TOUCH_INTERVAL,
         min_gc_grace: timedelta = MIN_GC_GRACE,
+        upload_expiry: timedelta = UPLOAD_EXPIRY,
     ) -> None:
         self.storage = storage
         self.chunk_size = chunk_size
         self.min_gc_grace = min_gc_grace
+        self.upload_expiry = upload_expiry
         self.touch_interval = min(touch_interval, min_gc_grace / 3)
         self._pool = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="blob-io")
 
@@ -139,11 +150,18 @@ class BlobStore:
             if last_used is not None and last_used < cutoff:
                 self.storage.delete(digest)
                 deleted.append(digest)
-        stale_cutoff = self._bounded(unused_before, max(self.min_gc_grace, MIN_STALE_UPLOAD_AGE))
+        stale_cutoff = self._bounded(unused_before, self.upload_expiry)
         removed = self.storage.remove_stale_uploads(stale_cutoff) if remove_stale_uploads else 0
         if deleted or removed:
             log.info("garbage collection deleted %d blobs and %d stale upload parts", len(deleted), removed)
         return deleted, removed
+
+    def expire_uploads(self) -> int:
+        """Discards partial uploads that received nothing for the upload expiry; returns how many parts went."""
+        removed = self.storage.remove_stale_uploads(datetime.now(UTC) - self.upload_expiry)
+        if removed:
+            log.info("discarded %d parts of uploads abandoned for over %s", removed, self.upload_expiry)
+        return removed
 
     def write(self, upload_id: str, digest: Digest, chunks: Iterator[WriteChunk]) -> int:
         """Receives an upload and publishes it if its content matches ``digest``.
@@ -160,7 +178,10 @@ class BlobStore:
         if self.storage.has(digest):
             self.storage.touch(digest)
             return digest.size_bytes
-        upload = self.storage.begin_write(upload_id, digest)
+        try:
+            upload = self.storage.begin_write(upload_id, digest)
+        except StorageFull as e:
+            raise _no_room(digest, e) from e
         try:
             hasher = self._restore_hash(upload)
             for received, chunk in enumerate(chunks, start=1):
@@ -184,6 +205,11 @@ class BlobStore:
                     self.storage.abort_write(upload)
                     return digest.size_bytes
             return upload.committed_size
+        except StorageFull as e:
+            # Release what the upload holds: the next, smaller push must find the room.
+            received = upload.committed_size
+            self.storage.abort_write(upload)
+            raise _no_room(digest, e, received) from e
         finally:
             upload.close()
 
@@ -282,6 +308,8 @@ class BlobStore:
                 if self.storage.last_used(digest) is None:
                     self.storage.put_verified(digest, data)
                 return None
+            except StorageFull as e:
+                return _no_room(digest, e)
             except BlobError as e:
                 return e
 

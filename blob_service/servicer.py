@@ -20,6 +20,7 @@ from blob_service import limits
 from blob_service.digests import Digest
 from blob_service.errors import BlobError, InvalidArgument
 from blob_service.service import BlobStore, WriteChunk
+from service_common.streams import IdleStreams
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,10 @@ def _status(error: BlobError | None) -> status_pb2.Status:
 
 
 class BlobServicer(pb_grpc.BlobServiceServicer):
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, idle_streams: IdleStreams | None = None) -> None:
         self.store = store
+        # Ends uploads and reads whose client stalls, so they give back their thread and stream slot.
+        self.idle_streams = idle_streams
 
     @_abort_on_domain_error
     def FindMissingBlobs(
@@ -163,11 +166,22 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     @_abort_on_domain_error
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
-        for data in self.store.read(_digest(request.digest), request.read_offset, request.read_limit):
+        chunks: Iterator[bytes] = self.store.read(_digest(request.digest), request.read_offset, request.read_limit)
+        if self.idle_streams is not None:
+            chunks = self.idle_streams.watch_responses(
+                chunks, context, "read again from the offset you reached (read_offset)"
+            )
+        for data in chunks:
             yield pb.ReadResponse(data=data)
 
     @_abort_on_domain_error
     def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+        if self.idle_streams is not None:
+            request_iterator = self.idle_streams.watch(
+                request_iterator,
+                context,
+                "the bytes received are kept: call QueryWriteStatus and resume from committed_size",
+            )
         first = next(request_iterator, None)
         if first is None:
             raise InvalidArgument("the write stream carried no message")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
@@ -64,6 +66,15 @@ def _code_name(code: int) -> str:
 
 class _Cancelled(Exception):
     """Raised in a worker whose transfer was cancelled (Ctrl-C); never leaves BlobTransfer."""
+
+
+def _transient(error: grpc.RpcError) -> bool:
+    """True for failures worth retrying: the transient codes, and any refusal carrying google.rpc.RetryInfo
+    (a server at its stream limit says RESOURCE_EXHAUSTED with it; a full store says it without)."""
+    if error.code() in RETRYABLE:
+        return True
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    return status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
 
 
 class _Operation:
@@ -165,7 +176,7 @@ class BlobTransfer:
             try:
                 return op.wait(method.future(request))
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+                if not _transient(e) or attempt == ATTEMPTS - 1:
                     raise MregError.from_rpc(e, "the blob service") from e
                 op.sleep(attempt)
         raise AssertionError("unreachable")
@@ -274,7 +285,7 @@ class BlobTransfer:
                 op.check()
                 raise MregError("DATA_LOSS", f"{file.path}: the blob service stored only part of the file")
             except grpc.RpcError as e:
-                if e.code() not in RETRYABLE | {grpc.StatusCode.OUT_OF_RANGE} or attempt == ATTEMPTS - 1:
+                if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or attempt == ATTEMPTS - 1:
                     error = MregError.from_rpc(e, "the blob service")
                     raise MregError(error.code, f"{file.path}: {error.message}") from e
                 op.sleep(attempt)
@@ -300,7 +311,7 @@ class BlobTransfer:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return 0
-            if e.code() in RETRYABLE:
+            if _transient(e):
                 return -1  # unknown yet; the next Write attempt will be told the right offset
             raise MregError.from_rpc(e, "the blob service") from e
         return digest.size_bytes if status.complete else status.committed_size
@@ -400,7 +411,7 @@ class BlobTransfer:
                     break
                 except grpc.RpcError as e:
                     op.check()
-                    if e.code() not in RETRYABLE or attempt == ATTEMPTS - 1:
+                    if not _transient(e) or attempt == ATTEMPTS - 1:
                         error = MregError.from_rpc(e, "the blob service")
                         raise MregError(error.code, f"{file.path}: {error.message}") from e
                     op.sleep(attempt)

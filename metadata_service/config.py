@@ -15,6 +15,7 @@ class MetadataConfig:
     database_url: str = "sqlite:///.mreg/metadata.db"
     blob_addr: str = "localhost:50052"
     workers: int = 32
+    max_streams: int = 1000
     migrate: bool = True
     pending_ttl_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 60
@@ -42,7 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=int(os.environ.get("MREG_METADATA_WORKERS", MetadataConfig.workers)),
-        help="concurrent RPCs served (env MREG_METADATA_WORKERS)",
+        help="threads serving unary RPCs; streams never take these (env MREG_METADATA_WORKERS)",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=int(os.environ.get("MREG_METADATA_MAX_STREAMS", MetadataConfig.max_streams)),
+        help="concurrent streaming RPCs (Watch) served, each on a thread of its own; more are refused "
+        "with RESOURCE_EXHAUSTED (env MREG_METADATA_MAX_STREAMS)",
     )
     parser.add_argument(
         "--pending-ttl-seconds",
@@ -83,6 +91,7 @@ def from_args(args: argparse.Namespace) -> MetadataConfig:
         database_url=args.database_url,
         blob_addr=args.blob_addr,
         workers=args.workers,
+        max_streams=args.max_streams,
         migrate=args.migrate,
         pending_ttl_seconds=args.pending_ttl_seconds,
         janitor_interval_seconds=args.janitor_interval_seconds,

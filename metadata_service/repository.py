@@ -530,7 +530,9 @@ class Repository:
     def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:
         query = select(Event).where(Event.sequence > sequence)
         if resource_prefix:
-            query = query.where(Event.resource.startswith(resource_prefix, autoescape=True))
+            # Case-sensitive on every database (SQLite's LIKE is not), as Watch's in-memory
+            # feed compares; see metadata_service/event_feed.py.
+            query = query.where(func.substr(Event.resource, 1, len(resource_prefix)) == resource_prefix)
         return self.session.scalars(query.order_by(Event.sequence).limit(limit)).all()
 
     def last_event_sequence(self) -> int:

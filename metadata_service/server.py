@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +20,7 @@ from metadata_service.db import create_database_engine, upgrade_schema
 from metadata_service.service import Registry
 from metadata_service.servicer import MetadataServicer, add_to_server
 from metadata_service.unit_of_work import Database
+from service_common import streams
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class RunningMetadataServer:
     content: BlobServiceClient
     registry: Registry
     stopping: threading.Event
+    admission: streams.StreamAdmission
 
     @property
     def address(self) -> str:
@@ -48,6 +49,7 @@ class RunningMetadataServer:
     def stop(self, grace: float | None = None) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
+        self.registry.event_feed.stop()
         self.content.close()
         self.engine.dispose()
 
@@ -61,7 +63,11 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     registry = Registry(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     stopping = threading.Event()
     threading.Thread(target=_janitor, args=(registry, config, stopping), name="mreg-janitor", daemon=True).start()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
+    # Streams (Watch) hold a thread each while open; they get threads of their own, bounded,
+    # so however many are open, unary calls and health checks keep `workers` threads.
+    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "metadata-rpc")
+    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_METADATA_MAX_STREAMS")
+    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
     add_to_server(MetadataServicer(registry), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -74,7 +80,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         raise RuntimeError(f"cannot listen on {config.listen}")
     server.start()
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
-    return RunningMetadataServer(server, port, engine, content, registry, stopping)
+    return RunningMetadataServer(server, port, engine, content, registry, stopping, admission)
 
 
 def _janitor(registry: Registry, config: MetadataConfig, stopping: threading.Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from metadata_service.domain import (
     VersionView,
 )
 from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from metadata_service.event_feed import EventFeed
 from metadata_service.limits import MAX_INDEX, quote
 from metadata_service.manifest import FileEntry, build_manifest
 from metadata_service.models import Collection, Event, Link, Version, utcnow
@@ -183,6 +185,13 @@ class Registry:
         self.db = database
         self.content = content
         self.pending_ttl = pending_ttl
+        self.event_feed = EventFeed(
+            lambda: self.db.run(lambda uow: uow.repo.last_event_sequence(), write=False),
+            lambda after, limit: self.db.run(
+                lambda uow: [_event_view(e) for e in uow.repo.events_after(after, "", limit)], write=False
+            ),
+        )
+        database.add_commit_listener(self.event_feed.committed)
 
     def _mutate(
         self,
@@ -991,8 +1000,17 @@ class Registry:
         if leftover:
             log.warning("garbage collection finished %d blob deletions an interrupted sweep left open", len(leftover))
 
-    def wait_for_events(self, timeout: float) -> None:
-        self.db.wait_for_commit(timeout)
+    def follow_events(self, sequence: int, resource_prefix: str = "", limit: int = 500) -> tuple[list[EventView], int]:
+        """Like ``events_after``, for streams following the log: served from the recent events this
+        process keeps in memory when they cover ``sequence``, so open streams cost no queries."""
+        if sequence < 0:
+            raise InvalidArgument(f"start_after must not be negative (got {sequence})")
+        cached = self.event_feed.recent_after(sequence, resource_prefix, limit)
+        return cached if cached is not None else self.events_after(sequence, resource_prefix, limit)
+
+    def wait_for_events(self, seen: int, wake: threading.Event, timeout: float) -> None:
+        """Blocks until an event after ``seen`` is committed, ``wake`` is set, or ``timeout`` passes."""
+        self.event_feed.wait(seen, wake, timeout)
 
     # Helpers -------------------------------------------------------------------------------
 

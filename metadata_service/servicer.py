@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -40,9 +42,8 @@ R = TypeVar("R", bound=Message)
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
 ACTOR_HEADER = "mreg-actor"
-# A Watch stream with nothing to say still sends the reached sequence this often.
+# A Watch stream with nothing to say still sends the reached sequence at least this often.
 HEARTBEAT_SECONDS = 10.0
-POLL_SECONDS = 0.5
 
 _STATES = {
     VersionState.PENDING: pb.VERSION_STATE_PENDING,
@@ -555,18 +556,31 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             _, cursor = self.registry.events_after(0, limit=0)
         # The first message tells the consumer the stream is live and where it starts.
         yield pb.WatchResponse(sequence=cursor)
+        # An idle stream sleeps until the log passes what it has seen; a client that goes
+        # away wakes it at once, so its thread and stream slot are freed.
+        wake = threading.Event()
+        context.add_callback(wake.set)
+        seen = cursor
         last_sent = time.monotonic()
-        while context.is_active():
-            events, reached = self.registry.events_after(cursor, request.resource_prefix)
+        # Streams opened together would send their heartbeats together, in bursts that
+        # delay unary calls; each stream beats at its own interval within the bound.
+        heartbeat = HEARTBEAT_SECONDS * random.uniform(0.5, 1.0)
+        while True:
+            wake.clear()
+            if not context.is_active():
+                return
+            events, reached = self.registry.follow_events(cursor, request.resource_prefix)
             for event in events:
                 yield pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
                 cursor = event.sequence
             if events:
                 last_sent = time.monotonic()
                 continue
-            if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+            # Nothing after the cursor matches up to `reached`: wait for the log to grow.
+            seen = max(seen, reached, cursor)
+            if time.monotonic() - last_sent >= heartbeat:
                 # Filtered consumers learn how far the log has advanced without matching events.
-                cursor = max(cursor, reached)
+                cursor = seen
                 yield pb.WatchResponse(sequence=cursor)
                 last_sent = time.monotonic()
-            self.registry.wait_for_events(POLL_SECONDS)
+            self.registry.wait_for_events(seen, wake, heartbeat - (time.monotonic() - last_sent))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -80,16 +79,15 @@ class Database:
         self.engine = engine
         self._reader = sessionmaker(bind=engine, expire_on_commit=False)
         self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
-        self._committed = threading.Condition()
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` after every transaction of this process that committed events."""
+        self._commit_listeners.append(listener)
 
     def _notify_committed(self) -> None:
-        with self._committed:
-            self._committed.notify_all()
-
-    def wait_for_commit(self, timeout: float) -> None:
-        """Blocks until this process commits events or ``timeout`` passes (other replicas are polled)."""
-        with self._committed:
-            self._committed.wait(timeout)
+        for listener in self._commit_listeners:
+            listener()
 
     def run(self, work: Callable[[UnitOfWork], T], *, write: bool, actor: str = "") -> T:
         """Runs ``work`` in a transaction, committing if ``write``; retries transient conflicts.

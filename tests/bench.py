@@ -6,6 +6,10 @@ ratio to it, because absolute numbers on a shared machine mean little.
 metadata: commits/s with 1 and 16 concurrent clients on one artifact, and reference
 resolutions/s with p50/p99 latency, on SQLite and PostgreSQL; the baseline is a gRPC
 health check round trip to the same server (the cost of the transport alone).
+
+availability: p50/p99 of unary calls (resolve, FindMissingBlobs, both health checks)
+with no streams open, then with 500 idle Watch streams and 100 stalled uploads open;
+the baseline is the first measurement.
 """
 
 from __future__ import annotations
@@ -138,9 +142,77 @@ def bench_metadata(work: Path, commits: int) -> dict[str, Any]:
         blobs.stop()
 
 
+def bench_availability(work: Path, calls: int = 2000) -> dict[str, Any]:
+    """Unary latency with no streams open, then with 500 idle Watch streams and 100 stalled uploads.
+
+    The servers run as their own processes with default limits; the streams are held by
+    this process, as slow or idle clients would hold them.
+    """
+    from tests.streams import open_stalled_writes, open_streams, open_watch_streams
+
+    blobs = ServiceProcess("blob_service", ["--store", str(work / "availability-blobs")]).start()
+    metadata = ServiceProcess(
+        "metadata_service", ["--database-url", f"sqlite:///{work / 'availability.db'}", "--blob-addr", blobs.address]
+    ).start()
+    try:
+        model = work / "availability-model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(b"weights")
+        registry = Registry.connect(metadata.address, blobs.address, entity="bench", project="availability")
+        registry.push(model, "model")
+        absent = [digest_of(f"absent {i}".encode()) for i in range(4)]
+        meta_channel = grpc.insecure_channel(metadata.address)
+        blob_channel = grpc.insecure_channel(blobs.address)
+        meta_health = health_pb2_grpc.HealthStub(meta_channel)
+        blob_health = health_pb2_grpc.HealthStub(blob_channel)
+
+        def unary(i: int) -> None:
+            # A mix of what pushes and pulls ask: resolve, find missing, and both health checks.
+            kind = i % 4
+            if kind == 0:
+                registry.resolve("model")
+            elif kind == 1:
+                registry.blobs.FindMissingBlobs(blob_pb.FindMissingBlobsRequest(blob_digests=absent), timeout=30)
+            elif kind == 2:
+                meta_health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            else:
+                blob_health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+
+        def measure(label: str) -> dict[str, float]:
+            rate, latencies = timed_calls(unary, calls, 8)
+            figures = {
+                "unary_per_s": round(rate, 1),
+                "unary_p50_ms": round(1000 * percentile(latencies, 0.5), 2),
+                "unary_p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+            }
+            log(f"  {label}: {figures['unary_per_s']:.0f} unary calls/s, p99 {figures['unary_p99_ms']} ms")
+            return figures
+
+        timed_calls(unary, 200, 8)  # warm up connections and caches before the baseline
+        results: dict[str, Any] = {"baseline_no_streams": measure("no streams open")}
+        with open_streams() as streams:
+            watches = open_watch_streams(streams, metadata.address, 500)
+            open_stalled_writes(streams, blobs.address, 100)
+            results["watch_streams_open"] = sum(1 for w in watches if w is None)
+            results["stalled_uploads_open"] = 100
+            results["under_500_watches_100_stalled_uploads"] = measure("500 idle Watch streams + 100 stalled uploads")
+        results["p99_ratio_to_baseline"] = round(
+            results["under_500_watches_100_stalled_uploads"]["unary_p99_ms"]
+            / max(results["baseline_no_streams"]["unary_p99_ms"], 0.001),
+            2,
+        )
+        registry.close()
+        meta_channel.close()
+        blob_channel.close()
+        return results
+    finally:
+        metadata.stop()
+        blobs.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["metadata", "transfer"], help="run one section")
+    parser.add_argument("--only", choices=["metadata", "transfer", "availability"], help="run one section")
     parser.add_argument("--commits", type=int, default=400, help="commits per metadata measurement")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -154,6 +226,9 @@ def main() -> None:
 
             log("transfer benchmark")
             results["transfer"] = bench_transfer(work)
+        if args.only in (None, "availability"):
+            log("availability benchmark")
+            results["availability"] = bench_availability(work)
     print(json.dumps(results, sort_keys=True))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from blob_service.digests import Digest
-from blob_service.errors import Aborted, NotFound
+from blob_service.errors import Aborted, NotFound, StorageFull
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 _READ_BACK_CHUNK = 4 << 20
@@ -40,10 +40,14 @@ class _FileReader(BlobReader):
 
 
 class _DiskUpload(PartialUpload):
-    def __init__(self, upload_id: str, digest: Digest, path: Path) -> None:
+    def __init__(self, upload_id: str, digest: Digest, path: Path, root: Path) -> None:
         super().__init__(upload_id, digest)
         self.path = path
-        self._file = open(path, "ab")  # noqa: SIM115 - owned until close()
+        self._root = root
+        # Unbuffered: appends reach the file at once, so a full disk fails the append
+        # that caused it, and closing never fails on a buffered tail.
+        with _full_store(root):
+            self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - owned until close()
         try:
             # A lock per upload file keeps two streams (in any process on this host) from
             # interleaving bytes of the same upload.
@@ -63,23 +67,24 @@ class _DiskUpload(PartialUpload):
         return self._size
 
     def append(self, data: bytes) -> None:
-        self._file.write(data)
+        view = memoryview(data)
+        with _full_store(self._root):
+            while view:
+                written = os.write(self._file.fileno(), view)
+                view = view[written:]
         self._size += len(data)
 
     def read_back(self) -> Iterator[bytes]:
-        self._file.flush()
         with open(self.path, "rb") as f:
             while chunk := f.read(_READ_BACK_CHUNK):
                 yield chunk
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with _full_store(self._root):
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+        self._file.close()
 
 
 class DiskStorage(BlobStorage):
@@ -120,7 +125,7 @@ class DiskStorage(BlobStorage):
         return _FileReader(file)
 
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
-        return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest))
+        return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest), self.root)
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
         try:
@@ -132,20 +137,22 @@ class DiskStorage(BlobStorage):
         assert isinstance(upload, _DiskUpload)
         upload.sync()
         target = self.blob_path(upload.digest)
-        target.parent.mkdir(exist_ok=True)
+        with _full_store(self.root):
+            target.parent.mkdir(exist_ok=True)
         os.replace(upload.path, target)
         upload.close()
         _fsync_dir(target.parent)
 
     def put_verified(self, digest: Digest, data: bytes) -> None:
         target = self.blob_path(digest)
-        target.parent.mkdir(exist_ok=True)
         temp = self._uploads / f"put-{uuid.uuid4().hex}.{digest.hash}"
         try:
-            with open(temp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            with _full_store(self.root):
+                target.parent.mkdir(exist_ok=True)
+                with open(temp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(temp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -186,10 +193,38 @@ class DiskStorage(BlobStorage):
         removed = 0
         for entry in os.scandir(self._uploads):
             with contextlib.suppress(FileNotFoundError):
-                if _utc(entry.stat().st_mtime) < older_than:
-                    os.unlink(entry.path)
+                if _utc(entry.stat().st_mtime) < older_than and _remove_unless_locked(entry.path):
                     removed += 1
         return removed
+
+
+def _remove_unless_locked(path: str) -> bool:
+    """Deletes an upload file unless a stream holds its lock (it is being written right now)."""
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.unlink(path)
+        return True
+
+
+@contextlib.contextmanager
+def _full_store(root: Path) -> Iterator[None]:
+    """Turns "no space" (a full disk or a quota) into StorageFull, naming the store and its free space."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            info = os.statvfs(root)
+            free = f"{info.f_bavail * info.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        raise StorageFull(f"the blob store {root} is full ({os.strerror(e.errno)}; {free})") from e
 
 
 def _utc(timestamp: float) -> datetime:

@@ -33,7 +33,7 @@ from minio.commonconfig import ComposeSource, CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from blob_service.digests import Digest
-from blob_service.errors import InvalidArgument, NotFound, Unavailable
+from blob_service.errors import InvalidArgument, NotFound, StorageFull, Unavailable
 from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,23 @@ PART_SIZE = 8 << 20
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
+# MinIO says XMinioStorageFull (HTTP 507); Ceph RGW and others say QuotaExceeded.
+_FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
 
 
 def _is_not_found(error: S3Error | InvalidResponseError) -> bool:
     if isinstance(error, S3Error):
         return error.code in _NOT_FOUND_CODES or (error.response is not None and error.response.status == 404)
     return error._code == 404  # an error body the SDK could not parse; the status says enough
+
+
+def _is_full(error: Exception) -> bool:
+    """True for the answers S3 servers give when out of space or over a quota."""
+    if isinstance(error, S3Error):
+        return error.code in _FULL_CODES or (error.response is not None and error.response.status == 507)
+    if isinstance(error, InvalidResponseError | ServerError):
+        return getattr(error, "_code", None) == 507 or getattr(error, "_status_code", None) == 507
+    return False
 
 
 def _unavailable(error: Exception) -> Unavailable:
@@ -179,6 +190,8 @@ class S3Storage(BlobStorage):
                 self.client.make_bucket(self.bucket)
                 self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (S3Error, InvalidResponseError, ServerError) as e:
+            if _is_full(e):
+                raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
             raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
@@ -284,6 +297,8 @@ class S3Storage(BlobStorage):
         try:
             self.client.put_object(self.bucket, target, cast(BinaryIO, stream), total, part_size=PART_SIZE)
         except (S3Error, InvalidResponseError, ServerError) as e:
+            if _is_full(e):
+                raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
             raise Unavailable(f"the S3 store refused to publish {target}: {e}") from e
 
     def _copy_or_compose(self, target: str, parts: list[tuple[str, int]], sources: list[ComposeSource]) -> None:
@@ -362,11 +377,29 @@ class S3Storage(BlobStorage):
         return info.last_modified if info.size == digest.size_bytes else None
 
     def stale_uploads(self, older_than: datetime) -> list[str]:
-        stale = []
-        for item in self.client.list_objects(self.bucket, prefix=self.key("uploads/"), recursive=True):
-            if item.last_modified is not None and item.last_modified < older_than and item.object_name:
-                stale.append(item.object_name)
-        return stale
+        """The staged parts of uploads whose newest part is older than ``older_than``.
+
+        An upload goes whole or not at all: dropping the old first part of an upload that
+        is still receiving would leave it with a hole.
+        """
+        uploads: dict[str, list[str]] = {}
+        newest: dict[str, datetime] = {}
+        try:
+            for item in self.client.list_objects(self.bucket, prefix=self.key("uploads/"), recursive=True):
+                if item.object_name is None or item.last_modified is None:
+                    continue
+                upload = item.object_name.rsplit("/", 1)[0]
+                uploads.setdefault(upload, []).append(item.object_name)
+                newest[upload] = max(newest.get(upload, item.last_modified), item.last_modified)
+        except S3Error as e:
+            if e.code == "NoSuchBucket":
+                return []
+            raise Unavailable(f"the S3 store failed to list uploads: {e}") from e
+        except (InvalidResponseError, ServerError) as e:
+            raise Unavailable(f"the S3 store failed to list uploads: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+        return [key for upload, keys in uploads.items() if newest[upload] < older_than for key in keys]
 
     def remove_stale_uploads(self, older_than: datetime) -> int:
         stale = self.stale_uploads(older_than)

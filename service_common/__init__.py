@@ -1,0 +1,1 @@
+"""gRPC serving pieces both services share (stream admission, idle-stream watchdog)."""
