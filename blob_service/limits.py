@@ -13,11 +13,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from blob_service.errors import InvalidArgument
-
-# Error messages quote at most this many characters of an input.
-QUOTE_CHARS = 80
-# A message that somehow grew longer is cut here (the gRPC trailer must stay small).
-MAX_ERROR_MESSAGE_CHARS = 1000
+from service_common.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
 STRING_BOUNDS = {"hash": 64, "upload_id": 128}
 DEFAULT_MAX_CHARS = 1024
@@ -33,20 +29,6 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 _MIN_TIMESTAMP = -62135596800
 _MAX_TIMESTAMP = 253402300799
 _INT_TYPES = {3, 4, 5, 6, 7, 13, 15, 16, 17, 18}
-
-
-def quote(value: str, limit: int = QUOTE_CHARS) -> str:
-    """The repr of at most ``limit`` characters of ``value``, noting how long it really was."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
-
-
-def clip_message(message: str) -> str:
-    """Cuts an error message to a size that always fits a gRPC trailer."""
-    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
-        return message
-    return message[: MAX_ERROR_MESSAGE_CHARS - 20] + "... (message cut)"
 
 
 def check_request(request: Message) -> None:

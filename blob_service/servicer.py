@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
@@ -20,6 +20,7 @@ from blob_service import limits
 from blob_service.digests import Digest
 from blob_service.errors import BlobError, InvalidArgument
 from blob_service.service import BlobStore, WriteChunk
+from service_common.edge import Undecodable, add_servicer_to_server
 from service_common.streams import IdleStreams
 
 log = logging.getLogger(__name__)
@@ -51,63 +52,23 @@ def _abort_on_domain_error(method: F) -> F:
     return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
 
 
-class _Undecodable:
-    """What a request deserializes to when its bytes are not a valid message."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
 def _check(message: Any) -> Any:
-    if isinstance(message, _Undecodable):
-        raise InvalidArgument(
-            f"the request is not a valid protobuf message: {str(message.error)[: limits.QUOTE_CHARS]}"
-        )
+    if isinstance(message, Undecodable):
+        raise InvalidArgument(message.describe())
     limits.check_request(message)
     return message
 
 
 def _checked(request: Any) -> Any:
     """The request checked, or for a request stream an iterator that checks each message."""
-    if isinstance(request, Message | _Undecodable):
+    if isinstance(request, Message | Undecodable):
         return _check(request)
     return (_check(message) for message in request)
 
 
-def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer that hands a parse failure to the method, which answers INVALID_ARGUMENT.
-
-    gRPC's own handling of a deserialization failure is INTERNAL, which would blame the server.
-    """
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as e:
-            return _Undecodable(e)
-
-    return deserialize
-
-
 def add_to_server(servicer: BlobServicer, server: grpc.Server) -> None:
-    """Registers the servicer like the generated ``add_..._to_server``, with tolerant deserializers."""
-    service = pb.DESCRIPTOR.services_by_name["BlobService"]
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(method.client_streaming, method.server_streaming)]
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=_tolerant(request_type.FromString),
-            response_serializer=response_type.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    """Registers the servicer with deserializers that let it answer unparsable requests itself."""
+    add_servicer_to_server(servicer, server, pb, "BlobService")
 
 
 def _digest(message: pb.Digest) -> Digest:

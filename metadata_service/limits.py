@@ -21,11 +21,8 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from metadata_service.errors import InvalidArgument
+from service_common.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
-# Error messages quote at most this many characters of an input.
-QUOTE_CHARS = 80
-# A message that somehow grew longer is cut here (the gRPC trailer must stay small).
-MAX_ERROR_MESSAGE_CHARS = 1000
 # Structured violations listed in one error's google.rpc.PreconditionFailure: with the
 # message, they stay well under the 8 KiB of trailers a default gRPC client accepts.
 MAX_VIOLATIONS = 32
@@ -102,20 +99,6 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 # Timestamps Python's datetime (and both databases) can hold: years 1 to 9999.
 _MIN_TIMESTAMP = -62135596800
 _MAX_TIMESTAMP = 253402300799
-
-
-def quote(value: str, limit: int = QUOTE_CHARS) -> str:
-    """The repr of at most ``limit`` characters of ``value``, noting how long it really was."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
-
-
-def clip_message(message: str) -> str:
-    """Cuts an error message to a size that always fits a gRPC trailer."""
-    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
-        return message
-    return message[: MAX_ERROR_MESSAGE_CHARS - 20] + "... (message cut)"
 
 
 def check_text(value: str, where: str, limit: int, *, count_bytes: bool = False) -> None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
@@ -31,10 +31,10 @@ from metadata_service.domain import (
     VersionView,
 )
 from metadata_service.errors import InvalidArgument, RegistryError
-from metadata_service.limits import QUOTE_CHARS
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
 from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
+from service_common.edge import Undecodable, add_servicer_to_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=Message)
@@ -74,51 +74,15 @@ def _abort_on_domain_error(method: F) -> F:
     return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
 
 
-class _Undecodable:
-    """What a request deserializes to when its bytes are not a valid message."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
 def _check(request: Any) -> None:
-    if isinstance(request, _Undecodable):
-        raise InvalidArgument(
-            "the request is not a valid protobuf message (nested more than 100 levels deep, or a string "
-            f"that is not UTF-8): {str(request.error)[:QUOTE_CHARS]}"
-        )
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.describe())
     limits.check_request(request)
 
 
-def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer that hands a parse failure to the method, which answers INVALID_ARGUMENT.
-
-    gRPC's own handling of a deserialization failure is INTERNAL, which would blame the server.
-    """
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as e:
-            return _Undecodable(e)
-
-    return deserialize
-
-
 def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
-    """Registers the servicer like the generated ``add_..._to_server``, with tolerant deserializers."""
-    service = pb.DESCRIPTOR.services_by_name["MetadataService"]
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=_tolerant(request_type.FromString),
-            response_serializer=response_type.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    """Registers the servicer with deserializers that let it answer unparsable requests itself."""
+    add_servicer_to_server(servicer, server, pb, "MetadataService")
 
 
 def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
