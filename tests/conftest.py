@@ -182,6 +182,26 @@ def blob_stub(blob_only: blob_server.RunningBlobServer) -> Iterator[blob_service
 
 
 @pytest.fixture
+def short_ttl_registry(servers: Servers) -> Iterator[Registry]:
+    """A client of a second metadata server on the same database whose pending versions expire after 1 s."""
+    short_lived = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=servers.database_url,
+            blob_addr=servers.blob.address,
+            pending_ttl_seconds=1,
+            janitor_interval_seconds=0.2,
+            migrate=False,
+        )
+    )
+    try:
+        with Registry.connect(short_lived.address, servers.blob.address, entity="acme", project="vision") as client:
+            yield client
+    finally:
+        short_lived.stop(grace=None)
+
+
+@pytest.fixture
 def metadata_stub(servers: Servers) -> Iterator[metadata_service_pb2_grpc.MetadataServiceStub]:
     channel = grpc.insecure_channel(servers.metadata.address)
     yield metadata_service_pb2_grpc.MetadataServiceStub(channel)

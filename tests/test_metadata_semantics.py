@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
 from client import MregError, Registry
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
 from tests.processes import ServiceProcess
 from tests.test_metadata_service import upload
 
@@ -236,32 +234,19 @@ def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, u
     assert [v.index for v in registry.list_versions(name)] == [7, 6, 5, 1, 0]
 
 
-def test_pending_versions_expire_and_are_never_listed(servers, unique) -> None:
-    short_lived = metadata_server.start(
-        MetadataConfig(
-            listen="127.0.0.1:0",
-            database_url=servers.database_url,
-            blob_addr=servers.blob.address,
-            pending_ttl_seconds=1,
-            janitor_interval_seconds=0.2,
-            migrate=False,
-        )
-    )
-    try:
-        with Registry.connect(short_lived.address, servers.blob.address, entity="acme", project="vision") as registry:
-            name = f"pending-{unique}"
-            push_one(registry, name, "committed")
-            (digest,) = upload(registry, b"late " + unique.encode())
-            pending = registry._call(
-                registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="model")
-            ).version
-            assert [v.index for v in registry.list_versions(name)] == [0]
-            time.sleep(2.0)
-            late = pb.CommitVersionRequest(uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)])
-            assert code_of(lambda: registry._call(registry.metadata.CommitVersion, late)) == "NOT_FOUND"
-            assert [v.index for v in registry.list_versions(name)] == [0]
-    finally:
-        short_lived.stop(grace=None)
+def test_pending_versions_expire_and_are_never_listed(short_ttl_registry, unique) -> None:
+    registry = short_ttl_registry
+    name = f"pending-{unique}"
+    push_one(registry, name, "committed")
+    (digest,) = upload(registry, b"late " + unique.encode())
+    pending = registry._call(
+        registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="model")
+    ).version
+    assert [v.index for v in registry.list_versions(name)] == [0]
+    time.sleep(2.0)
+    late = pb.CommitVersionRequest(uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)])
+    assert code_of(lambda: registry._call(registry.metadata.CommitVersion, late)) == "NOT_FOUND"
+    assert [v.index for v in registry.list_versions(name)] == [0]
 
 
 # Search ----------------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ import pytest
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
 from client import MregError, Registry
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
 from tests.test_metadata_semantics import code_of, push_one
 
 
@@ -23,42 +21,29 @@ def _events_after(registry: Registry, cursor: int, prefix: str, count: int) -> l
     return seen
 
 
-def test_a_push_that_never_commits_changes_nothing_visible(servers, unique) -> None:
-    short_lived = metadata_server.start(
-        MetadataConfig(
-            listen="127.0.0.1:0",
-            database_url=servers.database_url,
-            blob_addr=servers.blob.address,
-            pending_ttl_seconds=1,
-            janitor_interval_seconds=0.2,
-            migrate=False,
-        )
-    )
-    try:
-        with Registry.connect(short_lived.address, servers.blob.address, entity="acme", project="vision") as registry:
-            push_one(registry, f"neighbour-{unique}", "so the project exists")
-            cursor = next(registry.watch(0, from_now=True, timeout=30)).sequence
-            name = f"interrupted-{unique}"
-            # What an interrupted push has done: created a pending version, never committed it.
-            registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="dataset"))
+def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, unique) -> None:
+    registry = short_ttl_registry
+    push_one(registry, f"neighbour-{unique}", "so the project exists")
+    cursor = next(registry.watch(0, from_now=True, timeout=30)).sequence
+    name = f"interrupted-{unique}"
+    # What an interrupted push has done: created a pending version, never committed it.
+    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="dataset"))
 
-            assert name not in [a.name.rsplit("/", 1)[1] for a in registry.list_artifacts("acme/vision")]
-            assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
-            assert code_of(lambda: registry.resolve(name)) == "NOT_FOUND"
-            assert code_of(lambda: list(registry.list_versions(name))) == "NOT_FOUND"
-            assert code_of(lambda: registry.delete_collection(name)) == "NOT_FOUND"
+    assert name not in [a.name.rsplit("/", 1)[1] for a in registry.list_artifacts("acme/vision")]
+    assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
+    assert code_of(lambda: registry.resolve(name)) == "NOT_FOUND"
+    assert code_of(lambda: list(registry.list_versions(name))) == "NOT_FOUND"
+    assert code_of(lambda: registry.delete_collection(name)) == "NOT_FOUND"
 
-            # Once the pending version expires, the name is free for any type.
-            time.sleep(2.0)
-            committed = push_one(registry, name, "a model after all")
-            assert committed.version.name == f"acme/vision/{name}:v0"
-            assert registry.get_artifact(name).type == "model"
-            assert _events_after(registry, cursor, f"acme/vision/{name}", 2) == [
-                ("collection.created", f"acme/vision/{name}"),
-                ("version.committed", f"acme/vision/{name}:v0"),
-            ]
-    finally:
-        short_lived.stop(grace=None)
+    # Once the pending version expires, the name is free for any type.
+    time.sleep(2.0)
+    committed = push_one(registry, name, "a model after all")
+    assert committed.version.name == f"acme/vision/{name}:v0"
+    assert registry.get_artifact(name).type == "model"
+    assert _events_after(registry, cursor, f"acme/vision/{name}", 2) == [
+        ("collection.created", f"acme/vision/{name}"),
+        ("version.committed", f"acme/vision/{name}:v0"),
+    ]
 
 
 def test_retention_refuses_to_keep_zero_versions_and_always_keeps_latest(registry, unique) -> None:
