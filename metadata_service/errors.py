@@ -39,6 +39,12 @@ class FailedPrecondition(RegistryError):
 MISSING_BLOB = "MISSING_BLOB"
 
 
+class ResourceExhausted(RegistryError):
+    """The metadata database has no room left (its disk is full); free space, then retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(RegistryError):
     """A dependency (the database or the blob service) cannot be reached; retry later."""
 

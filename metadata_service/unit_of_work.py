@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_service.db import WRITE_OPTION
 from metadata_service.domain import PendingEvent
-from metadata_service.errors import Unavailable
+from metadata_service.errors import ResourceExhausted, Unavailable
 from metadata_service.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE_PG_CODES = {"40001", "40P01"}
+_PG_DISK_FULL = "53100"
+_SQLITE_FULL = 13
 MAX_ATTEMPTS = 8
 
 
@@ -65,9 +67,17 @@ class UnitOfWork:
         self.session.close()
 
 
+def _sqlstate(error: DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+
+
+def _is_disk_full(error: DBAPIError) -> bool:
+    """SQLite's SQLITE_FULL, or PostgreSQL's disk_full."""
+    return getattr(error.orig, "sqlite_errorcode", None) == _SQLITE_FULL or _sqlstate(error) == _PG_DISK_FULL
+
+
 def _is_transient(error: DBAPIError) -> bool:
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-    if code in _RETRYABLE_PG_CODES:
+    if _sqlstate(error) in _RETRYABLE_PG_CODES:
         return True
     return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
 
@@ -110,6 +120,11 @@ class Database:
                     log.info("transient database conflict (attempt %d), retrying: %s", attempt, e.orig)
                     time.sleep(delay)
                     continue
+                if _is_disk_full(e):
+                    raise ResourceExhausted(
+                        f"the metadata database has no room left ({e.orig}); nothing was changed. "
+                        "Free space on its disk (or grow it), then retry"
+                    ) from e
                 if e.connection_invalidated or isinstance(e, OperationalError):
                     raise Unavailable(f"the metadata database is unavailable: {e.orig}") from e
                 raise

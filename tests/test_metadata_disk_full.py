@@ -1,0 +1,67 @@
+"""A metadata database whose disk is full answers RESOURCE_EXHAUSTED and keeps serving reads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blob_service import server as blob_server
+from blob_service.config import BlobConfig
+from client import MregError, Registry
+from metadata_service import server as metadata_server
+from metadata_service.config import MetadataConfig
+from tests.test_metadata_semantics import push_one
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    root = tmp_path / "small-disk"
+    root.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_full_sqlite_disk_is_resource_exhausted_and_reads_keep_working(
+    small_disk: Path, tmp_path: Path, unique
+) -> None:
+    blobs = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs")))
+    metadata = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=f"sqlite:///{small_disk / 'metadata.db'}",
+            blob_addr=blobs.address,
+            gc_interval_seconds=0,
+        )
+    )
+    try:
+        with Registry.connect(metadata.address, blobs.address, entity="acme", project="vision") as registry:
+            first = push_one(registry, f"kept-{unique}", "kept")
+            ballast = small_disk / "ballast"
+            with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * (16 << 10))
+
+            with pytest.raises(MregError) as full:
+                for i in range(50):  # the WAL may absorb a few small commits before the disk refuses
+                    push_one(registry, f"more-{unique}", f"content {i} " + "x" * 20_000)
+            assert full.value.code == "RESOURCE_EXHAUSTED", full.value
+            assert "full" in full.value.message
+
+            assert registry.resolve(first.version.name).version.name == first.version.name
+            ballast.unlink()
+            push_one(registry, f"after-{unique}", "room again")
+    finally:
+        metadata.stop(grace=None)
+        blobs.stop(grace=None)
