@@ -79,15 +79,14 @@ class HashCache:
         A push that was interrupted leaves its partial upload in the blob service under
         this id; the next push of the same content continues it from QueryWriteStatus.
         """
+        # Another process may claim the same blob at the same moment: the first insert
+        # wins and both use its id.
         with self._lock, self._db:
+            self._db.execute("INSERT OR IGNORE INTO uploads VALUES (?, ?, ?)", (sha256, size, uuid.uuid4().hex))
             row = self._db.execute(
                 "SELECT upload_id FROM uploads WHERE sha256 = ? AND size = ?", (sha256, size)
             ).fetchone()
-            if row is not None:
-                return str(row[0])
-            upload_id = uuid.uuid4().hex
-            self._db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (sha256, size, upload_id))
-        return upload_id
+        return str(row[0])
 
     def forget_upload(self, sha256: str, size: int) -> None:
         with self._lock, self._db:

@@ -494,3 +494,33 @@ def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, t
     assert process.returncode == 130, err
     assert err.strip().splitlines() == ["mreg: interrupted"]
     assert list(dest.iterdir()) == []  # neither the file nor its partial download
+
+
+def test_two_processes_claiming_upload_ids_for_the_same_blobs_agree_and_never_fail(tmp_path: Path) -> None:
+    """Two pushes on one machine share the hash cache (one connection each, like two processes)."""
+    import threading
+
+    from client.cache import HashCache
+
+    caches = [HashCache(tmp_path / "cache"), HashCache(tmp_path / "cache")]
+    blobs = [(f"{i:064x}", i) for i in range(300)]
+    claimed: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def claim(which: int) -> None:
+        start.wait()
+        try:
+            claimed[which] = [caches[which].upload_id(sha, size) for sha, size in blobs]
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for cache in caches:
+        cache.close()
+    assert errors == []
+    assert claimed[0] == claimed[1]
