@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from mreg.blob.v1 import blob_service_pb2
 
 from blob_service.config import BlobConfig
@@ -17,6 +15,7 @@ from blob_service.service import BlobStore
 from blob_service.servicer import BlobServicer, add_to_server
 from blob_service.storage import open_storage
 from service_common import streams
+from service_common.introspection import add_health_and_reflection
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
     admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
     server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
     add_to_server(BlobServicer(store, idle_streams), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
-    health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
+    add_health_and_reflection(server, blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name)
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.listen}")

@@ -119,7 +119,7 @@ def _split_path(text: str, what: str, labels: tuple[str, ...], defaults: tuple[s
         if not default:
             raise InvalidArgument(
                 f"{what} {quote(text)} names no {label} and no default {label} is set "
-                f"(set MREG_{label.upper()} or write {'/'.join(labels)})"
+                f"(send the mreg-{label} request header or write {'/'.join(labels)})"
             )
         filled.append(default)
     parts = filled + given

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from mreg.metadata.v1 import metadata_service_pb2
 from sqlalchemy import Engine
 
@@ -21,6 +19,7 @@ from metadata_service.service import Registry
 from metadata_service.servicer import MetadataServicer, add_to_server
 from metadata_service.unit_of_work import Database
 from service_common import streams
+from service_common.introspection import add_health_and_reflection
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_METADATA_MAX_STREAMS")
     server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
     add_to_server(MetadataServicer(registry), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
-    health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
+    add_health_and_reflection(server, metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name)
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.listen}")
