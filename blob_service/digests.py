@@ -35,5 +35,10 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.hash}/{self.size_bytes}"
 
+    @property
+    def is_empty(self) -> bool:
+        """The empty blob, which every blob service holds without storing it."""
+        return self.size_bytes == 0 and self.hash == EMPTY_SHA256
+
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -106,6 +106,8 @@ class BlobStore:
         renew_before = datetime.now(UTC) - self.touch_interval
 
         def missing(digest: Digest) -> bool:
+            if digest.is_empty:
+                return False
             last_used = self.storage.last_used(digest)
             if last_used is None:
                 return True
@@ -175,6 +177,8 @@ class BlobStore:
             InvalidArgument: more bytes than the digest's size, or a hash mismatch.
         """
         validate_upload_id(upload_id)
+        if digest.is_empty:
+            return 0
         if self.storage.has(digest):
             self.storage.touch(digest)
             return digest.size_bytes
@@ -246,7 +250,7 @@ class BlobStore:
             NotFound: no such upload is in progress and the blob is not stored.
         """
         validate_upload_id(upload_id)
-        if self.storage.has(digest):
+        if digest.is_empty or self.storage.has(digest):
             return digest.size_bytes, True
         size = self.storage.upload_size(upload_id, digest)
         if size is None:
@@ -264,6 +268,8 @@ class BlobStore:
         if offset > digest.size_bytes:
             raise OutOfRange(f"read_offset {offset} is past the end of blob {digest}")
         end = digest.size_bytes if limit == 0 else min(digest.size_bytes, offset + limit)
+        if digest.is_empty:
+            return iter(())
         # The generator body runs lazily; check existence now so NOT_FOUND comes first.
         reader = self.storage.open_read(digest)
         return self._read_verified(reader, digest, offset, end)
@@ -305,7 +311,7 @@ class BlobStore:
             try:
                 if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
                     raise InvalidArgument(f"data does not match digest {digest}; nothing was stored")
-                if self.storage.last_used(digest) is None:
+                if not digest.is_empty and self.storage.last_used(digest) is None:
                     self.storage.put_verified(digest, data)
                 return None
             except StorageFull as e:

@@ -39,7 +39,7 @@ DEFAULT_BLOB_ADDR = "localhost:50052"
 RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RETRY_ATTEMPTS = 6
 # A commit refused because a sweep took its content is retried after uploading it again.
-COMMIT_ATTEMPTS = 6
+COMMIT_ATTEMPTS = 9
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
 MISSING_BLOB = "MISSING_BLOB"
 CHANNEL_OPTIONS = [
@@ -227,7 +227,7 @@ class Registry:
                     raise
                 request.request_id = ""
                 # A sweep may still be deleting that content: give it a moment to finish.
-                time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
         self._complete_manifest(response.version)
         return PushResult(
             version=response.version,

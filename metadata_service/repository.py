@@ -457,14 +457,22 @@ class Repository:
             )
         ]
 
-    def close_condemnation(self, state: GcState, hashes: Sequence[str]) -> int:
-        """Records that the sweep of these blobs ended, in a new epoch (the caller holds the lock)."""
+    def close_condemnation(self, state: GcState, deleted: Sequence[str], released: Sequence[str] = ()) -> int:
+        """Records in a new epoch that these blobs were deleted, and forgets the condemnation of
+        ``released`` ones, which were not (the caller holds the lock)."""
         state.epoch += 1
-        for start in range(0, len(hashes), 500):
+        for start in range(0, len(deleted), 500):
             self.session.execute(
                 update(CondemnedBlob)
-                .where(CondemnedBlob.digest.in_(list(hashes[start : start + 500])))
+                .where(CondemnedBlob.digest.in_(list(deleted[start : start + 500])))
                 .values(deleted_epoch=state.epoch)
+            )
+        for start in range(0, len(released), 500):
+            self.session.execute(
+                delete(CondemnedBlob).where(
+                    CondemnedBlob.digest.in_(list(released[start : start + 500])),
+                    CondemnedBlob.deleted_epoch.is_(None),
+                )
             )
         return state.epoch
 

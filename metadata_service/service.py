@@ -961,7 +961,7 @@ class Registry:
                 )
                 referenced += len(batch) - len(garbage)
                 if garbage and not dry_run:
-                    garbage = self._delete_condemned(garbage, unused_before)
+                    garbage = self._delete_condemned(garbage, unused_before, precise=True)
                 deleted += len(garbage)
                 deleted_bytes += sum(s for _, s in garbage)
             if not dry_run:
@@ -973,15 +973,25 @@ class Registry:
         log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
         return report
 
-    def _delete_condemned(self, condemned: list[tuple[str, int]], unused_before: datetime) -> list[tuple[str, int]]:
-        """Deletes condemned blobs and closes their condemnation; returns those deleted."""
+    def _delete_condemned(
+        self, condemned: list[tuple[str, int]], unused_before: datetime, *, precise: bool
+    ) -> list[tuple[str, int]]:
+        """Deletes condemned blobs and closes their condemnation; returns those deleted.
+
+        Deleted blobs are closed in a new epoch: a commit that read an older epoch may have
+        seen them before the deletion. With ``precise``, the blobs the blob service kept
+        (used again since the sweep listed them, so present) are released at once, as if
+        never condemned. A sweep finishing another's condemnations cannot tell whether the
+        dead sweep deleted them already, so it closes them all in the new epoch.
+        """
         gone, _ = self.content.delete_unused(condemned, unused_before, remove_stale_uploads=False)
+        gone_hashes = {h for h, _ in gone}
+        kept = [h for h, _ in condemned if h not in gone_hashes] if precise else []
+        closed = [h for h, _ in condemned if h not in set(kept)]
 
         def close(uow: UnitOfWork) -> None:
-            # Every condemned blob, deleted or kept, is closed in the new epoch: a commit
-            # that read an older epoch may have seen it before the deletion.
             state = uow.repo.lock_gc_state(exclusive=True)
-            uow.repo.close_condemnation(state, [h for h, _ in condemned])
+            uow.repo.close_condemnation(state, closed, released=kept)
 
         self.db.run(close, write=True)
         return gone
@@ -996,7 +1006,7 @@ class Registry:
 
         leftover = self.db.run(prune_and_find, write=True)
         for start in range(0, len(leftover), GC_BATCH):
-            self._delete_condemned(leftover[start : start + GC_BATCH], unused_before)
+            self._delete_condemned(leftover[start : start + GC_BATCH], unused_before, precise=False)
         if leftover:
             log.warning("garbage collection finished %d blob deletions an interrupted sweep left open", len(leftover))
 

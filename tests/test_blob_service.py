@@ -213,3 +213,13 @@ def test_empty_blob_can_be_written_and_read(blob_stub) -> None:
     response = blob_stub.Write(iter([pb.WriteRequest(upload_id="empty1", digest=digest, finish_write=True)]))
     assert response.committed_size == 0
     assert read_all(blob_stub, digest) == b""
+
+
+def test_the_empty_blob_is_always_present_without_being_uploaded(blob_stub) -> None:
+    empty = digest_of(b"")
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[empty])).missing_blob_digests) == []
+    assert b"".join(r.data for r in blob_stub.Read(pb.ReadRequest(digest=empty))) == b""
+    (result,) = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[empty])).responses
+    assert (result.status.code, result.data) == (0, b"")
+    status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id="never-started", digest=empty))
+    assert status.complete
