@@ -929,8 +929,8 @@ class Registry:
           MISSING_BLOB any blob that a sweep is deleting now or deleted after that epoch.
         - A sweep, in a transaction holding that row exclusively, finds which listed blobs
           no committed version references and records them as condemned; only then does
-          it ask the blob service to delete them, and afterwards it closes the
-          condemnation in a new epoch.
+          it ask the blob service to delete them; afterwards it records the deleted ones
+          in a new epoch and releases the ones the blob service kept (used again since).
 
         So a commit either lands before the condemnation (the sweep sees its references
         and keeps the content) or after it (and refuses; the client uploads again). A
@@ -952,7 +952,7 @@ class Registry:
             self.db.run(lambda uow: _take_gc_lease(uow.repo, owner), write=True)
         try:
             if not dry_run:
-                self._finish_interrupted_sweeps(owner, unused_before)
+                self._finish_interrupted_sweeps(unused_before)
             for batch in self.content.list_unused(unused_before):
                 examined += len(batch)
                 garbage = self.db.run(
@@ -986,17 +986,17 @@ class Registry:
         """
         gone, _ = self.content.delete_unused(condemned, unused_before, remove_stale_uploads=False)
         gone_hashes = {h for h, _ in gone}
-        kept = [h for h, _ in condemned if h not in gone_hashes] if precise else []
-        closed = [h for h, _ in condemned if h not in set(kept)]
+        kept = {h for h, _ in condemned if h not in gone_hashes} if precise else set()
+        closed = [h for h, _ in condemned if h not in kept]
 
         def close(uow: UnitOfWork) -> None:
             state = uow.repo.lock_gc_state(exclusive=True)
-            uow.repo.close_condemnation(state, closed, released=kept)
+            uow.repo.close_condemnation(state, closed, released=sorted(kept))
 
         self.db.run(close, write=True)
         return gone
 
-    def _finish_interrupted_sweeps(self, owner: str, unused_before: datetime) -> None:
+    def _finish_interrupted_sweeps(self, unused_before: datetime) -> None:
         """Completes condemnations a sweep that died left open, so commits of that content proceed."""
 
         def prune_and_find(uow: UnitOfWork) -> list[tuple[str, int]]:
