@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +179,27 @@ def blob_stub(blob_only: blob_server.RunningBlobServer) -> Iterator[blob_service
     channel = grpc.insecure_channel(blob_only.address, options=[("grpc.max_receive_message_length", 64 << 20)])
     yield blob_service_pb2_grpc.BlobServiceStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Mounts small tmpfs file systems to fill (``small_tmpfs("name", "8m")``); unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs to fill needs root")
+        root = tmp_path / name
+        root.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(root)
+        return root
+
+    yield mount
+    for root in mounted:
+        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -244,19 +243,9 @@ def test_a_stalled_upload_is_ended_with_aborted_keeps_its_bytes_and_frees_its_sl
 
 
 @pytest.fixture
-def small_store(tmp_path: Path) -> Iterator[Path]:
+def small_store(small_tmpfs) -> Path:
     """An 8 MiB tmpfs to fill; unmounted after the servers using it have stopped."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    root = tmp_path / "small-store"
-    root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
+    return small_tmpfs("small-store", "8m")
 
 
 def _model(root: Path, files: dict[str, bytes]) -> Path:
