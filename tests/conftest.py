@@ -8,6 +8,7 @@ dropped at the end. An unreachable PostgreSQL fails the suite rather than skippi
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from sqlalchemy.engine import make_url
 from blob_service import server as blob_server
 from blob_service.config import BlobConfig
 from client import Registry
+from client.cli import main as cli_main
 from metadata_service import server as metadata_server
 from metadata_service.config import MetadataConfig
 from tests.processes import free_port
@@ -233,6 +235,24 @@ def metadata_stub(servers: Servers) -> Iterator[metadata_service_pb2_grpc.Metada
 def registry(servers: Servers) -> Iterator[Registry]:
     with servers.registry() as client:
         yield client
+
+
+@pytest.fixture
+def mreg(servers, monkeypatch, capsys):
+    """Runs `mreg ARGS --json` in-process against the test servers; returns (exit code, parsed stdout, stderr)."""
+    for key, value in servers.cli_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MREG_ENTITY", raising=False)
+    monkeypatch.delenv("MREG_PROJECT", raising=False)
+
+    def run(*args: str, json_output: bool = True):
+        capsys.readouterr()
+        code = cli_main([*args, "--json"] if json_output else list(args))
+        captured = capsys.readouterr()
+        parsed = json.loads(captured.out) if json_output and code == 0 else captured.out
+        return code, parsed, captured.err
+
+    return run
 
 
 @pytest.fixture

@@ -15,26 +15,7 @@ from pathlib import Path
 import pytest
 
 from blob_service.digests import Digest
-from client.cli import main
 from tests.helpers import assert_same_tree, make_checkpoint
-
-
-@pytest.fixture
-def mreg(servers, monkeypatch, capsys):
-    """Runs `mreg ARGS --json` in-process against the test servers; returns (exit code, parsed stdout, stderr)."""
-    for key, value in servers.cli_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MREG_ENTITY", raising=False)
-    monkeypatch.delenv("MREG_PROJECT", raising=False)
-
-    def run(*args: str, json_output: bool = True):
-        capsys.readouterr()
-        code = main([*args, "--json"] if json_output else list(args))
-        captured = capsys.readouterr()
-        parsed = json.loads(captured.out) if json_output and code == 0 else captured.out
-        return code, parsed, captured.err
-
-    return run
 
 
 def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique) -> None:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,29 +24,10 @@ from hypothesis import strategies as st
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
 from client import references as client_references
-from client.cli import main
 from client.errors import MregError
 from metadata_service.errors import InvalidArgument
 from metadata_service.references import Defaults, parse_collection, validate_alias
 from tests.helpers import assert_same_tree, make_checkpoint
-
-
-@pytest.fixture
-def mreg(servers, monkeypatch, capsys):
-    """Runs `mreg ARGS --json` in-process against the test servers; returns (exit code, parsed stdout, stderr)."""
-    for key, value in servers.cli_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MREG_ENTITY", raising=False)
-    monkeypatch.delenv("MREG_PROJECT", raising=False)
-
-    def run(*args: str, json_output: bool = True):
-        capsys.readouterr()
-        code = main([*args, "--json"] if json_output else list(args))
-        captured = capsys.readouterr()
-        parsed = json.loads(captured.out) if json_output and code == 0 else captured.out
-        return code, parsed, captured.err
-
-    return run
 
 
 def _checkpoint(root: Path, large_bytes: int) -> Path:
@@ -372,6 +354,23 @@ def test_the_client_grammar_accepts_exactly_what_the_server_accepts(text: str, d
 # Ctrl-C ------------------------------------------------------------------------------------
 
 
+def _interrupt_once_grown(process: subprocess.Popen[str], transferred: Callable[[], int]) -> str:
+    """Sends SIGINT once ``transferred()`` reaches 4 MiB; returns the process's stderr after it ends."""
+    try:
+        for _ in range(6000):  # a bound by count: at most about 5 minutes on a very slow machine
+            if transferred() >= 4 << 20 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the transfer finished before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
+        return err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_path: Path, unique) -> None:
     size = 300 << 20
     checkpoint = tmp_path / "ck"
@@ -391,20 +390,9 @@ def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_p
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        stored = 0
-        for _ in range(6000):  # a bound by count: at most about 5 minutes on a very slow machine
-            stored = max((p.stat().st_size for p in uploads.glob("*") if p.is_file()), default=0)
-            if stored >= 4 << 20 or process.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the push finished before it could be interrupted"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    err = _interrupt_once_grown(
+        process, lambda: max((p.stat().st_size for p in uploads.glob("*") if p.is_file()), default=0)
+    )
 
     assert process.returncode == 130, err
     assert "Traceback" not in err
@@ -477,19 +465,9 @@ def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, t
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        for _ in range(6000):  # bounded by count
-            received = max((p.stat().st_size for p in dest.glob(".mreg-partial-*")), default=0)
-            if received >= 4 << 20 or process.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the pull finished before it could be interrupted"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=10)  # a hang check, not a speed check
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    err = _interrupt_once_grown(
+        process, lambda: max((p.stat().st_size for p in dest.glob(".mreg-partial-*")), default=0)
+    )
 
     assert process.returncode == 130, err
     assert err.strip().splitlines() == ["mreg: interrupted"]
