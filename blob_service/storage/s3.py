@@ -30,6 +30,7 @@ from xml.etree import ElementTree
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import Object
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from blob_service.digests import Digest
@@ -214,14 +215,10 @@ class S3Storage(BlobStorage):
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise _unavailable(e) from e
 
-    def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
-        """The staged parts under an upload's prefix, in offset order, each (key, size)."""
+    def _list(self, prefix: str, *, recursive: bool) -> list[Object]:
+        """The objects under ``prefix``; none when the bucket does not exist (yet)."""
         try:
-            objects = sorted(
-                (o.object_name, o.size or 0)
-                for o in self.client.list_objects(self.bucket, prefix=prefix)
-                if o.object_name
-            )
+            return list(self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive))
         except S3Error as e:
             if e.code == "NoSuchBucket":
                 return []
@@ -230,6 +227,10 @@ class S3Storage(BlobStorage):
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
+
+    def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
+        """The staged parts under an upload's prefix, in offset order, each (key, size)."""
+        objects = sorted((o.object_name, o.size or 0) for o in self._list(prefix, recursive=False) if o.object_name)
         # Keep only the contiguous run from offset 0: a part written by a stream that
         # died mid-PUT never became visible, so there are no holes, but be strict.
         parts, expected = [], 0
@@ -384,21 +385,12 @@ class S3Storage(BlobStorage):
         """
         uploads: dict[str, list[str]] = {}
         newest: dict[str, datetime] = {}
-        try:
-            for item in self.client.list_objects(self.bucket, prefix=self.key("uploads/"), recursive=True):
-                if item.object_name is None or item.last_modified is None:
-                    continue
-                upload = item.object_name.rsplit("/", 1)[0]
-                uploads.setdefault(upload, []).append(item.object_name)
-                newest[upload] = max(newest.get(upload, item.last_modified), item.last_modified)
-        except S3Error as e:
-            if e.code == "NoSuchBucket":
-                return []
-            raise Unavailable(f"the S3 store failed to list uploads: {e}") from e
-        except (InvalidResponseError, ServerError) as e:
-            raise Unavailable(f"the S3 store failed to list uploads: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise _unavailable(e) from e
+        for item in self._list(self.key("uploads/"), recursive=True):
+            if item.object_name is None or item.last_modified is None:
+                continue
+            upload = item.object_name.rsplit("/", 1)[0]
+            uploads.setdefault(upload, []).append(item.object_name)
+            newest[upload] = max(newest.get(upload, item.last_modified), item.last_modified)
         return [key for upload, keys in uploads.items() if newest[upload] < older_than for key in keys]
 
     def remove_stale_uploads(self, older_than: datetime) -> int:
