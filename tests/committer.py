@@ -11,9 +11,8 @@ import sys
 import time
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.client import Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
-
-from client import Registry
 from tests.helpers import digest_of
 
 

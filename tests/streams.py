@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import grpc
+
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
-
 from tests.helpers import digest_of
 
 STREAMS_PER_CHANNEL = 50

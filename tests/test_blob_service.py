@@ -7,8 +7,8 @@ import uuid
 
 import grpc
 import pytest
-from mreg.blob.v1 import blob_service_pb2 as pb
 
+from mreg.blob.v1 import blob_service_pb2 as pb
 from tests.helpers import corrupt_blob, digest_of
 
 CHUNK = 1 << 20

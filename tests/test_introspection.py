@@ -7,6 +7,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as wire
+
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
 SERVICES = {"metadata": "mreg.metadata.v1.MetadataService", "blob": "mreg.blob.v1.BlobService"}

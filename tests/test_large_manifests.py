@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
+from mreg.client import Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc
-
-from client import Registry
 from tests.test_metadata_service import upload
 
 FILES = 25_000

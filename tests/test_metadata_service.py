@@ -9,10 +9,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from mreg.blob.v1 import blob_service_pb2 as blob_pb
-from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import MregError, Registry
+from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.client import MregError, Registry
+from mreg.metadata.v1 import metadata_service_pb2 as pb
 from tests.helpers import digest_of, make_checkpoint
 
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
