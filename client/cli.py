@@ -147,6 +147,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             description=args.description,
             tags=args.tag,
             link_to=args.link,
+            create_registered_models=args.create,
             run=args.run,
             progress=out.progress("push"),
         )
@@ -296,13 +297,13 @@ def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         response = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
     data = {
-        "collection": response.collection,
+        "collection": response.parent,
         "alias": response.alias.alias,
         "version": response.alias.index,
         "previous_version": response.previous_index if response.HasField("previous_index") else None,
     }
     moved = f" (was v{data['previous_version']})" if data["previous_version"] is not None else ""
-    out.result(data, f"{response.collection}:{response.alias.alias} -> v{response.alias.index}{moved}")
+    out.result(data, f"{response.parent}:{response.alias.alias} -> v{response.alias.index}{moved}")
 
 
 def cmd_alias_rm(args: argparse.Namespace, out: Output) -> None:
@@ -314,7 +315,7 @@ def cmd_alias_rm(args: argparse.Namespace, out: Output) -> None:
 
 def cmd_link(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        response = registry.link(args.ref, args.registered_model, args.alias)
+        response = registry.link(args.ref, args.registered_model, args.alias, create=args.create)
     data = link_json(response.link) | {"created": response.created}
     verb = "linked" if response.created else "already linked"
     aliases = f"  ({', '.join(response.link.aliases)})" if response.link.aliases else ""
@@ -504,7 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--metadata", help="a JSON object, e.g. '{\"accuracy\": 0.91}'")
     push.add_argument("--description", default="")
     push.add_argument("--tag", action="append", default=[])
-    push.add_argument("--link", action="append", default=[], metavar="REGISTERED_MODEL")
+    push.add_argument(
+        "--link", action="append", default=[], metavar="REGISTERED_MODEL", help="link into this registered model"
+    )
+    push.add_argument("--create", action="store_true", help="create --link registered models that do not exist")
     push.add_argument("--run", default="", help="the run that produced this version (lineage)")
     push.set_defaults(handler=cmd_push)
 
@@ -587,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("ref")
     link.add_argument("registered_model")
     link.add_argument("--alias", action="append", default=[])
+    link.add_argument(
+        "--create",
+        action="store_true",
+        help="create the registered model if it does not exist (without it, a missing one is NOT_FOUND)",
+    )
     link.set_defaults(handler=cmd_link)
 
     gc = commands.add_parser("gc", parents=[common], help="delete blob content no version references")

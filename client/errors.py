@@ -10,14 +10,29 @@ from grpc_status import rpc_status
 
 
 class MregError(Exception):
-    """A registry call failed. ``code`` is the gRPC status code name, e.g. ``NOT_FOUND``."""
+    """A registry call failed.
 
-    def __init__(self, code: str, message: str, violations: tuple[tuple[str, str], ...] = ()) -> None:
+    ``code`` is the gRPC status code name, e.g. ``NOT_FOUND``; ``reason`` the stable
+    reason of the google.rpc.ErrorInfo the server attached (e.g. ``VERSION_IN_USE``; ""
+    for local failures), with its ``metadata``. Branch on ``reason``, not on the message.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        violations: tuple[tuple[str, str], ...] = (),
+        *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         # (type, subject) of each google.rpc.PreconditionFailure violation the server attached.
         self.violations = violations
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError, what: str = "") -> MregError:
@@ -25,17 +40,32 @@ class MregError(Exception):
         details = error.details() if isinstance(error, grpc.Call) else str(error)
         if code == grpc.StatusCode.UNAVAILABLE and what:
             details = f"{what} is unreachable ({details})"
-        return cls(code.name, details or "no details", _violations(error))
+        violations, info = _details(error)
+        return cls(
+            code.name,
+            details or "no details",
+            violations,
+            reason=info.reason if info else "",
+            metadata=dict(info.metadata) if info else None,
+        )
 
 
-def _violations(error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+def _details(error: grpc.RpcError) -> tuple[tuple[tuple[str, str], ...], error_details_pb2.ErrorInfo | None]:
+    """The PreconditionFailure violations and the ErrorInfo in an error's status details."""
+    try:
+        status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    except ValueError:  # a status whose details disagree with its code: none to read
+        status = None
     found: list[tuple[str, str]] = []
+    info: error_details_pb2.ErrorInfo | None = None
     for detail in status.details if status is not None else ():
         failure = error_details_pb2.PreconditionFailure()
+        error_info = error_details_pb2.ErrorInfo()
         if detail.Unpack(failure):
             found.extend((v.type, v.subject) for v in failure.violations)
-    return tuple(found)
+        elif detail.Unpack(error_info):
+            info = error_info
+    return tuple(found), info
 
 
 # errno -> the status code name a local failure is reported with; anything else is FAILED_PRECONDITION

@@ -174,6 +174,7 @@ class Registry:
         description: str = "",
         tags: Sequence[str] = (),
         link_to: Sequence[str] = (),
+        create_registered_models: bool = False,
         run: str = "",
         progress: Callable[[int], ProgressCallback] | None = None,
     ) -> PushResult:
@@ -181,7 +182,8 @@ class Registry:
 
         Only content the blob service lacks is uploaded; pushing an unchanged directory
         returns the existing latest version. ``link_to`` names registered models to link
-        the version into (created on first use with the artifact's type).
+        the version into; they must exist (NOT_FOUND, checked before any upload) unless
+        ``create_registered_models``, which creates missing ones with the artifact's type.
 
         Args:
             progress: called with the number of bytes to upload; returns a callback
@@ -194,15 +196,18 @@ class Registry:
                 bytes stored so far; the same push again resumes from there.
         """
         self._check_push_arguments(ref, type, aliases, link_to, run)
+        for model in link_to:
+            if create_registered_models:
+                self.ensure_registered_model(model, type=type)
+            else:
+                self._require_registered_model(model)
         struct = _struct(metadata)
         root = Path(directory)
         local = self._hash_directory(root)
         pending = self._call(
             self.metadata.CreateVersion,
-            pb.CreateVersionRequest(artifact=ref, type=type, description=description, tags=list(tags), metadata=struct),
+            pb.CreateVersionRequest(parent=ref, type=type, description=description, tags=list(tags), metadata=struct),
         ).version
-        for model in link_to:
-            self.ensure_registered_model(model, type=type)
         request = pb.CommitVersionRequest(
             uid=pending.uid,
             manifest=[
@@ -359,7 +364,7 @@ class Registry:
 
     def resolve(self, ref: str) -> pb.ResolveReferenceResponse:
         """The version (and, for a registered model reference, the link) ``ref`` names, with its whole manifest."""
-        response = self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(reference=ref))
+        response = self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(name=ref))
         self._complete_manifest(response.version)
         return response
 
@@ -373,6 +378,50 @@ class Registry:
 
     def get_artifact(self, name: str) -> pb.Artifact:
         return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact
+
+    def update_version(
+        self,
+        ref: str,
+        *,
+        description: str | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+        request_id: str = "",
+    ) -> pb.Version:
+        """Edits a version's description, tags or metadata (its files never change).
+
+        ``metadata`` merges into the version's (RFC 7386: a ``None`` value removes a key)
+        unless ``replace_metadata``. Returns the version without its manifest.
+        """
+        request = pb.UpdateVersionRequest(
+            name=ref, add_tags=list(add_tags), remove_tags=list(remove_tags), request_id=request_id
+        )
+        if description is not None:
+            request.description = description
+        if metadata is not None:
+            request.metadata.CopyFrom(_struct(metadata))
+            if replace_metadata:
+                request.metadata_mode = pb.METADATA_UPDATE_MODE_REPLACE
+        return self._call(self.metadata.UpdateVersion, request).version
+
+    def update_registered_model(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        request_id: str = "",
+    ) -> pb.RegisteredModel:
+        """Edits a registered model's description (its model card) and tags."""
+        request = pb.UpdateRegisteredModelRequest(
+            name=name, add_tags=list(add_tags), remove_tags=list(remove_tags), request_id=request_id
+        )
+        if description is not None:
+            request.description = description
+        return self._call(self.metadata.UpdateRegisteredModel, request).registered_model
 
     def get_registered_model(self, name: str) -> pb.RegisteredModel:
         return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name)).registered_model
@@ -391,13 +440,35 @@ class Registry:
             if e.code != "ALREADY_EXISTS":
                 raise
 
-    def link(self, ref: str, registered_model: str, aliases: Sequence[str] = ()) -> pb.CreateLinkResponse:
-        """Links the version ``ref`` names into a registered model (created on first use)."""
-        version = self.resolve(ref).version
-        self.ensure_registered_model(registered_model, type=version.type)
+    def _require_registered_model(self, name: str) -> None:
+        """NOT_FOUND, with what to do about it, unless the registered model exists."""
+        try:
+            self.get_registered_model(name)
+        except MregError as e:
+            if e.code == "NOT_FOUND":
+                raise MregError(
+                    e.code,
+                    f"{e.message}; create it first (mreg link --create, or create=True), or check the name for a typo",
+                    reason=e.reason,
+                    metadata=e.metadata,
+                ) from e
+            raise
+
+    def link(
+        self, ref: str, registered_model: str, aliases: Sequence[str] = (), *, create: bool = False
+    ) -> pb.CreateLinkResponse:
+        """Links the version ``ref`` names into a registered model.
+
+        The registered model must exist (NOT_FOUND otherwise, so a typo does not start a
+        new one) unless ``create``, which creates it with the version's type.
+        """
+        if create:
+            self.ensure_registered_model(registered_model, type=self.resolve(ref).version.type)
+        else:
+            self._require_registered_model(registered_model)
         return self._call(
             self.metadata.CreateLink,
-            pb.CreateLinkRequest(version=ref, registered_model=registered_model, aliases=list(aliases)),
+            pb.CreateLinkRequest(version=ref, parent=registered_model, aliases=list(aliases)),
         )
 
     def set_alias(
@@ -408,11 +479,15 @@ class Registry:
         With ``expected_index`` (or ``expect_unset``) the move happens only if the alias
         names that index now (or nothing), else FAILED_PRECONDITION: a safe promotion.
         """
-        request = pb.SetAliasRequest(target=ref, alias=alias, expected_index=expected_index, expect_unset=expect_unset)
+        request = pb.SetAliasRequest(name=ref, alias=alias)
+        if expected_index is not None:
+            request.expected_index = expected_index
+        elif expect_unset:
+            request.expect_unset = True
         return self._call(self.metadata.SetAlias, request)
 
     def delete_alias(self, collection: str, alias: str, *, expected_index: int | None = None) -> pb.DeleteAliasResponse:
-        request = pb.DeleteAliasRequest(collection=collection, alias=alias, expected_index=expected_index)
+        request = pb.DeleteAliasRequest(parent=collection, alias=alias, expected_index=expected_index)
         return self._call(self.metadata.DeleteAlias, request)
 
     def list_versions(
@@ -432,23 +507,24 @@ class Registry:
         self._call(self.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
 
     def set_retention(self, artifact: str, keep_last: int | None) -> pb.SetRetentionPolicyResponse:
-        request = pb.SetRetentionPolicyRequest(artifact=artifact, keep_last=keep_last)
+        request = pb.SetRetentionPolicyRequest(name=artifact, keep_last=keep_last)
         return self._call(self.metadata.SetRetentionPolicy, request)
 
     def set_alias_protection(self, collection: str, alias: str, protected: bool = True) -> list[str]:
-        request = pb.SetAliasProtectionRequest(collection=collection, alias=alias, protected=protected)
+        request = pb.SetAliasProtectionRequest(parent=collection, alias=alias, protected=protected)
         return list(self._call(self.metadata.SetAliasProtection, request).protected_aliases)
 
     def alias_history(self, collection: str, alias: str) -> Iterator[pb.Event]:
-        request = pb.ListAliasHistoryRequest(collection=collection, alias=alias)
+        request = pb.ListAliasHistoryRequest(parent=collection, alias=alias)
         yield from self._paginate(self.metadata.ListAliasHistory, request, "events")
 
     def record_run_inputs(self, run: str, refs: Sequence[str]) -> list[str]:
-        request = pb.RecordRunInputsRequest(run=run, versions=list(refs))
+        request = pb.RecordRunInputsRequest(name=run, versions=list(refs))
         return list(self._call(self.metadata.RecordRunInputs, request).versions)
 
     def lineage(self, ref: str = "", run: str = "") -> pb.GetLineageResponse:
-        return self._call(self.metadata.GetLineage, pb.GetLineageRequest(version=ref, run=run))
+        request = pb.GetLineageRequest(run=run) if run else pb.GetLineageRequest(version=ref)
+        return self._call(self.metadata.GetLineage, request)
 
     def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> pb.CollectGarbageResponse:
         """Deletes blob content no version references and nobody used for the grace period."""
@@ -468,7 +544,11 @@ class Registry:
         The first message is a heartbeat sent as soon as the stream is live. The stream
         runs until the caller stops iterating, or for ``timeout`` seconds.
         """
-        request = pb.WatchRequest(start_after=start_after, from_now=from_now, resource_prefix=resource_prefix)
+        request = pb.WatchRequest(resource_prefix=resource_prefix)
+        if from_now:
+            request.from_now = True
+        else:
+            request.start_after = start_after
         stream = self.metadata.Watch(request, metadata=self._headers, timeout=timeout)
         try:
             yield from stream
@@ -485,17 +565,21 @@ class Registry:
             "links",
         )
 
-    def list_artifacts(self, project: str, page_size: int = 0) -> Iterator[pb.Artifact]:
+    def list_artifacts(self, project: str, page_size: int = 0, filter: str = "") -> Iterator[pb.Artifact]:
+        """A project's artifacts by name; ``filter`` as in ListArtifacts, e.g. ``name = "res*" AND tag = "cv"``."""
         yield from self._paginate(
             self.metadata.ListArtifacts,
-            pb.ListArtifactsRequest(parent=project, page_size=page_size),
+            pb.ListArtifactsRequest(parent=project, page_size=page_size, filter=filter),
             "artifacts",
         )
 
-    def list_registered_models(self, project: str, page_size: int = 0) -> Iterator[pb.RegisteredModel]:
+    def list_registered_models(
+        self, project: str, page_size: int = 0, filter: str = ""
+    ) -> Iterator[pb.RegisteredModel]:
+        """A project's registered models by name; ``filter`` as in ListRegisteredModels."""
         yield from self._paginate(
             self.metadata.ListRegisteredModels,
-            pb.ListRegisteredModelsRequest(parent=project, page_size=page_size),
+            pb.ListRegisteredModelsRequest(parent=project, page_size=page_size, filter=filter),
             "registered_models",
         )
 

@@ -38,9 +38,6 @@ from mreg.metadata_service.limits import quote
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 32
 
-SCALAR_FIELDS = {"index", "size_bytes", "file_count"}
-TIME_FIELDS = {"create_time", "commit_time"}
-EQUALITY_FIELDS = {"alias", "tag", "state", "run"}
 ORDER_FIELDS = {"index", "create_time", "size_bytes"}
 STATES = {"committed", "deleted"}
 OPERATORS = ("!=", "<=", ">=", "=", "<", ">")
@@ -58,6 +55,38 @@ _TOKEN = re.compile(
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 Value = str | float | bool | datetime
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The fields a filter may compare, by how they compare."""
+
+    what: str
+    numbers: frozenset[str]  # compared with numbers
+    times: frozenset[str]  # compared with RFC 3339 strings
+    labels: frozenset[str]  # only = and !=, with strings
+    strings: frozenset[str] = frozenset()  # every operator, with strings; = "prefix*" matches a prefix
+    metadata: bool = False  # metadata.KEY fields
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return self.numbers | self.times | self.labels | self.strings
+
+
+VERSIONS = Subject(
+    "versions",
+    numbers=frozenset({"index", "size_bytes", "file_count"}),
+    times=frozenset({"create_time", "commit_time"}),
+    labels=frozenset({"alias", "tag", "state", "run"}),
+    metadata=True,
+)
+COLLECTIONS = Subject(
+    "collections",
+    numbers=frozenset(),
+    times=frozenset({"create_time"}),
+    labels=frozenset({"type", "tag"}),
+    strings=frozenset({"name"}),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +146,9 @@ def _tokenize(text: str) -> list[_Token]:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, subject: Subject) -> None:
         self.text = text
+        self.subject = subject
         self.tokens = _tokenize(text)
         self.index = 0
         self.depth = 0
@@ -185,11 +215,11 @@ class _Parser:
             raise InvalidArgument(
                 f"filter: expected a field name at position {token.position}, found {quote(token.text)}"
             )
-        field, path = parse_field(token.text, token.position, order=False)
+        field, path = parse_field(token.text, token.position, order=False, subject=self.subject)
         op_token = self.take()
         if op_token.kind != "op":
             raise InvalidArgument(f"filter: expected an operator (= != < <= > >=) at position {op_token.position}")
-        if field in EQUALITY_FIELDS and op_token.text not in ("=", "!="):
+        if field in self.subject.labels and op_token.text not in ("=", "!="):
             raise InvalidArgument(f"filter: {field} takes only = or != (position {op_token.position})")
         value_token = self.take()
         value = self.parse_value(field, value_token)
@@ -199,7 +229,7 @@ class _Parser:
         where = f"at position {token.position}"
         if token.kind == "string":
             text = re.sub(r"\\(.)", r"\1", token.text[1:-1])
-            if field in TIME_FIELDS:
+            if field in self.subject.times:
                 try:
                     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
                 except ValueError as e:
@@ -210,13 +240,13 @@ class _Parser:
                     return moment.astimezone(UTC)
                 except OverflowError as e:
                     raise InvalidArgument(f"filter: time {quote(text)} {where} is outside the years 1 to 9999") from e
-            if field in SCALAR_FIELDS:
+            if field in self.subject.numbers:
                 raise InvalidArgument(f"filter: {field} compares with a number, not a string ({where})")
             if field == "state" and text not in STATES:
                 raise InvalidArgument(f"filter: state is 'committed' or 'deleted', not {quote(text)} ({where})")
             return text
         if token.kind == "number":
-            if field not in SCALAR_FIELDS and field != "metadata":
+            if field not in self.subject.numbers and field != "metadata":
                 raise InvalidArgument(f"filter: {field} compares with a quoted string, not a number ({where})")
             number = float(token.text)
             if not math.isfinite(number):
@@ -229,28 +259,28 @@ class _Parser:
         raise InvalidArgument(f"filter: expected a value {where}, found {quote(token.text)}")
 
 
-def parse_field(text: str, position: int, *, order: bool) -> tuple[str, tuple[str, ...]]:
-    if text.startswith("metadata."):
+def parse_field(text: str, position: int, *, order: bool, subject: Subject = VERSIONS) -> tuple[str, tuple[str, ...]]:
+    if subject.metadata and text.startswith("metadata."):
         keys = tuple(text.split(".")[1:])
         if not keys or not all(_METADATA_KEY.fullmatch(k) for k in keys):
             raise InvalidArgument(f"invalid metadata key {quote(text)} at position {position}")
         return "metadata", keys
-    allowed = ORDER_FIELDS if order else SCALAR_FIELDS | TIME_FIELDS | EQUALITY_FIELDS
+    allowed = ORDER_FIELDS if order else subject.fields
     if text not in allowed:
+        hint = " or metadata.KEY" if subject.metadata else ""
         raise InvalidArgument(
-            f"unknown field {quote(text)} at position {position}; "
-            f"use one of {', '.join(sorted(allowed))} or metadata.KEY"
+            f"unknown field {quote(text)} at position {position}; use one of {', '.join(sorted(allowed))}{hint}"
         )
     return text, ()
 
 
-def parse_filter(text: str) -> Node | None:
-    """Parses a filter; None for an empty one."""
+def parse_filter(text: str, subject: Subject = VERSIONS) -> Node | None:
+    """Parses a filter over ``subject``'s fields; None for an empty one."""
     if len(text) > MAX_FILTER_LENGTH:
         raise InvalidArgument(f"filter is longer than {MAX_FILTER_LENGTH} characters")
     if not text.strip():
         return None
-    return _Parser(text).parse()
+    return _Parser(text, subject).parse()
 
 
 def parse_order_by(text: str) -> OrderKey:

@@ -65,7 +65,8 @@ STRING_BOUNDS: dict[str, int] = {
     "aliases": 64,
     "tag": 128,
     "tags": 128,
-    "name_prefix": 128,
+    "add_tags": 128,
+    "remove_tags": 128,
     "resource_prefix": 600,
     "request_id": 128,
     "uid": 64,
@@ -89,7 +90,15 @@ DEFAULT_INT_BOUNDS = (0, MAX_INT64)
 
 # Per repeated field name, the most items it may hold; other repeated fields hold at most
 # DEFAULT_MAX_ITEMS. The manifest's bound is generous: very many small files are normal.
-REPEATED_BOUNDS: dict[str, int] = {"manifest": 1_000_000, "tags": 64, "aliases": 64, "links": 64, "versions": 1000}
+REPEATED_BOUNDS: dict[str, int] = {
+    "manifest": 1_000_000,
+    "tags": 64,
+    "add_tags": 64,
+    "remove_tags": 64,
+    "aliases": 64,
+    "links": 64,
+    "versions": 1000,
+}
 DEFAULT_MAX_ITEMS = 1000
 
 _STRUCT = "google.protobuf.Struct"

@@ -695,24 +695,37 @@ class Repository:
         self,
         project: Project,
         kind: CollectionKind,
-        name_prefix: str,
-        type_: str,
-        tag: str,
+        where: filters.Node | None,
         after: str | None,
         limit: int,
     ) -> Sequence[Collection]:
+        """The project's collections of one kind matching a filter, by name, after a keyset position."""
         query = select(Collection).where(Collection.project_id == project.id, Collection.kind == kind.value)
         if kind is CollectionKind.ARTIFACT:
             query = query.where(Collection.next_index > 0)  # unborn artifacts are invisible
-        if name_prefix:
-            query = query.where(Collection.name.startswith(name_prefix, autoescape=True))
-        if type_:
-            query = query.where(Collection.type == type_)
-        if tag:
-            query = query.where(self._json_list_contains(Collection.tags, tag))
+        if where is not None:
+            query = query.where(self._compile_collection_filter(where))
         if after is not None:
             query = query.where(Collection.name > after)
         return self.session.scalars(query.order_by(Collection.name).limit(limit)).all()
+
+    def _compile_collection_filter(self, node: filters.Node) -> ColumnElement[bool]:
+        if isinstance(node, filters.And):
+            return and_(*(self._compile_collection_filter(item) for item in node.items))
+        if isinstance(node, filters.Or):
+            return or_(*(self._compile_collection_filter(item) for item in node.items))
+        if isinstance(node, filters.Not):
+            return not_(self._compile_collection_filter(node.item))
+        field, op, value = node.field, node.op, node.value
+        if field == "tag":
+            contained = self._json_list_contains(Collection.tags, str(value))
+            return contained if op == "=" else not_(contained)
+        if field == "name" and op in ("=", "!=") and isinstance(value, str) and value.endswith("*"):
+            # AIP-160's wildcard: name = "res*" matches every name starting with "res".
+            prefixed = Collection.name.startswith(value[:-1], autoescape=True)
+            return prefixed if op == "=" else not_(prefixed)
+        columns = {"name": Collection.name, "type": Collection.type, "create_time": Collection.created_at}
+        return _compare(columns[field], op, value)
 
 
 def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:

@@ -13,7 +13,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -140,6 +140,26 @@ def _validate_tags(tags: Sequence[str]) -> list[str]:
         if not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable():
             raise InvalidArgument(f"tag {quote(tag)} is invalid: use 1-{MAX_TAG_LENGTH} printable characters")
     return sorted(set(tags))
+
+
+def _tag_changes(add_tags: Sequence[str], remove_tags: Sequence[str]) -> tuple[list[str], list[str]]:
+    added, removed = _validate_tags(add_tags), _validate_tags(remove_tags)
+    if both := set(added) & set(removed):
+        raise InvalidArgument(f"tag {quote(min(both))} is both added and removed; name it in one list")
+    return added, removed
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged
 
 
 def _validate_aliases(aliases: Sequence[str]) -> list[str]:
@@ -457,6 +477,62 @@ class Registry:
 
         return self.db.run(work, write=False)
 
+    def update_version(
+        self,
+        caller: Caller,
+        reference: str,
+        *,
+        description: str | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+        request_id: str = "",
+    ) -> VersionView:
+        """Edits a committed version's description, tags and metadata; its files never change.
+
+        ``metadata`` is a JSON merge patch (RFC 7386) unless ``replace_metadata``. Records
+        a ``version.updated`` event with the changed fields before and after, or nothing
+        when nothing changes.
+        """
+        ref = parse_reference(reference, caller.defaults)
+        added, removed = _tag_changes(add_tags, remove_tags)
+        patch = _validate_metadata(metadata) if metadata is not None else None
+
+        def work(uow: UnitOfWork) -> tuple[VersionView, dict[str, Any]]:
+            found, artifact = self._resolve_version_row(uow.repo, ref)
+            version = uow.repo.find_version_by_uid(found.uid, for_update=True)
+            assert version is not None
+            before = {"description": version.description, "tags": list(version.tags), "metadata": version.metadata_doc}
+            after = dict(before)
+            if description is not None:
+                after["description"] = description
+            after["tags"] = sorted((set(version.tags) | set(added)) - set(removed))
+            if patch is not None:
+                merged = patch if replace_metadata else _merge_patch(version.metadata_doc or {}, patch)
+                after["metadata"] = _validate_metadata(merged)
+            changed = [key for key in before if before[key] != after[key]]
+            if changed:
+                _validate_tags(after["tags"])
+                version.description = after["description"]
+                version.tags = after["tags"]
+                version.metadata_doc = after["metadata"]
+                context = self._context(uow.repo, artifact)
+                uow.record(
+                    "version.updated",
+                    f"{context.name}:v{version.index}",
+                    before={key: before[key] for key in changed},
+                    after={key: after[key] for key in changed},
+                )
+            view = self._version_view(uow.repo, version, self._context(uow.repo, artifact), with_manifest=False)
+            return view, {"uid": version.uid}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> VersionView:
+            return replace(self._view_by_uid(uow, key["uid"]), manifest=())
+
+        arguments = (str(ref), description, added, removed, patch, replace_metadata)
+        return self._mutate(caller, "UpdateVersion", request_id, arguments, work, replay)
+
     def delete_version(
         self, caller: Caller, reference: str, force: bool = False, request_id: str = ""
     ) -> DeletedVersion:
@@ -525,22 +601,19 @@ class Registry:
         kind: CollectionKind,
         size: int,
         token: str,
-        name_prefix: str = "",
-        type_: str = "",
-        tag: str = "",
+        filter_text: str = "",
     ) -> Page[CollectionView]:
         project_name = parse_project(parent, caller.defaults)
         limit = page_size(size)
-        if type_:
-            validate_type(type_)
-        listing = f"{kind.value}s:{project_name}:{name_prefix}:{type_}:{tag}"
+        where = filters.parse_filter(filter_text, filters.COLLECTIONS)
+        listing = f"{kind.value}s:{project_name}:{filter_text}"
         after = decode_token(token, listing, name_key)
 
         def work(uow: UnitOfWork) -> Page[CollectionView]:
             project = uow.repo.find_project(project_name)
             if project is None:
                 raise NotFound(f"project {project_name} does not exist")
-            rows = uow.repo.search_collections(project, kind, name_prefix, type_, tag, after, limit + 1)
+            rows = uow.repo.search_collections(project, kind, where, after, limit + 1)
             views = tuple(self._collection_view(uow.repo, self._context(uow.repo, r)) for r in rows[:limit])
             tokens = tuple(encode_token(listing, r.name) for r in rows[:limit])
             return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
@@ -576,6 +649,46 @@ class Registry:
 
         arguments = (str(parsed), type_, description, clean_tags)
         return self._mutate(caller, "CreateRegisteredModel", request_id, arguments, work, replay)
+
+    def update_registered_model(
+        self,
+        caller: Caller,
+        name: str,
+        *,
+        description: str | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        request_id: str = "",
+    ) -> CollectionView:
+        """Edits a registered model's description (its model card) and tags."""
+        parsed = parse_collection(name, caller.defaults, "registered model")
+        added, removed = _tag_changes(add_tags, remove_tags)
+
+        def work(uow: UnitOfWork) -> tuple[CollectionView, dict[str, Any]]:
+            row = self._find_collection(uow.repo, parsed, CollectionKind.REGISTERED_MODEL, for_update=True)
+            before = {"description": row.description, "tags": list(row.tags or [])}
+            after = {
+                "description": before["description"] if description is None else description,
+                "tags": sorted((set(before["tags"]) | set(added)) - set(removed)),
+            }
+            changed = [key for key in before if before[key] != after[key]]
+            if changed:
+                _validate_tags(after["tags"])
+                row.description = after["description"]
+                row.tags = after["tags"]
+                uow.record(
+                    "registered_model.updated",
+                    str(parsed),
+                    before={key: before[key] for key in changed},
+                    after={key: after[key] for key in changed},
+                )
+            return self._collection_view(uow.repo, self._context(uow.repo, row)), {"id": row.id}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> CollectionView:
+            return self._collection_view(uow.repo, self._context(uow.repo, uow.repo.get_collection(key["id"])))
+
+        arguments = (str(parsed), description, added, removed)
+        return self._mutate(caller, "UpdateRegisteredModel", request_id, arguments, work, replay)
 
     def delete_collection(self, caller: Caller, name: str, request_id: str = "") -> None:
         parsed = parse_collection(name, caller.defaults)

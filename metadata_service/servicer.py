@@ -269,7 +269,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     ) -> pb.CreateVersionResponse:
         view = self.registry.create_version(
             _caller(context),
-            request.artifact,
+            request.parent,
             request.type,
             description=request.description,
             tags=list(request.tags),
@@ -297,6 +297,22 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         return _within_budget(response, response.version)
 
     @_abort_on_domain_error
+    def UpdateVersion(
+        self, request: pb.UpdateVersionRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateVersionResponse:
+        view = self.registry.update_version(
+            _caller(context),
+            request.name,
+            description=_optional(request, "description"),
+            add_tags=list(request.add_tags),
+            remove_tags=list(request.remove_tags),
+            metadata=_dict(request.metadata) if request.HasField("metadata") else None,
+            replace_metadata=request.metadata_mode == pb.METADATA_UPDATE_MODE_REPLACE,
+            request_id=request.request_id,
+        )
+        return pb.UpdateVersionResponse(version=version_pb(view))
+
+    @_abort_on_domain_error
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
         response = pb.GetVersionResponse(
             version=version_pb(self.registry.resolve(_caller(context), request.name).version)
@@ -307,7 +323,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
-        resolution = self.registry.resolve(_caller(context), request.reference)
+        resolution = self.registry.resolve(_caller(context), request.name)
         link = link_pb(resolution.link) if resolution.link else None
         if link is not None:
             # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
@@ -323,7 +339,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             _caller(context), request.name, request.page_size, request.page_token
         )
         files, token = _fit(page, manifest_entry_pb)
-        return pb.ListVersionFilesResponse(version=version, files=files, next_page_token=token)
+        return pb.ListVersionFilesResponse(name=version, files=files, next_page_token=token)
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
@@ -359,9 +375,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             CollectionKind.ARTIFACT,
             request.page_size,
             request.page_token,
-            request.name_prefix,
-            request.type,
-            request.tag,
+            request.filter,
         )
         artifacts, token = _fit(page, artifact_pb)
         return pb.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
@@ -374,6 +388,20 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             _caller(context), request.name, request.type, request.description, list(request.tags), request.request_id
         )
         return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
+
+    @_abort_on_domain_error
+    def UpdateRegisteredModel(
+        self, request: pb.UpdateRegisteredModelRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateRegisteredModelResponse:
+        view = self.registry.update_registered_model(
+            _caller(context),
+            request.name,
+            description=_optional(request, "description"),
+            add_tags=list(request.add_tags),
+            remove_tags=list(request.remove_tags),
+            request_id=request.request_id,
+        )
+        return pb.UpdateRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
     def GetRegisteredModel(
@@ -392,9 +420,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             CollectionKind.REGISTERED_MODEL,
             request.page_size,
             request.page_token,
-            request.name_prefix,
-            request.type,
-            request.tag,
+            request.filter,
         )
         models, token = _fit(page, registered_model_pb)
         return pb.ListRegisteredModelsResponse(registered_models=models, next_page_token=token)
@@ -411,14 +437,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
     ) -> pb.SetRetentionPolicyResponse:
         view, deleted = self.registry.set_retention_policy(
-            _caller(context), request.artifact, _optional(request, "keep_last"), request.request_id
+            _caller(context), request.name, _optional(request, "keep_last"), request.request_id
         )
         return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
     @_abort_on_domain_error
     def CreateLink(self, request: pb.CreateLinkRequest, context: grpc.ServicerContext) -> pb.CreateLinkResponse:
         view, created = self.registry.create_link(
-            _caller(context), request.version, request.registered_model, list(request.aliases), request.request_id
+            _caller(context), request.version, request.parent, list(request.aliases), request.request_id
         )
         return pb.CreateLinkResponse(link=link_pb(view), created=created)
 
@@ -436,14 +462,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:
         change = self.registry.set_alias(
             _caller(context),
-            request.target,
+            request.name,
             request.alias,
             expected_index=_optional(request, "expected_index"),
-            expect_unset=request.expect_unset,
+            expect_unset=request.WhichOneof("expectation") == "expect_unset" and request.expect_unset,
             request_id=request.request_id,
         )
         return pb.SetAliasResponse(
-            collection=change.collection,
+            parent=change.collection,
             alias=pb.Alias(alias=change.alias, index=change.index),
             previous_index=change.previous_index,
         )
@@ -452,7 +478,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> pb.DeleteAliasResponse:
         previous = self.registry.delete_alias(
             _caller(context),
-            request.collection,
+            request.parent,
             request.alias,
             _optional(request, "expected_index"),
             request.request_id,
@@ -464,7 +490,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.SetAliasProtectionRequest, context: grpc.ServicerContext
     ) -> pb.SetAliasProtectionResponse:
         protected = self.registry.set_alias_protection(
-            _caller(context), request.collection, request.alias, request.protected, request.request_id
+            _caller(context), request.parent, request.alias, request.protected, request.request_id
         )
         return pb.SetAliasProtectionResponse(protected_aliases=protected)
 
@@ -473,7 +499,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasHistoryResponse:
         page = self.registry.alias_history(
-            _caller(context), request.collection, request.alias, request.page_size, request.page_token
+            _caller(context), request.parent, request.alias, request.page_size, request.page_token
         )
         events, token = _fit(page, event_pb)
         return pb.ListAliasHistoryResponse(events=events, next_page_token=token)
@@ -483,7 +509,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.RecordRunInputsRequest, context: grpc.ServicerContext
     ) -> pb.RecordRunInputsResponse:
         recorded = self.registry.record_run_inputs(
-            _caller(context), request.run, list(request.versions), request.request_id
+            _caller(context), request.name, list(request.versions), request.request_id
         )
         return pb.RecordRunInputsResponse(versions=recorded)
 

@@ -82,7 +82,7 @@ def bench_metadata_on(database_url: str, blob_address: str, label: str, commits:
 
         def commit_to(artifact: str) -> Callable[[int], Any]:
             def commit(i: int) -> None:
-                create = pb.CreateVersionRequest(artifact=artifact, type="model")
+                create = pb.CreateVersionRequest(parent=artifact, type="model")
                 create.metadata.update({"step": i})
                 pending = registry._call(registry.metadata.CreateVersion, create).version
                 # A distinct path per commit makes every manifest new.

@@ -27,7 +27,7 @@ def main() -> None:
             )
         )
         pending = registry._call(
-            registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=artifact, type="model")
+            registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=artifact, type="model")
         )
         time.sleep(max(0.0, float(start_at) - time.time()))
         response = registry._call(

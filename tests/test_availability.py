@@ -107,7 +107,7 @@ def test_unary_calls_and_health_checks_succeed_while_500_watch_streams_and_100_s
             stub = pb_grpc.MetadataServiceStub(channel)
             for _ in range(20):
                 resolved = stub.ResolveReference(
-                    pb.ResolveReferenceRequest(reference="acme/vision/resnet:latest"), timeout=UNARY_DEADLINE
+                    pb.ResolveReferenceRequest(name="acme/vision/resnet:latest"), timeout=UNARY_DEADLINE
                 )
                 assert resolved.version.index == 0
                 assert health(meta.address) == health_pb2.HealthCheckResponse.SERVING

@@ -44,7 +44,7 @@ def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique
     code, alias, _ = mreg("alias", "set", f"{artifact}:v0", "best")
     assert (code, alias["version"]) == (0, 0)
 
-    code, link0, _ = mreg("link", f"{artifact}:v0", model, "--alias", "staging")
+    code, link0, _ = mreg("link", f"{artifact}:v0", model, "--alias", "staging", "--create")
     assert (code, link0["link_version"], link0["source_ref"]) == (0, 0, f"{artifact}:v0")
     code, link1, _ = mreg("link", f"{artifact}:v1", model, "--alias", "production")
     assert (code, link1["link_version"]) == (0, 1)
@@ -83,6 +83,30 @@ def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique
 
     code, removed, _ = mreg("alias", "rm", artifact, "best")
     assert (code, removed["previous_version"]) == (0, 0)
+
+
+def test_link_and_push_to_a_registered_model_that_does_not_exist_fail_unless_asked_to_create_it(
+    mreg, tmp_path: Path, unique
+) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    artifact = f"acme/vision/typo-{unique}"
+    model = f"acme/model-registry/Classifier {unique}"
+    code, _, _ = mreg("push", str(checkpoint), artifact)
+    assert code == 0
+
+    code, _, err = mreg("link", f"{artifact}:v0", model + "x", json_output=False)
+    assert code == 1
+    assert "NOT_FOUND" in err and "--create" in err
+    code, _, err = mreg("push", str(checkpoint), artifact, "--link", model + "x", json_output=False)
+    assert code == 1
+    assert "NOT_FOUND" in err
+    code, listed, _ = mreg("ls", "acme/model-registry")
+    assert not [c for c in listed if c["name"].endswith(model + "x")]
+
+    code, linked, _ = mreg("link", f"{artifact}:v0", model, "--create")
+    assert (code, linked["link_version"]) == (0, 0)
+    code, pushed, _ = mreg("push", str(checkpoint), artifact, "--link", model)
+    assert code == 0
 
 
 def test_default_entity_and_project_come_from_the_environment(mreg, monkeypatch, tmp_path: Path, unique) -> None:

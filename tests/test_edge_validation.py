@@ -67,7 +67,7 @@ def committed_version(stub, blobs, artifact: str, **create: Any) -> pb.Version:
     blobs.BatchUpdateBlobs(
         blob_pb.BatchUpdateBlobsRequest(requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
     )
-    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact=artifact, type="model", **create), metadata=HEADERS)
+    pending = stub.CreateVersion(pb.CreateVersionRequest(parent=artifact, type="model", **create), metadata=HEADERS)
     manifest = [pb.ManifestEntry(path="w.bin", digest=digest)]
     return stub.CommitVersion(
         pb.CommitVersionRequest(uid=pending.version.uid, manifest=manifest), metadata=HEADERS
@@ -86,18 +86,18 @@ NUL_REQUESTS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     # name: (RPC, request built from a unique suffix, the field the error must name)
     "description": (
         "CreateVersion",
-        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", description="a\0b"),
+        lambda u: pb.CreateVersionRequest(parent=f"n-{u}", type="model", description="a\0b"),
         "description",
     ),
-    "tag": ("CreateVersion", lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", tags=["a\0"]), "tags"),
+    "tag": ("CreateVersion", lambda u: pb.CreateVersionRequest(parent=f"n-{u}", type="model", tags=["a\0"]), "tags"),
     "metadata key": (
         "CreateVersion",
-        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k\0": 1})),
+        lambda u: pb.CreateVersionRequest(parent=f"n-{u}", type="model", metadata=struct({"k\0": 1})),
         "metadata",
     ),
     "metadata value": (
         "CreateVersion",
-        lambda u: pb.CreateVersionRequest(artifact=f"n-{u}", type="model", metadata=struct({"k": ["x\0"]})),
+        lambda u: pb.CreateVersionRequest(parent=f"n-{u}", type="model", metadata=struct({"k": ["x\0"]})),
         "metadata",
     ),
     "model description": (
@@ -115,19 +115,19 @@ NUL_REQUESTS: dict[str, tuple[str, Callable[[str], Any], str]] = {
         lambda u: pb.ListVersionsRequest(parent="nul-target", filter='metadata.a = "\0"'),
         "filter",
     ),
-    "name prefix": (
+    "collection filter": (
         "ListArtifacts",
-        lambda u: pb.ListArtifactsRequest(parent="acme/edge", name_prefix="a\0"),
-        "name_prefix",
+        lambda u: pb.ListArtifactsRequest(parent="acme/edge", filter='name = "a\0*"'),
+        "filter",
     ),
     "collection tag": (
         "ListRegisteredModels",
-        lambda u: pb.ListRegisteredModelsRequest(parent="acme/edge", tag="\0"),
-        "tag",
+        lambda u: pb.ListRegisteredModelsRequest(parent="acme/edge", filter='tag = "\0"'),
+        "filter",
     ),
     "alias history": (
         "ListAliasHistory",
-        lambda u: pb.ListAliasHistoryRequest(collection="nul-target", alias="a\0"),
+        lambda u: pb.ListAliasHistoryRequest(parent="nul-target", alias="a\0"),
         "alias",
     ),
     "watch prefix": ("Watch", lambda u: pb.WatchRequest(resource_prefix="acme/\0"), "resource_prefix"),
@@ -154,17 +154,15 @@ def test_version_indexes_beyond_what_the_schema_stores_are_not_found(stub, blobs
     committed_version(stub, blobs, "index-range")
     for call in (
         lambda: stub.GetVersion(pb.GetVersionRequest(name=f"index-range:{selector}"), metadata=HEADERS),
-        lambda: stub.ResolveReference(
-            pb.ResolveReferenceRequest(reference=f"index-range:{selector}"), metadata=HEADERS
-        ),
-        lambda: stub.SetAlias(pb.SetAliasRequest(target=f"index-range:{selector}", alias="x"), metadata=HEADERS),
+        lambda: stub.ResolveReference(pb.ResolveReferenceRequest(name=f"index-range:{selector}"), metadata=HEADERS),
+        lambda: stub.SetAlias(pb.SetAliasRequest(name=f"index-range:{selector}", alias="x"), metadata=HEADERS),
     ):
         assert error_of(call).code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_expected_indexes_beyond_what_the_schema_stores_are_invalid_argument(stub, blobs) -> None:
     committed_version(stub, blobs, "expect-range")
-    request = pb.SetAliasRequest(target="expect-range:v0", alias="best", expected_index=1 << 40)
+    request = pb.SetAliasRequest(name="expect-range:v0", alias="best", expected_index=1 << 40)
     error = error_of(lambda: stub.SetAlias(request, metadata=HEADERS))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected_index" in error.details()
@@ -203,7 +201,7 @@ def test_forged_page_tokens_of_the_right_listing_with_wrong_types_are_invalid_ar
         ),
         lambda: stub.ListAliasHistory(
             pb.ListAliasHistoryRequest(
-                collection="tokens", alias="best", page_token=forged("history:acme/edge/tokens:best", key)
+                parent="tokens", alias="best", page_token=forged("history:acme/edge/tokens:best", key)
             ),
             metadata=HEADERS,
         ),
@@ -224,7 +222,7 @@ def test_forged_page_tokens_of_the_right_listing_with_wrong_types_are_invalid_ar
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")], ids=repr)
 def test_nan_and_infinity_in_metadata_are_invalid_argument(stub, blobs, unique, number) -> None:
     for metadata in ({"loss": number}, {"a": {"b": [1, number]}}):
-        request = pb.CreateVersionRequest(artifact=f"nan-{unique}", type="model", metadata=struct(metadata))
+        request = pb.CreateVersionRequest(parent=f"nan-{unique}", type="model", metadata=struct(metadata))
         error = error_of(lambda r=request: stub.CreateVersion(r, metadata=HEADERS))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "metadata" in error.details()
@@ -233,7 +231,7 @@ def test_nan_and_infinity_in_metadata_are_invalid_argument(stub, blobs, unique, 
     blobs.BatchUpdateBlobs(
         blob_pb.BatchUpdateBlobsRequest(requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
     )
-    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact=f"nan-{unique}", type="model"), metadata=HEADERS)
+    pending = stub.CreateVersion(pb.CreateVersionRequest(parent=f"nan-{unique}", type="model"), metadata=HEADERS)
     entry = pb.ManifestEntry(path="w.bin", digest=digest, metadata=struct({"scale": number}))
     request = pb.CommitVersionRequest(uid=pending.version.uid, manifest=[entry])
     assert error_of(lambda: stub.CommitVersion(request, metadata=HEADERS)).code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -272,13 +270,13 @@ def test_metadata_nested_deeper_than_the_bound_is_refused_and_what_is_stored_rea
     from mreg.metadata_service.limits import MAX_METADATA_DEPTH
 
     for depth in (MAX_METADATA_DEPTH + 1, 30):
-        request = pb.CreateVersionRequest(artifact=f"deep-{unique}", type="model", metadata=struct(nested(depth)))
+        request = pb.CreateVersionRequest(parent=f"deep-{unique}", type="model", metadata=struct(nested(depth)))
         error = error_of(lambda r=request: stub.CreateVersion(r, metadata=HEADERS))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "metadata" in error.details() and str(MAX_METADATA_DEPTH) in error.details()
 
     version = committed_version(stub, blobs, f"deep-{unique}", metadata=struct(nested(MAX_METADATA_DEPTH)))
-    resolved = stub.ResolveReference(pb.ResolveReferenceRequest(reference=version.name), metadata=HEADERS)
+    resolved = stub.ResolveReference(pb.ResolveReferenceRequest(name=version.name), metadata=HEADERS)
     listed = stub.ListVersions(pb.ListVersionsRequest(parent=f"deep-{unique}"), metadata=HEADERS)
     assert resolved.version.metadata == listed.versions[0].metadata == struct(nested(MAX_METADATA_DEPTH))
 
@@ -299,7 +297,7 @@ def deep_struct_bytes(depth: int) -> bytes:
 
 @pytest.mark.parametrize("depth", [35, 60, 200])
 def test_requests_too_deep_to_parse_are_invalid_argument_not_internal(servers, depth) -> None:
-    request = pb.CreateVersionRequest(artifact="acme/edge/too-deep", type="model").SerializeToString()
+    request = pb.CreateVersionRequest(parent="acme/edge/too-deep", type="model").SerializeToString()
     request += _length_delimited(5, deep_struct_bytes(depth))  # CreateVersionRequest.metadata
     with grpc.insecure_channel(servers.metadata.address) as channel:
         call = channel.unary_unary("/mreg.metadata.v1.MetadataService/CreateVersion")
@@ -325,13 +323,13 @@ def test_reading_a_stored_hash_with_the_wrong_size_is_not_found_and_logs_no_corr
     assert not [r for r in caplog.records if "corrupt" in r.getMessage()]
 
 
-def test_a_huge_name_prefix_is_invalid_argument_not_a_retryable_code(stub, blobs) -> None:
+def test_a_huge_collection_filter_is_invalid_argument_not_a_retryable_code(stub, blobs) -> None:
     committed_version(stub, blobs, "prefix-target")
-    for prefix in ("a" * 100_000, "%" * 50_000, "_" * 1000):
-        request = pb.ListArtifactsRequest(parent="acme/edge", name_prefix=prefix)
+    for prefix in ("a" * 100_000, "%" * 50_000):
+        request = pb.ListArtifactsRequest(parent="acme/edge", filter=f'name = "{prefix}*"')
         error = error_of(lambda r=request: stub.ListArtifacts(r, metadata=HEADERS))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "name_prefix" in error.details()
+        assert "filter" in error.details()
 
 
 @pytest.mark.parametrize(
@@ -341,8 +339,8 @@ def test_a_huge_name_prefix_is_invalid_argument_not_a_retryable_code(stub, blobs
         ("ListVersions", pb.ListVersionsRequest(parent="acme/edge/x", order_by="k" * 100_000)),
         ("ListVersions", pb.ListVersionsRequest(parent="acme/edge/x", filter="(" * 100_000)),
         ("GetVersion", pb.GetVersionRequest(name="n" * 1_000_000)),
-        ("SetAlias", pb.SetAliasRequest(target="acme/edge/x:v0", alias="a" * 1_000_000)),
-        ("CreateVersion", pb.CreateVersionRequest(artifact="acme/edge/x", type="t" * 1_000_000)),
+        ("SetAlias", pb.SetAliasRequest(name="acme/edge/x:v0", alias="a" * 1_000_000)),
+        ("CreateVersion", pb.CreateVersionRequest(parent="acme/edge/x", type="t" * 1_000_000)),
         ("ListVersions", pb.ListVersionsRequest(parent="acme/edge/x", page_token="p" * 1_000_000)),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
@@ -374,7 +372,7 @@ def test_a_description_beyond_the_bound_is_refused(stub, unique) -> None:
 
     for text in ("d" * (8 << 20), "é" * (MAX_DESCRIPTION_BYTES // 2 + 1)):
         for request, method in (
-            (pb.CreateVersionRequest(artifact=f"desc-{unique}", type="model", description=text), stub.CreateVersion),
+            (pb.CreateVersionRequest(parent=f"desc-{unique}", type="model", description=text), stub.CreateVersion),
             (pb.CreateRegisteredModelRequest(name=f"desc-rm-{unique}", description=text), stub.CreateRegisteredModel),
         ):
             error = error_of(lambda r=request, m=method: m(r, metadata=HEADERS))
@@ -402,12 +400,12 @@ def test_list_pages_stop_before_a_default_client_receive_limit(stub, blobs, uniq
             break
     assert seen == [4, 3, 2, 1, 0]
     assert pages >= 2
-    resolved = stub.ResolveReference(pb.ResolveReferenceRequest(reference=f"{artifact}:v4"), metadata=HEADERS)
+    resolved = stub.ResolveReference(pb.ResolveReferenceRequest(name=f"{artifact}:v4"), metadata=HEADERS)
     assert resolved.version.metadata == struct(big)
 
 
 def test_a_manifest_whose_sizes_overflow_the_stored_total_is_refused(stub) -> None:
-    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact="overflow", type="model"), metadata=HEADERS)
+    pending = stub.CreateVersion(pb.CreateVersionRequest(parent="overflow", type="model"), metadata=HEADERS)
     huge = blob_pb.Digest(hash="a" * 64, size_bytes=(1 << 62) + 1)
     manifest = [pb.ManifestEntry(path=f"f{i}", digest=huge) for i in range(2)]
     request = pb.CommitVersionRequest(uid=pending.version.uid, manifest=manifest)
@@ -417,7 +415,7 @@ def test_a_manifest_whose_sizes_overflow_the_stored_total_is_refused(stub) -> No
 
 
 def test_repeated_fields_beyond_their_bound_are_refused_so_answers_stay_readable(stub, blobs) -> None:
-    run_request = pb.RecordRunInputsRequest(run="run-1", versions=["x:v0"] * 1001)
+    run_request = pb.RecordRunInputsRequest(name="run-1", versions=["x:v0"] * 1001)
     error = error_of(lambda: stub.RecordRunInputs(run_request, metadata=HEADERS))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "versions" in error.details()
 
@@ -444,7 +442,7 @@ def test_a_commit_missing_many_blobs_is_failed_precondition_with_a_detail_that_f
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact="many-missing", type="model"), metadata=HEADERS)
+    pending = stub.CreateVersion(pb.CreateVersionRequest(parent="many-missing", type="model"), metadata=HEADERS)
     manifest = [pb.ManifestEntry(path=f"f{i}", digest=digest_of(uuid.uuid4().bytes)) for i in range(1000)]
     request = pb.CommitVersionRequest(uid=pending.version.uid, manifest=manifest)
     error = error_of(lambda: stub.CommitVersion(request, metadata=HEADERS))

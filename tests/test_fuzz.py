@@ -95,10 +95,10 @@ LISTINGS: list[tuple[str, str, dict[str, str]]] = [
     (f"versions:{ARTIFACT}::create_time", "ListVersions", {"parent": ARTIFACT, "order_by": "create_time"}),
     (f"versions:{ARTIFACT}::size_bytes desc", "ListVersions", {"parent": ARTIFACT, "order_by": "size_bytes desc"}),
     (f"versions:{ARTIFACT}::metadata.loss", "ListVersions", {"parent": ARTIFACT, "order_by": "metadata.loss"}),
-    (f"artifacts:{ENTITY}/{PROJECT}:::", "ListArtifacts", {"parent": f"{ENTITY}/{PROJECT}"}),
-    (f"registered_models:{ENTITY}/{PROJECT}:::", "ListRegisteredModels", {"parent": f"{ENTITY}/{PROJECT}"}),
+    (f"artifacts:{ENTITY}/{PROJECT}:", "ListArtifacts", {"parent": f"{ENTITY}/{PROJECT}"}),
+    (f"registered_models:{ENTITY}/{PROJECT}:", "ListRegisteredModels", {"parent": f"{ENTITY}/{PROJECT}"}),
     (f"links:{MODEL}", "ListLinks", {"parent": MODEL}),
-    (f"history:{ARTIFACT}:best", "ListAliasHistory", {"collection": ARTIFACT, "alias": "best"}),
+    (f"history:{ARTIFACT}:best", "ListAliasHistory", {"parent": ARTIFACT, "alias": "best"}),
 ]
 
 INT32 = (-(1 << 31), (1 << 31) - 1)
@@ -223,7 +223,6 @@ PLAUSIBLE_STRINGS: dict[str, st.SearchStrategy[str]] = {
     "uid": st.builds(lambda i: PENDING_UIDS[i % len(PENDING_UIDS)] if PENDING_UIDS else "", st.integers(0, 99)),
     "run": st.sampled_from([f"{ENTITY}/{PROJECT}/run-1", "run-2"]),
     "resource_prefix": st.sampled_from(["", f"{ENTITY}/{PROJECT}/", ARTIFACT]),
-    "name_prefix": st.sampled_from(["", "mo", "re", "%", "_"]),
     "description": clean_text,
     "tags": clean_text,
     "tag": clean_text,
@@ -500,7 +499,7 @@ def _seed(fuzzer: Fuzzer) -> None:
             )
         )
         pending = meta.CreateVersion(
-            pb.CreateVersionRequest(artifact=ARTIFACT, type="model", metadata=_document({"loss": 0.1 * position})),
+            pb.CreateVersionRequest(parent=ARTIFACT, type="model", metadata=_document({"loss": 0.1 * position})),
             metadata=headers,
         )
         meta.CommitVersion(
@@ -510,14 +509,12 @@ def _seed(fuzzer: Fuzzer) -> None:
             metadata=headers,
         )
     for _ in range(20):
-        pending = meta.CreateVersion(pb.CreateVersionRequest(artifact=ARTIFACT, type="model"), metadata=headers)
+        pending = meta.CreateVersion(pb.CreateVersionRequest(parent=ARTIFACT, type="model"), metadata=headers)
         PENDING_UIDS.append(pending.version.uid)
     meta.CreateRegisteredModel(
         pb.CreateRegisteredModelRequest(name=MODEL, request_id=f"seed-{MODEL}"), metadata=headers
     )
-    meta.CreateLink(
-        pb.CreateLinkRequest(version=f"{ARTIFACT}:v0", registered_model=MODEL, aliases=["prod"]), metadata=headers
-    )
+    meta.CreateLink(pb.CreateLinkRequest(version=f"{ARTIFACT}:v0", parent=MODEL, aliases=["prod"]), metadata=headers)
 
 
 def test_fuzzed_calls_to_every_rpc_never_answer_unknown_or_internal(

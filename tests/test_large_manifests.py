@@ -29,7 +29,7 @@ def default_stub(servers) -> metadata_service_pb2_grpc.MetadataServiceStub:
 
 def _commit_large(registry: Registry, name: str, count: int) -> pb.CommitVersionResponse:
     (digest,) = upload(registry, b"one shard, many paths " + name.encode())
-    pending = registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="model"))
+    pending = registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model"))
     request = pb.CommitVersionRequest(
         uid=pending.version.uid, manifest=[pb.ManifestEntry(path=p, digest=digest) for p in _paths(count)]
     )
@@ -43,7 +43,7 @@ def test_a_manifest_too_big_for_one_response_is_omitted_and_paged_in_byte_order(
     assert committed.version.file_count == FILES
 
     got = default_stub.GetVersion(pb.GetVersionRequest(name=name), metadata=HEADERS)
-    resolved = default_stub.ResolveReference(pb.ResolveReferenceRequest(reference=name), metadata=HEADERS)
+    resolved = default_stub.ResolveReference(pb.ResolveReferenceRequest(name=name), metadata=HEADERS)
     assert got.version.manifest_omitted and resolved.version.manifest_omitted
 
     paths: list[str] = []
@@ -54,7 +54,7 @@ def test_a_manifest_too_big_for_one_response_is_omitted_and_paged_in_byte_order(
             pb.ListVersionFilesRequest(name=committed.version.name, page_size=10_000, page_token=token),
             metadata=HEADERS,
         )
-        assert page.version == committed.version.name
+        assert page.name == committed.version.name
         paths.extend(f.path for f in page.files)
         pages += 1
         token = page.next_page_token
@@ -77,7 +77,7 @@ def test_a_file_page_token_is_bound_to_the_version_not_the_alias(registry, defau
     name = f"moving-{unique}"
     first = _commit_large(registry, name, 10)
     page = default_stub.ListVersionFiles(pb.ListVersionFilesRequest(name=name, page_size=4), metadata=HEADERS)
-    assert page.version == first.version.name
+    assert page.name == first.version.name
     _commit_large(registry, name, 12)  # latest moves to v1
 
     with pytest.raises(grpc.RpcError) as moved:

@@ -30,7 +30,7 @@ def push_one(
 ) -> pb.CommitVersionResponse:
     """Creates and commits a one-file version through the raw RPCs."""
     (digest,) = upload(registry, content.encode())
-    create = pb.CreateVersionRequest(artifact=name, type="model", tags=list(tags))
+    create = pb.CreateVersionRequest(parent=name, type="model", tags=list(tags))
     if metadata:
         create.metadata.update(metadata)
     pending = registry._call(registry.metadata.CreateVersion, create).version
@@ -127,7 +127,7 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
     name = f"retry-{unique}"
     (a, b) = upload(registry, b"retry a " + unique.encode(), b"retry b " + unique.encode())
     request_id = uuid.uuid4().hex
-    create = pb.CreateVersionRequest(artifact=name, type="model", request_id=request_id)
+    create = pb.CreateVersionRequest(parent=name, type="model", request_id=request_id)
     first_pending = registry._call(registry.metadata.CreateVersion, create)
     again_pending = registry._call(registry.metadata.CreateVersion, create)
     assert first_pending.version.uid == again_pending.version.uid
@@ -158,7 +158,7 @@ def test_a_retried_alias_move_returns_the_first_result(registry, unique) -> None
     name = f"alias-retry-{unique}"
     push_one(registry, name, "a")
     push_one(registry, name, "b")
-    request = pb.SetAliasRequest(target=f"{name}:v1", alias="best", request_id=uuid.uuid4().hex)
+    request = pb.SetAliasRequest(name=f"{name}:v1", alias="best", request_id=uuid.uuid4().hex)
     first = registry._call(registry.metadata.SetAlias, request)
     registry.set_alias(f"{name}:v0", "best")
     retried = registry._call(registry.metadata.SetAlias, request)
@@ -177,7 +177,7 @@ def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique) -> 
     push_one(registry, name, "a")
     push_one(registry, name, "b")
     registry.set_alias(f"{name}:v1", "best")
-    registry.link(f"{name}:v1", model, aliases=["production"])
+    registry.link(f"{name}:v1", model, aliases=["production"], create=True)
 
     with pytest.raises(MregError) as error:
         registry.delete_version(f"{name}:v1")
@@ -203,7 +203,7 @@ def test_links_and_empty_collections_can_be_deleted(registry, unique) -> None:
     name = f"linkdel-{unique}"
     model = f"linkdel-model-{unique}"
     push_one(registry, name, "a")
-    registry.link(f"{name}:v0", model, aliases=["staging"])
+    registry.link(f"{name}:v0", model, aliases=["staging"], create=True)
     assert code_of(lambda: registry.delete_collection(model)) == "FAILED_PRECONDITION"
     assert registry.delete_link(f"{model}:staging").name == f"acme/vision/{model}:v0"
     assert list(registry.list_links(model)) == []
@@ -220,7 +220,7 @@ def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, u
     for i in range(6):
         push_one(registry, name, f"{name} {i}")
     registry.set_alias(f"{name}:v0", "baseline")
-    registry.link(f"{name}:v1", f"keep-model-{unique}")
+    registry.link(f"{name}:v1", f"keep-model-{unique}", create=True)
 
     response = registry.set_retention(name, 2)
 
@@ -240,7 +240,7 @@ def test_pending_versions_expire_and_are_never_listed(short_ttl_registry, unique
     push_one(registry, name, "committed")
     (digest,) = upload(registry, b"late " + unique.encode())
     pending = registry._call(
-        registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="model")
+        registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")
     ).version
     assert [v.index for v in registry.list_versions(name)] == [0]
     time.sleep(2.0)
@@ -293,13 +293,13 @@ def test_bad_filters_are_invalid_argument_pointing_at_the_position(registry, uni
     assert position in error.value.message
 
 
-def test_collections_are_searched_by_name_prefix_type_and_tag(registry, unique) -> None:
+def test_collections_are_filtered_by_name_prefix_type_tag_and_time(registry, unique) -> None:
     project = f"acme/catalog-{unique}"
     for name in ("resnet-a", "resnet-b", "bert_x"):
         push_one(registry, f"{project}/{name}", name)
     (digest,) = upload(registry, b"images " + unique.encode())
     dataset = registry._call(
-        registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=f"{project}/imagenet", type="dataset")
+        registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=f"{project}/imagenet", type="dataset")
     ).version
     registry._call(
         registry.metadata.CommitVersion,
@@ -310,18 +310,23 @@ def test_collections_are_searched_by_name_prefix_type_and_tag(registry, unique) 
         pb.CreateRegisteredModelRequest(name=f"{project}/Ranker", tags=["search"]),
     )
 
-    def names(**fields: str) -> list[str]:
-        request = pb.ListArtifactsRequest(parent=project, **fields)
-        return [a.name.rsplit("/", 1)[1] for a in registry._call(registry.metadata.ListArtifacts, request).artifacts]
+    def names(filter_text: str) -> list[str]:
+        return [a.name.rsplit("/", 1)[1] for a in registry.list_artifacts(project, filter=filter_text)]
 
-    assert names(name_prefix="resnet") == ["resnet-a", "resnet-b"]
-    assert names(name_prefix="bert_") == ["bert_x"]
-    assert names(name_prefix="resnet_") == []  # '_' is literal, not a LIKE wildcard
-    assert names(type="dataset") == ["imagenet"]
-    request = pb.ListRegisteredModelsRequest(parent=project, tag="search")
-    assert [m.name for m in registry._call(registry.metadata.ListRegisteredModels, request).registered_models] == [
-        f"{project}/Ranker"
-    ]
+    assert names('name = "resnet*"') == ["resnet-a", "resnet-b"]
+    assert names('name = "bert_*"') == ["bert_x"]
+    assert names('name = "resnet_*"') == []  # '_' is literal, not a LIKE wildcard
+    assert names('name = "resnet-a"') == ["resnet-a"]
+    assert names('name > "imagenet"') == ["resnet-a", "resnet-b"]
+    assert names('type = "dataset"') == ["imagenet"]
+    assert names('NOT type = "dataset" AND name != "resnet*"') == ["bert_x"]
+    assert names('create_time > "2000-01-01T00:00:00Z"') == ["bert_x", "imagenet", "resnet-a", "resnet-b"]
+    assert [m.name for m in registry.list_registered_models(project, filter='tag = "search"')] == [f"{project}/Ranker"]
+    assert list(registry.list_registered_models(project, filter='tag = "nothing"')) == []
+    with pytest.raises(MregError) as error:
+        names("metadata.loss < 1")
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert "unknown field" in error.value.message
 
 
 # Lineage, protection, history ------------------------------------------------------------------
@@ -329,7 +334,7 @@ def test_collections_are_searched_by_name_prefix_type_and_tag(registry, unique) 
 
 def test_lineage_is_queryable_in_both_directions(registry, unique, tmp_path) -> None:
     dataset = f"data-{unique}"
-    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=dataset, type="dataset"))
+    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=dataset, type="dataset"))
     run = f"acme/vision/train-{unique}"
     push_one(registry, name := f"lin-{unique}", "model", run=run)
     registry.set_alias(f"{name}:v0", "production")
@@ -470,9 +475,9 @@ def test_arbitrary_references_and_filters_never_cause_internal_errors(servers, r
         stub = metadata_service_pb2_grpc.MetadataServiceStub(channel)
         headers = (("mreg-entity", "acme"), ("mreg-project", "vision"))
         for call in (
-            lambda: stub.ResolveReference(pb.ResolveReferenceRequest(reference=reference), metadata=headers),
+            lambda: stub.ResolveReference(pb.ResolveReferenceRequest(name=reference), metadata=headers),
             lambda: stub.ListVersions(pb.ListVersionsRequest(parent="acme/vision/any", filter=filter_text)),
-            lambda: stub.SetAlias(pb.SetAliasRequest(target=reference, alias="x"), metadata=headers),
+            lambda: stub.SetAlias(pb.SetAliasRequest(name=reference, alias="x"), metadata=headers),
         ):
             try:
                 call()

@@ -32,7 +32,7 @@ def upload(registry: Registry, *contents: bytes) -> list[blob_pb.Digest]:
 
 
 def commit(stub, artifact: str, files: dict[str, blob_pb.Digest], **kwargs) -> pb.CommitVersionResponse:
-    pending = stub.CreateVersion(pb.CreateVersionRequest(artifact=artifact, type="model"), metadata=HEADERS).version
+    pending = stub.CreateVersion(pb.CreateVersionRequest(parent=artifact, type="model"), metadata=HEADERS).version
     manifest = [pb.ManifestEntry(path=p, digest=d) for p, d in files.items()]
     return stub.CommitVersion(pb.CommitVersionRequest(uid=pending.uid, manifest=manifest, **kwargs), metadata=HEADERS)
 
@@ -103,7 +103,7 @@ def test_manifest_paths_that_escape_or_are_malformed_are_rejected(registry, meta
 def test_duplicate_and_file_directory_clashing_paths_are_rejected(registry, metadata_stub, unique) -> None:
     (a,) = upload(registry, b"x")
     pending = metadata_stub.CreateVersion(
-        pb.CreateVersionRequest(artifact=f"dup-{unique}", type="model"), metadata=HEADERS
+        pb.CreateVersionRequest(parent=f"dup-{unique}", type="model"), metadata=HEADERS
     )
     for manifest in (
         [pb.ManifestEntry(path="a", digest=a), pb.ManifestEntry(path="a", digest=a)],
@@ -119,14 +119,14 @@ def test_duplicate_and_file_directory_clashing_paths_are_rejected(registry, meta
 )
 def test_malformed_references_are_invalid_argument(metadata_stub, reference) -> None:
     code = status_of(
-        lambda: metadata_stub.ResolveReference(pb.ResolveReferenceRequest(reference=reference), metadata=HEADERS)
+        lambda: metadata_stub.ResolveReference(pb.ResolveReferenceRequest(name=reference), metadata=HEADERS)
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_reference_without_project_and_no_default_is_invalid_argument(metadata_stub) -> None:
     with pytest.raises(grpc.RpcError) as error:
-        metadata_stub.ResolveReference(pb.ResolveReferenceRequest(reference="resnet"))
+        metadata_stub.ResolveReference(pb.ResolveReferenceRequest(name="resnet"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "default" in error.value.details()
 
@@ -136,9 +136,7 @@ def test_unknown_references_are_not_found(registry, metadata_stub, unique) -> No
     commit(metadata_stub, f"nf-{unique}", {"a": a})
     for reference in (f"nothing-{unique}", f"nf-{unique}:v7", f"nf-{unique}:gold", f"other/vision/nf-{unique}"):
         code = status_of(
-            lambda r=reference: metadata_stub.ResolveReference(
-                pb.ResolveReferenceRequest(reference=r), metadata=HEADERS
-            )
+            lambda r=reference: metadata_stub.ResolveReference(pb.ResolveReferenceRequest(name=r), metadata=HEADERS)
         )
         assert code == grpc.StatusCode.NOT_FOUND, reference
 
@@ -182,10 +180,10 @@ def test_links_number_per_registered_model_and_relinking_is_idempotent(registry,
     model = f"acme/model-registry/Classifier {unique}"
     other = f"acme/model-registry/Detector {unique}"
 
-    first = registry.link(f"{name}:v1", model, aliases=["staging"])
+    first = registry.link(f"{name}:v1", model, aliases=["staging"], create=True)
     second = registry.link(f"{name}:v0", model, aliases=["production"])
     again = registry.link(f"{name}:v1", model)
-    elsewhere = registry.link(f"{name}:v1", other)
+    elsewhere = registry.link(f"{name}:v1", other, create=True)
 
     assert (first.link.index, first.created) == (0, True)
     assert (second.link.index, second.created) == (1, True)
@@ -206,7 +204,7 @@ def test_links_number_per_registered_model_and_relinking_is_idempotent(registry,
 def test_linking_a_version_of_another_type_is_failed_precondition(registry, metadata_stub, unique) -> None:
     (a,) = upload(registry, b"typed")
     pending = metadata_stub.CreateVersion(
-        pb.CreateVersionRequest(artifact=f"data-{unique}", type="dataset"), metadata=HEADERS
+        pb.CreateVersionRequest(parent=f"data-{unique}", type="dataset"), metadata=HEADERS
     )
     metadata_stub.CommitVersion(
         pb.CommitVersionRequest(uid=pending.version.uid, manifest=[pb.ManifestEntry(path="d", digest=a)])
@@ -214,29 +212,29 @@ def test_linking_a_version_of_another_type_is_failed_precondition(registry, meta
     registry.create_registered_model(f"models-{unique}", type="model")
     with pytest.raises(grpc.RpcError) as error:
         metadata_stub.CreateLink(
-            pb.CreateLinkRequest(version=f"data-{unique}:v0", registered_model=f"models-{unique}"), metadata=HEADERS
+            pb.CreateLinkRequest(version=f"data-{unique}:v0", parent=f"models-{unique}"), metadata=HEADERS
         )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_artifact_type_is_fixed_by_its_first_version(metadata_stub, unique) -> None:
-    metadata_stub.CreateVersion(pb.CreateVersionRequest(artifact=f"t-{unique}", type="model"), metadata=HEADERS)
+    metadata_stub.CreateVersion(pb.CreateVersionRequest(parent=f"t-{unique}", type="model"), metadata=HEADERS)
     code = status_of(
         lambda: metadata_stub.CreateVersion(
-            pb.CreateVersionRequest(artifact=f"t-{unique}", type="dataset"), metadata=HEADERS
+            pb.CreateVersionRequest(parent=f"t-{unique}", type="dataset"), metadata=HEADERS
         )
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     code = status_of(
         lambda: metadata_stub.CreateVersion(
-            pb.CreateVersionRequest(artifact=f"t-{unique}", type="Bad Type"), metadata=HEADERS
+            pb.CreateVersionRequest(parent=f"t-{unique}", type="Bad Type"), metadata=HEADERS
         )
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_registered_model_names_are_unique_across_collections(registry, metadata_stub, unique) -> None:
-    metadata_stub.CreateVersion(pb.CreateVersionRequest(artifact=f"taken-{unique}", type="model"), metadata=HEADERS)
+    metadata_stub.CreateVersion(pb.CreateVersionRequest(parent=f"taken-{unique}", type="model"), metadata=HEADERS)
     for name in (f"taken-{unique}", f"rm-{unique}"):
         if name.startswith("rm"):
             registry.create_registered_model(name)
@@ -327,7 +325,7 @@ def test_version_metadata_description_and_tags_round_trip(registry, tmp_path: Pa
 
 
 def test_oversized_metadata_is_invalid_argument(metadata_stub, unique) -> None:
-    request = pb.CreateVersionRequest(artifact=f"big-{unique}", type="model")
+    request = pb.CreateVersionRequest(parent=f"big-{unique}", type="model")
     request.metadata.update({"blob": "x" * (1 << 20)})
     assert status_of(lambda: metadata_stub.CreateVersion(request, metadata=HEADERS)) == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -342,7 +340,7 @@ def test_concurrent_commits_to_one_artifact_get_unique_contiguous_indexes(server
             with servers.registry() as client:
                 (digest,) = upload(client, f"race {i} {unique}".encode())
                 pending = client.metadata.CreateVersion(
-                    pb.CreateVersionRequest(artifact=name, type="model"), metadata=HEADERS
+                    pb.CreateVersionRequest(parent=name, type="model"), metadata=HEADERS
                 ).version
                 response = client.metadata.CommitVersion(
                     pb.CommitVersionRequest(uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)])
@@ -366,7 +364,7 @@ def test_concurrent_commits_to_one_artifact_get_unique_contiguous_indexes(server
 def test_registered_models_are_listed_with_their_link_counts_and_aliases(registry, metadata_stub, unique) -> None:
     (a,) = upload(registry, b"listed" + unique.encode())
     commit(metadata_stub, f"listed-{unique}", {"f": a})
-    registry.link(f"listed-{unique}:v0", f"acme/listing-{unique}/Ranker", aliases=["production"])
+    registry.link(f"listed-{unique}:v0", f"acme/listing-{unique}/Ranker", aliases=["production"], create=True)
     registry.create_registered_model(f"acme/listing-{unique}/Empty")
 
     models = list(registry.list_registered_models(f"acme/listing-{unique}", page_size=1))

@@ -27,7 +27,7 @@ def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, u
     cursor = next(registry.watch(0, from_now=True, timeout=30)).sequence
     name = f"interrupted-{unique}"
     # What an interrupted push has done: created a pending version, never committed it.
-    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(artifact=name, type="dataset"))
+    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="dataset"))
 
     assert name not in [a.name.rsplit("/", 1)[1] for a in registry.list_artifacts("acme/vision")]
     assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
