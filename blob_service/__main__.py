@@ -1,4 +1,4 @@
-"""Runs the blob service: ``python -m blob_service --listen HOST:PORT --store DIR|s3://...``."""
+"""Runs the blob service: ``python -m mreg.blob_service --listen HOST:PORT --store DIR|s3://...``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import logging
 import signal
 import threading
 
-from blob_service import config, server
+from mreg.blob_service import config, server
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m blob_service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mreg.blob_service", description=__doc__)
     config.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,10 +7,10 @@ import signal
 import threading
 from pathlib import Path
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
 
 
 def serve(data_dir: str, host: str, metadata_port: int, blob_port: int, database_url: str | None = None) -> None:

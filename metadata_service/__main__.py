@@ -1,4 +1,4 @@
-"""Runs the metadata service: ``python -m metadata_service --listen HOST:PORT --database-url URL``."""
+"""Runs the metadata service: ``python -m mreg.metadata_service --listen HOST:PORT --database-url URL``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import logging
 import signal
 import threading
 
-from metadata_service import config, server
+from mreg.metadata_service import config, server
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m metadata_service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mreg.metadata_service", description=__doc__)
     config.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,14 +12,14 @@ import grpc
 from mreg.metadata.v1 import metadata_service_pb2
 from sqlalchemy import Engine
 
-from metadata_service.blob_client import BlobServiceClient
-from metadata_service.config import MetadataConfig
-from metadata_service.db import create_database_engine, upgrade_schema
-from metadata_service.service import Registry
-from metadata_service.servicer import MetadataServicer, add_to_server
-from metadata_service.unit_of_work import Database
-from service_common import streams
-from service_common.introspection import add_health_and_reflection
+from mreg.metadata_service.blob_client import BlobServiceClient
+from mreg.metadata_service.config import MetadataConfig
+from mreg.metadata_service.db import create_database_engine, upgrade_schema
+from mreg.metadata_service.service import Registry
+from mreg.metadata_service.servicer import MetadataServicer, add_to_server
+from mreg.metadata_service.unit_of_work import Database
+from mreg.server_runtime import streams
+from mreg.server_runtime.introspection import add_health_and_reflection
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from metadata_service import filters
-from metadata_service.domain import (
+from mreg.metadata_service import filters
+from mreg.metadata_service.domain import (
     AliasChange,
     CollectionKind,
     CollectionView,
@@ -32,12 +32,12 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from metadata_service.event_feed import EventFeed
-from metadata_service.limits import MAX_INDEX, quote
-from metadata_service.manifest import FileEntry, build_manifest
-from metadata_service.models import Collection, Event, Link, Version, utcnow
-from metadata_service.pagination import (
+from mreg.metadata_service.errors import MISSING_BLOB, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.event_feed import EventFeed
+from mreg.metadata_service.limits import MAX_INDEX, quote
+from mreg.metadata_service.manifest import FileEntry, build_manifest
+from mreg.metadata_service.models import Collection, Event, Link, Version, utcnow
+from mreg.metadata_service.pagination import (
     decode_token,
     encode_token,
     index_key,
@@ -47,7 +47,7 @@ from metadata_service.pagination import (
     sequence_key,
     version_key,
 )
-from metadata_service.references import (
+from mreg.metadata_service.references import (
     LATEST,
     CollectionName,
     Defaults,
@@ -58,8 +58,8 @@ from metadata_service.references import (
     validate_alias,
     validate_type,
 )
-from metadata_service.repository import Repository
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
 

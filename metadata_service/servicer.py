@@ -20,8 +20,8 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
-from metadata_service import limits
-from metadata_service.domain import (
+from mreg.metadata_service import limits
+from mreg.metadata_service.domain import (
     CollectionKind,
     CollectionView,
     EventView,
@@ -30,11 +30,11 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.errors import InvalidArgument, RegistryError
-from metadata_service.manifest import FileEntry
-from metadata_service.references import Defaults
-from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
-from service_common.edge import Undecodable, add_servicer_to_server
+from mreg.metadata_service.errors import InvalidArgument, RegistryError
+from mreg.metadata_service.manifest import FileEntry
+from mreg.metadata_service.references import Defaults
+from mreg.metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
+from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=Message)

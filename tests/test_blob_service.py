@@ -10,8 +10,8 @@ import pytest
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
 from tests.helpers import corrupt_blob, digest_of
 
 CHUNK = 1 << 20

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from metadata_service.canonical_json import canonicalize, format_number
-from metadata_service.manifest import FileEntry, build_manifest
+from mreg.metadata_service.canonical_json import canonicalize, format_number
+from mreg.metadata_service.manifest import FileEntry, build_manifest
 
 VECTORS_FILE = Path(__file__).parent.parent / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
 VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))["vectors"]
