@@ -20,6 +20,7 @@ class BlobConfig:
     min_gc_grace_seconds: float = 3600
     upload_expiry_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 600
+    max_batch_total_size_bytes: int = 32 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how often expired partial uploads are looked for; 0 never (env MREG_BLOB_JANITOR_INTERVAL_SECONDS)",
     )
     parser.add_argument(
+        "--max-batch-total-size-bytes",
+        type=int,
+        default=int(os.environ.get("MREG_BLOB_MAX_BATCH_TOTAL_SIZE_BYTES", BlobConfig.max_batch_total_size_bytes)),
+        help="the most data one BatchUpdateBlobs or BatchReadBlobs may carry; reported by GetCapabilities "
+        "(env MREG_BLOB_MAX_BATCH_TOTAL_SIZE_BYTES)",
+    )
+    parser.add_argument(
         "--touch-interval-seconds",
         type=float,
         default=float(os.environ.get("MREG_BLOB_TOUCH_INTERVAL_SECONDS", BlobConfig.touch_interval_seconds)),
@@ -91,4 +99,5 @@ def from_args(args: argparse.Namespace) -> BlobConfig:
         min_gc_grace_seconds=args.min_gc_grace_seconds,
         upload_expiry_seconds=args.upload_expiry_seconds,
         janitor_interval_seconds=args.janitor_interval_seconds,
+        max_batch_total_size_bytes=args.max_batch_total_size_bytes,
     )

@@ -21,10 +21,18 @@ log = logging.getLogger(__name__)
 
 # Chunks are ~1 MiB and batches up to 32 MiB of data; leave room for framing.
 MAX_MESSAGE_BYTES = 64 << 20
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
+# Framing of a batch beyond its data: up to 10 000 digests and statuses of ~100 bytes.
+BATCH_FRAMING_BYTES = 2 << 20
+
+
+def message_limit(config: BlobConfig) -> int:
+    """The largest message the server receives and sends: room for a full batch and its framing."""
+    return max(MAX_MESSAGE_BYTES, config.max_batch_total_size_bytes + BATCH_FRAMING_BYTES)
+
+
+def grpc_options(config: BlobConfig) -> list[tuple[str, int]]:
+    limit = message_limit(config)
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
 @dataclass
@@ -53,6 +61,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         touch_interval=timedelta(seconds=config.touch_interval_seconds),
         min_gc_grace=timedelta(seconds=config.min_gc_grace_seconds),
         upload_expiry=timedelta(seconds=config.upload_expiry_seconds),
+        max_batch_bytes=config.max_batch_total_size_bytes,
     )
     idle_streams = streams.IdleStreams(
         config.stream_idle_timeout_seconds,
@@ -63,8 +72,9 @@ def start(config: BlobConfig) -> RunningBlobServer:
     # their own, bounded, so FindMissingBlobs and health checks keep `workers` threads.
     pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "blob-rpc")
     admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
-    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
-    add_to_server(BlobServicer(store, idle_streams), server)
+    server = grpc.server(pool, interceptors=[admission], options=grpc_options(config), maximum_concurrent_rpcs=max_rpcs)
+    idle = timedelta(seconds=config.stream_idle_timeout_seconds) if config.stream_idle_timeout_seconds > 0 else None
+    add_to_server(BlobServicer(store, idle_streams, store.capabilities(message_limit(config), idle)), server)
     add_health_and_reflection(server, blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name)
     port = server.add_insecure_port(config.listen)
     if port == 0:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
-from mreg.blob_service.limits import quote
+from mreg.blob_service.limits import MAX_ITEMS, quote
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,20 @@ UPLOAD_EXPIRY = timedelta(days=1)
 PUBLISHED_CHECK_EVERY = 64
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a server supports and the limits it enforces, as GetCapabilities reports them."""
+
+    max_batch_total_size_bytes: int
+    max_batch_blobs: int
+    max_receive_message_size_bytes: int
+    read_chunk_size_bytes: int
+    write_chunk_size_bytes: int
+    min_gc_grace: timedelta
+    upload_expiry: timedelta
+    stream_idle_timeout: timedelta | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +101,30 @@ class BlobStore:
         touch_interval: timedelta = TOUCH_INTERVAL,
         min_gc_grace: timedelta = MIN_GC_GRACE,
         upload_expiry: timedelta = UPLOAD_EXPIRY,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        if max_batch_bytes <= 0:
+            raise ValueError(f"the batch limit must be positive, not {max_batch_bytes}")
         self.storage = storage
         self.chunk_size = chunk_size
+        self.max_batch_bytes = max_batch_bytes
         self.min_gc_grace = min_gc_grace
         self.upload_expiry = upload_expiry
         self.touch_interval = min(touch_interval, min_gc_grace / 3)
         self._pool = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="blob-io")
+
+    def capabilities(self, max_receive_message_bytes: int, stream_idle_timeout: timedelta | None) -> Capabilities:
+        """This store's limits, with the transport's message limit and idle timeout the server applies."""
+        return Capabilities(
+            max_batch_total_size_bytes=self.max_batch_bytes,
+            max_batch_blobs=MAX_ITEMS,
+            max_receive_message_size_bytes=max_receive_message_bytes,
+            read_chunk_size_bytes=self.chunk_size,
+            write_chunk_size_bytes=self.chunk_size,
+            min_gc_grace=self.min_gc_grace,
+            upload_expiry=self.upload_expiry,
+            stream_idle_timeout=stream_idle_timeout,
+        )
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """Returns the digests not stored, in the order given, each once.
@@ -301,9 +332,10 @@ class BlobStore:
     def batch_update(self, items: list[tuple[Digest, bytes]]) -> list[BlobError | None]:
         """Stores several small blobs; returns one error (or None) per item."""
         total = sum(len(data) for _, data in items)
-        if total > MAX_BATCH_BYTES:
+        if total > self.max_batch_bytes:
             raise InvalidArgument(
-                f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Write for large blobs"
+                f"batch of {total} bytes exceeds the {self.max_batch_bytes}-byte limit "
+                "(max_batch_total_size_bytes); use Write for large blobs"
             )
 
         def store(item: tuple[Digest, bytes]) -> BlobError | None:
@@ -324,9 +356,10 @@ class BlobStore:
     def batch_read(self, digests: list[Digest]) -> list[BatchReadResult]:
         """Reads several small blobs, verified; one result per digest."""
         total = sum(d.size_bytes for d in digests)
-        if total > MAX_BATCH_BYTES:
+        if total > self.max_batch_bytes:
             raise InvalidArgument(
-                f"batch of {total} bytes exceeds the {MAX_BATCH_BYTES}-byte limit; use Read for large blobs"
+                f"batch of {total} bytes exceeds the {self.max_batch_bytes}-byte limit "
+                "(max_batch_total_size_bytes); use Read for large blobs"
             )
 
         def load(digest: Digest) -> BatchReadResult:

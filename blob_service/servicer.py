@@ -7,10 +7,11 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
@@ -19,7 +20,7 @@ from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import limits
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, InvalidArgument
-from mreg.blob_service.service import BlobStore, WriteChunk
+from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 from mreg.server_runtime.streams import IdleStreams
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_BATCH = 1000
+# gRPC's own default receive limit, for a servicer built without a server's configuration.
+DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 << 20
 
 
 def _abort_on_domain_error(method: F) -> F:
@@ -85,11 +88,39 @@ def _status(error: BlobError | None) -> status_pb2.Status:
     return status_pb2.Status(code=grpc.StatusCode[error.code].value[0], message=str(error))
 
 
+def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
 class BlobServicer(pb_grpc.BlobServiceServicer):
-    def __init__(self, store: BlobStore, idle_streams: IdleStreams | None = None) -> None:
+    def __init__(
+        self, store: BlobStore, idle_streams: IdleStreams | None = None, capabilities: Capabilities | None = None
+    ) -> None:
         self.store = store
         # Ends uploads and reads whose client stalls, so they give back their thread and stream slot.
         self.idle_streams = idle_streams
+        self.capabilities = capabilities or store.capabilities(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, None)
+
+    @_abort_on_domain_error
+    def GetCapabilities(
+        self, request: pb.GetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> pb.GetCapabilitiesResponse:
+        c = self.capabilities
+        return pb.GetCapabilitiesResponse(
+            digest_function=pb.DIGEST_FUNCTION_SHA256,
+            max_batch_total_size_bytes=c.max_batch_total_size_bytes,
+            max_batch_blobs=c.max_batch_blobs,
+            max_receive_message_size_bytes=c.max_receive_message_size_bytes,
+            read_chunk_size_bytes=c.read_chunk_size_bytes,
+            write_chunk_size_bytes=c.write_chunk_size_bytes,
+            min_gc_grace=_duration(c.min_gc_grace),
+            upload_expiry=_duration(c.upload_expiry),
+            stream_idle_timeout=_duration(c.stream_idle_timeout),
+        )
 
     @_abort_on_domain_error
     def FindMissingBlobs(

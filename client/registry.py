@@ -28,6 +28,7 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.client import references
 from mreg.client.cache import ContentCache, HashCache, default_cache_dir
+from mreg.client.channels import open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
@@ -36,16 +37,10 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
-RETRYABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-RETRY_ATTEMPTS = 6
 # A commit refused because a sweep took its content is retried after uploading it again.
 COMMIT_ATTEMPTS = 9
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
 MISSING_BLOB = "MISSING_BLOB"
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 << 20),
-    ("grpc.max_send_message_length", 256 << 20),
-]
 
 T = TypeVar("T")
 
@@ -121,8 +116,8 @@ class Registry:
         metadata_addr = metadata_addr or os.environ.get("MREG_METADATA_ADDR") or DEFAULT_METADATA_ADDR
         blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or DEFAULT_BLOB_ADDR
         return cls(
-            grpc.insecure_channel(metadata_addr, options=CHANNEL_OPTIONS),
-            grpc.insecure_channel(blob_addr, options=CHANNEL_OPTIONS),
+            open_channel(metadata_addr),
+            open_channel(blob_addr),
             entity=entity if entity is not None else os.environ.get("MREG_ENTITY"),
             project=project if project is not None else os.environ.get("MREG_PROJECT"),
             parallel=parallel,
@@ -145,21 +140,17 @@ class Registry:
         self.close()
 
     def _call(self, method: Callable[..., T], request: Any) -> T:
-        """Calls the metadata service, retrying transient failures.
+        """Calls the metadata service; the channel's retry policy retries UNAVAILABLE (client.channels).
 
-        A mutation gets one request_id for the logical call, reused by every retry, so a
+        A mutation gets one request_id for the logical call, sent by every attempt, so a
         retry after a lost response returns the first result instead of acting twice.
         """
         if "request_id" in request.DESCRIPTOR.fields_by_name and not request.request_id:
             request.request_id = uuid.uuid4().hex
-        for attempt in range(RETRY_ATTEMPTS):
-            try:
-                return method(request, metadata=self._headers, timeout=self.timeout)
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE_CODES or attempt == RETRY_ATTEMPTS - 1:
-                    raise MregError.from_rpc(e, "the metadata service") from e
-                time.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
+        try:
+            return method(request, metadata=self._headers, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise MregError.from_rpc(e, "the metadata service") from e
 
     # Push and pull -----------------------------------------------------------------------
 
@@ -230,7 +221,7 @@ class Registry:
                 missing_content = any(kind == MISSING_BLOB for kind, _ in e.violations)
                 if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
                     raise
-                request.request_id = ""
+                # The refusal recorded nothing, so the same request_id commits once the content is back.
                 # A sweep may still be deleting that content: give it a moment to finish.
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
         self._complete_manifest(response.version)
@@ -401,7 +392,7 @@ class Registry:
         if description is not None:
             request.description = description
         if metadata is not None:
-            request.metadata.CopyFrom(_struct(metadata))
+            request.metadata.CopyFrom(_struct(metadata) or struct_pb2.Struct())
             if replace_metadata:
                 request.metadata_mode = pb.METADATA_UPDATE_MODE_REPLACE
         return self._call(self.metadata.UpdateVersion, request).version

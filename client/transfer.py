@@ -2,8 +2,12 @@
 
 Large files travel as Write/Read streams of 1 MiB chunks; small files are grouped into
 BatchUpdateBlobs/BatchReadBlobs calls so thousands of them cost a handful of round
-trips. A broken upload continues from the offset QueryWriteStatus reports; a broken
-download continues from the bytes already received. Every downloaded file is hashed and
+trips. Chunk and batch sizes come from the server's GetCapabilities, asked once per
+BlobTransfer (so once per connection), and batches also stay under this client's own
+receive limit. Transport retries of unary calls are the channel's retry policy
+(client.channels); the loops here only resume broken streams: a broken upload continues
+from the offset QueryWriteStatus reports, a broken download from the bytes already
+received. Every downloaded file is hashed and
 lands at its destination only by rename after its digest matched.
 """
 
@@ -27,14 +31,28 @@ from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.client.cache import HashCache, partial_path, replace_file
+from mreg.client.channels import MAX_MESSAGE_BYTES
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile
 
 CHUNK_SIZE = 1 << 20
-# Files up to this size travel in batches; the batch limit stays under the server's.
+# Files up to this size travel in batches (if the server's batch limit allows).
 SMALL_FILE_BYTES = 1 << 20
-BATCH_BYTES = 8 << 20
 BATCH_COUNT = 2000
+# What a batch message holds beyond its data: per blob a digest, a status and field tags
+# (about 100 bytes), and a little for the message itself.
+PER_BLOB_FRAMING = 128
+FIXED_FRAMING = 64 << 10
+# What a server that predates GetCapabilities is assumed to allow.
+FALLBACK_CAPABILITIES = pb.GetCapabilitiesResponse(
+    digest_function=pb.DIGEST_FUNCTION_SHA256,
+    max_batch_total_size_bytes=4 << 20,
+    max_batch_blobs=10_000,
+    max_receive_message_size_bytes=64 << 20,
+    read_chunk_size_bytes=CHUNK_SIZE,
+    write_chunk_size_bytes=CHUNK_SIZE,
+)
+# Streams that broke are resumed, not retried by the channel: codes worth resuming after.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 # Enough attempts, with backoff capped at 2 s, to ride out a blob service restart.
 ATTEMPTS = 9
@@ -130,11 +148,49 @@ class _Operation:
             raise _Cancelled()
 
 
-def _batches(items: Sequence[FileT]) -> Iterator[list[FileT]]:
+@dataclass(frozen=True, slots=True)
+class TransferLimits:
+    """Sizes this client uses with one server, from its capabilities and this client's receive limit."""
+
+    batch_bytes: int  # data per BatchUpdateBlobs/BatchReadBlobs
+    batch_count: int  # blobs per batch, and digests per FindMissingBlobs
+    small_file_bytes: int  # files up to this size travel in batches
+    chunk_bytes: int  # data per WriteRequest
+
+    @classmethod
+    def from_capabilities(cls, caps: pb.GetCapabilitiesResponse, max_receive_message_bytes: int) -> TransferLimits:
+        """Batches stay under the server's batch limit, and their messages under both sides' receive limits.
+
+        Raises:
+            MregError: FAILED_PRECONDITION if the server names blobs with another hash than SHA-256.
+        """
+        if caps.digest_function != pb.DIGEST_FUNCTION_SHA256:
+            raise MregError(
+                "FAILED_PRECONDITION",
+                f"the blob service uses digest function {caps.digest_function}; this client supports only SHA-256",
+            )
+        server_receive = caps.max_receive_message_size_bytes or FALLBACK_CAPABILITIES.max_receive_message_size_bytes
+        count = max(1, min(BATCH_COUNT, caps.max_batch_blobs or BATCH_COUNT))
+        framing = FIXED_FRAMING + count * PER_BLOB_FRAMING
+        batch = min(
+            caps.max_batch_total_size_bytes or FALLBACK_CAPABILITIES.max_batch_total_size_bytes,
+            max_receive_message_bytes - framing,
+            server_receive - framing,
+        )
+        chunk = min(caps.write_chunk_size_bytes or CHUNK_SIZE, server_receive - FIXED_FRAMING)
+        return cls(
+            batch_bytes=max(0, batch),
+            batch_count=count,
+            small_file_bytes=max(0, min(SMALL_FILE_BYTES, batch)),
+            chunk_bytes=max(1, chunk),
+        )
+
+
+def _batches(items: Sequence[FileT], limits: TransferLimits) -> Iterator[list[FileT]]:
     batch: list[FileT] = []
     size = 0
     for item in items:
-        if batch and (size + item.size_bytes > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+        if batch and (size + item.size_bytes > limits.batch_bytes or len(batch) >= limits.batch_count):
             yield batch
             batch, size = [], 0
         batch.append(item)
@@ -146,11 +202,37 @@ def _batches(items: Sequence[FileT]) -> Iterator[list[FileT]]:
 class BlobTransfer:
     """Uploads and downloads through one blob service stub."""
 
-    def __init__(self, stub: pb_grpc.BlobServiceStub, parallel: int = 8, upload_ids: HashCache | None = None) -> None:
-        """``upload_ids`` keeps each blob's upload id across runs, so a re-run resumes an interrupted upload."""
+    def __init__(
+        self,
+        stub: pb_grpc.BlobServiceStub,
+        parallel: int = 8,
+        upload_ids: HashCache | None = None,
+        max_receive_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        """``upload_ids`` keeps each blob's upload id across runs, so a re-run resumes an interrupted upload.
+
+        ``max_receive_message_bytes`` is the receive limit of the channel ``stub`` uses:
+        BatchReadBlobs answers are kept under it.
+        """
         self.stub = stub
         self.parallel = max(1, parallel)
         self.upload_ids = upload_ids
+        self.max_receive_message_bytes = max_receive_message_bytes
+        self._limits: TransferLimits | None = None
+        self._limits_lock = threading.Lock()
+
+    def limits(self) -> TransferLimits:
+        """The server's capabilities turned into sizes; asked once (GetCapabilities), then remembered."""
+        with self._limits_lock:
+            if self._limits is None:
+                try:
+                    caps = self.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise MregError.from_rpc(e, "the blob service") from e
+                    caps = FALLBACK_CAPABILITIES
+                self._limits = TransferLimits.from_capabilities(caps, self.max_receive_message_bytes)
+            return self._limits
 
     def _run(self, op: _Operation, submit: Callable[[ThreadPoolExecutor], list[Future[None]]]) -> None:
         """Runs jobs on a pool; on Ctrl-C (or any failure) cancels the rest instead of waiting for them."""
@@ -170,16 +252,12 @@ class BlobTransfer:
         pool.shutdown(wait=True)
 
     def _unary(self, op: _Operation, method: Any, request: Any) -> Any:
-        """Runs a unary call, retrying transient failures with backoff; cancellable."""
-        for attempt in range(ATTEMPTS):
-            op.check()
-            try:
-                return op.wait(method.future(request))
-            except grpc.RpcError as e:
-                if not _transient(e) or attempt == ATTEMPTS - 1:
-                    raise MregError.from_rpc(e, "the blob service") from e
-                op.sleep(attempt)
-        raise AssertionError("unreachable")
+        """Runs a unary call, cancellable; the channel's retry policy retries it (client.channels)."""
+        op.check()
+        try:
+            return op.wait(method.future(request))
+        except grpc.RpcError as e:
+            raise MregError.from_rpc(e, "the blob service") from e
 
     def _stored(self, op: _Operation, timeout: float = CANCEL_GRACE_SECONDS) -> int:
         """Bytes the blob service holds of a cancelled upload: finished blobs plus partial streams.
@@ -208,10 +286,9 @@ class BlobTransfer:
 
     def find_missing(self, digests: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         missing: set[tuple[str, int]] = set()
-        for start in range(0, len(digests), 10_000):
-            request = pb.FindMissingBlobsRequest(
-                blob_digests=[_digest(h, s) for h, s in digests[start : start + 10_000]]
-            )
+        step = max(1, self.limits().batch_count)
+        for start in range(0, len(digests), step):
+            request = pb.FindMissingBlobsRequest(blob_digests=[_digest(h, s) for h, s in digests[start : start + step]])
             try:
                 response = self.stub.FindMissingBlobs(request)
             except grpc.RpcError as e:
@@ -227,14 +304,15 @@ class BlobTransfer:
                 the blob service holds (uploads resume from there on the next call).
         """
         unique = list({(f.sha256, f.size_bytes): f for f in files}.values())
-        small = [f for f in unique if f.size_bytes <= SMALL_FILE_BYTES]
-        large = sorted((f for f in unique if f.size_bytes > SMALL_FILE_BYTES), key=lambda f: -f.size_bytes)
+        limits = self.limits()
+        small = [f for f in unique if f.size_bytes <= limits.small_file_bytes]
+        large = sorted((f for f in unique if f.size_bytes > limits.small_file_bytes), key=lambda f: -f.size_bytes)
         report = progress or (lambda n: None)
         op = _Operation()
 
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
             jobs = [pool.submit(self._upload_stream, op, f, report) for f in large]
-            return jobs + [pool.submit(self._upload_batch, op, batch, report) for batch in _batches(small)]
+            return jobs + [pool.submit(self._upload_batch, op, batch, report) for batch in _batches(small, limits)]
 
         total = sum(f.size_bytes for f in unique)
         try:
@@ -320,11 +398,12 @@ class BlobTransfer:
         self, op: _Operation, file: LocalFile, upload_id: str, digest: pb.Digest, offset: int, report: ProgressCallback
     ) -> Iterator[pb.WriteRequest]:
         offset = max(offset, 0)
+        chunk = self.limits().chunk_bytes
         with open(file.source, "rb", buffering=0) as f:
             f.seek(offset)
             first = True
             while not op.cancelled.is_set():
-                data = f.read(CHUNK_SIZE)
+                data = f.read(chunk)
                 finish = offset + len(data) >= file.size_bytes
                 yield pb.WriteRequest(
                     upload_id=upload_id if first else "",
@@ -353,15 +432,16 @@ class BlobTransfer:
         ``on_verified(file, path)`` runs in the worker after each file landed at ``path``.
         """
         report = progress or (lambda n: None)
-        small = [f for f in files if f.size_bytes <= SMALL_FILE_BYTES]
-        large = sorted((f for f in files if f.size_bytes > SMALL_FILE_BYTES), key=lambda f: -f.size_bytes)
+        limits = self.limits()
+        small = [f for f in files if f.size_bytes <= limits.small_file_bytes]
+        large = sorted((f for f in files if f.size_bytes > limits.small_file_bytes), key=lambda f: -f.size_bytes)
         done = on_verified or (lambda f, p: None)
         op = _Operation()
 
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
             jobs = [pool.submit(self._download_stream, op, f, dest, report, done) for f in large]
             return jobs + [
-                pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small)
+                pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small, limits)
             ]
 
         self._run(op, submit)

@@ -1,20 +1,24 @@
 """Manifests: the validated, canonical list of a version's files, and its digest.
 
-The canonical form, which other implementations can reproduce, is the compact JSON
-array of the entries sorted by the UTF-8 bytes of their paths, each entry an object with
-keys in sorted order: ``digest`` (hex SHA-256), ``metadata`` (only if present),
-``path`` and ``size``. The version digest is the SHA-256 of that JSON's UTF-8 encoding.
+The version digest (Version.digest) is the SHA-256 of the manifest's canonical form: the
+JSON array of the entries, sorted by the UTF-8 bytes of their paths, each entry an object
+``{"digest": hex SHA-256, "metadata": object (only if present and not empty), "path":
+string, "size": number}``, encoded by RFC 8785 (JSON Canonicalization Scheme), which Go,
+Node and Java implementations reproduce byte for byte. The proto comment of Version.digest
+is the specification; protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json holds
+test vectors. For manifests without entry metadata (all the CLI pushes) the bytes are the
+same as those of the json.dumps form used before, so those digests did not change.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mreg.metadata_service.canonical_json import canonicalize
 from mreg.metadata_service.errors import InvalidArgument
 from mreg.metadata_service.limits import MAX_INT64, quote
 
@@ -46,10 +50,11 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        encoded = json.dumps(
-            [e.canonical() for e in self.entries], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-        return hashlib.sha256(encoded).hexdigest()
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes the digest hashes: the RFC 8785 form of the sorted entries."""
+        return canonicalize([e.canonical() for e in self.entries])
 
     @property
     def size_bytes(self) -> int:

@@ -9,6 +9,9 @@ import grpc
 import pytest
 
 from mreg.blob.v1 import blob_service_pb2 as pb
+from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
 from tests.helpers import corrupt_blob, digest_of
 
 CHUNK = 1 << 20
@@ -223,3 +226,61 @@ def test_the_empty_blob_is_always_present_without_being_uploaded(blob_stub) -> N
     assert (result.status.code, result.data) == (0, b"")
     status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id="never-started", digest=empty))
     assert status.complete
+
+
+def test_capabilities_report_the_servers_configuration(tmp_path) -> None:
+    config = BlobConfig(
+        listen="127.0.0.1:0",
+        store=str(tmp_path / "blobs"),
+        max_batch_total_size_bytes=100_000,
+        min_gc_grace_seconds=7200,
+        upload_expiry_seconds=5000,
+        stream_idle_timeout_seconds=30,
+        janitor_interval_seconds=0,
+    )
+    running = blob_server.start(config)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = pb_grpc.BlobServiceStub(channel)
+            caps = stub.GetCapabilities(pb.GetCapabilitiesRequest())
+            data = b"x" * 60_000
+            with pytest.raises(grpc.RpcError) as error:
+                stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest_of(data), digest_of(data + b"y")]))
+    finally:
+        running.stop(grace=None)
+    assert caps.digest_function == pb.DIGEST_FUNCTION_SHA256
+    assert caps.max_batch_total_size_bytes == 100_000
+    assert caps.max_batch_blobs == 10_000
+    assert caps.max_receive_message_size_bytes == 64 << 20
+    assert caps.read_chunk_size_bytes == caps.write_chunk_size_bytes == 1 << 20
+    assert caps.min_gc_grace.ToSeconds() == 7200
+    assert caps.upload_expiry.ToSeconds() == 5000
+    assert caps.stream_idle_timeout.ToSeconds() == 30
+    # The limit it reports is the one it enforces.
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "100000-byte limit" in error.value.details()
+
+
+def test_default_capabilities_allow_32_mib_batches_within_a_64_mib_message(blob_stub) -> None:
+    caps = blob_stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    assert (caps.max_batch_total_size_bytes, caps.max_receive_message_size_bytes) == (32 << 20, 64 << 20)
+
+
+def test_a_write_stream_that_ends_without_finish_write_keeps_its_bytes_and_publishes_nothing(blob_stub) -> None:
+    data = os.urandom(3 * CHUNK)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+
+    # The whole content, but the client half-closes without finish_write.
+    response = blob_stub.Write(write_requests(data, digest, upload_id, finish=False))
+
+    assert response.committed_size == len(data)
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
+    status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+    assert (status.committed_size, status.complete) == (len(data), False)
+    finish = pb.WriteRequest(upload_id=upload_id, digest=digest, write_offset=len(data), finish_write=True)
+    assert blob_stub.Write(iter([finish])).committed_size == len(data)
+    assert read_all(blob_stub, digest) == data
+    # Reusing the upload id of a completed upload: already stored, nothing more is read.
+    again = blob_stub.Write(write_requests(data, digest, upload_id))
+    assert again.committed_size == len(data)

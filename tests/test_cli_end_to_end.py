@@ -107,6 +107,7 @@ def test_link_and_push_to_a_registered_model_that_does_not_exist_fail_unless_ask
     assert (code, linked["link_version"]) == (0, 0)
     code, pushed, _ = mreg("push", str(checkpoint), artifact, "--link", model)
     assert code == 0
+    assert [link["registered_model"] for link in pushed["links"]] == [model]
 
 
 def test_default_entity_and_project_come_from_the_environment(mreg, monkeypatch, tmp_path: Path, unique) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import grpc
@@ -89,6 +90,30 @@ def test_commit_refuses_content_the_blob_service_lacks(registry, metadata_stub, 
     with pytest.raises(MregError) as lookup:
         registry.resolve(f"missing-{unique}")
     assert lookup.value.code == "NOT_FOUND"
+
+
+def test_a_commit_refused_for_missing_blobs_succeeds_with_the_same_request_id_once_they_are_uploaded(
+    registry, metadata_stub, unique
+) -> None:
+    content = b"uploaded late " + unique.encode()
+    pending = metadata_stub.CreateVersion(
+        pb.CreateVersionRequest(artifact=f"late-{unique}", type="model"), metadata=HEADERS
+    ).version
+    request = pb.CommitVersionRequest(
+        uid=pending.uid,
+        manifest=[pb.ManifestEntry(path="model.bin", digest=digest_of(content))],
+        request_id=uuid.uuid4().hex,
+    )
+    assert status_of(lambda: metadata_stub.CommitVersion(request, metadata=HEADERS)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+    upload(registry, content)
+    committed = metadata_stub.CommitVersion(request, metadata=HEADERS)
+    replayed = metadata_stub.CommitVersion(request, metadata=HEADERS)
+
+    assert (committed.created, committed.version.index) == (True, 0)
+    assert (replayed.created, replayed.version.uid) == (True, committed.version.uid)
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,13 @@ from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
+from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
-from mreg.client.transfer import BlobTransfer
+from mreg.client.transfer import BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint
-from tests.processes import ServiceProcess
+from tests.processes import ServiceProcess, free_port
 from tests.test_blob_service import read_all, write_requests
 
 CHUNK = 1 << 20
@@ -331,3 +332,151 @@ def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses
         missing = registry.transfer.find_missing([(dropped_weights.hash, dropped_weights.size_bytes)])
         assert missing == {(dropped_weights.hash, dropped_weights.size_bytes)}
         assert registry.collect_garbage(grace_seconds=3, dry_run=True).deleted_blobs == 0
+
+
+class _CountingCalls(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def intercept_unary_unary(self, continuation, details, request):
+        self.calls[details.method.rsplit("/", 1)[1]] += 1
+        return continuation(details, request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        self.calls[details.method.rsplit("/", 1)[1]] += 1
+        return continuation(details, request_iterator)
+
+
+def _local_files(root: Path, sizes: list[int]) -> list[LocalFile]:
+    root.mkdir(parents=True)
+    files = []
+    for i, size in enumerate(sizes):
+        path = root / f"f{i}.bin"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        files.append(LocalFile(path, path.name, hashlib.sha256(data).hexdigest(), size))
+    return files
+
+
+def test_a_client_sizes_its_batches_from_a_server_with_a_small_batch_limit(tmp_path: Path) -> None:
+    running = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs"), max_batch_total_size_bytes=64 << 10)
+    )
+    sizes = [300 + (i * 37) % 3000 for i in range(400)] + [200_000, 700_000, 0]
+    files = _local_files(tmp_path / "src", sizes)
+    counting = _CountingCalls()
+    try:
+        with grpc.intercept_channel(open_channel(running.address), counting) as channel:
+            transfer = BlobTransfer(blob_service_pb2_grpc.BlobServiceStub(channel))
+            transfer.upload(files)
+            transfer.download([RemoteFile(f.path, f.sha256, f.size_bytes) for f in files], tmp_path / "out")
+    finally:
+        running.stop(grace=None)
+    for f in files:
+        assert (tmp_path / "out" / f.path).read_bytes() == f.source.read_bytes()
+    small_bytes = sum(s for s in sizes if s <= 64 << 10)
+    assert counting.calls["GetCapabilities"] == 1
+    # Every batch fitted the 64 KiB limit (a larger one is refused), so there were many.
+    assert counting.calls["BatchUpdateBlobs"] >= small_bytes // (64 << 10)
+    assert counting.calls["Write"] == 2  # the two files over the batch limit
+
+
+def test_batch_downloads_stay_under_the_clients_own_4_mib_receive_limit(tmp_path: Path) -> None:
+    running = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs")))
+    files = _local_files(tmp_path / "src", [900_000 + i for i in range(12)])
+    try:
+        # gRPC's default receive limit (4 MiB), as a Go, Node or Java client has it.
+        with grpc.insecure_channel(running.address) as channel:
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            transfer = BlobTransfer(stub, max_receive_message_bytes=4 << 20)
+            transfer.upload(files)
+            transfer.download([RemoteFile(f.path, f.sha256, f.size_bytes) for f in files], tmp_path / "out")
+            # The server would have answered one 10 MiB batch, which this channel cannot receive.
+            with pytest.raises(grpc.RpcError) as error:
+                stub.BatchReadBlobs(
+                    pb.BatchReadBlobsRequest(digests=[pb.Digest(hash=f.sha256, size_bytes=f.size_bytes) for f in files])
+                )
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        running.stop(grace=None)
+    for f in files:
+        assert (tmp_path / "out" / f.path).read_bytes() == f.source.read_bytes()
+
+
+def test_a_unary_call_made_before_the_server_is_up_succeeds_once_it_comes_up(tmp_path: Path) -> None:
+    port = free_port()
+    started: list[blob_server.RunningBlobServer] = []
+
+    def start_late() -> None:
+        time.sleep(0.3)
+        started.append(blob_server.start(BlobConfig(listen=f"127.0.0.1:{port}", store=str(tmp_path / "blobs"))))
+
+    starter = threading.Thread(target=start_late)
+    try:
+        with open_channel(f"127.0.0.1:{port}") as channel:
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            starter.start()
+            request = pb.FindMissingBlobsRequest(blob_digests=[digest_of(b"absent")])
+            response = stub.FindMissingBlobs(request, timeout=60)
+        assert [d.hash for d in response.missing_blob_digests] == [digest_of(b"absent").hash]
+    finally:
+        starter.join()
+        for running in started:
+            running.stop(grace=None)
+
+
+class _UnavailableAtFirst(grpc.ServerInterceptor):
+    """Answers the first ``failures`` calls of every method UNAVAILABLE, as a server going down would."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.seen: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method.rsplit("/", 1)[1]
+        with self.lock:
+            self.seen[method] += 1
+            fail = self.seen[method] <= self.failures
+        if not fail or handler is None or handler.unary_unary is None:
+            return handler
+
+        def unavailable(request, context):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "going down")
+
+        return grpc.unary_unary_rpc_method_handler(
+            unavailable,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def test_the_retry_policy_retries_unary_calls_answered_unavailable(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mreg.blob_service.service import BlobStore
+    from mreg.blob_service.servicer import BlobServicer, add_to_server
+    from mreg.blob_service.storage import open_storage
+
+    flaky = _UnavailableAtFirst(failures=2)
+    server = grpc.server(ThreadPoolExecutor(4), interceptors=[flaky])
+    add_to_server(BlobServicer(BlobStore(open_storage(str(tmp_path / "blobs")))), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    data = b"retried " + uuid.uuid4().bytes
+    item = pb.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)
+    request = pb.BatchUpdateBlobsRequest(requests=[item])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain, pytest.raises(grpc.RpcError) as error:
+            blob_service_pb2_grpc.BlobServiceStub(plain).FindMissingBlobs(pb.FindMissingBlobsRequest())
+        with open_channel(f"127.0.0.1:{port}") as channel:
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            stored = stub.BatchUpdateBlobs(request)
+            read = stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest_of(data)]))
+    finally:
+        server.stop(None)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE  # without the policy, the first refusal is final
+    assert [r.status.code for r in stored.responses] == [0]
+    assert read.responses[0].data == data
+    assert flaky.seen["BatchUpdateBlobs"] == 3 and flaky.seen["BatchReadBlobs"] == 3

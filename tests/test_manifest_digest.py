@@ -1,0 +1,124 @@
+"""The canonical manifest digest (Version.digest) against the language-neutral test vectors in protos/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata_service.canonical_json import canonicalize, format_number
+from mreg.metadata_service.manifest import FileEntry, build_manifest
+
+VECTORS_FILE = Path(__file__).parent.parent / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
+VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))["vectors"]
+HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
+
+
+def _entries(vector: dict[str, Any]) -> list[FileEntry]:
+    return [
+        FileEntry(e["path"], e["digest"]["hash"], e["digest"]["size_bytes"], e.get("metadata"))
+        for e in vector["manifest"]
+    ]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_manifest_digest_matches_the_published_test_vector(vector: dict[str, Any]) -> None:
+    manifest = build_manifest(_entries(vector))
+
+    assert manifest.canonical_bytes().decode("utf-8") == vector["canonical_json"]
+    assert manifest.digest == vector["digest"]
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if v["manifest"]], ids=lambda v: v["name"])
+def test_committed_version_digest_over_grpc_matches_the_test_vector(
+    registry, metadata_stub, unique, vector: dict[str, Any]
+) -> None:
+    contents = [e["content"].encode() for e in vector["manifest"]]
+    registry.blobs.BatchUpdateBlobs(
+        blob_pb.BatchUpdateBlobsRequest(
+            requests=[
+                blob_pb.BatchUpdateBlobsRequest.Request(
+                    digest=blob_pb.Digest(hash=e["digest"]["hash"], size_bytes=e["digest"]["size_bytes"]), data=c
+                )
+                for e, c in zip(vector["manifest"], contents, strict=True)
+            ]
+        )
+    )
+    manifest = []
+    for e in vector["manifest"]:
+        entry = pb.ManifestEntry(
+            path=e["path"], digest=blob_pb.Digest(hash=e["digest"]["hash"], size_bytes=e["digest"]["size_bytes"])
+        )
+        if "metadata" in e:
+            struct = struct_pb2.Struct()
+            struct.update(e["metadata"])
+            entry.metadata.CopyFrom(struct)
+        manifest.append(entry)
+    pending = metadata_stub.CreateVersion(
+        pb.CreateVersionRequest(artifact=f"vectors-{unique}", type="model"), metadata=HEADERS
+    ).version
+
+    committed = metadata_stub.CommitVersion(
+        pb.CommitVersionRequest(uid=pending.uid, manifest=manifest), metadata=HEADERS
+    ).version
+
+    assert committed.digest == vector["digest"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.1, "0.1"),
+        (1e-7, "1e-7"),
+        (1.0, "1"),
+        (-0.0, "0"),
+        (100.0, "100"),
+        (1e21, "1e+21"),
+        (1e20, "100000000000000000000"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (0.000001, "0.000001"),
+        (1.5e-7, "1.5e-7"),
+        (-2.5e-10, "-2.5e-10"),
+        (12.5, "12.5"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (0.30000000000000004, "0.30000000000000004"),
+        (2.0**53, "9007199254740992"),
+    ],
+)
+def test_numbers_are_written_as_ecmascript_writes_them(value: float, expected: str) -> None:
+    assert format_number(value) == expected
+
+
+def test_object_keys_sort_by_utf16_code_units_not_code_points() -> None:
+    # U+1F600 is the surrogate pair D83D DE00, which sorts before U+E000 in UTF-16.
+    assert canonicalize({"\ue000": 1, "\U0001f600": 2, "a": 3}) == '{"a":3,"\U0001f600":2,"\ue000":1}'.encode()
+
+
+def test_strings_escape_only_quotes_backslashes_and_control_characters() -> None:
+    text = 'é/"\\\u0001\u001f\x7f\u2028\b\t\n\f\r'
+    assert canonicalize(text) == '"é/\\"\\\\\\u0001\\u001f\x7f\u2028\\b\\t\\n\\f\\r"'.encode()
+
+
+def test_integers_beyond_two_to_the_53_round_to_the_nearest_double() -> None:
+    assert canonicalize([2**53 + 1, 10**21]) == b"[9007199254740992,1e+21]"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused(value: float) -> None:
+    with pytest.raises(ValueError):
+        canonicalize({"x": value})
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_written_number_reads_back_as_the_same_double(value: float) -> None:
+    text = format_number(value)
+    assert float(text) == value
+    assert "e" not in text or text.split("e")[1][0] in "+-"
