@@ -205,6 +205,11 @@ class Repository:
             .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
         ).one()
 
+    def mark_version_deleted(self, version: Version) -> None:
+        """Tombstones a version, flushed so later queries of this transaction see it deleted."""
+        version.state = VersionState.DELETED.value
+        self.session.flush()
+
     def delete_pending_version(self, version: Version) -> None:
         self.session.execute(delete(Version).where(Version.id == version.id))
 
@@ -289,6 +294,9 @@ class Repository:
         return previous
 
     # Links -------------------------------------------------------------------------------
+
+    def find_link(self, link_id: int) -> Link | None:
+        return self.session.get(Link, link_id)
 
     def find_link_to_version(self, registered_model_id: int, version_id: int) -> Link | None:
         return self.session.scalars(

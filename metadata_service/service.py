@@ -398,7 +398,7 @@ class Registry:
         return self._mutate(caller, "CommitVersion", request_id, arguments, work, replay)
 
     def _link_view_by_id(self, repo: Repository, link_id: int) -> LinkView:
-        link = repo.session.get(Link, link_id)
+        link = repo.find_link(link_id)
         if link is None:
             raise NotFound("the link this request created has since been deleted")
         rm = repo.get_collection(link.registered_model_id)
@@ -491,8 +491,7 @@ class Registry:
         return self._mutate(caller, "DeleteVersion", request_id, (str(ref), force), work, replay)
 
     def _tombstone(self, uow: UnitOfWork, version: Version, resource: str) -> None:
-        version.state = VersionState.DELETED.value
-        uow.session.flush()
+        uow.repo.mark_version_deleted(version)
         uow.record("version.deleted", resource, before={"index": version.index, "digest": version.digest})
 
     def _link_name(self, repo: Repository, link: Link) -> str:
