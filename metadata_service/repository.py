@@ -1,6 +1,6 @@
 """All SQL of the metadata service: one repository over one session.
 
-Nothing outside this module builds queries. Methods return ORM rows; the service layer
+Nothing outside this module builds queries. Methods return ORM rows; the catalog
 turns them into views before the transaction ends.
 """
 
@@ -416,7 +416,7 @@ class Repository:
         return live
 
     # Garbage collection ------------------------------------------------------------------
-    # The protocol is explained in service.Registry.collect_garbage.
+    # The protocol is explained in metadata_service.catalog.garbage.
 
     def gc_epoch(self) -> int:
         return int(self.session.execute(select(GcState.epoch).where(GcState.id == 1)).scalar_one())

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -21,6 +19,10 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
 from metadata_service import limits
+from metadata_service.catalog import MetadataCatalog
+from metadata_service.catalog.common import Caller
+from metadata_service.catalog.garbage import DEFAULT_GC_GRACE
+from metadata_service.catalog.versions import LinkRequest
 from metadata_service.domain import (
     CollectionKind,
     CollectionView,
@@ -33,7 +35,6 @@ from metadata_service.domain import (
 from metadata_service.errors import InvalidArgument, RegistryError
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
-from metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
 from service_common.edge import Undecodable, add_servicer_to_server
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,8 +43,6 @@ R = TypeVar("R", bound=Message)
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
 ACTOR_HEADER = "mreg-actor"
-# A Watch stream with nothing to say still sends the reached sequence at least this often.
-HEARTBEAT_SECONDS = 10.0
 
 _STATES = {
     VersionState.PENDING: pb.VERSION_STATE_PENDING,
@@ -260,14 +259,14 @@ def _file_entry(entry: pb.ManifestEntry) -> FileEntry:
 
 
 class MetadataServicer(pb_grpc.MetadataServiceServicer):
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, catalog: MetadataCatalog) -> None:
+        self.catalog = catalog
 
     @_abort_on_domain_error
     def CreateVersion(
         self, request: pb.CreateVersionRequest, context: grpc.ServicerContext
     ) -> pb.CreateVersionResponse:
-        view = self.registry.create_version(
+        view = self.catalog.versions.create(
             _caller(context),
             request.artifact,
             request.type,
@@ -282,7 +281,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def CommitVersion(
         self, request: pb.CommitVersionRequest, context: grpc.ServicerContext
     ) -> pb.CommitVersionResponse:
-        result = self.registry.commit_version(
+        result = self.catalog.versions.commit(
             _caller(context),
             request.uid,
             [_file_entry(e) for e in request.manifest],
@@ -299,7 +298,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     @_abort_on_domain_error
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
         response = pb.GetVersionResponse(
-            version=version_pb(self.registry.resolve(_caller(context), request.name).version)
+            version=version_pb(self.catalog.versions.resolve(_caller(context), request.name).version)
         )
         return _within_budget(response, response.version)
 
@@ -307,7 +306,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
-        resolution = self.registry.resolve(_caller(context), request.reference)
+        resolution = self.catalog.versions.resolve(_caller(context), request.reference)
         link = link_pb(resolution.link) if resolution.link else None
         if link is not None:
             # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
@@ -319,7 +318,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ListVersionFiles(
         self, request: pb.ListVersionFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListVersionFilesResponse:
-        version, page = self.registry.list_version_files(
+        version, page = self.catalog.versions.files(
             _caller(context), request.name, request.page_size, request.page_token
         )
         files, token = _fit(page, manifest_entry_pb)
@@ -327,7 +326,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
-        page = self.registry.list_versions(
+        page = self.catalog.versions.search(
             _caller(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
         )
         versions, token = _fit(page, version_pb)
@@ -337,7 +336,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def DeleteVersion(
         self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteVersionResponse:
-        deleted = self.registry.delete_version(_caller(context), request.name, request.force, request.request_id)
+        deleted = self.catalog.versions.delete(_caller(context), request.name, request.force, request.request_id)
         return pb.DeleteVersionResponse(
             version=version_pb(deleted.version),
             removed_aliases=deleted.removed_aliases,
@@ -346,14 +345,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.GetArtifactResponse:
-        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.ARTIFACT)
+        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.ARTIFACT)
         return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
     @_abort_on_domain_error
     def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListArtifactsResponse:
-        page = self.registry.list_collections(
+        page = self.catalog.collections.search(
             _caller(context),
             request.parent,
             CollectionKind.ARTIFACT,
@@ -370,7 +369,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def CreateRegisteredModel(
         self, request: pb.CreateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.CreateRegisteredModelResponse:
-        view = self.registry.create_registered_model(
+        view = self.catalog.collections.create_registered_model(
             _caller(context), request.name, request.type, request.description, list(request.tags), request.request_id
         )
         return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
@@ -379,14 +378,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def GetRegisteredModel(
         self, request: pb.GetRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.GetRegisteredModelResponse:
-        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
+        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
         return pb.GetRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
     def ListRegisteredModels(
         self, request: pb.ListRegisteredModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegisteredModelsResponse:
-        page = self.registry.list_collections(
+        page = self.catalog.collections.search(
             _caller(context),
             request.parent,
             CollectionKind.REGISTERED_MODEL,
@@ -403,38 +402,38 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteCollectionResponse:
-        self.registry.delete_collection(_caller(context), request.name, request.request_id)
+        self.catalog.collections.delete(_caller(context), request.name, request.request_id)
         return pb.DeleteCollectionResponse()
 
     @_abort_on_domain_error
     def SetRetentionPolicy(
         self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
     ) -> pb.SetRetentionPolicyResponse:
-        view, deleted = self.registry.set_retention_policy(
+        view, deleted = self.catalog.retention.set_policy(
             _caller(context), request.artifact, _optional(request, "keep_last"), request.request_id
         )
         return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
     @_abort_on_domain_error
     def CreateLink(self, request: pb.CreateLinkRequest, context: grpc.ServicerContext) -> pb.CreateLinkResponse:
-        view, created = self.registry.create_link(
+        view, created = self.catalog.links.create(
             _caller(context), request.version, request.registered_model, list(request.aliases), request.request_id
         )
         return pb.CreateLinkResponse(link=link_pb(view), created=created)
 
     @_abort_on_domain_error
     def ListLinks(self, request: pb.ListLinksRequest, context: grpc.ServicerContext) -> pb.ListLinksResponse:
-        page = self.registry.list_links(_caller(context), request.parent, request.page_size, request.page_token)
+        page = self.catalog.links.list(_caller(context), request.parent, request.page_size, request.page_token)
         links, token = _fit(page, link_pb)
         return pb.ListLinksResponse(links=links, next_page_token=token)
 
     @_abort_on_domain_error
     def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
-        return pb.DeleteLinkResponse(name=self.registry.delete_link(_caller(context), request.name, request.request_id))
+        return pb.DeleteLinkResponse(name=self.catalog.links.delete(_caller(context), request.name, request.request_id))
 
     @_abort_on_domain_error
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:
-        change = self.registry.set_alias(
+        change = self.catalog.aliases.set(
             _caller(context),
             request.target,
             request.alias,
@@ -450,7 +449,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> pb.DeleteAliasResponse:
-        previous = self.registry.delete_alias(
+        previous = self.catalog.aliases.delete(
             _caller(context),
             request.collection,
             request.alias,
@@ -463,7 +462,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def SetAliasProtection(
         self, request: pb.SetAliasProtectionRequest, context: grpc.ServicerContext
     ) -> pb.SetAliasProtectionResponse:
-        protected = self.registry.set_alias_protection(
+        protected = self.catalog.aliases.set_protection(
             _caller(context), request.collection, request.alias, request.protected, request.request_id
         )
         return pb.SetAliasProtectionResponse(protected_aliases=protected)
@@ -472,7 +471,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ListAliasHistory(
         self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasHistoryResponse:
-        page = self.registry.alias_history(
+        page = self.catalog.aliases.history(
             _caller(context), request.collection, request.alias, request.page_size, request.page_token
         )
         events, token = _fit(page, event_pb)
@@ -482,14 +481,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def RecordRunInputs(
         self, request: pb.RecordRunInputsRequest, context: grpc.ServicerContext
     ) -> pb.RecordRunInputsResponse:
-        recorded = self.registry.record_run_inputs(
+        recorded = self.catalog.lineage.record_inputs(
             _caller(context), request.run, list(request.versions), request.request_id
         )
         return pb.RecordRunInputsResponse(versions=recorded)
 
     @_abort_on_domain_error
     def GetLineage(self, request: pb.GetLineageRequest, context: grpc.ServicerContext) -> pb.GetLineageResponse:
-        lineage = self.registry.lineage(_caller(context), request.version, request.run)
+        lineage = self.catalog.lineage.of(_caller(context), request.version, request.run)
         return pb.GetLineageResponse(
             producer_run=lineage.producer_run,
             consumer_runs=lineage.consumer_runs,
@@ -502,7 +501,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
     ) -> pb.CollectGarbageResponse:
         grace = _optional(request, "grace_period_seconds")
-        report = self.registry.collect_garbage(
+        report = self.catalog.garbage.collect(
             DEFAULT_GC_GRACE if grace is None else timedelta(seconds=grace), request.dry_run
         )
         return pb.CollectGarbageResponse(
@@ -515,36 +514,18 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
-        cursor = request.start_after
-        if request.from_now:
-            _, cursor = self.registry.events_after(0, limit=0)
-        # The first message tells the consumer the stream is live and where it starts.
-        yield pb.WatchResponse(sequence=cursor)
-        # An idle stream sleeps until the log passes what it has seen; a client that goes
-        # away wakes it at once, so its thread and stream slot are freed.
+        # A client that goes away wakes its idle stream at once, so its thread and stream slot are freed.
         wake = threading.Event()
         context.add_callback(wake.set)
-        seen = cursor
-        last_sent = time.monotonic()
-        # Streams opened together would send their heartbeats together, in bursts that
-        # delay unary calls; each stream beats at its own interval within the bound.
-        heartbeat = HEARTBEAT_SECONDS * random.uniform(0.5, 1.0)
-        while True:
-            wake.clear()
-            if not context.is_active():
-                return
-            events, reached = self.registry.follow_events(cursor, request.resource_prefix)
-            for event in events:
-                yield pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
-                cursor = event.sequence
-            if events:
-                last_sent = time.monotonic()
-                continue
-            # Nothing after the cursor matches up to `reached`: wait for the log to grow.
-            seen = max(seen, reached, cursor)
-            if time.monotonic() - last_sent >= heartbeat:
-                # Filtered consumers learn how far the log has advanced without matching events.
-                cursor = seen
-                yield pb.WatchResponse(sequence=cursor)
-                last_sent = time.monotonic()
-            self.registry.wait_for_events(seen, wake, heartbeat - (time.monotonic() - last_sent))
+        items = self.catalog.events.watch(
+            request.start_after,
+            request.resource_prefix,
+            from_now=request.from_now,
+            wake=wake,
+            is_active=context.is_active,
+        )
+        for item in items:
+            if item.event is None:
+                yield pb.WatchResponse(sequence=item.sequence)
+            else:
+                yield pb.WatchResponse(event=event_pb(item.event), sequence=item.sequence)
