@@ -14,8 +14,7 @@ from blob_service.config import BlobConfig
 from blob_service.service import BlobStore
 from blob_service.servicer import BlobServicer, add_to_server
 from blob_service.storage import open_storage
-from service_common import streams
-from service_common.introspection import add_health_and_reflection
+from service_common import runtime, streams
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +58,21 @@ def start(config: BlobConfig) -> RunningBlobServer:
         grpc.StatusCode.ABORTED,
         "--stream-idle-timeout-seconds, env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS",
     )
-    # Streams (Read, Write, ListBlobs) hold a thread each while open; they get threads of
-    # their own, bounded, so FindMissingBlobs and health checks keep `workers` threads.
-    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "blob-rpc")
-    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
-    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
-    add_to_server(BlobServicer(store, idle_streams), server)
-    add_health_and_reflection(server, blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {config.listen}")
-    server.start()
+    started = runtime.start_server(
+        listen=config.listen,
+        workers=config.workers,
+        max_streams=config.max_streams,
+        max_streams_setting="--max-streams, env MREG_BLOB_MAX_STREAMS",
+        thread_name="blob-rpc",
+        options=GRPC_OPTIONS,
+        add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams), server),
+        service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+    )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
-    log.info("blob service listening on port %d, storing in %r", port, store.storage)
-    return RunningBlobServer(server, port, store, stopping, idle_streams, admission)
+    log.info("blob service listening on port %d, storing in %r", started.port, store.storage)
+    return RunningBlobServer(started.server, started.port, store, stopping, idle_streams, started.admission)
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

@@ -18,8 +18,7 @@ from metadata_service.config import MetadataConfig
 from metadata_service.db import create_database_engine, upgrade_schema
 from metadata_service.servicer import MetadataServicer, add_to_server
 from metadata_service.unit_of_work import Database
-from service_common import streams
-from service_common.introspection import add_health_and_reflection
+from service_common import runtime, streams
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,19 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     stopping = threading.Event()
     threading.Thread(target=_janitor, args=(catalog, config, stopping), name="mreg-janitor", daemon=True).start()
-    # Streams (Watch) hold a thread each while open; they get threads of their own, bounded,
-    # so however many are open, unary calls and health checks keep `workers` threads.
-    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "metadata-rpc")
-    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_METADATA_MAX_STREAMS")
-    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
-    add_to_server(MetadataServicer(catalog), server)
-    add_health_and_reflection(server, metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {config.listen}")
-    server.start()
+    started = runtime.start_server(
+        listen=config.listen,
+        workers=config.workers,
+        max_streams=config.max_streams,
+        max_streams_setting="--max-streams, env MREG_METADATA_MAX_STREAMS",
+        thread_name="metadata-rpc",
+        options=GRPC_OPTIONS,
+        add_servicers=lambda server: add_to_server(MetadataServicer(catalog), server),
+        service_name=metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+    )
+    port = started.port
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
-    return RunningMetadataServer(server, port, engine, content, catalog, stopping, admission)
+    return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
 
 
 def _janitor(catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event) -> None:

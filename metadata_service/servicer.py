@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -36,6 +32,7 @@ from metadata_service.errors import InvalidArgument, RegistryError
 from metadata_service.manifest import FileEntry
 from metadata_service.references import Defaults
 from service_common.edge import Undecodable, add_servicer_to_server
+from service_common.error_mapping import abort_on_domain_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=Message)
@@ -51,60 +48,20 @@ _STATES = {
 }
 
 
-def _abort_on_domain_error(method: F) -> F:
-    """Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place."""
-
-    @functools.wraps(method)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            _check(request)
-            return method(self, request, context)
-        except RegistryError as e:
-            _abort(context, e)
-
-    @functools.wraps(method)
-    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            _check(request)
-            yield from method(self, request, context)
-        except RegistryError as e:
-            _abort(context, e)
-
-    return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
-
-
-def _check(request: Any) -> None:
+def _check(request: Any) -> Any:
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.describe())
     limits.check_request(request)
+    return request
+
+
+# Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place.
+_abort_on_domain_error = abort_on_domain_error(RegistryError, _check)
 
 
 def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
     """Registers the servicer with deserializers that let it answer unparsable requests itself."""
     add_servicer_to_server(servicer, server, pb, "MetadataService")
-
-
-def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
-    """Ends the RPC with the error's status, plus a google.rpc.PreconditionFailure where it has one."""
-    code = grpc.StatusCode[error.code]
-    message = limits.clip_message(str(error))
-    # The detail travels in a trailer, which gRPC clients cap at 8 KiB by default: list the
-    # first violations only (the message gives the total; FindMissingBlobs tells the rest).
-    violations: list[tuple[str, str, str]] = (getattr(error, "violations", None) or [])[: limits.MAX_VIOLATIONS]
-    if not violations:
-        context.abort(code, message)
-        return
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=text)
-                for kind, subject, text in violations
-            ]
-        )
-    )
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    context.abort_with_status(rpc_status.to_status(status))
 
 
 def _caller(context: grpc.ServicerContext) -> Caller:
