@@ -34,7 +34,6 @@ from metadata_service.references import Defaults
 from service_common.edge import Undecodable, add_servicer_to_server
 from service_common.error_mapping import abort_on_domain_error
 
-F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=Message)
 
 ENTITY_HEADER = "mreg-entity"
