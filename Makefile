@@ -57,8 +57,8 @@ bench: install
 	$(PY) -m tests.bench
 
 lint: install $(BUF)
-	$(VENV)/bin/ruff check metadata_service blob_service client service_common tests
-	$(VENV)/bin/ruff format --check metadata_service blob_service client service_common tests
+	$(VENV)/bin/ruff check metadata_service blob_service client server_runtime tests
+	$(VENV)/bin/ruff format --check metadata_service blob_service client server_runtime tests
 	$(VENV)/bin/mypy
 	mkdir -p protos/gen/third_party/google/rpc
 	cp "$$($(PY) -c 'import google.rpc, os; print(google.rpc.__path__[0])')/status.proto" protos/gen/third_party/google/rpc/

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from blob_service.errors import InvalidArgument
+from mreg.blob_service.errors import InvalidArgument
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

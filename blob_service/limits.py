@@ -12,8 +12,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from blob_service.errors import InvalidArgument
-from service_common.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
+from mreg.blob_service.errors import InvalidArgument
+from mreg.server_runtime.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
 STRING_BOUNDS = {"hash": 64, "upload_id": 128}
 DEFAULT_MAX_CHARS = 1024

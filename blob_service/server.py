@@ -10,11 +10,11 @@ from datetime import timedelta
 import grpc
 from mreg.blob.v1 import blob_service_pb2
 
-from blob_service.config import BlobConfig
-from blob_service.service import BlobStore
-from blob_service.servicer import BlobServicer, add_to_server
-from blob_service.storage import open_storage
-from service_common import runtime, streams
+from mreg.blob_service.config import BlobConfig
+from mreg.blob_service.service import BlobStore
+from mreg.blob_service.servicer import BlobServicer, add_to_server
+from mreg.blob_service.storage import open_storage
+from mreg.server_runtime import runtime, streams
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from blob_service.digests import Digest
-from blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
-from blob_service.limits import quote
-from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
+from mreg.blob_service.digests import Digest
+from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
+from mreg.blob_service.limits import quote
+from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
 

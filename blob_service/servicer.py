@@ -14,13 +14,13 @@ from google.rpc import code_pb2, status_pb2
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
-from blob_service import limits
-from blob_service.digests import Digest
-from blob_service.errors import BlobError, InvalidArgument
-from blob_service.service import BlobStore, WriteChunk
-from service_common.edge import Undecodable, add_servicer_to_server
-from service_common.error_mapping import abort_on_domain_error
-from service_common.streams import IdleStreams
+from mreg.blob_service import limits
+from mreg.blob_service.digests import Digest
+from mreg.blob_service.errors import BlobError, InvalidArgument
+from mreg.blob_service.service import BlobStore, WriteChunk
+from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
+from mreg.server_runtime.error_mapping import abort_on_domain_error
+from mreg.server_runtime.streams import IdleStreams
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.errors import MregError
-from client.registry import PullResult, PushResult, Registry
+from mreg.client.errors import MregError
+from mreg.client.registry import PullResult, PushResult, Registry
 
 __all__ = ["MregError", "PullResult", "PushResult", "Registry"]

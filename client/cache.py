@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from client.errors import MregError
-from client.hashing import sha256_file
+from mreg.client.errors import MregError
+from mreg.client.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client.cache import default_cache_dir
-from client.errors import MregError, PushInterrupted, local_error
-from client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
-from client.transfer import ProgressCallback
+from mreg.client.cache import default_cache_dir
+from mreg.client.errors import MregError, PushInterrupted, local_error
+from mreg.client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
+from mreg.client.transfer import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> None:
-    from client.serve import serve
+    from mreg.client.serve import serve
 
     serve(args.data_dir, args.host, args.metadata_port, args.blob_port, args.database_url)
 

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import MregError
+from mreg.client.errors import MregError
 
 HASH_BLOCK = 4 << 20
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from client.errors import MregError
+from mreg.client.errors import MregError
 
 NAME_MAX = 128
 ALIAS_MAX = 64

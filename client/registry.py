@@ -28,11 +28,11 @@ from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
-from client import references
-from client.cache import ContentCache, HashCache, default_cache_dir
-from client.errors import MregError, PushInterrupted, local_error
-from client.hashing import LocalFile, list_files, sha256_file
-from client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
+from mreg.client import references
+from mreg.client.cache import ContentCache, HashCache, default_cache_dir
+from mreg.client.errors import MregError, PushInterrupted, local_error
+from mreg.client.hashing import LocalFile, list_files, sha256_file
+from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
-from service_common import runtime
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
+from mreg.server_runtime import runtime
 
 
 def serve(data_dir: str, host: str, metadata_port: int, blob_port: int, database_url: str | None = None) -> None:

@@ -26,9 +26,9 @@ from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 
-from client.cache import HashCache, partial_path, replace_file
-from client.errors import MregError, PushInterrupted, local_error
-from client.hashing import LocalFile
+from mreg.client.cache import HashCache, partial_path, replace_file
+from mreg.client.errors import MregError, PushInterrupted, local_error
+from mreg.client.hashing import LocalFile
 
 CHUNK_SIZE = 1 << 20
 # Files up to this size travel in batches; the batch limit stays under the server's.

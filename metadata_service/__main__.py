@@ -1,15 +1,15 @@
-"""Runs the metadata service: ``python -m metadata_service --listen HOST:PORT --database-url URL``."""
+"""Runs the metadata service: ``python -m mreg.metadata_service --listen HOST:PORT --database-url URL``."""
 
 from __future__ import annotations
 
-from metadata_service import config, server
-from service_common.runtime import run_main
+from mreg.metadata_service import config, server
+from mreg.server_runtime.runtime import run_main
 
 
 def main(argv: list[str] | None = None) -> None:
     run_main(
         argv,
-        prog="python -m metadata_service",
+        prog="python -m mreg.metadata_service",
         description=__doc__,
         add_arguments=config.add_arguments,
         start=lambda args: server.start(config.from_args(args)),

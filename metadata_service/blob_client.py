@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 
-from metadata_service.errors import FailedPrecondition, Unavailable
+from mreg.metadata_service.errors import FailedPrecondition, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
 _BATCH = 10_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from service_common.config import add_flag, add_off_switch, config_from_args
+from mreg.server_runtime.config import add_flag, add_off_switch, config_from_args
 
 
 @dataclass(frozen=True)

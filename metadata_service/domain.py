@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from metadata_service.manifest import FileEntry
+from mreg.metadata_service.manifest import FileEntry
 
 T = TypeVar("T")
 

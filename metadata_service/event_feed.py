@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from metadata_service.domain import EventView
+from mreg.metadata_service.domain import EventView
 
 log = logging.getLogger(__name__)
 

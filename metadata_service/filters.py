@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from metadata_service.errors import InvalidArgument
-from metadata_service.limits import quote
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.limits import quote
 
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 32

@@ -20,8 +20,8 @@ from typing import Any
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from metadata_service.errors import InvalidArgument
-from service_common.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.server_runtime.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
 # Indexes (versions, links) are stored in 32-bit integer columns.
 MAX_INDEX = (1 << 31) - 1

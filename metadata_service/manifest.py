@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metadata_service.errors import InvalidArgument
-from metadata_service.limits import MAX_INT64, quote
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.limits import MAX_INT64, quote
 
 PATH_MAX = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from metadata_service.errors import InvalidArgument
-from metadata_service.limits import MAX_INDEX, MAX_INT64
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.limits import MAX_INDEX, MAX_INT64
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

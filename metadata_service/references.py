@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from metadata_service.errors import InvalidArgument
-from metadata_service.limits import quote
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.limits import quote
 
 NAME_MAX = 128
 ALIAS_MAX = 64

@@ -33,10 +33,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from metadata_service import filters
-from metadata_service.domain import CollectionKind, PendingEvent, VersionState
-from metadata_service.manifest import FileEntry
-from metadata_service.models import (
+from mreg.metadata_service import filters
+from mreg.metadata_service.domain import CollectionKind, PendingEvent, VersionState
+from mreg.metadata_service.manifest import FileEntry
+from mreg.metadata_service.models import (
     Alias,
     Collection,
     CondemnedBlob,
@@ -52,7 +52,7 @@ from metadata_service.models import (
     Version,
     utcnow,
 )
-from metadata_service.references import CollectionName, ProjectName
+from mreg.metadata_service.references import CollectionName, ProjectName
 
 # The hot read paths, built once: constructing SQLAlchemy expressions costs more than
 # running these indexed queries.

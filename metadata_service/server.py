@@ -12,13 +12,13 @@ import grpc
 from mreg.metadata.v1 import metadata_service_pb2
 from sqlalchemy import Engine
 
-from metadata_service.blob_client import BlobServiceClient
-from metadata_service.catalog import MetadataCatalog
-from metadata_service.config import MetadataConfig
-from metadata_service.db import create_database_engine, upgrade_schema
-from metadata_service.servicer import MetadataServicer, add_to_server
-from metadata_service.unit_of_work import Database
-from service_common import runtime, streams
+from mreg.metadata_service.blob_client import BlobServiceClient
+from mreg.metadata_service.catalog import MetadataCatalog
+from mreg.metadata_service.config import MetadataConfig
+from mreg.metadata_service.db import create_database_engine, upgrade_schema
+from mreg.metadata_service.servicer import MetadataServicer, add_to_server
+from mreg.metadata_service.unit_of_work import Database
+from mreg.server_runtime import runtime, streams
 
 log = logging.getLogger(__name__)
 

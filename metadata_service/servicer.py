@@ -14,12 +14,12 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
-from metadata_service import limits
-from metadata_service.catalog import MetadataCatalog
-from metadata_service.catalog.common import Caller
-from metadata_service.catalog.garbage import DEFAULT_GC_GRACE
-from metadata_service.catalog.versions import LinkRequest
-from metadata_service.domain import (
+from mreg.metadata_service import limits
+from mreg.metadata_service.catalog import MetadataCatalog
+from mreg.metadata_service.catalog.common import Caller
+from mreg.metadata_service.catalog.garbage import DEFAULT_GC_GRACE
+from mreg.metadata_service.catalog.versions import LinkRequest
+from mreg.metadata_service.domain import (
     CollectionKind,
     CollectionView,
     EventView,
@@ -28,11 +28,11 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.errors import InvalidArgument, RegistryError
-from metadata_service.manifest import FileEntry
-from metadata_service.references import Defaults
-from service_common.edge import Undecodable, add_servicer_to_server
-from service_common.error_mapping import abort_on_domain_error
+from mreg.metadata_service.errors import InvalidArgument, RegistryError
+from mreg.metadata_service.manifest import FileEntry
+from mreg.metadata_service.references import Defaults
+from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
+from mreg.server_runtime.error_mapping import abort_on_domain_error
 
 R = TypeVar("R", bound=Message)
 

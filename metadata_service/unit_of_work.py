@@ -17,10 +17,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from metadata_service.db import WRITE_OPTION
-from metadata_service.domain import PendingEvent
-from metadata_service.errors import ResourceExhausted, Unavailable
-from metadata_service.repository import Repository
+from mreg.metadata_service.db import WRITE_OPTION
+from mreg.metadata_service.domain import PendingEvent
+from mreg.metadata_service.errors import ResourceExhausted, Unavailable
+from mreg.metadata_service.repository import Repository
 
 log = logging.getLogger(__name__)
 

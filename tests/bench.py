@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import Registry
+from mreg.client import Registry
 from tests.helpers import digest_of
 from tests.processes import ServiceProcess
 
@@ -67,7 +67,7 @@ def timed_calls(call: Callable[[int], Any], total: int, concurrency: int) -> tup
 
 
 def bench_metadata_on(database_url: str, blob_address: str, label: str, commits: int) -> dict[str, Any]:
-    service = ServiceProcess("metadata_service", ["--database-url", database_url, "--blob-addr", blob_address]).start()
+    service = ServiceProcess("mreg.metadata_service", ["--database-url", database_url, "--blob-addr", blob_address]).start()
     try:
         registry = Registry.connect(service.address, blob_address, entity="bench", project="metadata", parallel=4)
         content = b"bench blob"
@@ -125,7 +125,7 @@ def bench_metadata_on(database_url: str, blob_address: str, label: str, commits:
 def bench_metadata(work: Path, commits: int) -> dict[str, Any]:
     import psycopg
 
-    blobs = ServiceProcess("blob_service", ["--store", str(work / "blobs")]).start()
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(work / "blobs")]).start()
     database = f"mreg_bench_{uuid.uuid4().hex[:8]}"
     try:
         out = {"sqlite": bench_metadata_on(f"sqlite:///{work / 'bench.db'}", blobs.address, "sqlite", commits)}
@@ -150,9 +150,8 @@ def bench_availability(work: Path, calls: int = 2000) -> dict[str, Any]:
     """
     from tests.streams import open_stalled_writes, open_streams, open_watch_streams
 
-    blobs = ServiceProcess("blob_service", ["--store", str(work / "availability-blobs")]).start()
-    metadata = ServiceProcess(
-        "metadata_service", ["--database-url", f"sqlite:///{work / 'availability.db'}", "--blob-addr", blobs.address]
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(work / "availability-blobs")]).start()
+    metadata = ServiceProcess("mreg.metadata_service", ["--database-url", f"sqlite:///{work / 'availability.db'}", "--blob-addr", blobs.address]
     ).start()
     try:
         model = work / "availability-model"

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from client import Registry
+from mreg.client import Registry
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 from tests.processes import ServiceProcess, free_port, wait_serving
 
@@ -189,9 +189,8 @@ def change_tenth_and_push(source: Path, copy: Path, client: Registry) -> tuple[i
 def bench_store(
     label: str, store: str, checkpoint: Path, many: Path, work: Path, baseline: dict[str, float]
 ) -> dict[str, Any]:
-    blob = ServiceProcess("blob_service", ["--store", store]).start()
-    metadata = ServiceProcess(
-        "metadata_service", ["--database-url", f"sqlite:///{work / f'{label}.db'}", "--blob-addr", blob.address]
+    blob = ServiceProcess("mreg.blob_service", ["--store", store]).start()
+    metadata = ServiceProcess("mreg.metadata_service", ["--database-url", f"sqlite:///{work / f'{label}.db'}", "--blob-addr", blob.address]
     ).start()
     out: dict[str, Any] = {}
     try:

@@ -13,7 +13,7 @@ import time
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import Registry
+from mreg.client import Registry
 from tests.helpers import digest_of
 
 

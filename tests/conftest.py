@@ -25,12 +25,12 @@ from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.metadata.v1 import metadata_service_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from client import Registry
-from client.cli import main as cli_main
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.client import Registry
+from mreg.client.cli import main as cli_main
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
 from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("MREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

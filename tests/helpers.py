@@ -38,8 +38,8 @@ def corrupt_blob(storage, sha256: str, size: int) -> None:  # type: ignore[no-un
     """Flips one byte of a stored blob behind the service's back, on disk or in S3."""
     import io
 
-    from blob_service.digests import Digest
-    from blob_service.storage import DiskStorage
+    from mreg.blob_service.digests import Digest
+    from mreg.blob_service.storage import DiskStorage
 
     digest = Digest(sha256, size)
     if isinstance(storage, DiskStorage):

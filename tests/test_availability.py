@@ -23,16 +23,16 @@ from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from blob_service.digests import Digest
-from blob_service.storage import DiskStorage
-from client import Registry
-from client.cli import main as cli_main
-from client.errors import MregError
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
-from service_common.streams import StreamAdmission
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.blob_service.digests import Digest
+from mreg.blob_service.storage import DiskStorage
+from mreg.client import Registry
+from mreg.client.cli import main as cli_main
+from mreg.client.errors import MregError
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
+from mreg.server_runtime.streams import StreamAdmission
 from tests.conftest import S3Server
 from tests.helpers import assert_same_tree, digest_of
 from tests.streams import STALLED_CONTENT, open_stalled_writes, open_streams, open_watch_streams

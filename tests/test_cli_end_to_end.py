@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blob_service.digests import Digest
+from mreg.blob_service.digests import Digest
 from tests.helpers import assert_same_tree, make_checkpoint
 
 

@@ -23,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import references as client_references
-from client.errors import MregError
-from metadata_service.errors import InvalidArgument
-from metadata_service.references import Defaults, parse_collection, validate_alias
+from mreg.client import references as client_references
+from mreg.client.errors import MregError
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.references import Defaults, parse_collection, validate_alias
 from tests.helpers import assert_same_tree, make_checkpoint
 
 
@@ -253,7 +253,7 @@ def test_an_unexpected_error_is_one_line_and_no_traceback(mreg, monkeypatch, err
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("client.registry.Registry.resolve", fail)
+    monkeypatch.setattr("mreg.client.registry.Registry.resolve", fail)
     code, _, err = mreg("show", "acme/vision/x", json_output=False)
     assert code == 1
     _one_error_line(err, code_name)
@@ -264,7 +264,7 @@ def test_ls_into_a_closed_pipe_exits_quietly(servers, tmp_path: Path, unique) ->
         registry.push(_checkpoint(tmp_path / "ck", large_bytes=10), f"pipe-{unique}")
     env = dict(os.environ, **servers.cli_env())
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "ls", "acme/vision", "--json"],
+        [sys.executable, "-m", "mreg.client.cli", "ls", "acme/vision", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -384,7 +384,7 @@ def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_p
     artifact = f"acme/vision/interrupt-{unique}"
     uploads = servers.blob_dir / "uploads"
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "push", str(checkpoint), artifact, "--quiet"],
+        [sys.executable, "-m", "mreg.client.cli", "push", str(checkpoint), artifact, "--quiet"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -409,7 +409,7 @@ def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_p
     with servers.registry() as registry:
         assert registry.transfer.find_missing([(sha.hexdigest(), size)])  # not complete yet
     rerun = subprocess.run(
-        [sys.executable, "-m", "client.cli", "push", str(checkpoint), artifact, "--json"],
+        [sys.executable, "-m", "mreg.client.cli", "push", str(checkpoint), artifact, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -459,7 +459,7 @@ def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, t
     dest = tmp_path / "out"
     env = dict(os.environ, **servers.cli_env())
     process = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "pull", ref, str(dest), "--quiet", "--no-cache"],
+        [sys.executable, "-m", "mreg.client.cli", "pull", ref, str(dest), "--quiet", "--no-cache"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -478,7 +478,7 @@ def test_two_processes_claiming_upload_ids_for_the_same_blobs_agree_and_never_fa
     """Two pushes on one machine share the hash cache (one connection each, like two processes)."""
     import threading
 
-    from client.cache import HashCache
+    from mreg.client.cache import HashCache
 
     caches = [HashCache(tmp_path / "cache"), HashCache(tmp_path / "cache")]
     blobs = [(f"{i:064x}", i) for i in range(300)]

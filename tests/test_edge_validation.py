@@ -269,7 +269,7 @@ def test_garbage_collection_grace_beyond_the_bound_is_invalid_argument_naming_it
 
 
 def test_metadata_nested_deeper_than_the_bound_is_refused_and_what_is_stored_reads_back(stub, blobs, unique) -> None:
-    from metadata_service.limits import MAX_METADATA_DEPTH
+    from mreg.metadata_service.limits import MAX_METADATA_DEPTH
 
     for depth in (MAX_METADATA_DEPTH + 1, 30):
         request = pb.CreateVersionRequest(artifact=f"deep-{unique}", type="model", metadata=struct(nested(depth)))
@@ -370,7 +370,7 @@ def test_blob_errors_quote_only_a_short_prefix_of_huge_input(blobs) -> None:
 
 
 def test_a_description_beyond_the_bound_is_refused(stub, unique) -> None:
-    from metadata_service.limits import MAX_DESCRIPTION_BYTES
+    from mreg.metadata_service.limits import MAX_DESCRIPTION_BYTES
 
     for text in ("d" * (8 << 20), "é" * (MAX_DESCRIPTION_BYTES // 2 + 1)):
         for request, method in (
@@ -384,7 +384,7 @@ def test_a_description_beyond_the_bound_is_refused(stub, unique) -> None:
 
 def test_list_pages_stop_before_a_default_client_receive_limit(stub, blobs, unique) -> None:
     """Five versions of nearly the largest metadata would be a 4.5 MiB page: they come in pages that fit."""
-    from metadata_service.limits import MAX_METADATA_BYTES
+    from mreg.metadata_service.limits import MAX_METADATA_BYTES
 
     artifact = f"big-{unique}"
     big = {"blob": "m" * (MAX_METADATA_BYTES - 1000)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from metadata_service.domain import EventView
-from metadata_service.event_feed import EventFeed
+from mreg.metadata_service.domain import EventView
+from mreg.metadata_service.event_feed import EventFeed
 
 
 class FakeLog:

@@ -41,11 +41,11 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from sqlalchemy.engine import make_url
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
-from metadata_service.pagination import encode_token
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
+from mreg.metadata_service.pagination import encode_token
 from tests.helpers import digest_of
 
 TOTAL_CALLS = int(os.environ.get("MREG_FUZZ_CALLS", "5000"))

@@ -21,12 +21,12 @@ from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc
 from sqlalchemy import insert, update
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from client import MregError, Registry
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
-from metadata_service.models import CondemnedBlob, GcState
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.client import MregError, Registry
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
+from mreg.metadata_service.models import CondemnedBlob, GcState
 from tests.helpers import digest_of
 
 PUSHERS = 4

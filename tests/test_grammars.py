@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metadata_service.errors import InvalidArgument
-from metadata_service.manifest import FileEntry, build_manifest, validate_path
-from metadata_service.references import Defaults, parse_reference, validate_alias
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.manifest import FileEntry, build_manifest, validate_path
+from mreg.metadata_service.references import Defaults, parse_reference, validate_alias
 
 DEFAULTS = Defaults("acme", "vision")
 name_chars = st.sampled_from("abcXYZ019 ._-")

@@ -7,7 +7,7 @@ import pytest
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc
 
-from client import Registry
+from mreg.client import Registry
 from tests.test_metadata_service import upload
 
 FILES = 25_000

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from client import MregError, Registry
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.client import MregError, Registry
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
 from tests.test_metadata_semantics import push_one
 
 

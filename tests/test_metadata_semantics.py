@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import MregError, Registry
+from mreg.client import MregError, Registry
 from tests.processes import ServiceProcess
 from tests.test_metadata_service import upload
 
@@ -381,8 +381,7 @@ def test_every_mutation_appends_an_event_in_order(registry, unique) -> None:
 
 
 def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, unique) -> None:
-    service = ServiceProcess(
-        "metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
+    service = ServiceProcess("mreg.metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
     ).start()
     prefix = f"acme/vision/resume-{unique}"
     try:
@@ -414,8 +413,7 @@ def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, un
 
 
 def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique) -> None:
-    service = ServiceProcess(
-        "metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
+    service = ServiceProcess("mreg.metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
     ).start()
     name = f"crash-{unique}"
     acknowledged: dict[int, str] = {}

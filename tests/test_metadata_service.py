@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import MregError, Registry
+from mreg.client import MregError, Registry
 from tests.helpers import digest_of, make_checkpoint
 
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from metadata_service.db import create_database_engine, upgrade_schema
-from metadata_service.models import Base
+from mreg.metadata_service.db import create_database_engine, upgrade_schema
+from mreg.metadata_service.models import Base
 
 
 def test_migrated_schema_matches_the_models(database_url: str, tmp_path) -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 
-from client import MregError, Registry
+from mreg.client import MregError, Registry
 from tests.test_metadata_semantics import code_of, push_one
 
 

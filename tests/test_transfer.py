@@ -19,13 +19,13 @@ import pytest
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc
 
-from blob_service import server as blob_server
-from blob_service.config import BlobConfig
-from client import MregError, Registry
-from client.hashing import LocalFile
-from client.transfer import BlobTransfer
-from metadata_service import server as metadata_server
-from metadata_service.config import MetadataConfig
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.client import MregError, Registry
+from mreg.client.hashing import LocalFile
+from mreg.client.transfer import BlobTransfer
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint
 from tests.processes import ServiceProcess
 from tests.test_blob_service import read_all, write_requests
@@ -148,7 +148,7 @@ def _settled_offset(stub, upload_id: str, digest: pb.Digest) -> int:
 
 
 def test_upload_survives_a_sigkill_and_restart_of_the_blob_service(blob_store_location: str, tmp_path: Path) -> None:
-    service = ServiceProcess("blob_service", ["--store", blob_store_location]).start()
+    service = ServiceProcess("mreg.blob_service", ["--store", blob_store_location]).start()
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(96 << 20))
     sha = hashlib.sha256(source.read_bytes()).hexdigest()

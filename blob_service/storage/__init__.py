@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from blob_service.errors import InvalidArgument
-from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
-from blob_service.storage.disk import DiskStorage
+from mreg.blob_service.errors import InvalidArgument
+from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
+from mreg.blob_service.storage.disk import DiskStorage
 
 __all__ = ["BlobReader", "BlobStorage", "DiskStorage", "PartialUpload", "StoredBlob", "open_storage"]
 
@@ -17,7 +17,7 @@ def open_storage(location: str) -> BlobStorage:
         InvalidArgument: the location is malformed or names an unknown kind of store.
     """
     if location.startswith("s3://"):
-        from blob_service.storage.s3 import S3Storage
+        from mreg.blob_service.storage.s3 import S3Storage
 
         return S3Storage.from_url(location)
     if "://" in location and not location.startswith("file://"):

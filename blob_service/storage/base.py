@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from blob_service.digests import Digest
+from mreg.blob_service.digests import Digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from blob_service.digests import Digest
-from blob_service.errors import Aborted, NotFound, StorageFull
-from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
+from mreg.blob_service.digests import Digest
+from mreg.blob_service.errors import Aborted, NotFound, StorageFull
+from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 _READ_BACK_CHUNK = 4 << 20
 

@@ -33,9 +33,9 @@ from minio.commonconfig import ComposeSource, CopySource
 from minio.datatypes import Object
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from blob_service.digests import Digest
-from blob_service.errors import InvalidArgument, NotFound, StorageFull, Unavailable
-from blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
+from mreg.blob_service.digests import Digest
+from mreg.blob_service.errors import InvalidArgument, NotFound, StorageFull, Unavailable
+from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from metadata_service.catalog.aliases import Aliases
-from metadata_service.catalog.collections import Collections
-from metadata_service.catalog.common import BlobService
-from metadata_service.catalog.events import Events
-from metadata_service.catalog.garbage import GarbageCollector
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.lineage import RunLineage
-from metadata_service.catalog.links import Links
-from metadata_service.catalog.retention import Retention
-from metadata_service.catalog.versions import DEFAULT_PENDING_TTL, Versions
-from metadata_service.unit_of_work import Database
+from mreg.metadata_service.catalog.aliases import Aliases
+from mreg.metadata_service.catalog.collections import Collections
+from mreg.metadata_service.catalog.common import BlobService
+from mreg.metadata_service.catalog.events import Events
+from mreg.metadata_service.catalog.garbage import GarbageCollector
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.lineage import RunLineage
+from mreg.metadata_service.catalog.links import Links
+from mreg.metadata_service.catalog.retention import Retention
+from mreg.metadata_service.catalog.versions import DEFAULT_PENDING_TTL, Versions
+from mreg.metadata_service.unit_of_work import Database
 
 
 class MetadataCatalog:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from metadata_service.catalog.common import Caller, find_collection, select_link, select_version
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.views import collection_context, event_view
-from metadata_service.domain import AliasChange, CollectionKind, EventView, Page
-from metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
-from metadata_service.models import Collection
-from metadata_service.pagination import decode_token, encode_token, page_size, sequence_key
-from metadata_service.references import CollectionName, parse_collection, parse_reference, validate_alias
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.common import Caller, find_collection, select_link, select_version
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import collection_context, event_view
+from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.models import Collection
+from mreg.metadata_service.pagination import decode_token, encode_token, page_size, sequence_key
+from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_alias
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 
 def move_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str, index: int) -> int | None:

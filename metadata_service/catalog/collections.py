@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metadata_service.catalog.common import Caller, find_collection, validate_tags
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.views import collection_view_of
-from metadata_service.domain import CollectionKind, CollectionView, Page
-from metadata_service.errors import AlreadyExists, FailedPrecondition, NotFound
-from metadata_service.pagination import decode_token, encode_token, name_key, page_size
-from metadata_service.references import parse_collection, parse_project, validate_type
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.common import Caller, find_collection, validate_tags
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import collection_view_of
+from mreg.metadata_service.domain import CollectionKind, CollectionView, Page
+from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, NotFound
+from mreg.metadata_service.pagination import decode_token, encode_token, name_key, page_size
+from mreg.metadata_service.references import parse_collection, parse_project, validate_type
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 DEFAULT_REGISTERED_MODEL_TYPE = "model"
 

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from metadata_service.catalog.views import CollectionContext, collection_context
-from metadata_service.domain import CollectionKind
-from metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
-from metadata_service.limits import MAX_INDEX, quote
-from metadata_service.models import Collection, Link, Version
-from metadata_service.references import LATEST, CollectionName, Defaults, Reference, validate_alias
-from metadata_service.repository import Repository
-from metadata_service.unit_of_work import UnitOfWork
+from mreg.metadata_service.catalog.views import CollectionContext, collection_context
+from mreg.metadata_service.domain import CollectionKind
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.limits import MAX_INDEX, quote
+from mreg.metadata_service.models import Collection, Link, Version
+from mreg.metadata_service.references import LATEST, CollectionName, Defaults, Reference, validate_alias
+from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.unit_of_work import UnitOfWork
 
 MAX_METADATA_BYTES = 1 << 20
 MAX_TAGS = 64

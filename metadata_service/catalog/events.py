@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from metadata_service.catalog.views import event_view
-from metadata_service.domain import EventView
-from metadata_service.errors import InvalidArgument
-from metadata_service.event_feed import EventFeed
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.views import event_view
+from mreg.metadata_service.domain import EventView
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.event_feed import EventFeed
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 # A Watch stream with nothing to say still sends the reached sequence at least this often.
 HEARTBEAT_SECONDS = 10.0

@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from metadata_service.catalog.common import BlobService
-from metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument
-from metadata_service.manifest import FileEntry
-from metadata_service.models import utcnow
-from metadata_service.repository import Repository
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.common import BlobService
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument
+from mreg.metadata_service.manifest import FileEntry
+from mreg.metadata_service.models import utcnow
+from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from metadata_service.catalog.common import Caller
-from metadata_service.errors import InvalidArgument
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.common import Caller
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 T = TypeVar("T")
 

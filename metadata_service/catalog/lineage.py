@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metadata_service.catalog.common import Caller, resolve_version_row
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.views import version_name
-from metadata_service.domain import Lineage
-from metadata_service.errors import InvalidArgument
-from metadata_service.references import parse_collection, parse_reference
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.common import Caller, resolve_version_row
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import version_name
+from mreg.metadata_service.domain import Lineage
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.references import parse_collection, parse_reference
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 
 class RunLineage:

@@ -5,22 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metadata_service.catalog.aliases import move_alias
-from metadata_service.catalog.common import (
+from mreg.metadata_service.catalog.aliases import move_alias
+from mreg.metadata_service.catalog.common import (
     Caller,
     find_collection,
     resolve_version_row,
     select_link,
     validate_aliases,
 )
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.views import collection_context, link_view, link_view_by_id
-from metadata_service.domain import CollectionKind, LinkView, Page
-from metadata_service.errors import FailedPrecondition
-from metadata_service.models import Collection, Link, Version, utcnow
-from metadata_service.pagination import decode_token, encode_token, index_key, page_size
-from metadata_service.references import CollectionName, parse_collection, parse_reference
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import collection_context, link_view, link_view_by_id
+from mreg.metadata_service.domain import CollectionKind, LinkView, Page
+from mreg.metadata_service.errors import FailedPrecondition
+from mreg.metadata_service.models import Collection, Link, Version, utcnow
+from mreg.metadata_service.pagination import decode_token, encode_token, index_key, page_size
+from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 
 def link_version(

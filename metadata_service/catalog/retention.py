@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from metadata_service.catalog.common import Caller, find_collection, tombstone
-from metadata_service.catalog.idempotency import Mutations
-from metadata_service.catalog.views import collection_view_of
-from metadata_service.domain import CollectionKind, CollectionView
-from metadata_service.errors import InvalidArgument
-from metadata_service.models import Collection
-from metadata_service.references import CollectionName, parse_collection
-from metadata_service.unit_of_work import UnitOfWork
+from mreg.metadata_service.catalog.common import Caller, find_collection, tombstone
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import collection_view_of
+from mreg.metadata_service.domain import CollectionKind, CollectionView
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.models import Collection
+from mreg.metadata_service.references import CollectionName, parse_collection
+from mreg.metadata_service.unit_of_work import UnitOfWork
 
 
 def apply_retention(uow: UnitOfWork, artifact: Collection, name: CollectionName) -> tuple[int, ...]:

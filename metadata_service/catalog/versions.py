@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from metadata_service import filters
-from metadata_service.catalog import garbage
-from metadata_service.catalog.aliases import move_alias, remove_alias
-from metadata_service.catalog.common import (
+from mreg.metadata_service import filters
+from mreg.metadata_service.catalog import garbage
+from mreg.metadata_service.catalog.aliases import move_alias, remove_alias
+from mreg.metadata_service.catalog.common import (
     BlobService,
     Caller,
     find_collection,
@@ -32,10 +32,10 @@ from metadata_service.catalog.common import (
     validate_metadata,
     validate_tags,
 )
-from metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
-from metadata_service.catalog.links import link_version, unlink
-from metadata_service.catalog.retention import apply_retention
-from metadata_service.catalog.views import (
+from mreg.metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
+from mreg.metadata_service.catalog.links import link_version, unlink
+from mreg.metadata_service.catalog.retention import apply_retention
+from mreg.metadata_service.catalog.views import (
     collection_context,
     link_name,
     link_view,
@@ -45,7 +45,7 @@ from metadata_service.catalog.views import (
     version_view_of,
     view_by_uid,
 )
-from metadata_service.domain import (
+from mreg.metadata_service.domain import (
     CollectionKind,
     CommitResult,
     DeletedVersion,
@@ -54,12 +54,12 @@ from metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound
-from metadata_service.manifest import FileEntry, build_manifest
-from metadata_service.models import Collection, Version, utcnow
-from metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
-from metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
-from metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound
+from mreg.metadata_service.manifest import FileEntry, build_manifest
+from mreg.metadata_service.models import Collection, Version, utcnow
+from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
+from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
-from metadata_service.errors import NotFound
-from metadata_service.models import Collection, Event, Link, Version
-from metadata_service.references import LATEST, CollectionName
-from metadata_service.repository import Repository
+from mreg.metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
+from mreg.metadata_service.errors import NotFound
+from mreg.metadata_service.models import Collection, Event, Link, Version
+from mreg.metadata_service.references import LATEST, CollectionName
+from mreg.metadata_service.repository import Repository
 
 
 @dataclass

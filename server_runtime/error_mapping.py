@@ -18,7 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service_common.edge import clip_message
+from mreg.server_runtime.edge import clip_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 

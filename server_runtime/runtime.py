@@ -1,7 +1,7 @@
 """Starting, running and stopping a service process, the same way for both services.
 
 :func:`start_server` builds a gRPC server whose streams cannot starve unary calls
-(``service_common.streams``), adds the service's servicers with health checking and
+(``server_runtime.streams``), adds the service's servicers with health checking and
 reflection, binds and starts it. :func:`run_main` is a service's ``python -m`` entry
 point: flags, logging, start, then a graceful stop on SIGTERM or SIGINT.
 """
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from service_common import streams
-from service_common.introspection import add_health_and_reflection
+from mreg.server_runtime import streams
+from mreg.server_runtime.introspection import add_health_and_reflection
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
 STOP_GRACE_SECONDS = 5
