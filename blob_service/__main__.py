@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-import signal
-import threading
-
 from mreg.blob_service import config, server
+from mreg.server_runtime.runtime import run_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mreg.blob_service", description=__doc__)
-    config.add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    running = server.start(config.from_args(args))
-    print(f"blob service listening on {running.address}", flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    stopped.wait()
-    running.stop(grace=5)
+    run_main(
+        argv,
+        prog="python -m mreg.blob_service",
+        description=__doc__,
+        add_arguments=config.add_arguments,
+        start=lambda args: server.start(config.from_args(args)),
+        what="blob service",
+    )
 
 
 if __name__ == "__main__":

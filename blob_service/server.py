@@ -14,8 +14,7 @@ from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
-from mreg.server_runtime import streams
-from mreg.server_runtime.introspection import add_health_and_reflection
+from mreg.server_runtime import runtime, streams
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +67,23 @@ def start(config: BlobConfig) -> RunningBlobServer:
         grpc.StatusCode.ABORTED,
         "--stream-idle-timeout-seconds, env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS",
     )
-    # Streams (Read, Write, ListBlobs) hold a thread each while open; they get threads of
-    # their own, bounded, so FindMissingBlobs and health checks keep `workers` threads.
-    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "blob-rpc")
-    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_BLOB_MAX_STREAMS")
-    server = grpc.server(pool, interceptors=[admission], options=grpc_options(config), maximum_concurrent_rpcs=max_rpcs)
     idle = timedelta(seconds=config.stream_idle_timeout_seconds) if config.stream_idle_timeout_seconds > 0 else None
-    add_to_server(BlobServicer(store, idle_streams, store.capabilities(message_limit(config), idle)), server)
-    add_health_and_reflection(server, blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {config.listen}")
-    server.start()
+    capabilities = store.capabilities(message_limit(config), idle)
+    started = runtime.start_server(
+        listen=config.listen,
+        workers=config.workers,
+        max_streams=config.max_streams,
+        max_streams_setting="--max-streams, env MREG_BLOB_MAX_STREAMS",
+        thread_name="blob-rpc",
+        options=grpc_options(config),
+        add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams, capabilities), server),
+        service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+    )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
-    log.info("blob service listening on port %d, storing in %r", port, store.storage)
-    return RunningBlobServer(server, port, store, stopping, idle_streams, admission)
+    log.info("blob service listening on port %d, storing in %r", started.port, store.storage)
+    return RunningBlobServer(started.server, started.port, store, stopping, idle_streams, started.admission)
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

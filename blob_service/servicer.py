@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -22,37 +20,14 @@ from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, InvalidArgument
 from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
+from mreg.server_runtime.error_mapping import abort_on_domain_error
 from mreg.server_runtime.streams import IdleStreams
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
 LIST_BATCH = 1000
 # gRPC's own default receive limit, for a servicer built without a server's configuration.
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 << 20
-
-
-def _abort_on_domain_error(method: F) -> F:
-    """Checks requests against the edge bounds and maps domain errors to their gRPC status, in one place.
-
-    A streamed request (Write) is checked message by message as it is consumed.
-    """
-
-    @functools.wraps(method)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, _checked(request), context)
-        except BlobError as e:
-            context.abort(grpc.StatusCode[e.code], limits.clip_message(str(e)))
-
-    @functools.wraps(method)
-    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from method(self, _checked(request), context)
-        except BlobError as e:
-            context.abort(grpc.StatusCode[e.code], limits.clip_message(str(e)))
-
-    return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
 
 
 def _check(message: Any) -> Any:
@@ -67,6 +42,11 @@ def _checked(request: Any) -> Any:
     if isinstance(request, Message | Undecodable):
         return _check(request)
     return (_check(message) for message in request)
+
+
+# Checks requests against the edge bounds (a streamed request, Write, message by message as it is
+# consumed) and maps domain errors to their gRPC status, in one place.
+_abort_on_domain_error = abort_on_domain_error(BlobError, _checked)
 
 
 def add_to_server(servicer: BlobServicer, server: grpc.Server) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
+
+from mreg.server_runtime.config import add_flag, add_off_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -24,77 +25,39 @@ class MetadataConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen",
-        default=os.environ.get("MREG_METADATA_LISTEN", MetadataConfig.listen),
-        help="host:port to serve on; port 0 picks a free one (env MREG_METADATA_LISTEN)",
+    def flag(field: str, env: str, help: str) -> None:
+        add_flag(parser, MetadataConfig, field, env, help)
+
+    flag("listen", "MREG_METADATA_LISTEN", "host:port to serve on; port 0 picks a free one")
+    flag(
+        "database_url",
+        "MREG_DATABASE_URL",
+        "SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("MREG_DATABASE_URL", MetadataConfig.database_url),
-        help="SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (env MREG_DATABASE_URL)",
+    flag("blob_addr", "MREG_BLOB_ADDR", "the blob service that commits are verified against")
+    flag("workers", "MREG_METADATA_WORKERS", "threads serving unary RPCs; streams never take these")
+    flag(
+        "max_streams",
+        "MREG_METADATA_MAX_STREAMS",
+        "concurrent streaming RPCs (Watch) served, each on a thread of its own; more are refused "
+        "with RESOURCE_EXHAUSTED",
     )
-    parser.add_argument(
-        "--blob-addr",
-        default=os.environ.get("MREG_BLOB_ADDR", MetadataConfig.blob_addr),
-        help="the blob service that commits are verified against (env MREG_BLOB_ADDR)",
+    flag("pending_ttl_seconds", "MREG_PENDING_TTL_SECONDS", "pending versions not committed within this time expire")
+    flag(
+        "janitor_interval_seconds",
+        "MREG_JANITOR_INTERVAL_SECONDS",
+        "how often expired pending versions are removed",
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("MREG_METADATA_WORKERS", MetadataConfig.workers)),
-        help="threads serving unary RPCs; streams never take these (env MREG_METADATA_WORKERS)",
+    flag(
+        "gc_interval_seconds",
+        "MREG_GC_INTERVAL_SECONDS",
+        "how often blob garbage collection runs; 0 turns it off",
     )
-    parser.add_argument(
-        "--max-streams",
-        type=int,
-        default=int(os.environ.get("MREG_METADATA_MAX_STREAMS", MetadataConfig.max_streams)),
-        help="concurrent streaming RPCs (Watch) served, each on a thread of its own; more are refused "
-        "with RESOURCE_EXHAUSTED (env MREG_METADATA_MAX_STREAMS)",
-    )
-    parser.add_argument(
-        "--pending-ttl-seconds",
-        type=float,
-        default=float(os.environ.get("MREG_PENDING_TTL_SECONDS", MetadataConfig.pending_ttl_seconds)),
-        help="pending versions not committed within this time expire (env MREG_PENDING_TTL_SECONDS)",
-    )
-    parser.add_argument(
-        "--janitor-interval-seconds",
-        type=float,
-        default=float(os.environ.get("MREG_JANITOR_INTERVAL_SECONDS", MetadataConfig.janitor_interval_seconds)),
-        help="how often expired pending versions are removed (env MREG_JANITOR_INTERVAL_SECONDS)",
-    )
-    parser.add_argument(
-        "--gc-interval-seconds",
-        type=float,
-        default=float(os.environ.get("MREG_GC_INTERVAL_SECONDS", MetadataConfig.gc_interval_seconds)),
-        help="how often blob garbage collection runs; 0 turns it off (env MREG_GC_INTERVAL_SECONDS)",
-    )
-    parser.add_argument(
-        "--gc-grace-seconds",
-        type=float,
-        default=float(os.environ.get("MREG_GC_GRACE_SECONDS", MetadataConfig.gc_grace_seconds)),
-        help="blobs used more recently than this are never collected (env MREG_GC_GRACE_SECONDS)",
-    )
-    parser.add_argument(
-        "--no-migrate",
-        dest="migrate",
-        action="store_false",
-        default=os.environ.get("MREG_NO_MIGRATE", "") == "",
-        help="do not upgrade the database schema at start-up (env MREG_NO_MIGRATE=1)",
+    flag("gc_grace_seconds", "MREG_GC_GRACE_SECONDS", "blobs used more recently than this are never collected")
+    add_off_switch(
+        parser, "--no-migrate", "migrate", "MREG_NO_MIGRATE", "do not upgrade the database schema at start-up"
     )
 
 
 def from_args(args: argparse.Namespace) -> MetadataConfig:
-    return MetadataConfig(
-        listen=args.listen,
-        database_url=args.database_url,
-        blob_addr=args.blob_addr,
-        workers=args.workers,
-        max_streams=args.max_streams,
-        migrate=args.migrate,
-        pending_ttl_seconds=args.pending_ttl_seconds,
-        janitor_interval_seconds=args.janitor_interval_seconds,
-        gc_interval_seconds=args.gc_interval_seconds,
-        gc_grace_seconds=args.gc_grace_seconds,
-    )
+    return config_from_args(MetadataConfig, args)

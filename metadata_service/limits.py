@@ -23,10 +23,6 @@ from google.protobuf.message import Message
 from mreg.metadata_service.errors import InvalidArgument
 from mreg.server_runtime.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
-# Structured violations listed in one error's google.rpc.PreconditionFailure: with the
-# message, they stay well under the 8 KiB of trailers a default gRPC client accepts.
-MAX_VIOLATIONS = 32
-
 # Indexes (versions, links) are stored in 32-bit integer columns.
 MAX_INDEX = (1 << 31) - 1
 MAX_INT64 = (1 << 63) - 1

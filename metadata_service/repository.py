@@ -1,6 +1,6 @@
 """All SQL of the metadata service: one repository over one session.
 
-Nothing outside this module builds queries. Methods return ORM rows; the service layer
+Nothing outside this module builds queries. Methods return ORM rows; the catalog
 turns them into views before the transaction ends.
 """
 
@@ -205,6 +205,11 @@ class Repository:
             .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
         ).one()
 
+    def mark_version_deleted(self, version: Version) -> None:
+        """Tombstones a version, flushed so later queries of this transaction see it deleted."""
+        version.state = VersionState.DELETED.value
+        self.session.flush()
+
     def delete_pending_version(self, version: Version) -> None:
         self.session.execute(delete(Version).where(Version.id == version.id))
 
@@ -289,6 +294,9 @@ class Repository:
         return previous
 
     # Links -------------------------------------------------------------------------------
+
+    def find_link(self, link_id: int) -> Link | None:
+        return self.session.get(Link, link_id)
 
     def find_link_to_version(self, registered_model_id: int, version_id: int) -> Link | None:
         return self.session.scalars(
@@ -408,7 +416,7 @@ class Repository:
         return live
 
     # Garbage collection ------------------------------------------------------------------
-    # The protocol is explained in service.Registry.collect_garbage.
+    # The protocol is explained in metadata_service.catalog.garbage.
 
     def gc_epoch(self) -> int:
         return int(self.session.execute(select(GcState.epoch).where(GcState.id == 1)).scalar_one())

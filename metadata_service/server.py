@@ -13,13 +13,12 @@ from sqlalchemy import Engine
 
 from mreg.metadata.v1 import metadata_service_pb2
 from mreg.metadata_service.blob_client import BlobServiceClient
+from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
-from mreg.metadata_service.service import Registry
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.unit_of_work import Database
-from mreg.server_runtime import streams
-from mreg.server_runtime.introspection import add_health_and_reflection
+from mreg.server_runtime import runtime, streams
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class RunningMetadataServer:
     port: int
     engine: Engine
     content: BlobServiceClient
-    registry: Registry
+    catalog: MetadataCatalog
     stopping: threading.Event
     admission: streams.StreamAdmission
 
@@ -48,7 +47,7 @@ class RunningMetadataServer:
     def stop(self, grace: float | None = None) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        self.registry.event_feed.stop()
+        self.catalog.stop()
         self.content.close()
         self.engine.dispose()
 
@@ -59,32 +58,32 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     if config.migrate:
         upgrade_schema(engine)
     content = BlobServiceClient(config.blob_addr)
-    registry = Registry(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     stopping = threading.Event()
-    threading.Thread(target=_janitor, args=(registry, config, stopping), name="mreg-janitor", daemon=True).start()
-    # Streams (Watch) hold a thread each while open; they get threads of their own, bounded,
-    # so however many are open, unary calls and health checks keep `workers` threads.
-    pool, max_rpcs = streams.thread_pool(config.workers, config.max_streams, "metadata-rpc")
-    admission = streams.StreamAdmission(config.max_streams, "--max-streams, env MREG_METADATA_MAX_STREAMS")
-    server = grpc.server(pool, interceptors=[admission], options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_rpcs)
-    add_to_server(MetadataServicer(registry), server)
-    add_health_and_reflection(server, metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {config.listen}")
-    server.start()
+    threading.Thread(target=_janitor, args=(catalog, config, stopping), name="mreg-janitor", daemon=True).start()
+    started = runtime.start_server(
+        listen=config.listen,
+        workers=config.workers,
+        max_streams=config.max_streams,
+        max_streams_setting="--max-streams, env MREG_METADATA_MAX_STREAMS",
+        thread_name="metadata-rpc",
+        options=GRPC_OPTIONS,
+        add_servicers=lambda server: add_to_server(MetadataServicer(catalog), server),
+        service_name=metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+    )
+    port = started.port
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
-    return RunningMetadataServer(server, port, engine, content, registry, stopping, admission)
+    return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
 
 
-def _janitor(registry: Registry, config: MetadataConfig, stopping: threading.Event) -> None:
+def _janitor(catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event) -> None:
     """Expires pending versions and, less often, collects garbage, until the server stops."""
     next_gc = time.monotonic() + config.gc_interval_seconds
     while not stopping.wait(config.janitor_interval_seconds):
         try:
-            registry.expire_pending()
+            catalog.versions.expire_pending()
             if config.gc_interval_seconds > 0 and time.monotonic() >= next_gc:
                 next_gc = time.monotonic() + config.gc_interval_seconds
-                registry.collect_garbage(timedelta(seconds=config.gc_grace_seconds))
+                catalog.garbage.collect(timedelta(seconds=config.gc_grace_seconds))
         except Exception:  # the janitor must outlive a database or blob service hiccup
             log.exception("janitor run failed; retrying in %.0f s", config.janitor_interval_seconds)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from mreg.metadata_service import limits
+from mreg.metadata_service.catalog import MetadataCatalog
+from mreg.metadata_service.catalog.common import Caller
+from mreg.metadata_service.catalog.garbage import DEFAULT_GC_GRACE
+from mreg.metadata_service.catalog.versions import LinkRequest
 from mreg.metadata_service.domain import (
     CollectionKind,
     CollectionView,
@@ -33,17 +31,14 @@ from mreg.metadata_service.domain import (
 from mreg.metadata_service.errors import InvalidArgument, RegistryError
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Defaults
-from mreg.metadata_service.service import DEFAULT_GC_GRACE, Caller, LinkRequest, Registry
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
+from mreg.server_runtime.error_mapping import abort_on_domain_error
 
-F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R", bound=Message)
 
 ENTITY_HEADER = "mreg-entity"
 PROJECT_HEADER = "mreg-project"
 ACTOR_HEADER = "mreg-actor"
-# A Watch stream with nothing to say still sends the reached sequence at least this often.
-HEARTBEAT_SECONDS = 10.0
 
 _STATES = {
     VersionState.PENDING: pb.VERSION_STATE_PENDING,
@@ -52,60 +47,20 @@ _STATES = {
 }
 
 
-def _abort_on_domain_error(method: F) -> F:
-    """Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place."""
-
-    @functools.wraps(method)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            _check(request)
-            return method(self, request, context)
-        except RegistryError as e:
-            _abort(context, e)
-
-    @functools.wraps(method)
-    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            _check(request)
-            yield from method(self, request, context)
-        except RegistryError as e:
-            _abort(context, e)
-
-    return streaming if inspect.isgeneratorfunction(method) else unary  # type: ignore[return-value]
-
-
-def _check(request: Any) -> None:
+def _check(request: Any) -> Any:
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.describe())
     limits.check_request(request)
+    return request
+
+
+# Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place.
+_abort_on_domain_error = abort_on_domain_error(RegistryError, _check)
 
 
 def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
     """Registers the servicer with deserializers that let it answer unparsable requests itself."""
     add_servicer_to_server(servicer, server, pb, "MetadataService")
-
-
-def _abort(context: grpc.ServicerContext, error: RegistryError) -> None:
-    """Ends the RPC with the error's status, plus a google.rpc.PreconditionFailure where it has one."""
-    code = grpc.StatusCode[error.code]
-    message = limits.clip_message(str(error))
-    # The detail travels in a trailer, which gRPC clients cap at 8 KiB by default: list the
-    # first violations only (the message gives the total; FindMissingBlobs tells the rest).
-    violations: list[tuple[str, str, str]] = (getattr(error, "violations", None) or [])[: limits.MAX_VIOLATIONS]
-    if not violations:
-        context.abort(code, message)
-        return
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=text)
-                for kind, subject, text in violations
-            ]
-        )
-    )
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    context.abort_with_status(rpc_status.to_status(status))
 
 
 def _caller(context: grpc.ServicerContext) -> Caller:
@@ -260,14 +215,14 @@ def _file_entry(entry: pb.ManifestEntry) -> FileEntry:
 
 
 class MetadataServicer(pb_grpc.MetadataServiceServicer):
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, catalog: MetadataCatalog) -> None:
+        self.catalog = catalog
 
     @_abort_on_domain_error
     def CreateVersion(
         self, request: pb.CreateVersionRequest, context: grpc.ServicerContext
     ) -> pb.CreateVersionResponse:
-        view = self.registry.create_version(
+        view = self.catalog.versions.create(
             _caller(context),
             request.parent,
             request.type,
@@ -282,7 +237,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def CommitVersion(
         self, request: pb.CommitVersionRequest, context: grpc.ServicerContext
     ) -> pb.CommitVersionResponse:
-        result = self.registry.commit_version(
+        result = self.catalog.versions.commit(
             _caller(context),
             request.uid,
             [_file_entry(e) for e in request.manifest],
@@ -300,7 +255,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def UpdateVersion(
         self, request: pb.UpdateVersionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateVersionResponse:
-        view = self.registry.update_version(
+        view = self.catalog.edits.update_version(
             _caller(context),
             request.name,
             description=_optional(request, "description"),
@@ -315,7 +270,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     @_abort_on_domain_error
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
         response = pb.GetVersionResponse(
-            version=version_pb(self.registry.resolve(_caller(context), request.name).version)
+            version=version_pb(self.catalog.versions.resolve(_caller(context), request.name).version)
         )
         return _within_budget(response, response.version)
 
@@ -323,7 +278,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
-        resolution = self.registry.resolve(_caller(context), request.name)
+        resolution = self.catalog.versions.resolve(_caller(context), request.name)
         link = link_pb(resolution.link) if resolution.link else None
         if link is not None:
             # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
@@ -335,7 +290,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ListVersionFiles(
         self, request: pb.ListVersionFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListVersionFilesResponse:
-        version, page = self.registry.list_version_files(
+        version, page = self.catalog.versions.files(
             _caller(context), request.name, request.page_size, request.page_token
         )
         files, token = _fit(page, manifest_entry_pb)
@@ -343,7 +298,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
-        page = self.registry.list_versions(
+        page = self.catalog.versions.search(
             _caller(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
         )
         versions, token = _fit(page, version_pb)
@@ -353,7 +308,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def DeleteVersion(
         self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteVersionResponse:
-        deleted = self.registry.delete_version(_caller(context), request.name, request.force, request.request_id)
+        deleted = self.catalog.versions.delete(_caller(context), request.name, request.force, request.request_id)
         return pb.DeleteVersionResponse(
             version=version_pb(deleted.version),
             removed_aliases=deleted.removed_aliases,
@@ -362,14 +317,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.GetArtifactResponse:
-        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.ARTIFACT)
+        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.ARTIFACT)
         return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
     @_abort_on_domain_error
     def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListArtifactsResponse:
-        page = self.registry.list_collections(
+        page = self.catalog.collections.search(
             _caller(context),
             request.parent,
             CollectionKind.ARTIFACT,
@@ -384,7 +339,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def CreateRegisteredModel(
         self, request: pb.CreateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.CreateRegisteredModelResponse:
-        view = self.registry.create_registered_model(
+        view = self.catalog.collections.create_registered_model(
             _caller(context), request.name, request.type, request.description, list(request.tags), request.request_id
         )
         return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
@@ -393,7 +348,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def UpdateRegisteredModel(
         self, request: pb.UpdateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.UpdateRegisteredModelResponse:
-        view = self.registry.update_registered_model(
+        view = self.catalog.edits.update_registered_model(
             _caller(context),
             request.name,
             description=_optional(request, "description"),
@@ -407,14 +362,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def GetRegisteredModel(
         self, request: pb.GetRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.GetRegisteredModelResponse:
-        view = self.registry.get_collection(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
+        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
         return pb.GetRegisteredModelResponse(registered_model=registered_model_pb(view))
 
     @_abort_on_domain_error
     def ListRegisteredModels(
         self, request: pb.ListRegisteredModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegisteredModelsResponse:
-        page = self.registry.list_collections(
+        page = self.catalog.collections.search(
             _caller(context),
             request.parent,
             CollectionKind.REGISTERED_MODEL,
@@ -429,38 +384,38 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteCollectionResponse:
-        self.registry.delete_collection(_caller(context), request.name, request.request_id)
+        self.catalog.collections.delete(_caller(context), request.name, request.request_id)
         return pb.DeleteCollectionResponse()
 
     @_abort_on_domain_error
     def SetRetentionPolicy(
         self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
     ) -> pb.SetRetentionPolicyResponse:
-        view, deleted = self.registry.set_retention_policy(
+        view, deleted = self.catalog.retention.set_policy(
             _caller(context), request.name, _optional(request, "keep_last"), request.request_id
         )
         return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
     @_abort_on_domain_error
     def CreateLink(self, request: pb.CreateLinkRequest, context: grpc.ServicerContext) -> pb.CreateLinkResponse:
-        view, created = self.registry.create_link(
+        view, created = self.catalog.links.create(
             _caller(context), request.version, request.parent, list(request.aliases), request.request_id
         )
         return pb.CreateLinkResponse(link=link_pb(view), created=created)
 
     @_abort_on_domain_error
     def ListLinks(self, request: pb.ListLinksRequest, context: grpc.ServicerContext) -> pb.ListLinksResponse:
-        page = self.registry.list_links(_caller(context), request.parent, request.page_size, request.page_token)
+        page = self.catalog.links.list(_caller(context), request.parent, request.page_size, request.page_token)
         links, token = _fit(page, link_pb)
         return pb.ListLinksResponse(links=links, next_page_token=token)
 
     @_abort_on_domain_error
     def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
-        return pb.DeleteLinkResponse(name=self.registry.delete_link(_caller(context), request.name, request.request_id))
+        return pb.DeleteLinkResponse(name=self.catalog.links.delete(_caller(context), request.name, request.request_id))
 
     @_abort_on_domain_error
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:
-        change = self.registry.set_alias(
+        change = self.catalog.aliases.set(
             _caller(context),
             request.name,
             request.alias,
@@ -476,7 +431,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> pb.DeleteAliasResponse:
-        previous = self.registry.delete_alias(
+        previous = self.catalog.aliases.delete(
             _caller(context),
             request.parent,
             request.alias,
@@ -489,7 +444,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def SetAliasProtection(
         self, request: pb.SetAliasProtectionRequest, context: grpc.ServicerContext
     ) -> pb.SetAliasProtectionResponse:
-        protected = self.registry.set_alias_protection(
+        protected = self.catalog.aliases.set_protection(
             _caller(context), request.parent, request.alias, request.protected, request.request_id
         )
         return pb.SetAliasProtectionResponse(protected_aliases=protected)
@@ -498,7 +453,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def ListAliasHistory(
         self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasHistoryResponse:
-        page = self.registry.alias_history(
+        page = self.catalog.aliases.history(
             _caller(context), request.parent, request.alias, request.page_size, request.page_token
         )
         events, token = _fit(page, event_pb)
@@ -508,14 +463,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def RecordRunInputs(
         self, request: pb.RecordRunInputsRequest, context: grpc.ServicerContext
     ) -> pb.RecordRunInputsResponse:
-        recorded = self.registry.record_run_inputs(
+        recorded = self.catalog.lineage.record_inputs(
             _caller(context), request.name, list(request.versions), request.request_id
         )
         return pb.RecordRunInputsResponse(versions=recorded)
 
     @_abort_on_domain_error
     def GetLineage(self, request: pb.GetLineageRequest, context: grpc.ServicerContext) -> pb.GetLineageResponse:
-        lineage = self.registry.lineage(_caller(context), request.version, request.run)
+        lineage = self.catalog.lineage.of(_caller(context), request.version, request.run)
         return pb.GetLineageResponse(
             producer_run=lineage.producer_run,
             consumer_runs=lineage.consumer_runs,
@@ -528,7 +483,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
     ) -> pb.CollectGarbageResponse:
         grace = _optional(request, "grace_period_seconds")
-        report = self.registry.collect_garbage(
+        report = self.catalog.garbage.collect(
             DEFAULT_GC_GRACE if grace is None else timedelta(seconds=grace), request.dry_run
         )
         return pb.CollectGarbageResponse(
@@ -541,36 +496,18 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @_abort_on_domain_error
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
-        cursor = request.start_after
-        if request.from_now:
-            _, cursor = self.registry.events_after(0, limit=0)
-        # The first message tells the consumer the stream is live and where it starts.
-        yield pb.WatchResponse(sequence=cursor)
-        # An idle stream sleeps until the log passes what it has seen; a client that goes
-        # away wakes it at once, so its thread and stream slot are freed.
+        # A client that goes away wakes its idle stream at once, so its thread and stream slot are freed.
         wake = threading.Event()
         context.add_callback(wake.set)
-        seen = cursor
-        last_sent = time.monotonic()
-        # Streams opened together would send their heartbeats together, in bursts that
-        # delay unary calls; each stream beats at its own interval within the bound.
-        heartbeat = HEARTBEAT_SECONDS * random.uniform(0.5, 1.0)
-        while True:
-            wake.clear()
-            if not context.is_active():
-                return
-            events, reached = self.registry.follow_events(cursor, request.resource_prefix)
-            for event in events:
-                yield pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
-                cursor = event.sequence
-            if events:
-                last_sent = time.monotonic()
-                continue
-            # Nothing after the cursor matches up to `reached`: wait for the log to grow.
-            seen = max(seen, reached, cursor)
-            if time.monotonic() - last_sent >= heartbeat:
-                # Filtered consumers learn how far the log has advanced without matching events.
-                cursor = seen
-                yield pb.WatchResponse(sequence=cursor)
-                last_sent = time.monotonic()
-            self.registry.wait_for_events(seen, wake, heartbeat - (time.monotonic() - last_sent))
+        items = self.catalog.events.watch(
+            request.start_after,
+            request.resource_prefix,
+            from_now=request.from_now,
+            wake=wake,
+            is_active=context.is_active,
+        )
+        for item in items:
+            if item.event is None:
+                yield pb.WatchResponse(sequence=item.sequence)
+            else:
+                yield pb.WatchResponse(event=event_pb(item.event), sequence=item.sequence)

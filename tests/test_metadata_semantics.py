@@ -1,4 +1,5 @@
-"""DESIGN §2 under concurrency, retries and crashes, on SQLite and PostgreSQL."""
+"""The registry's metadata rules (version numbering, aliases, idempotent retries, retention, search, lineage,
+events) under concurrency, retries and crashes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

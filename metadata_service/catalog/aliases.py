@@ -1,0 +1,138 @@
+"""Aliases: moving and removing them (with compare-and-set), protecting them, and their history."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from mreg.metadata_service.catalog.common import Caller, find_collection, select_link, select_version
+from mreg.metadata_service.catalog.idempotency import Mutations
+from mreg.metadata_service.catalog.views import collection_context, event_view
+from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.models import Collection
+from mreg.metadata_service.pagination import decode_token, encode_token, page_size, sequence_key
+from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_alias
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+
+
+def move_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str, index: int) -> int | None:
+    """Points ``alias`` at ``index``, recording the move if it changed anything; returns the previous index."""
+    previous = uow.repo.set_alias(collection.id, alias, index)
+    if previous != index:
+        before = None if previous is None else {"index": previous}
+        uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index})
+    return previous
+
+
+def remove_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str) -> int | None:
+    """Removes ``alias`` if set, recording it; returns the index it named."""
+    previous = uow.repo.delete_alias(collection.id, alias)
+    if previous is not None:
+        uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous})
+    return previous
+
+
+def _check_expectation(
+    name: CollectionName, alias: str, current: int | None, expected_index: int | None, expect_unset: bool
+) -> None:
+    """Compare-and-set: refuses the change unless the alias names what the caller expects."""
+    holder = "is not set" if current is None else f"names v{current}"
+    if expect_unset and current is not None:
+        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}; expected it unset")
+    if expected_index is not None and current != expected_index:
+        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}, not the expected v{expected_index}")
+
+
+class Aliases:
+    """Setting, removing and protecting aliases of artifacts and registered models."""
+
+    def __init__(self, database: Database, mutations: Mutations) -> None:
+        self.db = database
+        self.mutations = mutations
+
+    def set(
+        self,
+        caller: Caller,
+        target: str,
+        alias: str,
+        expected_index: int | None = None,
+        expect_unset: bool = False,
+        request_id: str = "",
+    ) -> AliasChange:
+        ref = parse_reference(target, caller.defaults)
+        validate_alias(alias)
+
+        def work(uow: UnitOfWork) -> tuple[AliasChange, dict[str, Any]]:
+            row = find_collection(uow.repo, ref.collection, None, for_update=True)
+            context = collection_context(uow.repo, row)
+            if row.kind == CollectionKind.ARTIFACT.value:
+                index = select_version(uow.repo, context, ref).index
+            else:
+                index = select_link(uow.repo, context, ref).index
+            assert index is not None
+            current = context.aliases.get(alias)
+            _check_expectation(context.name, alias, current, expected_index, expect_unset)
+            previous = move_alias(uow, row, context.name, alias, index)
+            change = AliasChange(str(context.name), alias, index, previous)
+            return change, asdict(change)
+
+        arguments = (str(ref), alias, expected_index, expect_unset)
+        return self.mutations.run(caller, "SetAlias", request_id, arguments, work, lambda uow, key: AliasChange(**key))
+
+    def delete(
+        self, caller: Caller, collection: str, alias: str, expected_index: int | None = None, request_id: str = ""
+    ) -> int:
+        name = parse_collection(collection, caller.defaults)
+        validate_alias(alias)
+
+        def work(uow: UnitOfWork) -> tuple[int, dict[str, Any]]:
+            row = find_collection(uow.repo, name, None, for_update=True)
+            current = uow.repo.aliases(row.id).get(alias)
+            if current is None:
+                raise NotFound(f"{CollectionKind(row.kind).label} {name} has no alias {alias!r}")
+            _check_expectation(name, alias, current, expected_index, False)
+            remove_alias(uow, row, name, alias)
+            return current, {"previous": current}
+
+        arguments = (str(name), alias, expected_index)
+        return self.mutations.run(caller, "DeleteAlias", request_id, arguments, work, lambda uow, key: key["previous"])
+
+    def set_protection(
+        self, caller: Caller, collection: str, alias: str, protected: bool, request_id: str = ""
+    ) -> tuple[str, ...]:
+        name = parse_collection(collection, caller.defaults)
+        validate_alias(alias)
+
+        def work(uow: UnitOfWork) -> tuple[tuple[str, ...], dict[str, Any]]:
+            row = find_collection(uow.repo, name, None, for_update=True)
+            current = set(row.protected_aliases or ())
+            changed = (alias in current) != protected
+            current = current | {alias} if protected else current - {alias}
+            row.protected_aliases = sorted(current)
+            if changed:
+                uow.record("alias.protected" if protected else "alias.unprotected", f"{name}:{alias}")
+            return tuple(sorted(current)), {"protected": sorted(current)}
+
+        arguments = (str(name), alias, protected)
+        return self.mutations.run(
+            caller, "SetAliasProtection", request_id, arguments, work, lambda uow, key: tuple(key["protected"])
+        )
+
+    def history(self, caller: Caller, collection: str, alias: str, size: int, token: str) -> Page[EventView]:
+        """The moves and removals of an alias, newest first."""
+        name = parse_collection(collection, caller.defaults)
+        if not alias:
+            raise InvalidArgument("alias is empty")
+        limit = page_size(size)
+        resource = f"{name}:{alias}"
+        listing = f"history:{resource}"
+        before = decode_token(token, listing, sequence_key)
+
+        def work(uow: UnitOfWork) -> Page[EventView]:
+            rows = uow.repo.resource_events(resource, before, limit + 1)
+            views = tuple(event_view(e) for e in rows[:limit])
+            tokens = tuple(encode_token(listing, e.sequence) for e in rows[:limit])
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
+
+        return self.db.run(work, write=False)

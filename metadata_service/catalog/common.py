@@ -1,0 +1,144 @@
+"""What every use case of the catalog shares: the caller, the blob service it checks content with, input
+checks, and finding what a name refers to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from mreg.metadata_service.catalog.views import CollectionContext, collection_context
+from mreg.metadata_service.domain import CollectionKind
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.limits import MAX_INDEX, quote
+from mreg.metadata_service.models import Collection, Link, Version
+from mreg.metadata_service.references import LATEST, CollectionName, Defaults, Reference, validate_alias
+from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.unit_of_work import UnitOfWork
+
+MAX_METADATA_BYTES = 1 << 20
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: their default entity/project and the actor name events record."""
+
+    defaults: Defaults = field(default_factory=Defaults)
+    actor: str = ""
+
+
+class BlobService(Protocol):
+    """What the metadata service needs of the blob service."""
+
+    def find_missing(self, digests: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Returns the (sha256, size) pairs not stored. Raises Unavailable if it cannot tell."""
+        ...
+
+    def list_unused(self, unused_before: datetime) -> Iterator[list[tuple[str, int]]]:
+        """Batches of blobs neither written nor looked up since ``unused_before``."""
+        ...
+
+    def delete_unused(
+        self, digests: Sequence[tuple[str, int]], unused_before: datetime, remove_stale_uploads: bool
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Deletes those still unused since ``unused_before``; returns (deleted, stale upload parts removed)."""
+        ...
+
+
+def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def validate_tags(tags: Sequence[str]) -> list[str]:
+    if len(tags) > MAX_TAGS:
+        raise InvalidArgument(f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
+    for tag in tags:
+        if not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable():
+            raise InvalidArgument(f"tag {quote(tag)} is invalid: use 1-{MAX_TAG_LENGTH} printable characters")
+    return sorted(set(tags))
+
+
+def validate_aliases(aliases: Sequence[str]) -> list[str]:
+    return sorted({validate_alias(a) for a in aliases})
+
+
+def is_unborn(row: Collection) -> bool:
+    """An artifact none of whose versions has ever committed: only its pending pushes know it."""
+    return row.kind == CollectionKind.ARTIFACT.value and row.next_index == 0
+
+
+def require_kind(row: Collection, name: CollectionName, kind: CollectionKind) -> None:
+    if row.kind != kind.value:
+        actual = CollectionKind(row.kind).label
+        raise FailedPrecondition(f"{name} is a {actual}, not a {kind.label}")
+
+
+def find_collection(
+    repo: Repository, name: CollectionName, kind: CollectionKind | None, *, for_update: bool = False
+) -> Collection:
+    """The collection ``name`` names (of ``kind``, if given); an unborn artifact does not count.
+
+    Raises:
+        NotFound: there is no such collection.
+    """
+    row = repo.find_collection(name, for_update=for_update)
+    if row is None or (kind is not None and row.kind != kind.value) or is_unborn(row):
+        label = kind.label if kind else "artifact or registered model"
+        raise NotFound(f"no {label} named {name}")
+    return row
+
+
+def _selected_index(context: CollectionContext, ref: Reference, member: str) -> int:
+    if ref.index is not None:
+        if ref.index > MAX_INDEX:
+            # The grammar allows 18 digits; no stored index is that large.
+            raise NotFound(f"{context.name} has no {member} v{ref.index}")
+        return ref.index
+    if ref.alias == LATEST:
+        if context.latest_index is None:
+            raise NotFound(f"{context.name} has no {member}s yet, so it has no 'latest'")
+        return context.latest_index
+    assert ref.alias is not None
+    if ref.alias not in context.aliases:
+        raise NotFound(f"{context.name} has no alias {ref.alias!r}")
+    return context.aliases[ref.alias]
+
+
+def select_version(repo: Repository, context: CollectionContext, ref: Reference) -> Version:
+    index = _selected_index(context, ref, "version")
+    version = repo.find_version_by_index(context.row.id, index)
+    if version is None:
+        raise NotFound(f"artifact {context.name} has no version v{index}")
+    return version
+
+
+def select_link(repo: Repository, context: CollectionContext, ref: Reference) -> Link:
+    index = _selected_index(context, ref, "link")
+    link = repo.find_link_by_index(context.row.id, index)
+    if link is None:
+        raise NotFound(f"registered model {context.name} has no link v{index}")
+    return link
+
+
+def resolve_version_row(repo: Repository, ref: Reference) -> tuple[Version, Collection]:
+    """The version a reference names, through a registered model's link if need be."""
+    row = find_collection(repo, ref.collection, None)
+    context = collection_context(repo, row)
+    if row.kind == CollectionKind.ARTIFACT.value:
+        return select_version(repo, context, ref), row
+    link = select_link(repo, context, ref)
+    version = repo.get_version(link.version_id)
+    return version, repo.get_collection(version.artifact_id)
+
+
+def tombstone(uow: UnitOfWork, version: Version, resource: str) -> None:
+    """Deletes a committed version (its row stays, marked deleted) and records the event."""
+    uow.repo.mark_version_deleted(version)
+    uow.record("version.deleted", resource, before={"index": version.index, "digest": version.digest})

@@ -1,0 +1,191 @@
+"""Garbage collection of blob content, and the protocol that keeps it from racing commits.
+
+Commits and sweeps never race, at any grace period:
+
+- A commit reads the GC epoch (:func:`read_epoch`), then asks the blob service whether its
+  content is stored, then in its transaction (share-locking the GC state row) refuses with
+  MISSING_BLOB any blob that a sweep is deleting now or deleted after that epoch
+  (:func:`refuse_collected_content`).
+- A sweep, in a transaction holding that row exclusively, finds which listed blobs no
+  committed version references and records them as condemned; only then does it ask the
+  blob service to delete them; afterwards it records the deleted ones in a new epoch and
+  releases the ones the blob service kept (used again since).
+
+So a commit either lands before the condemnation (the sweep sees its references and
+keeps the content) or after it (and refuses; the client uploads again). A lease on the
+state row keeps sweeps to one replica at a time; a sweep that died leaves condemnations
+open, which the next sweep finishes before anything else. The blob service also keeps
+content written or looked up within its own minimum grace period, which protects uploads
+that are not committed yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mreg.metadata_service.catalog.common import BlobService
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument
+from mreg.metadata_service.manifest import FileEntry
+from mreg.metadata_service.models import utcnow
+from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GC_GRACE = timedelta(days=1)
+# A sweep's lease on the GC state row, renewed every batch. It must outlast the blob
+# service's DeleteBlobs deadline (blob_client.DELETE_TIMEOUT), so a sweep that lost its
+# lease can have no deletion still under way when another sweep starts.
+GC_LEASE = timedelta(minutes=30)
+GC_BATCH = 1000
+# How long deletions are remembered for commits in flight; a commit slower than this
+# between its content check and its transaction is refused and retried by the client.
+CONDEMNATION_MEMORY = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageReport:
+    examined_blobs: int = 0
+    referenced_blobs: int = 0
+    deleted_blobs: int = 0
+    deleted_bytes: int = 0
+    removed_upload_parts: int = 0
+
+
+def read_epoch(database: Database) -> int:
+    """The GC epoch a commit reads before it asks the blob service about its content."""
+    return database.run(lambda uow: uow.repo.gc_epoch(), write=False)
+
+
+def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epoch: int) -> None:
+    """Refuses a commit naming content a sweep is deleting, or deleted after ``epoch`` was read."""
+    if not entries:
+        return
+    state = repo.lock_gc_state(exclusive=False)
+    sizes = {e.digest: e.size_bytes for e in entries}
+    taken = sorted(sizes) if epoch < state.pruned_through else sorted(repo.condemned_since(sorted(sizes), epoch))
+    if taken:
+        raise FailedPrecondition(
+            f"garbage collection deleted or is deleting {len(taken)} of the manifest's blobs while this commit "
+            f"was in flight (e.g. {taken[0]}): upload what FindMissingBlobs reports missing and commit again",
+            violations=[(MISSING_BLOB, f"blobs/{h}/{sizes[h]}", "collected during the commit") for h in taken],
+        )
+
+
+class GarbageCollector:
+    """Sweeps of the blob service for content no committed version references."""
+
+    def __init__(self, database: Database, content: BlobService) -> None:
+        self.db = database
+        self.content = content
+
+    def collect(self, grace: timedelta = DEFAULT_GC_GRACE, dry_run: bool = False) -> GarbageReport:
+        """Deletes blobs no committed version references and nobody used for ``grace``.
+
+        Raises:
+            InvalidArgument: a negative grace period.
+            FailedPrecondition: another sweep holds the lease.
+        """
+        if grace < timedelta(0):
+            raise InvalidArgument("grace_period_seconds must not be negative")
+        unused_before = utcnow() - grace
+        owner = uuid.uuid4().hex
+        examined = referenced = deleted = deleted_bytes = removed = 0
+        if not dry_run:
+            self.db.run(lambda uow: _take_lease(uow.repo, owner), write=True)
+        try:
+            if not dry_run:
+                self._finish_interrupted_sweeps(unused_before)
+            for batch in self.content.list_unused(unused_before):
+                examined += len(batch)
+                garbage = self.db.run(
+                    lambda uow: _condemn_unreferenced(uow.repo, batch, owner, dry_run),  # noqa: B023
+                    write=not dry_run,
+                )
+                referenced += len(batch) - len(garbage)
+                if garbage and not dry_run:
+                    garbage = self._delete_condemned(garbage, unused_before, precise=True)
+                deleted += len(garbage)
+                deleted_bytes += sum(s for _, s in garbage)
+            if not dry_run:
+                removed = self.content.delete_unused([], unused_before, remove_stale_uploads=True)[1]
+        finally:
+            if not dry_run:
+                self.db.run(lambda uow: _release_lease(uow.repo, owner), write=True)
+        report = GarbageReport(examined, referenced, deleted, deleted_bytes, removed)
+        log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
+        return report
+
+    def _delete_condemned(
+        self, condemned: list[tuple[str, int]], unused_before: datetime, *, precise: bool
+    ) -> list[tuple[str, int]]:
+        """Deletes condemned blobs and closes their condemnation; returns those deleted.
+
+        Deleted blobs are closed in a new epoch: a commit that read an older epoch may have
+        seen them before the deletion. With ``precise``, the blobs the blob service kept
+        (used again since the sweep listed them, so present) are released at once, as if
+        never condemned. A sweep finishing another's condemnations cannot tell whether the
+        dead sweep deleted them already, so it closes them all in the new epoch.
+        """
+        gone, _ = self.content.delete_unused(condemned, unused_before, remove_stale_uploads=False)
+        gone_hashes = {h for h, _ in gone}
+        kept = {h for h, _ in condemned if h not in gone_hashes} if precise else set()
+        closed = [h for h, _ in condemned if h not in kept]
+
+        def close(uow: UnitOfWork) -> None:
+            state = uow.repo.lock_gc_state(exclusive=True)
+            uow.repo.close_condemnation(state, closed, released=sorted(kept))
+
+        self.db.run(close, write=True)
+        return gone
+
+    def _finish_interrupted_sweeps(self, unused_before: datetime) -> None:
+        """Completes condemnations a sweep that died left open, so commits of that content proceed."""
+
+        def prune_and_find(uow: UnitOfWork) -> list[tuple[str, int]]:
+            state = uow.repo.lock_gc_state(exclusive=True)
+            uow.repo.prune_condemned(state, utcnow() - CONDEMNATION_MEMORY)
+            return uow.repo.condemned_in_progress()
+
+        leftover = self.db.run(prune_and_find, write=True)
+        for start in range(0, len(leftover), GC_BATCH):
+            self._delete_condemned(leftover[start : start + GC_BATCH], unused_before, precise=False)
+        if leftover:
+            log.warning("garbage collection finished %d blob deletions an interrupted sweep left open", len(leftover))
+
+
+def _take_lease(repo: Repository, owner: str) -> None:
+    state = repo.lock_gc_state(exclusive=True)
+    now = utcnow()
+    if state.lease_owner and state.lease_until is not None and state.lease_until > now:
+        raise FailedPrecondition(
+            f"another garbage collection is running (its lease lasts until {state.lease_until.isoformat()}); "
+            "wait for it to finish"
+        )
+    state.lease_owner, state.lease_until = owner, now + GC_LEASE
+
+
+def _release_lease(repo: Repository, owner: str) -> None:
+    state = repo.lock_gc_state(exclusive=True)
+    if state.lease_owner == owner:
+        state.lease_owner, state.lease_until = None, None
+
+
+def _condemn_unreferenced(
+    repo: Repository, batch: list[tuple[str, int]], owner: str, dry_run: bool
+) -> list[tuple[str, int]]:
+    """The blobs of ``batch`` no committed version references, condemned unless ``dry_run``."""
+    if not dry_run:
+        state = repo.lock_gc_state(exclusive=True)
+        if state.lease_owner != owner:
+            raise FailedPrecondition("this garbage collection lost its lease to another one; it stopped")
+        state.lease_until = utcnow() + GC_LEASE
+    live = repo.referenced_digests([h for h, _ in batch])
+    garbage = [(h, s) for h, s in batch if h not in live]
+    if not dry_run:
+        repo.condemn(garbage)
+    return garbage

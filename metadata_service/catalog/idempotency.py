@@ -1,0 +1,78 @@
+"""Mutations that run once per request id: a retry with the same id gets the first result back.
+
+A mutation stores a fingerprint of its request and a small JSON key of its result under
+the caller's request id, in the same transaction as the change. A retry of the same
+request rebuilds the result from that key; a different request reusing the id is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from mreg.metadata_service.catalog.common import Caller
+from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+
+T = TypeVar("T")
+
+MAX_REQUEST_ID = 128
+# How long a request id is remembered; the janitor forgets older ones.
+REQUEST_RECORD_TTL = timedelta(hours=24)
+
+
+def _validate_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID} printable characters")
+    return request_id
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Mutations:
+    """Runs the catalog's changes, each in one write transaction, once per request id."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def run(
+        self,
+        caller: Caller,
+        method: str,
+        request_id: str,
+        arguments: tuple[Any, ...],
+        work: Callable[[UnitOfWork], tuple[T, dict[str, Any]]],
+        replay: Callable[[UnitOfWork, dict[str, Any]], T],
+    ) -> T:
+        """Runs a mutation in one transaction, once per request id.
+
+        ``work`` returns the result and a small JSON key from which ``replay`` rebuilds
+        that result when a retry arrives with the same request id. ``arguments`` are what
+        makes two requests the same request.
+
+        Raises:
+            InvalidArgument: the request id is malformed, or was used for a different request.
+        """
+        _validate_request_id(request_id)
+        fingerprint = _fingerprint(method, caller.defaults.entity, caller.defaults.project, *arguments)
+
+        def transaction(uow: UnitOfWork) -> T:
+            if request_id:
+                earlier = uow.repo.claim_request(request_id, method, fingerprint)
+                if earlier is not None:
+                    if (earlier.method, earlier.fingerprint) != (method, fingerprint):
+                        raise InvalidArgument(
+                            f"request_id {request_id!r} was already used for a different request ({earlier.method})"
+                        )
+                    return replay(uow, earlier.result or {})
+            result, key = work(uow)
+            if request_id:
+                uow.repo.store_request_result(request_id, key)
+            return result
+
+        return self.db.run(transaction, write=True, actor=caller.actor)

@@ -1,0 +1,369 @@
+"""Versions of artifacts: creating a pending version, committing it, resolving, listing and deleting.
+
+A version is created pending, then committed with its manifest once the blob service has
+every file's content; only then does it get its index. Committing may also move aliases,
+link the version into registered models and apply the artifact's retention policy, all
+in the commit's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from mreg.metadata_service import filters
+from mreg.metadata_service.catalog import garbage
+from mreg.metadata_service.catalog.aliases import move_alias, remove_alias
+from mreg.metadata_service.catalog.common import (
+    BlobService,
+    Caller,
+    find_collection,
+    is_unborn,
+    require_kind,
+    resolve_version_row,
+    select_link,
+    select_version,
+    tombstone,
+    validate_aliases,
+    validate_metadata,
+    validate_tags,
+)
+from mreg.metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
+from mreg.metadata_service.catalog.links import link_version, unlink
+from mreg.metadata_service.catalog.retention import apply_retention
+from mreg.metadata_service.catalog.views import (
+    collection_context,
+    link_name,
+    link_view,
+    link_view_by_id,
+    version_name,
+    version_view,
+    version_view_of,
+    view_by_uid,
+)
+from mreg.metadata_service.domain import (
+    CollectionKind,
+    CommitResult,
+    DeletedVersion,
+    Page,
+    Resolution,
+    VersionState,
+    VersionView,
+)
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound
+from mreg.metadata_service.manifest import FileEntry, build_manifest
+from mreg.metadata_service.models import Collection, Version, utcnow
+from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
+from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PENDING_TTL = timedelta(hours=24)
+DEFAULT_FILE_PAGE_SIZE = 1000
+MAX_FILE_PAGE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    registered_model: str
+    aliases: tuple[str, ...] = ()
+
+
+class Versions:
+    """The life of a version, from pending to committed to deleted."""
+
+    def __init__(self, database: Database, content: BlobService, mutations: Mutations, pending_ttl: timedelta) -> None:
+        self.db = database
+        self.content = content
+        self.mutations = mutations
+        self.pending_ttl = pending_ttl
+
+    def create(
+        self,
+        caller: Caller,
+        artifact: str,
+        type_: str,
+        description: str = "",
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        request_id: str = "",
+    ) -> VersionView:
+        """A new pending version of ``artifact``; the artifact appears only when a version commits."""
+        name = parse_collection(artifact, caller.defaults, "artifact")
+        validate_type(type_)
+        clean_tags = validate_tags(tags)
+        clean_metadata = validate_metadata(metadata or {})
+
+        def work(uow: UnitOfWork) -> tuple[VersionView, dict[str, Any]]:
+            row = _ensure_artifact(uow, name, type_)
+            version = uow.repo.add_version(
+                Version(
+                    uid=uuid.uuid4().hex,
+                    artifact_id=row.id,
+                    index=None,
+                    state=VersionState.PENDING.value,
+                    size_bytes=0,
+                    file_count=0,
+                    description=description,
+                    tags=clean_tags,
+                    metadata_doc=clean_metadata,
+                    created_at=utcnow(),
+                )
+            )
+            view = version_view(uow.repo, version, collection_context(uow.repo, row), with_manifest=False)
+            return view, {"uid": version.uid}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> VersionView:
+            return view_by_uid(uow.repo, key["uid"])
+
+        arguments = (str(name), type_, description, clean_tags, clean_metadata)
+        return self.mutations.run(caller, "CreateVersion", request_id, arguments, work, replay)
+
+    def commit(
+        self,
+        caller: Caller,
+        uid: str,
+        entries: Sequence[FileEntry],
+        aliases: Sequence[str] = (),
+        links: Sequence[LinkRequest] = (),
+        run: str = "",
+        request_id: str = "",
+    ) -> CommitResult:
+        """Commits a pending version with its manifest, once the blob service holds all of its content.
+
+        Content identical to the latest version's commits nothing new: the pending version
+        is dropped and the result names the latest.
+        """
+        manifest = build_manifest(entries)
+        clean_aliases = validate_aliases(aliases)
+        link_targets = [
+            (
+                parse_collection(link.registered_model, caller.defaults, "registered model"),
+                validate_aliases(link.aliases),
+            )
+            for link in links
+        ]
+        run_name = str(parse_collection(run, caller.defaults, "run")) if run else None
+        # Read before asking the blob service, so the transaction below can tell whether a
+        # sweep deleted any of this content after the blob service said it was there.
+        gc_epoch = garbage.read_epoch(self.db) if manifest.entries else 0
+        self._require_content(manifest.entries)
+
+        def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
+            repo = uow.repo
+            version = repo.find_version_by_uid(uid, for_update=True)
+            if version is None:
+                raise NotFound(f"no pending version with uid {uid!r}: it was never created or has expired")
+            artifact = repo.lock_collection(version.artifact_id)
+            created = False
+            if version.state == VersionState.COMMITTED.value:
+                if version.digest != manifest.digest:
+                    raise FailedPrecondition(
+                        f"version {uid} is already committed with a different manifest; versions are immutable"
+                    )
+                target = version
+            elif version.state == VersionState.DELETED.value:
+                raise FailedPrecondition(f"version {uid} was deleted")
+            else:
+                if version.created_at < utcnow() - self.pending_ttl:
+                    raise NotFound(f"pending version {uid} has expired; create a new one")
+                latest = repo.latest_version(artifact.id)
+                if latest is not None and latest.digest == manifest.digest:
+                    # Same content as latest: no new version, the pending one is dropped.
+                    repo.delete_pending_version(version)
+                    target = latest
+                else:
+                    garbage.refuse_collected_content(repo, manifest.entries, gc_epoch)
+                    version.index = repo.allocate_index(artifact)
+                    version.state = VersionState.COMMITTED.value
+                    version.digest = manifest.digest
+                    version.size_bytes = manifest.size_bytes
+                    version.file_count = len(manifest.entries)
+                    version.committed_at = utcnow()
+                    version.producer_run = run_name
+                    repo.add_manifest(version.id, manifest.entries)
+                    target, created = version, True
+            assert target.index is not None
+            collection_name = repo.collection_full_name(artifact)
+            if created and target.index == 0:
+                uow.record(
+                    "collection.created", str(collection_name), after={"kind": "artifact", "type": artifact.type}
+                )
+            if created:
+                uow.record(
+                    "version.committed",
+                    f"{collection_name}:v{target.index}",
+                    after={
+                        "index": target.index,
+                        "digest": target.digest,
+                        "size_bytes": target.size_bytes,
+                        "file_count": target.file_count,
+                        "run": run_name,
+                    },
+                )
+            for alias in clean_aliases:
+                move_alias(uow, artifact, collection_name, alias, target.index)
+            linked = [link_version(uow, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets]
+            link_views = tuple(view for view, _, _ in linked)
+            if created and artifact.retention_keep_last is not None:
+                apply_retention(uow, artifact, collection_name)
+            view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
+            if created:
+                log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
+            key = {
+                "version_id": target.id,
+                "created": created,
+                "link_ids": [link_id for _, _, link_id in linked],
+            }
+            return CommitResult(view, created, link_views), key
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> CommitResult:
+            view = version_view_of(uow.repo, uow.repo.get_version(key["version_id"]), with_manifest=True)
+            links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
+            return CommitResult(view, key["created"], links)
+
+        arguments = (uid, manifest.digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
+        return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
+
+    def _require_content(self, entries: Sequence[FileEntry]) -> None:
+        """Refuses (MISSING_BLOB) a manifest naming content the blob service does not hold."""
+        digests = sorted({(e.digest, e.size_bytes) for e in entries})
+        if not digests:
+            return
+        missing = self.content.find_missing(digests)
+        if missing:
+            shown = ", ".join(f"{h}/{s}" for h, s in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            missing_set = set(missing)
+            paths = sorted(e.path for e in entries if (e.digest, e.size_bytes) in missing_set)[:5]
+            raise FailedPrecondition(
+                f"the blob service lacks {len(missing)} of the manifest's blobs ({shown}{more}; "
+                f"files {', '.join(paths)}): upload them before committing",
+                violations=[(MISSING_BLOB, f"blobs/{h}/{s}", "not stored in the blob service") for h, s in missing],
+            )
+
+    def resolve(self, caller: Caller, reference: str) -> Resolution:
+        """The version a reference names, and the link it went through if it names a registered model's."""
+        ref = parse_reference(reference, caller.defaults)
+
+        def work(uow: UnitOfWork) -> Resolution:
+            row = find_collection(uow.repo, ref.collection, None)
+            context = collection_context(uow.repo, row)
+            if row.kind == CollectionKind.ARTIFACT.value:
+                version = select_version(uow.repo, context, ref)
+                return Resolution(version_view(uow.repo, version, context, with_manifest=True), None)
+            link = select_link(uow.repo, context, ref)
+            return Resolution(*link_view(uow.repo, link, context, with_manifest=True))
+
+        return self.db.run(work, write=False)
+
+    def search(
+        self, caller: Caller, parent: str, size: int, token: str, filter_text: str = "", order_by: str = ""
+    ) -> Page[VersionView]:
+        """A page of an artifact's committed versions matching a filter, in the order asked for."""
+        name = parse_collection(parent, caller.defaults, "artifact")
+        limit = page_size(size)
+        where = filters.parse_filter(filter_text)
+        order = filters.parse_order_by(order_by)
+        listing = f"versions:{name}:{filter_text}:{order_by}"
+        after = decode_token(token, listing, version_key(order.field))
+
+        def work(uow: UnitOfWork) -> Page[VersionView]:
+            row = find_collection(uow.repo, name, CollectionKind.ARTIFACT)
+            context = collection_context(uow.repo, row)
+            rows = uow.repo.search_versions(row.id, where, order, tuple(after) if after else None, limit + 1)
+            views = tuple(version_view(uow.repo, v, context, with_manifest=False) for v, _ in rows[:limit])
+            tokens = tuple(
+                encode_token(listing, [value.isoformat() if isinstance(value, datetime) else value, v.index])
+                for v, value in rows[:limit]
+            )
+            return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
+
+        return self.db.run(work, write=False)
+
+    def files(self, caller: Caller, reference: str, size: int, token: str) -> tuple[str, Page[FileEntry]]:
+        """The files of the version ``reference`` names, a page at a time; returns (version name, page)."""
+        ref = parse_reference(reference, caller.defaults)
+        limit = page_size(size, DEFAULT_FILE_PAGE_SIZE, MAX_FILE_PAGE_SIZE)
+
+        def work(uow: UnitOfWork) -> tuple[str, Page[FileEntry]]:
+            version, _ = resolve_version_row(uow.repo, ref)
+            # Bound to the version itself, so an alias moving between pages cannot mix manifests.
+            listing = f"files:{version.uid}"
+            after = decode_token(token, listing, path_key)
+            rows = uow.repo.manifest_page(version.id, after, limit + 1)
+            tokens = tuple(encode_token(listing, entry.path) for entry in rows[:limit])
+            page = Page(tuple(rows[:limit]), tokens[-1] if len(rows) > limit else "", tokens)
+            return version_name(uow.repo, version), page
+
+        return self.db.run(work, write=False)
+
+    def delete(self, caller: Caller, reference: str, force: bool = False, request_id: str = "") -> DeletedVersion:
+        """Tombstones a version; with ``force`` also removes the aliases and links that name it."""
+        ref = parse_reference(reference, caller.defaults)
+
+        def work(uow: UnitOfWork) -> tuple[DeletedVersion, dict[str, Any]]:
+            row = find_collection(uow.repo, ref.collection, CollectionKind.ARTIFACT, for_update=True)
+            context = collection_context(uow.repo, row)
+            version = select_version(uow.repo, context, ref)
+            assert version.index is not None
+            aliases = sorted(a for a, i in context.aliases.items() if i == version.index)
+            links = uow.repo.links_to_version(version.id)
+            link_names = [link_name(uow.repo, link) for link in links]
+            if (aliases or links) and not force:
+                held = [f"alias {a!r}" for a in aliases] + [f"link {n}" for n in link_names]
+                raise FailedPrecondition(
+                    f"{context.name}:v{version.index} is still named by {', '.join(held)}; "
+                    "remove them first or delete with force"
+                )
+            for alias in aliases:
+                remove_alias(uow, row, context.name, alias)
+            for link, name in zip(links, link_names, strict=True):
+                unlink(uow, link, name)
+            tombstone(uow, version, f"{context.name}:v{version.index}")
+            view = version_view(uow.repo, version, collection_context(uow.repo, row), with_manifest=False)
+            result = DeletedVersion(view, tuple(aliases), tuple(link_names))
+            return result, {"uid": version.uid, "aliases": aliases, "links": link_names}
+
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> DeletedVersion:
+            return DeletedVersion(view_by_uid(uow.repo, key["uid"]), tuple(key["aliases"]), tuple(key["links"]))
+
+        return self.mutations.run(caller, "DeleteVersion", request_id, (str(ref), force), work, replay)
+
+    def expire_pending(self) -> int:
+        """Deletes pending versions older than the TTL and forgets old request records."""
+
+        def work(uow: UnitOfWork) -> int:
+            expired = uow.repo.expired_pending_versions(utcnow() - self.pending_ttl)
+            for version in expired:
+                uow.repo.delete_pending_version(version)
+            uow.repo.delete_unborn_artifacts({v.artifact_id for v in expired})
+            uow.repo.forget_requests(utcnow() - REQUEST_RECORD_TTL)
+            return len(expired)
+
+        count = self.db.run(work, write=True)
+        if count:
+            log.info("expired %d pending versions", count)
+        return count
+
+
+def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str) -> Collection:
+    row = uow.repo.find_collection(name)
+    if row is None:
+        # The artifact stays invisible (is_unborn) until its first version commits,
+        # so a push that never commits leaves nothing behind.
+        project = uow.repo.ensure_project(name.project_name)
+        row = uow.repo.create_collection(project, name.name, CollectionKind.ARTIFACT, type_, "")
+        row = row or uow.repo.find_collection(name)
+    assert row is not None
+    require_kind(row, name, CollectionKind.ARTIFACT)
+    if row.type != type_ and is_unborn(row) and not uow.repo.has_pending_versions(row.id):
+        row.type = type_  # nobody ever saw this artifact: the first push to commit picks its type
+    if row.type != type_:
+        raise FailedPrecondition(f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it")
+    return row

@@ -1,0 +1,148 @@
+"""Turning rows into the views the catalog returns, and the collection context they need.
+
+Everything here reads; nothing changes the database. Views are built before the
+transaction ends, so callers never see ORM rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mreg.metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
+from mreg.metadata_service.errors import NotFound
+from mreg.metadata_service.models import Collection, Event, Link, Version
+from mreg.metadata_service.references import LATEST, CollectionName
+from mreg.metadata_service.repository import Repository
+
+
+@dataclass
+class CollectionContext:
+    """A collection with what its member views need: full name, aliases and latest index."""
+
+    row: Collection
+    name: CollectionName
+    aliases: dict[str, int]
+    latest_index: int | None
+
+    def aliases_of(self, index: int | None) -> tuple[str, ...]:
+        if index is None:
+            return ()
+        names = sorted(name for name, target in self.aliases.items() if target == index)
+        return (LATEST, *names) if index == self.latest_index else tuple(names)
+
+    def alias_pairs(self) -> tuple[tuple[str, int], ...]:
+        pairs = sorted(self.aliases.items())
+        if self.latest_index is not None:
+            pairs.insert(0, (LATEST, self.latest_index))
+        return tuple(pairs)
+
+
+def collection_context(repo: Repository, row: Collection) -> CollectionContext:
+    if row.kind == CollectionKind.ARTIFACT.value:
+        latest_version = repo.latest_version(row.id)
+        latest = latest_version.index if latest_version else None
+    else:
+        latest_link = repo.latest_link(row.id)
+        latest = latest_link.index if latest_link else None
+    return CollectionContext(row, repo.collection_full_name(row), repo.aliases(row.id), latest)
+
+
+def version_view(repo: Repository, version: Version, context: CollectionContext, *, with_manifest: bool) -> VersionView:
+    name = f"{context.name}:v{version.index}" if version.index is not None else f"{context.name}@{version.uid}"
+    return VersionView(
+        name=name,
+        uid=version.uid,
+        artifact=str(context.name),
+        type=context.row.type,
+        index=version.index,
+        state=VersionState(version.state),
+        digest=version.digest or "",
+        size_bytes=version.size_bytes,
+        file_count=version.file_count,
+        aliases=context.aliases_of(version.index),
+        description=version.description,
+        tags=tuple(version.tags or ()),
+        metadata=dict(version.metadata_doc or {}),
+        created_at=version.created_at,
+        committed_at=version.committed_at,
+        manifest=tuple(repo.manifest(version.id)) if with_manifest else (),
+        run=version.producer_run or "",
+    )
+
+
+def version_view_of(repo: Repository, version: Version, *, with_manifest: bool) -> VersionView:
+    """The view of a version, with the context of its own artifact."""
+    artifact = repo.get_collection(version.artifact_id)
+    return version_view(repo, version, collection_context(repo, artifact), with_manifest=with_manifest)
+
+
+def view_by_uid(repo: Repository, uid: str) -> VersionView:
+    version = repo.find_version_by_uid(uid)
+    if version is None:
+        raise NotFound(f"version {uid} no longer exists")
+    return version_view_of(repo, version, with_manifest=True)
+
+
+def link_view(
+    repo: Repository, link: Link, rm_context: CollectionContext, *, with_manifest: bool
+) -> tuple[VersionView, LinkView]:
+    version_ = version_view_of(repo, repo.get_version(link.version_id), with_manifest=with_manifest)
+    link_ = LinkView(
+        name=f"{rm_context.name}:v{link.index}",
+        registered_model=str(rm_context.name),
+        index=link.index,
+        aliases=rm_context.aliases_of(link.index),
+        version=version_,
+        created_at=link.created_at,
+    )
+    return version_, link_
+
+
+def link_view_by_id(repo: Repository, link_id: int) -> LinkView:
+    link = repo.find_link(link_id)
+    if link is None:
+        raise NotFound("the link this request created has since been deleted")
+    rm = repo.get_collection(link.registered_model_id)
+    return link_view(repo, link, collection_context(repo, rm), with_manifest=False)[1]
+
+
+def collection_view(repo: Repository, context: CollectionContext) -> CollectionView:
+    row = context.row
+    kind = CollectionKind(row.kind)
+    count = repo.count_versions(row.id) if kind is CollectionKind.ARTIFACT else repo.count_links(row.id)
+    return CollectionView(
+        name=str(context.name),
+        kind=kind,
+        type=row.type,
+        description=row.description,
+        member_count=count,
+        aliases=context.alias_pairs(),
+        created_at=row.created_at,
+        tags=tuple(row.tags or ()),
+        protected_aliases=tuple(row.protected_aliases or ()),
+        retention_keep_last=row.retention_keep_last,
+    )
+
+
+def collection_view_of(repo: Repository, row: Collection) -> CollectionView:
+    return collection_view(repo, collection_context(repo, row))
+
+
+def event_view(event: Event) -> EventView:
+    return EventView(
+        sequence=event.sequence,
+        kind=event.kind,
+        resource=event.resource,
+        before=event.before,
+        after=event.after,
+        actor=event.actor,
+        created_at=event.created_at,
+    )
+
+
+def version_name(repo: Repository, version: Version) -> str:
+    return f"{repo.collection_full_name(repo.get_collection(version.artifact_id))}:v{version.index}"
+
+
+def link_name(repo: Repository, link: Link) -> str:
+    return f"{repo.collection_full_name(repo.get_collection(link.registered_model_id))}:v{link.index}"

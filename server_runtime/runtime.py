@@ -1,0 +1,107 @@
+"""Starting, running and stopping a service process, the same way for both services.
+
+:func:`start_server` builds a gRPC server whose streams cannot starve unary calls
+(``server_runtime.streams``), adds the service's servicers with health checking and
+reflection, binds and starts it. :func:`run_main` is a service's ``python -m`` entry
+point: flags, logging, start, then a graceful stop on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from mreg.server_runtime import streams
+from mreg.server_runtime.introspection import add_health_and_reflection
+
+# Seconds in-flight calls get to finish once a stop signal arrives.
+STOP_GRACE_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class StartedServer:
+    server: grpc.Server
+    port: int
+    admission: streams.StreamAdmission
+
+
+def start_server(
+    *,
+    listen: str,
+    workers: int,
+    max_streams: int,
+    max_streams_setting: str,
+    thread_name: str,
+    options: Sequence[tuple[str, Any]],
+    add_servicers: Callable[[grpc.Server], None],
+    service_name: str,
+) -> StartedServer:
+    """Builds, binds and starts a server; returns once it listens.
+
+    Streams hold a thread each while open, so they get ``max_streams`` threads of their
+    own and ``workers`` threads stay for unary calls and health checks.
+
+    Args:
+        max_streams_setting: how to raise the stream limit, named in the refusal.
+        add_servicers: registers the service's servicers on the server.
+        service_name: the full name health checking reports SERVING.
+
+    Raises:
+        RuntimeError: ``listen`` cannot be bound.
+    """
+    pool, max_rpcs = streams.thread_pool(workers, max_streams, thread_name)
+    admission = streams.StreamAdmission(max_streams, max_streams_setting)
+    server = grpc.server(pool, interceptors=[admission], options=list(options), maximum_concurrent_rpcs=max_rpcs)
+    add_servicers(server)
+    add_health_and_reflection(server, service_name)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen}")
+    server.start()
+    return StartedServer(server, port, admission)
+
+
+def wait_for_stop_signal() -> None:
+    """Blocks until the process receives SIGTERM or SIGINT."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+
+
+class Running(Protocol):
+    @property
+    def address(self) -> str: ...
+
+    def stop(self, grace: float | None = None) -> None: ...
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    start: Callable[[argparse.Namespace], Running],
+    what: str,
+) -> None:
+    """Parses flags, starts the service, prints where it listens, and stops it gracefully on a signal."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging()
+    running = start(args)
+    print(f"{what} listening on {running.address}", flush=True)
+    wait_for_stop_signal()
+    running.stop(grace=STOP_GRACE_SECONDS)
