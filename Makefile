@@ -8,10 +8,12 @@ BUF := $(VENV)/buf/node_modules/.bin/buf
 # `make install`: both services, the client and the dev tools. `make run`: only what running needs.
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-server
+# The Node conformance test's packages (tests/node), reinstalled only when the lock changes.
+NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: install protos run test test-sqlite test-postgres lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ $(STAMP): $(PY) pyproject.toml hatch_build.py $(PROTO_FILES)
 
 $(RUN_STAMP): $(PY) pyproject.toml hatch_build.py $(PROTO_FILES)
 	$(PY) -m pip install --quiet -e '.[server]'
+	touch $@
+
+$(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
+	npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 protos: install
