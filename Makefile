@@ -8,10 +8,12 @@ BUF := $(VENV)/buf/node_modules/.bin/buf
 # `make install`: both services, the client and the dev tools. `make run`: only what running needs.
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-server
+# The Node conformance test's packages (tests/node), reinstalled only when the lock changes.
+NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: install protos run test test-sqlite test-postgres lint bench clean
+.PHONY: install protos run test test-sqlite test-postgres lint contract-baseline bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ $(STAMP): $(PY) pyproject.toml hatch_build.py $(PROTO_FILES)
 
 $(RUN_STAMP): $(PY) pyproject.toml hatch_build.py $(PROTO_FILES)
 	$(PY) -m pip install --quiet -e '.[server]'
+	touch $@
+
+$(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
+	npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 protos: install
@@ -53,6 +59,17 @@ lint: install $(BUF)
 	$(VENV)/bin/ruff format --check metadata_service blob_service client server_runtime tests hatch_build.py
 	$(VENV)/bin/mypy
 	cd protos && ../$(BUF) lint
+	cd protos && ../$(BUF) breaking --against $(CONTRACT_BASELINE)
+
+# The released v1 contract that `make lint` checks protos/ against (buf breaking, FILE rules,
+# see protos/buf.yaml): a buf image as indented JSON, without source info, so a review sees
+# what changed. Regenerate it only when a release is cut: `make contract-baseline`.
+CONTRACT_BASELINE := breaking/v1.json
+
+contract-baseline: $(PY) $(BUF)
+	cd protos && ../$(BUF) build --exclude-source-info -o '$(CONTRACT_BASELINE).tmp#format=json'
+	cd protos && ../$(PY) -m json.tool --indent 1 $(CONTRACT_BASELINE).tmp $(CONTRACT_BASELINE)
+	rm protos/$(CONTRACT_BASELINE).tmp
 
 clean:
 	rm -rf $(VENV) protos/gen .pytest_cache .mypy_cache .ruff_cache
