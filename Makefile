@@ -72,4 +72,4 @@ contract-baseline: $(PY) $(BUF)
 	rm protos/$(CONTRACT_BASELINE).tmp
 
 clean:
-	rm -rf $(VENV) protos/gen .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) protos/gen tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
