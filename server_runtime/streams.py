@@ -154,6 +154,8 @@ class StreamAdmission(grpc.ServerInterceptor):
 class _Watched:
     context: grpc.ServicerContext
     details: str
+    # A stalled reader: the server's data is stuck behind flow control, and so would a status be.
+    reading: bool = False
     waiting_since: float | None = None
     expired: bool = False
 
@@ -213,7 +215,9 @@ class IdleStreams:
         if self.timeout <= 0:
             yield from responses
             return
-        entry = self._register(context, f"the client took no data for {self.timeout:g} s ({self._setting}); {advice}")
+        entry = self._register(
+            context, f"the client took no data for {self.timeout:g} s ({self._setting}); {advice}", reading=True
+        )
         try:
             for response in responses:
                 entry.waiting_since = time.monotonic()
@@ -222,8 +226,8 @@ class IdleStreams:
         finally:
             self._unregister(entry)
 
-    def _register(self, context: grpc.ServicerContext, details: str) -> _Watched:
-        entry = _Watched(context, details)
+    def _register(self, context: grpc.ServicerContext, details: str, reading: bool = False) -> _Watched:
+        entry = _Watched(context, details, reading)
         with self._lock:
             self._watched.add(entry)
             if self._thread is None:
@@ -260,7 +264,12 @@ class IdleStreams:
                         metadata={"timeout_seconds": f"{self.timeout:g}", "setting": self._setting},
                     )
                 )
-                _end_with_status(w.context, status)
+                if w.reading:
+                    # Trailers queue behind the data the client does not take: only a cancel
+                    # (code and message, without details) reaches it.
+                    _cancel(w.context, status)
+                else:
+                    _end_with_status(w.context, status)
 
 
 def _end_with_status(context: grpc.ServicerContext, status: grpc.Status) -> None:
@@ -269,9 +278,8 @@ def _end_with_status(context: grpc.ServicerContext, status: grpc.Status) -> None
     The public ``cancel()`` always says CANCELLED, which would mislead, and no public API
     ends a call from another thread with trailing metadata (where the ErrorInfo travels).
     So this sends the status as gRPC's own abort does, then marks the call cancelled so
-    the handler, which finishes normally, sends nothing more (its request iterator raises
-    and its response sends fail). If gRPC's internals differ, it falls back to cancelling
-    the core call with the code and message alone, then to ``cancel()``.
+    the handler, which finishes normally, sends nothing more (its request iterator
+    raises). If gRPC's internals differ, it falls back to :func:`_cancel`.
     """
     state = getattr(context, "_state", None)
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
@@ -287,7 +295,12 @@ def _end_with_status(context: grpc.ServicerContext, status: grpc.Status) -> None
             state.condition.notify_all()  # type: ignore[union-attr]
         return
     except (AttributeError, TypeError):
-        pass
+        _cancel(context, status)
+
+
+def _cancel(context: grpc.ServicerContext, status: grpc.Status) -> None:
+    """Cancels the core call with the status's code and message (not its details), else ``cancel()``."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
         call.cancel(status.code.value[0], status.details)  # type: ignore[union-attr]
     except (AttributeError, TypeError):
