@@ -75,7 +75,7 @@ def status_proto(
     violations: Sequence[tuple[str, str, str]] = (),
     extra_details: Sequence[any_pb2.Any] = (),
 ) -> status_pb2.Status:
-    """A google.rpc.Status carrying an ErrorInfo, then a PreconditionFailure if there are violations.
+    """A google.rpc.Status carrying a PreconditionFailure if there are violations, ``extra_details``, and an ErrorInfo.
 
     ``violations`` are (type, subject, description) triples a client can act on.
     """
@@ -87,7 +87,9 @@ def status_proto(
             metadata={key: str(value)[:MAX_METADATA_VALUE_CHARS] for key, value in (metadata or {}).items()},
         )
     )
-    details = [info, *extra_details]
+    # The PreconditionFailure (if any) comes first, the ErrorInfo last: clients written before
+    # the ErrorInfo existed read details[0].
+    details: list[any_pb2.Any] = []
     # The detail travels in a trailer, which gRPC clients cap at 8 KiB by default: list the
     # first violations only (the message gives the total).
     shown = list(violations)[:MAX_VIOLATIONS]
@@ -102,6 +104,8 @@ def status_proto(
             )
         )
         details.append(failure)
+    details.extend(extra_details)
+    details.append(info)
     return status_pb2.Status(code=code.value[0], message=clip_message(message), details=details)
 
 
