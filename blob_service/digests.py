@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mreg.blob_service.errors import InvalidArgument
+from mreg.blob_service.errors import InvalidArgument, Reason
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -26,10 +26,11 @@ class Digest:
         """
         if not _HEX64.fullmatch(hash_hex):
             raise InvalidArgument(
-                f"digest hash {hash_hex[:80]!r} is not a SHA-256: expected 64 lowercase hex characters"
+                f"digest hash {hash_hex[:80]!r} is not a SHA-256: expected 64 lowercase hex characters",
+                Reason.DIGEST_INVALID,
             )
         if size_bytes < 0:
-            raise InvalidArgument(f"digest {hash_hex} has a negative size ({size_bytes})")
+            raise InvalidArgument(f"digest {hash_hex} has a negative size ({size_bytes})", Reason.DIGEST_INVALID)
         return cls(hash_hex, size_bytes)
 
     def __str__(self) -> str:

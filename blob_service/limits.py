@@ -45,7 +45,9 @@ def _check_message(message: Message, prefix: str) -> None:
         where = f"{prefix}{field.name}"
         values = list(value) if field.is_repeated else [value]
         if len(values) > MAX_ITEMS:
-            raise InvalidArgument(f"{where} has {len(values)} items; the limit is {MAX_ITEMS}")
+            raise InvalidArgument(
+                f"{where} has {len(values)} items; the limit is {MAX_ITEMS}", metadata={"field": where}
+            )
         for position, item in enumerate(values):
             _check_value(field, item, f"{where}[{position}]" if field.is_repeated else where)
 
@@ -54,16 +56,19 @@ def _check_value(field: Any, value: Any, where: str) -> None:
     if field.type == field.TYPE_STRING:
         limit = STRING_BOUNDS.get(field.name, DEFAULT_MAX_CHARS)
         if len(value) > limit:
-            raise InvalidArgument(f"{where} is {len(value)} characters long; the limit is {limit} ({quote(value, 40)})")
+            raise InvalidArgument(
+                f"{where} is {len(value)} characters long; the limit is {limit} ({quote(value, 40)})",
+                metadata={"field": where},
+            )
         if "\0" in value:
-            raise InvalidArgument(f"{where} contains a NUL character: {quote(value)}")
+            raise InvalidArgument(f"{where} contains a NUL character: {quote(value)}", metadata={"field": where})
     elif field.type in _INT_TYPES:
         low, high = INT_BOUNDS
         if not low <= value <= high:
-            raise InvalidArgument(f"{where} is {value}; it must be between {low} and {high}")
+            raise InvalidArgument(f"{where} is {value}; it must be between {low} and {high}", metadata={"field": where})
     elif field.type == field.TYPE_MESSAGE:
         if field.message_type.full_name == _TIMESTAMP:
             if not _MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP or not 0 <= value.nanos < 10**9:
-                raise InvalidArgument(f"{where} is outside the years 1 to 9999")
+                raise InvalidArgument(f"{where} is outside the years 1 to 9999", metadata={"field": where})
         else:
             _check_message(value, f"{where}.")

@@ -11,6 +11,7 @@ import grpc
 
 from mreg.blob.v1 import blob_service_pb2
 from mreg.blob_service.config import BlobConfig
+from mreg.blob_service.errors import ERROR_DOMAIN
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
@@ -66,6 +67,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         config.stream_idle_timeout_seconds,
         grpc.StatusCode.ABORTED,
         "--stream-idle-timeout-seconds, env MREG_BLOB_STREAM_IDLE_TIMEOUT_SECONDS",
+        ERROR_DOMAIN,
     )
     idle = timedelta(seconds=config.stream_idle_timeout_seconds) if config.stream_idle_timeout_seconds > 0 else None
     capabilities = store.capabilities(message_limit(config), idle)
@@ -78,6 +80,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         options=grpc_options(config),
         add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams, capabilities), server),
         service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+        error_domain=ERROR_DOMAIN,
     )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:

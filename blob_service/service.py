@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from mreg.blob_service.digests import Digest
-from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, StorageFull
+from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, Reason, StorageFull
 from mreg.blob_service.limits import MAX_ITEMS, quote
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
@@ -78,7 +78,9 @@ class BatchReadResult:
 def validate_upload_id(upload_id: str) -> str:
     if not _UPLOAD_ID.fullmatch(upload_id):
         raise InvalidArgument(
-            f"upload_id {quote(upload_id)} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)"
+            f"upload_id {quote(upload_id)} is invalid: use 1-128 letters, digits, '-' or '_' (e.g. a UUID)",
+            Reason.RESOURCE_NAME_INVALID,
+            {"field": "upload_id"},
         )
     return upload_id
 
@@ -223,13 +225,16 @@ class BlobStore:
                 if chunk.offset != upload.committed_size:
                     raise OutOfRange(
                         f"write_offset {chunk.offset} does not continue upload {upload_id}, "
-                        f"which has {upload.committed_size} bytes: resume from there"
+                        f"which has {upload.committed_size} bytes: resume from there",
+                        Reason.WRITE_OFFSET_INVALID,
+                        {"committed_size": str(upload.committed_size)},
                     )
                 if upload.committed_size + len(chunk.data) > digest.size_bytes:
                     self.storage.abort_write(upload)
                     raise InvalidArgument(
                         f"upload {upload_id} sent more than the {digest.size_bytes} bytes of blob {digest}; "
-                        "nothing was stored"
+                        "nothing was stored",
+                        Reason.DIGEST_MISMATCH,
                     )
                 hasher.update(chunk.data)
                 upload.append(chunk.data)
@@ -252,7 +257,9 @@ class BlobStore:
         hasher = hashlib.sha256()
         if upload.committed_size > upload.digest.size_bytes:
             self.storage.abort_write(upload)
-            raise InvalidArgument(f"upload {upload.upload_id} holds more bytes than its digest; restart it")
+            raise InvalidArgument(
+                f"upload {upload.upload_id} holds more bytes than its digest; restart it", Reason.DIGEST_MISMATCH
+            )
         for block in upload.read_back():
             hasher.update(block)
         return hasher
@@ -264,7 +271,8 @@ class BlobStore:
             self.storage.abort_write(upload)
             raise InvalidArgument(
                 f"uploaded content does not match digest {digest}: received {upload.committed_size} bytes "
-                f"with sha256 {actual}; nothing was stored"
+                f"with sha256 {actual}; nothing was stored",
+                Reason.DIGEST_MISMATCH,
             )
         if self.storage.has(digest):
             # A concurrent upload of the same content won; ours is redundant.
@@ -285,7 +293,9 @@ class BlobStore:
             return digest.size_bytes, True
         size = self.storage.upload_size(upload_id, digest)
         if size is None:
-            raise NotFound(f"no upload {upload_id} of blob {digest} is in progress; start it at offset 0")
+            raise NotFound(
+                f"no upload {upload_id} of blob {digest} is in progress; start it at offset 0", Reason.UPLOAD_NOT_FOUND
+            )
         return size, False
 
     def read(self, digest: Digest, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
@@ -295,9 +305,12 @@ class BlobStore:
             NotFound, OutOfRange, DataLoss (the last chunk is never yielded then).
         """
         if offset < 0 or limit < 0:
-            raise InvalidArgument("read_offset and read_limit must not be negative")
+            raise InvalidArgument(
+                "read_offset and read_limit must not be negative",
+                metadata={"field": "read_offset" if offset < 0 else "read_limit"},
+            )
         if offset > digest.size_bytes:
-            raise OutOfRange(f"read_offset {offset} is past the end of blob {digest}")
+            raise OutOfRange(f"read_offset {offset} is past the end of blob {digest}", Reason.READ_RANGE_INVALID)
         end = digest.size_bytes if limit == 0 else min(digest.size_bytes, offset + limit)
         if digest.is_empty:
             return iter(())
@@ -335,14 +348,17 @@ class BlobStore:
         if total > self.max_batch_bytes:
             raise InvalidArgument(
                 f"batch of {total} bytes exceeds the {self.max_batch_bytes}-byte limit "
-                "(max_batch_total_size_bytes); use Write for large blobs"
+                "(max_batch_total_size_bytes); use Write for large blobs",
+                Reason.BATCH_TOO_LARGE,
             )
 
         def store(item: tuple[Digest, bytes]) -> BlobError | None:
             digest, data = item
             try:
                 if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
-                    raise InvalidArgument(f"data does not match digest {digest}; nothing was stored")
+                    raise InvalidArgument(
+                        f"data does not match digest {digest}; nothing was stored", Reason.DIGEST_MISMATCH
+                    )
                 if not digest.is_empty and self.storage.last_used(digest) is None:
                     self.storage.put_verified(digest, data)
                 return None
@@ -359,7 +375,8 @@ class BlobStore:
         if total > self.max_batch_bytes:
             raise InvalidArgument(
                 f"batch of {total} bytes exceeds the {self.max_batch_bytes}-byte limit "
-                "(max_batch_total_size_bytes); use Read for large blobs"
+                "(max_batch_total_size_bytes); use Read for large blobs",
+                Reason.BATCH_TOO_LARGE,
             )
 
         def load(digest: Digest) -> BatchReadResult:

@@ -17,10 +17,10 @@ from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import limits
 from mreg.blob_service.digests import Digest
-from mreg.blob_service.errors import BlobError, InvalidArgument
+from mreg.blob_service.errors import BlobError, InvalidArgument, Reason
 from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
-from mreg.server_runtime.error_mapping import abort_on_domain_error
+from mreg.server_runtime.error_mapping import abort_on_domain_error, domain_status
 from mreg.server_runtime.streams import IdleStreams
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 << 20
 
 def _check(message: Any) -> Any:
     if isinstance(message, Undecodable):
-        raise InvalidArgument(message.describe())
+        raise InvalidArgument(message.describe(), Reason.REQUEST_MALFORMED)
     limits.check_request(message)
     return message
 
@@ -65,7 +65,8 @@ def _digest_pb(digest: Digest) -> pb.Digest:
 def _status(error: BlobError | None) -> status_pb2.Status:
     if error is None:
         return status_pb2.Status(code=code_pb2.OK)
-    return status_pb2.Status(code=grpc.StatusCode[error.code].value[0], message=str(error))
+    # The same status, ErrorInfo included, as the error would end a whole call with.
+    return domain_status(error)
 
 
 def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
@@ -156,9 +157,12 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             )
         first = next(request_iterator, None)
         if first is None:
-            raise InvalidArgument("the write stream carried no message")
+            raise InvalidArgument("the write stream carried no message", metadata={"field": "upload_id"})
         if not first.upload_id or not first.HasField("digest"):
-            raise InvalidArgument("the first WriteRequest must set upload_id and digest")
+            raise InvalidArgument(
+                "the first WriteRequest must set upload_id and digest",
+                metadata={"field": "digest" if first.upload_id else "upload_id"},
+            )
         digest = _digest(first.digest)
 
         def chunks() -> Iterator[WriteChunk]:
@@ -167,7 +171,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 if (message.upload_id and message.upload_id != first.upload_id) or (
                     message.HasField("digest") and message.digest != first.digest
                 ):
-                    raise InvalidArgument("upload_id and digest must not change within a write stream")
+                    raise InvalidArgument(
+                        "upload_id and digest must not change within a write stream",
+                        metadata={"field": "digest" if message.upload_id == first.upload_id else "upload_id"},
+                    )
                 yield WriteChunk(message.write_offset, message.data, message.finish_write)
                 if message.finish_write:
                     return
@@ -212,5 +219,5 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
 def _time(request: Any, field: str) -> datetime:
     if not request.HasField(field):
-        raise InvalidArgument(f"{field} must be set")
+        raise InvalidArgument(f"{field} must be set", metadata={"field": field})
     return getattr(request, field).ToDatetime(tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -49,6 +49,23 @@ class MregError(Exception):
             metadata=dict(info.metadata) if info else None,
         )
 
+    @classmethod
+    def from_status(cls, status: status_pb2.Status, message: str) -> MregError:
+        """The error a google.rpc.Status (e.g. one item's of a batch response) describes, with ``message``."""
+        code = next((c.name for c in grpc.StatusCode if c.value[0] == status.code), f"CODE_{status.code}")
+        violations, info = _unpack(status)
+        return cls(
+            code,
+            message,
+            violations,
+            reason=info.reason if info else "",
+            metadata=dict(info.metadata) if info else None,
+        )
+
+    def with_message(self, message: str) -> MregError:
+        """The same error (code, reason, metadata, violations) with another message, e.g. naming a file."""
+        return MregError(self.code, message, self.violations, reason=self.reason, metadata=self.metadata)
+
 
 def _details(error: grpc.RpcError) -> tuple[tuple[tuple[str, str], ...], error_details_pb2.ErrorInfo | None]:
     """The PreconditionFailure violations and the ErrorInfo in an error's status details."""
@@ -56,6 +73,12 @@ def _details(error: grpc.RpcError) -> tuple[tuple[tuple[str, str], ...], error_d
         status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     except ValueError:  # a status whose details disagree with its code: none to read
         status = None
+    return _unpack(status)
+
+
+def _unpack(
+    status: status_pb2.Status | None,
+) -> tuple[tuple[tuple[str, str], ...], error_details_pb2.ErrorInfo | None]:
     found: list[tuple[str, str]] = []
     info: error_details_pb2.ErrorInfo | None = None
     for detail in status.details if status is not None else ():

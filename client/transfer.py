@@ -78,10 +78,6 @@ def _digest(sha256: str, size: int) -> pb.Digest:
     return pb.Digest(hash=sha256, size_bytes=size)
 
 
-def _code_name(code: int) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"CODE_{code}")
-
-
 class _Cancelled(Exception):
     """Raised in a worker whose transfer was cancelled (Ctrl-C); never leaves BlobTransfer."""
 
@@ -331,8 +327,8 @@ class BlobTransfer:
         response = self._unary(op, self.stub.BatchUpdateBlobs, pb.BatchUpdateBlobsRequest(requests=requests))
         for f, result in zip(files, response.responses, strict=True):
             if result.status.code != 0:
-                raise MregError(
-                    _code_name(result.status.code),
+                raise MregError.from_status(
+                    result.status,
                     f"{f.path}: {result.status.message} (did the file change while pushing?)",
                 )
             report(f.size_bytes)
@@ -365,7 +361,7 @@ class BlobTransfer:
             except grpc.RpcError as e:
                 if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or attempt == ATTEMPTS - 1:
                     error = MregError.from_rpc(e, "the blob service")
-                    raise MregError(error.code, f"{file.path}: {error.message}") from e
+                    raise error.with_message(f"{file.path}: {error.message}") from e
                 op.sleep(attempt)
                 if e.code() == grpc.StatusCode.ABORTED and attempt >= 2:
                     # Another stream (a concurrent push of the same content from this machine)
@@ -460,7 +456,7 @@ class BlobTransfer:
         for f, result in zip(files, response.responses, strict=True):
             op.check()
             if result.status.code != 0:
-                raise MregError(_code_name(result.status.code), f"{f.path}: {result.status.message}")
+                raise MregError.from_status(result.status, f"{f.path}: {result.status.message}")
             with _verified_target(dest, f) as (out, hasher):
                 out.write(result.data)
                 hasher.update(result.data)
@@ -493,7 +489,7 @@ class BlobTransfer:
                     op.check()
                     if not _transient(e) or attempt == ATTEMPTS - 1:
                         error = MregError.from_rpc(e, "the blob service")
-                        raise MregError(error.code, f"{file.path}: {error.message}") from e
+                        raise error.with_message(f"{file.path}: {error.message}") from e
                     op.sleep(attempt)
                 finally:
                     op.untrack(stream)

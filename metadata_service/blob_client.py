@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
-from mreg.metadata_service.errors import FailedPrecondition, Unavailable
+from mreg.metadata_service.errors import FailedPrecondition, Reason, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
 _BATCH = 10_000
@@ -41,9 +41,12 @@ class BlobServiceClient:
             except grpc.RpcError as e:
                 code = e.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise FailedPrecondition(f"the blob service rejected the manifest: {e.details()}") from e
+                    raise FailedPrecondition(
+                        f"the blob service rejected the manifest: {e.details()}", reason=Reason.MANIFEST_INVALID
+                    ) from e
                 raise Unavailable(
-                    f"cannot verify content with the blob service at {self.address}: {code.name} {e.details()}"
+                    f"cannot verify content with the blob service at {self.address}: {code.name} {e.details()}",
+                    Reason.BLOB_SERVICE_UNAVAILABLE,
                 ) from e
             missing.extend((d.hash, d.size_bytes) for d in response.missing_blob_digests)
         return missing
@@ -55,7 +58,10 @@ class BlobServiceClient:
         try:
             return call()
         except grpc.RpcError as e:
-            raise Unavailable(f"the blob service at {self.address} failed: {e.code().name} {e.details()}") from e
+            raise Unavailable(
+                f"the blob service at {self.address} failed: {e.code().name} {e.details()}",
+                Reason.BLOB_SERVICE_UNAVAILABLE,
+            ) from e
 
     def list_unused(self, unused_before: datetime) -> Iterator[list[tuple[str, int]]]:
         """Batches of (sha256, size) of blobs unused since ``unused_before``."""
@@ -64,7 +70,10 @@ class BlobServiceClient:
             for response in self._stub.ListBlobs(request, timeout=3600):
                 yield [(d.hash, d.size_bytes) for d in response.digests]
         except grpc.RpcError as e:
-            raise Unavailable(f"the blob service at {self.address} failed: {e.code().name} {e.details()}") from e
+            raise Unavailable(
+                f"the blob service at {self.address} failed: {e.code().name} {e.details()}",
+                Reason.BLOB_SERVICE_UNAVAILABLE,
+            ) from e
 
     def delete_unused(
         self, digests: Sequence[tuple[str, int]], unused_before: datetime, remove_stale_uploads: bool

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import quote
 
 MAX_FILTER_LENGTH = 4096
@@ -129,6 +129,11 @@ class _Token:
     position: int
 
 
+def _invalid(message: str, position: int | None = None) -> InvalidArgument:
+    """A malformed filter or order_by: FILTER_INVALID, with the 1-based position where one is known."""
+    return InvalidArgument(message, Reason.FILTER_INVALID, {} if position is None else {"position": str(position)})
+
+
 def _tokenize(text: str) -> list[_Token]:
     tokens = []
     position = 0
@@ -138,7 +143,7 @@ def _tokenize(text: str) -> list[_Token]:
         match = _TOKEN.match(text, position)
         if not match or match.end() == position:
             start = len(text) - len(text[position:].lstrip())
-            raise InvalidArgument(f"filter: unexpected character {text[start]!r} at position {start + 1}")
+            raise _invalid(f"filter: unexpected character {text[start]!r} at position {start + 1}", start + 1)
         kind = match.lastgroup or ""
         tokens.append(_Token(kind, match.group(kind), match.start(kind) + 1))
         position = match.end()
@@ -159,7 +164,7 @@ class _Parser:
     def take(self) -> _Token:
         token = self.peek()
         if token is None:
-            raise InvalidArgument(f"filter: unexpected end at position {len(self.text) + 1}")
+            raise _invalid(f"filter: unexpected end at position {len(self.text) + 1}", len(self.text) + 1)
         self.index += 1
         return token
 
@@ -173,8 +178,9 @@ class _Parser:
     def parse(self) -> Node:
         node = self.parse_or()
         if (extra := self.peek()) is not None:
-            raise InvalidArgument(
-                f"filter: unexpected {quote(extra.text)} at position {extra.position}; expected AND or OR"
+            raise _invalid(
+                f"filter: unexpected {quote(extra.text)} at position {extra.position}; expected AND or OR",
+                extra.position,
             )
         return node
 
@@ -193,7 +199,7 @@ class _Parser:
     def parse_unary(self) -> Node:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise InvalidArgument(f"filter: nested deeper than {MAX_DEPTH} levels")
+            raise _invalid(f"filter: nested deeper than {MAX_DEPTH} levels")
         try:
             if self.keyword("NOT"):
                 return Not(self.parse_unary())
@@ -203,7 +209,7 @@ class _Parser:
                 node = self.parse_or()
                 closing = self.take()
                 if closing.kind != "rparen":
-                    raise InvalidArgument(f"filter: expected ')' at position {closing.position}")
+                    raise _invalid(f"filter: expected ')' at position {closing.position}", closing.position)
                 return node
             return self.parse_comparison()
         finally:
@@ -212,15 +218,17 @@ class _Parser:
     def parse_comparison(self) -> Comparison:
         token = self.take()
         if token.kind != "word":
-            raise InvalidArgument(
-                f"filter: expected a field name at position {token.position}, found {quote(token.text)}"
+            raise _invalid(
+                f"filter: expected a field name at position {token.position}, found {quote(token.text)}", token.position
             )
         field, path = parse_field(token.text, token.position, order=False, subject=self.subject)
         op_token = self.take()
         if op_token.kind != "op":
-            raise InvalidArgument(f"filter: expected an operator (= != < <= > >=) at position {op_token.position}")
+            raise _invalid(
+                f"filter: expected an operator (= != < <= > >=) at position {op_token.position}", op_token.position
+            )
         if field in self.subject.labels and op_token.text not in ("=", "!="):
-            raise InvalidArgument(f"filter: {field} takes only = or != (position {op_token.position})")
+            raise _invalid(f"filter: {field} takes only = or != (position {op_token.position})", op_token.position)
         value_token = self.take()
         value = self.parse_value(field, value_token)
         return Comparison(field, path, op_token.text, value)
@@ -233,43 +241,48 @@ class _Parser:
                 try:
                     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
                 except ValueError as e:
-                    raise InvalidArgument(f"filter: {quote(text)} {where} is not an RFC 3339 time") from e
+                    raise _invalid(f"filter: {quote(text)} {where} is not an RFC 3339 time", token.position) from e
                 if moment.tzinfo is None:
-                    raise InvalidArgument(f"filter: time {quote(text)} {where} needs a zone, e.g. 'Z'")
+                    raise _invalid(f"filter: time {quote(text)} {where} needs a zone, e.g. 'Z'", token.position)
                 try:
                     return moment.astimezone(UTC)
                 except OverflowError as e:
-                    raise InvalidArgument(f"filter: time {quote(text)} {where} is outside the years 1 to 9999") from e
+                    raise _invalid(
+                        f"filter: time {quote(text)} {where} is outside the years 1 to 9999", token.position
+                    ) from e
             if field in self.subject.numbers:
-                raise InvalidArgument(f"filter: {field} compares with a number, not a string ({where})")
+                raise _invalid(f"filter: {field} compares with a number, not a string ({where})", token.position)
             if field == "state" and text not in STATES:
-                raise InvalidArgument(f"filter: state is 'committed' or 'deleted', not {quote(text)} ({where})")
+                raise _invalid(
+                    f"filter: state is 'committed' or 'deleted', not {quote(text)} ({where})", token.position
+                )
             return text
         if token.kind == "number":
             if field not in self.subject.numbers and field != "metadata":
-                raise InvalidArgument(f"filter: {field} compares with a quoted string, not a number ({where})")
+                raise _invalid(f"filter: {field} compares with a quoted string, not a number ({where})", token.position)
             number = float(token.text)
             if not math.isfinite(number):
-                raise InvalidArgument(f"filter: number {quote(token.text)} {where} is too large")
+                raise _invalid(f"filter: number {quote(token.text)} {where} is too large", token.position)
             return number
         if token.kind == "word" and token.text.lower() in ("true", "false"):
             if field != "metadata":
-                raise InvalidArgument(f"filter: only metadata fields compare with true/false ({where})")
+                raise _invalid(f"filter: only metadata fields compare with true/false ({where})", token.position)
             return token.text.lower() == "true"
-        raise InvalidArgument(f"filter: expected a value {where}, found {quote(token.text)}")
+        raise _invalid(f"filter: expected a value {where}, found {quote(token.text)}", token.position)
 
 
 def parse_field(text: str, position: int, *, order: bool, subject: Subject = VERSIONS) -> tuple[str, tuple[str, ...]]:
     if subject.metadata and text.startswith("metadata."):
         keys = tuple(text.split(".")[1:])
         if not keys or not all(_METADATA_KEY.fullmatch(k) for k in keys):
-            raise InvalidArgument(f"invalid metadata key {quote(text)} at position {position}")
+            raise _invalid(f"invalid metadata key {quote(text)} at position {position}", position)
         return "metadata", keys
     allowed = ORDER_FIELDS if order else subject.fields
     if text not in allowed:
         hint = " or metadata.KEY" if subject.metadata else ""
-        raise InvalidArgument(
-            f"unknown field {quote(text)} at position {position}; use one of {', '.join(sorted(allowed))}{hint}"
+        raise _invalid(
+            f"unknown field {quote(text)} at position {position}; use one of {', '.join(sorted(allowed))}{hint}",
+            position,
         )
     return text, ()
 
@@ -277,7 +290,7 @@ def parse_field(text: str, position: int, *, order: bool, subject: Subject = VER
 def parse_filter(text: str, subject: Subject = VERSIONS) -> Node | None:
     """Parses a filter over ``subject``'s fields; None for an empty one."""
     if len(text) > MAX_FILTER_LENGTH:
-        raise InvalidArgument(f"filter is longer than {MAX_FILTER_LENGTH} characters")
+        raise _invalid(f"filter is longer than {MAX_FILTER_LENGTH} characters")
     if not text.strip():
         return None
     return _Parser(text, subject).parse()
@@ -289,7 +302,7 @@ def parse_order_by(text: str) -> OrderKey:
     if not words:
         return OrderKey("index", (), True)
     if len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
-        raise InvalidArgument(f"order_by {quote(text)} is invalid: write KEY, KEY asc or KEY desc")
+        raise _invalid(f"order_by {quote(text)} is invalid: write KEY, KEY asc or KEY desc")
     field, path = parse_field(words[0], 1, order=True)
     descending = len(words) == 2 and words[1].lower() == "desc"
     return OrderKey(field, path, descending)

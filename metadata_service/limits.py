@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.server_runtime.edge import QUOTE_CHARS, clip_message, quote  # noqa: F401  (re-exported)
 
 # Indexes (versions, links) are stored in 32-bit integer columns.
@@ -114,15 +114,20 @@ def check_text(value: str, where: str, limit: int, *, count_bytes: bool = False)
     size = len(value.encode()) if count_bytes else len(value)
     if size > limit:
         unit = "bytes" if count_bytes else "characters"
-        raise InvalidArgument(f"{where} is {size} {unit} long; the limit is {limit} ({quote(value, 40)})")
+        raise InvalidArgument(
+            f"{where} is {size} {unit} long; the limit is {limit} ({quote(value, 40)})", metadata={"field": where}
+        )
     if "\0" in value:
-        raise InvalidArgument(f"{where} contains a NUL character, which the registry cannot store: {quote(value)}")
+        raise InvalidArgument(
+            f"{where} contains a NUL character, which the registry cannot store: {quote(value)}",
+            metadata={"field": where},
+        )
 
 
 def check_int(value: int, where: str, bounds: tuple[int, int]) -> None:
     low, high = bounds
     if not low <= value <= high:
-        raise InvalidArgument(f"{where} is {value}; it must be between {low} and {high}")
+        raise InvalidArgument(f"{where} is {value}; it must be between {low} and {high}", metadata={"field": where})
 
 
 def check_request(request: Message) -> None:
@@ -176,7 +181,10 @@ def _check_message(message: Message, path: Path) -> None:
         plan = _plan(field)
         if field.is_repeated:
             if len(value) > plan[4]:
-                raise InvalidArgument(f"{_render((*path, plan[1]))} has {len(value)} items; the limit is {plan[4]}")
+                raise InvalidArgument(
+                    f"{_render((*path, plan[1]))} has {len(value)} items; the limit is {plan[4]}",
+                    metadata={"field": _render((*path, plan[1]))},
+                )
             for position, item in enumerate(value):
                 _check_value(plan, item, path, position)
         else:
@@ -196,12 +204,16 @@ def _check_value(plan: tuple[int, str, Any, bool, int], value: Any, path: Path, 
     elif kind == _FLOAT:
         if not math.isfinite(value):
             raise InvalidArgument(
-                f"{_render(_item(path, name, position))} is {value}; only finite numbers are accepted"
+                f"{_render(_item(path, name, position))} is {value}; only finite numbers are accepted",
+                metadata={"field": _render(_item(path, name, position))},
             )
     elif kind == _DOCUMENT:
         check_document(value, _render(_item(path, name, position)))
     elif kind == _TIME and not (_MIN_TIMESTAMP <= value.seconds <= _MAX_TIMESTAMP and 0 <= value.nanos < 10**9):
-        raise InvalidArgument(f"{_render(_item(path, name, position))} is outside the years 1 to 9999")
+        raise InvalidArgument(
+            f"{_render(_item(path, name, position))} is outside the years 1 to 9999",
+            metadata={"field": _render(_item(path, name, position))},
+        )
 
 
 def _item(path: Path, name: str, position: int | None) -> Path:
@@ -212,13 +224,19 @@ def check_document(document: struct_pb2.Struct, where: str) -> None:
     """Checks a metadata document (a Struct): size, depth, finite numbers, no NUL."""
     size = document.ByteSize()
     if size > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"{where} is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}")
+        raise InvalidArgument(
+            f"{where} is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}",
+            Reason.METADATA_INVALID,
+            {"field": where},
+        )
     _check_struct(document, where, 1)
 
 
 def _check_struct(struct: struct_pb2.Struct, where: str, depth: int) -> None:
     if depth > MAX_METADATA_DEPTH:
-        raise InvalidArgument(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+        raise InvalidArgument(
+            f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep", Reason.METADATA_INVALID, {"field": where}
+        )
     for key, value in struct.fields.items():
         check_text(key, f"a key of {where}", DEFAULT_MAX_CHARS)
         _check_json_value(value, f"{where}.{key[:QUOTE_CHARS]}", depth)
@@ -228,14 +246,22 @@ def _check_json_value(value: struct_pb2.Value, where: str, depth: int) -> None:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         if not math.isfinite(value.number_value):
-            raise InvalidArgument(f"{where} is {value.number_value}; JSON holds only finite numbers")
+            raise InvalidArgument(
+                f"{where} is {value.number_value}; JSON holds only finite numbers",
+                Reason.METADATA_INVALID,
+                {"field": where},
+            )
     elif kind == "string_value":
         check_text(value.string_value, where, MAX_METADATA_BYTES)
     elif kind == "struct_value":
         _check_struct(value.struct_value, where, depth + 1)
     elif kind == "list_value":
         if depth + 1 > MAX_METADATA_DEPTH:
-            raise InvalidArgument(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            raise InvalidArgument(
+                f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep",
+                Reason.METADATA_INVALID,
+                {"field": where},
+            )
         for position, item in enumerate(value.list_value.values):
             _check_json_value(item, f"{where}[{position}]", depth + 1)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mreg.metadata_service.canonical_json import canonicalize
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import MAX_INT64, quote
 
 PATH_MAX = 4096
@@ -85,7 +85,9 @@ def validate_path(path: str) -> str:
             if problem:
                 break
     if problem:
-        raise InvalidArgument(f"manifest path {quote(path)} is invalid: {problem}")
+        raise InvalidArgument(
+            f"manifest path {quote(path)} is invalid: {problem}", Reason.MANIFEST_INVALID, {"path": path}
+        )
     return path
 
 
@@ -101,21 +103,35 @@ def build_manifest(entries: Iterable[FileEntry]) -> Manifest:
         if not _HEX64.fullmatch(entry.digest):
             raise InvalidArgument(
                 f"manifest entry {quote(entry.path)} has digest {quote(entry.digest)}; "
-                "expected 64 lowercase hex characters"
+                "expected 64 lowercase hex characters",
+                Reason.MANIFEST_INVALID,
+                {"path": entry.path},
             )
         if entry.size_bytes < 0:
-            raise InvalidArgument(f"manifest entry {quote(entry.path)} has a negative size")
+            raise InvalidArgument(
+                f"manifest entry {quote(entry.path)} has a negative size", Reason.MANIFEST_INVALID, {"path": entry.path}
+            )
         if entry.path in by_path:
-            raise InvalidArgument(f"manifest path {quote(entry.path)} appears more than once")
+            raise InvalidArgument(
+                f"manifest path {quote(entry.path)} appears more than once",
+                Reason.MANIFEST_INVALID,
+                {"path": entry.path},
+            )
         by_path[entry.path] = entry
     for path in by_path:
         parent = path.rpartition("/")[0]
         while parent:
             if parent in by_path:
-                raise InvalidArgument(f"manifest path {quote(path)} lies inside {quote(parent)}, which is a file")
+                raise InvalidArgument(
+                    f"manifest path {quote(path)} lies inside {quote(parent)}, which is a file",
+                    Reason.MANIFEST_INVALID,
+                    {"path": path},
+                )
             parent = parent.rpartition("/")[0]
     ordered = sorted(by_path.values(), key=lambda e: e.path.encode())
     manifest = Manifest(tuple(ordered))
     if manifest.size_bytes > MAX_INT64:
-        raise InvalidArgument(f"the manifest's files total {manifest.size_bytes} bytes; the limit is {MAX_INT64}")
+        raise InvalidArgument(
+            f"the manifest's files total {manifest.size_bytes} bytes; the limit is {MAX_INT64}", Reason.MANIFEST_INVALID
+        )
     return manifest

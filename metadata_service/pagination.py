@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import MAX_INDEX, MAX_INT64
 
 DEFAULT_PAGE_SIZE = 100
@@ -27,7 +27,9 @@ KeyCheck = Callable[[Any], bool]
 
 def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
     if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative (got {requested})")
+        raise InvalidArgument(
+            f"page_size must not be negative (got {requested})", Reason.FIELD_INVALID, {"field": "page_size"}
+        )
     return min(requested or default, maximum)
 
 
@@ -57,7 +59,9 @@ def decode_token(token: str, listing: str, valid: KeyCheck) -> Any:
             return payload["k"]
     except (binascii.Error, ValueError, TypeError, RecursionError):
         pass
-    raise InvalidArgument("page_token is invalid: pass the next_page_token of the same listing unchanged")
+    raise InvalidArgument(
+        "page_token is invalid: pass the next_page_token of the same listing unchanged", Reason.PAGE_TOKEN_INVALID
+    )
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import quote
 
 NAME_MAX = 128
@@ -76,7 +76,9 @@ def validate_name(value: str, what: str = "name") -> str:
     if not _NAME.fullmatch(value) or value != value.strip(" ") or not value.strip("."):
         raise InvalidArgument(
             f"{what} {quote(value)} is invalid: use 1-{NAME_MAX} letters, digits, spaces, '.', '_' or '-', "
-            "with no leading or trailing space and not only dots"
+            "with no leading or trailing space and not only dots",
+            Reason.REFERENCE_INVALID,
+            {"field": what},
         )
     return value
 
@@ -88,9 +90,17 @@ def validate_alias(value: str) -> str:
         InvalidArgument: malformed, or reserved for the system ("latest", "vN").
     """
     if not _ALIAS.fullmatch(value):
-        raise InvalidArgument(f"alias {quote(value)} is invalid: use 1-{ALIAS_MAX} letters, digits, '.', '_' or '-'")
+        raise InvalidArgument(
+            f"alias {quote(value)} is invalid: use 1-{ALIAS_MAX} letters, digits, '.', '_' or '-'",
+            Reason.REFERENCE_INVALID,
+            {"field": "alias"},
+        )
     if value == LATEST or re.fullmatch(r"v[0-9]+", value):
-        raise InvalidArgument(f"alias {quote(value)} is reserved: the registry maintains 'latest' and 'vN' itself")
+        raise InvalidArgument(
+            f"alias {quote(value)} is reserved: the registry maintains 'latest' and 'vN' itself",
+            Reason.ALIAS_RESERVED,
+            {"alias": value},
+        )
     return value
 
 
@@ -98,7 +108,9 @@ def validate_type(value: str) -> str:
     if not _TYPE.fullmatch(value):
         raise InvalidArgument(
             f"type {quote(value)} is invalid: use 1-64 lowercase letters, digits, '.', '_' or '-' "
-            "(e.g. 'model' or 'dataset')"
+            "(e.g. 'model' or 'dataset')",
+            Reason.REFERENCE_INVALID,
+            {"field": "type"},
         )
     return value
 
@@ -106,12 +118,14 @@ def validate_type(value: str) -> str:
 def _split_path(text: str, what: str, labels: tuple[str, ...], defaults: tuple[str | None, ...]) -> list[str]:
     """Splits a '/'-path into ``labels``, filling omitted leading parts from ``defaults``."""
     if not text:
-        raise InvalidArgument(f"{what} is empty")
+        raise InvalidArgument(f"{what} is empty", Reason.REFERENCE_INVALID, {"field": what})
     given = text.split("/")
     if len(given) > len(labels):
         raise InvalidArgument(
             f"{what} {quote(text)} has {len(given)} '/'-separated parts; at most {len(labels)} are allowed "
-            f"({'/'.join(labels)})"
+            f"({'/'.join(labels)})",
+            Reason.REFERENCE_INVALID,
+            {"field": what},
         )
     missing = len(labels) - len(given)
     filled: list[str] = []
@@ -119,7 +133,9 @@ def _split_path(text: str, what: str, labels: tuple[str, ...], defaults: tuple[s
         if not default:
             raise InvalidArgument(
                 f"{what} {quote(text)} names no {label} and no default {label} is set "
-                f"(send the mreg-{label} request header or write {'/'.join(labels)})"
+                f"(send the mreg-{label} request header or write {'/'.join(labels)})",
+                Reason.REFERENCE_INVALID,
+                {"field": what},
             )
         filled.append(default)
     parts = filled + given
@@ -137,7 +153,9 @@ def parse_project(text: str, defaults: Defaults = Defaults()) -> ProjectName:
 def parse_collection(text: str, defaults: Defaults = Defaults(), what: str = "collection") -> CollectionName:
     """Parses ``[[entity/]project/]name`` with no selector."""
     if ":" in text:
-        raise InvalidArgument(f"{what} {quote(text)} must not carry a ':selector' here")
+        raise InvalidArgument(
+            f"{what} {quote(text)} must not carry a ':selector' here", Reason.REFERENCE_INVALID, {"field": what}
+        )
     entity, project, name = _split_path(text, what, ("entity", "project", "name"), (defaults.entity, defaults.project))
     return CollectionName(entity, project, name)
 
@@ -146,16 +164,26 @@ def parse_reference(text: str, defaults: Defaults = Defaults()) -> Reference:
     """Parses ``[[entity/]project/]name[:selector]``; no selector means ``latest``."""
     path, colon, selector = text.partition(":")
     if ":" in selector:
-        raise InvalidArgument(f"reference {quote(text)} has more than one ':'")
+        raise InvalidArgument(
+            f"reference {quote(text)} has more than one ':'", Reason.REFERENCE_INVALID, {"field": "reference"}
+        )
     collection = parse_collection(path, defaults, "reference")
     if not colon:
         return Reference(collection, alias=LATEST)
     if not selector:
-        raise InvalidArgument(f"reference {quote(text)} ends in ':' with no version or alias after it")
+        raise InvalidArgument(
+            f"reference {quote(text)} ends in ':' with no version or alias after it",
+            Reason.REFERENCE_INVALID,
+            {"field": "reference"},
+        )
     if match := _INDEX.fullmatch(selector):
         return Reference(collection, index=int(match.group(1)))
     if selector == LATEST:
         return Reference(collection, alias=LATEST)
     if re.fullmatch(r"v[0-9]+", selector):
-        raise InvalidArgument(f"version selector {quote(selector)} is invalid: write vN without leading zeros")
+        raise InvalidArgument(
+            f"version selector {quote(selector)} is invalid: write vN without leading zeros",
+            Reason.REFERENCE_INVALID,
+            {"field": "reference"},
+        )
     return Reference(collection, alias=validate_alias(selector))

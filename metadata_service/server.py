@@ -16,6 +16,7 @@ from mreg.metadata_service.blob_client import BlobServiceClient
 from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
+from mreg.metadata_service.errors import ERROR_DOMAIN
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.unit_of_work import Database
 from mreg.server_runtime import runtime, streams
@@ -70,6 +71,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         options=GRPC_OPTIONS,
         add_servicers=lambda server: add_to_server(MetadataServicer(catalog), server),
         service_name=metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+        error_domain=ERROR_DOMAIN,
     )
     port = started.port
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())

@@ -28,7 +28,7 @@ from mreg.metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from mreg.metadata_service.errors import InvalidArgument, RegistryError
+from mreg.metadata_service.errors import InvalidArgument, Reason, RegistryError
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Defaults
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
@@ -49,7 +49,7 @@ _STATES = {
 
 def _check(request: Any) -> Any:
     if isinstance(request, Undecodable):
-        raise InvalidArgument(request.describe())
+        raise InvalidArgument(request.describe(), Reason.REQUEST_MALFORMED)
     limits.check_request(request)
     return request
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mreg.metadata_service.db import WRITE_OPTION
 from mreg.metadata_service.domain import PendingEvent
-from mreg.metadata_service.errors import ResourceExhausted, Unavailable
+from mreg.metadata_service.errors import Reason, ResourceExhausted, Unavailable
 from mreg.metadata_service.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,12 @@ class Database:
                 if _is_disk_full(e):
                     raise ResourceExhausted(
                         f"the metadata database has no room left ({e.orig}); nothing was changed. "
-                        "Free space on its disk (or grow it), then retry"
+                        "Free space on its disk (or grow it), then retry",
+                        Reason.STORAGE_FULL,
                     ) from e
                 if e.connection_invalidated or isinstance(e, OperationalError):
-                    raise Unavailable(f"the metadata database is unavailable: {e.orig}") from e
+                    raise Unavailable(
+                        f"the metadata database is unavailable: {e.orig}", Reason.DATABASE_UNAVAILABLE
+                    ) from e
                 raise
         raise AssertionError("unreachable")

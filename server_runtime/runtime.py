@@ -42,6 +42,7 @@ def start_server(
     options: Sequence[tuple[str, Any]],
     add_servicers: Callable[[grpc.Server], None],
     service_name: str,
+    error_domain: str,
 ) -> StartedServer:
     """Builds, binds and starts a server; returns once it listens.
 
@@ -52,12 +53,13 @@ def start_server(
         max_streams_setting: how to raise the stream limit, named in the refusal.
         add_servicers: registers the service's servicers on the server.
         service_name: the full name health checking reports SERVING.
+        error_domain: the ErrorInfo domain of the refusals of streams beyond the limit.
 
     Raises:
         RuntimeError: ``listen`` cannot be bound.
     """
     pool, max_rpcs = streams.thread_pool(workers, max_streams, thread_name)
-    admission = streams.StreamAdmission(max_streams, max_streams_setting)
+    admission = streams.StreamAdmission(max_streams, max_streams_setting, error_domain)
     server = grpc.server(pool, interceptors=[admission], options=list(options), maximum_concurrent_rpcs=max_rpcs)
     add_servicers(server)
     add_health_and_reflection(server, service_name)

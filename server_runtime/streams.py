@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2
+from grpc import _server  # internals: the only way to end a call from another thread with trailers
+
+from mreg.server_runtime.error_mapping import rich_status, status_proto
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,9 @@ T = TypeVar("T")
 # beyond it gRPC answers RESOURCE_EXHAUSTED rather than letting the queue grow unbounded.
 UNARY_QUEUE_PER_THREAD = 8
 WARNING_INTERVAL_SECONDS = 10.0
-ERROR_DOMAIN = "mreg.dev"
-STREAM_LIMIT_REASON = "STREAM_LIMIT"
+# The ErrorInfo reasons of the refusals below; both services' ErrorReason enums declare them.
+STREAM_LIMIT_REASON = "STREAM_LIMIT_REACHED"
+STREAM_IDLE_REASON = "STREAM_IDLE"
 
 
 def thread_pool(unary_threads: int, max_streams: int, name: str) -> tuple[futures.ThreadPoolExecutor, int]:
@@ -57,11 +60,13 @@ class StreamAdmission(grpc.ServerInterceptor):
     returns, so the count is exactly the threads that streams hold.
     """
 
-    def __init__(self, max_streams: int, setting: str) -> None:
+    def __init__(self, max_streams: int, setting: str, error_domain: str) -> None:
+        """``error_domain`` is the service's ErrorInfo domain, e.g. "blob.mreg.dev"."""
         if max_streams < 1:
             raise ValueError(f"the stream limit must be at least 1 (got {max_streams})")
         self.max_streams = max_streams
         self._setting = setting
+        self._domain = error_domain
         self._active = 0
         self._lock = threading.Lock()
         self._last_warning = -WARNING_INTERVAL_SECONDS
@@ -98,20 +103,15 @@ class StreamAdmission(grpc.ServerInterceptor):
         retrying, and ErrorInfo, whose reason they can branch on."""
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1)))
-        info = any_pb2.Any()
-        info.Pack(
-            error_details_pb2.ErrorInfo(
-                reason=STREAM_LIMIT_REASON,
-                domain=ERROR_DOMAIN,
-                metadata={"max_streams": str(self.max_streams), "setting": self._setting},
-            )
-        )
-        return rpc_status.to_status(
-            status_pb2.Status(
-                code=code_pb2.RESOURCE_EXHAUSTED,
-                message=f"the server is serving its limit of {self.max_streams} concurrent streams, so {method} "
+        return rich_status(
+            status_proto(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is serving its limit of {self.max_streams} concurrent streams, so {method} "
                 f"was refused: retry with backoff, close idle streams, or raise the limit ({self._setting})",
-                details=[retry, info],
+                reason=STREAM_LIMIT_REASON,
+                domain=self._domain,
+                metadata={"max_streams": str(self.max_streams), "setting": self._setting},
+                extra_details=[retry],
             )
         )
 
@@ -154,6 +154,8 @@ class StreamAdmission(grpc.ServerInterceptor):
 class _Watched:
     context: grpc.ServicerContext
     details: str
+    # A stalled reader: the server's data is stuck behind flow control, and so would a status be.
+    reading: bool = False
     waiting_since: float | None = None
     expired: bool = False
 
@@ -169,10 +171,12 @@ class IdleStreams:
     finishes normally (an upload keeps the bytes it received and can be resumed).
     """
 
-    def __init__(self, timeout_seconds: float, code: grpc.StatusCode, setting: str) -> None:
+    def __init__(self, timeout_seconds: float, code: grpc.StatusCode, setting: str, error_domain: str) -> None:
+        """``error_domain`` is the service's ErrorInfo domain; the reason is STREAM_IDLE."""
         self.timeout = timeout_seconds
         self._code = code
         self._setting = setting
+        self._domain = error_domain
         self._watched: set[_Watched] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -211,7 +215,9 @@ class IdleStreams:
         if self.timeout <= 0:
             yield from responses
             return
-        entry = self._register(context, f"the client took no data for {self.timeout:g} s ({self._setting}); {advice}")
+        entry = self._register(
+            context, f"the client took no data for {self.timeout:g} s ({self._setting}); {advice}", reading=True
+        )
         try:
             for response in responses:
                 entry.waiting_since = time.monotonic()
@@ -220,8 +226,8 @@ class IdleStreams:
         finally:
             self._unregister(entry)
 
-    def _register(self, context: grpc.ServicerContext, details: str) -> _Watched:
-        entry = _Watched(context, details)
+    def _register(self, context: grpc.ServicerContext, details: str, reading: bool = False) -> _Watched:
+        entry = _Watched(context, details, reading)
         with self._lock:
             self._watched.add(entry)
             if self._thread is None:
@@ -249,17 +255,53 @@ class IdleStreams:
                 for w in expired:
                     w.expired = True
             for w in expired:
-                _cancel_with_status(w.context, self._code, w.details)
+                status = rich_status(
+                    status_proto(
+                        self._code,
+                        w.details,
+                        reason=STREAM_IDLE_REASON,
+                        domain=self._domain,
+                        metadata={"timeout_seconds": f"{self.timeout:g}", "setting": self._setting},
+                    )
+                )
+                if w.reading:
+                    # Trailers queue behind the data the client does not take: only a cancel
+                    # (code and message, without details) reaches it.
+                    _cancel(w.context, status)
+                else:
+                    _end_with_status(w.context, status)
 
 
-def _cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+def _end_with_status(context: grpc.ServicerContext, status: grpc.Status) -> None:
     """Ends a call from outside its handler's thread, with a status the client can act on.
 
-    The public ``cancel()`` always says CANCELLED, which would mislead; the core call
-    object can cancel with any status. Fall back to ``cancel()`` if that is unavailable.
+    The public ``cancel()`` always says CANCELLED, which would mislead, and no public API
+    ends a call from another thread with trailing metadata (where the ErrorInfo travels).
+    So this sends the status as gRPC's own abort does, then marks the call cancelled so
+    the handler, which finishes normally, sends nothing more (its request iterator
+    raises). If gRPC's internals differ, it falls back to :func:`_cancel`.
     """
+    state = getattr(context, "_state", None)
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
     try:
-        call.cancel(code.value[0], details)  # type: ignore[union-attr]
+        with state.condition:  # type: ignore[union-attr]
+            if state.client is _server._CANCELLED or state.statused:  # type: ignore[union-attr]
+                return
+            state.code = status.code  # type: ignore[union-attr]
+            state.details = status.details.encode()  # type: ignore[union-attr]
+            state.trailing_metadata = status.trailing_metadata  # type: ignore[union-attr]
+            _server._abort(state, call, status.code.value[0], state.details)  # type: ignore[union-attr]
+            state.client = _server._CANCELLED  # type: ignore[union-attr]
+            state.condition.notify_all()  # type: ignore[union-attr]
+        return
+    except (AttributeError, TypeError):
+        _cancel(context, status)
+
+
+def _cancel(context: grpc.ServicerContext, status: grpc.Status) -> None:
+    """Cancels the core call with the status's code and message (not its details), else ``cancel()``."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(status.code.value[0], status.details)  # type: ignore[union-attr]
     except (AttributeError, TypeError):
         context.cancel()

@@ -160,7 +160,7 @@ def test_streams_beyond_the_configured_limit_are_refused_with_resource_exhausted
             details = {d.type_url.rsplit("/", 1)[1]: d for d in rpc_status.from_call(error).details}
             info = error_details_pb2.ErrorInfo()
             details["google.rpc.ErrorInfo"].Unpack(info)
-            assert info.reason == "STREAM_LIMIT"
+            assert (info.reason, info.domain) == ("STREAM_LIMIT_REACHED", "metadata.mreg.dev")
             assert "google.rpc.RetryInfo" in details, "the refusal tells clients to retry"
         assert health(meta.address) == health_pb2.HealthCheckResponse.SERVING
 

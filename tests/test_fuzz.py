@@ -33,6 +33,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.internal import encoder
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
@@ -447,6 +449,7 @@ class Fuzzer:
         timeout = WATCH_TIMEOUT if method == "Watch" else UNARY_TIMEOUT
         code = grpc.StatusCode.OK
         details = ""
+        reason_problem = ""
         try:
             if client_streaming:
                 stub_method(iter(request), metadata=headers, timeout=timeout)
@@ -460,15 +463,40 @@ class Fuzzer:
                 stub_method(request, metadata=headers, timeout=timeout)
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
+            reason_problem = _reason_problem(e)
         if code == grpc.StatusCode.CANCELLED and server_streaming:
             code = grpc.StatusCode.OK  # we cut the stream ourselves
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and method == "Watch":
             code = grpc.StatusCode.OK  # an idle watch runs until its deadline
         self.tally.codes[code.name] += 1
         self.tally.per_method[method] += 1
-        if code in FORBIDDEN or code == grpc.StatusCode.DEADLINE_EXCEEDED or len(details) > 1000:
+        bad_reason = code != grpc.StatusCode.OK and reason_problem != ""
+        if code in FORBIDDEN or code == grpc.StatusCode.DEADLINE_EXCEEDED or len(details) > 1000 or bad_reason:
             shown = repr(request)[:300]
-            self.tally.failures.append(f"{method} -> {code.name}: {details[:300]} | request {shown}")
+            self.tally.failures.append(f"{method} -> {code.name}: {details[:300]} {reason_problem} | request {shown}")
+
+
+# Every error must carry an ErrorInfo whose reason its service's ErrorReason declares.
+KNOWN_REASONS = {
+    (domain, value.name)
+    for domain, enum in (("metadata.mreg.dev", pb.ErrorReason), ("blob.mreg.dev", blob_pb.ErrorReason))
+    for value in enum.DESCRIPTOR.values
+    if value.number != 0
+}
+
+
+def _reason_problem(error: grpc.RpcError) -> str:
+    """Why an error's ErrorInfo is missing or unknown; "" if it carries a declared reason."""
+    try:
+        status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    except ValueError:
+        return "(its status details disagree with its code)"
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            known = (info.domain, info.reason) in KNOWN_REASONS
+            return "" if known else f"(unknown reason {info.domain}/{info.reason})"
+    return "(no ErrorInfo)"
 
 
 @pytest.fixture(scope="module")

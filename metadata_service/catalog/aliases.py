@@ -9,7 +9,7 @@ from mreg.metadata_service.catalog.common import Caller, find_collection, select
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_context, event_view
 from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
-from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from mreg.metadata_service.models import Collection
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, sequence_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_alias
@@ -33,15 +33,28 @@ def remove_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, 
     return previous
 
 
+def _expectation(alias: str, current: int | None) -> dict[str, str]:
+    """ErrorInfo metadata of ALIAS_EXPECTATION_FAILED: the alias and the index it names now ("" if unset)."""
+    return {"alias": alias, "current_index": "" if current is None else str(current)}
+
+
 def _check_expectation(
     name: CollectionName, alias: str, current: int | None, expected_index: int | None, expect_unset: bool
 ) -> None:
     """Compare-and-set: refuses the change unless the alias names what the caller expects."""
     holder = "is not set" if current is None else f"names v{current}"
     if expect_unset and current is not None:
-        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}; expected it unset")
+        raise FailedPrecondition(
+            f"alias {alias!r} of {name} {holder}; expected it unset",
+            reason=Reason.ALIAS_EXPECTATION_FAILED,
+            metadata=_expectation(alias, current),
+        )
     if expected_index is not None and current != expected_index:
-        raise FailedPrecondition(f"alias {alias!r} of {name} {holder}, not the expected v{expected_index}")
+        raise FailedPrecondition(
+            f"alias {alias!r} of {name} {holder}, not the expected v{expected_index}",
+            reason=Reason.ALIAS_EXPECTATION_FAILED,
+            metadata=_expectation(alias, current),
+        )
 
 
 class Aliases:
@@ -90,7 +103,11 @@ class Aliases:
             row = find_collection(uow.repo, name, None, for_update=True)
             current = uow.repo.aliases(row.id).get(alias)
             if current is None:
-                raise NotFound(f"{CollectionKind(row.kind).label} {name} has no alias {alias!r}")
+                raise NotFound(
+                    f"{CollectionKind(row.kind).label} {name} has no alias {alias!r}",
+                    Reason.ALIAS_NOT_FOUND,
+                    {"resource": f"{name}:{alias}", "alias": alias},
+                )
             _check_expectation(name, alias, current, expected_index, False)
             remove_alias(uow, row, name, alias)
             return current, {"previous": current}
@@ -123,7 +140,7 @@ class Aliases:
         """The moves and removals of an alias, newest first."""
         name = parse_collection(collection, caller.defaults)
         if not alias:
-            raise InvalidArgument("alias is empty")
+            raise InvalidArgument("alias is empty", Reason.REFERENCE_INVALID, {"field": "alias"})
         limit = page_size(size)
         resource = f"{name}:{alias}"
         listing = f"history:{resource}"

@@ -10,7 +10,7 @@ from mreg.metadata_service.catalog.common import Caller, find_collection, valida
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_view_of
 from mreg.metadata_service.domain import CollectionKind, CollectionView, Page
-from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, NotFound
+from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, NotFound, Reason
 from mreg.metadata_service.pagination import decode_token, encode_token, name_key, page_size
 from mreg.metadata_service.references import parse_collection, parse_project, validate_type
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
@@ -52,7 +52,9 @@ class Collections:
         def work(uow: UnitOfWork) -> Page[CollectionView]:
             project = uow.repo.find_project(project_name)
             if project is None:
-                raise NotFound(f"project {project_name} does not exist")
+                raise NotFound(
+                    f"project {project_name} does not exist", Reason.PROJECT_NOT_FOUND, {"resource": str(project_name)}
+                )
             rows = uow.repo.search_collections(project, kind, where, after, limit + 1)
             views = tuple(collection_view_of(uow.repo, r) for r in rows[:limit])
             tokens = tuple(encode_token(listing, r.name) for r in rows[:limit])
@@ -79,7 +81,9 @@ class Collections:
             if row is None:
                 existing = uow.repo.find_collection(parsed)
                 kind = CollectionKind(existing.kind).label if existing else "collection"
-                raise AlreadyExists(f"{kind} {parsed} already exists")
+                raise AlreadyExists(
+                    f"{kind} {parsed} already exists", Reason.COLLECTION_EXISTS, {"resource": str(parsed)}
+                )
             row.tags = clean_tags
             uow.record("collection.created", str(parsed), after={"kind": "registered_model", "type": type_})
             return collection_view_of(uow.repo, row), {"id": row.id}
@@ -99,7 +103,11 @@ class Collections:
             kind = CollectionKind(row.kind)
             if uow.repo.has_members(row):
                 member = "committed versions" if kind is CollectionKind.ARTIFACT else "links"
-                raise FailedPrecondition(f"{kind.label} {parsed} still has {member}; delete them first")
+                raise FailedPrecondition(
+                    f"{kind.label} {parsed} still has {member}; delete them first",
+                    reason=Reason.COLLECTION_NOT_EMPTY,
+                    metadata={"resource": str(parsed)},
+                )
             uow.repo.delete_collection(row)
             uow.record("collection.deleted", str(parsed), before={"kind": kind.value, "type": row.type})
             return None, {}

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from mreg.metadata_service.catalog.views import CollectionContext, collection_context
 from mreg.metadata_service.domain import CollectionKind
-from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from mreg.metadata_service.limits import MAX_INDEX, quote
 from mreg.metadata_service.models import Collection, Link, Version
 from mreg.metadata_service.references import LATEST, CollectionName, Defaults, Reference, validate_alias
@@ -52,21 +52,39 @@ class BlobService(Protocol):
 def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     size = len(json.dumps(metadata, separators=(",", ":")).encode())
     if size > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}")
+        raise InvalidArgument(
+            f"metadata is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}",
+            Reason.METADATA_INVALID,
+            {"field": "metadata"},
+        )
     return metadata
 
 
 def validate_tags(tags: Sequence[str]) -> list[str]:
     if len(tags) > MAX_TAGS:
-        raise InvalidArgument(f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
+        raise InvalidArgument(
+            f"{len(tags)} tags given; at most {MAX_TAGS} are allowed", Reason.FIELD_INVALID, {"field": "tags"}
+        )
     for tag in tags:
         if not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable():
-            raise InvalidArgument(f"tag {quote(tag)} is invalid: use 1-{MAX_TAG_LENGTH} printable characters")
+            raise InvalidArgument(
+                f"tag {quote(tag)} is invalid: use 1-{MAX_TAG_LENGTH} printable characters",
+                Reason.FIELD_INVALID,
+                {"field": "tags"},
+            )
     return sorted(set(tags))
 
 
 def validate_aliases(aliases: Sequence[str]) -> list[str]:
     return sorted({validate_alias(a) for a in aliases})
+
+
+# The NOT_FOUND reason for a collection looked up as a kind (None: either kind).
+_NOT_FOUND = {
+    CollectionKind.ARTIFACT: Reason.ARTIFACT_NOT_FOUND,
+    CollectionKind.REGISTERED_MODEL: Reason.REGISTERED_MODEL_NOT_FOUND,
+    None: Reason.COLLECTION_NOT_FOUND,
+}
 
 
 def is_unborn(row: Collection) -> bool:
@@ -77,7 +95,11 @@ def is_unborn(row: Collection) -> bool:
 def require_kind(row: Collection, name: CollectionName, kind: CollectionKind) -> None:
     if row.kind != kind.value:
         actual = CollectionKind(row.kind).label
-        raise FailedPrecondition(f"{name} is a {actual}, not a {kind.label}")
+        raise FailedPrecondition(
+            f"{name} is a {actual}, not a {kind.label}",
+            reason=Reason.COLLECTION_KIND_MISMATCH,
+            metadata={"resource": str(name)},
+        )
 
 
 def find_collection(
@@ -91,7 +113,7 @@ def find_collection(
     row = repo.find_collection(name, for_update=for_update)
     if row is None or (kind is not None and row.kind != kind.value) or is_unborn(row):
         label = kind.label if kind else "artifact or registered model"
-        raise NotFound(f"no {label} named {name}")
+        raise NotFound(f"no {label} named {name}", _NOT_FOUND[kind], {"resource": str(name)})
     return row
 
 
@@ -99,15 +121,27 @@ def _selected_index(context: CollectionContext, ref: Reference, member: str) -> 
     if ref.index is not None:
         if ref.index > MAX_INDEX:
             # The grammar allows 18 digits; no stored index is that large.
-            raise NotFound(f"{context.name} has no {member} v{ref.index}")
+            raise NotFound(
+                f"{context.name} has no {member} v{ref.index}",
+                Reason.VERSION_NOT_FOUND,
+                {"resource": f"{context.name}:v{ref.index}"},
+            )
         return ref.index
     if ref.alias == LATEST:
         if context.latest_index is None:
-            raise NotFound(f"{context.name} has no {member}s yet, so it has no 'latest'")
+            raise NotFound(
+                f"{context.name} has no {member}s yet, so it has no 'latest'",
+                Reason.VERSION_NOT_FOUND,
+                {"resource": f"{context.name}:latest"},
+            )
         return context.latest_index
     assert ref.alias is not None
     if ref.alias not in context.aliases:
-        raise NotFound(f"{context.name} has no alias {ref.alias!r}")
+        raise NotFound(
+            f"{context.name} has no alias {ref.alias!r}",
+            Reason.ALIAS_NOT_FOUND,
+            {"resource": f"{context.name}:{ref.alias}", "alias": ref.alias},
+        )
     return context.aliases[ref.alias]
 
 
@@ -115,7 +149,11 @@ def select_version(repo: Repository, context: CollectionContext, ref: Reference)
     index = _selected_index(context, ref, "version")
     version = repo.find_version_by_index(context.row.id, index)
     if version is None:
-        raise NotFound(f"artifact {context.name} has no version v{index}")
+        raise NotFound(
+            f"artifact {context.name} has no version v{index}",
+            Reason.VERSION_NOT_FOUND,
+            {"resource": f"{context.name}:v{index}"},
+        )
     return version
 
 
@@ -123,7 +161,11 @@ def select_link(repo: Repository, context: CollectionContext, ref: Reference) ->
     index = _selected_index(context, ref, "link")
     link = repo.find_link_by_index(context.row.id, index)
     if link is None:
-        raise NotFound(f"registered model {context.name} has no link v{index}")
+        raise NotFound(
+            f"registered model {context.name} has no link v{index}",
+            Reason.VERSION_NOT_FOUND,
+            {"resource": f"{context.name}:v{index}"},
+        )
     return link
 
 

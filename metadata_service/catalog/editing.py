@@ -16,7 +16,7 @@ from mreg.metadata_service.catalog.common import (
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_context, collection_view_of, version_view, view_by_uid
 from mreg.metadata_service.domain import CollectionKind, CollectionView, VersionView
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import quote
 from mreg.metadata_service.references import parse_collection, parse_reference
 
@@ -128,7 +128,11 @@ class Edits:
 def _tag_changes(add_tags: Sequence[str], remove_tags: Sequence[str]) -> tuple[list[str], list[str]]:
     added, removed = validate_tags(add_tags), validate_tags(remove_tags)
     if both := set(added) & set(removed):
-        raise InvalidArgument(f"tag {quote(min(both))} is both added and removed; name it in one list")
+        raise InvalidArgument(
+            f"tag {quote(min(both))} is both added and removed; name it in one list",
+            Reason.FIELD_INVALID,
+            {"field": "remove_tags"},
+        )
     return added, removed
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from mreg.metadata_service.catalog.views import event_view
 from mreg.metadata_service.domain import EventView
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.event_feed import EventFeed
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
@@ -47,7 +47,9 @@ class Events:
     def after(self, sequence: int, resource_prefix: str = "", limit: int = 500) -> tuple[list[EventView], int]:
         """Returns events after ``sequence`` (oldest first) and the last sequence committed."""
         if sequence < 0:
-            raise InvalidArgument(f"start_after must not be negative (got {sequence})")
+            raise InvalidArgument(
+                f"start_after must not be negative (got {sequence})", Reason.FIELD_INVALID, {"field": "start_after"}
+            )
 
         def work(uow: UnitOfWork) -> tuple[list[EventView], int]:
             last = uow.repo.last_event_sequence()
@@ -60,7 +62,9 @@ class Events:
         """Like ``after``, for streams following the log: served from the recent events this
         process keeps in memory when they cover ``sequence``, so open streams cost no queries."""
         if sequence < 0:
-            raise InvalidArgument(f"start_after must not be negative (got {sequence})")
+            raise InvalidArgument(
+                f"start_after must not be negative (got {sequence})", Reason.FIELD_INVALID, {"field": "start_after"}
+            )
         cached = self.feed.recent_after(sequence, resource_prefix, limit)
         return cached if cached is not None else self.after(sequence, resource_prefix, limit)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mreg.metadata_service.catalog.common import BlobService
-from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument, Reason
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import utcnow
 from mreg.metadata_service.repository import Repository
@@ -73,6 +73,7 @@ def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epo
             f"garbage collection deleted or is deleting {len(taken)} of the manifest's blobs while this commit "
             f"was in flight (e.g. {taken[0]}): upload what FindMissingBlobs reports missing and commit again",
             violations=[(MISSING_BLOB, f"blobs/{h}/{sizes[h]}", "collected during the commit") for h in taken],
+            reason=Reason.MISSING_BLOB,
         )
 
 
@@ -91,7 +92,9 @@ class GarbageCollector:
             FailedPrecondition: another sweep holds the lease.
         """
         if grace < timedelta(0):
-            raise InvalidArgument("grace_period_seconds must not be negative")
+            raise InvalidArgument(
+                "grace_period_seconds must not be negative", Reason.FIELD_INVALID, {"field": "grace_period_seconds"}
+            )
         unused_before = utcnow() - grace
         owner = uuid.uuid4().hex
         examined = referenced = deleted = deleted_bytes = removed = 0
@@ -164,7 +167,8 @@ def _take_lease(repo: Repository, owner: str) -> None:
     if state.lease_owner and state.lease_until is not None and state.lease_until > now:
         raise FailedPrecondition(
             f"another garbage collection is running (its lease lasts until {state.lease_until.isoformat()}); "
-            "wait for it to finish"
+            "wait for it to finish",
+            reason=Reason.GC_IN_PROGRESS,
         )
     state.lease_owner, state.lease_until = owner, now + GC_LEASE
 
@@ -182,7 +186,9 @@ def _condemn_unreferenced(
     if not dry_run:
         state = repo.lock_gc_state(exclusive=True)
         if state.lease_owner != owner:
-            raise FailedPrecondition("this garbage collection lost its lease to another one; it stopped")
+            raise FailedPrecondition(
+                "this garbage collection lost its lease to another one; it stopped", reason=Reason.GC_IN_PROGRESS
+            )
         state.lease_until = utcnow() + GC_LEASE
     live = repo.referenced_digests([h for h, _ in batch])
     garbage = [(h, s) for h, s in batch if h not in live]

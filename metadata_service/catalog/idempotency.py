@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from mreg.metadata_service.catalog.common import Caller
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 T = TypeVar("T")
@@ -26,7 +26,11 @@ REQUEST_RECORD_TTL = timedelta(hours=24)
 
 def _validate_request_id(request_id: str) -> str:
     if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
-        raise InvalidArgument(f"request_id must be at most {MAX_REQUEST_ID} printable characters")
+        raise InvalidArgument(
+            f"request_id must be at most {MAX_REQUEST_ID} printable characters",
+            Reason.FIELD_INVALID,
+            {"field": "request_id"},
+        )
     return request_id
 
 
@@ -67,7 +71,8 @@ class Mutations:
                 if earlier is not None:
                     if (earlier.method, earlier.fingerprint) != (method, fingerprint):
                         raise InvalidArgument(
-                            f"request_id {request_id!r} was already used for a different request ({earlier.method})"
+                            f"request_id {request_id!r} was already used for a different request ({earlier.method})",
+                            Reason.REQUEST_ID_REUSED,
                         )
                     return replay(uow, earlier.result or {})
             result, key = work(uow)

@@ -9,7 +9,7 @@ from mreg.metadata_service.catalog.common import Caller, resolve_version_row
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import version_name
 from mreg.metadata_service.domain import Lineage
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.references import parse_collection, parse_reference
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
@@ -28,7 +28,7 @@ class RunLineage:
         run_name = str(parse_collection(run, caller.defaults, "run"))
         refs = [parse_reference(r, caller.defaults) for r in references]
         if not refs:
-            raise InvalidArgument("name at least one version the run used")
+            raise InvalidArgument("name at least one version the run used", Reason.FIELD_INVALID, {"field": "versions"})
 
         def work(uow: UnitOfWork) -> tuple[tuple[str, ...], dict[str, Any]]:
             recorded = []
@@ -47,7 +47,7 @@ class RunLineage:
     def of(self, caller: Caller, version_ref: str = "", run: str = "") -> Lineage:
         """The lineage of a version (its producer and consumers) or of a run (its inputs and outputs)."""
         if bool(version_ref) == bool(run):
-            raise InvalidArgument("set exactly one of version and run")
+            raise InvalidArgument("set exactly one of version and run", Reason.FIELD_INVALID, {"field": "subject"})
 
         def of_version(uow: UnitOfWork) -> Lineage:
             version, _ = resolve_version_row(uow.repo, parse_reference(version_ref, caller.defaults))

@@ -16,7 +16,7 @@ from mreg.metadata_service.catalog.common import (
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_context, link_view, link_view_by_id
 from mreg.metadata_service.domain import CollectionKind, LinkView, Page
-from mreg.metadata_service.errors import FailedPrecondition
+from mreg.metadata_service.errors import FailedPrecondition, Reason
 from mreg.metadata_service.models import Collection, Link, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, index_key, page_size
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference
@@ -40,7 +40,9 @@ def link_version(
     if rm.type != artifact.type:
         raise FailedPrecondition(
             f"registered model {rm_name} holds versions of type {rm.type!r}; "
-            f"this version's artifact has type {artifact.type!r}"
+            f"this version's artifact has type {artifact.type!r}",
+            reason=Reason.TYPE_MISMATCH,
+            metadata={"expected_type": rm.type, "actual_type": artifact.type},
         )
     link = repo.find_link_to_version(rm.id, version.id)
     created = link is None

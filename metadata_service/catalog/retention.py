@@ -8,7 +8,7 @@ from mreg.metadata_service.catalog.common import Caller, find_collection, tombst
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_view_of
 from mreg.metadata_service.domain import CollectionKind, CollectionView
-from mreg.metadata_service.errors import InvalidArgument
+from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.models import Collection
 from mreg.metadata_service.references import CollectionName, parse_collection
 from mreg.metadata_service.unit_of_work import UnitOfWork
@@ -43,7 +43,9 @@ class Retention:
         if keep_last is not None and keep_last < 1:
             raise InvalidArgument(
                 f"keep_last must be at least 1 (got {keep_last}): the latest version is always kept; "
-                "unset the policy to keep everything"
+                "unset the policy to keep everything",
+                Reason.FIELD_INVALID,
+                {"field": "keep_last"},
             )
 
         def work(uow: UnitOfWork) -> tuple[tuple[CollectionView, tuple[int, ...]], dict[str, Any]]:

@@ -54,7 +54,7 @@ from mreg.metadata_service.domain import (
     VersionState,
     VersionView,
 )
-from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound
+from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound, Reason
 from mreg.metadata_service.manifest import FileEntry, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
@@ -158,20 +158,29 @@ class Versions:
             repo = uow.repo
             version = repo.find_version_by_uid(uid, for_update=True)
             if version is None:
-                raise NotFound(f"no pending version with uid {uid!r}: it was never created or has expired")
+                raise NotFound(
+                    f"no pending version with uid {uid!r}: it was never created or has expired",
+                    Reason.PENDING_VERSION_NOT_FOUND,
+                    {"resource": uid},
+                )
             artifact = repo.lock_collection(version.artifact_id)
             created = False
             if version.state == VersionState.COMMITTED.value:
                 if version.digest != manifest.digest:
                     raise FailedPrecondition(
-                        f"version {uid} is already committed with a different manifest; versions are immutable"
+                        f"version {uid} is already committed with a different manifest; versions are immutable",
+                        reason=Reason.VERSION_ALREADY_COMMITTED,
                     )
                 target = version
             elif version.state == VersionState.DELETED.value:
-                raise FailedPrecondition(f"version {uid} was deleted")
+                raise FailedPrecondition(f"version {uid} was deleted", reason=Reason.VERSION_ALREADY_COMMITTED)
             else:
                 if version.created_at < utcnow() - self.pending_ttl:
-                    raise NotFound(f"pending version {uid} has expired; create a new one")
+                    raise NotFound(
+                        f"pending version {uid} has expired; create a new one",
+                        Reason.PENDING_VERSION_NOT_FOUND,
+                        {"resource": uid},
+                    )
                 latest = repo.latest_version(artifact.id)
                 if latest is not None and latest.digest == manifest.digest:
                     # Same content as latest: no new version, the pending one is dropped.
@@ -245,6 +254,7 @@ class Versions:
                 f"the blob service lacks {len(missing)} of the manifest's blobs ({shown}{more}; "
                 f"files {', '.join(paths)}): upload them before committing",
                 violations=[(MISSING_BLOB, f"blobs/{h}/{s}", "not stored in the blob service") for h, s in missing],
+                reason=Reason.MISSING_BLOB,
             )
 
     def resolve(self, caller: Caller, reference: str) -> Resolution:
@@ -319,7 +329,9 @@ class Versions:
                 held = [f"alias {a!r}" for a in aliases] + [f"link {n}" for n in link_names]
                 raise FailedPrecondition(
                     f"{context.name}:v{version.index} is still named by {', '.join(held)}; "
-                    "remove them first or delete with force"
+                    "remove them first or delete with force",
+                    reason=Reason.VERSION_IN_USE,
+                    metadata={"aliases": ",".join(aliases), "links": ",".join(link_names)},
                 )
             for alias in aliases:
                 remove_alias(uow, row, context.name, alias)
@@ -365,5 +377,9 @@ def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str) -> Colle
     if row.type != type_ and is_unborn(row) and not uow.repo.has_pending_versions(row.id):
         row.type = type_  # nobody ever saw this artifact: the first push to commit picks its type
     if row.type != type_:
-        raise FailedPrecondition(f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it")
+        raise FailedPrecondition(
+            f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it",
+            reason=Reason.TYPE_MISMATCH,
+            metadata={"expected_type": row.type, "actual_type": type_},
+        )
     return row

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mreg.metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
-from mreg.metadata_service.errors import NotFound
+from mreg.metadata_service.errors import NotFound, Reason
 from mreg.metadata_service.models import Collection, Event, Link, Version
 from mreg.metadata_service.references import LATEST, CollectionName
 from mreg.metadata_service.repository import Repository
@@ -79,7 +79,7 @@ def version_view_of(repo: Repository, version: Version, *, with_manifest: bool) 
 def view_by_uid(repo: Repository, uid: str) -> VersionView:
     version = repo.find_version_by_uid(uid)
     if version is None:
-        raise NotFound(f"version {uid} no longer exists")
+        raise NotFound(f"version {uid} no longer exists", Reason.VERSION_NOT_FOUND, {"resource": uid})
     return version_view_of(repo, version, with_manifest=True)
 
 
@@ -101,7 +101,7 @@ def link_view(
 def link_view_by_id(repo: Repository, link_id: int) -> LinkView:
     link = repo.find_link(link_id)
     if link is None:
-        raise NotFound("the link this request created has since been deleted")
+        raise NotFound("the link this request created has since been deleted", Reason.VERSION_NOT_FOUND)
     rm = repo.get_collection(link.registered_model_id)
     return link_view(repo, link, collection_context(repo, rm), with_manifest=False)[1]
 
