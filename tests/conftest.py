@@ -1,4 +1,7 @@
-"""Fixtures: real servers on free loopback ports, on SQLite and on PostgreSQL.
+"""Fixtures: real servers on free loopback ports, on SQLite and on PostgreSQL; the test layers.
+
+The tests come in layers (tests/unit, tests/integration, tests/e2e), each marked by its folder, so
+`pytest tests/unit` or `pytest -m unit` runs the fast layer alone. These fixtures serve every layer.
 
 The metadata legs run on every database named in MREG_TEST_DATABASES (default
 "sqlite,postgresql"). PostgreSQL is the one these machines run at 127.0.0.1:5432
@@ -35,6 +38,27 @@ from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("MREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DATABASES = [d.strip() for d in os.environ.get("MREG_TEST_DATABASES", "sqlite,postgresql").split(",") if d.strip()]
+
+
+LAYERS = {
+    "unit": "fast tests of pure functions, grammars and the domain on a temporary SQLite; no servers",
+    "integration": "over gRPC against real servers, on both databases and both S3 servers",
+    "e2e": "the CLI end to end, packaging, and faults (availability, full disks)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for layer, description in LAYERS.items():
+        config.addinivalue_line("markers", f"{layer}: {description}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with the layer its folder names."""
+    tests_root = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(tests_root) if item.path.is_relative_to(tests_root) else None
+        if relative is not None and len(relative.parts) > 1 and relative.parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, relative.parts[0]))
 
 
 def _admin_connect():

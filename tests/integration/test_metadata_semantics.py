@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from mreg.client import MregError, Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from tests.integration.test_metadata_service import upload
 from tests.processes import ServiceProcess
-from tests.test_metadata_service import upload
 
 
 def push_one(

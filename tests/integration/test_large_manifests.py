@@ -8,7 +8,7 @@ import pytest
 from mreg.client import Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc
-from tests.test_metadata_service import upload
+from tests.integration.test_metadata_service import upload
 
 FILES = 25_000
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))

@@ -8,7 +8,7 @@ import pytest
 
 from mreg.client import MregError, Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
-from tests.test_metadata_semantics import code_of, push_one
+from tests.integration.test_metadata_semantics import code_of, push_one
 
 
 def _events_after(registry: Registry, cursor: int, prefix: str, count: int) -> list[tuple[str, str]]:

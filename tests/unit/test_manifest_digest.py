@@ -16,7 +16,7 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata_service.canonical_json import canonicalize, format_number
 from mreg.metadata_service.manifest import FileEntry, build_manifest
 
-VECTORS_FILE = Path(__file__).parent.parent / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
+VECTORS_FILE = Path(__file__).parents[2] / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
 VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))["vectors"]
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
 

@@ -28,8 +28,8 @@ from mreg.client.transfer import BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint
+from tests.integration.test_blob_service import read_all, write_requests
 from tests.processes import ServiceProcess, free_port
-from tests.test_blob_service import read_all, write_requests
 
 CHUNK = 1 << 20
 

@@ -12,7 +12,7 @@ from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from tests.test_metadata_semantics import push_one
+from tests.integration.test_metadata_semantics import push_one
 
 
 @pytest.fixture
