@@ -43,7 +43,7 @@ def test_committed_version_digest_over_grpc_matches_the_test_vector(
             entry.metadata.CopyFrom(struct)
         manifest.append(entry)
     pending = metadata_stub.CreateVersion(
-        pb.CreateVersionRequest(artifact=f"vectors-{unique}", type="model"), metadata=HEADERS
+        pb.CreateVersionRequest(parent=f"vectors-{unique}", type="model"), metadata=HEADERS
     ).version
 
     committed = metadata_stub.CommitVersion(

@@ -85,7 +85,7 @@ def test_a_commit_refused_for_missing_blobs_succeeds_with_the_same_request_id_on
 ) -> None:
     content = b"uploaded late " + unique.encode()
     pending = metadata_stub.CreateVersion(
-        pb.CreateVersionRequest(artifact=f"late-{unique}", type="model"), metadata=HEADERS
+        pb.CreateVersionRequest(parent=f"late-{unique}", type="model"), metadata=HEADERS
     ).version
     request = pb.CommitVersionRequest(
         uid=pending.uid,
