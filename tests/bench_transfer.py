@@ -26,8 +26,8 @@ from typing import Any
 import grpc
 
 from mreg.client import Registry
-from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 from tests.processes import ServiceProcess, free_port, wait_serving
+from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 
 MB = 1e6
 CHUNK = 1 << 20

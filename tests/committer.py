@@ -11,27 +11,25 @@ import sys
 import time
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
-from mreg.client import Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from tests.helpers import digest_of
+from tests.wire import Wire
 
 
 def main() -> None:
     metadata_addr, blob_addr, artifact, worker, start_at = sys.argv[1:6]
     content = f"worker {worker} of {artifact}".encode()
     digest = digest_of(content)
-    with Registry.connect(metadata_addr, blob_addr) as registry:
-        registry.blobs.BatchUpdateBlobs(
+    with Wire(metadata_addr, blob_addr, entity=None, project=None) as wire:
+        wire.blobs.BatchUpdateBlobs(
             blob_pb.BatchUpdateBlobsRequest(
                 requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=content)]
             )
         )
-        pending = registry._call(
-            registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=artifact, type="model")
-        )
+        pending = wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=artifact, type="model"))
         time.sleep(max(0.0, float(start_at) - time.time()))
-        response = registry._call(
-            registry.metadata.CommitVersion,
+        response = wire.call(
+            wire.metadata.CommitVersion,
             pb.CommitVersionRequest(
                 uid=pending.version.uid, manifest=[pb.ManifestEntry(path="weights.bin", digest=digest)]
             ),

@@ -1,4 +1,7 @@
-"""Fixtures: real servers on free loopback ports, on SQLite and on PostgreSQL.
+"""Fixtures: real servers on free loopback ports, on SQLite and on PostgreSQL; the test layers.
+
+The tests come in layers (tests/unit, tests/integration, tests/e2e), each marked by its folder, so
+`pytest tests/unit` or `pytest -m unit` runs the fast layer alone. These fixtures serve every layer.
 
 The metadata legs run on every database named in MREG_TEST_DATABASES (default
 "sqlite,postgresql"). PostgreSQL is the one these machines run at 127.0.0.1:5432
@@ -10,10 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,10 +31,32 @@ from mreg.client.cli import main as cli_main
 from mreg.metadata.v1 import metadata_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from tests.processes import free_port
+from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
+from tests.wire import Wire
 
 POSTGRES_URL = os.environ.get("MREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DATABASES = [d.strip() for d in os.environ.get("MREG_TEST_DATABASES", "sqlite,postgresql").split(",") if d.strip()]
+
+
+LAYERS = {
+    "unit": "fast tests of pure functions, grammars and the domain on a temporary SQLite; no servers",
+    "integration": "over gRPC against real servers, on both databases and both S3 servers",
+    "e2e": "the CLI end to end, packaging, and faults (availability, full disks)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for layer, description in LAYERS.items():
+        config.addinivalue_line("markers", f"{layer}: {description}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with the layer its folder names."""
+    tests_root = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(tests_root) if item.path.is_relative_to(tests_root) else None
+        if relative is not None and len(relative.parts) > 1 and relative.parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, relative.parts[0]))
 
 
 def _admin_connect():
@@ -101,46 +123,6 @@ def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     blobs.stop(grace=None)
 
 
-S3_ACCESS_KEY = "mreg-test"
-S3_SECRET_KEY = "mreg-test-secret"
-
-
-class S3Server:
-    """An S3 server subprocess on a free loopback port: moto_server or rclone serve s3."""
-
-    def __init__(self, kind: str, root: Path) -> None:
-        self.kind = kind
-        self.port = free_port()
-        self.root = root
-        bin_dir = Path(sys.executable).parent
-        if kind == "moto":
-            self.command = [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
-        else:
-            self.command = [
-                str(bin_dir / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
-                "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}", "--config", "/dev/null", str(root),
-            ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> S3Server:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.kind} did not listen on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def store_url(self, bucket: str) -> str:
-        return f"s3://{bucket}/mreg?endpoint=127.0.0.1:{self.port}&region=us-east-1"
-
-
 @pytest.fixture(scope="session")
 def s3_credentials() -> None:
     os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
@@ -205,8 +187,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
 
 
 @pytest.fixture
-def short_ttl_registry(servers: Servers) -> Iterator[Registry]:
-    """A client of a second metadata server on the same database whose pending versions expire after 1 s."""
+def short_ttl_server(servers: Servers) -> Iterator[metadata_server.RunningMetadataServer]:
+    """A second metadata server on the same database whose pending versions expire after 1 s."""
     short_lived = metadata_server.start(
         MetadataConfig(
             listen="127.0.0.1:0",
@@ -217,11 +199,22 @@ def short_ttl_registry(servers: Servers) -> Iterator[Registry]:
             migrate=False,
         )
     )
-    try:
-        with Registry.connect(short_lived.address, servers.blob.address, entity="acme", project="vision") as client:
-            yield client
-    finally:
-        short_lived.stop(grace=None)
+    yield short_lived
+    short_lived.stop(grace=None)
+
+
+@pytest.fixture
+def short_ttl_registry(servers: Servers, short_ttl_server: metadata_server.RunningMetadataServer) -> Iterator[Registry]:
+    """A client of the short-TTL metadata server."""
+    with Registry.connect(short_ttl_server.address, servers.blob.address, entity="acme", project="vision") as client:
+        yield client
+
+
+@pytest.fixture
+def short_ttl_wire(servers: Servers, short_ttl_server: metadata_server.RunningMetadataServer) -> Iterator[Wire]:
+    """Raw stubs to the short-TTL metadata server, for requests the client never builds."""
+    with Wire(short_ttl_server.address, servers.blob.address) as raw:
+        yield raw
 
 
 @pytest.fixture
@@ -229,6 +222,13 @@ def metadata_stub(servers: Servers) -> Iterator[metadata_service_pb2_grpc.Metada
     channel = grpc.insecure_channel(servers.metadata.address)
     yield metadata_service_pb2_grpc.MetadataServiceStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def wire(servers: Servers) -> Iterator[Wire]:
+    """Raw stubs of both services with the client's acme/vision headers, for requests the client never builds."""
+    with Wire(servers.metadata.address, servers.blob.address) as raw:
+        yield raw
 
 
 @pytest.fixture

@@ -5,9 +5,18 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
+from mreg.client import MregError
+from mreg.metadata.v1 import metadata_service_pb2 as pb
+from tests.wire import Wire
+
+CHUNK = 1 << 20
 
 
 def digest_of(data: bytes) -> blob_pb.Digest:
@@ -55,3 +64,72 @@ def corrupt_blob(storage, sha256: str, size: int) -> None:  # type: ignore[no-un
     response.release_conn()
     data[len(data) // 2] ^= 0x01
     storage.client.put_object(storage.bucket, key, io.BytesIO(bytes(data)), len(data))
+
+
+def write_requests(
+    data: bytes, digest: blob_pb.Digest, upload_id: str, offset: int = 0, finish: bool = True
+) -> Iterator[blob_pb.WriteRequest]:
+    """The requests of one Write stream sending ``data`` from ``offset`` in CHUNK-sized pieces."""
+    first = True
+    position = offset
+    while True:
+        chunk = data[position : position + CHUNK]
+        last = position + len(chunk) >= len(data)
+        yield blob_pb.WriteRequest(
+            upload_id=upload_id if first else "",
+            digest=digest if first else None,
+            write_offset=position,
+            finish_write=finish and last,
+            data=chunk,
+        )
+        first = False
+        position += len(chunk)
+        if last:
+            return
+
+
+def read_all(stub: Any, digest: blob_pb.Digest, offset: int = 0, limit: int = 0) -> bytes:
+    """Reads a blob (or a range of it) through a blob service stub."""
+    request = blob_pb.ReadRequest(digest=digest, read_offset=offset, read_limit=limit)
+    return b"".join(r.data for r in stub.Read(request))
+
+
+def upload(wire: Wire, *contents: bytes) -> list[blob_pb.Digest]:
+    """Stores small blobs through the raw blob stub; returns their digests."""
+    digests = [digest_of(c) for c in contents]
+    wire.blobs.BatchUpdateBlobs(
+        blob_pb.BatchUpdateBlobsRequest(
+            requests=[
+                blob_pb.BatchUpdateBlobsRequest.Request(digest=d, data=c)
+                for d, c in zip(digests, contents, strict=True)
+            ]
+        )
+    )
+    return digests
+
+
+def push_one(
+    wire: Wire,
+    name: str,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    tags: tuple[str, ...] = (),
+    **commit_fields: Any,
+) -> pb.CommitVersionResponse:
+    """Creates and commits a one-file version through the raw RPCs."""
+    (digest,) = upload(wire, content.encode())
+    create = pb.CreateVersionRequest(parent=name, type="model", tags=list(tags))
+    if metadata:
+        create.metadata.update(metadata)
+    pending = wire.call(wire.metadata.CreateVersion, create).version
+    request = pb.CommitVersionRequest(
+        uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)], **commit_fields
+    )
+    return wire.call(wire.metadata.CommitVersion, request)
+
+
+def code_of(call: Callable[[], Any]) -> str:
+    """The status code name of the MregError that ``call`` raises."""
+    with pytest.raises(MregError) as error:
+        call()
+    return error.value.code

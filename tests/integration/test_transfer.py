@@ -27,9 +27,9 @@ from mreg.client.hashing import LocalFile
 from mreg.client.transfer import BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint
+from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint, read_all, write_requests
 from tests.processes import ServiceProcess, free_port
-from tests.test_blob_service import read_all, write_requests
+from tests.wire import Wire
 
 CHUNK = 1 << 20
 
@@ -284,13 +284,13 @@ def test_pulling_cached_content_moves_no_bytes(stack, tmp_path: Path) -> None:
 
 
 def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses(fresh_stack, tmp_path: Path) -> None:
-    with fresh_stack.registry() as registry:
+    with fresh_stack.registry() as registry, Wire(fresh_stack.metadata.address, fresh_stack.blob.address) as wire:
         name = f"gc-{uuid.uuid4().hex[:6]}"
         kept = registry.push(make_checkpoint(tmp_path / "kept", large_bytes=1 << 20, seed=1), name)
         dropped = registry.push(make_checkpoint(tmp_path / "dropped", large_bytes=1 << 20, seed=2), name)
         registry.delete_version(dropped.version.name)
         orphans = [os.urandom(2000) for _ in range(30)]
-        registry.transfer.stub.BatchUpdateBlobs(
+        wire.blobs.BatchUpdateBlobs(
             pb.BatchUpdateBlobsRequest(
                 requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest_of(o), data=o) for o in orphans]
             )

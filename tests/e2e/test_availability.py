@@ -33,8 +33,8 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime.streams import StreamAdmission
-from tests.conftest import S3Server
 from tests.helpers import assert_same_tree, digest_of
+from tests.s3_server import S3Server
 from tests.streams import STALLED_CONTENT, open_stalled_writes, open_streams, open_watch_streams
 
 # Generous: the assertions are about succeeding at all, never about speed.

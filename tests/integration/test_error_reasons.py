@@ -35,7 +35,7 @@ from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime import streams
 from tests.helpers import corrupt_blob, digest_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 METADATA_DOMAIN = "metadata.mreg.dev"
 BLOB_DOMAIN = "blob.mreg.dev"
 # Declared for authentication, which is not enabled yet: no RPC can return it.

@@ -28,6 +28,7 @@ from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.models import CondemnedBlob, GcState
 from tests.helpers import digest_of
+from tests.wire import Wire
 
 PUSHERS = 4
 PUSHES_EACH = 20
@@ -171,8 +172,8 @@ def test_a_sweep_that_died_mid_deletion_blocks_that_content_until_the_next_sweep
 ) -> None:
     folder = _checkpoint(tmp_path / "ck", b"{}")
     weights = digest_of((folder / "weights.bin").read_bytes())
-    with gc_stack.registry() as client:
-        client.transfer.stub.BatchUpdateBlobs(
+    with gc_stack.registry() as client, Wire(gc_stack.metadata.address, gc_stack.blob.address) as wire:
+        wire.blobs.BatchUpdateBlobs(
             pb.BatchUpdateBlobsRequest(
                 requests=[
                     pb.BatchUpdateBlobsRequest.Request(digest=weights, data=(folder / "weights.bin").read_bytes())

@@ -12,32 +12,7 @@ from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
-from tests.helpers import corrupt_blob, digest_of
-
-CHUNK = 1 << 20
-
-
-def write_requests(data: bytes, digest: pb.Digest, upload_id: str, offset: int = 0, finish: bool = True):
-    first = True
-    position = offset
-    while True:
-        chunk = data[position : position + CHUNK]
-        last = position + len(chunk) >= len(data)
-        yield pb.WriteRequest(
-            upload_id=upload_id if first else "",
-            digest=digest if first else None,
-            write_offset=position,
-            finish_write=finish and last,
-            data=chunk,
-        )
-        first = False
-        position += len(chunk)
-        if last:
-            return
-
-
-def read_all(stub, digest: pb.Digest, offset: int = 0, limit: int = 0) -> bytes:
-    return b"".join(r.data for r in stub.Read(pb.ReadRequest(digest=digest, read_offset=offset, read_limit=limit)))
+from tests.helpers import CHUNK, corrupt_blob, digest_of, read_all, write_requests
 
 
 def test_written_blob_reads_back_byte_identical_and_is_no_longer_missing(blob_stub) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from mreg.client import MregError, Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
-from tests.test_metadata_semantics import code_of, push_one
+from tests.helpers import code_of, push_one
 
 
 def _events_after(registry: Registry, cursor: int, prefix: str, count: int) -> list[tuple[str, str]]:
@@ -21,13 +21,13 @@ def _events_after(registry: Registry, cursor: int, prefix: str, count: int) -> l
     return seen
 
 
-def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, unique) -> None:
-    registry = short_ttl_registry
-    push_one(registry, f"neighbour-{unique}", "so the project exists")
+def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, short_ttl_wire, unique) -> None:
+    registry, wire = short_ttl_registry, short_ttl_wire
+    push_one(wire, f"neighbour-{unique}", "so the project exists")
     cursor = next(registry.watch(0, from_now=True, timeout=30)).sequence
     name = f"interrupted-{unique}"
     # What an interrupted push has done: created a pending version, never committed it.
-    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="dataset"))
+    wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="dataset"))
 
     assert name not in [a.name.rsplit("/", 1)[1] for a in registry.list_artifacts("acme/vision")]
     assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
@@ -37,7 +37,7 @@ def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, u
 
     # Once the pending version expires, the name is free for any type.
     time.sleep(2.0)
-    committed = push_one(registry, name, "a model after all")
+    committed = push_one(wire, name, "a model after all")
     assert committed.version.name == f"acme/vision/{name}:v0"
     assert registry.get_artifact(name).type == "model"
     assert _events_after(registry, cursor, f"acme/vision/{name}", 2) == [
@@ -46,10 +46,10 @@ def test_a_push_that_never_commits_changes_nothing_visible(short_ttl_registry, u
     ]
 
 
-def test_retention_refuses_to_keep_zero_versions_and_always_keeps_latest(registry, unique) -> None:
+def test_retention_refuses_to_keep_zero_versions_and_always_keeps_latest(registry, unique, wire) -> None:
     name = f"keep-{unique}"
     for content in ("a", "b", "c"):
-        push_one(registry, name, content + unique)
+        push_one(wire, name, content + unique)
 
     with pytest.raises(MregError) as refused:
         registry.set_retention(name, 0)

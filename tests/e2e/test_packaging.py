@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import assert_same_tree, make_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY_DISTRIBUTIONS = {"sqlalchemy", "alembic", "psycopg", "psycopg-binary", "minio"}
 
 

@@ -7,18 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mreg.blob.v1 import blob_service_pb2 as blob_pb
-from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata_service.canonical_json import canonicalize, format_number
 from mreg.metadata_service.manifest import FileEntry, build_manifest
 
-VECTORS_FILE = Path(__file__).parent.parent / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
+VECTORS_FILE = Path(__file__).parents[2] / "protos/mreg/metadata/v1/testdata/manifest_digest_vectors.json"
 VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))["vectors"]
-HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
 
 
 def _entries(vector: dict[str, Any]) -> list[FileEntry]:
@@ -34,42 +30,6 @@ def test_manifest_digest_matches_the_published_test_vector(vector: dict[str, Any
 
     assert manifest.canonical_bytes().decode("utf-8") == vector["canonical_json"]
     assert manifest.digest == vector["digest"]
-
-
-@pytest.mark.parametrize("vector", [v for v in VECTORS if v["manifest"]], ids=lambda v: v["name"])
-def test_committed_version_digest_over_grpc_matches_the_test_vector(
-    registry, metadata_stub, unique, vector: dict[str, Any]
-) -> None:
-    contents = [e["content"].encode() for e in vector["manifest"]]
-    registry.blobs.BatchUpdateBlobs(
-        blob_pb.BatchUpdateBlobsRequest(
-            requests=[
-                blob_pb.BatchUpdateBlobsRequest.Request(
-                    digest=blob_pb.Digest(hash=e["digest"]["hash"], size_bytes=e["digest"]["size_bytes"]), data=c
-                )
-                for e, c in zip(vector["manifest"], contents, strict=True)
-            ]
-        )
-    )
-    manifest = []
-    for e in vector["manifest"]:
-        entry = pb.ManifestEntry(
-            path=e["path"], digest=blob_pb.Digest(hash=e["digest"]["hash"], size_bytes=e["digest"]["size_bytes"])
-        )
-        if "metadata" in e:
-            struct = struct_pb2.Struct()
-            struct.update(e["metadata"])
-            entry.metadata.CopyFrom(struct)
-        manifest.append(entry)
-    pending = metadata_stub.CreateVersion(
-        pb.CreateVersionRequest(parent=f"vectors-{unique}", type="model"), metadata=HEADERS
-    ).version
-
-    committed = metadata_stub.CommitVersion(
-        pb.CommitVersionRequest(uid=pending.uid, manifest=manifest), metadata=HEADERS
-    ).version
-
-    assert committed.digest == vector["digest"]
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Servers
-
 
 def _repo_root() -> Path:
     for directory in Path(__file__).resolve().parents:
@@ -41,7 +39,7 @@ def _node() -> str:
     return node
 
 
-def test_node_client_runs_the_whole_flow_from_protos_alone(servers: Servers) -> None:
+def test_node_client_runs_the_whole_flow_from_protos_alone(servers) -> None:
     node = _node()
     env = {**os.environ, "MREG_BLOB_ADDR": servers.blob.address, "MREG_METADATA_ADDR": servers.metadata.address}
     result = subprocess.run(

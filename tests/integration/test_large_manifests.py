@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mreg.client import Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc
-from tests.test_metadata_service import upload
+from tests.helpers import upload
+from tests.wire import Wire
 
 FILES = 25_000
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
@@ -27,18 +27,20 @@ def default_stub(servers) -> metadata_service_pb2_grpc.MetadataServiceStub:
         yield metadata_service_pb2_grpc.MetadataServiceStub(channel)
 
 
-def _commit_large(registry: Registry, name: str, count: int) -> pb.CommitVersionResponse:
-    (digest,) = upload(registry, b"one shard, many paths " + name.encode())
-    pending = registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model"))
+def _commit_large(wire: Wire, name: str, count: int) -> pb.CommitVersionResponse:
+    (digest,) = upload(wire, b"one shard, many paths " + name.encode())
+    pending = wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model"))
     request = pb.CommitVersionRequest(
         uid=pending.version.uid, manifest=[pb.ManifestEntry(path=p, digest=digest) for p in _paths(count)]
     )
-    return registry._call(registry.metadata.CommitVersion, request)
+    return wire.call(wire.metadata.CommitVersion, request)
 
 
-def test_a_manifest_too_big_for_one_response_is_omitted_and_paged_in_byte_order(registry, default_stub, unique) -> None:
+def test_a_manifest_too_big_for_one_response_is_omitted_and_paged_in_byte_order(
+    registry, wire, default_stub, unique
+) -> None:
     name = f"huge-{unique}"
-    committed = _commit_large(registry, name, FILES)
+    committed = _commit_large(wire, name, FILES)
     assert committed.version.manifest_omitted and len(committed.version.manifest) == 0
     assert committed.version.file_count == FILES
 
@@ -64,8 +66,8 @@ def test_a_manifest_too_big_for_one_response_is_omitted_and_paged_in_byte_order(
     assert pages >= 3  # 10 000 long paths per page would pass the budget: pages end early
 
 
-def test_a_small_manifest_is_still_returned_whole(registry, default_stub, unique) -> None:
-    committed = _commit_large(registry, f"small-{unique}", 10)
+def test_a_small_manifest_is_still_returned_whole(registry, wire, default_stub, unique) -> None:
+    committed = _commit_large(wire, f"small-{unique}", 10)
     assert not committed.version.manifest_omitted and len(committed.version.manifest) == 10
     page = default_stub.ListVersionFiles(
         pb.ListVersionFilesRequest(name=committed.version.name, page_size=4), metadata=HEADERS
@@ -73,12 +75,12 @@ def test_a_small_manifest_is_still_returned_whole(registry, default_stub, unique
     assert [f.path for f in page.files] == [e.path for e in committed.version.manifest][:4]
 
 
-def test_a_file_page_token_is_bound_to_the_version_not_the_alias(registry, default_stub, unique) -> None:
+def test_a_file_page_token_is_bound_to_the_version_not_the_alias(registry, wire, default_stub, unique) -> None:
     name = f"moving-{unique}"
-    first = _commit_large(registry, name, 10)
+    first = _commit_large(wire, name, 10)
     page = default_stub.ListVersionFiles(pb.ListVersionFilesRequest(name=name, page_size=4), metadata=HEADERS)
     assert page.name == first.version.name
-    _commit_large(registry, name, 12)  # latest moves to v1
+    _commit_large(wire, name, 12)  # latest moves to v1
 
     with pytest.raises(grpc.RpcError) as moved:
         default_stub.ListVersionFiles(
@@ -92,9 +94,9 @@ def test_a_file_page_token_is_bound_to_the_version_not_the_alias(registry, defau
     assert len(rest.files) == 4
 
 
-def test_the_python_client_completes_an_omitted_manifest(registry, unique) -> None:
+def test_the_python_client_completes_an_omitted_manifest(registry, wire, unique) -> None:
     name = f"client-{unique}"
-    _commit_large(registry, name, FILES)
+    _commit_large(wire, name, FILES)
     resolved = registry.resolve(name)
     assert not resolved.version.manifest_omitted
     assert [e.path for e in resolved.version.manifest] == sorted(_paths(FILES), key=lambda p: p.encode())

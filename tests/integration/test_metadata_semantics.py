@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
 
 import grpc
 import pytest
@@ -17,35 +16,9 @@ from hypothesis import strategies as st
 
 from mreg.client import MregError, Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from tests.helpers import code_of, push_one, upload
 from tests.processes import ServiceProcess
-from tests.test_metadata_service import upload
-
-
-def push_one(
-    registry: Registry,
-    name: str,
-    content: str,
-    metadata: dict[str, Any] | None = None,
-    tags: tuple[str, ...] = (),
-    **commit_fields: Any,
-) -> pb.CommitVersionResponse:
-    """Creates and commits a one-file version through the raw RPCs."""
-    (digest,) = upload(registry, content.encode())
-    create = pb.CreateVersionRequest(parent=name, type="model", tags=list(tags))
-    if metadata:
-        create.metadata.update(metadata)
-    pending = registry._call(registry.metadata.CreateVersion, create).version
-    request = pb.CommitVersionRequest(
-        uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)], **commit_fields
-    )
-    return registry._call(registry.metadata.CommitVersion, request)
-
-
-def code_of(call) -> str:
-    with pytest.raises(MregError) as error:
-        call()
-    return error.value.code
-
+from tests.wire import Wire
 
 # Concurrency ---------------------------------------------------------------------------------
 
@@ -80,10 +53,10 @@ def test_32_committers_in_separate_processes_get_exactly_v0_to_v31(servers, uniq
         assert [v.index for v in registry.list_versions(artifact)] == list(range(31, -1, -1))
 
 
-def test_concurrent_compare_and_set_promotions_have_exactly_one_winner(servers, registry, unique) -> None:
+def test_concurrent_compare_and_set_promotions_have_exactly_one_winner(servers, registry, unique, wire) -> None:
     name = f"promo-{unique}"
     for i in range(21):
-        push_one(registry, name, f"{name} {i}")
+        push_one(wire, name, f"{name} {i}")
     registry.set_alias(f"{name}:v0", "production")
     outcomes: list[str] = []
 
@@ -106,10 +79,10 @@ def test_concurrent_compare_and_set_promotions_have_exactly_one_winner(servers, 
     assert f"v{registry.resolve(f'{name}:production').version.index}" == winners[0].split()[1]
 
 
-def test_compare_and_set_mismatch_names_the_current_holder(registry, unique) -> None:
+def test_compare_and_set_mismatch_names_the_current_holder(registry, unique, wire) -> None:
     name = f"cas-{unique}"
-    push_one(registry, name, "a")
-    push_one(registry, name, "b")
+    push_one(wire, name, "a")
+    push_one(wire, name, "b")
     registry.set_alias(f"{name}:v1", "production")
     with pytest.raises(MregError) as error:
         registry.set_alias(f"{name}:v0", "production", expected_index=0)
@@ -124,13 +97,13 @@ def test_compare_and_set_mismatch_names_the_current_holder(registry, unique) -> 
 # Idempotency ---------------------------------------------------------------------------------
 
 
-def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry, unique) -> None:
+def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry, unique, wire) -> None:
     name = f"retry-{unique}"
-    (a, b) = upload(registry, b"retry a " + unique.encode(), b"retry b " + unique.encode())
+    (a, b) = upload(wire, b"retry a " + unique.encode(), b"retry b " + unique.encode())
     request_id = uuid.uuid4().hex
     create = pb.CreateVersionRequest(parent=name, type="model", request_id=request_id)
-    first_pending = registry._call(registry.metadata.CreateVersion, create)
-    again_pending = registry._call(registry.metadata.CreateVersion, create)
+    first_pending = wire.call(wire.metadata.CreateVersion, create)
+    again_pending = wire.call(wire.metadata.CreateVersion, create)
     assert first_pending.version.uid == again_pending.version.uid
 
     commit_id = uuid.uuid4().hex
@@ -140,10 +113,10 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
         request_id=commit_id,
         aliases=["best"],
     )
-    first = registry._call(registry.metadata.CommitVersion, request)
+    first = wire.call(wire.metadata.CommitVersion, request)
     # Another version lands in between; the retry must still return the first result.
-    push_one(registry, name, "between " + unique)
-    retried = registry._call(registry.metadata.CommitVersion, request)
+    push_one(wire, name, "between " + unique)
+    retried = wire.call(wire.metadata.CommitVersion, request)
 
     assert (first.version.index, retried.version.index) == (0, 0)
     assert retried.created is True
@@ -152,17 +125,17 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
     reused = pb.CommitVersionRequest(
         uid=first_pending.version.uid, manifest=[pb.ManifestEntry(path="f", digest=b)], request_id=commit_id
     )
-    assert code_of(lambda: registry._call(registry.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
+    assert code_of(lambda: wire.call(wire.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
 
 
-def test_a_retried_alias_move_returns_the_first_result(registry, unique) -> None:
+def test_a_retried_alias_move_returns_the_first_result(registry, unique, wire) -> None:
     name = f"alias-retry-{unique}"
-    push_one(registry, name, "a")
-    push_one(registry, name, "b")
+    push_one(wire, name, "a")
+    push_one(wire, name, "b")
     request = pb.SetAliasRequest(name=f"{name}:v1", alias="best", request_id=uuid.uuid4().hex)
-    first = registry._call(registry.metadata.SetAlias, request)
+    first = wire.call(wire.metadata.SetAlias, request)
     registry.set_alias(f"{name}:v0", "best")
-    retried = registry._call(registry.metadata.SetAlias, request)
+    retried = wire.call(wire.metadata.SetAlias, request)
     assert retried == first
     assert registry.resolve(f"{name}:best").version.index == 0  # the retry did not act again
     history = list(registry.alias_history(name, "best"))
@@ -172,11 +145,11 @@ def test_a_retried_alias_move_returns_the_first_result(registry, unique) -> None
 # Deletion and retention ----------------------------------------------------------------------
 
 
-def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique) -> None:
+def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique, wire) -> None:
     name = f"del-{unique}"
     model = f"del-model-{unique}"
-    push_one(registry, name, "a")
-    push_one(registry, name, "b")
+    push_one(wire, name, "a")
+    push_one(wire, name, "b")
     registry.set_alias(f"{name}:v1", "best")
     registry.link(f"{name}:v1", model, aliases=["production"], create=True)
 
@@ -195,15 +168,15 @@ def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique) -> 
     assert code_of(lambda: registry.resolve(f"{name}:v1")) == "NOT_FOUND"
     assert code_of(lambda: registry.resolve(f"{model}:production")) == "NOT_FOUND"
     # The index is never reused.
-    assert push_one(registry, name, "c").version.index == 2
+    assert push_one(wire, name, "c").version.index == 2
     tombstones = list(registry.list_versions(name, filter='state = "deleted"'))
     assert [v.index for v in tombstones] == [1]
 
 
-def test_links_and_empty_collections_can_be_deleted(registry, unique) -> None:
+def test_links_and_empty_collections_can_be_deleted(registry, unique, wire) -> None:
     name = f"linkdel-{unique}"
     model = f"linkdel-model-{unique}"
-    push_one(registry, name, "a")
+    push_one(wire, name, "a")
     registry.link(f"{name}:v0", model, aliases=["staging"], create=True)
     assert code_of(lambda: registry.delete_collection(model)) == "FAILED_PRECONDITION"
     assert registry.delete_link(f"{model}:staging").name == f"acme/vision/{model}:v0"
@@ -216,10 +189,10 @@ def test_links_and_empty_collections_can_be_deleted(registry, unique) -> None:
     assert code_of(lambda: registry.get_artifact(name)) == "NOT_FOUND"
 
 
-def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, unique) -> None:
+def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, unique, wire) -> None:
     name = f"keep-{unique}"
     for i in range(6):
-        push_one(registry, name, f"{name} {i}")
+        push_one(wire, name, f"{name} {i}")
     registry.set_alias(f"{name}:v0", "baseline")
     registry.link(f"{name}:v1", f"keep-model-{unique}", create=True)
 
@@ -228,37 +201,35 @@ def test_retention_keeps_the_last_n_plus_aliased_and_linked_versions(registry, u
     assert list(response.deleted_indexes) == [2, 3]
     assert response.artifact.retention_keep_last == 2
     assert [v.index for v in registry.list_versions(name)] == [5, 4, 1, 0]
-    push_one(registry, name, f"{name} 6")  # v4 falls out as v6 arrives
+    push_one(wire, name, f"{name} 6")  # v4 falls out as v6 arrives
     assert [v.index for v in registry.list_versions(name)] == [6, 5, 1, 0]
     registry.set_retention(name, None)
-    push_one(registry, name, f"{name} 7")
+    push_one(wire, name, f"{name} 7")
     assert [v.index for v in registry.list_versions(name)] == [7, 6, 5, 1, 0]
 
 
-def test_pending_versions_expire_and_are_never_listed(short_ttl_registry, unique) -> None:
-    registry = short_ttl_registry
+def test_pending_versions_expire_and_are_never_listed(short_ttl_registry, short_ttl_wire, unique) -> None:
+    registry, wire = short_ttl_registry, short_ttl_wire
     name = f"pending-{unique}"
-    push_one(registry, name, "committed")
-    (digest,) = upload(registry, b"late " + unique.encode())
-    pending = registry._call(
-        registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")
-    ).version
+    push_one(wire, name, "committed")
+    (digest,) = upload(wire, b"late " + unique.encode())
+    pending = wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")).version
     assert [v.index for v in registry.list_versions(name)] == [0]
     time.sleep(2.0)
     late = pb.CommitVersionRequest(uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)])
-    assert code_of(lambda: registry._call(registry.metadata.CommitVersion, late)) == "NOT_FOUND"
+    assert code_of(lambda: wire.call(wire.metadata.CommitVersion, late)) == "NOT_FOUND"
     assert [v.index for v in registry.list_versions(name)] == [0]
 
 
 # Search ----------------------------------------------------------------------------------------
 
 
-def test_versions_are_searched_by_metadata_tags_and_aliases_with_keyset_pages(registry, unique) -> None:
+def test_versions_are_searched_by_metadata_tags_and_aliases_with_keyset_pages(registry, unique, wire) -> None:
     name = f"search-{unique}"
     losses = [0.5, 0.15, 0.3, 0.1, None, 0.19]
     for i, loss in enumerate(losses):
         metrics = {"epoch": i} if loss is None else {"val_loss": loss, "epoch": i}
-        push_one(registry, name, f"{name} {i}", metadata=metrics, tags=("fp16",) if i % 2 else ("fp32",))
+        push_one(wire, name, f"{name} {i}", metadata=metrics, tags=("fp16",) if i % 2 else ("fp32",))
     registry.set_alias(f"{name}:v2", "best")
 
     def indexes(filter: str = "", order_by: str = "", page_size: int = 2) -> list[int]:
@@ -286,28 +257,28 @@ def test_versions_are_searched_by_metadata_tags_and_aliases_with_keyset_pages(re
         ("index = 1 ; DROP TABLE versions", "position 11"),
     ],
 )
-def test_bad_filters_are_invalid_argument_pointing_at_the_position(registry, unique, bad, position) -> None:
-    push_one(registry, f"badfilter-{unique}", "x")
+def test_bad_filters_are_invalid_argument_pointing_at_the_position(registry, unique, bad, position, wire) -> None:
+    push_one(wire, f"badfilter-{unique}", "x")
     with pytest.raises(MregError) as error:
         list(registry.list_versions(f"badfilter-{unique}", filter=bad))
     assert error.value.code == "INVALID_ARGUMENT"
     assert position in error.value.message
 
 
-def test_collections_are_filtered_by_name_prefix_type_tag_and_time(registry, unique) -> None:
+def test_collections_are_filtered_by_name_prefix_type_tag_and_time(registry, unique, wire) -> None:
     project = f"acme/catalog-{unique}"
     for name in ("resnet-a", "resnet-b", "bert_x"):
-        push_one(registry, f"{project}/{name}", name)
-    (digest,) = upload(registry, b"images " + unique.encode())
-    dataset = registry._call(
-        registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=f"{project}/imagenet", type="dataset")
+        push_one(wire, f"{project}/{name}", name)
+    (digest,) = upload(wire, b"images " + unique.encode())
+    dataset = wire.call(
+        wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=f"{project}/imagenet", type="dataset")
     ).version
-    registry._call(
-        registry.metadata.CommitVersion,
+    wire.call(
+        wire.metadata.CommitVersion,
         pb.CommitVersionRequest(uid=dataset.uid, manifest=[pb.ManifestEntry(path="f", digest=digest)]),
     )
-    registry._call(
-        registry.metadata.CreateRegisteredModel,
+    wire.call(
+        wire.metadata.CreateRegisteredModel,
         pb.CreateRegisteredModelRequest(name=f"{project}/Ranker", tags=["search"]),
     )
 
@@ -333,11 +304,11 @@ def test_collections_are_filtered_by_name_prefix_type_tag_and_time(registry, uni
 # Lineage, protection, history ------------------------------------------------------------------
 
 
-def test_lineage_is_queryable_in_both_directions(registry, unique, tmp_path) -> None:
+def test_lineage_is_queryable_in_both_directions(registry, unique, tmp_path, wire) -> None:
     dataset = f"data-{unique}"
-    registry._call(registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=dataset, type="dataset"))
+    wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=dataset, type="dataset"))
     run = f"acme/vision/train-{unique}"
-    push_one(registry, name := f"lin-{unique}", "model", run=run)
+    push_one(wire, name := f"lin-{unique}", "model", run=run)
     registry.set_alias(f"{name}:v0", "production")
     registry.record_run_inputs(f"eval-{unique}", [f"{name}:production"])
     registry.record_run_inputs(f"serve-{unique}", [f"{name}:v0"])
@@ -351,9 +322,9 @@ def test_lineage_is_queryable_in_both_directions(registry, unique, tmp_path) -> 
     assert code_of(lambda: registry.lineage()) == "INVALID_ARGUMENT"
 
 
-def test_protected_aliases_are_stored_and_exposed(registry, unique) -> None:
+def test_protected_aliases_are_stored_and_exposed(registry, unique, wire) -> None:
     name = f"prot-{unique}"
-    push_one(registry, name, "x")
+    push_one(wire, name, "x")
     assert registry.set_alias_protection(name, "production") == ["production"]
     assert list(registry.get_artifact(name).protected_aliases) == ["production"]
     assert registry.set_alias_protection(name, "production", protected=False) == []
@@ -362,11 +333,11 @@ def test_protected_aliases_are_stored_and_exposed(registry, unique) -> None:
 # Events ------------------------------------------------------------------------------------------
 
 
-def test_every_mutation_appends_an_event_in_order(registry, unique) -> None:
+def test_every_mutation_appends_an_event_in_order(registry, unique, wire) -> None:
     stream = registry.watch(0, from_now=True, timeout=60)
     assert not next(stream).HasField("event")  # the stream is live from here on
     name = f"events-{unique}"
-    push_one(registry, name, "a")
+    push_one(wire, name, "a")
     registry.set_alias(f"{name}:v0", "best")
     registry.delete_alias(name, "best")
     seen = []
@@ -385,7 +356,7 @@ def test_every_mutation_appends_an_event_in_order(registry, unique) -> None:
     ]
 
 
-def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, unique) -> None:
+def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, unique, wire) -> None:
     service = ServiceProcess(
         "mreg.metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
     ).start()
@@ -394,7 +365,7 @@ def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, un
         with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as registry:
             cursor = next(registry.watch(0, from_now=True, timeout=60)).sequence
             for i in range(3):
-                push_one(registry, f"resume-{unique}", f"first {i}")
+                push_one(wire, f"resume-{unique}", f"first {i}")
             received = []
             for message in registry.watch(cursor, resource_prefix=prefix, timeout=60):
                 if message.HasField("event"):
@@ -406,7 +377,7 @@ def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, un
         service.start()
         with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as registry:
             for i in range(3):
-                push_one(registry, f"resume-{unique}", f"second {i}")
+                push_one(wire, f"resume-{unique}", f"second {i}")
             for message in registry.watch(cursor, resource_prefix=prefix, timeout=60):
                 if message.HasField("event"):
                     received.append(message.event.sequence)
@@ -418,7 +389,7 @@ def test_watch_resumed_after_a_restart_sees_every_event_exactly_once(servers, un
     assert received == sorted(received)
 
 
-def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique) -> None:
+def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique, wire) -> None:
     service = ServiceProcess(
         "mreg.metadata_service", ["--database-url", servers.database_url, "--blob-addr", servers.blob.address]
     ).start()
@@ -427,8 +398,7 @@ def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique) -> No
     stop = threading.Event()
 
     def burst(worker: int) -> None:
-        with Registry.connect(service.address, servers.blob.address, entity="acme", project="vision") as client:
-            client.timeout = 5
+        with Wire(service.address, servers.blob.address, timeout=5) as client:
             i = 0
             while not stop.is_set():
                 i += 1
@@ -457,7 +427,7 @@ def test_acknowledged_commits_survive_a_sigkill_mid_burst(servers, unique) -> No
                 version = registry.resolve(f"{name}:v{index}").version
                 assert version.digest == digest
                 assert len(version.manifest) == version.file_count == 1
-            assert push_one(registry, name, f"after {unique}").version.index == len(indexes)
+            assert push_one(wire, name, f"after {unique}").version.index == len(indexes)
     finally:
         stop.set()
         service.stop()

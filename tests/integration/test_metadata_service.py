@@ -12,24 +12,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
-from mreg.client import MregError, Registry
+from mreg.client import MregError
 from mreg.metadata.v1 import metadata_service_pb2 as pb
-from tests.helpers import digest_of, make_checkpoint
+from tests.helpers import digest_of, make_checkpoint, upload
+from tests.wire import Wire
 
 HEADERS = (("mreg-entity", "acme"), ("mreg-project", "vision"))
-
-
-def upload(registry: Registry, *contents: bytes) -> list[blob_pb.Digest]:
-    digests = [digest_of(c) for c in contents]
-    registry.blobs.BatchUpdateBlobs(
-        blob_pb.BatchUpdateBlobsRequest(
-            requests=[
-                blob_pb.BatchUpdateBlobsRequest.Request(digest=d, data=c)
-                for d, c in zip(digests, contents, strict=True)
-            ]
-        )
-    )
-    return digests
 
 
 def commit(stub, artifact: str, files: dict[str, blob_pb.Digest], **kwargs) -> pb.CommitVersionResponse:
@@ -44,8 +32,8 @@ def status_of(call) -> grpc.StatusCode:
     return error.value.code()
 
 
-def test_versions_are_numbered_from_v0_and_latest_follows(registry, metadata_stub, unique) -> None:
-    (a, b) = upload(registry, b"first " + unique.encode(), b"second " + unique.encode())
+def test_versions_are_numbered_from_v0_and_latest_follows(registry, metadata_stub, unique, wire) -> None:
+    (a, b) = upload(wire, b"first " + unique.encode(), b"second " + unique.encode())
     name = f"net-{unique}"
 
     first = commit(metadata_stub, name, {"w.bin": a})
@@ -62,8 +50,8 @@ def test_versions_are_numbered_from_v0_and_latest_follows(registry, metadata_stu
     assert v0.digest == first.version.digest and list(v0.aliases) == []
 
 
-def test_committing_the_latest_manifest_again_returns_the_same_version(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, unique.encode())
+def test_committing_the_latest_manifest_again_returns_the_same_version(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, unique.encode())
     first = commit(metadata_stub, f"same-{unique}", {"a": a})
     again = commit(metadata_stub, f"same-{unique}", {"a": a}, aliases=["best"])
 
@@ -93,7 +81,7 @@ def test_commit_refuses_content_the_blob_service_lacks(registry, metadata_stub, 
 
 
 def test_a_commit_refused_for_missing_blobs_succeeds_with_the_same_request_id_once_they_are_uploaded(
-    registry, metadata_stub, unique
+    registry, metadata_stub, unique, wire
 ) -> None:
     content = b"uploaded late " + unique.encode()
     pending = metadata_stub.CreateVersion(
@@ -108,7 +96,7 @@ def test_a_commit_refused_for_missing_blobs_succeeds_with_the_same_request_id_on
         grpc.StatusCode.FAILED_PRECONDITION
     )
 
-    upload(registry, content)
+    upload(wire, content)
     committed = metadata_stub.CommitVersion(request, metadata=HEADERS)
     replayed = metadata_stub.CommitVersion(request, metadata=HEADERS)
 
@@ -120,13 +108,13 @@ def test_a_commit_refused_for_missing_blobs_succeeds_with_the_same_request_id_on
     "path",
     ["../escape", "a/../../b", "/etc/passwd", "a//b", "a/./b", "", "dir/", "a\\b", "."],
 )
-def test_manifest_paths_that_escape_or_are_malformed_are_rejected(registry, metadata_stub, unique, path) -> None:
-    (a,) = upload(registry, b"x")
+def test_manifest_paths_that_escape_or_are_malformed_are_rejected(registry, metadata_stub, unique, path, wire) -> None:
+    (a,) = upload(wire, b"x")
     assert status_of(lambda: commit(metadata_stub, f"paths-{unique}", {path: a})) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_duplicate_and_file_directory_clashing_paths_are_rejected(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, b"x")
+def test_duplicate_and_file_directory_clashing_paths_are_rejected(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, b"x")
     pending = metadata_stub.CreateVersion(
         pb.CreateVersionRequest(parent=f"dup-{unique}", type="model"), metadata=HEADERS
     )
@@ -156,8 +144,8 @@ def test_reference_without_project_and_no_default_is_invalid_argument(metadata_s
     assert "default" in error.value.details()
 
 
-def test_unknown_references_are_not_found(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, b"nf")
+def test_unknown_references_are_not_found(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, b"nf")
     commit(metadata_stub, f"nf-{unique}", {"a": a})
     for reference in (f"nothing-{unique}", f"nf-{unique}:v7", f"nf-{unique}:gold", f"other/vision/nf-{unique}"):
         code = status_of(
@@ -166,8 +154,8 @@ def test_unknown_references_are_not_found(registry, metadata_stub, unique) -> No
         assert code == grpc.StatusCode.NOT_FOUND, reference
 
 
-def test_alias_moves_between_versions_and_can_be_removed(registry, metadata_stub, unique) -> None:
-    a, b = upload(registry, b"alias-a" + unique.encode(), b"alias-b" + unique.encode())
+def test_alias_moves_between_versions_and_can_be_removed(registry, metadata_stub, unique, wire) -> None:
+    a, b = upload(wire, b"alias-a" + unique.encode(), b"alias-b" + unique.encode())
     name = f"al-{unique}"
     commit(metadata_stub, name, {"f": a})
     commit(metadata_stub, name, {"f": b})
@@ -189,16 +177,16 @@ def test_alias_moves_between_versions_and_can_be_removed(registry, metadata_stub
 
 
 @pytest.mark.parametrize("alias", ["latest", "v3", "has space", "", "x" * 65, "a/b"])
-def test_reserved_or_malformed_aliases_are_invalid_argument(registry, metadata_stub, unique, alias) -> None:
-    (a,) = upload(registry, b"res")
+def test_reserved_or_malformed_aliases_are_invalid_argument(registry, metadata_stub, unique, alias, wire) -> None:
+    (a,) = upload(wire, b"res")
     commit(metadata_stub, f"res-{unique}", {"f": a})
     with pytest.raises(MregError) as error:
         registry.set_alias(f"res-{unique}:v0", alias)
     assert error.value.code == "INVALID_ARGUMENT"
 
 
-def test_links_number_per_registered_model_and_relinking_is_idempotent(registry, metadata_stub, unique) -> None:
-    a, b = upload(registry, b"link-a" + unique.encode(), b"link-b" + unique.encode())
+def test_links_number_per_registered_model_and_relinking_is_idempotent(registry, metadata_stub, unique, wire) -> None:
+    a, b = upload(wire, b"link-a" + unique.encode(), b"link-b" + unique.encode())
     name = f"src-{unique}"
     commit(metadata_stub, name, {"f": a})
     commit(metadata_stub, name, {"f": b})
@@ -226,8 +214,8 @@ def test_links_number_per_registered_model_and_relinking_is_idempotent(registry,
     assert registry.resolve(f"{model}:production").version.index == 1
 
 
-def test_linking_a_version_of_another_type_is_failed_precondition(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, b"typed")
+def test_linking_a_version_of_another_type_is_failed_precondition(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, b"typed")
     pending = metadata_stub.CreateVersion(
         pb.CreateVersionRequest(parent=f"data-{unique}", type="dataset"), metadata=HEADERS
     )
@@ -268,8 +256,8 @@ def test_registered_model_names_are_unique_across_collections(registry, metadata
         assert error.value.code == "ALREADY_EXISTS"
 
 
-def test_commit_with_a_missing_link_target_changes_nothing(registry, metadata_stub, unique) -> None:
-    a, b = upload(registry, b"atomic-a" + unique.encode(), b"atomic-b" + unique.encode())
+def test_commit_with_a_missing_link_target_changes_nothing(registry, metadata_stub, unique, wire) -> None:
+    a, b = upload(wire, b"atomic-a" + unique.encode(), b"atomic-b" + unique.encode())
     name = f"atomic-{unique}"
     commit(metadata_stub, name, {"f": a})
     with pytest.raises(grpc.RpcError) as error:
@@ -288,8 +276,8 @@ def test_commit_with_a_missing_link_target_changes_nothing(registry, metadata_st
     assert commit(metadata_stub, name, {"f": b}).version.index == 1
 
 
-def test_commit_sets_aliases_and_links_in_one_step(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, b"together" + unique.encode())
+def test_commit_sets_aliases_and_links_in_one_step(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, b"together" + unique.encode())
     registry.create_registered_model(f"together-model-{unique}")
     response = commit(
         metadata_stub,
@@ -302,10 +290,10 @@ def test_commit_sets_aliases_and_links_in_one_step(registry, metadata_stub, uniq
     assert [(link.index, set(link.aliases)) for link in response.links] == [(0, {"latest", "staging"})]
 
 
-def test_listings_paginate_with_opaque_tokens(registry, metadata_stub, unique) -> None:
+def test_listings_paginate_with_opaque_tokens(registry, metadata_stub, unique, wire) -> None:
     name = f"pages-{unique}"
     contents = [f"page {i} {unique}".encode() for i in range(7)]
-    for digest in upload(registry, *contents):
+    for digest in upload(wire, *contents):
         commit(metadata_stub, name, {"f": digest})
 
     seen = []
@@ -362,7 +350,7 @@ def test_concurrent_commits_to_one_artifact_get_unique_contiguous_indexes(server
 
     def one(i: int) -> None:
         try:
-            with servers.registry() as client:
+            with Wire(servers.metadata.address, servers.blob.address) as client:
                 (digest,) = upload(client, f"race {i} {unique}".encode())
                 pending = client.metadata.CreateVersion(
                     pb.CreateVersionRequest(parent=name, type="model"), metadata=HEADERS
@@ -386,8 +374,8 @@ def test_concurrent_commits_to_one_artifact_get_unique_contiguous_indexes(server
         assert client.resolve(name).version.index == 11
 
 
-def test_registered_models_are_listed_with_their_link_counts_and_aliases(registry, metadata_stub, unique) -> None:
-    (a,) = upload(registry, b"listed" + unique.encode())
+def test_registered_models_are_listed_with_their_link_counts_and_aliases(registry, metadata_stub, unique, wire) -> None:
+    (a,) = upload(wire, b"listed" + unique.encode())
     commit(metadata_stub, f"listed-{unique}", {"f": a})
     registry.link(f"listed-{unique}:v0", f"acme/listing-{unique}/Ranker", aliases=["production"], create=True)
     registry.create_registered_model(f"acme/listing-{unique}/Empty")

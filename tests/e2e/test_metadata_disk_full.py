@@ -12,7 +12,8 @@ from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from tests.test_metadata_semantics import push_one
+from tests.helpers import push_one
+from tests.wire import Wire
 
 
 @pytest.fixture
@@ -33,8 +34,11 @@ def test_a_full_sqlite_disk_is_resource_exhausted_and_reads_keep_working(
         )
     )
     try:
-        with Registry.connect(metadata.address, blobs.address, entity="acme", project="vision") as registry:
-            first = push_one(registry, f"kept-{unique}", "kept")
+        with (
+            Registry.connect(metadata.address, blobs.address, entity="acme", project="vision") as registry,
+            Wire(metadata.address, blobs.address) as wire,
+        ):
+            first = push_one(wire, f"kept-{unique}", "kept")
             ballast = small_disk / "ballast"
             with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
                 while True:
@@ -42,13 +46,13 @@ def test_a_full_sqlite_disk_is_resource_exhausted_and_reads_keep_working(
 
             with pytest.raises(MregError) as full:
                 for i in range(50):  # the WAL may absorb a few small commits before the disk refuses
-                    push_one(registry, f"more-{unique}", f"content {i} " + "x" * 20_000)
+                    push_one(wire, f"more-{unique}", f"content {i} " + "x" * 20_000)
             assert full.value.code == "RESOURCE_EXHAUSTED", full.value
             assert "full" in full.value.message
 
             assert registry.resolve(first.version.name).version.name == first.version.name
             ballast.unlink()
-            push_one(registry, f"after-{unique}", "room again")
+            push_one(wire, f"after-{unique}", "room again")
     finally:
         metadata.stop(grace=None)
         blobs.stop(grace=None)
