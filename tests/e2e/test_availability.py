@@ -270,7 +270,7 @@ def test_a_push_into_a_full_store_gets_resource_exhausted_releases_its_bytes_and
 
         with pytest.raises(MregError) as raised:
             client.push(too_big, "big")
-        assert raised.value.code == "RESOURCE_EXHAUSTED"
+        assert (raised.value.code, raised.value.reason) == ("RESOURCE_EXHAUSTED", "STORAGE_FULL")
         assert str(small_store) in raised.value.message and str(7 << 20) in raised.value.message
         assert _partial_uploads(small_store) == [], "the failed upload's bytes were released"
 

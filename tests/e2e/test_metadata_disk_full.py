@@ -47,7 +47,7 @@ def test_a_full_sqlite_disk_is_resource_exhausted_and_reads_keep_working(
             with pytest.raises(MregError) as full:
                 for i in range(50):  # the WAL may absorb a few small commits before the disk refuses
                     push_one(wire, f"more-{unique}", f"content {i} " + "x" * 20_000)
-            assert full.value.code == "RESOURCE_EXHAUSTED", full.value
+            assert (full.value.code, full.value.reason) == ("RESOURCE_EXHAUSTED", "STORAGE_FULL"), full.value
             assert "full" in full.value.message
 
             assert registry.resolve(first.version.name).version.name == first.version.name

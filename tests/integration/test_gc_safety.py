@@ -193,7 +193,7 @@ def test_a_sweep_that_died_mid_deletion_blocks_that_content_until_the_next_sweep
 
         with pytest.raises(MregError) as refused:
             client.push(folder, "crashed-sweep")
-        assert refused.value.code == "FAILED_PRECONDITION"
+        assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "MISSING_BLOB")
         assert ("MISSING_BLOB", f"blobs/{weights.hash}/{weights.size_bytes}") in refused.value.violations
 
         client.collect_garbage(grace_seconds=0)
@@ -210,7 +210,7 @@ def test_only_one_sweep_runs_at_a_time(gc_stack: GcStack) -> None:
     with gc_stack.registry() as client:
         with pytest.raises(MregError) as busy:
             client.collect_garbage(grace_seconds=0)
-        assert busy.value.code == "FAILED_PRECONDITION"
+        assert (busy.value.code, busy.value.reason) == ("FAILED_PRECONDITION", "GC_IN_PROGRESS")
         assert "another garbage collection is running" in busy.value.message
         # A dry run only reads, so it does not wait for the lease.
         assert client.collect_garbage(grace_seconds=0, dry_run=True).deleted_blobs == 0
