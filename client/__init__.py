@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from mreg.client.channels import Credentials
 from mreg.client.errors import MregError
 from mreg.client.registry import PullResult, PushResult, Registry
 
-__all__ = ["MregError", "PullResult", "PushResult", "Registry"]
+__all__ = ["Credentials", "MregError", "PullResult", "PushResult", "Registry"]

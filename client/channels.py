@@ -25,6 +25,10 @@ MISSING_BLOB before committing again (client.registry).
 from __future__ import annotations
 
 import json
+import os
+from collections import namedtuple
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -75,6 +79,100 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """An insecure channel to ``address`` with the client's message limits and retry policy."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves who it is and checks whom it talks to.
+
+    ``token`` travels as ``authorization: Bearer <token>`` on every call (never logged).
+    TLS is used when ``tls`` is set or a ``ca_cert`` is given (PEM bytes; the system's
+    roots otherwise); ``client_cert``/``client_key`` add a client certificate (mutual TLS).
+    """
+
+    token: str | None = None
+    tls: bool = False
+    ca_cert: bytes | None = None
+    client_cert: bytes | None = None
+    client_key: bytes | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Credentials:
+        """MREG_TOKEN, MREG_TLS (1/true), and the PEM files MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY."""
+        env = os.environ if environ is None else environ
+
+        def pem(variable: str) -> bytes | None:
+            path = env.get(variable)
+            return Path(path).expanduser().read_bytes() if path else None
+
+        return cls(
+            token=env.get("MREG_TOKEN") or None,
+            tls=env.get("MREG_TLS", "").lower() in ("1", "true", "yes"),
+            ca_cert=pem("MREG_CA_CERT"),
+            client_cert=pem("MREG_CLIENT_CERT"),
+            client_key=pem("MREG_CLIENT_KEY"),
+        )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_cert is not None or self.client_cert is not None
+
+    def __repr__(self) -> str:  # the token must never reach a log line or a traceback
+        return f"Credentials(token={'<set>' if self.token else None}, tls={self.uses_tls})"
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call, on secure and loopback channels alike."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            (*metadata, self._header),
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(
+    namedtuple("_CallDetails", ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def open_channel(address: str, credentials: Credentials | None = None) -> grpc.Channel:
+    """A channel to ``address`` with the client's message limits, retry policy and credentials."""
+    credentials = credentials or Credentials()
+    if credentials.uses_tls:
+        channel_credentials = grpc.ssl_channel_credentials(
+            root_certificates=credentials.ca_cert,
+            private_key=credentials.client_key,
+            certificate_chain=credentials.client_cert,
+        )
+        channel = grpc.secure_channel(address, channel_credentials, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if credentials.token:
+        channel = grpc.intercept_channel(channel, _BearerToken(credentials.token))
+    return channel

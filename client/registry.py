@@ -28,7 +28,7 @@ from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.client import references
 from mreg.client.cache import ContentCache, HashCache, default_cache_dir
-from mreg.client.channels import open_channel
+from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
@@ -111,13 +111,19 @@ class Registry:
         parallel: int = 8,
         cache_dir: Path | None = None,
         use_cache: bool = True,
+        credentials: Credentials | None = None,
     ) -> Registry:
-        """Connects to the services; addresses and defaults fall back to MREG_* environment variables."""
+        """Connects to the services; addresses and defaults fall back to MREG_* environment variables.
+
+        ``credentials`` (a token, TLS) default to ``Credentials.from_env()``: MREG_TOKEN,
+        MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY, MREG_TLS.
+        """
         metadata_addr = metadata_addr or os.environ.get("MREG_METADATA_ADDR") or DEFAULT_METADATA_ADDR
         blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or DEFAULT_BLOB_ADDR
+        credentials = credentials if credentials is not None else Credentials.from_env()
         return cls(
-            open_channel(metadata_addr),
-            open_channel(blob_addr),
+            open_channel(metadata_addr, credentials),
+            open_channel(blob_addr, credentials),
             entity=entity if entity is not None else os.environ.get("MREG_ENTITY"),
             project=project if project is not None else os.environ.get("MREG_PROJECT"),
             parallel=parallel,
