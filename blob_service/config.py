@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, config_from_args
+from mreg.server_runtime.config import add_flag, add_on_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class BlobConfig:
     upload_expiry_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 600
     max_batch_total_size_bytes: int = 32 << 20
+    auth: bool = False
+    metadata_addr: str = "localhost:50051"
+    service_token_file: str = "service.token"
+    auth_cache_seconds: float = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(parser, BlobConfig, field, env, help)
 
     flag("listen", "MREG_BLOB_LISTEN", "host:port to serve on; port 0 picks a free one")
+    add_on_switch(
+        parser,
+        "--auth",
+        "auth",
+        "MREG_BLOB_AUTH",
+        "require a token on every call (authorization: Bearer), checked with the metadata service",
+    )
+    flag(
+        "metadata_addr",
+        "MREG_BLOB_METADATA_ADDR",
+        "with --auth, the metadata service asked what a token grants (TokenService.IntrospectToken)",
+    )
+    flag(
+        "service_token_file",
+        "MREG_BLOB_SERVICE_TOKEN_FILE",
+        "with --auth, the secret shared with the metadata service (its --service-token-file): the "
+        "identity allowed ListBlobs and DeleteBlobs, and with which this service asks about tokens",
+    )
+    flag(
+        "auth_cache_seconds",
+        "MREG_BLOB_AUTH_CACHE_SECONDS",
+        "how long what a token grants is reused before the metadata service is asked again",
+    )
     flag("store", "MREG_BLOB_STORE", "where blobs live: a directory, or s3://BUCKET/PREFIX?endpoint=HOST:PORT")
     flag("workers", "MREG_BLOB_WORKERS", "threads serving unary RPCs; streams never take these")
     flag(

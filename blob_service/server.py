@@ -6,16 +6,20 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 
 from mreg.blob.v1 import blob_service_pb2
+from mreg.blob_service.authorization import IntrospectingAuthenticator, authorize
 from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.errors import ERROR_DOMAIN
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
 from mreg.server_runtime import runtime, streams
+from mreg.server_runtime.auth import AuthInterceptor
+from mreg.server_runtime.principals import read_or_create_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,9 @@ class RunningBlobServer:
     stopping: threading.Event
     idle_streams: streams.IdleStreams
     admission: streams.StreamAdmission
+    # Where tokens are checked (with --auth); settable, as the metadata service may start later.
+    metadata_addr: str = ""
+    authenticator: IntrospectingAuthenticator | None = None
 
     @property
     def address(self) -> str:
@@ -52,6 +59,8 @@ class RunningBlobServer:
         self.stopping.set()
         self.server.stop(grace).wait()
         self.idle_streams.stop()
+        if self.authenticator is not None:
+            self.authenticator.close()
 
 
 def start(config: BlobConfig) -> RunningBlobServer:
@@ -71,6 +80,16 @@ def start(config: BlobConfig) -> RunningBlobServer:
     )
     idle = timedelta(seconds=config.stream_idle_timeout_seconds) if config.stream_idle_timeout_seconds > 0 else None
     capabilities = store.capabilities(message_limit(config), idle)
+    running: list[RunningBlobServer] = []
+    authenticator = None
+    interceptors = []
+    if config.auth:
+        authenticator = IntrospectingAuthenticator(
+            lambda: running[0].metadata_addr,
+            read_or_create_secret_file(Path(config.service_token_file)),
+            config.auth_cache_seconds,
+        )
+        interceptors.append(AuthInterceptor(authenticator, authorize, ERROR_DOMAIN))
     started = runtime.start_server(
         listen=config.listen,
         workers=config.workers,
@@ -81,12 +100,25 @@ def start(config: BlobConfig) -> RunningBlobServer:
         add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams, capabilities), server),
         service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         error_domain=ERROR_DOMAIN,
+        interceptors=interceptors,
     )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
     log.info("blob service listening on port %d, storing in %r", started.port, store.storage)
-    return RunningBlobServer(started.server, started.port, store, stopping, idle_streams, started.admission)
+    running.append(
+        RunningBlobServer(
+            started.server,
+            started.port,
+            store,
+            stopping,
+            idle_streams,
+            started.admission,
+            metadata_addr=config.metadata_addr,
+            authenticator=authenticator,
+        )
+    )
+    return running[0]
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

@@ -478,7 +478,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
             "pip install 'mreg[server]' (from a clone: pip install '.[server]')",
         ) from e
 
-    serve(args.data_dir, args.host, args.metadata_port, args.blob_port, args.database_url)
+    serve(args.data_dir, args.host, args.metadata_port, args.blob_port, args.database_url, auth=args.auth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -609,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metadata-port", type=int, default=50051)
     serve.add_argument("--blob-port", type=int, default=50052)
     serve.add_argument("--database-url", default=os.environ.get("MREG_DATABASE_URL"), help="default: SQLite in DIR")
+    serve.add_argument(
+        "--auth",
+        action="store_true",
+        default=os.environ.get("MREG_AUTH", "").lower() in ("1", "true", "yes"),
+        help="require tokens; the first start writes an admin token to DIR/admin.token (env MREG_AUTH=1)",
+    )
     serve.set_defaults(handler=cmd_serve)
     return parser
 

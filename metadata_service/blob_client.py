@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
+from mreg.client.channels import Credentials, open_channel
 from mreg.metadata_service.errors import FailedPrecondition, Reason, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
@@ -24,9 +25,12 @@ T = TypeVar("T")
 class BlobServiceClient:
     """Asks a blob service over gRPC which digests it lacks, and deletes unused ones."""
 
-    def __init__(self, address: str, timeout: float = 60.0) -> None:
+    def __init__(self, address: str, timeout: float = 60.0, token: str | None = None) -> None:
+        """``token`` is the secret the two services share, sent when authentication is on."""
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        # The metadata service is a client of the blob service like any other: the same
+        # channel, retry policy and credentials.
+        self._channel = open_channel(address, Credentials(token=token))
         self._stub = blob_grpc.BlobServiceStub(self._channel)
         self._timeout = timeout
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, add_off_switch, config_from_args
+from mreg.server_runtime.config import add_flag, add_off_switch, add_on_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class MetadataConfig:
     janitor_interval_seconds: float = 60
     gc_interval_seconds: float = 6 * 3600
     gc_grace_seconds: float = 24 * 3600
+    auth: bool = False
+    admin_token_file: str = "admin.token"
+    service_token_file: str = "service.token"
+    auth_cache_seconds: float = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +58,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "how often blob garbage collection runs; 0 turns it off",
     )
     flag("gc_grace_seconds", "MREG_GC_GRACE_SECONDS", "blobs used more recently than this are never collected")
+    add_on_switch(
+        parser,
+        "--auth",
+        "auth",
+        "MREG_METADATA_AUTH",
+        "require a token on every call (authorization: Bearer); on first start, write an admin token "
+        "to --admin-token-file",
+    )
+    flag(
+        "admin_token_file",
+        "MREG_METADATA_ADMIN_TOKEN_FILE",
+        "with --auth, where the first admin token is written (mode 0600) when no token exists yet",
+    )
+    flag(
+        "service_token_file",
+        "MREG_METADATA_SERVICE_TOKEN_FILE",
+        "with --auth, the secret the metadata and blob services share to call each other; created (mode "
+        "0600) if missing, and given to the blob service's --service-token-file",
+    )
+    flag(
+        "auth_cache_seconds",
+        "MREG_METADATA_AUTH_CACHE_SECONDS",
+        "how long what a token grants is reused before the token table is read again; a revocation "
+        "takes effect within this time",
+    )
     add_off_switch(
         parser, "--no-migrate", "migrate", "MREG_NO_MIGRATE", "do not upgrade the database schema at start-up"
     )

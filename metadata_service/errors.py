@@ -49,6 +49,13 @@ class Reason(StrEnum):
     STREAM_LIMIT_REACHED = "STREAM_LIMIT_REACHED"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     BLOB_SERVICE_UNAVAILABLE = "BLOB_SERVICE_UNAVAILABLE"
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"
+    TOKEN_EXISTS = "TOKEN_EXISTS"
+    TOKEN_MISSING = "TOKEN_MISSING"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_REVOKED = "TOKEN_REVOKED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class RegistryError(Exception):
@@ -120,3 +127,10 @@ class Unavailable(RegistryError):
 
     code = "UNAVAILABLE"
     default_reason = Reason.DATABASE_UNAVAILABLE
+
+
+class PermissionDenied(RegistryError):
+    """The caller's token does not allow this (authentication on): its role, its scope, or a protected alias."""
+
+    code = "PERMISSION_DENIED"
+    default_reason = Reason.PERMISSION_DENIED

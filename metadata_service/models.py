@@ -215,3 +215,19 @@ class CondemnedBlob(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     deleted_epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     condemned_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Token(Base):
+    """A token callers authenticate with. Only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(300))
+    creator: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

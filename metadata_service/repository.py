@@ -49,6 +49,7 @@ from mreg.metadata_service.models import (
     Project,
     RequestRecord,
     RunInput,
+    Token,
     Version,
     utcnow,
 )
@@ -577,6 +578,31 @@ class Repository:
         return self.session.scalars(
             select(Version).where(Version.producer_run == run, Version.state == VersionState.COMMITTED.value)
         ).all()
+
+    # Tokens --------------------------------------------------------------------------------
+
+    def create_token(self, values: dict[str, Any]) -> Token | None:
+        """Stores a token; returns None if its name (or, never in practice, its hash) is taken."""
+        new_id = self._insert_ignoring_conflict(Token, values)
+        return None if new_id is None else self.session.get_one(Token, new_id)
+
+    def find_token_by_hash(self, secret_hash: str) -> Token | None:
+        return self.session.scalars(select(Token).where(Token.secret_hash == secret_hash)).one_or_none()
+
+    def find_token(self, name: str, *, for_update: bool = False) -> Token | None:
+        query = select(Token).where(Token.name == name)
+        if for_update:
+            query = query.with_for_update()
+        return self.session.scalars(query).one_or_none()
+
+    def list_tokens(self, after_name: str | None, limit: int) -> Sequence[Token]:
+        query = select(Token)
+        if after_name is not None:
+            query = query.where(Token.name > after_name)
+        return self.session.scalars(query.order_by(Token.name).limit(limit)).all()
+
+    def has_tokens(self) -> bool:
+        return self.session.scalars(select(Token.id).limit(1)).first() is not None
 
     # Search --------------------------------------------------------------------------------
 

@@ -7,19 +7,25 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from sqlalchemy import Engine
 
-from mreg.metadata.v1 import metadata_service_pb2
+from mreg.metadata.v1 import metadata_service_pb2, token_service_pb2
+from mreg.metadata_service.authorization import TokenAuthenticator, authorize
 from mreg.metadata_service.blob_client import BlobServiceClient
 from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
 from mreg.metadata_service.errors import ERROR_DOMAIN
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
+from mreg.metadata_service.token_servicer import TokenServicer
+from mreg.metadata_service.token_servicer import add_to_server as add_token_servicer
 from mreg.metadata_service.unit_of_work import Database
 from mreg.server_runtime import runtime, streams
+from mreg.server_runtime.auth import AuthInterceptor
+from mreg.server_runtime.principals import read_or_create_secret_file, write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,19 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)
-    content = BlobServiceClient(config.blob_addr)
+    service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
+    content = BlobServiceClient(config.blob_addr, token=service_secret)
     catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    interceptors = []
+    if config.auth:
+        _bootstrap_admin(catalog, Path(config.admin_token_file))
+        authenticate = TokenAuthenticator(catalog.tokens, service_secret, config.auth_cache_seconds)
+        interceptors.append(AuthInterceptor(authenticate, authorize, ERROR_DOMAIN))
+
+    def add_servicers(server: grpc.Server) -> None:
+        add_to_server(MetadataServicer(catalog), server)
+        add_token_servicer(TokenServicer(catalog.tokens, config.auth), server)
+
     stopping = threading.Event()
     threading.Thread(target=_janitor, args=(catalog, config, stopping), name="mreg-janitor", daemon=True).start()
     started = runtime.start_server(
@@ -69,13 +86,27 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         max_streams_setting="--max-streams, env MREG_METADATA_MAX_STREAMS",
         thread_name="metadata-rpc",
         options=GRPC_OPTIONS,
-        add_servicers=lambda server: add_to_server(MetadataServicer(catalog), server),
+        add_servicers=add_servicers,
         service_name=metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+        more_service_names=[token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name],
         error_domain=ERROR_DOMAIN,
+        interceptors=interceptors,
     )
     port = started.port
     log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
     return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
+
+
+def _bootstrap_admin(catalog: MetadataCatalog, path: Path) -> None:
+    """On the first start with authentication (no token exists), writes an admin token to ``path``."""
+    secret = catalog.tokens.bootstrap_admin()
+    if secret is not None:
+        write_secret_file(path, secret)
+        log.warning(
+            "authentication is on and no token existed: wrote the first admin token to %s (mode 0600); "
+            "create other tokens with `mreg token create` and keep this one safe",
+            path.resolve(),
+        )
 
 
 def _janitor(catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event) -> None:

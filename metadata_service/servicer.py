@@ -33,6 +33,7 @@ from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Defaults
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 from mreg.server_runtime.error_mapping import abort_on_domain_error
+from mreg.server_runtime.principals import Principal, Role, current_principal
 
 R = TypeVar("R", bound=Message)
 
@@ -55,7 +56,7 @@ def _check(request: Any) -> Any:
 
 
 # Checks each request against the edge bounds and maps domain errors to their gRPC status, in one place.
-_abort_on_domain_error = abort_on_domain_error(RegistryError, _check)
+handles_domain_errors = abort_on_domain_error(RegistryError, _check)
 
 
 def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
@@ -63,13 +64,27 @@ def add_to_server(servicer: MetadataServicer, server: grpc.Server) -> None:
     add_servicer_to_server(servicer, server, pb, "MetadataService")
 
 
-def _caller(context: grpc.ServicerContext) -> Caller:
+def caller_of(context: grpc.ServicerContext) -> Caller:
+    """The caller: their defaults, and the actor events record.
+
+    With authentication on, the actor is the authenticated principal (the token's name),
+    never what the mreg-actor header claims; without it, the header is all there is.
+    """
     headers = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
     defaults = Defaults(entity=headers.get(ENTITY_HEADER) or None, project=headers.get(PROJECT_HEADER) or None)
-    return Caller(defaults, actor=headers.get(ACTOR_HEADER, "")[:256])
+    principal = current_principal()
+    actor = principal.name if principal.authenticated else headers.get(ACTOR_HEADER, "")[:256]
+    return Caller(defaults, actor=actor, principal=principal)
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+def _may_read(principal: Principal, resource: str) -> bool:
+    """True if the principal may read what an event's resource ("entity/project/...") names."""
+    entity, _, rest = resource.partition("/")
+    project = rest.partition("/")[0]
+    return principal.allows(Role.READER, entity, project or None)
+
+
+def timestamp_pb(value: Any) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
@@ -123,8 +138,8 @@ def version_pb(view: VersionView) -> pb.Version:
         description=view.description,
         tags=view.tags,
         metadata=_struct(view.metadata),
-        create_time=_timestamp(view.created_at),
-        commit_time=_timestamp(view.committed_at),
+        create_time=timestamp_pb(view.created_at),
+        commit_time=timestamp_pb(view.committed_at),
         manifest=[manifest_entry_pb(e) for e in view.manifest],
         run=view.run,
     )
@@ -137,7 +152,7 @@ def link_pb(view: LinkView) -> pb.Link:
         index=view.index,
         aliases=view.aliases,
         version=version_pb(view.version),
-        create_time=_timestamp(view.created_at),
+        create_time=timestamp_pb(view.created_at),
     )
 
 
@@ -152,7 +167,7 @@ def artifact_pb(view: CollectionView) -> pb.Artifact:
         description=view.description,
         version_count=view.member_count,
         aliases=_aliases_pb(view),
-        create_time=_timestamp(view.created_at),
+        create_time=timestamp_pb(view.created_at),
         tags=view.tags,
         protected_aliases=view.protected_aliases,
         retention_keep_last=view.retention_keep_last,
@@ -166,7 +181,7 @@ def registered_model_pb(view: CollectionView) -> pb.RegisteredModel:
         description=view.description,
         link_count=view.member_count,
         aliases=_aliases_pb(view),
-        create_time=_timestamp(view.created_at),
+        create_time=timestamp_pb(view.created_at),
         tags=view.tags,
         protected_aliases=view.protected_aliases,
     )
@@ -180,7 +195,7 @@ def event_pb(view: EventView) -> pb.Event:
         before=_struct(view.before),
         after=_struct(view.after),
         actor=view.actor,
-        create_time=_timestamp(view.created_at),
+        create_time=timestamp_pb(view.created_at),
     )
 
 
@@ -218,12 +233,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def __init__(self, catalog: MetadataCatalog) -> None:
         self.catalog = catalog
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def CreateVersion(
         self, request: pb.CreateVersionRequest, context: grpc.ServicerContext
     ) -> pb.CreateVersionResponse:
         view = self.catalog.versions.create(
-            _caller(context),
+            caller_of(context),
             request.parent,
             request.type,
             description=request.description,
@@ -233,12 +248,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
         return pb.CreateVersionResponse(version=version_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def CommitVersion(
         self, request: pb.CommitVersionRequest, context: grpc.ServicerContext
     ) -> pb.CommitVersionResponse:
         result = self.catalog.versions.commit(
-            _caller(context),
+            caller_of(context),
             request.uid,
             [_file_entry(e) for e in request.manifest],
             aliases=list(request.aliases),
@@ -251,12 +266,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
         return _within_budget(response, response.version)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def UpdateVersion(
         self, request: pb.UpdateVersionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateVersionResponse:
         view = self.catalog.edits.update_version(
-            _caller(context),
+            caller_of(context),
             request.name,
             description=_optional(request, "description"),
             add_tags=list(request.add_tags),
@@ -267,18 +282,18 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
         return pb.UpdateVersionResponse(version=version_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
         response = pb.GetVersionResponse(
-            version=version_pb(self.catalog.versions.resolve(_caller(context), request.name).version)
+            version=version_pb(self.catalog.versions.resolve(caller_of(context), request.name).version)
         )
         return _within_budget(response, response.version)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
-        resolution = self.catalog.versions.resolve(_caller(context), request.name)
+        resolution = self.catalog.versions.resolve(caller_of(context), request.name)
         link = link_pb(resolution.link) if resolution.link else None
         if link is not None:
             # The manifest travels once, in ``version``: a large one twice could pass a client's limit.
@@ -286,46 +301,46 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         response = pb.ResolveReferenceResponse(version=version_pb(resolution.version), link=link)
         return _within_budget(response, response.version)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListVersionFiles(
         self, request: pb.ListVersionFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListVersionFilesResponse:
         version, page = self.catalog.versions.files(
-            _caller(context), request.name, request.page_size, request.page_token
+            caller_of(context), request.name, request.page_size, request.page_token
         )
         files, token = _fit(page, manifest_entry_pb)
         return pb.ListVersionFilesResponse(name=version, files=files, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.ListVersionsResponse:
         page = self.catalog.versions.search(
-            _caller(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
+            caller_of(context), request.parent, request.page_size, request.page_token, request.filter, request.order_by
         )
         versions, token = _fit(page, version_pb)
         return pb.ListVersionsResponse(versions=versions, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def DeleteVersion(
         self, request: pb.DeleteVersionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteVersionResponse:
-        deleted = self.catalog.versions.delete(_caller(context), request.name, request.force, request.request_id)
+        deleted = self.catalog.versions.delete(caller_of(context), request.name, request.force, request.request_id)
         return pb.DeleteVersionResponse(
             version=version_pb(deleted.version),
             removed_aliases=deleted.removed_aliases,
             removed_links=deleted.removed_links,
         )
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.GetArtifactResponse:
-        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.ARTIFACT)
+        view = self.catalog.collections.get(caller_of(context), request.name, CollectionKind.ARTIFACT)
         return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListArtifactsResponse:
         page = self.catalog.collections.search(
-            _caller(context),
+            caller_of(context),
             request.parent,
             CollectionKind.ARTIFACT,
             request.page_size,
@@ -335,21 +350,21 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         artifacts, token = _fit(page, artifact_pb)
         return pb.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def CreateRegisteredModel(
         self, request: pb.CreateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.CreateRegisteredModelResponse:
         view = self.catalog.collections.create_registered_model(
-            _caller(context), request.name, request.type, request.description, list(request.tags), request.request_id
+            caller_of(context), request.name, request.type, request.description, list(request.tags), request.request_id
         )
         return pb.CreateRegisteredModelResponse(registered_model=registered_model_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def UpdateRegisteredModel(
         self, request: pb.UpdateRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.UpdateRegisteredModelResponse:
         view = self.catalog.edits.update_registered_model(
-            _caller(context),
+            caller_of(context),
             request.name,
             description=_optional(request, "description"),
             add_tags=list(request.add_tags),
@@ -358,19 +373,19 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
         return pb.UpdateRegisteredModelResponse(registered_model=registered_model_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def GetRegisteredModel(
         self, request: pb.GetRegisteredModelRequest, context: grpc.ServicerContext
     ) -> pb.GetRegisteredModelResponse:
-        view = self.catalog.collections.get(_caller(context), request.name, CollectionKind.REGISTERED_MODEL)
+        view = self.catalog.collections.get(caller_of(context), request.name, CollectionKind.REGISTERED_MODEL)
         return pb.GetRegisteredModelResponse(registered_model=registered_model_pb(view))
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListRegisteredModels(
         self, request: pb.ListRegisteredModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListRegisteredModelsResponse:
         page = self.catalog.collections.search(
-            _caller(context),
+            caller_of(context),
             request.parent,
             CollectionKind.REGISTERED_MODEL,
             request.page_size,
@@ -380,43 +395,45 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         models, token = _fit(page, registered_model_pb)
         return pb.ListRegisteredModelsResponse(registered_models=models, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteCollectionResponse:
-        self.catalog.collections.delete(_caller(context), request.name, request.request_id)
+        self.catalog.collections.delete(caller_of(context), request.name, request.request_id)
         return pb.DeleteCollectionResponse()
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def SetRetentionPolicy(
         self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
     ) -> pb.SetRetentionPolicyResponse:
         view, deleted = self.catalog.retention.set_policy(
-            _caller(context), request.name, _optional(request, "keep_last"), request.request_id
+            caller_of(context), request.name, _optional(request, "keep_last"), request.request_id
         )
         return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def CreateLink(self, request: pb.CreateLinkRequest, context: grpc.ServicerContext) -> pb.CreateLinkResponse:
         view, created = self.catalog.links.create(
-            _caller(context), request.version, request.parent, list(request.aliases), request.request_id
+            caller_of(context), request.version, request.parent, list(request.aliases), request.request_id
         )
         return pb.CreateLinkResponse(link=link_pb(view), created=created)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListLinks(self, request: pb.ListLinksRequest, context: grpc.ServicerContext) -> pb.ListLinksResponse:
-        page = self.catalog.links.list(_caller(context), request.parent, request.page_size, request.page_token)
+        page = self.catalog.links.list(caller_of(context), request.parent, request.page_size, request.page_token)
         links, token = _fit(page, link_pb)
         return pb.ListLinksResponse(links=links, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
-        return pb.DeleteLinkResponse(name=self.catalog.links.delete(_caller(context), request.name, request.request_id))
+        return pb.DeleteLinkResponse(
+            name=self.catalog.links.delete(caller_of(context), request.name, request.request_id)
+        )
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:
         change = self.catalog.aliases.set(
-            _caller(context),
+            caller_of(context),
             request.name,
             request.alias,
             expected_index=_optional(request, "expected_index"),
@@ -429,10 +446,10 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             previous_index=change.previous_index,
         )
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.ServicerContext) -> pb.DeleteAliasResponse:
         previous = self.catalog.aliases.delete(
-            _caller(context),
+            caller_of(context),
             request.parent,
             request.alias,
             _optional(request, "expected_index"),
@@ -440,37 +457,37 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         )
         return pb.DeleteAliasResponse(previous_index=previous)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def SetAliasProtection(
         self, request: pb.SetAliasProtectionRequest, context: grpc.ServicerContext
     ) -> pb.SetAliasProtectionResponse:
         protected = self.catalog.aliases.set_protection(
-            _caller(context), request.parent, request.alias, request.protected, request.request_id
+            caller_of(context), request.parent, request.alias, request.protected, request.request_id
         )
         return pb.SetAliasProtectionResponse(protected_aliases=protected)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def ListAliasHistory(
         self, request: pb.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> pb.ListAliasHistoryResponse:
         page = self.catalog.aliases.history(
-            _caller(context), request.parent, request.alias, request.page_size, request.page_token
+            caller_of(context), request.parent, request.alias, request.page_size, request.page_token
         )
         events, token = _fit(page, event_pb)
         return pb.ListAliasHistoryResponse(events=events, next_page_token=token)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def RecordRunInputs(
         self, request: pb.RecordRunInputsRequest, context: grpc.ServicerContext
     ) -> pb.RecordRunInputsResponse:
         recorded = self.catalog.lineage.record_inputs(
-            _caller(context), request.name, list(request.versions), request.request_id
+            caller_of(context), request.name, list(request.versions), request.request_id
         )
         return pb.RecordRunInputsResponse(versions=recorded)
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def GetLineage(self, request: pb.GetLineageRequest, context: grpc.ServicerContext) -> pb.GetLineageResponse:
-        lineage = self.catalog.lineage.of(_caller(context), request.version, request.run)
+        lineage = self.catalog.lineage.of(caller_of(context), request.version, request.run)
         return pb.GetLineageResponse(
             producer_run=lineage.producer_run,
             consumer_runs=lineage.consumer_runs,
@@ -478,7 +495,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             outputs=lineage.outputs,
         )
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: grpc.ServicerContext
     ) -> pb.CollectGarbageResponse:
@@ -494,7 +511,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             removed_upload_parts=report.removed_upload_parts,
         )
 
-    @_abort_on_domain_error
+    @handles_domain_errors
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchResponse]:
         # A client that goes away wakes its idle stream at once, so its thread and stream slot are freed.
         wake = threading.Event()
@@ -506,8 +523,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             wake=wake,
             is_active=context.is_active,
         )
+        principal = current_principal()
         for item in items:
-            if item.event is None:
+            if item.event is not None and not _may_read(principal, item.event.resource):
+                # Outside the caller's scope: the sequence still advances, as a heartbeat.
+                yield pb.WatchResponse(sequence=item.sequence)
+            elif item.event is None:
                 yield pb.WatchResponse(sequence=item.sequence)
             else:
                 yield pb.WatchResponse(event=event_pb(item.event), sequence=item.sequence)

@@ -39,6 +39,17 @@ def add_off_switch(parser: argparse.ArgumentParser, flag: str, field: str, env: 
     )
 
 
+def add_on_switch(parser: argparse.ArgumentParser, flag: str, field: str, env: str, help: str) -> None:
+    """Adds a flag that turns the boolean setting ``field`` on; so does ``env`` set to 1, true or yes."""
+    parser.add_argument(
+        flag,
+        dest=field,
+        action="store_true",
+        default=os.environ.get(env, "").lower() in ("1", "true", "yes"),
+        help=f"{help} (env {env}=1)",
+    )
+
+
 def config_from_args(config: type[C], args: argparse.Namespace) -> C:
     """The settings dataclass ``config`` built from the parsed flags of the same names."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(config)}  # type: ignore[arg-type]

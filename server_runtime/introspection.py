@@ -16,14 +16,15 @@ from grpc_reflection.v1alpha import reflection_pb2 as wire
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
-def add_health_and_reflection(server: grpc.Server, service_name: str) -> None:
-    """Reports ``service_name`` (and the server as a whole) SERVING, and serves reflection v1 and v1alpha."""
+def add_health_and_reflection(server: grpc.Server, *service_names: str) -> None:
+    """Reports the services (and the server as a whole) SERVING, and serves reflection v1 and v1alpha."""
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    for service_name in service_names:
+        health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    names = [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
     servicer = reflection.ReflectionServicer(names)
     reflection.enable_server_reflection(names, server)
     v1 = grpc.stream_stream_rpc_method_handler(

@@ -43,6 +43,8 @@ def start_server(
     add_servicers: Callable[[grpc.Server], None],
     service_name: str,
     error_domain: str,
+    more_service_names: Sequence[str] = (),
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> StartedServer:
     """Builds, binds and starts a server; returns once it listens.
 
@@ -54,15 +56,20 @@ def start_server(
         add_servicers: registers the service's servicers on the server.
         service_name: the full name health checking reports SERVING.
         error_domain: the ErrorInfo domain of the refusals of streams beyond the limit.
+        more_service_names: other services the servicers serve, for health and reflection.
+        interceptors: run before stream admission, e.g. authentication (so a refused
+            caller never holds a stream slot).
 
     Raises:
         RuntimeError: ``listen`` cannot be bound.
     """
     pool, max_rpcs = streams.thread_pool(workers, max_streams, thread_name)
     admission = streams.StreamAdmission(max_streams, max_streams_setting, error_domain)
-    server = grpc.server(pool, interceptors=[admission], options=list(options), maximum_concurrent_rpcs=max_rpcs)
+    server = grpc.server(
+        pool, interceptors=[*interceptors, admission], options=list(options), maximum_concurrent_rpcs=max_rpcs
+    )
     add_servicers(server)
-    add_health_and_reflection(server, service_name)
+    add_health_and_reflection(server, service_name, *more_service_names)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")

@@ -26,9 +26,10 @@ from sqlalchemy.engine import make_url
 from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
-from mreg.client import Registry
+from mreg.client import Credentials, Registry
+from mreg.client.channels import open_channel
 from mreg.client.cli import main as cli_main
-from mreg.metadata.v1 import metadata_service_pb2_grpc
+from mreg.metadata.v1 import metadata_service_pb2_grpc, token_service_pb2, token_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
@@ -80,19 +81,30 @@ def isolated_client_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MREG_CACHE_DIR"] = str(tmp_path_factory.mktemp("client-cache"))
 
 
-@pytest.fixture(scope="session", params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if request.param == "sqlite":
+def _fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A new, empty database of ``kind`` (a SQLite file, or a PostgreSQL database dropped afterwards)."""
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'metadata.db'}"
         return
-    if request.param != "postgresql":
-        raise ValueError(f"unknown database {request.param!r} in MREG_TEST_DATABASES")
+    if kind != "postgresql":
+        raise ValueError(f"unknown database {kind!r} in MREG_TEST_DATABASES")
     name = f"mreg_test_{uuid.uuid4().hex[:12]}"
     with _admin_connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     with _admin_connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _fresh_database(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def secured_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of the same kind as ``database_url`` for the authenticated servers alone (no token exists yet)."""
+    yield from _fresh_database("sqlite" if database_url.startswith("sqlite") else "postgresql", tmp_path_factory)
 
 
 @dataclass
@@ -119,6 +131,73 @@ def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         MetadataConfig(listen="127.0.0.1:0", database_url=database_url, blob_addr=blobs.address)
     )
     yield Servers(blobs, metadata, blob_dir, database_url)
+    metadata.stop(grace=None)
+    blobs.stop(grace=None)
+
+
+@dataclass
+class SecuredServers:
+    """Both services with authentication on, and the admin token their first start wrote."""
+
+    blob: blob_server.RunningBlobServer
+    metadata: metadata_server.RunningMetadataServer
+    root: Path
+    admin_token: str
+    service_token: str
+
+    def channel(self, address: str, token: str | None) -> grpc.Channel:
+        return open_channel(address, Credentials(token=token))
+
+    def create_token(self, name: str, role: str, scope: str) -> str:
+        """A new token's secret, created with the admin token."""
+        with self.channel(self.metadata.address, self.admin_token) as channel:
+            stub = token_service_pb2_grpc.TokenServiceStub(channel)
+            response = stub.CreateToken(
+                token_service_pb2.CreateTokenRequest(
+                    name=f"{name}-{uuid.uuid4().hex[:8]}", role=f"ROLE_{role.upper()}", scope=scope
+                )
+            )
+        return response.secret
+
+    def registry(self, token: str | None, entity: str = "acme", project: str = "secure") -> Registry:
+        return Registry.connect(
+            self.metadata.address,
+            self.blob.address,
+            entity=entity,
+            project=project,
+            parallel=4,
+            credentials=Credentials(token=token),
+        )
+
+
+@pytest.fixture(scope="session")
+def secured(secured_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServers]:
+    """Servers with --auth, on their own database file or schema, caching token lookups for 1 s (not 30)."""
+    root = tmp_path_factory.mktemp("secured")
+    service_token = str(root / "service.token")
+    blobs = blob_server.start(
+        BlobConfig(
+            listen="127.0.0.1:0",
+            store=str(root / "blobs"),
+            auth=True,
+            service_token_file=service_token,
+            auth_cache_seconds=1,
+        )
+    )
+    metadata = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=secured_database_url,
+            blob_addr=blobs.address,
+            auth=True,
+            admin_token_file=str(root / "admin.token"),
+            service_token_file=service_token,
+            auth_cache_seconds=1,
+        )
+    )
+    blobs.metadata_addr = metadata.address
+    admin = (root / "admin.token").read_text().strip()
+    yield SecuredServers(blobs, metadata, root, admin, (root / "service.token").read_text().strip())
     metadata.stop(grace=None)
     blobs.stop(grace=None)
 

@@ -10,6 +10,7 @@ database, and return views from ``metadata_service.domain``.
 - ``links``, ``aliases``, ``lineage``, ``retention``: what their names say
 - ``garbage``: blob garbage collection and the protocol that keeps it from racing commits
 - ``events``: reading and following (Watch) the event log
+- ``tokens``: the tokens callers authenticate with
 - ``idempotency``: mutations run once per request id; ``views``: rows to views;
   ``common``: the caller, input checks and name lookups all of them share
 """
@@ -28,6 +29,7 @@ from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.lineage import RunLineage
 from mreg.metadata_service.catalog.links import Links
 from mreg.metadata_service.catalog.retention import Retention
+from mreg.metadata_service.catalog.tokens import Tokens
 from mreg.metadata_service.catalog.versions import DEFAULT_PENDING_TTL, Versions
 from mreg.metadata_service.unit_of_work import Database
 
@@ -49,6 +51,7 @@ class MetadataCatalog:
         self.retention = Retention(mutations)
         self.garbage = GarbageCollector(database, content)
         self.events = Events(database)
+        self.tokens = Tokens(database)
 
     def stop(self) -> None:
         """Stops the event feed's reader thread."""

@@ -9,15 +9,33 @@ from mreg.metadata_service.catalog.common import Caller, find_collection, select
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_context, event_view
 from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
-from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from mreg.metadata_service.models import Collection
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, sequence_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_alias
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.server_runtime.principals import Role
 
 
-def move_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str, index: int) -> int | None:
+def require_alias_rights(caller: Caller, collection: Collection, name: CollectionName, alias: str) -> None:
+    """A protected alias moves, goes or loses protection only by a MAINTAINER of the collection's project."""
+    if alias in (collection.protected_aliases or ()) and not caller.principal.allows(
+        Role.MAINTAINER, name.entity, name.project
+    ):
+        raise PermissionDenied(
+            f"alias {alias!r} of {name} is protected: only a maintainer of {name.entity}/{name.project} may move "
+            f"or remove it, and {caller.principal.name} is a {caller.principal.role.label} "
+            f"of {caller.principal.scope}",
+            Reason.ALIAS_PROTECTED,
+            {"alias": alias, "principal": caller.principal.name},
+        )
+
+
+def move_alias(
+    uow: UnitOfWork, caller: Caller, collection: Collection, name: CollectionName, alias: str, index: int
+) -> int | None:
     """Points ``alias`` at ``index``, recording the move if it changed anything; returns the previous index."""
+    require_alias_rights(caller, collection, name, alias)
     previous = uow.repo.set_alias(collection.id, alias, index)
     if previous != index:
         before = None if previous is None else {"index": previous}
@@ -25,8 +43,11 @@ def move_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, al
     return previous
 
 
-def remove_alias(uow: UnitOfWork, collection: Collection, name: CollectionName, alias: str) -> int | None:
+def remove_alias(
+    uow: UnitOfWork, caller: Caller, collection: Collection, name: CollectionName, alias: str
+) -> int | None:
     """Removes ``alias`` if set, recording it; returns the index it named."""
+    require_alias_rights(caller, collection, name, alias)
     previous = uow.repo.delete_alias(collection.id, alias)
     if previous is not None:
         uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous})
@@ -86,7 +107,7 @@ class Aliases:
             assert index is not None
             current = context.aliases.get(alias)
             _check_expectation(context.name, alias, current, expected_index, expect_unset)
-            previous = move_alias(uow, row, context.name, alias, index)
+            previous = move_alias(uow, caller, row, context.name, alias, index)
             change = AliasChange(str(context.name), alias, index, previous)
             return change, asdict(change)
 
@@ -109,7 +130,7 @@ class Aliases:
                     {"resource": f"{name}:{alias}", "alias": alias},
                 )
             _check_expectation(name, alias, current, expected_index, False)
-            remove_alias(uow, row, name, alias)
+            remove_alias(uow, caller, row, name, alias)
             return current, {"previous": current}
 
         arguments = (str(name), alias, expected_index)

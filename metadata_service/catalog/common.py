@@ -11,12 +11,13 @@ from typing import Any, Protocol
 
 from mreg.metadata_service.catalog.views import CollectionContext, collection_context
 from mreg.metadata_service.domain import CollectionKind
-from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from mreg.metadata_service.limits import MAX_INDEX, quote
 from mreg.metadata_service.models import Collection, Link, Version
 from mreg.metadata_service.references import LATEST, CollectionName, Defaults, Reference, validate_alias
 from mreg.metadata_service.repository import Repository
 from mreg.metadata_service.unit_of_work import UnitOfWork
+from mreg.server_runtime.principals import ANONYMOUS, Principal, Role, denied
 
 MAX_METADATA_BYTES = 1 << 20
 MAX_TAGS = 64
@@ -25,10 +26,18 @@ MAX_TAG_LENGTH = 128
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: their default entity/project and the actor name events record."""
+    """Who is calling: their default entity/project, the actor name events record, and what they may do."""
 
     defaults: Defaults = field(default_factory=Defaults)
     actor: str = ""
+    principal: Principal = ANONYMOUS
+
+    def require(self, role: Role, entity: str, project: str | None) -> None:
+        """PERMISSION_DENIED unless the caller holds ``role`` over the project."""
+        if not self.principal.allows(role, entity, project):
+            scope = f"{entity}/{project}" if project else entity
+            error = denied(self.principal, role, scope)
+            raise PermissionDenied(str(error), Reason.PERMISSION_DENIED, error.metadata)
 
 
 class BlobService(Protocol):

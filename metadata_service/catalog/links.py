@@ -25,6 +25,7 @@ from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 def link_version(
     uow: UnitOfWork,
+    caller: Caller,
     version: Version,
     artifact: Collection,
     rm_name: CollectionName,
@@ -53,7 +54,7 @@ def link_version(
         source = f"{repo.collection_full_name(artifact)}:v{version.index}"
         uow.record("link.created", f"{rm_name}:v{link.index}", after={"index": link.index, "version": source})
     for alias in aliases:
-        move_alias(uow, rm, rm_name, alias, link.index)
+        move_alias(uow, caller, rm, rm_name, alias, link.index)
     _, view = link_view(repo, link, collection_context(repo, rm), with_manifest=False)
     return view, created, link.id
 
@@ -90,7 +91,7 @@ class Links:
 
         def work(uow: UnitOfWork) -> tuple[tuple[LinkView, bool], dict[str, Any]]:
             version, artifact = resolve_version_row(uow.repo, ref)
-            view, created, link_id = link_version(uow, version, artifact, rm_name, clean_aliases)
+            view, created, link_id = link_version(uow, caller, version, artifact, rm_name, clean_aliases)
             return (view, created), {"link_id": link_id, "created": created}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[LinkView, bool]:

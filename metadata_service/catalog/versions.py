@@ -60,6 +60,7 @@ from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.server_runtime.principals import Role
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class Versions:
                     {"resource": uid},
                 )
             artifact = repo.lock_collection(version.artifact_id)
+            owner = repo.collection_full_name(artifact)
+            caller.require(Role.WRITER, owner.entity, owner.project)
             created = False
             if version.state == VersionState.COMMITTED.value:
                 if version.digest != manifest.digest:
@@ -216,8 +219,10 @@ class Versions:
                     },
                 )
             for alias in clean_aliases:
-                move_alias(uow, artifact, collection_name, alias, target.index)
-            linked = [link_version(uow, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets]
+                move_alias(uow, caller, artifact, collection_name, alias, target.index)
+            linked = [
+                link_version(uow, caller, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets
+            ]
             link_views = tuple(view for view, _, _ in linked)
             if created and artifact.retention_keep_last is not None:
                 apply_retention(uow, artifact, collection_name)
@@ -334,7 +339,7 @@ class Versions:
                     metadata={"aliases": ",".join(aliases), "links": ",".join(link_names)},
                 )
             for alias in aliases:
-                remove_alias(uow, row, context.name, alias)
+                remove_alias(uow, caller, row, context.name, alias)
             for link, name in zip(links, link_names, strict=True):
                 unlink(uow, link, name)
             tombstone(uow, version, f"{context.name}:v{version.index}")
