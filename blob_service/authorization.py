@@ -94,12 +94,10 @@ class IntrospectingAuthenticator:
         token = answer.token
         if not answer.HasField("token"):
             raise Unauthenticated("the token is not valid: no token has this secret", "TOKEN_INVALID")
+        if not answer.active and token.HasField("revoke_time"):
+            raise Unauthenticated(f"token {token.name!r} was revoked", "TOKEN_REVOKED", {"principal": token.name})
         if not answer.active:
-            revoked = token.HasField("revoke_time")
-            reason = "TOKEN_REVOKED" if revoked else "TOKEN_EXPIRED"
-            raise Unauthenticated(
-                f"token {token.name!r} {'was revoked' if revoked else 'has expired'}", reason, {"principal": token.name}
-            )
+            raise Unauthenticated(f"token {token.name!r} has expired", "TOKEN_EXPIRED", {"principal": token.name})
         if token.HasField("expire_time") and token.expire_time.ToDatetime(tzinfo=UTC) <= datetime.now(UTC):
             raise Unauthenticated(f"token {token.name!r} has expired", "TOKEN_EXPIRED", {"principal": token.name})
         return Principal(token.name, Role(int(token.role)), token.scope)
