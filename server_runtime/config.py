@@ -39,6 +39,17 @@ def add_off_switch(parser: argparse.ArgumentParser, flag: str, field: str, env: 
     )
 
 
+def add_switch(parser: argparse.ArgumentParser, field: str, env: str, help: str) -> None:
+    """Adds ``--FIELD``, turning the boolean setting on; so does ``env`` set to 1, true, yes or on."""
+    parser.add_argument(
+        "--" + field.replace("_", "-"),
+        dest=field,
+        action="store_true",
+        default=os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"),
+        help=f"{help} (env {env}=1)",
+    )
+
+
 def config_from_args(config: type[C], args: argparse.Namespace) -> C:
     """The settings dataclass ``config`` built from the parsed flags of the same names."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(config)}  # type: ignore[arg-type]
