@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, config_from_args
+from mreg.server_runtime.config import add_flag, add_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class BlobConfig:
     upload_expiry_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 600
     max_batch_total_size_bytes: int = 32 << 20
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MREG_BLOB_MIN_GC_GRACE_SECONDS",
         "never delete a blob written or looked up more recently than this, whatever cutoff garbage "
         "collection sends; protects uploads not yet committed",
+    )
+    flag("tls_cert", "MREG_BLOB_TLS_CERT", "serve TLS with this certificate chain (PEM); needs --tls-key")
+    flag("tls_key", "MREG_BLOB_TLS_KEY", "the private key (PEM) of --tls-cert")
+    flag(
+        "tls_client_ca",
+        "MREG_BLOB_TLS_CLIENT_CA",
+        "require every caller to present a client certificate issued by these CAs (PEM): mutual TLS",
+    )
+    add_switch(
+        parser,
+        "insecure",
+        "MREG_BLOB_INSECURE",
+        "allow listening on a non-loopback address although callers are not authenticated",
     )
 
 

@@ -15,7 +15,7 @@ from mreg.blob_service.errors import ERROR_DOMAIN
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
-from mreg.server_runtime import runtime, streams
+from mreg.server_runtime import runtime, streams, transport
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,21 @@ class RunningBlobServer:
 
 
 def start(config: BlobConfig) -> RunningBlobServer:
-    """Starts a blob server; returns once it listens."""
+    """Starts a blob server; returns once it listens.
+
+    Raises:
+        transport.TransportConfigError: the TLS settings are incomplete or unreadable, or ``listen``
+            is not a loopback address and the loopback rule refuses it.
+    """
+    credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+    # Authentication is not built yet, so every caller is unauthenticated.
+    transport.check_listen_address(
+        config.listen,
+        authenticated=False,
+        insecure=config.insecure,
+        tls=credentials is not None,
+        insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)",
+    )
     store = BlobStore(
         open_storage(config.store),
         touch_interval=timedelta(seconds=config.touch_interval_seconds),
@@ -81,11 +95,17 @@ def start(config: BlobConfig) -> RunningBlobServer:
         add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams, capabilities), server),
         service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         error_domain=ERROR_DOMAIN,
+        credentials=credentials,
     )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
-    log.info("blob service listening on port %d, storing in %r", started.port, store.storage)
+    log.info(
+        "blob service listening on port %d (%s), storing in %r",
+        started.port,
+        transport.describe(cert=config.tls_cert, client_ca=config.tls_client_ca),
+        store.storage,
+    )
     return RunningBlobServer(started.server, started.port, store, stopping, idle_streams, started.admission)
 
 

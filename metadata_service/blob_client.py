@@ -22,11 +22,17 @@ T = TypeVar("T")
 
 
 class BlobServiceClient:
-    """Asks a blob service over gRPC which digests it lacks, and deletes unused ones."""
+    """Asks a blob service over gRPC which digests it lacks, and deletes unused ones.
 
-    def __init__(self, address: str, timeout: float = 60.0) -> None:
+    ``credentials`` (``server_runtime.transport.channel_credentials``) make the channel TLS;
+    None connects in plaintext.
+    """
+
+    def __init__(self, address: str, timeout: float = 60.0, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (
+            grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+        )
         self._stub = blob_grpc.BlobServiceStub(self._channel)
         self._timeout = timeout
 

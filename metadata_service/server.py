@@ -19,7 +19,7 @@ from mreg.metadata_service.db import create_database_engine, upgrade_schema
 from mreg.metadata_service.errors import ERROR_DOMAIN
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.unit_of_work import Database
-from mreg.server_runtime import runtime, streams
+from mreg.server_runtime import runtime, streams, transport
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,33 @@ class RunningMetadataServer:
 
 
 def start(config: MetadataConfig) -> RunningMetadataServer:
-    """Starts a metadata server (upgrading the schema first unless told not to)."""
+    """Starts a metadata server (upgrading the schema first unless told not to).
+
+    Raises:
+        transport.TransportConfigError: the TLS settings (its own or the blob connection's) are
+            incomplete or unreadable, or ``listen`` is not a loopback address and the loopback rule
+            refuses it.
+    """
+    credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+    blob_credentials = transport.channel_credentials(
+        tls=config.blob_tls,
+        ca_cert=config.blob_ca_cert,
+        client_cert=config.blob_client_cert,
+        client_key=config.blob_client_key,
+        flag_prefix="--blob",
+    )
+    # Authentication is not built yet, so every caller is unauthenticated.
+    transport.check_listen_address(
+        config.listen,
+        authenticated=False,
+        insecure=config.insecure,
+        tls=credentials is not None,
+        insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
+    )
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)
-    content = BlobServiceClient(config.blob_addr)
+    content = BlobServiceClient(config.blob_addr, credentials=blob_credentials)
     catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     stopping = threading.Event()
     threading.Thread(target=_janitor, args=(catalog, config, stopping), name="mreg-janitor", daemon=True).start()
@@ -72,9 +94,17 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         add_servicers=lambda server: add_to_server(MetadataServicer(catalog), server),
         service_name=metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
         error_domain=ERROR_DOMAIN,
+        credentials=credentials,
     )
     port = started.port
-    log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
+    log.info(
+        "metadata service listening on port %d (%s; database %s; blob service %s over %s)",
+        port,
+        transport.describe(cert=config.tls_cert, client_ca=config.tls_client_ca),
+        engine.url.render_as_string(),
+        config.blob_addr,
+        "plaintext" if blob_credentials is None else "TLS",
+    )
     return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
 
 
