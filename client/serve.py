@@ -1,4 +1,12 @@
-"""``mreg serve``: both services in one process on the embedded default (SQLite + local disk)."""
+"""``mreg serve``: both services in one process on the embedded default (SQLite + local disk).
+
+With ``tls_cert``/``tls_key`` both services serve TLS with that one certificate, and the metadata
+service connects to the blob service over TLS trusting exactly that certificate (gRPC accepts a
+trusted certificate as the end of the chain, so this works for a self-signed certificate and for
+one issued by a CA alike). With ``tls_client_ca`` both require client certificates from that CA,
+and the metadata service presents the server certificate to the blob service as its own, so under
+mutual TLS the certificate must be issued by that CA and allow client authentication.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +16,74 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from mreg.server_runtime import runtime
+from mreg.server_runtime import runtime, transport
+
+# Addresses that listen on every interface; the metadata service reaches the blob service
+# beside it through localhost instead, a name the certificate can carry.
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
-def serve(data_dir: str, host: str, metadata_port: int, blob_port: int, database_url: str | None = None) -> None:
-    """Runs until SIGINT or SIGTERM."""
+def serve(
+    data_dir: str,
+    host: str,
+    metadata_port: int,
+    blob_port: int,
+    database_url: str | None = None,
+    *,
+    tls_cert: str = "",
+    tls_key: str = "",
+    tls_client_ca: str = "",
+    insecure: bool = False,
+) -> None:
+    """Runs until SIGINT or SIGTERM.
+
+    Raises:
+        transport.TransportConfigError: the TLS files are incomplete or unreadable, or ``host`` is not
+            loopback and ``insecure`` is not set (the loopback rule).
+    """
     runtime.configure_logging()
+    listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if not insecure:
+        # Each service applies the loopback rule (and warns) itself; checked here first only so that a
+        # refusal names this command's own flag rather than the services' environment variables.
+        # Authentication is not built yet, so every caller is unauthenticated.
+        transport.check_listen_address(
+            f"{listen_host}:{metadata_port}", authenticated=False, insecure=False, tls=bool(tls_cert)
+        )
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    blobs = blob_server.start(BlobConfig(listen=f"{host}:{blob_port}", store=str(root / "blobs")))
-    metadata = metadata_server.start(
-        MetadataConfig(
-            listen=f"{host}:{metadata_port}",
-            database_url=database_url or f"sqlite:///{root / 'metadata.db'}",
-            blob_addr=f"{host}:{blobs.port}",
+    blobs = blob_server.start(
+        BlobConfig(
+            listen=f"{listen_host}:{blob_port}",
+            store=str(root / "blobs"),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            insecure=insecure,
         )
     )
-    print(f"mreg metadata service listening on {host}:{metadata.port}", flush=True)
-    print(f"mreg blob service listening on {host}:{blobs.port}", flush=True)
+    blob_host = "localhost" if host in _WILDCARD_HOSTS else listen_host
+    try:
+        metadata = metadata_server.start(
+            MetadataConfig(
+                listen=f"{listen_host}:{metadata_port}",
+                database_url=database_url or f"sqlite:///{root / 'metadata.db'}",
+                blob_addr=f"{blob_host}:{blobs.port}",
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                tls_client_ca=tls_client_ca,
+                insecure=insecure,
+                blob_ca_cert=tls_cert,
+                blob_client_cert=tls_cert if tls_client_ca else "",
+                blob_client_key=tls_key if tls_client_ca else "",
+            )
+        )
+    except BaseException:
+        blobs.stop(grace=None)
+        raise
+    scheme = "TLS" if tls_cert else "plaintext"
+    print(f"mreg metadata service listening on {listen_host}:{metadata.port} ({scheme})", flush=True)
+    print(f"mreg blob service listening on {listen_host}:{blobs.port} ({scheme})", flush=True)
     print(f"data in {root}; stop with Ctrl-C", flush=True)
     runtime.wait_for_stop_signal()
     metadata.stop(grace=runtime.STOP_GRACE_SECONDS)
