@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, add_on_switch, config_from_args
+from mreg.server_runtime.config import add_flag, add_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,13 @@ class BlobConfig:
     metadata_addr: str = "localhost:50051"
     service_token_file: str = "service.token"
     auth_cache_seconds: float = 30
+    metadata_ca_cert: str = ""
+    metadata_client_cert: str = ""
+    metadata_client_key: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(parser, BlobConfig, field, env, help)
 
     flag("listen", "MREG_BLOB_LISTEN", "host:port to serve on; port 0 picks a free one")
-    add_on_switch(
+    add_switch(
         parser,
-        "--auth",
         "auth",
         "MREG_BLOB_AUTH",
         "require a token on every call (authorization: Bearer), checked with the metadata service",
@@ -51,6 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with --auth, the secret shared with the metadata service (its --service-token-file): the "
         "identity allowed ListBlobs and DeleteBlobs, and with which this service asks about tokens",
     )
+    flag(
+        "metadata_ca_cert",
+        "MREG_BLOB_METADATA_CA_CERT",
+        "with --auth, a PEM file of the CAs that verify the metadata service: TLS for the token checks",
+    )
+    flag(
+        "metadata_client_cert",
+        "MREG_BLOB_METADATA_CLIENT_CERT",
+        "with --auth, the certificate this service presents to the metadata service (mutual TLS)",
+    )
+    flag("metadata_client_key", "MREG_BLOB_METADATA_CLIENT_KEY", "the private key of --metadata-client-cert")
     flag(
         "auth_cache_seconds",
         "MREG_BLOB_AUTH_CACHE_SECONDS",
@@ -95,6 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MREG_BLOB_MIN_GC_GRACE_SECONDS",
         "never delete a blob written or looked up more recently than this, whatever cutoff garbage "
         "collection sends; protects uploads not yet committed",
+    )
+    flag("tls_cert", "MREG_BLOB_TLS_CERT", "serve TLS with this certificate chain (PEM); needs --tls-key")
+    flag("tls_key", "MREG_BLOB_TLS_KEY", "the private key (PEM) of --tls-cert")
+    flag(
+        "tls_client_ca",
+        "MREG_BLOB_TLS_CLIENT_CA",
+        "require every caller to present a client certificate issued by these CAs (PEM): mutual TLS",
+    )
+    add_switch(
+        parser,
+        "insecure",
+        "MREG_BLOB_INSECURE",
+        "allow listening on a non-loopback address although callers are not authenticated",
     )
 
 

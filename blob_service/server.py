@@ -17,7 +17,8 @@ from mreg.blob_service.errors import ERROR_DOMAIN
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
-from mreg.server_runtime import runtime, streams
+from mreg.client.channels import Credentials
+from mreg.server_runtime import runtime, streams, transport
 from mreg.server_runtime.auth import AuthInterceptor
 from mreg.server_runtime.principals import read_or_create_secret_file
 
@@ -64,7 +65,20 @@ class RunningBlobServer:
 
 
 def start(config: BlobConfig) -> RunningBlobServer:
-    """Starts a blob server; returns once it listens."""
+    """Starts a blob server; returns once it listens.
+
+    Raises:
+        transport.TransportConfigError: the TLS settings are incomplete or unreadable, or ``listen``
+            is not a loopback address and the loopback rule refuses it.
+    """
+    credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+    transport.check_listen_address(
+        config.listen,
+        authenticated=config.auth,
+        insecure=config.insecure,
+        tls=credentials is not None,
+        insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)",
+    )
     store = BlobStore(
         open_storage(config.store),
         touch_interval=timedelta(seconds=config.touch_interval_seconds),
@@ -88,6 +102,11 @@ def start(config: BlobConfig) -> RunningBlobServer:
             lambda: running[0].metadata_addr,
             read_or_create_secret_file(Path(config.service_token_file)),
             config.auth_cache_seconds,
+            Credentials(
+                ca_cert=_read(config.metadata_ca_cert),
+                client_cert=_read(config.metadata_client_cert),
+                client_key=_read(config.metadata_client_key),
+            ),
         )
         interceptors.append(AuthInterceptor(authenticator, authorize, ERROR_DOMAIN))
     started = runtime.start_server(
@@ -101,11 +120,17 @@ def start(config: BlobConfig) -> RunningBlobServer:
         service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         error_domain=ERROR_DOMAIN,
         interceptors=interceptors,
+        credentials=credentials,
     )
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
         threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
-    log.info("blob service listening on port %d, storing in %r", started.port, store.storage)
+    log.info(
+        "blob service listening on port %d (%s), storing in %r",
+        started.port,
+        transport.describe(cert=config.tls_cert, client_ca=config.tls_client_ca),
+        store.storage,
+    )
     running.append(
         RunningBlobServer(
             started.server,
@@ -119,6 +144,10 @@ def start(config: BlobConfig) -> RunningBlobServer:
         )
     )
     return running[0]
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
 
 
 def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:

@@ -119,7 +119,7 @@ class Credentials:
         return f"Credentials(token={'<set>' if self.token else None}, tls={self.uses_tls})"
 
 
-class _BearerToken(
+class BearerToken(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
@@ -174,5 +174,5 @@ def open_channel(address: str, credentials: Credentials | None = None) -> grpc.C
     else:
         channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     if credentials.token:
-        channel = grpc.intercept_channel(channel, _BearerToken(credentials.token))
+        channel = grpc.intercept_channel(channel, BearerToken(credentials.token))
     return channel

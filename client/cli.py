@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from mreg.client.cache import default_cache_dir
+from mreg.client.channels import Credentials
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
 from mreg.client.transfer import ProgressCallback
@@ -110,6 +111,24 @@ class Output:
         return start
 
 
+def _credentials(args: argparse.Namespace) -> Credentials:
+    """The environment's credentials (MREG_TOKEN, MREG_CA_CERT, ...), each overridden by its flag."""
+    environ = dict(os.environ)
+    for flag, variable in (
+        (args.ca_cert, "MREG_CA_CERT"),
+        (args.client_cert, "MREG_CLIENT_CERT"),
+        (args.client_key, "MREG_CLIENT_KEY"),
+    ):
+        if flag is not None:
+            environ[variable] = flag
+    if args.tls:
+        environ["MREG_TLS"] = "1"
+    credentials = Credentials.from_env(environ)
+    if (credentials.client_cert is None) != (credentials.client_key is None):
+        raise MregError("INVALID_ARGUMENT", "--client-cert and --client-key go together: give both or neither")
+    return credentials
+
+
 def _registry(args: argparse.Namespace) -> Registry:
     return Registry.connect(
         args.metadata_addr,
@@ -118,6 +137,7 @@ def _registry(args: argparse.Namespace) -> Registry:
         project=args.project,
         parallel=args.parallel,
         use_cache=not args.no_cache,
+        credentials=_credentials(args),
     )
 
 
@@ -478,7 +498,25 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
             "pip install 'mreg[server]' (from a clone: pip install '.[server]')",
         ) from e
 
-    serve(args.data_dir, args.host, args.metadata_port, args.blob_port, args.database_url, auth=args.auth)
+    from mreg.server_runtime.transport import TransportConfigError
+
+    try:
+        serve(
+            args.data_dir,
+            args.host,
+            args.metadata_port,
+            args.blob_port,
+            args.database_url,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            insecure=args.insecure,
+            auth=args.auth,
+        )
+    except TransportConfigError as e:
+        # A setting the services refuse to start with is a usage error, as for `python -m mreg.*_service`.
+        print(f"mreg serve: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,6 +530,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--parallel", type=int, default=8, help="parallel transfer streams (default 8)")
     common.add_argument(
         "--no-cache", action="store_true", help="skip the local hash and content caches (env MREG_CACHE_DIR)"
+    )
+    common.add_argument(
+        "--ca-cert", metavar="PEM", help="use TLS, trusting only these CA certificates (env MREG_CA_CERT)"
+    )
+    common.add_argument(
+        "--client-cert", metavar="PEM", help="present this client certificate, for mutual TLS (env MREG_CLIENT_CERT)"
+    )
+    common.add_argument("--client-key", metavar="PEM", help="the private key of --client-cert (env MREG_CLIENT_KEY)")
+    common.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting the system's CA certificates (env MREG_TLS=1)"
     )
 
     parser = argparse.ArgumentParser(prog="mreg", description="mreg: a model registry for training clusters")
@@ -612,8 +660,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--auth",
         action="store_true",
-        default=os.environ.get("MREG_AUTH", "").lower() in ("1", "true", "yes"),
+        default=os.environ.get("MREG_AUTH", "").lower() in ("1", "true", "yes", "on"),
         help="require tokens; the first start writes an admin token to DIR/admin.token (env MREG_AUTH=1)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default="",
+        metavar="PEM",
+        help="both services serve TLS with this certificate chain (needs --tls-key); it must name --host "
+        "(localhost when --host is 0.0.0.0), and the metadata service trusts it to reach the blob service",
+    )
+    serve.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca",
+        default="",
+        metavar="PEM",
+        help="require client certificates issued by these CAs (mutual TLS); the metadata service presents "
+        "--tls-cert to the blob service, so that certificate must be issued by them too",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host although callers are not authenticated",
     )
     serve.set_defaults(handler=cmd_serve)
     return parser

@@ -1,4 +1,12 @@
-"""``mreg serve``: both services in one process on the embedded default (SQLite + local disk)."""
+"""``mreg serve``: both services in one process on the embedded default (SQLite + local disk).
+
+With ``tls_cert``/``tls_key`` both services serve TLS with that one certificate, and the metadata
+service connects to the blob service over TLS trusting exactly that certificate (gRPC accepts a
+trusted certificate as the end of the chain, so this works for a self-signed certificate and for
+one issued by a CA alike). With ``tls_client_ca`` both require client certificates from that CA,
+and the metadata service presents the server certificate to the blob service as its own, so under
+mutual TLS the certificate must be issued by that CA and allow client authentication.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,11 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from mreg.server_runtime import runtime
+from mreg.server_runtime import runtime, transport
+
+# Addresses that listen on every interface; the metadata service reaches the blob service
+# beside it through localhost instead, a name the certificate can carry.
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def serve(
@@ -18,39 +30,74 @@ def serve(
     blob_port: int,
     database_url: str | None = None,
     *,
+    tls_cert: str = "",
+    tls_key: str = "",
+    tls_client_ca: str = "",
+    insecure: bool = False,
     auth: bool = False,
 ) -> None:
     """Runs until SIGINT or SIGTERM.
 
     With ``auth``, both services require tokens; they share a secret in DATA_DIR/service.token,
     and the first start writes an admin token to DATA_DIR/admin.token (both mode 0600).
+
+    Raises:
+        transport.TransportConfigError: the TLS files are incomplete or unreadable, or ``host`` is not
+            loopback and neither ``auth`` nor ``insecure`` is set (the loopback rule).
     """
     runtime.configure_logging()
+    listen_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if not insecure:
+        # Each service applies the loopback rule (and warns) itself; checked here first only so that a
+        # refusal names this command's own flag rather than the services' environment variables.
+        transport.check_listen_address(
+            f"{listen_host}:{metadata_port}", authenticated=auth, insecure=False, tls=bool(tls_cert)
+        )
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     service_token = str(root / "service.token")
     blobs = blob_server.start(
         BlobConfig(
-            listen=f"{host}:{blob_port}",
+            listen=f"{listen_host}:{blob_port}",
             store=str(root / "blobs"),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            insecure=insecure,
             auth=auth,
-            metadata_addr=f"{host}:{metadata_port}",
             service_token_file=service_token,
+            # The blob service asks the metadata service about tokens, over the same TLS.
+            metadata_ca_cert=tls_cert,
+            metadata_client_cert=tls_cert if tls_client_ca else "",
+            metadata_client_key=tls_key if tls_client_ca else "",
         )
     )
-    metadata = metadata_server.start(
-        MetadataConfig(
-            listen=f"{host}:{metadata_port}",
-            database_url=database_url or f"sqlite:///{root / 'metadata.db'}",
-            blob_addr=f"{host}:{blobs.port}",
-            auth=auth,
-            admin_token_file=str(root / "admin.token"),
-            service_token_file=service_token,
+    blob_host = "localhost" if host in _WILDCARD_HOSTS else listen_host
+    try:
+        metadata = metadata_server.start(
+            MetadataConfig(
+                listen=f"{listen_host}:{metadata_port}",
+                database_url=database_url or f"sqlite:///{root / 'metadata.db'}",
+                blob_addr=f"{blob_host}:{blobs.port}",
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                tls_client_ca=tls_client_ca,
+                insecure=insecure,
+                blob_ca_cert=tls_cert,
+                blob_client_cert=tls_cert if tls_client_ca else "",
+                blob_client_key=tls_key if tls_client_ca else "",
+                auth=auth,
+                admin_token_file=str(root / "admin.token"),
+                service_token_file=service_token,
+            )
         )
-    )
-    blobs.metadata_addr = f"{host}:{metadata.port}"
-    print(f"mreg metadata service listening on {host}:{metadata.port}", flush=True)
-    print(f"mreg blob service listening on {host}:{blobs.port}", flush=True)
+    except BaseException:
+        blobs.stop(grace=None)
+        raise
+    blobs.metadata_addr = f"{blob_host}:{metadata.port}"
+    scheme = "TLS" if tls_cert else "plaintext"
+    print(f"mreg metadata service listening on {listen_host}:{metadata.port} ({scheme})", flush=True)
+    print(f"mreg blob service listening on {listen_host}:{blobs.port} ({scheme})", flush=True)
     if auth:
         print(
             f"authentication is on: the admin token is in {root / 'admin.token'} "

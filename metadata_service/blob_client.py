@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
-from mreg.client.channels import Credentials, open_channel
+from mreg.client.channels import BearerToken
 from mreg.metadata_service.errors import FailedPrecondition, Reason, Unavailable
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
@@ -23,14 +23,23 @@ T = TypeVar("T")
 
 
 class BlobServiceClient:
-    """Asks a blob service over gRPC which digests it lacks, and deletes unused ones."""
+    """Asks a blob service over gRPC which digests it lacks, and deletes unused ones.
 
-    def __init__(self, address: str, timeout: float = 60.0, token: str | None = None) -> None:
-        """``token`` is the secret the two services share, sent when authentication is on."""
+    ``credentials`` (``server_runtime.transport.channel_credentials``) make the channel TLS;
+    None connects in plaintext. ``token`` is the secret the two services share, sent as a
+    bearer token when authentication is on.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
         self.address = address
-        # The metadata service is a client of the blob service like any other: the same
-        # channel, retry policy and credentials.
-        self._channel = open_channel(address, Credentials(token=token))
+        channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+        self._channel = grpc.intercept_channel(channel, BearerToken(token)) if token else channel
         self._stub = blob_grpc.BlobServiceStub(self._channel)
         self._timeout = timeout
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, add_off_switch, add_on_switch, config_from_args
+from mreg.server_runtime.config import add_flag, add_off_switch, add_switch, config_from_args
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,14 @@ class MetadataConfig:
     admin_token_file: str = "admin.token"
     service_token_file: str = "service.token"
     auth_cache_seconds: float = 30
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
+    blob_tls: bool = False
+    blob_ca_cert: str = ""
+    blob_client_cert: str = ""
+    blob_client_key: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,9 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "how often blob garbage collection runs; 0 turns it off",
     )
     flag("gc_grace_seconds", "MREG_GC_GRACE_SECONDS", "blobs used more recently than this are never collected")
-    add_on_switch(
+    add_switch(
         parser,
-        "--auth",
         "auth",
         "MREG_METADATA_AUTH",
         "require a token on every call (authorization: Bearer); on first start, write an admin token "
@@ -86,6 +93,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_off_switch(
         parser, "--no-migrate", "migrate", "MREG_NO_MIGRATE", "do not upgrade the database schema at start-up"
     )
+    flag("tls_cert", "MREG_METADATA_TLS_CERT", "serve TLS with this certificate chain (PEM); needs --tls-key")
+    flag("tls_key", "MREG_METADATA_TLS_KEY", "the private key (PEM) of --tls-cert")
+    flag(
+        "tls_client_ca",
+        "MREG_METADATA_TLS_CLIENT_CA",
+        "require every caller to present a client certificate issued by these CAs (PEM): mutual TLS",
+    )
+    add_switch(
+        parser,
+        "insecure",
+        "MREG_METADATA_INSECURE",
+        "allow listening on a non-loopback address although callers are not authenticated",
+    )
+    add_switch(
+        parser,
+        "blob_tls",
+        "MREG_METADATA_BLOB_TLS",
+        "connect to --blob-addr over TLS, trusting the system's roots (implied by --blob-ca-cert)",
+    )
+    flag(
+        "blob_ca_cert",
+        "MREG_METADATA_BLOB_CA_CERT",
+        "connect to --blob-addr over TLS, trusting only these CA certificates (PEM)",
+    )
+    flag(
+        "blob_client_cert",
+        "MREG_METADATA_BLOB_CLIENT_CERT",
+        "present this client certificate (PEM) to the blob service, for its --tls-client-ca",
+    )
+    flag("blob_client_key", "MREG_METADATA_BLOB_CLIENT_KEY", "the private key (PEM) of --blob-client-cert")
 
 
 def from_args(args: argparse.Namespace) -> MetadataConfig:

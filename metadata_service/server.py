@@ -23,7 +23,7 @@ from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.token_servicer import TokenServicer
 from mreg.metadata_service.token_servicer import add_to_server as add_token_servicer
 from mreg.metadata_service.unit_of_work import Database
-from mreg.server_runtime import runtime, streams
+from mreg.server_runtime import runtime, streams, transport
 from mreg.server_runtime.auth import AuthInterceptor
 from mreg.server_runtime.principals import read_or_create_secret_file, write_secret_file
 
@@ -60,12 +60,33 @@ class RunningMetadataServer:
 
 
 def start(config: MetadataConfig) -> RunningMetadataServer:
-    """Starts a metadata server (upgrading the schema first unless told not to)."""
+    """Starts a metadata server (upgrading the schema first unless told not to).
+
+    Raises:
+        transport.TransportConfigError: the TLS settings (its own or the blob connection's) are
+            incomplete or unreadable, or ``listen`` is not a loopback address and the loopback rule
+            refuses it.
+    """
+    credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
+    blob_credentials = transport.channel_credentials(
+        tls=config.blob_tls,
+        ca_cert=config.blob_ca_cert,
+        client_cert=config.blob_client_cert,
+        client_key=config.blob_client_key,
+        flag_prefix="--blob",
+    )
+    transport.check_listen_address(
+        config.listen,
+        authenticated=config.auth,
+        insecure=config.insecure,
+        tls=credentials is not None,
+        insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
+    )
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)
     service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
-    content = BlobServiceClient(config.blob_addr, token=service_secret)
+    content = BlobServiceClient(config.blob_addr, credentials=blob_credentials, token=service_secret)
     catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
     interceptors = []
     if config.auth:
@@ -91,9 +112,17 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         more_service_names=[token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name],
         error_domain=ERROR_DOMAIN,
         interceptors=interceptors,
+        credentials=credentials,
     )
     port = started.port
-    log.info("metadata service listening on port %d (database %s)", port, engine.url.render_as_string())
+    log.info(
+        "metadata service listening on port %d (%s; database %s; blob service %s over %s)",
+        port,
+        transport.describe(cert=config.tls_cert, client_ca=config.tls_client_ca),
+        engine.url.render_as_string(),
+        config.blob_addr,
+        "plaintext" if blob_credentials is None else "TLS",
+    )
     return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
 
 

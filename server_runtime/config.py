@@ -39,13 +39,13 @@ def add_off_switch(parser: argparse.ArgumentParser, flag: str, field: str, env: 
     )
 
 
-def add_on_switch(parser: argparse.ArgumentParser, flag: str, field: str, env: str, help: str) -> None:
-    """Adds a flag that turns the boolean setting ``field`` on; so does ``env`` set to 1, true or yes."""
+def add_switch(parser: argparse.ArgumentParser, field: str, env: str, help: str) -> None:
+    """Adds ``--FIELD``, turning the boolean setting on; so does ``env`` set to 1, true, yes or on."""
     parser.add_argument(
-        flag,
+        "--" + field.replace("_", "-"),
         dest=field,
         action="store_true",
-        default=os.environ.get(env, "").lower() in ("1", "true", "yes"),
+        default=os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"),
         help=f"{help} (env {env}=1)",
     )
 

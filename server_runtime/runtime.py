@@ -2,8 +2,10 @@
 
 :func:`start_server` builds a gRPC server whose streams cannot starve unary calls
 (``server_runtime.streams``), adds the service's servicers with health checking and
-reflection, binds and starts it. :func:`run_main` is a service's ``python -m`` entry
-point: flags, logging, start, then a graceful stop on SIGTERM or SIGINT.
+reflection, binds (with TLS when given credentials) and starts it. :func:`run_main` is a
+service's ``python -m`` entry point: flags, logging, start, then a graceful stop on SIGTERM
+or SIGINT; a transport setting the service refuses (``server_runtime.transport``) ends it
+with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import grpc
 
 from mreg.server_runtime import streams
 from mreg.server_runtime.introspection import add_health_and_reflection
+from mreg.server_runtime.transport import TransportConfigError
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
 STOP_GRACE_SECONDS = 5
@@ -45,6 +49,7 @@ def start_server(
     error_domain: str,
     more_service_names: Sequence[str] = (),
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> StartedServer:
     """Builds, binds and starts a server; returns once it listens.
 
@@ -59,6 +64,7 @@ def start_server(
         more_service_names: other services the servicers serve, for health and reflection.
         interceptors: run before stream admission, e.g. authentication (so a refused
             caller never holds a stream slot).
+        credentials: TLS server credentials (``transport.server_credentials``); None serves plaintext.
 
     Raises:
         RuntimeError: ``listen`` cannot be bound.
@@ -70,7 +76,7 @@ def start_server(
     )
     add_servicers(server)
     add_health_and_reflection(server, service_name, *more_service_names)
-    port = server.add_insecure_port(listen)
+    port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
     server.start()
@@ -110,7 +116,11 @@ def run_main(
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    running = start(args)
+    try:
+        running = start(args)
+    except TransportConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(f"{what} listening on {running.address}", flush=True)
     wait_for_stop_signal()
     running.stop(grace=STOP_GRACE_SECONDS)

@@ -2,8 +2,9 @@
 
 The Node script loads only protos/ (with @grpc/grpc-js and @grpc/proto-loader, pinned in
 tests/node/package-lock.json) and runs the whole flow, error details included. It runs on
-every database of the `servers` fixture. A missing node or node_modules fails the test:
-`make install` installs them (`npm ci --prefix tests/node`).
+every database of the `servers` fixture, and once more over mutual TLS (the script's
+MREG_CA_CERT, MREG_CLIENT_CERT and MREG_CLIENT_KEY, as the Python client reads them). A missing
+node or node_modules fails the test: `make install` installs them (`npm ci --prefix tests/node`).
 """
 
 from __future__ import annotations
@@ -39,11 +40,29 @@ def _node() -> str:
     return node
 
 
-def test_node_client_runs_the_whole_flow_from_protos_alone(servers) -> None:
+def _run_conformance(addresses: dict[str, str]) -> None:
     node = _node()
-    env = {**os.environ, "MREG_BLOB_ADDR": servers.blob.address, "MREG_METADATA_ADDR": servers.metadata.address}
+    client_env = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS")
+    env = {**{k: v for k, v in os.environ.items() if k not in client_env}, **addresses}
     result = subprocess.run(
         [node, str(SCRIPT)], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     output = f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     assert result.returncode == 0, f"node {SCRIPT.name} exited {result.returncode}\n{output}"
+
+
+def test_node_client_runs_the_whole_flow_from_protos_alone(servers) -> None:
+    _run_conformance({"MREG_BLOB_ADDR": servers.blob.address, "MREG_METADATA_ADDR": servers.metadata.address})
+
+
+def test_node_client_runs_the_whole_flow_over_mutual_tls(mtls_servers) -> None:
+    pki = mtls_servers.pki
+    _run_conformance(
+        {
+            "MREG_BLOB_ADDR": mtls_servers.blob.address,
+            "MREG_METADATA_ADDR": mtls_servers.metadata.address,
+            "MREG_CA_CERT": str(pki.ca_cert),
+            "MREG_CLIENT_CERT": str(pki.client_cert),
+            "MREG_CLIENT_KEY": str(pki.client_key),
+        }
+    )

@@ -4,6 +4,10 @@
 //
 //   MREG_BLOB_ADDR=127.0.0.1:50052 MREG_METADATA_ADDR=127.0.0.1:50051 node tests/node/conformance.mjs
 //
+// Over TLS, as the Python client does: MREG_CA_CERT=ca.pem (PEM file of the CAs to trust; TLS
+// on), MREG_TLS=1 (TLS with the system's roots), and MREG_CLIENT_CERT/MREG_CLIENT_KEY (PEM files
+// of a client certificate and its key, for services that require mutual TLS).
+//
 // Prints one line per step and exits non-zero with a message on the first failure.
 // Dependencies (pinned in package-lock.json): `npm ci --prefix tests/node` (`make install`).
 
@@ -264,7 +268,22 @@ if (!blobAddr || !metadataAddr) {
   process.exit(2);
 }
 
-const credentials = grpc.credentials.createInsecure();
+// Plaintext unless a CA, a client certificate or MREG_TLS asks for TLS (the Python client's rule).
+function channelCredentials(env) {
+  const pem = (name) => (env[name] ? readFileSync(env[name]) : null);
+  const ca = pem("MREG_CA_CERT");
+  const cert = pem("MREG_CLIENT_CERT");
+  const key = pem("MREG_CLIENT_KEY");
+  if ((cert === null) !== (key === null)) {
+    console.error("MREG_CLIENT_CERT and MREG_CLIENT_KEY go together: set both or neither");
+    process.exit(2);
+  }
+  const tls = ["1", "true", "yes"].includes((env.MREG_TLS ?? "").toLowerCase());
+  if (!tls && ca === null && cert === null) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(ca, key, cert);
+}
+
+const credentials = channelCredentials(process.env);
 const blobs = new api.mreg.blob.v1.BlobService(blobAddr, credentials);
 const registry = new api.mreg.metadata.v1.MetadataService(metadataAddr, credentials);
 

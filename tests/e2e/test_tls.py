@@ -1,0 +1,229 @@
+"""Transport security end to end: TLS and mutual TLS on both services and between them, the client and
+CLI credentials, `mreg serve` with TLS, and the loopback rule of the service entry points."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mreg.client import MregError
+from mreg.client.cli import main as cli_main
+from tests.certificates import Pki, credentials_of
+from tests.helpers import assert_same_tree, make_checkpoint
+
+CLIENT_ENV = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS", "MREG_ENTITY", "MREG_PROJECT")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Runs `mreg ARGS` in-process against ``addresses``; returns (exit code, stdout, stderr)."""
+    for variable in CLIENT_ENV:
+        monkeypatch.delenv(variable, raising=False)
+
+    def run(addresses: dict[str, str], *args: str) -> tuple[int, str, str]:
+        for key, value in addresses.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = cli_main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def _refusal(call) -> MregError:  # type: ignore[no-untyped-def]
+    with pytest.raises(MregError) as error:
+        call()
+    return error.value
+
+
+def test_push_and_pull_round_trip_over_tls_on_both_services_and_between_them(tls_servers, tmp_path: Path, unique):
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=2 << 20)
+    with tls_servers.registry(credentials_of(tls_servers.pki.ca_cert)) as registry:
+        # The commit succeeds only if the metadata service reached the TLS-only blob service over TLS.
+        pushed = registry.push(str(checkpoint), f"tls-{unique}")
+        registry.pull(pushed.version.name, str(tmp_path / "out"))
+
+    assert pushed.version.name == f"acme/vision/tls-{unique}:v0"
+    assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_a_client_trusting_another_ca_is_refused_at_the_handshake(tls_servers) -> None:
+    with tls_servers.registry(credentials_of(tls_servers.pki.other_ca_cert)) as registry:
+        error = _refusal(lambda: registry.resolve("acme/vision/anything"))
+
+    assert error.code == "UNAVAILABLE"
+    assert "handshake" in error.message.lower() or "ssl" in error.message.lower(), error.message
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with(mtls_servers) -> None:
+    pki = mtls_servers.pki
+    with mtls_servers.registry(credentials_of(pki.ca_cert)) as registry:
+        # The client's half of the handshake succeeds; the server then closes the connection.
+        without = _refusal(lambda: registry.resolve("acme/vision/anything"))
+    with mtls_servers.registry(credentials_of(pki.ca_cert, pki.client_cert, pki.client_key)) as registry:
+        with_certificate = _refusal(lambda: registry.resolve("acme/vision/anything"))
+
+    assert without.code == "UNAVAILABLE"
+    assert with_certificate.code == "NOT_FOUND", "the same server answers a caller with a certificate"
+
+
+def test_mutual_tls_carries_a_push_and_pull_including_the_metadata_services_own_certificate(
+    mtls_servers, tmp_path: Path, unique
+) -> None:
+    pki = mtls_servers.pki
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1 << 20)
+    with mtls_servers.registry(credentials_of(pki.ca_cert, pki.client_cert, pki.client_key)) as registry:
+        pushed = registry.push(str(checkpoint), f"mtls-{unique}")
+        registry.pull(pushed.version.name, str(tmp_path / "out"))
+
+    assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_cli_with_ca_cert_pushes_and_pulls_over_tls(tls_servers, cli, tmp_path: Path, unique) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1000)
+    ca = str(tls_servers.pki.ca_cert)
+
+    code, out, err = cli(
+        tls_servers.env(), "push", str(checkpoint), f"acme/vision/cli-tls-{unique}", "--ca-cert", ca, "--json"
+    )
+    assert code == 0, err
+    ref = json.loads(out)["ref"]
+    code, _, err = cli(tls_servers.env(), "pull", ref, str(tmp_path / "out"), "--ca-cert", ca, "--json")
+    assert code == 0, err
+    assert_same_tree(checkpoint, tmp_path / "out")
+
+
+def test_cli_flags_override_the_client_environment(tls_servers, cli, monkeypatch) -> None:
+    monkeypatch.setenv("MREG_CA_CERT", str(tls_servers.pki.other_ca_cert))
+
+    # Only the flag's CA can verify the servers, so success shows the flag won over the environment.
+    code, out, err = cli(tls_servers.env(), "ls", "acme/vision", "--ca-cert", str(tls_servers.pki.ca_cert), "--json")
+
+    assert code == 0, err
+    assert isinstance(json.loads(out), list)
+
+
+def test_cli_trusting_the_wrong_ca_fails_in_one_line(tls_servers, cli) -> None:
+    code, _, err = cli(tls_servers.env(), "ls", "acme/vision", "--ca-cert", str(tls_servers.pki.other_ca_cert))
+
+    assert code == 1
+    assert err.startswith("mreg: error: UNAVAILABLE: ") and err.count("\n") == 1, err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_mreg_serve_with_mutual_tls_serves_the_cli_with_a_client_certificate(
+    pki: Pki, cli, tmp_path: Path, unique
+) -> None:
+    """`mreg serve` wires TLS into both services and the metadata service's channel to the blob service."""
+    metadata_port, blob_port = _free_port(), _free_port()
+    mreg_bin = Path(sys.executable).parent / "mreg"
+    server = subprocess.Popen(
+        [
+            str(mreg_bin),
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--metadata-port",
+            str(metadata_port),
+            "--blob-port",
+            str(blob_port),
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+            "--tls-client-ca",
+            str(pki.ca_cert),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + 30
+        banner: list[str] = []
+        while time.monotonic() < deadline and not any(
+            line.startswith("mreg blob service listening") for line in banner
+        ):
+            banner.append(server.stdout.readline())
+        assert any(f"127.0.0.1:{metadata_port} (TLS)" in line for line in banner), banner
+        addresses = {"MREG_METADATA_ADDR": f"127.0.0.1:{metadata_port}", "MREG_BLOB_ADDR": f"127.0.0.1:{blob_port}"}
+        tls = [
+            "--ca-cert",
+            str(pki.ca_cert),
+            "--client-cert",
+            str(pki.client_cert),
+            "--client-key",
+            str(pki.client_key),
+        ]
+        checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1000)
+
+        code, out, err = cli(addresses, "push", str(checkpoint), f"acme/vision/served-{unique}", *tls, "--json")
+        assert code == 0, err
+        code, _, err = cli(addresses, "pull", json.loads(out)["ref"], str(tmp_path / "out"), *tls, "--json")
+        assert code == 0, err
+        assert_same_tree(checkpoint, tmp_path / "out")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "insecure_env"),
+    [
+        ("mreg.metadata_service", ["--database-url", "sqlite:///{tmp}/metadata.db"], "MREG_METADATA_INSECURE"),
+        ("mreg.blob_service", ["--store", "{tmp}/blobs"], "MREG_BLOB_INSECURE"),
+    ],
+)
+def test_a_service_refuses_a_non_loopback_address_without_insecure(
+    module: str, args: list[str], insecure_env: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--listen", "0.0.0.0:0", *[a.format(tmp=tmp_path) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"python -m {module}: error: refusing to listen on 0.0.0.0:0"), result.stderr
+    assert "--insecure" in result.stderr and insecure_env in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be created before the refusal"
+
+
+def test_mreg_serve_refuses_a_non_loopback_host_without_insecure(cli, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit:
+        cli({}, "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "data"))
+
+    assert exit.value.code == 2
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_service_with_half_a_key_pair_exits_2_naming_the_missing_flag(pki: Pki, tmp_path: Path) -> None:
+    listen = ["--listen", "127.0.0.1:0", "--store", str(tmp_path / "b")]
+    result = subprocess.run(
+        [sys.executable, "-m", "mreg.blob_service", *listen, "--tls-cert", str(pki.server_cert)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "--tls-cert and --tls-key go together" in result.stderr
