@@ -10,7 +10,8 @@ import pytest
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import Registry
-from mreg.client.channels import Credentials
+from mreg.client.channels import Credentials, open_channel
+from mreg.metadata.v1 import token_service_pb2, token_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.certificates import Pki, make_pki
@@ -80,5 +81,59 @@ def mtls_servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         )
     )
     yield SecureServers(blobs, metadata, pki)
+    metadata.stop(grace=None)
+    blobs.stop(grace=None)
+
+
+@dataclass
+class SecuredMtlsServers(SecureServers):
+    admin_token: str = ""
+
+    def create_token(self, name: str, role: str, scope: str) -> str:
+        credentials = Credentials(
+            token=self.admin_token,
+            ca_cert=self.pki.ca_cert.read_bytes(),
+            client_cert=self.pki.client_cert.read_bytes(),
+            client_key=self.pki.client_key.read_bytes(),
+        )
+        with open_channel(self.metadata.address, credentials) as channel:
+            response = token_service_pb2_grpc.TokenServiceStub(channel).CreateToken(
+                token_service_pb2.CreateTokenRequest(name=name, role=f"ROLE_{role.upper()}", scope=scope)
+            )
+        return response.secret
+
+
+@pytest.fixture(scope="session")
+def secured_mtls_servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredMtlsServers]:
+    """Production-like: mutual TLS on both services and between them, and tokens required (--auth)."""
+    root = tmp_path_factory.mktemp("secured-mtls")
+    server_files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key), "tls_client_ca": str(pki.ca_cert)}
+    client_files = {"ca_cert": str(pki.ca_cert), "client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
+    service_token = str(root / "service.token")
+    blobs = blob_server.start(
+        BlobConfig(
+            listen="127.0.0.1:0",
+            store=str(root / "blobs"),
+            auth=True,
+            service_token_file=service_token,
+            **{f"metadata_{key}": value for key, value in client_files.items()},
+            **server_files,
+        )
+    )
+    metadata = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=f"sqlite:///{root / 'metadata.db'}",
+            blob_addr=blobs.address,
+            auth=True,
+            admin_token_file=str(root / "admin.token"),
+            service_token_file=service_token,
+            **{f"blob_{key}": value for key, value in client_files.items()},
+            **server_files,
+        )
+    )
+    blobs.metadata_addr = metadata.address
+    admin = (root / "admin.token").read_text().strip()
+    yield SecuredMtlsServers(blobs, metadata, pki, admin_token=admin)
     metadata.stop(grace=None)
     blobs.stop(grace=None)

@@ -42,7 +42,7 @@ def _node() -> str:
 
 def _run_conformance(addresses: dict[str, str]) -> None:
     node = _node()
-    client_env = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS")
+    client_env = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS", "MREG_TOKEN")
     env = {**{k: v for k, v in os.environ.items() if k not in client_env}, **addresses}
     result = subprocess.run(
         [node, str(SCRIPT)], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -64,5 +64,20 @@ def test_node_client_runs_the_whole_flow_over_mutual_tls(mtls_servers) -> None:
             "MREG_CA_CERT": str(pki.ca_cert),
             "MREG_CLIENT_CERT": str(pki.client_cert),
             "MREG_CLIENT_KEY": str(pki.client_key),
+        }
+    )
+
+
+def test_node_client_runs_the_whole_flow_over_mutual_tls_with_a_token(secured_mtls_servers) -> None:
+    servers = secured_mtls_servers
+    pki = servers.pki
+    _run_conformance(
+        {
+            "MREG_BLOB_ADDR": servers.blob.address,
+            "MREG_METADATA_ADDR": servers.metadata.address,
+            "MREG_CA_CERT": str(pki.ca_cert),
+            "MREG_CLIENT_CERT": str(pki.client_cert),
+            "MREG_CLIENT_KEY": str(pki.client_key),
+            "MREG_TOKEN": servers.create_token("node-writer", "writer", "node-conformance"),
         }
     )

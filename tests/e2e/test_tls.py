@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mreg.client import MregError
+from mreg.client import Credentials, MregError
 from mreg.client.cli import main as cli_main
 from tests.certificates import Pki, credentials_of
 from tests.helpers import assert_same_tree, make_checkpoint
@@ -227,3 +227,30 @@ def test_a_service_with_half_a_key_pair_exits_2_naming_the_missing_flag(pki: Pki
 
     assert result.returncode == 2
     assert "--tls-cert and --tls-key go together" in result.stderr
+
+
+def test_a_writer_token_pushes_and_pulls_over_mutual_tls_and_a_reader_token_cannot_push(
+    secured_mtls_servers, tmp_path: Path
+) -> None:
+    servers = secured_mtls_servers
+    pki = servers.pki
+
+    def credentials(token: str) -> Credentials:
+        return Credentials(
+            token=token,
+            ca_cert=pki.ca_cert.read_bytes(),
+            client_cert=pki.client_cert.read_bytes(),
+            client_key=pki.client_key.read_bytes(),
+        )
+
+    writer = servers.create_token("mtls-writer", "writer", "acme/vision")
+    reader = servers.create_token("mtls-reader", "reader", "acme/vision")
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=2 << 20)
+    with servers.registry(credentials(writer)) as registry:
+        pushed = registry.push(checkpoint, "secured-over-mtls")
+    with servers.registry(credentials(reader)) as registry:
+        registry.pull(pushed.version.name, tmp_path / "out")
+        with pytest.raises(MregError) as refused:
+            registry.push(make_checkpoint(tmp_path / "other", large_bytes=1000), "secured-over-mtls")
+    assert_same_tree(checkpoint, tmp_path / "out")
+    assert (refused.value.code, refused.value.reason) == ("PERMISSION_DENIED", "PERMISSION_DENIED")

@@ -8,6 +8,10 @@
 // on), MREG_TLS=1 (TLS with the system's roots), and MREG_CLIENT_CERT/MREG_CLIENT_KEY (PEM files
 // of a client certificate and its key, for services that require mutual TLS).
 //
+// With authentication on, MREG_TOKEN=<token> is sent as "authorization: Bearer <token>" on every
+// call (a writer of the entity "node-conformance" suffices), and a last step checks the refusals:
+// a call without a token is UNAUTHENTICATED, one outside the token's scope PERMISSION_DENIED.
+//
 // Prints one line per step and exits non-zero with a message on the first failure.
 // Dependencies (pinned in package-lock.json): `npm ci --prefix tests/node` (`make install`).
 
@@ -145,7 +149,11 @@ function fromStruct(s) {
 // The contract: protos/ and nothing else.
 
 const packageDefinition = protoLoader.loadSync(
-  ["mreg/blob/v1/blob_service.proto", "mreg/metadata/v1/metadata_service.proto"],
+  [
+    "mreg/blob/v1/blob_service.proto",
+    "mreg/metadata/v1/metadata_service.proto",
+    "mreg/metadata/v1/token_service.proto",
+  ],
   { includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true },
 );
 const api = grpc.loadPackageDefinition(packageDefinition);
@@ -283,9 +291,23 @@ function channelCredentials(env) {
   return grpc.credentials.createSsl(ca, key, cert);
 }
 
+// Adds "authorization: Bearer <token>" to every call; an interceptor rather than call
+// credentials, which grpc-js sends only over TLS (the token works on loopback plaintext too).
+function bearer(token) {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", `Bearer ${token}`);
+        next(metadata, listener);
+      },
+    });
+}
+
 const credentials = channelCredentials(process.env);
-const blobs = new api.mreg.blob.v1.BlobService(blobAddr, credentials);
-const registry = new api.mreg.metadata.v1.MetadataService(metadataAddr, credentials);
+const token = process.env.MREG_TOKEN ?? "";
+const clientOptions = token ? { interceptors: [bearer(token)] } : {};
+const blobs = new api.mreg.blob.v1.BlobService(blobAddr, credentials, clientOptions);
+const registry = new api.mreg.metadata.v1.MetadataService(metadataAddr, credentials, clientOptions);
 
 // A project of its own, so the run sees only what it made, on a server shared with others.
 const ENTITY = "node-conformance";
@@ -295,6 +317,10 @@ headers.set("mreg-entity", ENTITY);
 headers.set("mreg-project", PROJECT);
 headers.set("mreg-actor", "conformance.mjs");
 const call = (method, request) => unary(registry, method, request, headers);
+const tokens = new api.mreg.metadata.v1.TokenService(metadataAddr, credentials, clientOptions);
+const caller = await unary(tokens, "GetCaller", {});
+tokens.close();
+const actor = caller.authentication_enabled ? caller.token.name : "conformance.mjs";
 const digestOf = (f) => ({ hash: f.hash, size_bytes: f.size });
 
 const workdir = mkdtempSync(join(tmpdir(), "mreg-node-conformance-"));
@@ -603,7 +629,9 @@ await step("Watch (first messages, then cancel)", async () => {
   const committed = events.find((e) => e.kind === "version.committed");
   check(committed, `no version.committed among ${JSON.stringify(events.map((e) => e.kind))}`);
   checkEqual(committed.resource, version1.name, "resource of the first version.committed");
-  for (const e of events) checkEqual(e.actor, "conformance.mjs", `actor of ${e.kind} (header mreg-actor)`);
+  // Without authentication the actor is what the mreg-actor header declares; with it, the
+  // token's name (GetCaller), whatever the header says.
+  for (const e of events) checkEqual(e.actor, actor, `actor of ${e.kind}`);
   return events.map((e) => `${e.sequence} ${e.kind} ${e.resource}`).join("; ");
 });
 
@@ -655,6 +683,27 @@ await step(`ErrorInfo (domain ${ERROR_DOMAIN}) on the errors above`, () => {
   const missing = checkErrorInfo(errors.missing, "MISSING_BLOB");
   return [link, `${alias} current_index=1`, missing].join("; ");
 });
+
+if (token) {
+  await step("authentication: no token is UNAUTHENTICATED, another entity PERMISSION_DENIED", async () => {
+    const anonymous = new api.mreg.metadata.v1.MetadataService(metadataAddr, credentials);
+    const missing = await expectError(
+      unary(anonymous, "ListArtifacts", { parent: `${ENTITY}/${PROJECT}` }),
+      grpc.status.UNAUTHENTICATED,
+    );
+    anonymous.close();
+    const unauthenticated = checkErrorInfo(statusDetails(missing), "TOKEN_MISSING");
+    const outside = await expectError(
+      call("ListArtifacts", { parent: "elsewhere/not-granted" }),
+      grpc.status.PERMISSION_DENIED,
+    );
+    const denied = checkErrorInfo(statusDetails(outside), "PERMISSION_DENIED", { scope: "elsewhere/not-granted" });
+    const anonymousBlobs = new api.mreg.blob.v1.BlobService(blobAddr, credentials);
+    await expectError(unary(anonymousBlobs, "GetCapabilities", {}), grpc.status.UNAUTHENTICATED);
+    anonymousBlobs.close();
+    return `${unauthenticated}; ${denied}; blob service UNAUTHENTICATED too`;
+  });
+}
 
 registry.close();
 blobs.close();
