@@ -9,23 +9,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from mreg.client import profiles
 from mreg.client.cache import default_cache_dir
-from mreg.client.channels import Credentials
+from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
-from mreg.client.registry import DEFAULT_BLOB_ADDR, DEFAULT_METADATA_ADDR, Registry, struct_to_dict
+from mreg.client.registry import (
+    DEFAULT_BLOB_ADDR,
+    DEFAULT_METADATA_ADDR,
+    ROLES,
+    Registry,
+    role_name,
+    struct_to_dict,
+)
 from mreg.client.transfer import ProgressCallback
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata.v1 import token_service_pb2 as token_pb
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +151,9 @@ def _registry(args: argparse.Namespace) -> Registry:
         project=args.project,
         parallel=args.parallel,
         use_cache=not args.no_cache,
-        credentials=_credentials(args),
+        # Flags and environment first; the profile fills in what they leave unset.
+        credentials=profiles.with_profile(_credentials(args), profiles.active(args.profile)),
+        profile=args.profile,
     )
 
 
@@ -248,10 +264,12 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        target = args.target or (f"{args.entity}/{args.project}" if args.entity and args.project else "")
+        entity, project = registry.entity, registry.project  # flags, else env, else the profile
+        target = args.target or (f"{entity}/{project}" if entity and project else "")
         if not target:
             raise MregError("INVALID_ARGUMENT", "name what to list, or set MREG_ENTITY and MREG_PROJECT")
-        rows, lines = _list_collection(registry, target)
+        # The default entity/project names a project, never a collection: list it directly.
+        rows, lines = _list_collection(registry, target) if args.target else (None, [])
         if rows is None:
             rows, lines = _list_project(registry, target)
     out.result(rows, "\n".join(lines) if lines else "(nothing)")
@@ -519,6 +537,216 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
         raise SystemExit(2) from e
 
 
+# Tokens, identity and profiles ---------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# Secrets a command handled, kept out of every error line (with MREG_TOKEN's and the profiles').
+_SECRETS: set[str] = set()
+
+
+def parse_duration(text: str) -> timedelta:
+    """30d, 12h, 90m or 3600s as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"a duration is a positive number and a unit (30d, 12h, 90m, 3600s), not {text!r}"
+        )
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _time(message: Any, field: str) -> str | None:
+    return getattr(message, field).ToJsonString() if message.HasField(field) else None
+
+
+def token_json(token: token_pb.Token) -> dict[str, Any]:
+    return {
+        "name": token.name,
+        "role": role_name(token.role),
+        "scope": token.scope,
+        "created": _time(token, "create_time"),
+        "expires": _time(token, "expire_time"),
+        "revoked": _time(token, "revoke_time"),
+        "creator": token.creator,
+    }
+
+
+def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
+    scope = args.scope if args.scope is not None else ("*" if args.role == "admin" else None)
+    if scope is None:
+        raise MregError("INVALID_ARGUMENT", "--scope ENTITY[/PROJECT] is required (admin tokens take '*')")
+    with _registry(args) as registry:
+        token, secret = registry.create_token(args.name, args.role, scope, args.expires)
+    _SECRETS.add(secret)
+    data: dict[str, Any] = {"name": token.name, "token": secret, "role": role_name(token.role), "scope": token.scope}
+    expires = _time(token, "expire_time")
+    if expires is not None:
+        data["expires"] = expires
+    if out.as_json:
+        out.result(data, "")
+        return
+    print(secret, flush=True)
+    until = f", expires {expires}" if expires else ""
+    print(
+        f"created token {token.name} ({data['role']} on {token.scope}{until}); "
+        "the secret above is shown only this once",
+        file=sys.stderr,
+    )
+
+
+def cmd_token_ls(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        tokens = list(registry.list_tokens())
+    rows = [token_json(t) for t in tokens]
+    lines = [
+        f"{r['name']}  {r['role']:<10} {r['scope']:<20} created {r['created']}  "
+        f"expires {r['expires'] or 'never'}  {'revoked ' + r['revoked'] if r['revoked'] else 'active'}"
+        for r in rows
+    ]
+    out.result(rows, "\n".join(lines) if lines else "(no tokens)")
+
+
+def cmd_token_revoke(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        token = registry.revoke_token(args.name)
+    out.result(token_json(token), f"revoked {token.name}; both services refuse it within 60 seconds")
+
+
+def caller_json(response: token_pb.GetCallerResponse) -> dict[str, Any]:
+    token = response.token
+    return {
+        "name": token.name,
+        "role": role_name(token.role),
+        "scope": token.scope,
+        "expires": _time(token, "expire_time"),
+        "authentication_enabled": response.authentication_enabled,
+    }
+
+
+def _caller_text(data: dict[str, Any]) -> str:
+    text = f"{data['name'] or '(anonymous)'}  {data['role']} on {data['scope'] or '*'}"
+    if data["expires"]:
+        text += f", expires {data['expires']}"
+    return text if data["authentication_enabled"] else text + " (authentication is off)"
+
+
+def cmd_whoami(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        data = caller_json(registry.whoami())
+    out.result(data, _caller_text(data))
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    """--token, else a line from stdin when it is piped, else a prompt that does not echo."""
+    if args.token:
+        token = args.token
+    elif not sys.stdin.isatty():
+        token = sys.stdin.readline()
+    else:
+        token = getpass.getpass("mreg token: ")
+    token = token.strip()
+    if not token:
+        raise MregError("INVALID_ARGUMENT", "no token given (pass --token, pipe it on stdin, or type it)")
+    _SECRETS.add(token)
+    return token
+
+
+def _profile_name(args: argparse.Namespace) -> str:
+    return profiles.selected_name(args.profile) or profiles.DEFAULT_PROFILE
+
+
+def cmd_login(args: argparse.Namespace, out: Output) -> None:
+    """Checks a token with GetCaller, then saves it, the addresses and defaults as a profile."""
+    name = _profile_name(args)
+    previous = profiles.load_all().get(name) or profiles.Profile()
+    token = _read_token(args)
+    ca_cert = getattr(args, "ca_cert", None) or os.environ.get("MREG_CA_CERT") or previous.ca_cert
+    profile = profiles.Profile(
+        metadata_addr=args.metadata_addr
+        or os.environ.get("MREG_METADATA_ADDR")
+        or previous.metadata_addr
+        or DEFAULT_METADATA_ADDR,
+        blob_addr=args.blob_addr or os.environ.get("MREG_BLOB_ADDR") or previous.blob_addr or DEFAULT_BLOB_ADDR,
+        entity=args.entity or previous.entity,
+        project=args.project or previous.project,
+        ca_cert=str(Path(ca_cert).expanduser().resolve()) if ca_cert else None,
+        token=token,
+    )
+    credentials = replace(Credentials.from_env(), token=token, ca_cert=profile.credentials().ca_cert)
+    assert profile.metadata_addr is not None and profile.blob_addr is not None
+    registry = Registry(
+        open_channel(profile.metadata_addr, credentials), open_channel(profile.blob_addr, credentials), use_cache=False
+    )
+    with registry:
+        data = caller_json(registry.whoami())  # a bad token fails here, before anything is written
+    path = profiles.save(name, profile)
+    data.update(profile=name, path=str(path), metadata_addr=profile.metadata_addr, blob_addr=profile.blob_addr)
+    out.result(data, f"logged in as {_caller_text(data)}; profile {name!r} saved in {path}")
+
+
+def cmd_logout(args: argparse.Namespace, out: Output) -> None:
+    name = _profile_name(args)
+    if not profiles.remove(name):
+        raise MregError("NOT_FOUND", f"no profile named {name!r} in {profiles.profiles_path()}")
+    out.result({"profile": name, "removed": True}, f"removed profile {name!r}")
+
+
+def _add_profile_options(common: argparse.ArgumentParser) -> None:
+    common.add_argument(
+        "--profile", default=None, help="the profile mreg login saved to use (env MREG_PROFILE; default: 'default')"
+    )
+    # Addresses left unset fall back to MREG_*_ADDR, then the profile, then the defaults (Registry.connect).
+    common.set_defaults(metadata_addr=None, blob_addr=None)
+
+
+def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    token = commands.add_parser("token", help="create, list and revoke tokens (admin)")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    create = token_commands.add_parser(
+        "create", parents=[common], help="create a token and print its secret (shown only once)"
+    )
+    create.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'; the actor its changes are recorded as")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument(
+        "--scope", metavar="ENTITY[/PROJECT]", help="where the role applies ('*' for admin, its default)"
+    )
+    create.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 30d, 12h, 90m, 3600s")
+    create.set_defaults(handler=cmd_token_create)
+    ls = token_commands.add_parser("ls", parents=[common], help="list tokens (never their secrets)")
+    ls.set_defaults(handler=cmd_token_ls)
+    revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by name")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=cmd_token_revoke)
+
+    whoami = commands.add_parser("whoami", parents=[common], help="the token's name, role and scope")
+    whoami.set_defaults(handler=cmd_whoami)
+
+    login = commands.add_parser(
+        "login", parents=[common], help="check a token and save it with the addresses as a profile"
+    )
+    login.add_argument(
+        "--token", help="the token (default: read from stdin when piped, else prompted for without echo)"
+    )
+    if not any("--ca-cert" in action.option_strings for action in login._actions):
+        login.add_argument("--ca-cert", metavar="PATH", help="the CA certificate (PEM) to trust (env MREG_CA_CERT)")
+    login.set_defaults(handler=cmd_login)
+    logout = commands.add_parser("logout", parents=[common], help="remove a saved profile")
+    logout.set_defaults(handler=cmd_logout)
+
+
+def _redact(message: str) -> str:
+    """``message`` without any token this process knows of (MREG_TOKEN, the profiles', those it handled)."""
+    secrets = set(_SECRETS)
+    if os.environ.get("MREG_TOKEN"):
+        secrets.add(os.environ["MREG_TOKEN"])
+    with contextlib.suppress(Exception):
+        secrets.update(p.token for p in profiles.load_all().values() if p.token)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            message = message.replace(secret, "<token>")
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--metadata-addr", default=os.environ.get("MREG_METADATA_ADDR", DEFAULT_METADATA_ADDR))
@@ -541,6 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--tls", action="store_true", help="use TLS, trusting the system's CA certificates (env MREG_TLS=1)"
     )
+
+    _add_profile_options(common)
 
     parser = argparse.ArgumentParser(prog="mreg", description="mreg: a model registry for training clusters")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -684,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback --host although callers are not authenticated",
     )
     serve.set_defaults(handler=cmd_serve)
+    _add_token_commands(commands, common)
     return parser
 
 
@@ -732,13 +963,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error.code, error.message)
     except Exception as e:  # the last resort: a bug, but still one line and no traceback
         log.debug("unexpected error", exc_info=True)
-        return _fail("INTERNAL", f"unexpected {type(e).__name__}: {str(e)[:500]} (please report this)")
+        return _fail("INTERNAL", f"unexpected {type(e).__name__}: {_redact(str(e))[:500]} (please report this)")
     return 0
 
 
 def _fail(code: str, message: str) -> int:
     with contextlib.suppress(OSError, ValueError):
-        print(f"mreg: error: {code}: {message}", file=sys.stderr)
+        print(f"mreg: error: {code}: {_redact(message)}", file=sys.stderr)
     return 1
 
 

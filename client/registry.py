@@ -18,15 +18,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
-from mreg.client import references
+from mreg.client import profiles, references
 from mreg.client.cache import ContentCache, HashCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
@@ -34,6 +35,8 @@ from mreg.client.hashing import LocalFile, list_files, sha256_file
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
+from mreg.metadata.v1 import token_service_pb2 as token_pb
+from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
@@ -85,6 +88,7 @@ class Registry:
         self._channels = (metadata_channel, blob_channel)
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
         self.blobs = blob_grpc.BlobServiceStub(blob_channel)
+        self.tokens = token_grpc.TokenServiceStub(metadata_channel)
         self.parallel = parallel
         self.timeout = timeout
         cache_root = cache_dir or default_cache_dir()
@@ -112,24 +116,42 @@ class Registry:
         cache_dir: Path | None = None,
         use_cache: bool = True,
         credentials: Credentials | None = None,
+        profile: str | None = None,
     ) -> Registry:
-        """Connects to the services; addresses and defaults fall back to MREG_* environment variables.
+        """Connects to the services; what the arguments leave out comes from MREG_* environment
+        variables, then from the profile (``mreg login``), then from the built-in defaults.
 
         ``credentials`` (a token, TLS) default to ``Credentials.from_env()``: MREG_TOKEN,
-        MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY, MREG_TLS.
+        MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY, MREG_TLS, with the profile's token
+        and CA certificate where those are unset. ``profile`` names the profile (default:
+        MREG_PROFILE, else "default" if it exists; see client.profiles).
         """
-        metadata_addr = metadata_addr or os.environ.get("MREG_METADATA_ADDR") or DEFAULT_METADATA_ADDR
-        blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or DEFAULT_BLOB_ADDR
-        credentials = credentials if credentials is not None else Credentials.from_env()
+        chosen = profiles.active(profile) or profiles.Profile()
+        metadata_addr = (
+            metadata_addr or os.environ.get("MREG_METADATA_ADDR") or chosen.metadata_addr or DEFAULT_METADATA_ADDR
+        )
+        blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or chosen.blob_addr or DEFAULT_BLOB_ADDR
+        if credentials is None:
+            credentials = profiles.with_profile(Credentials.from_env(), chosen)
         return cls(
             open_channel(metadata_addr, credentials),
             open_channel(blob_addr, credentials),
-            entity=entity if entity is not None else os.environ.get("MREG_ENTITY"),
-            project=project if project is not None else os.environ.get("MREG_PROJECT"),
+            entity=entity if entity is not None else os.environ.get("MREG_ENTITY") or chosen.entity,
+            project=project if project is not None else os.environ.get("MREG_PROJECT") or chosen.project,
             parallel=parallel,
             cache_dir=cache_dir,
             use_cache=use_cache,
         )
+
+    @classmethod
+    def from_profile(cls, name: str | None = None, **kwargs: Any) -> Registry:
+        """Connects with the profile ``name`` (default: MREG_PROFILE, else "default"), which ``mreg login`` wrote.
+
+        Environment variables still take precedence over the profile, as with ``connect``.
+        """
+        if profiles.active(name) is None:
+            raise MregError("NOT_FOUND", f"no profile {profiles.DEFAULT_PROFILE!r}; create it with mreg login")
+        return cls.connect(profile=name, **kwargs)
 
     def close(self) -> None:
         for channel in self._channels:
@@ -580,6 +602,35 @@ class Registry:
             "registered_models",
         )
 
+    # Tokens ------------------------------------------------------------------------------
+
+    def create_token(
+        self, name: str, role: str | int, scope: str | None = None, expires: timedelta | None = None
+    ) -> tuple[token_pb.Token, str]:
+        """Creates a token (ADMIN only); returns it and its secret, which is shown only this once.
+
+        ``role`` is "reader", "writer", "maintainer" or "admin" (or a ``Role`` value); ``scope``
+        "entity" or "entity/project", "*" (the default) for admin; ``expires`` how long it works.
+        """
+        request = token_pb.CreateTokenRequest(name=name, role=role_value(role))
+        request.scope = scope if scope is not None else ("*" if request.role == token_pb.ROLE_ADMIN else "")
+        if expires is not None:
+            request.expire_time.FromDatetime(datetime.now(UTC) + expires)
+        response = self._call(self.tokens.CreateToken, request)
+        return response.token, response.secret
+
+    def list_tokens(self, page_size: int = 0) -> Iterator[token_pb.Token]:
+        """Every token, revoked and expired ones included, without secrets (ADMIN only)."""
+        yield from self._paginate(self.tokens.ListTokens, token_pb.ListTokensRequest(page_size=page_size), "tokens")
+
+    def revoke_token(self, name: str) -> token_pb.Token:
+        """Revokes a token: both services refuse it within 60 seconds (ADMIN only)."""
+        return self._call(self.tokens.RevokeToken, token_pb.RevokeTokenRequest(name=name)).token
+
+    def whoami(self) -> token_pb.GetCallerResponse:
+        """The caller's own token (name, role, scope, expiry) and whether authentication is on."""
+        return self._call(self.tokens.GetCaller, token_pb.GetCallerRequest())
+
     def _paginate(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
         while True:
             response = self._call(method, request)
@@ -587,6 +638,25 @@ class Registry:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+
+ROLES = ("reader", "writer", "maintainer", "admin")
+
+
+def role_value(role: str | int) -> token_pb.Role:
+    """A Role enum value from "reader" (or "ROLE_READER") or from the value itself."""
+    if isinstance(role, int):
+        return cast(token_pb.Role, role)
+    key = role.upper() if role.upper().startswith("ROLE_") else f"ROLE_{role.upper()}"
+    try:
+        return cast(token_pb.Role, token_pb.Role.Value(key))
+    except ValueError:
+        raise MregError("INVALID_ARGUMENT", f"role must be one of {', '.join(ROLES)}, not {role!r}") from None
+
+
+def role_name(role: int) -> str:
+    """ "reader" for ROLE_READER; "unspecified" for an unknown value."""
+    return token_pb.Role.Name(role).removeprefix("ROLE_").lower() if role in token_pb.Role.values() else "unspecified"
 
 
 def _default_actor() -> str:

@@ -81,6 +81,13 @@ def isolated_client_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MREG_CACHE_DIR"] = str(tmp_path_factory.mktemp("client-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_client_profiles(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keeps the user's `mreg login` profiles (and MREG_PROFILE) out of the tests."""
+    os.environ["MREG_CONFIG_DIR"] = str(tmp_path_factory.mktemp("client-config"))
+    os.environ.pop("MREG_PROFILE", None)
+
+
 def _fresh_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A new, empty database of ``kind`` (a SQLite file, or a PostgreSQL database dropped afterwards)."""
     if kind == "sqlite":
