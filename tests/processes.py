@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -75,3 +77,35 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def mreg_serve(data_dir: Path, metadata_port: int, blob_port: int, *options: str) -> Iterator[list[str]]:
+    """`mreg serve` as a real process on the given ports; yields its banner, stops it with SIGTERM.
+
+    The banner is read until the line saying the blob service listens (and, with --auth, the
+    line that follows it, naming the admin token file).
+    """
+    server = subprocess.Popen(
+        [
+            *(str(Path(sys.executable).parent / "mreg"), "serve", "--data-dir", str(data_dir)),
+            *("--metadata-port", str(metadata_port), "--blob-port", str(blob_port), *options),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        last = "authentication is on" if "--auth" in options else "mreg blob service listening"
+        banner: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(line.startswith(last) for line in banner):
+            line = server.stdout.readline()
+            if not line and server.poll() is not None:
+                break
+            banner.append(line)
+        yield banner
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

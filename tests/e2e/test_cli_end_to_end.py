@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mreg.blob_service.digests import Digest
 from tests.helpers import assert_same_tree, make_checkpoint
+from tests.processes import free_port, mreg_serve
 
 
 def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique) -> None:
@@ -157,40 +155,11 @@ def test_pull_of_corrupted_content_is_data_loss_and_leaves_no_file(mreg, servers
     assert not [p for p in dest.rglob("*") if "mreg-partial" in p.name]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mreg_serve_runs_the_embedded_registry_as_a_real_process(tmp_path: Path, unique) -> None:
     """`mreg serve` on SQLite and local disk, driven by the installed `mreg` command."""
     mreg_bin = Path(sys.executable).parent / "mreg"
-    metadata_port, blob_port = _free_port(), _free_port()
-    server = subprocess.Popen(
-        [
-            str(mreg_bin),
-            "serve",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--metadata-port",
-            str(metadata_port),
-            "--blob-port",
-            str(blob_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 30
-        banner = []
-        while time.monotonic() < deadline:
-            line = server.stdout.readline()
-            banner.append(line)
-            if line.startswith("mreg blob service listening"):
-                break
+    metadata_port, blob_port = free_port(), free_port()
+    with mreg_serve(tmp_path / "data", metadata_port, blob_port) as banner:
         assert any(f"127.0.0.1:{metadata_port}" in line for line in banner), banner
         env = dict(os.environ, MREG_METADATA_ADDR=f"127.0.0.1:{metadata_port}", MREG_BLOB_ADDR=f"127.0.0.1:{blob_port}")
         checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1 << 20)
@@ -213,9 +182,6 @@ def test_mreg_serve_runs_the_embedded_registry_as_a_real_process(tmp_path: Path,
         )
         assert_same_tree(checkpoint, tmp_path / "out")
         assert (tmp_path / "data" / "metadata.db").exists()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_cli_manages_promotion_search_deletion_lineage_and_events(mreg, tmp_path: Path, unique) -> None:

@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers import assert_same_tree, make_checkpoint
-from tests.processes import free_port
+from tests.processes import free_port, mreg_serve
 
 MREG = Path(sys.executable).parent / "mreg"
-
-
-@contextmanager
-def _serving(data_dir: Path, metadata_port: int, blob_port: int) -> Iterator[list[str]]:
-    server = subprocess.Popen(
-        [
-            *(str(MREG), "serve", "--auth", "--data-dir", str(data_dir)),
-            *("--metadata-port", str(metadata_port), "--blob-port", str(blob_port)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        banner: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(line.startswith("authentication is on") for line in banner):
-            banner.append(server.stdout.readline())
-        yield banner
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_serve_with_auth_writes_one_admin_token_and_refuses_calls_without_a_token(tmp_path: Path) -> None:
@@ -49,7 +22,7 @@ def test_serve_with_auth_writes_one_admin_token_and_refuses_calls_without_a_toke
     env.pop("MREG_TOKEN", None)
     checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1 << 20)
 
-    with _serving(data, metadata_port, blob_port) as banner:
+    with mreg_serve(data, metadata_port, blob_port, "--auth") as banner:
         assert any(str(data / "admin.token") in line for line in banner), banner
         admin_file = data / "admin.token"
         assert stat.S_IMODE(admin_file.stat().st_mode) == 0o600
@@ -74,7 +47,7 @@ def test_serve_with_auth_writes_one_admin_token_and_refuses_calls_without_a_toke
         assert json.loads(pushed.stdout)["ref"] == "acme/vision/guarded:v0"
 
     # A restart keeps the tokens: no new admin token, and the old one still works.
-    with _serving(data, metadata_port, blob_port):
+    with mreg_serve(data, metadata_port, blob_port, "--auth"):
         assert (data / "admin.token").read_text().strip() == admin
         pulled = subprocess.run(
             [str(MREG), "pull", "acme/vision/guarded", str(tmp_path / "out")],

@@ -4,11 +4,8 @@ CLI credentials, `mreg serve` with TLS, and the loopback rule of the service ent
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from mreg.client import Credentials, MregError
 from mreg.client.cli import main as cli_main
 from tests.certificates import Pki, credentials_of
 from tests.helpers import assert_same_tree, make_checkpoint
+from tests.processes import free_port, mreg_serve
 
 CLIENT_ENV = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS", "MREG_ENTITY", "MREG_PROJECT")
 
@@ -118,47 +116,15 @@ def test_cli_trusting_the_wrong_ca_fails_in_one_line(tls_servers, cli) -> None:
     assert err.startswith("mreg: error: UNAVAILABLE: ") and err.count("\n") == 1, err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_mreg_serve_with_mutual_tls_serves_the_cli_with_a_client_certificate(
     pki: Pki, cli, tmp_path: Path, unique
 ) -> None:
     """`mreg serve` wires TLS into both services and the metadata service's channel to the blob service."""
-    metadata_port, blob_port = _free_port(), _free_port()
-    mreg_bin = Path(sys.executable).parent / "mreg"
-    server = subprocess.Popen(
-        [
-            str(mreg_bin),
-            "serve",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--metadata-port",
-            str(metadata_port),
-            "--blob-port",
-            str(blob_port),
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
-            "--tls-client-ca",
-            str(pki.ca_cert),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 30
-        banner: list[str] = []
-        while time.monotonic() < deadline and not any(
-            line.startswith("mreg blob service listening") for line in banner
-        ):
-            banner.append(server.stdout.readline())
+    metadata_port, blob_port = free_port(), free_port()
+    tls_files = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    with mreg_serve(
+        tmp_path / "data", metadata_port, blob_port, *tls_files, "--tls-client-ca", str(pki.ca_cert)
+    ) as banner:
         assert any(f"127.0.0.1:{metadata_port} (TLS)" in line for line in banner), banner
         addresses = {"MREG_METADATA_ADDR": f"127.0.0.1:{metadata_port}", "MREG_BLOB_ADDR": f"127.0.0.1:{blob_port}"}
         tls = [
@@ -176,9 +142,6 @@ def test_mreg_serve_with_mutual_tls_serves_the_cli_with_a_client_certificate(
         code, _, err = cli(addresses, "pull", json.loads(out)["ref"], str(tmp_path / "out"), *tls, "--json")
         assert code == 0, err
         assert_same_tree(checkpoint, tmp_path / "out")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.mark.parametrize(
