@@ -29,9 +29,10 @@ from mreg.blob_service.config import BlobConfig
 from mreg.client import Credentials, Registry
 from mreg.client.channels import open_channel
 from mreg.client.cli import main as cli_main
-from mreg.metadata.v1 import metadata_service_pb2_grpc, token_service_pb2, token_service_pb2_grpc
+from mreg.metadata.v1 import metadata_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
+from tests.helpers import create_token
 from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 from tests.wire import Wire
 
@@ -156,15 +157,9 @@ class SecuredServers:
         return open_channel(address, Credentials(token=token))
 
     def create_token(self, name: str, role: str, scope: str) -> str:
-        """A new token's secret, created with the admin token."""
+        """A new token's secret (named ``name`` plus a random suffix), created with the admin token."""
         with self.channel(self.metadata.address, self.admin_token) as channel:
-            stub = token_service_pb2_grpc.TokenServiceStub(channel)
-            response = stub.CreateToken(
-                token_service_pb2.CreateTokenRequest(
-                    name=f"{name}-{uuid.uuid4().hex[:8]}", role=f"ROLE_{role.upper()}", scope=scope
-                )
-            )
-        return response.secret
+            return create_token(channel, f"{name}-{uuid.uuid4().hex[:8]}", role, scope)
 
     def registry(self, token: str | None, entity: str = "acme", project: str = "secure") -> Registry:
         return Registry.connect(

@@ -14,6 +14,8 @@ import pytest
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.client import MregError
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata.v1 import token_service_pb2 as token_pb
+from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
 from tests.wire import Wire
 
 CHUNK = 1 << 20
@@ -133,3 +135,9 @@ def code_of(call: Callable[[], Any]) -> str:
     with pytest.raises(MregError) as error:
         call()
     return error.value.code
+
+
+def create_token(channel: Any, name: str, role: str, scope: str) -> str:
+    """Creates a token over ``channel`` (which must carry an admin token); returns its secret."""
+    request = token_pb.CreateTokenRequest(name=name, role=f"ROLE_{role.upper()}", scope=scope)
+    return str(token_grpc.TokenServiceStub(channel).CreateToken(request).secret)

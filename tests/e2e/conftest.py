@@ -11,10 +11,10 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import Registry
 from mreg.client.channels import Credentials, open_channel
-from mreg.metadata.v1 import token_service_pb2, token_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.certificates import Pki, make_pki
+from tests.helpers import create_token
 
 
 @pytest.fixture(scope="session")
@@ -97,10 +97,7 @@ class SecuredMtlsServers(SecureServers):
             client_key=self.pki.client_key.read_bytes(),
         )
         with open_channel(self.metadata.address, credentials) as channel:
-            response = token_service_pb2_grpc.TokenServiceStub(channel).CreateToken(
-                token_service_pb2.CreateTokenRequest(name=name, role=f"ROLE_{role.upper()}", scope=scope)
-            )
-        return response.secret
+            return create_token(channel, name, role, scope)
 
 
 @pytest.fixture(scope="session")
