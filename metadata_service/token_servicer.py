@@ -9,6 +9,7 @@ import grpc
 from mreg.metadata.v1 import token_service_pb2 as pb
 from mreg.metadata.v1 import token_service_pb2_grpc as pb_grpc
 from mreg.metadata_service.catalog.tokens import Tokens, TokenView
+from mreg.metadata_service.errors import FailedPrecondition, Reason
 from mreg.metadata_service.models import utcnow
 from mreg.metadata_service.servicer import caller_of, handles_domain_errors, timestamp_pb
 from mreg.server_runtime.edge import add_servicer_to_server
@@ -36,8 +37,17 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
         self.tokens = tokens
         self.authentication_enabled = authentication_enabled
 
+    def _require_authentication(self, what: str) -> None:
+        if not self.authentication_enabled:
+            raise FailedPrecondition(
+                f"{what} needs authentication, which is off: start the services with --auth (the first start "
+                "writes an admin token) and use that token",
+                reason=Reason.AUTHENTICATION_DISABLED,
+            )
+
     @handles_domain_errors
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:
+        self._require_authentication("creating a token")
         expire = request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None
         view, secret = self.tokens.create(caller_of(context), request.name, request.role, request.scope, expire)
         return pb.CreateTokenResponse(token=token_pb(view), secret=secret)
@@ -49,6 +59,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     @handles_domain_errors
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.RevokeTokenResponse:
+        self._require_authentication("revoking a token")
         return pb.RevokeTokenResponse(token=token_pb(self.tokens.revoke(caller_of(context), request.name)))
 
     @handles_domain_errors

@@ -34,3 +34,15 @@ def test_create_list_revoke_and_whoami(secured, unique: str) -> None:
         with pytest.raises(MregError) as error:
             admin.create_token(f"bad-{unique}", "owner", "acme")
         assert error.value.code == "INVALID_ARGUMENT"
+
+
+def test_tokens_cannot_be_made_while_authentication_is_off(registry, unique: str) -> None:
+    # Otherwise anyone could mint an admin token before an operator turns authentication on.
+    for attempt in (
+        lambda: registry.create_token(f"early-{unique}", "admin"),
+        lambda: registry.revoke_token(f"early-{unique}"),
+    ):
+        with pytest.raises(MregError) as refused:
+            attempt()
+        assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "AUTHENTICATION_DISABLED")
+    assert not [t for t in registry.list_tokens() if t.name == f"early-{unique}"]
