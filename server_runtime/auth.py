@@ -65,50 +65,44 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return principal
 
     def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        options: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming and handler.response_streaming:
-            inner = handler.stream_stream
+        """The handler, admitting each call first; a client stream is authorized before its first message."""
+        shape = (handler.request_streaming, handler.response_streaming)
+        behavior, make = _SHAPES[shape](handler)
 
-            def stream_stream(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = CURRENT_PRINCIPAL.set(self._admit(context, method, None))
-                try:
-                    yield from inner(requests, context)
-                finally:
-                    CURRENT_PRINCIPAL.reset(token)
+        def admitted(request: Any, context: grpc.ServicerContext) -> Any:
+            return CURRENT_PRINCIPAL.set(self._admit(context, method, None if handler.request_streaming else request))
 
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
-        if handler.request_streaming:
-            inner_su = handler.stream_unary
-
-            def stream_unary(requests: Any, context: grpc.ServicerContext) -> Any:
-                token = CURRENT_PRINCIPAL.set(self._admit(context, method, None))
-                try:
-                    return inner_su(requests, context)
-                finally:
-                    CURRENT_PRINCIPAL.reset(token)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         if handler.response_streaming:
-            inner_us = handler.unary_stream
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = CURRENT_PRINCIPAL.set(self._admit(context, method, request))
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                token = admitted(request, context)
                 try:
-                    yield from inner_us(request, context)
+                    yield from behavior(request, context)
                 finally:
                     CURRENT_PRINCIPAL.reset(token)
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
-        inner_uu = handler.unary_unary
+            return make(
+                guarded_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
 
-        def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            token = CURRENT_PRINCIPAL.set(self._admit(context, method, request))
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            token = admitted(request, context)
             try:
-                return inner_uu(request, context)
+                return behavior(request, context)
             finally:
                 CURRENT_PRINCIPAL.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
+        return make(
+            guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+# (request streaming, response streaming) -> the handler's behavior and the factory of a handler of that shape.
+_SHAPES: dict[tuple[bool, bool], Callable[[grpc.RpcMethodHandler], tuple[Any, Any]]] = {
+    (False, False): lambda h: (h.unary_unary, grpc.unary_unary_rpc_method_handler),
+    (False, True): lambda h: (h.unary_stream, grpc.unary_stream_rpc_method_handler),
+    (True, False): lambda h: (h.stream_unary, grpc.stream_unary_rpc_method_handler),
+    (True, True): lambda h: (h.stream_stream, grpc.stream_stream_rpc_method_handler),
+}
