@@ -25,6 +25,26 @@ RECENT_EVENTS = 2000
 _FETCH_PAGE = 500
 
 
+# Where a resource name may end a path segment: "acme/vision/resnet" + "/..." or ":v3".
+SEGMENT_ENDS = ("/", ":")
+
+
+def matches_prefix(resource: str, prefix: str) -> bool:
+    """True if ``prefix`` names whole path segments of ``resource``.
+
+    "acme/vision/resnet" matches "acme/vision/resnet:v3" and "acme/vision/resnet" itself,
+    not "acme/vision/resnet-large"; a prefix ending in "/" or ":" matches as written.
+    """
+    if not resource.startswith(prefix):
+        return False
+    return (
+        not prefix
+        or prefix.endswith(SEGMENT_ENDS)
+        or len(resource) == len(prefix)
+        or resource[len(prefix)] in SEGMENT_ENDS
+    )
+
+
 class EventFeed:
     """The recent end of the event log, shared by all Watch streams of this process."""
 
@@ -74,7 +94,7 @@ class EventFeed:
             found: list[EventView] = []
             for i in range(sequence - self._start, len(self._recent)):
                 event = self._recent[i]
-                if event.resource.startswith(resource_prefix):
+                if matches_prefix(event.resource, resource_prefix):
                     found.append(event)
                     if len(found) == limit:
                         return found, event.sequence

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from mreg.metadata_service import filters
 from mreg.metadata_service.domain import CollectionKind, PendingEvent, VersionState
+from mreg.metadata_service.event_feed import SEGMENT_ENDS
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import (
     Alias,
@@ -547,9 +548,13 @@ class Repository:
     def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:
         query = select(Event).where(Event.sequence > sequence)
         if resource_prefix:
-            # Case-sensitive on every database (SQLite's LIKE is not), as Watch's in-memory
-            # feed compares; see metadata_service/event_feed.py.
-            query = query.where(func.substr(Event.resource, 1, len(resource_prefix)) == resource_prefix)
+            # Whole path segments, case-sensitive on every database (SQLite's LIKE is not), as
+            # Watch's in-memory feed compares: see event_feed.matches_prefix.
+            starts = func.substr(Event.resource, 1, len(resource_prefix)) == resource_prefix
+            if not resource_prefix.endswith(SEGMENT_ENDS):
+                following = func.substr(Event.resource, len(resource_prefix) + 1, 1)
+                starts = and_(starts, or_(Event.resource == resource_prefix, following.in_(SEGMENT_ENDS)))
+            query = query.where(starts)
         return self.session.scalars(query.order_by(Event.sequence).limit(limit)).all()
 
     def last_event_sequence(self) -> int:
