@@ -848,7 +848,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", parents=[common], help="stream change events")
     watch.add_argument("--since", type=int, default=0, metavar="CURSOR", help="replay events after this sequence")
     watch.add_argument("--from-now", action="store_true", help="skip the replay")
-    watch.add_argument("--prefix", default="", help="only resources starting with this prefix")
+    watch.add_argument(
+        "--prefix",
+        default="",
+        help="only resources under this prefix, in whole path segments "
+        "(acme/vision/resnet matches resnet:v3, not resnet-large)",
+    )
     watch.add_argument("--limit", type=int, default=0, help="stop after this many events")
     watch.set_defaults(handler=cmd_watch)
 
