@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import importlib.metadata
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -42,6 +44,8 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import token_service_pb2 as token_pb
 
 log = logging.getLogger(__name__)
+# How many times in a row `mreg watch` reconnects to a service that is down before it gives up.
+WATCH_RECONNECTS = 30
 
 _STATE_NAMES = {
     pb.VERSION_STATE_PENDING: "pending",
@@ -457,23 +461,49 @@ def event_json(event: pb.Event) -> dict[str, Any]:
 
 
 def cmd_watch(args: argparse.Namespace, out: Output) -> None:
-    """Prints one line (one JSON object with --json) per event until interrupted or --limit."""
+    """Prints one line (one JSON object with --json) per event until interrupted or --limit.
+
+    When the stream breaks (the server restarts, the network drops) it reconnects after the
+    last sequence it saw, with backoff, so no event is missed or printed twice.
+    """
     seen = 0
+    cursor, from_now = args.since, args.from_now
+    failures = 0
     with _registry(args) as registry:
-        for message in registry.watch(args.since, from_now=args.from_now, resource_prefix=args.prefix):
-            if not message.HasField("event"):
-                continue
-            event = message.event
-            if out.as_json:
-                print(json.dumps(event_json(event)), flush=True)
-            else:
-                change = (
-                    f"{_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
-                )
-                print(f"#{event.sequence} {event.kind} {event.resource} {change}".rstrip(), flush=True)
-            seen += 1
-            if args.limit and seen >= args.limit:
+        while True:
+            try:
+                for message in registry.watch(cursor, from_now=from_now, resource_prefix=args.prefix):
+                    failures = 0
+                    cursor, from_now = message.sequence, False
+                    if not message.HasField("event"):
+                        continue
+                    _print_event(message.event, out)
+                    seen += 1
+                    if args.limit and seen >= args.limit:
+                        return
                 return
+            except MregError as e:
+                if e.code != "UNAVAILABLE" or failures >= WATCH_RECONNECTS:
+                    raise
+                failures += 1
+                delay = min(10.0, 0.5 * 2**failures)
+                print(f"mreg: watch: {e.message}; reconnecting after #{cursor} in {delay:.0f} s", file=sys.stderr)
+                time.sleep(delay)
+
+
+def _print_event(event: Any, out: Output) -> None:
+    if out.as_json:
+        print(json.dumps(event_json(event)), flush=True)
+        return
+    change = f"{_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
+    print(f"#{event.sequence} {event.kind} {event.resource} {change}".rstrip(), flush=True)
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("mreg")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
@@ -773,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_options(common)
 
     parser = argparse.ArgumentParser(prog="mreg", description="mreg: a model registry for training clusters")
+    parser.add_argument("--version", action="version", version=f"mreg {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", parents=[common], help="upload a directory as a new version")
