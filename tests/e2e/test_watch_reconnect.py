@@ -38,11 +38,13 @@ def test_watch_reconnects_with_its_cursor_when_the_server_restarts(servers, uniq
         service.start()
         with Registry.connect(service.address, servers.blob.address) as registry:
             registry.push(make_checkpoint(tmp_path / "after", 1000, seed=2), artifact)
-        out, err = watcher.communicate(timeout=120)
+        watcher.wait(timeout=120)
+        # Read through the same buffered stream as the first line (communicate() would skip its buffer).
+        out, err = watcher.stdout.read(), watcher.stderr.read() if watcher.stderr else ""
     finally:
         service.stop()
     events = [first, *(json.loads(line) for line in out.splitlines())]
     assert watcher.returncode == 0, err
-    assert [e["kind"] for e in events].count("version.committed") == 2
+    assert [e["kind"] for e in events].count("version.committed") == 2, (out, err)
     sequences = [e["sequence"] for e in events]
     assert sequences == sorted(set(sequences)), "an event was missed or printed twice"
