@@ -268,11 +268,11 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
         lines.insert(
             0, f"{link.name} -> {version.name}  (link aliases: {_aliases_text(link.aliases, model_protected)})"
         )
-        if model is not None:
-            data["registered_model_card"] = registered_model_json(model)
-            lines += _registered_model_lines(model)
     lines.append(f"  files:{'' if version.manifest else ' -'}")
     lines += [f"    {e.digest.hash[:12]}  {e.digest.size_bytes:>12}  {e.path}" for e in version.manifest]
+    if model is not None:
+        data["registered_model_card"] = registered_model_json(model)
+        lines += _registered_model_lines(model)
     out.result(data, "\n".join(lines))
 
 
