@@ -1,4 +1,4 @@
-"""The ``mreg`` command line: push, pull, show, ls, alias, link and serve.
+"""The ``mreg`` command line: push, pull, show, update, ls, alias, link and serve.
 
 Output is for people by default and a JSON document with ``--json``. Any failure prints
 one line, ``mreg: error: CODE: message``, to stderr and exits with status 1 (never a
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import sys
@@ -23,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
-from mreg.client import profiles
+from mreg.client import editing, profiles
 from mreg.client.cache import default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
@@ -35,6 +36,7 @@ from mreg.client.registry import (
     DEFAULT_BLOB_ADDR,
     DEFAULT_METADATA_ADDR,
     ROLES,
+    PushResult,
     Registry,
     role_name,
     struct_to_dict,
@@ -68,6 +70,7 @@ def version_json(version: pb.Version, *, with_manifest: bool = True) -> dict[str
         "description": version.description,
         "tags": list(version.tags),
         "metadata": struct_to_dict(version.metadata),
+        "run": version.run or None,
         "created": version.create_time.ToJsonString() if version.HasField("create_time") else None,
         "committed": version.commit_time.ToJsonString() if version.HasField("commit_time") else None,
     }
@@ -161,22 +164,9 @@ def _registry(args: argparse.Namespace) -> Registry:
     )
 
 
-def _reject_constant(name: str) -> Any:
-    """json.loads accepts NaN and Infinity, which JSON (and protobuf's Struct) does not have."""
-    raise MregError("INVALID_ARGUMENT", f"--metadata is not valid JSON: {name} is not a JSON number")
-
-
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
-    metadata = None
-    if args.metadata:
-        try:
-            metadata = json.loads(args.metadata, parse_constant=_reject_constant)
-        except json.JSONDecodeError as e:
-            raise MregError("INVALID_ARGUMENT", f"--metadata is not valid JSON: {e}") from e
-        except RecursionError as e:
-            raise MregError("INVALID_ARGUMENT", "--metadata is nested too deeply") from e
-        if not isinstance(metadata, dict):
-            raise MregError("INVALID_ARGUMENT", "--metadata must be a JSON object")
+    metadata = _metadata_json(args.metadata or None)
+    description = _description(args) or ""
     with _registry(args) as registry:
         result = registry.push(
             args.dir,
@@ -184,11 +174,12 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             type=args.type,
             aliases=args.alias,
             metadata=metadata,
-            description=args.description,
+            description=description,
             tags=args.tag,
             link_to=args.link,
             create_registered_models=args.create,
             run=args.run,
+            update_existing=args.update_existing,
             progress=out.progress("push"),
         )
     version = result.version
@@ -202,7 +193,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
         "size": result.size_bytes,
         "uploaded_bytes": result.uploaded_bytes,
         "links": [link_json(link) for link in result.links],
-    }
+    } | _push_unchanged(result)
     verb = "pushed" if result.created else "unchanged, still"
     lines = [
         f"{verb} {version.name} ({result.files} files, {_human_size(result.size_bytes)}, "
@@ -211,6 +202,8 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
     if version.aliases:
         lines.append(f"  aliases: {', '.join(version.aliases)}")
     lines += [f"  linked as {link.name}" for link in result.links]
+    if result.updated_existing:
+        lines.append(f"  content unchanged: updated {', '.join(result.updated_existing)} of {version.name}")
     out.result(data, "\n".join(lines))
 
 
@@ -237,17 +230,35 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_show(args: argparse.Namespace, out: Output) -> None:
+    """A version (or a link and its version) with everything that describes it; a registered model's card too."""
     with _registry(args) as registry:
-        resolution = registry.resolve(args.ref)
-    version = resolution.version
+        try:
+            resolution = registry.resolve(args.ref)
+        except MregError as e:
+            # A registered model without links names no version: show the model alone.
+            model = _registered_model_named(registry, args.ref) if e.code == "NOT_FOUND" else None
+            if model is None:
+                raise
+            out.result(registered_model_json(model), "\n".join(_registered_model_lines(model)))
+            return
+        version = resolution.version
+        protected = set(registry.get_artifact(version.artifact).protected_aliases)
+        model = registry.get_registered_model(resolution.link.registered_model) if resolution.HasField("link") else None
     data = version_json(version)
+    data["protected_aliases"] = [a for a in version.aliases if a in protected]
     lines = [
         f"{version.name}  ({data['state']}, type {version.type})",
-        f"  digest:   {version.digest}",
-        f"  aliases:  {', '.join(version.aliases) or '-'}",
-        f"  size:     {_human_size(version.size_bytes)} in {version.file_count} files",
-        f"  created:  {data['created']}",
+        f"  digest:      {version.digest}",
+        f"  aliases:     {_aliases_text(version.aliases, protected)}",
+        f"  tags:        {', '.join(version.tags) or '-'}",
+        f"  run:         {version.run or '-'}",
+        f"  size:        {_human_size(version.size_bytes)} in {version.file_count} files",
+        f"  created:     {data['created']}",
+        f"  committed:   {data['committed'] or '-'}",
     ]
+    if data["metadata"]:
+        lines.append(f"  metadata:    {json.dumps(data['metadata'], sort_keys=True)}")
+    lines += _markdown_lines("description", version.description)
     if resolution.HasField("link"):
         link = resolution.link
         data.update(
@@ -257,12 +268,15 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
             source_ref=version.name,
             registered_model=link.registered_model,
         )
-        lines.insert(0, f"{link.name} -> {version.name}  (link aliases: {', '.join(link.aliases) or '-'})")
-    if version.description:
-        lines.append(f"  description: {version.description}")
-    if data["metadata"]:
-        lines.append(f"  metadata: {json.dumps(data['metadata'], sort_keys=True)}")
+        model_protected = set(model.protected_aliases) if model is not None else set()
+        lines.insert(
+            0, f"{link.name} -> {version.name}  (link aliases: {_aliases_text(link.aliases, model_protected)})"
+        )
+    lines.append(f"  files:{'' if version.manifest else ' -'}")
     lines += [f"    {e.digest.hash[:12]}  {e.digest.size_bytes:>12}  {e.path}" for e in version.manifest]
+    if model is not None:
+        data["registered_model_card"] = registered_model_json(model)
+        lines += _registered_model_lines(model)
     out.result(data, "\n".join(lines))
 
 
@@ -356,8 +370,19 @@ def cmd_alias_rm(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_link(args: argparse.Namespace, out: Output) -> None:
+    description = _description(args)
+    if description is not None and not args.create:
+        _usage_error(
+            "link",
+            "--description and --description-file write the card of a registered model --create creates; "
+            f"edit an existing one with: mreg update {_quote(args.registered_model)} --description-file PATH",
+        )
     with _registry(args) as registry:
-        response = registry.link(args.ref, args.registered_model, args.alias, create=args.create)
+        response = registry.link(
+            args.ref, args.registered_model, args.alias, create=args.create, description=description or ""
+        )
+        if description is not None:
+            _note_kept_card(registry, response.link.registered_model, description)
     data = link_json(response.link) | {"created": response.created}
     verb = "linked" if response.created else "already linked"
     aliases = f"  ({', '.join(response.link.aliases)})" if response.link.aliases else ""
@@ -565,6 +590,264 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
         # A setting the services refuse to start with is a usage error, as for `python -m mreg.*_service`.
         print(f"mreg serve: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
+
+
+# Model cards and editing after push ------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A command line that asks for something the command cannot do: exit status 2, like argparse's."""
+
+    def __init__(self, command: str, message: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+def _usage_error(command: str, message: str) -> NoReturn:
+    raise UsageError(command, message)
+
+
+def _quote(text: str) -> str:
+    return shlex.quote(text)
+
+
+def _add_description_options(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--description", metavar="TEXT", help=f"{what}, at most 64 KiB of UTF-8")
+    group.add_argument(
+        "--description-file", metavar="PATH", help="read the description from a file, e.g. README.md ('-': stdin)"
+    )
+
+
+def _description(args: argparse.Namespace) -> str | None:
+    """--description, or the text of --description-file (checked, 64 KiB at most), or None when neither is given."""
+    if args.description_file is not None:
+        return editing.read_description_file(args.description_file)
+    if args.description is not None:
+        return editing.check_description(args.description, "--description")
+    return None
+
+
+def _metadata_json(text: str | None, option: str = "--metadata") -> dict[str, Any] | None:
+    """The JSON object of --metadata, or None when it is not given."""
+    if text is None:
+        return None
+
+    def reject_constant(name: str) -> Any:  # json.loads accepts NaN and Infinity; JSON and Struct do not
+        raise MregError("INVALID_ARGUMENT", f"{option} is not valid JSON: {name} is not a JSON number")
+
+    try:
+        value = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as e:
+        raise MregError("INVALID_ARGUMENT", f"{option} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise MregError("INVALID_ARGUMENT", f"{option} is nested too deeply") from e
+    if not isinstance(value, dict):
+        raise MregError("INVALID_ARGUMENT", f"{option} must be a JSON object")
+    return value
+
+
+def _push_unchanged(result: PushResult) -> dict[str, Any]:
+    """The --json fields of a push that kept the latest version, and the note on stderr when it ignored things."""
+    version = result.version
+    if result.ignored_changes:
+        options = {"description": "--description-file ...", "tags": "--add-tag ...", "metadata": "--metadata ..."}
+        print(
+            f"mreg: note: content unchanged: {version.name} kept its {' and '.join(result.ignored_changes)}, "
+            f"not this push's; use mreg update {_quote(version.name)} "
+            f"{' '.join(options[name] for name in result.ignored_changes)} or push --update-existing",
+            file=sys.stderr,
+        )
+    return {
+        "ignored_changes": list(result.ignored_changes),
+        "unchanged_metadata_ignored": bool(result.ignored_changes),
+        "updated_existing": list(result.updated_existing),
+    }
+
+
+def _note_kept_card(registry: Registry, name: str, description: str) -> None:
+    """A note on stderr when link --create found the registered model existing with another card."""
+    model = registry.get_registered_model(name)
+    if model.description != description:
+        print(
+            f"mreg: note: {name} exists and kept its card; replace it with: mreg update {_quote(name)} "
+            "--description-file PATH",
+            file=sys.stderr,
+        )
+
+
+def _registered_model_named(registry: Registry, ref: str) -> pb.RegisteredModel | None:
+    """The registered model ``ref`` names when it is one (no selector), else None."""
+    if ":" in ref:
+        return None
+    try:
+        return registry.get_registered_model(ref)
+    except MregError as e:
+        if e.code == "NOT_FOUND" or e.reason == "COLLECTION_KIND_MISMATCH":
+            return None
+        raise
+
+
+def registered_model_json(model: pb.RegisteredModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "kind": "registered_model",
+        "type": model.type,
+        "description": model.description,
+        "tags": list(model.tags),
+        "links": model.link_count,
+        "aliases": {a.alias: a.index for a in model.aliases},
+        "protected_aliases": list(model.protected_aliases),
+        "created": _time(model, "create_time"),
+    }
+
+
+def _aliases_text(aliases: Sequence[str], protected: set[str]) -> str:
+    marked = [f"{a} (protected)" if a in protected else a for a in aliases]
+    return ", ".join(marked) or "-"
+
+
+def _markdown_lines(label: str, text: str) -> list[str]:
+    """A description (Markdown) as text, indented under its label; nothing when it is empty."""
+    if not text:
+        return []
+    return [f"  {label}:"] + [f"    {line}".rstrip() for line in text.splitlines()]
+
+
+def _registered_model_lines(model: pb.RegisteredModel) -> list[str]:
+    aliases = ", ".join(
+        f"{a.alias} -> v{a.index}" + (" (protected)" if a.alias in model.protected_aliases else "")
+        for a in model.aliases
+    )
+    return [
+        f"registered model {model.name}  (type {model.type}, {model.link_count} links)",
+        f"  aliases:     {aliases or '-'}",
+        f"  tags:        {', '.join(model.tags) or '-'}",
+        f"  created:     {_time(model, 'create_time')}",
+        *_markdown_lines("card", model.description),
+    ]
+
+
+def _description_change(before: str, after: str) -> list[str]:
+    if before == after:
+        return []
+    if not after:
+        return ["  description: cleared"]
+    return [f"  description: {'set' if not before else 'replaced'} ({len(after.encode())} bytes)"]
+
+
+def cmd_update(args: argparse.Namespace, out: Output) -> None:
+    """Edits a version's description, tags and metadata, or a registered model's card and tags."""
+    edits: list[editing.MetadataEdit] = args.metadata_edits
+    metadata_options = args.metadata is not None or bool(edits) or args.replace_metadata
+    if args.replace_metadata and args.metadata is None and not any(kind == "set" for kind, _, _ in edits):
+        _usage_error("update", "--replace-metadata needs the new metadata: --metadata JSON or --set KEY=VALUE")
+    if args.replace_metadata and any(kind == "unset" for kind, _, _ in edits):
+        _usage_error(
+            "update", "--unset removes a key from metadata that is merged; it means nothing with --replace-metadata"
+        )
+    given = args.description is not None or args.description_file is not None or args.add_tag or args.remove_tag
+    if not (given or metadata_options):
+        _usage_error(
+            "update",
+            "nothing to update: give --description(-file), --add-tag, --remove-tag, --metadata, --set or --unset",
+        )
+    description = _description(args)  # read and checked before anything is sent
+    patch = editing.metadata_patch(_metadata_json(args.metadata), edits)
+    with _registry(args) as registry:
+        model = _registered_model_named(registry, args.ref)
+        if model is not None:
+            if metadata_options:
+                _usage_error(
+                    "update",
+                    f"{args.ref} is a registered model, which has no metadata: --metadata, --set, --unset and "
+                    "--replace-metadata edit versions (name one, e.g. "
+                    f"{_quote(args.ref + ':production')})",
+                )
+            updated = registry.update_registered_model(
+                model.name, description=description, add_tags=args.add_tag, remove_tags=args.remove_tag
+            )
+            changes = _description_change(model.description, updated.description)
+            if set(model.tags) != set(updated.tags):
+                changes.append(f"  tags: {' '.join(editing.tag_changes(model.tags, updated.tags))}")
+            changed = [line.split(":")[0].strip() for line in changes]
+            header = f"updated registered model {updated.name}" if changes else f"nothing changed: {updated.name}"
+            out.result(registered_model_json(updated) | {"changed": changed}, "\n".join([header, *changes]))
+            return
+        before = registry.get_version(args.ref)
+        # The canonical vN: an alias that moves meanwhile cannot redirect the edit to another version.
+        after = registry.update_version(
+            before.name,
+            description=description,
+            add_tags=args.add_tag,
+            remove_tags=args.remove_tag,
+            metadata=patch,
+            replace_metadata=args.replace_metadata,
+        )
+    changes = _description_change(before.description, after.description)
+    if set(before.tags) != set(after.tags):
+        changes.append(f"  tags: {' '.join(editing.tag_changes(before.tags, after.tags))}")
+    metadata_changes = editing.metadata_changes(struct_to_dict(before.metadata), struct_to_dict(after.metadata))
+    if metadata_changes:
+        changes.append(f"  metadata: {', '.join(metadata_changes)}")
+    changed = [line.split(":")[0].strip() for line in changes]
+    header = f"updated {after.name}" if changes else f"nothing changed: {after.name}"
+    out.result(version_json(after, with_manifest=False) | {"changed": changed}, "\n".join([header, *changes]))
+
+
+def _add_update_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    update = commands.add_parser(
+        "update",
+        parents=[common],
+        help="edit a version's description, tags and metadata, or a registered model's card and tags",
+        description="Edits what describes a version (its files never change) or a registered model. "
+        "REF with a selector, or an artifact, names a version; a registered model's name without a selector "
+        "names the registered model itself.",
+        epilog="examples:\n"
+        "  mreg update acme/vision/resnet:v3 --set train.lr=0.1 --unset notes --add-tag fp16\n"
+        "  mreg update acme/vision/resnet:best --metadata '{\"accuracy\": 0.93}' --replace-metadata\n"
+        '  mreg update "acme/model-registry/Classifier" --description-file README.md --add-tag prod',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    update.add_argument(
+        "ref", metavar="REF", help="ARTIFACT[:vN|:ALIAS], REGISTERED_MODEL:vN|:ALIAS, or REGISTERED_MODEL"
+    )
+    _add_description_options(update, "the new description (Markdown; '' clears it)")
+    update.add_argument("--metadata", metavar="JSON", help="a JSON object merged into the metadata (RFC 7386)")
+    update.add_argument("--replace-metadata", action="store_true", help="replace the metadata whole instead of merging")
+    update.add_argument(
+        "--set",
+        dest="metadata_edits",
+        action="append",
+        type=_edit_type(editing.parse_set),
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a metadata key; VALUE is JSON when it parses (0.1, true, null, [1]) else a string; "
+        "dotted keys nest (train.lr=0.1)",
+    )
+    update.add_argument(
+        "--unset",
+        dest="metadata_edits",
+        action="append",
+        type=_edit_type(editing.parse_unset),
+        metavar="KEY",
+        help="remove a metadata key (dotted keys nest)",
+    )
+    update.add_argument("--add-tag", action="append", default=[], metavar="TAG")
+    update.add_argument("--remove-tag", action="append", default=[], metavar="TAG")
+    update.set_defaults(handler=cmd_update)
+
+
+def _edit_type(parse: Callable[[str], editing.MetadataEdit]) -> Callable[[str], editing.MetadataEdit]:
+    """An argparse type: a malformed --set or --unset is a usage error (exit 2) naming the problem."""
+
+    def convert(text: str) -> editing.MetadataEdit:
+        try:
+            return parse(text)
+        except MregError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    return convert
 
 
 # Tokens, identity and profiles ---------------------------------------------------------------
@@ -812,13 +1095,19 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--type", default="model")
     push.add_argument("--alias", action="append", default=[])
     push.add_argument("--metadata", help="a JSON object, e.g. '{\"accuracy\": 0.91}'")
-    push.add_argument("--description", default="")
+    _add_description_options(push, "the version's description (Markdown)")
     push.add_argument("--tag", action="append", default=[])
     push.add_argument(
         "--link", action="append", default=[], metavar="REGISTERED_MODEL", help="link into this registered model"
     )
     push.add_argument("--create", action="store_true", help="create --link registered models that do not exist")
     push.add_argument("--run", default="", help="the run that produced this version (lineage)")
+    push.add_argument(
+        "--update-existing",
+        action="store_true",
+        help="when the content equals the latest version's, give that version the description, tags and "
+        "metadata asked for (without it they are ignored, with a note on stderr)",
+    )
     push.set_defaults(handler=cmd_push)
 
     pull = commands.add_parser("pull", parents=[common], help="download a version, verified")
@@ -910,6 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the registered model if it does not exist (without it, a missing one is NOT_FOUND)",
     )
+    _add_description_options(link, "with --create: the new registered model's card (Markdown)")
     link.set_defaults(handler=cmd_link)
 
     gc = commands.add_parser("gc", parents=[common], help="delete blob content no version references")
@@ -951,6 +1241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
     _add_token_commands(commands, common)
+    _add_update_command(commands, common)
     return parser
 
 
@@ -970,6 +1261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except MregError as e:
         return _fail(e.code, e.message)
+    except UsageError as e:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"mreg {e.command}: error: {e}", file=sys.stderr)
+        return 2
     except PushInterrupted as e:
         print(
             f"mreg: interrupted: {e.stored_bytes} of {e.total_bytes} bytes stored; run the same push again to resume",

@@ -27,7 +27,7 @@ from google.protobuf import json_format, struct_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
-from mreg.client import profiles, references
+from mreg.client import editing, profiles, references
 from mreg.client.cache import ContentCache, HashCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
@@ -58,6 +58,12 @@ class PushResult:
     files: int
     size_bytes: int
     uploaded_bytes: int
+    # The content equalled the latest version's (created is False) and that version was kept
+    # without these parts of what the push asked for: "description", "tags", "metadata".
+    # Empty when a version was created, nothing differed, or update_existing applied them.
+    ignored_changes: tuple[str, ...] = ()
+    # What update_existing applied to the kept version (UpdateVersion), from the same names.
+    updated_existing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,7 @@ class Registry:
         link_to: Sequence[str] = (),
         create_registered_models: bool = False,
         run: str = "",
+        update_existing: bool = False,
         progress: Callable[[int], ProgressCallback] | None = None,
     ) -> PushResult:
         """Uploads a directory as a new version of the artifact ``ref`` and commits it.
@@ -204,17 +211,25 @@ class Registry:
         the version into; they must exist (NOT_FOUND, checked before any upload) unless
         ``create_registered_models``, which creates missing ones with the artifact's type.
 
+        When the content equals the latest version's, that version is kept as it is: a
+        ``description``, ``tags`` or ``metadata`` it does not carry are named in
+        ``PushResult.ignored_changes``, unless ``update_existing``, which applies them to it with
+        UpdateVersion (the description replaced, tags added, metadata merged as RFC 7386)
+        and names them in ``PushResult.updated_existing``.
+
         Args:
             progress: called with the number of bytes to upload; returns a callback
                 that receives byte counts as they are sent.
 
         Raises:
             MregError: carrying the gRPC status code and the server's message; a malformed
-                name, alias, run, type or metadata is INVALID_ARGUMENT before any file is read.
+                name, alias, run, type or metadata, or a description over 64 KiB, is
+                INVALID_ARGUMENT before any file is read.
             PushInterrupted: on Ctrl-C during the upload, within about a second, with the
                 bytes stored so far; the same push again resumes from there.
         """
         self._check_push_arguments(ref, type, aliases, link_to, run)
+        editing.check_description(description)
         for model in link_to:
             if create_registered_models:
                 self.ensure_registered_model(model, type=type)
@@ -253,13 +268,34 @@ class Registry:
                 # A sweep may still be deleting that content: give it a moment to finish.
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
         self._complete_manifest(response.version)
+        version = response.version
+        ignored: tuple[str, ...] = ()
+        updated: tuple[str, ...] = ()
+        if not response.created:
+            ignored = editing.missing_from(description, tags, metadata, kept=version)
+        if ignored and update_existing:
+            edited = self.update_version(
+                version.name,
+                description=description if "description" in ignored else None,
+                add_tags=list(tags) if "tags" in ignored else (),
+                metadata=metadata if "metadata" in ignored else None,
+            )
+            # UpdateVersion answers without the manifest: keep the one the commit returned.
+            version.description = edited.description
+            version.ClearField("tags")
+            version.tags.extend(edited.tags)
+            version.metadata.Clear()
+            version.metadata.MergeFrom(edited.metadata)
+            ignored, updated = (), ignored
         return PushResult(
-            version=response.version,
+            version=version,
             created=response.created,
             links=tuple(response.links),
             files=len(local),
             size_bytes=sum(f.size_bytes for f in local),
             uploaded_bytes=uploaded,
+            ignored_changes=ignored,
+            updated_existing=updated,
         )
 
     def _check_push_arguments(
@@ -395,6 +431,10 @@ class Registry:
         version.manifest.extend(self._paginate(self.metadata.ListVersionFiles, request, "files"))
         version.manifest_omitted = False
 
+    def get_version(self, ref: str) -> pb.Version:
+        """The version ``ref`` names; a large manifest may be left out (``manifest_omitted``)."""
+        return self._call(self.metadata.GetVersion, pb.GetVersionRequest(name=ref)).version
+
     def get_artifact(self, name: str) -> pb.Artifact:
         return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact
 
@@ -414,6 +454,8 @@ class Registry:
         ``metadata`` merges into the version's (RFC 7386: a ``None`` value removes a key)
         unless ``replace_metadata``. Returns the version without its manifest.
         """
+        if description is not None:
+            editing.check_description(description)
         request = pb.UpdateVersionRequest(
             name=ref, add_tags=list(add_tags), remove_tags=list(remove_tags), request_id=request_id
         )
@@ -434,7 +476,9 @@ class Registry:
         remove_tags: Sequence[str] = (),
         request_id: str = "",
     ) -> pb.RegisteredModel:
-        """Edits a registered model's description (its model card) and tags."""
+        """Edits a registered model's description (its model card, Markdown) and tags."""
+        if description is not None:
+            editing.check_description(description)
         request = pb.UpdateRegisteredModelRequest(
             name=name, add_tags=list(add_tags), remove_tags=list(remove_tags), request_id=request_id
         )
@@ -446,18 +490,24 @@ class Registry:
         return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name)).registered_model
 
     def create_registered_model(self, name: str, *, type: str = "model", description: str = "") -> pb.RegisteredModel:
+        editing.check_description(description)
         return self._call(
             self.metadata.CreateRegisteredModel,
             pb.CreateRegisteredModelRequest(name=name, type=type, description=description),
         ).registered_model
 
-    def ensure_registered_model(self, name: str, *, type: str = "model") -> None:
-        """Creates a registered model unless one with this name exists."""
+    def ensure_registered_model(self, name: str, *, type: str = "model", description: str = "") -> bool:
+        """Creates a registered model (with ``description``, its model card) unless one with this name exists.
+
+        Returns whether it was created; an existing one is left as it is.
+        """
         try:
-            self.create_registered_model(name, type=type)
+            self.create_registered_model(name, type=type, description=description)
         except MregError as e:
             if e.code != "ALREADY_EXISTS":
                 raise
+            return False
+        return True
 
     def _require_registered_model(self, name: str) -> None:
         """NOT_FOUND, with what to do about it, unless the registered model exists."""
@@ -474,15 +524,24 @@ class Registry:
             raise
 
     def link(
-        self, ref: str, registered_model: str, aliases: Sequence[str] = (), *, create: bool = False
+        self,
+        ref: str,
+        registered_model: str,
+        aliases: Sequence[str] = (),
+        *,
+        create: bool = False,
+        description: str = "",
     ) -> pb.CreateLinkResponse:
         """Links the version ``ref`` names into a registered model.
 
         The registered model must exist (NOT_FOUND otherwise, so a typo does not start a
-        new one) unless ``create``, which creates it with the version's type.
+        new one) unless ``create``, which creates it with the version's type and
+        ``description`` (its model card; an existing model's card is left as it is).
         """
         if create:
-            self.ensure_registered_model(registered_model, type=self.resolve(ref).version.type)
+            editing.check_description(description)
+            version_type = self.get_version(ref).type
+            self.ensure_registered_model(registered_model, type=version_type, description=description)
         else:
             self._require_registered_model(registered_model)
         return self._call(
