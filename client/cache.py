@@ -6,7 +6,9 @@ large upload until it completes, so an interrupted push resumes. ContentCache ke
 verified downloaded content by digest and places it into a destination by reflink or
 copy (never a hard link: a destination must not share bytes an edit could change), so
 pulling content already seen moves no bytes over the network. Both live under
-MREG_CACHE_DIR (default ~/.cache/mreg).
+MREG_CACHE_DIR (default ~/.cache/mreg). The download cache (client.snapshots) builds its
+read-only snapshots from the same store: there, and only there, entries are hard-linked
+out, since a snapshot's files are read-only and belong to the cache.
 """
 
 from __future__ import annotations
