@@ -320,3 +320,22 @@ def test_an_unparseable_cache_size_limit_is_refused_before_anything_is_downloade
 )
 def test_sizes_read_in_decimal_and_binary_units(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_where_hard_links_are_refused_a_snapshot_is_made_of_read_only_copies(
+    client: Registry, tmp_path: Path, cache_dir: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = _push(client, tmp_path, f"resnet-{unique}")
+
+    def refuse(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    path = client.download(f"resnet-{unique}")
+
+    assert_same_tree(checkpoint, path)
+    assert client.snapshot_cache().links_refused == 4
+    assert stat.S_IMODE((path / "weights.bin").stat().st_mode) == 0o444
+    assert (path / "weights.bin").stat().st_nlink == 1  # a copy of its own, counted in the cache's size
+    assert client.snapshot_cache().total_size() == 2 * sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert client.download_snapshot(f"resnet-{unique}").from_cache is True
