@@ -6,7 +6,9 @@ large upload until it completes, so an interrupted push resumes. ContentCache ke
 verified downloaded content by digest and places it into a destination by reflink or
 copy (never a hard link: a destination must not share bytes an edit could change), so
 pulling content already seen moves no bytes over the network. Both live under
-MREG_CACHE_DIR (default ~/.cache/mreg).
+MREG_CACHE_DIR (default ~/.cache/mreg). The download cache (client.snapshots) builds its
+read-only snapshots from the same store: there, and only there, entries are hard-linked
+out, since a snapshot's files are read-only and belong to the cache.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mreg.client.errors import MregError
@@ -148,7 +150,7 @@ class ContentCache:
             info = verified
         temp = partial_path(target)
         try:
-            _clone_or_copy(source, temp, cancel)
+            clone_or_copy(source, temp, cancel)
             # An entry edited while it was copied gives a copy nobody verified: not placed.
             if _signature(source.stat()) != _signature(info):
                 log.warning("cache entry %s changed while it was placed; downloading instead", sha256)
@@ -168,7 +170,7 @@ class ContentCache:
         entry.parent.mkdir(exist_ok=True)
         temp = entry.parent / f".{sha256}.{uuid.uuid4().hex[:8]}"
         try:
-            _clone_or_copy(verified_file, temp)
+            clone_or_copy(verified_file, temp)
             os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(temp, entry)
             self._record(sha256, entry.stat())  # after the rename, which may change ctime
@@ -178,8 +180,99 @@ class ContentCache:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
+    def entry(self, sha256: str, size: int) -> Path | None:
+        """The store file holding ``sha256``, trusted by its recorded stat or hashed again; None if absent or bad."""
+        source = self._path(sha256)
+        try:
+            info = source.stat()
+        except FileNotFoundError:
+            return None
+        if info.st_size != size:
+            self._evict(sha256, source, "its size changed")
+            return None
+        if not self._trusted(sha256, info) and self._reverify(sha256, source, info) is None:
+            return None
+        return source
+
+    def admit(self, sha256: str, verified_file: Path) -> None:
+        """Moves a file whose digest was just verified into the store, read-only, by rename (no copy).
+
+        ``verified_file`` must be on the store's file system (the snapshot cache downloads
+        into a staging directory beside it); it is gone afterwards either way.
+        """
+        entry = self._path(sha256)
+        with contextlib.suppress(FileNotFoundError):
+            if self._trusted(sha256, entry.stat()):
+                verified_file.unlink()
+                return
+        entry.parent.mkdir(exist_ok=True)
+        os.chmod(verified_file, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(verified_file, entry)
+        self._record(sha256, entry.stat())  # after the rename, which may change ctime
+
+    def link(self, sha256: str, size: int, target: Path) -> bool:
+        """Hard-links the intact entry at ``target``; False if the store does not hold it intact.
+
+        Raises:
+            OSError: the file system refuses the hard link (EXDEV, EPERM, EMLINK, ...).
+        """
+        source = self.entry(sha256, size)
+        if source is None:
+            return False
+        before = source.stat()
+        os.link(source, target)
+        self._keep_trust(sha256, before)
+        return True
+
+    def unlink(self, sha256: str, link: Path) -> None:
+        """Removes ``link``, a hard link of the entry or a file of its own, keeping the entry trusted."""
+        source = self._path(sha256)
+        try:
+            before = source.stat()
+        except FileNotFoundError:
+            before = None
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        if before is not None and self._trusted(sha256, before):
+            self._keep_trust(sha256, before)
+
+    def remove(self, sha256: str) -> None:
+        """Deletes an entry (eviction by size or age)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(sha256).unlink()
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM verified WHERE sha256 = ?", (sha256,))
+
+    def entries(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every entry of the store with its stat (partial temporary files left out)."""
+        for shard in sorted(self.root.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in shard.iterdir():
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    yield entry.name, entry.stat()
+
     def close(self) -> None:
         self._db.close()
+
+    def _keep_trust(self, sha256: str, before: os.stat_result) -> None:
+        """Re-records a trusted entry whose ctime changed only because a hard link to it came or went.
+
+        Linking or unlinking changes the inode's ctime; without this, every snapshot built
+        or evicted would make the next use of shared content hash it again. Size, mtime and
+        inode must be unchanged, and the window is one link call.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            after = self._path(sha256).stat()
+            same = (after.st_size, after.st_mtime_ns, after.st_ino) == (
+                before.st_size,
+                before.st_mtime_ns,
+                before.st_ino,
+            )
+            if same and self._trusted(sha256, before):
+                self._record(sha256, after)
 
     def _trusted(self, sha256: str, info: os.stat_result) -> bool:
         with self._lock:
@@ -245,7 +338,7 @@ def replace_file(temp: Path, target: Path) -> None:
         ) from e
 
 
-def _clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = None) -> None:
+def clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = None) -> None:
     """reflink (shares extents copy-on-write: an edit of either side never shows in the other), else copy.
 
     The copy is an in-kernel sendfile in large steps, so Ctrl-C (``cancel``) stops a

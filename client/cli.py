@@ -1,4 +1,4 @@
-"""The ``mreg`` command line: push, pull, show, update, ls, alias, link and serve.
+"""The ``mreg`` command line: push, pull, download, cache, show, update, ls, alias, link and serve.
 
 Output is for people by default and a JSON document with ``--json``. Any failure prints
 one line, ``mreg: error: CODE: message``, to stderr and exits with status 1 (never a
@@ -22,14 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 
 from mreg.client import editing, profiles
-from mreg.client.cache import default_cache_dir
+from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.registry import (
@@ -41,6 +41,7 @@ from mreg.client.registry import (
     role_name,
     struct_to_dict,
 )
+from mreg.client.snapshots import Snapshot, SnapshotCache, max_size_from_env, parse_size
 from mreg.client.transfer import ProgressCallback
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import token_service_pb2 as token_pb
@@ -1242,7 +1243,158 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
     _add_token_commands(commands, common)
     _add_update_command(commands, common)
+    _add_download_commands(commands, common)
     return parser
+
+
+# Download and the snapshot cache ------------------------------------------------------------
+
+
+def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "ref": snapshot.ref,
+        "artifact": snapshot.artifact,
+        "version": snapshot.version,
+        "digest": snapshot.digest,
+        "path": str(snapshot.path),
+        "files": snapshot.files,
+        "size": snapshot.size_bytes,
+        "last_used": snapshot.last_used.isoformat(timespec="seconds"),
+    }
+
+
+def cmd_download(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        result = registry.download_snapshot(args.ref, progress=out.progress("download"))
+    snapshot = result.snapshot
+    data = {
+        "path": str(snapshot.path),
+        "ref": snapshot.ref,
+        "requested": args.ref,
+        "version": snapshot.version,
+        "digest": snapshot.digest,
+        "files": snapshot.files,
+        "size": snapshot.size_bytes,
+        "from_cache": result.from_cache,
+        "downloaded_bytes": result.downloaded_bytes,
+    }
+    # Only the path on stdout, so `cd $(mreg download REF)` works.
+    out.result(data, str(snapshot.path))
+
+
+def _open_snapshot_cache() -> SnapshotCache:
+    """The snapshot cache under MREG_CACHE_DIR, without connecting to any service."""
+    root = default_cache_dir()
+    return SnapshotCache(root, ContentCache(root), max_size_from_env())
+
+
+def _ago(moment: datetime) -> str:
+    seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def cmd_cache_ls(args: argparse.Namespace, out: Output) -> None:
+    cache = _open_snapshot_cache()
+    try:
+        snapshots = list(reversed(cache.list()))  # most recently used first
+        total = cache.total_size()
+        limit = cache.max_size
+    finally:
+        cache.content.close()
+        cache.close()
+    rows = [("REF", "VERSION", "FILES", "SIZE", "LAST USED")] + [
+        (s.artifact, f"v{s.version}", str(s.files), _human_size(s.size_bytes), _ago(s.last_used)) for s in snapshots
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    numeric = (2, 3)  # FILES and SIZE align right
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    limit_text = _human_size(limit) if limit is not None else "none"
+    lines.append(
+        f"{len(snapshots)} snapshots; {_human_size(total)} on disk in {default_cache_dir()} "
+        f"(shared content counted once; limit {limit_text})"
+    )
+    out.result([_snapshot_json(s) for s in snapshots], "\n".join(lines if snapshots else lines[-1:]))
+
+
+def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:
+    max_size = parse_size(args.max_size) if args.max_size is not None else None
+    cache = _open_snapshot_cache()
+    try:
+        if max_size is None and args.older_than is None:
+            max_size = cache.max_size  # no option: enforce the configured limit
+        plan = cache.prune(max_size=max_size, older_than=args.older_than, dry_run=args.dry_run)
+    finally:
+        cache.content.close()
+        cache.close()
+    data = {
+        "dry_run": args.dry_run,
+        "removed": [_snapshot_json(s) for s in plan.snapshots],
+        "removed_content": {"files": len(plan.content), "size": sum(size for _, size in plan.content)},
+        "freed": plan.freed_bytes,
+        "size_before": plan.size_before,
+        "size_after": plan.size_after,
+    }
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {s.ref} ({_human_size(s.size_bytes)}, last used {_ago(s.last_used)})" for s in plan.snapshots]
+    if plan.content:
+        lines.append(f"{verb} {len(plan.content)} cached files no snapshot uses")
+    lines.append(
+        f"{'would free' if args.dry_run else 'freed'} {_human_size(plan.freed_bytes)}; "
+        f"cache {_human_size(plan.size_after)}"
+    )
+    out.result(data, "\n".join(lines))
+
+
+def _size_argument(text: str) -> str:
+    try:
+        parse_size(text)
+    except MregError as e:
+        raise argparse.ArgumentTypeError(e.message) from e
+    return text
+
+
+def _add_download_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    download = commands.add_parser(
+        "download",
+        parents=[common],
+        help="download a version into the cache and print its local (read-only) directory",
+        description="Prints the path of a read-only directory holding the version, verified. The same version "
+        "again downloads nothing and prints the same path; versions share the bytes of files they have in "
+        "common. Example: cd $(mreg download acme/vision/resnet:best)",
+    )
+    download.add_argument("ref")
+    download.set_defaults(handler=cmd_download)
+
+    cache = commands.add_parser("cache", help="list and prune the download cache (MREG_CACHE_DIR)")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    ls = cache_commands.add_parser(
+        "ls", parents=[common], help="snapshots in the cache: version, files, size, last use"
+    )
+    ls.set_defaults(handler=cmd_cache_ls)
+    prune = cache_commands.add_parser(
+        "prune",
+        parents=[common],
+        help="remove snapshots (least recently used first) and content no snapshot uses",
+        description="Without options, evicts down to MREG_CACHE_MAX_SIZE (default 50GB). "
+        "Example: mreg cache prune --older-than 7d --max-size 20GB --dry-run",
+    )
+    prune.add_argument(
+        "--max-size", type=_size_argument, metavar="SIZE", help="evict down to this size, e.g. 500MB, 2GiB, 20GB"
+    )
+    prune.add_argument(
+        "--older-than", type=parse_duration, metavar="DURATION", help="remove what was not used for this long: 7d, 12h"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    prune.set_defaults(handler=cmd_cache_prune)
 
 
 # Exit status of a command whose output pipe was closed by the reader (`mreg ls | head`): what

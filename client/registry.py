@@ -3,6 +3,7 @@
 registry = Registry.connect("localhost:50051", "localhost:50052", entity="acme", project="vision")
 result = registry.push("./checkpoint", "resnet", aliases=["candidate"])
 registry.pull("resnet:candidate", "./restored")
+path = registry.download("resnet:candidate")   # a read-only directory in the cache, reused next time
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mreg.client.cache import ContentCache, HashCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
+from mreg.client.snapshots import Download, SnapshotCache, max_size_from_env
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
@@ -98,6 +100,8 @@ class Registry:
         self.parallel = parallel
         self.timeout = timeout
         cache_root = cache_dir or default_cache_dir()
+        self.cache_root = cache_root
+        self._snapshots: SnapshotCache | None = None
         self.hash_cache = HashCache(cache_root) if use_cache else None
         self.content_cache = ContentCache(cache_root) if use_cache else None
         self.transfer = BlobTransfer(self.blobs, parallel=parallel, upload_ids=self.hash_cache)
@@ -166,6 +170,10 @@ class Registry:
             self.hash_cache.close()
         if self.content_cache is not None:
             self.content_cache.close()
+        if self._snapshots is not None:
+            self._snapshots.close()
+            if self._snapshots.content is not self.content_cache:
+                self._snapshots.content.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -414,6 +422,44 @@ class Registry:
             raise
         pool.shutdown()
         return [f for f, done in zip(files, placed, strict=True) if not done]
+
+    def download(self, ref: str, *, progress: Callable[[int], ProgressCallback] | None = None) -> Path:
+        """A local directory holding the version ``ref`` names, verified and read-only (the hf_hub_download habit).
+
+        The directory is a snapshot in the cache (client.snapshots): downloading the same
+        version again moves no bytes and returns the same path, and versions sharing a file
+        share its bytes on disk. Do not write into it; copy it, or ``pull``, for a
+        directory of your own.
+
+        Raises:
+            MregError: as ``pull``; INVALID_ARGUMENT for a malformed MREG_CACHE_MAX_SIZE.
+        """
+        return self.download_snapshot(ref, progress=progress).path
+
+    def download_snapshot(self, ref: str, *, progress: Callable[[int], ProgressCallback] | None = None) -> Download:
+        """``download``, also saying which version, its size and whether it came from the cache.
+
+        After the download the cache is evicted down to its size limit (MREG_CACHE_MAX_SIZE),
+        least recently used snapshots first, never the one returned.
+        """
+        cache = self.snapshot_cache()
+        version = self.resolve(ref).version
+        files = [RemoteFile(e.path, e.digest.hash, e.digest.size_bytes) for e in version.manifest]
+
+        def fetch(missing: Sequence[RemoteFile], staging: Path) -> int:
+            total = sum(f.size_bytes for f in missing)
+            return self.transfer.download(missing, staging, progress(total) if progress else None)
+
+        result = cache.ensure(version.name, version.digest, files, fetch)
+        cache.enforce_limit(keep=result.snapshot.ref)
+        return result
+
+    def snapshot_cache(self) -> SnapshotCache:
+        """The cache of ``download`` snapshots (opened on first use, even with ``use_cache=False``)."""
+        if self._snapshots is None:
+            content = self.content_cache or ContentCache(self.cache_root)
+            self._snapshots = SnapshotCache(self.cache_root, content, max_size_from_env())
+        return self._snapshots
 
     # Metadata ----------------------------------------------------------------------------
 
