@@ -17,7 +17,8 @@ from tests.processes import free_port, mreg_serve
 
 
 def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck")
+    # A seed of its own: small files other tests pushed (same seed, same bytes) would not be uploaded again.
+    checkpoint = make_checkpoint(tmp_path / "ck", seed=int(unique[:6], 16))
     artifact = f"acme/vision/resnet-{unique}"
     model = f"acme/model-registry/Image Classifier {unique}"
     size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
@@ -33,10 +34,11 @@ def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique
 
     changed = tmp_path / "ck2"
     shutil.copytree(checkpoint, changed)
-    (changed / "config.json").write_text('{"layers": 101}')
+    config = f'{{"layers": 101, "run": "{unique}"}}'
+    (changed / "config.json").write_text(config)
     code, v1, _ = mreg("push", str(changed), artifact, "--metadata", '{"accuracy": 0.93}', "--alias", "candidate")
     assert (code, v1["version"]) == (0, 1)
-    assert v1["uploaded_bytes"] == len('{"layers": 101}')
+    assert v1["uploaded_bytes"] == len(config)
     assert set(v1["aliases"]) == {"latest", "candidate"}
 
     code, alias, _ = mreg("alias", "set", f"{artifact}:v0", "best")
