@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import getpass
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import grpc
 
 from mreg.client import editing, profiles
@@ -103,34 +106,93 @@ def _human_size(size: int) -> str:
 
 
 class Output:
-    """Prints results as JSON or as text, and decides whether to draw progress bars."""
+    """Prints results as JSON or as text, tables (Rich on a terminal, plain aligned text when piped) and progress."""
 
-    def __init__(self, as_json: bool, quiet: bool) -> None:
-        self.as_json = as_json
+    def __init__(self, as_json: bool, quiet: bool, json_lines: bool = False) -> None:
+        self.as_json = as_json or json_lines
+        self.json_lines = json_lines
         self.quiet = quiet
+        self._progress: list[Any] = []
 
     def result(self, data: Any, text: str) -> None:
-        if self.as_json:
+        if self.json_lines and isinstance(data, list):
+            for row in data:
+                sys.stdout.write(json.dumps(row) + "\n")
+        elif self.as_json:
             json.dump(data, sys.stdout, indent=2, sort_keys=False)
             sys.stdout.write("\n")
         else:
             print(text)
+
+    def table(self, data: Any, columns: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+        """``data`` as JSON, else ``rows`` under ``columns``: Rich on a terminal, aligned plain text otherwise."""
+        if self.as_json:
+            self.result(data, "")
+            return
+        if not rows:
+            print(empty)
+            return
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for column in columns:
+                table.add_column(column, justify="right" if column in _NUMERIC_COLUMNS else "left")
+            for row in rows:
+                table.add_row(*row)
+            Console(soft_wrap=False).print(table)
+            return
+        print(plain_table(columns, rows))
 
     def progress(self, description: str) -> Callable[[int], ProgressCallback] | None:
         if self.as_json or self.quiet or not sys.stderr.isatty():
             return None
 
         def start(total: int) -> ProgressCallback:
-            from tqdm import tqdm
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description, leave=False)
+            progress = Progress(
+                f"[bold]{description}",
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            progress.start()
+            self._progress.append(progress)
+            task = progress.add_task(description, total=total)
 
             def advance(n: int) -> None:
-                bar.update(n)
+                progress.advance(task, n)
 
             return advance
 
         return start
+
+    def close(self) -> None:
+        for progress in self._progress:
+            with contextlib.suppress(Exception):
+                progress.stop()
+        self._progress.clear()
+
+
+_NUMERIC_COLUMNS = {"SIZE", "FILES", "VERSIONS", "LINKS", "COUNT"}
+
+
+def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under a header, columns separated by two spaces, numbers right-aligned; no colour, stable for scripts."""
+    table = [list(columns), *[list(row) for row in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if columns[i] in _NUMERIC_COLUMNS else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in table
+    )
 
 
 def _credentials(args: argparse.Namespace) -> Credentials:
@@ -157,8 +219,8 @@ def _registry(args: argparse.Namespace) -> Registry:
         args.blob_addr,
         entity=args.entity,
         project=args.project,
-        parallel=args.parallel,
-        use_cache=not args.no_cache,
+        parallel=getattr(args, "parallel", 8),
+        use_cache=not getattr(args, "no_cache", False),
         # Flags and environment first; the profile fills in what they leave unset.
         credentials=profiles.with_profile(_credentials(args), profiles.active(args.profile)),
         profile=args.profile,
@@ -183,6 +245,10 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             update_existing=args.update_existing,
             progress=out.progress("push"),
         )
+        keep_last = None
+        if result.created:  # CommitVersion applied the artifact's retention policy, if it has one
+            artifact = registry.get_artifact(result.version.artifact)
+            keep_last = artifact.retention_keep_last if artifact.HasField("retention_keep_last") else None
     version = result.version
     data = {
         "ref": version.name,
@@ -205,7 +271,15 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
     lines += [f"  linked as {link.name}" for link in result.links]
     if result.updated_existing:
         lines.append(f"  content unchanged: updated {', '.join(result.updated_existing)} of {version.name}")
+    if keep_last is not None:
+        data["retention"] = {"keep_last": keep_last, "note": PUSH_RETENTION_NOTE}
+        lines.append(f"  retention: keep the last {keep_last}; {PUSH_RETENTION_NOTE}")
     out.result(data, "\n".join(lines))
+
+
+PUSH_RETENTION_NOTE = (
+    "the commit deleted older versions beyond it that have no alias or link (the service does not report which)"
+)
 
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> None:
@@ -282,28 +356,59 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_ls(args: argparse.Namespace, out: Output) -> None:
+    """Lists a project's collections, an artifact's versions or a registered model's links."""
     with _registry(args) as registry:
         entity, project = registry.entity, registry.project  # flags, else env, else the profile
         target = args.target or (f"{entity}/{project}" if entity and project else "")
         if not target:
             raise MregError("INVALID_ARGUMENT", "name what to list, or set MREG_ENTITY and MREG_PROJECT")
+        limit = args.limit or None
         # The default entity/project names a project, never a collection: list it directly.
-        rows, lines = _list_collection(registry, target) if args.target else (None, [])
-        if rows is None:
-            rows, lines = _list_project(registry, target)
-    out.result(rows, "\n".join(lines) if lines else "(nothing)")
+        if args.target and _list_collection(registry, target, out, limit):
+            return
+        parts = target.split("/")
+        if ":" in target or len(parts) >= 3:
+            raise MregError("NOT_FOUND", f"no artifact or registered model named {target}", reason="NOT_FOUND")
+        if len(parts) == 1:
+            raise MregError(
+                "INVALID_ARGUMENT",
+                f"cannot list the projects of {target}: the metadata service has no call that lists projects; "
+                f"name one: mreg ls {target}/PROJECT",
+            )
+        _list_project(registry, target, out, limit)
 
 
-def _list_collection(registry: Registry, target: str) -> tuple[list[dict[str, Any]] | None, list[str]]:
-    """Lists versions or links if ``target`` is a collection; (None, []) if it is not one."""
+def _created(message: Any) -> str:
+    """A create time to the second, for tables."""
+    if not message.HasField("create_time"):
+        return "-"
+    return message.create_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _list_collection(registry: Registry, target: str, out: Output, limit: int | None) -> bool:
+    """Lists versions or links if ``target`` is a collection; False if it is not one."""
     if ":" in target:
-        return None, []
+        return False
     try:
         registry.get_artifact(target)
-        versions = list(registry.list_versions(target))
-        rows = [version_json(v, with_manifest=False) for v in versions]
-        lines = [f"{v.name}  {_human_size(v.size_bytes):>10}  {', '.join(v.aliases)}" for v in versions]
-        return rows, lines
+        versions = list(itertools.islice(registry.list_versions(target), limit))
+        out.table(
+            [version_json(v, with_manifest=False) for v in versions],
+            ["VERSION", "ALIASES", "SIZE", "FILES", "CREATED", "TAGS"],
+            [
+                [
+                    f"v{v.index}",
+                    ", ".join(v.aliases) or "-",
+                    _human_size(v.size_bytes),
+                    str(v.file_count),
+                    _created(v),
+                    ", ".join(v.tags) or "-",
+                ]
+                for v in versions
+            ],
+            "(no versions)",
+        )
+        return True
     except MregError as e:
         if e.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
             raise
@@ -312,16 +417,23 @@ def _list_collection(registry: Registry, target: str) -> tuple[list[dict[str, An
     except MregError as e:
         if e.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
             raise
-        return None, []
-    links = list(registry.list_links(target))
-    return [link_json(link) for link in links], [
-        f"{link.name} -> {link.version.name}  {', '.join(link.aliases)}" for link in links
-    ]
+        return False
+    links = list(itertools.islice(registry.list_links(target), limit))
+    out.table(
+        [link_json(link) for link in links],
+        ["LINK", "ALIASES", "VERSION", "CREATED"],
+        [[f"v{link.index}", ", ".join(link.aliases) or "-", link.version.name, _created(link)] for link in links],
+        "(no links)",
+    )
+    return True
 
 
-def _list_project(registry: Registry, target: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _latest(aliases: Sequence[Any]) -> int | None:
+    return next((a.index for a in aliases if a.alias == "latest"), None)
+
+
+def _list_project(registry: Registry, target: str, out: Output, limit: int | None) -> None:
     rows: list[dict[str, Any]] = []
-    lines: list[str] = []
     for artifact in registry.list_artifacts(target):
         rows.append(
             {
@@ -329,13 +441,38 @@ def _list_project(registry: Registry, target: str) -> tuple[list[dict[str, Any]]
                 "kind": "artifact",
                 "type": artifact.type,
                 "count": artifact.version_count,
+                "latest": _latest(artifact.aliases),
+                "created": _time(artifact, "create_time"),
             }
         )
-        lines.append(f"{artifact.name}  artifact ({artifact.type}), {artifact.version_count} versions")
     for model in registry.list_registered_models(target):
-        rows.append({"name": model.name, "kind": "registered_model", "type": model.type, "count": model.link_count})
-        lines.append(f"{model.name}  registered model ({model.type}), {model.link_count} links")
-    return rows, lines
+        rows.append(
+            {
+                "name": model.name,
+                "kind": "registered_model",
+                "type": model.type,
+                "count": model.link_count,
+                "latest": _latest(model.aliases),
+                "created": _time(model, "create_time"),
+            }
+        )
+    rows = rows[:limit]
+    out.table(
+        rows,
+        ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"],
+        [
+            [
+                r["name"].removeprefix(target + "/"),
+                "artifact" if r["kind"] == "artifact" else "registered model",
+                r["type"],
+                f"{r['count']} {'versions' if r['kind'] == 'artifact' else 'links'}",
+                f"v{r['latest']}" if r["latest"] is not None else "-",
+                (r["created"] or "-").replace("T", " ")[:19],
+            ]
+            for r in rows
+        ],
+        "(nothing)",
+    )
 
 
 def _expectation(text: str | None) -> tuple[int | None, bool]:
@@ -390,9 +527,27 @@ def cmd_link(args: argparse.Namespace, out: Output) -> None:
     out.result(data, f"{verb} {response.link.version.name} as {response.link.name}{aliases}")
 
 
+def _confirm(args: argparse.Namespace, out: Output, question: str) -> None:
+    """Asks on a terminal unless --yes; never with --json or when stdin is not a terminal (then it proceeds)."""
+    if args.yes or out.as_json or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False, err=True):
+        raise MregError("CANCELLED", "not confirmed; nothing was changed", reason="NOT_CONFIRMED")
+
+
 def cmd_delete(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         if args.collection:
+            if args.dry_run:
+                registry.get_artifact(args.ref) if _is_artifact(registry, args.ref) else registry.get_registered_model(
+                    args.ref
+                )
+                out.result(
+                    {"would_delete": args.ref, "kind": "collection", "dry_run": True},
+                    f"would delete collection {args.ref} (refused by the service unless it is empty)",
+                )
+                return
+            _confirm(args, out, f"delete the collection {args.ref}?")
             registry.delete_collection(args.ref)
             out.result({"deleted": args.ref, "kind": "collection"}, f"deleted {args.ref}")
             return
@@ -402,10 +557,39 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
             )
         target = registry.resolve(args.ref)
         if target.HasField("link"):
+            if args.dry_run:
+                out.result(
+                    {"would_delete": target.link.name, "kind": "link", "dry_run": True},
+                    f"would delete link {target.link.name} (-> {target.version.name}); the version stays",
+                )
+                return
+            _confirm(args, out, f"delete the link {target.link.name} (-> {target.version.name})?")
             name = registry.delete_link(args.ref).name
             out.result({"deleted": name, "kind": "link"}, f"deleted link {name}")
             return
-        response = registry.delete_version(args.ref, force=args.force)
+        version = target.version
+        if args.dry_run:
+            aliases = list(version.aliases)
+            refused = bool(aliases) and not args.force
+            text = f"would delete {version.name} ({_human_size(version.size_bytes)}, {version.file_count} files)"
+            if aliases:
+                text += f"; aliases {', '.join(aliases)} " + (
+                    "would be removed" if args.force else "make the service refuse it without --force"
+                )
+            text += "; links to it are removed too with --force (the service refuses otherwise)"
+            out.result(
+                {
+                    "would_delete": version.name,
+                    "kind": "version",
+                    "aliases": aliases,
+                    "refused_without_force": refused,
+                    "dry_run": True,
+                },
+                text,
+            )
+            return
+        _confirm(args, out, f"delete {version.name}{' and its aliases and links' if args.force else ''}?")
+        response = registry.delete_version(version.name, force=args.force)
     data = {
         "deleted": response.version.name,
         "kind": "version",
@@ -416,16 +600,39 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
     out.result(data, f"deleted {response.version.name}" + (f" (removed {', '.join(removed)})" if removed else ""))
 
 
+def _is_artifact(registry: Registry, name: str) -> bool:
+    try:
+        registry.get_artifact(name)
+        return True
+    except MregError as e:
+        if e.code == "NOT_FOUND" or e.reason == "COLLECTION_KIND_MISMATCH":
+            return False
+        raise
+
+
 def cmd_versions(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        versions = list(registry.list_versions(args.ref, filter=args.filter, order_by=args.order_by))
-    rows = [version_json(v, with_manifest=False) for v in versions]
-    lines = [
-        f"{v.name}  {_human_size(v.size_bytes):>10}  {', '.join(v.aliases) or '-'}  "
-        f"{json.dumps(struct_to_dict(v.metadata), sort_keys=True) if v.metadata.fields else ''}".rstrip()
-        for v in versions
-    ]
-    out.result(rows, "\n".join(lines) if lines else "(no versions match)")
+        versions = list(
+            itertools.islice(
+                registry.list_versions(args.ref, filter=args.filter, order_by=args.order_by), args.limit or None
+            )
+        )
+    out.table(
+        [version_json(v, with_manifest=False) for v in versions],
+        ["VERSION", "ALIASES", "SIZE", "CREATED", "TAGS", "METADATA"],
+        [
+            [
+                f"v{v.index}",
+                ", ".join(v.aliases) or "-",
+                _human_size(v.size_bytes),
+                _created(v),
+                ", ".join(v.tags) or "-",
+                json.dumps(struct_to_dict(v.metadata), sort_keys=True) if v.metadata.fields else "-",
+            ]
+            for v in versions
+        ],
+        "(no versions match)",
+    )
 
 
 def cmd_alias_history(args: argparse.Namespace, out: Output) -> None:
@@ -453,6 +660,15 @@ def cmd_alias_protect(args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_lineage(args: argparse.Namespace, out: Output) -> None:
+    refs = list(args.refs)
+    if args.record:
+        if not args.run or not refs:
+            raise click.UsageError("--record needs --run RUN and the versions it used: --record REF...")
+        args.record, args.ref = refs, None
+    else:
+        if len(refs) > 1:
+            raise click.UsageError("give one version reference (or --run RUN --record REF...)")
+        args.record, args.ref = [], refs[0] if refs else None
     if bool(args.ref) == bool(args.run):
         raise MregError("INVALID_ARGUMENT", "give a version reference or --run RUN")
     with _registry(args) as registry:
@@ -521,25 +737,76 @@ def _print_event(event: Any, out: Output) -> None:
     if out.as_json:
         print(json.dumps(event_json(event)), flush=True)
         return
-    change = f"{_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
-    print(f"#{event.sequence} {event.kind} {event.resource} {change}".rstrip(), flush=True)
-
-
-def _installed_version() -> str:
-    try:
-        return importlib.metadata.version("mreg")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
+    change = f" {_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
+    when = _created(event)
+    print(f"{when}  #{event.sequence} {event.kind} {event.resource}{change}  by {event.actor or '?'}", flush=True)
 
 
 def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
-    keep_last = None if args.keep_last is None else args.keep_last
+    if (args.keep_last is None) == (not args.none):
+        raise click.UsageError("give exactly one of --keep-last N and --none")
+    keep_last = args.keep_last
+    if keep_last is not None and keep_last < 1:
+        raise click.UsageError("--keep-last takes N >= 1 (the latest version always stays)")
     with _registry(args) as registry:
+        if keep_last is not None:
+            candidates = _retention_candidates(registry, args.artifact, keep_last)
+            if args.dry_run:
+                names = [f"v{v.index}" for v in candidates]
+                out.result(
+                    {
+                        "artifact": args.artifact,
+                        "keep_last": keep_last,
+                        "dry_run": True,
+                        "candidates": [v.index for v in candidates],
+                        "note": RETENTION_NOTE,
+                    },
+                    f"would delete {', '.join(names) or 'nothing'} from {args.artifact} "
+                    f"(keep the last {keep_last}; {RETENTION_NOTE})",
+                )
+                return
+            if candidates:
+                _confirm(
+                    args,
+                    out,
+                    f"keep the last {keep_last} of {args.artifact}, deleting up to "
+                    f"{', '.join(f'v{v.index}' for v in candidates)}?",
+                )
+        elif args.dry_run:
+            out.result(
+                {"artifact": args.artifact, "keep_last": None, "dry_run": True, "candidates": []},
+                f"would remove the retention policy of {args.artifact}; nothing would be deleted",
+            )
+            return
         response = registry.set_retention(args.artifact, keep_last)
     deleted = [f"v{i}" for i in response.deleted_indexes]
     data = {"artifact": response.artifact.name, "keep_last": keep_last, "deleted": list(response.deleted_indexes)}
     policy = f"keep the last {keep_last}" if keep_last is not None else "keep everything"
     out.result(data, f"{response.artifact.name}: {policy}; deleted {', '.join(deleted) or 'nothing'}")
+
+
+RETENTION_NOTE = (
+    "versions linked into a registered model stay too, and links are not visible from the versions listing, "
+    "so a linked candidate is kept"
+)
+
+
+def _retention_candidates(registry: Registry, artifact: str, keep_last: int) -> list[pb.Version]:
+    """The committed versions beyond the newest ``keep_last`` that carry no alias: what the policy would delete,
+    but for versions that are linked (the service keeps those; ListVersions does not show links)."""
+    versions = list(registry.list_versions(artifact, order_by="index desc"))
+    return [v for v in versions[keep_last:] if not v.aliases]
+
+
+def cmd_retention_show(args: argparse.Namespace, out: Output) -> None:
+    with _registry(args) as registry:
+        artifact = registry.get_artifact(args.artifact)
+    keep_last = artifact.retention_keep_last if artifact.HasField("retention_keep_last") else None
+    policy = f"keep the last {keep_last} plus every aliased or linked version" if keep_last else "keep everything"
+    out.result(
+        {"artifact": artifact.name, "keep_last": keep_last, "versions": artifact.version_count},
+        f"{artifact.name}: {policy} ({artifact.version_count} versions)",
+    )
 
 
 def cmd_gc(args: argparse.Namespace, out: Output) -> None:
@@ -612,16 +879,10 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def _add_description_options(parser: argparse.ArgumentParser, what: str) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--description", metavar="TEXT", help=f"{what}, at most 64 KiB of UTF-8")
-    group.add_argument(
-        "--description-file", metavar="PATH", help="read the description from a file, e.g. README.md ('-': stdin)"
-    )
-
-
 def _description(args: argparse.Namespace) -> str | None:
     """--description, or the text of --description-file (checked, 64 KiB at most), or None when neither is given."""
+    if args.description_file is not None and args.description is not None:
+        raise click.UsageError("give --description or --description-file, not both")
     if args.description_file is not None:
         return editing.read_description_file(args.description_file)
     if args.description is not None:
@@ -796,61 +1057,6 @@ def cmd_update(args: argparse.Namespace, out: Output) -> None:
     out.result(version_json(after, with_manifest=False) | {"changed": changed}, "\n".join([header, *changes]))
 
 
-def _add_update_command(commands: Any, common: argparse.ArgumentParser) -> None:
-    update = commands.add_parser(
-        "update",
-        parents=[common],
-        help="edit a version's description, tags and metadata, or a registered model's card and tags",
-        description="Edits what describes a version (its files never change) or a registered model. "
-        "REF with a selector, or an artifact, names a version; a registered model's name without a selector "
-        "names the registered model itself.",
-        epilog="examples:\n"
-        "  mreg update acme/vision/resnet:v3 --set train.lr=0.1 --unset notes --add-tag fp16\n"
-        "  mreg update acme/vision/resnet:best --metadata '{\"accuracy\": 0.93}' --replace-metadata\n"
-        '  mreg update "acme/model-registry/Classifier" --description-file README.md --add-tag prod',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    update.add_argument(
-        "ref", metavar="REF", help="ARTIFACT[:vN|:ALIAS], REGISTERED_MODEL:vN|:ALIAS, or REGISTERED_MODEL"
-    )
-    _add_description_options(update, "the new description (Markdown; '' clears it)")
-    update.add_argument("--metadata", metavar="JSON", help="a JSON object merged into the metadata (RFC 7386)")
-    update.add_argument("--replace-metadata", action="store_true", help="replace the metadata whole instead of merging")
-    update.add_argument(
-        "--set",
-        dest="metadata_edits",
-        action="append",
-        type=_edit_type(editing.parse_set),
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a metadata key; VALUE is JSON when it parses (0.1, true, null, [1]) else a string; "
-        "dotted keys nest (train.lr=0.1)",
-    )
-    update.add_argument(
-        "--unset",
-        dest="metadata_edits",
-        action="append",
-        type=_edit_type(editing.parse_unset),
-        metavar="KEY",
-        help="remove a metadata key (dotted keys nest)",
-    )
-    update.add_argument("--add-tag", action="append", default=[], metavar="TAG")
-    update.add_argument("--remove-tag", action="append", default=[], metavar="TAG")
-    update.set_defaults(handler=cmd_update)
-
-
-def _edit_type(parse: Callable[[str], editing.MetadataEdit]) -> Callable[[str], editing.MetadataEdit]:
-    """An argparse type: a malformed --set or --unset is a usage error (exit 2) naming the problem."""
-
-    def convert(text: str) -> editing.MetadataEdit:
-        try:
-            return parse(text)
-        except MregError as e:
-            raise argparse.ArgumentTypeError(e.message) from None
-
-    return convert
-
-
 # Tokens, identity and profiles ---------------------------------------------------------------
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -1005,49 +1211,6 @@ def cmd_logout(args: argparse.Namespace, out: Output) -> None:
     out.result({"profile": name, "removed": True}, f"removed profile {name!r}")
 
 
-def _add_profile_options(common: argparse.ArgumentParser) -> None:
-    common.add_argument(
-        "--profile", default=None, help="the profile mreg login saved to use (env MREG_PROFILE; default: 'default')"
-    )
-    # Addresses left unset fall back to MREG_*_ADDR, then the profile, then the defaults (Registry.connect).
-    common.set_defaults(metadata_addr=None, blob_addr=None)
-
-
-def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    token = commands.add_parser("token", help="create, list and revoke tokens (admin)")
-    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
-    create = token_commands.add_parser(
-        "create", parents=[common], help="create a token and print its secret (shown only once)"
-    )
-    create.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'; the actor its changes are recorded as")
-    create.add_argument("--role", required=True, choices=ROLES)
-    create.add_argument(
-        "--scope", metavar="ENTITY[/PROJECT]", help="where the role applies ('*' for admin, its default)"
-    )
-    create.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 30d, 12h, 90m, 3600s")
-    create.set_defaults(handler=cmd_token_create)
-    ls = token_commands.add_parser("ls", parents=[common], help="list tokens (never their secrets)")
-    ls.set_defaults(handler=cmd_token_ls)
-    revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by name")
-    revoke.add_argument("name")
-    revoke.set_defaults(handler=cmd_token_revoke)
-
-    whoami = commands.add_parser("whoami", parents=[common], help="the token's name, role and scope")
-    whoami.set_defaults(handler=cmd_whoami)
-
-    login = commands.add_parser(
-        "login", parents=[common], help="check a token and save it with the addresses as a profile"
-    )
-    login.add_argument(
-        "--token", help="the token (default: read from stdin when piped, else prompted for without echo)"
-    )
-    if not any("--ca-cert" in action.option_strings for action in login._actions):
-        login.add_argument("--ca-cert", metavar="PATH", help="the CA certificate (PEM) to trust (env MREG_CA_CERT)")
-    login.set_defaults(handler=cmd_login)
-    logout = commands.add_parser("logout", parents=[common], help="remove a saved profile")
-    logout.set_defaults(handler=cmd_logout)
-
-
 def _redact(message: str) -> str:
     """``message`` without any token this process knows of (MREG_TOKEN, the profiles', those it handled)."""
     secrets = set(_SECRETS)
@@ -1059,192 +1222,6 @@ def _redact(message: str) -> str:
         if len(secret) >= 4:
             message = message.replace(secret, "<token>")
     return message
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--metadata-addr", default=os.environ.get("MREG_METADATA_ADDR", DEFAULT_METADATA_ADDR))
-    common.add_argument("--blob-addr", default=os.environ.get("MREG_BLOB_ADDR", DEFAULT_BLOB_ADDR))
-    common.add_argument("--entity", default=os.environ.get("MREG_ENTITY"), help="default entity (env MREG_ENTITY)")
-    common.add_argument("--project", default=os.environ.get("MREG_PROJECT"), help="default project (env MREG_PROJECT)")
-    common.add_argument("--json", action="store_true", help="print a JSON document instead of text")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    common.add_argument("--parallel", type=int, default=8, help="parallel transfer streams (default 8)")
-    common.add_argument(
-        "--no-cache", action="store_true", help="skip the local hash and content caches (env MREG_CACHE_DIR)"
-    )
-    common.add_argument(
-        "--ca-cert", metavar="PEM", help="use TLS, trusting only these CA certificates (env MREG_CA_CERT)"
-    )
-    common.add_argument(
-        "--client-cert", metavar="PEM", help="present this client certificate, for mutual TLS (env MREG_CLIENT_CERT)"
-    )
-    common.add_argument("--client-key", metavar="PEM", help="the private key of --client-cert (env MREG_CLIENT_KEY)")
-    common.add_argument(
-        "--tls", action="store_true", help="use TLS, trusting the system's CA certificates (env MREG_TLS=1)"
-    )
-
-    _add_profile_options(common)
-
-    parser = argparse.ArgumentParser(prog="mreg", description="mreg: a model registry for training clusters")
-    parser.add_argument("--version", action="version", version=f"mreg {_installed_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    push = commands.add_parser("push", parents=[common], help="upload a directory as a new version")
-    push.add_argument("dir")
-    push.add_argument("ref", help="[[entity/]project/]artifact")
-    push.add_argument("--type", default="model")
-    push.add_argument("--alias", action="append", default=[])
-    push.add_argument("--metadata", help="a JSON object, e.g. '{\"accuracy\": 0.91}'")
-    _add_description_options(push, "the version's description (Markdown)")
-    push.add_argument("--tag", action="append", default=[])
-    push.add_argument(
-        "--link", action="append", default=[], metavar="REGISTERED_MODEL", help="link into this registered model"
-    )
-    push.add_argument("--create", action="store_true", help="create --link registered models that do not exist")
-    push.add_argument("--run", default="", help="the run that produced this version (lineage)")
-    push.add_argument(
-        "--update-existing",
-        action="store_true",
-        help="when the content equals the latest version's, give that version the description, tags and "
-        "metadata asked for (without it they are ignored, with a note on stderr)",
-    )
-    push.set_defaults(handler=cmd_push)
-
-    pull = commands.add_parser("pull", parents=[common], help="download a version, verified")
-    pull.add_argument("ref")
-    pull.add_argument("dest")
-    pull.add_argument("--run", default="", help="record that this run used the version (lineage)")
-    pull.set_defaults(handler=cmd_pull)
-
-    show = commands.add_parser("show", parents=[common], help="a version's (or link's) details and manifest")
-    show.add_argument("ref")
-    show.set_defaults(handler=cmd_show)
-
-    ls = commands.add_parser("ls", parents=[common], help="list a project, an artifact or a registered model")
-    ls.add_argument("target", nargs="?", metavar="ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL")
-    ls.set_defaults(handler=cmd_ls)
-
-    alias = commands.add_parser("alias", help="set or remove aliases")
-    alias_commands = alias.add_subparsers(dest="alias_command", required=True, metavar="COMMAND")
-    alias_set = alias_commands.add_parser("set", parents=[common], help="point ALIAS at the version REF names")
-    alias_set.add_argument("ref")
-    alias_set.add_argument("alias")
-    alias_set.add_argument(
-        "--expect", metavar="vN|none", help="move only if the alias names vN now (or is unset): a safe promotion"
-    )
-    alias_set.set_defaults(handler=cmd_alias_set)
-    alias_rm = alias_commands.add_parser("rm", parents=[common], help="remove ALIAS from COLLECTION")
-    alias_rm.add_argument("collection")
-    alias_rm.add_argument("alias")
-    alias_rm.set_defaults(handler=cmd_alias_rm)
-    history = alias_commands.add_parser("history", parents=[common], help="who moved ALIAS of COLLECTION, when")
-    history.add_argument("collection")
-    history.add_argument("alias")
-    history.set_defaults(handler=cmd_alias_history)
-    protect = alias_commands.add_parser("protect", parents=[common], help="mark ALIAS of COLLECTION protected")
-    protect.add_argument("collection")
-    protect.add_argument("alias")
-    protect.add_argument("--off", action="store_true", help="unprotect instead")
-    protect.set_defaults(handler=cmd_alias_protect)
-
-    delete = commands.add_parser("delete", parents=[common], help="delete a version, a link or an empty collection")
-    delete.add_argument("ref", help="ARTIFACT:vN, REGISTERED_MODEL:vN, or a collection with --collection")
-    delete.add_argument("--force", action="store_true", help="also remove the version's aliases and links")
-    delete.add_argument("--collection", action="store_true", help="delete the (empty) collection REF")
-    delete.set_defaults(handler=cmd_delete)
-
-    versions = commands.add_parser("versions", parents=[common], help="search an artifact's versions")
-    versions.add_argument("ref", help="the artifact")
-    versions.add_argument("--filter", default="", help="e.g. 'metadata.val_loss < 0.2 AND tag = \"fp16\"'")
-    versions.add_argument("--order-by", default="", help="e.g. 'metadata.val_loss asc' (default: index desc)")
-    versions.set_defaults(handler=cmd_versions)
-
-    lineage = commands.add_parser("lineage", parents=[common], help="which run made a version, which runs used it")
-    lineage.add_argument("ref", nargs="?")
-    lineage.add_argument("--run", help="show (or with --record, add to) a run's inputs and outputs")
-    lineage.add_argument("--record", nargs="+", metavar="REF", help="record that --run used these versions")
-    lineage.set_defaults(handler=cmd_lineage)
-
-    watch = commands.add_parser("watch", parents=[common], help="stream change events")
-    watch.add_argument("--since", type=int, default=0, metavar="CURSOR", help="replay events after this sequence")
-    watch.add_argument("--from-now", action="store_true", help="skip the replay")
-    watch.add_argument(
-        "--prefix",
-        default="",
-        help="only resources under this prefix, in whole path segments "
-        "(acme/vision/resnet matches resnet:v3, not resnet-large)",
-    )
-    watch.add_argument("--limit", type=int, default=0, help="stop after this many events")
-    watch.set_defaults(handler=cmd_watch)
-
-    retention = commands.add_parser("retention", help="per-artifact retention policies")
-    retention_commands = retention.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
-    retention_set = retention_commands.add_parser(
-        "set", parents=[common], help="keep the last N versions plus every version with an alias or link"
-    )
-    retention_set.add_argument("artifact")
-    group = retention_set.add_mutually_exclusive_group(required=True)
-    group.add_argument(
-        "--keep-last", type=int, metavar="N", help="N >= 1: the latest version, and anything aliased or linked, stays"
-    )
-    group.add_argument("--none", action="store_true", help="remove the policy")
-    retention_set.set_defaults(handler=cmd_retention_set)
-
-    link = commands.add_parser("link", parents=[common], help="link a version into a registered model")
-    link.add_argument("ref")
-    link.add_argument("registered_model")
-    link.add_argument("--alias", action="append", default=[])
-    link.add_argument(
-        "--create",
-        action="store_true",
-        help="create the registered model if it does not exist (without it, a missing one is NOT_FOUND)",
-    )
-    _add_description_options(link, "with --create: the new registered model's card (Markdown)")
-    link.set_defaults(handler=cmd_link)
-
-    gc = commands.add_parser("gc", parents=[common], help="delete blob content no version references")
-    gc.add_argument("--grace-seconds", type=int, help="keep content used more recently (default one day)")
-    gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
-    gc.set_defaults(handler=cmd_gc)
-
-    serve = commands.add_parser("serve", parents=[common], help="run both services on SQLite and local disk")
-    serve.add_argument("--data-dir", default=os.environ.get("MREG_DATA_DIR", ".mreg"))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--metadata-port", type=int, default=50051)
-    serve.add_argument("--blob-port", type=int, default=50052)
-    serve.add_argument("--database-url", default=os.environ.get("MREG_DATABASE_URL"), help="default: SQLite in DIR")
-    serve.add_argument(
-        "--auth",
-        action="store_true",
-        default=os.environ.get("MREG_AUTH", "").lower() in ("1", "true", "yes", "on"),
-        help="require tokens; the first start writes an admin token to DIR/admin.token (env MREG_AUTH=1)",
-    )
-    serve.add_argument(
-        "--tls-cert",
-        default="",
-        metavar="PEM",
-        help="both services serve TLS with this certificate chain (needs --tls-key); it must name --host "
-        "(localhost when --host is 0.0.0.0), and the metadata service trusts it to reach the blob service",
-    )
-    serve.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
-    serve.add_argument(
-        "--tls-client-ca",
-        default="",
-        metavar="PEM",
-        help="require client certificates issued by these CAs (mutual TLS); the metadata service presents "
-        "--tls-cert to the blob service, so that certificate must be issued by them too",
-    )
-    serve.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a non-loopback --host although callers are not authenticated",
-    )
-    serve.set_defaults(handler=cmd_serve)
-    _add_token_commands(commands, common)
-    _add_update_command(commands, common)
-    _add_download_commands(commands, common)
-    return parser
 
 
 # Download and the snapshot cache ------------------------------------------------------------
@@ -1354,65 +1331,730 @@ def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:
     out.result(data, "\n".join(lines))
 
 
-def _size_argument(text: str) -> str:
-    try:
-        parse_size(text)
-    except MregError as e:
-        raise argparse.ArgumentTypeError(e.message) from e
-    return text
-
-
-def _add_download_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    download = commands.add_parser(
-        "download",
-        parents=[common],
-        help="download a version into the cache and print its local (read-only) directory",
-        description="Prints the path of a read-only directory holding the version, verified. The same version "
-        "again downloads nothing and prints the same path; versions share the bytes of files they have in "
-        "common. Example: cd $(mreg download acme/vision/resnet:best)",
-    )
-    download.add_argument("ref")
-    download.set_defaults(handler=cmd_download)
-
-    cache = commands.add_parser("cache", help="list and prune the download cache (MREG_CACHE_DIR)")
-    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
-    ls = cache_commands.add_parser(
-        "ls", parents=[common], help="snapshots in the cache: version, files, size, last use"
-    )
-    ls.set_defaults(handler=cmd_cache_ls)
-    prune = cache_commands.add_parser(
-        "prune",
-        parents=[common],
-        help="remove snapshots (least recently used first) and content no snapshot uses",
-        description="Without options, evicts down to MREG_CACHE_MAX_SIZE (default 50GB). "
-        "Example: mreg cache prune --older-than 7d --max-size 20GB --dry-run",
-    )
-    prune.add_argument(
-        "--max-size", type=_size_argument, metavar="SIZE", help="evict down to this size, e.g. 500MB, 2GiB, 20GB"
-    )
-    prune.add_argument(
-        "--older-than", type=parse_duration, metavar="DURATION", help="remove what was not used for this long: 7d, 12h"
-    )
-    prune.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    prune.set_defaults(handler=cmd_cache_prune)
-
-
 # Exit status of a command whose output pipe was closed by the reader (`mreg ls | head`): what
 # a process killed by SIGPIPE reports, as cat or git do.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXIT_INTERRUPTED = 130
 
 
+# The command line: Click parses it, the handlers above run it ------------------------------
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("mreg")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _State:
+    """What main needs to know about the command that ran: whether errors are printed as JSON."""
+
+    json_errors = False
+
+
+class MregGroup(click.Group):
+    """mreg's command groups; Click suggests the closest command for a mistyped one ("Did you mean ...?")."""
+
+
+# Options every command takes, before the command (`mreg --json ls`) or after it (`mreg ls --json`).
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (
+        ("--metadata-addr",),
+        {"metavar": "HOST:PORT", "help": "the metadata service (env MREG_METADATA_ADDR; default localhost:50051)"},
+    ),
+    (
+        ("--blob-addr",),
+        {"metavar": "HOST:PORT", "help": "the blob service (env MREG_BLOB_ADDR; default localhost:50052)"},
+    ),
+    (("--entity",), {"help": "default entity (env MREG_ENTITY)"}),
+    (("--project",), {"help": "default project (env MREG_PROJECT)"}),
+    (("--json", "as_json"), {"is_flag": True, "help": "print JSON on stdout; errors as one JSON object on stderr"}),
+    (("-q", "--quiet"), {"is_flag": True, "help": "no progress bars"}),
+    (("--profile",), {"help": "the profile mreg login saved to use (env MREG_PROFILE; default: 'default')"}),
+    (("--ca-cert",), {"metavar": "PEM", "help": "use TLS, trusting only these CA certificates (env MREG_CA_CERT)"}),
+    (
+        ("--client-cert",),
+        {"metavar": "PEM", "help": "present this client certificate, for mutual TLS (env MREG_CLIENT_CERT)"},
+    ),
+    (("--client-key",), {"metavar": "PEM", "help": "the private key of --client-cert (env MREG_CLIENT_KEY)"}),
+    (("--tls",), {"is_flag": True, "help": "use TLS, trusting the system's CA certificates (env MREG_TLS=1)"}),
+]
+GLOBAL_NAMES = [
+    "metadata_addr",
+    "blob_addr",
+    "entity",
+    "project",
+    "as_json",
+    "quiet",
+    "profile",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "tls",
+]
+
+
+def global_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for declarations, settings in reversed(GLOBAL_OPTIONS):
+        function = click.option(*declarations, **settings)(function)
+    return function
+
+
+def transfer_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--parallel and --no-cache: only the commands that move file content take them."""
+    function = click.option(
+        "--no-cache", is_flag=True, help="skip the local hash and content caches (env MREG_CACHE_DIR)"
+    )(function)
+    return click.option(
+        "--parallel", type=click.IntRange(1, 256), default=8, show_default=True, help="parallel transfer streams"
+    )(function)
+
+
+def description_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        function = click.option(
+            "--description-file", metavar="PATH", help="read the description from a file, e.g. README.md ('-': stdin)"
+        )(function)
+        return click.option("--description", metavar="TEXT", help=f"{what}, at most 64 KiB of UTF-8")(function)
+
+    return decorate
+
+
+def _namespace(ctx: click.Context) -> argparse.Namespace:
+    """The command's parameters, with each global option given before the command filling in one not given after."""
+    values = dict(ctx.params)
+    root = ctx.find_root().params
+    for name in GLOBAL_NAMES:
+        if values.get(name) in (None, False) and root.get(name) not in (None, False):
+            values[name] = root[name]
+    values["json"] = bool(values.pop("as_json", False))
+    for key, value in values.items():
+        if isinstance(value, tuple):
+            values[key] = list(value)
+    return argparse.Namespace(**values)
+
+
+def _runner(handler: Callable[[argparse.Namespace, Output], None]) -> Callable[..., None]:
+    @click.pass_context
+    def run(ctx: click.Context, **_: Any) -> None:
+        args = _namespace(ctx)
+        out = Output(args.json, args.quiet, getattr(args, "json_lines", False))
+        _State.json_errors = out.as_json
+        try:
+            handler(args, out)
+        except MregError as e:
+            if e.code == "NOT_FOUND":
+                raise _with_hint(args, e) from e
+            raise
+        finally:
+            out.close()
+
+    return run
+
+
+def _with_hint(args: argparse.Namespace, error: MregError) -> MregError:
+    """``error`` with a hint naming the collections of the project whose names are close to the reference's."""
+    ref = next((getattr(args, n) for n in ("ref", "artifact", "collection", "target") if getattr(args, n, None)), None)
+    if not ref or "did you mean" in error.message:
+        return error
+    try:
+        with _registry(args) as registry:
+            parts = ref.split(":")[0].split("/")
+            name = parts[-1]
+            if len(parts) >= 3:
+                project = "/".join(parts[-3:-1])
+            elif len(parts) == 2 and registry.entity:
+                project = f"{registry.entity}/{parts[0]}"
+            elif registry.entity and registry.project:
+                project = f"{registry.entity}/{registry.project}"
+            else:
+                return error
+            names = [a.name for a in registry.list_artifacts(project)]
+            names += [m.name for m in registry.list_registered_models(project)]
+    except Exception:  # a hint is a nicety: never let it hide the error itself
+        return error
+    short = {n.rsplit("/", 1)[-1]: n for n in names}
+    close = difflib.get_close_matches(name, list(short), n=3, cutoff=0.6)
+    if not close or name in close:
+        return error
+    hinted = MregError(
+        error.code,
+        f"{error.message}; did you mean {' or '.join(short[c] for c in close)}?",
+        error.violations,
+        reason=error.reason,
+        metadata=error.metadata,
+    )
+    return hinted
+
+
+def _leaf(
+    group: click.Group, name: str, handler: Callable[[argparse.Namespace, Output], None], **settings: Any
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """Declares command ``name`` of ``group``: its own parameters (the decorated stub's) plus the global options."""
+
+    def decorate(stub: Callable[..., Any]) -> click.Command:
+        params = getattr(stub, "__click_params__", [])
+        function = global_options(_runner(handler))
+        function.__click_params__ = [*params, *getattr(function, "__click_params__", [])]  # type: ignore[attr-defined]
+        return group.command(name, **settings)(function)
+
+    return decorate
+
+
+def _stub(*_: Any, **__: Any) -> None:
+    """Holds a command's own parameters for _leaf."""
+
+
+def _show_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"mreg {_installed_version()}")
+        ctx.exit()
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(
+    cls=MregGroup,
+    context_settings=CONTEXT,
+    epilog="""\b
+References are [[ENTITY/]PROJECT/]NAME[:vN|:ALIAS]; no selector means latest.
+Global options go before or after the command: mreg --json ls acme/vision.
+Exit status: 0 success, 1 error, 2 usage error, 130 interrupted, 141 output pipe closed.
+Completion: eval "$(_MREG_COMPLETE=bash_source mreg)" (zsh_source, fish_source).
+
+\b
+Examples:
+  mreg push ck acme/vision/resnet --alias candidate
+  mreg ls acme/vision
+  mreg versions acme/vision/resnet --filter 'metadata.val_loss < 0.2'""",
+)
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version, help="print the version"
+)
+@global_options
+def cli(**_: Any) -> None:
+    """mreg: a model registry for training clusters."""
+
+
+@click.argument("dir", type=click.Path(file_okay=False))
+@click.argument("ref")
+@click.option("--type", default="model", show_default=True, help="the artifact's type")
+@click.option("--alias", multiple=True, help="an alias for the new version (repeatable)")
+@click.option("--metadata", metavar="JSON", help="a JSON object, e.g. '{\"accuracy\": 0.91}'")
+@description_options("the version's description (Markdown)")
+@click.option("--tag", multiple=True, help="a tag (repeatable)")
+@click.option("--link", multiple=True, metavar="REGISTERED_MODEL", help="link into this registered model (repeatable)")
+@click.option("--create", is_flag=True, help="create --link registered models that do not exist")
+@click.option("--run", default="", help="the run that produced this version (lineage)")
+@click.option(
+    "--update-existing",
+    is_flag=True,
+    help="when the content equals the latest version's, give that version the description, tags and "
+    "metadata asked for (without it they are ignored, with a note on stderr)",
+)
+@transfer_options
+def _push(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "push",
+    cmd_push,
+    help="Upload directory DIR as a new version of artifact REF ([[ENTITY/]PROJECT/]ARTIFACT).",
+    short_help="upload a directory as a new version",
+    epilog="\b\nExample:\n  mreg push ck acme/vision/resnet --alias candidate --metadata '{\"accuracy\": 0.93}'",
+)(_push)
+
+
+@click.argument("ref")
+@click.argument("dest", type=click.Path())
+@click.option("--run", default="", help="record that this run used the version (lineage)")
+@transfer_options
+def _pull(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "pull",
+    cmd_pull,
+    help="Download version REF into directory DEST, verified.",
+    short_help="download a version, verified",
+)(_pull)
+
+
+@click.argument("ref")
+def _show(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "show",
+    cmd_show,
+    help="A version's (or link's) details and manifest; a registered model's card.",
+    short_help="a version's (or link's) details and manifest",
+)(_show)
+
+
+@click.argument("target", required=False, metavar="[ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+@click.option("--limit", type=click.IntRange(0), default=0, help="list at most N (0: all)")
+@click.option("--json-lines", is_flag=True, help="one JSON object per line")
+def _ls(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "ls",
+    cmd_ls,
+    help="List a project's collections (type, count, latest, created), an artifact's versions (aliases, size, "
+    "files, created, tags) or a registered model's links. Without TARGET, the default project "
+    "(--entity/--project, MREG_ENTITY/MREG_PROJECT or the profile's). Listing an entity's projects is not "
+    "possible: the service has no call for it.",
+    short_help="list a project, an artifact or a registered model",
+    epilog="\b\nExamples:\n  mreg ls acme/vision\n  mreg ls acme/vision/resnet --limit 5\n"
+    "  mreg ls acme/vision --json-lines",
+)(_ls)
+
+
+@click.argument("ref")
+@click.argument("registered_model")
+@click.option("--alias", multiple=True, help="an alias for the link (repeatable)")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="create the registered model if it does not exist (without it, a missing one is NOT_FOUND)",
+)
+@description_options("with --create: the new registered model's card (Markdown)")
+def _link(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "link",
+    cmd_link,
+    help="Link version REF into REGISTERED_MODEL.",
+    short_help="link a version into a registered model",
+)(_link)
+
+
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="also remove the version's aliases and links")
+@click.option("--collection", is_flag=True, help="delete the (empty) collection REF")
+@click.option("--dry-run", is_flag=True, help="only show what would be deleted")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation on a terminal")
+def _delete(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "delete",
+    cmd_delete,
+    help="Delete version REF (ARTIFACT:vN), a link (REGISTERED_MODEL:vN) or, with --collection, an empty "
+    "collection. On a terminal it asks first unless --yes; with --json or a non-terminal stdin it does not ask.",
+    short_help="delete a version, a link or an empty collection",
+    epilog="\b\nExamples:\n  mreg delete acme/vision/resnet:v3 --dry-run\n"
+    "  mreg delete acme/vision/resnet:v3 --force --yes",
+)(_delete)
+
+FILTER_HELP = """\b
+Filter grammar (--filter):
+  EXPR   := TERM [AND|OR TERM]...   with NOT and ( ) too
+  TERM   := FIELD OP VALUE
+  FIELD  := index | state | alias | tag | run | create_time | commit_time
+            | size_bytes | file_count | metadata.KEY[.KEY...]
+  OP     := = | != | < | <= | > | >=   (alias, tag, state, run: = and != only)
+  VALUE  := number | "string" | 'string' | true | false
+Times are RFC 3339 with a zone; only committed versions unless state is named.
+Order (--order-by): index | create_time | size_bytes | metadata.KEY, then asc|desc.
+
+\b
+Example:
+  mreg versions acme/vision/resnet --filter 'metadata.val_loss < 0.2 AND tag = "fp16"'
+  mreg versions acme/vision/resnet --filter 'NOT alias = "archived"' --order-by 'metadata.val_loss asc'"""
+
+
+@click.argument("ref")
+@click.option("--filter", default="", metavar="EXPR", help="e.g. 'metadata.val_loss < 0.2 AND tag = \"fp16\"'")
+@click.option("--order-by", default="", metavar="KEY", help="e.g. 'metadata.val_loss asc' (default: index desc)")
+@click.option("--limit", type=click.IntRange(0), default=0, help="at most N versions (0: all)")
+def _versions(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "versions",
+    cmd_versions,
+    help="Search the versions of artifact REF.",
+    short_help="search an artifact's versions",
+    epilog=FILTER_HELP,
+)(_versions)
+
+
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@click.option("--run", help="show (or with --record, add to) a run's inputs and outputs")
+@click.option("--record", is_flag=True, help="record that --run used the versions REF...")
+def _lineage(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "lineage",
+    cmd_lineage,
+    help="Which run made version REF and which runs used it; or a run's inputs and outputs (--run).",
+    short_help="which run made a version, which runs used it",
+    epilog="\b\nExamples:\n  mreg lineage acme/vision/resnet:v3\n"
+    "  mreg lineage --run acme/vision/eval-7 --record acme/vision/resnet:v3",
+)(_lineage)
+
+
+@click.option("--since", type=int, default=0, metavar="CURSOR", help="replay events after this sequence")
+@click.option("--from-now", is_flag=True, help="skip the replay")
+@click.option(
+    "--prefix",
+    default="",
+    help="only resources under this prefix, in whole path segments "
+    "(acme/vision/resnet matches resnet:v3, not resnet-large)",
+)
+@click.option("--limit", type=click.IntRange(0), default=0, help="stop after this many events")
+@click.option("--json-lines", is_flag=True, help="one JSON object per event and line (as --json)")
+def _watch(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "watch",
+    cmd_watch,
+    help="Stream change events (time, sequence, kind, resource, actor) until interrupted or --limit.",
+    short_help="stream change events",
+)(_watch)
+
+
+@click.option("--grace-seconds", type=int, help="keep content used more recently (default one day)")
+@click.option("--dry-run", is_flag=True, help="only report what would be deleted")
+def _gc(*_: Any) -> None: ...
+
+
+_leaf(
+    cli, "gc", cmd_gc, help="Delete blob content no version references.", short_help="delete unreferenced blob content"
+)(_gc)
+
+
+@click.option("--data-dir", envvar="MREG_DATA_DIR", default=".mreg", show_default=True, help="(env MREG_DATA_DIR)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--metadata-port", type=int, default=50051, show_default=True)
+@click.option("--blob-port", type=int, default=50052, show_default=True)
+@click.option("--database-url", envvar="MREG_DATABASE_URL", help="default: SQLite in DIR (env MREG_DATABASE_URL)")
+@click.option(
+    "--auth",
+    is_flag=True,
+    default=lambda: os.environ.get("MREG_AUTH", "").lower() in ("1", "true", "yes", "on"),
+    help="require tokens; the first start writes an admin token to DIR/admin.token (env MREG_AUTH=1)",
+)
+@click.option(
+    "--tls-cert",
+    default="",
+    metavar="PEM",
+    help="both services serve TLS with this certificate chain (needs --tls-key); it must name --host "
+    "(localhost when --host is 0.0.0.0), and the metadata service trusts it to reach the blob service",
+)
+@click.option("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
+@click.option(
+    "--tls-client-ca",
+    default="",
+    metavar="PEM",
+    help="require client certificates issued by these CAs (mutual TLS); the metadata service presents "
+    "--tls-cert to the blob service, so that certificate must be issued by them too",
+)
+@click.option("--insecure", is_flag=True, help="allow a non-loopback --host although callers are not authenticated")
+def _serve(*_: Any) -> None: ...
+
+
+_leaf(cli, "serve", cmd_serve, help="Run both services on SQLite and local disk.", short_help="run both services")(
+    _serve
+)
+
+
+# alias ...
+@cli.group("alias", cls=MregGroup, context_settings=CONTEXT, short_help="set, remove, audit and protect aliases")
+def alias_group() -> None:
+    """Set, remove, audit and protect aliases."""
+
+
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--expect", metavar="vN|none", help="move only if the alias names vN now (or is unset): a safe promotion")
+def _alias_set(*_: Any) -> None: ...
+
+
+_leaf(alias_group, "set", cmd_alias_set, help="Point ALIAS at the version REF names.")(_alias_set)
+
+
+@click.argument("collection")
+@click.argument("alias")
+def _alias_pair(*_: Any) -> None: ...
+
+
+_leaf(alias_group, "rm", cmd_alias_rm, help="Remove ALIAS from COLLECTION.")(_alias_pair)
+_leaf(alias_group, "history", cmd_alias_history, help="Who moved ALIAS of COLLECTION, and when.")(_alias_pair)
+
+
+@click.argument("collection")
+@click.argument("alias")
+@click.option("--off", is_flag=True, help="unprotect instead")
+def _alias_protect(*_: Any) -> None: ...
+
+
+_leaf(alias_group, "protect", cmd_alias_protect, help="Mark ALIAS of COLLECTION protected.")(_alias_protect)
+
+
+# retention ...
+@cli.group("retention", cls=MregGroup, context_settings=CONTEXT, short_help="per-artifact retention policies")
+def retention_group() -> None:
+    """Per-artifact retention policies."""
+
+
+@click.argument("artifact")
+@click.option(
+    "--keep-last", type=int, metavar="N", help="N >= 1: the latest version, and anything aliased or linked, stays"
+)
+@click.option("--none", is_flag=True, help="remove the policy")
+@click.option("--dry-run", is_flag=True, help="only show which versions the policy would delete")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation on a terminal")
+def _retention_set(*_: Any) -> None: ...
+
+
+_leaf(
+    retention_group,
+    "set",
+    cmd_retention_set,
+    help="Keep the last N versions of ARTIFACT plus every version with an alias or link; the others are "
+    "deleted now and after each push. Asks first on a terminal when versions would go, unless --yes.",
+    epilog="\b\nExample:\n  mreg retention set acme/vision/resnet --keep-last 5 --dry-run",
+)(_retention_set)
+
+
+@click.argument("artifact")
+def _retention_show(*_: Any) -> None: ...
+
+
+_leaf(retention_group, "show", cmd_retention_show, help="The retention policy of ARTIFACT.")(_retention_show)
+
+
+# tokens, identity, profiles ...
+@cli.group("token", cls=MregGroup, context_settings=CONTEXT, short_help="create, list and revoke tokens (admin)")
+def token_group() -> None:
+    """Create, list and revoke tokens (admin)."""
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(value)
+        except argparse.ArgumentTypeError as e:
+            self.fail(str(e), param, ctx)
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            parse_size(value)
+        except MregError as e:
+            self.fail(e.message, param, ctx)
+        return value
+
+
+class EditType(click.ParamType):
+    """A --set KEY=VALUE or --unset KEY: a malformed one is a usage error (exit 2) naming the problem."""
+
+    def __init__(self, parse: Callable[[str], editing.MetadataEdit], name: str) -> None:
+        self.parse = parse
+        self.name = name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return self.parse(value)
+        except MregError as e:
+            self.fail(e.message, param, ctx)
+
+
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--scope", metavar="ENTITY[/PROJECT]", help="where the role applies ('*' for admin, its default)")
+@click.option("--expires", type=DurationType(), help="e.g. 30d, 12h, 90m, 3600s")
+def _token_create(*_: Any) -> None: ...
+
+
+_leaf(
+    token_group,
+    "create",
+    cmd_token_create,
+    help="Create token NAME (1-64 letters, digits, '.', '_' or '-'; the actor its changes are recorded as) "
+    "and print its secret, shown only once.",
+)(_token_create)
+_leaf(token_group, "ls", cmd_token_ls, help="List tokens (never their secrets).")(_stub)
+
+
+@click.argument("name")
+def _token_revoke(*_: Any) -> None: ...
+
+
+_leaf(token_group, "revoke", cmd_token_revoke, help="Revoke token NAME.")(_token_revoke)
+_leaf(
+    cli, "whoami", cmd_whoami, help="The token's name, role and scope.", short_help="the token's name, role and scope"
+)(_stub)
+
+
+@click.option("--token", help="the token (default: read from stdin when piped, else prompted for without echo)")
+def _login(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "login",
+    cmd_login,
+    help="Check a token and save it with the addresses as a profile.",
+    short_help="check a token and save it as a profile",
+)(_login)
+_leaf(cli, "logout", cmd_logout, help="Remove a saved profile.", short_help="remove a saved profile")(_stub)
+
+
+class UpdateCommand(click.Command):
+    """Keeps the command line, so --set and --unset apply in the order given."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["mreg_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _ordered_edits(ctx: click.Context) -> list[editing.MetadataEdit]:
+    args = ctx.meta.get("mreg_args", [])
+    edits: list[editing.MetadataEdit] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            break
+        for option, parse in (("--set", editing.parse_set), ("--unset", editing.parse_unset)):
+            if token == option and index + 1 < len(args):
+                edits.append(parse(args[index + 1]))
+                index += 1
+            elif token.startswith(option + "="):
+                edits.append(parse(token.split("=", 1)[1]))
+        index += 1
+    return edits
+
+
+def _update(args: argparse.Namespace, out: Output) -> None:
+    args.metadata_edits = _ordered_edits(click.get_current_context())
+    cmd_update(args, out)
+
+
+@click.argument("ref", metavar="REF")
+@description_options("the new description (Markdown; '' clears it)")
+@click.option("--metadata", metavar="JSON", help="a JSON object merged into the metadata (RFC 7386)")
+@click.option("--replace-metadata", is_flag=True, help="replace the metadata whole instead of merging")
+@click.option(
+    "--set",
+    "set_",
+    multiple=True,
+    type=EditType(editing.parse_set, "KEY=VALUE"),
+    metavar="KEY=VALUE",
+    help="set a metadata key; VALUE is JSON when it parses (0.1, true, null, [1]) else a string; "
+    "dotted keys nest (train.lr=0.1)",
+)
+@click.option(
+    "--unset", multiple=True, type=EditType(editing.parse_unset, "KEY"), metavar="KEY", help="remove a metadata key"
+)
+@click.option("--add-tag", multiple=True, metavar="TAG")
+@click.option("--remove-tag", multiple=True, metavar="TAG")
+def _update_stub(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "update",
+    _update,
+    cls=UpdateCommand,
+    help="Edit what describes a version (its files never change) or a registered model. REF with a selector, "
+    "or an artifact, names a version; a registered model's name without a selector names the registered model.",
+    short_help="edit a version's description, tags and metadata, or a model's card",
+    epilog="""\b
+Examples:
+  mreg update acme/vision/resnet:v3 --set train.lr=0.1 --unset notes --add-tag fp16
+  mreg update acme/vision/resnet:best --metadata '{"accuracy": 0.93}' --replace-metadata
+  mreg update "acme/model-registry/Classifier" --description-file README.md --add-tag prod""",
+)(_update_stub)
+
+
+@click.argument("ref")
+@transfer_options
+def _download(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "download",
+    cmd_download,
+    help="Print the path of a read-only directory holding version REF, verified. The same version again "
+    "downloads nothing and prints the same path; versions share the bytes of files they have in common.",
+    short_help="download a version into the cache and print its directory",
+    epilog="\b\nExample:\n  cd $(mreg download acme/vision/resnet:best)",
+)(_download)
+
+
+@cli.group("cache", cls=MregGroup, context_settings=CONTEXT, short_help="list and prune the download cache")
+def cache_group() -> None:
+    """List and prune the download cache (MREG_CACHE_DIR)."""
+
+
+_leaf(cache_group, "ls", cmd_cache_ls, help="Snapshots in the cache: version, files, size, last use.")(_stub)
+
+
+@click.option("--max-size", type=SizeType(), help="evict down to this size, e.g. 500MB, 2GiB, 20GB")
+@click.option("--older-than", type=DurationType(), help="remove what was not used for this long: 7d, 12h")
+@click.option("--dry-run", is_flag=True, help="only print what would be removed")
+def _cache_prune(*_: Any) -> None: ...
+
+
+_leaf(
+    cache_group,
+    "prune",
+    cmd_cache_prune,
+    help="Remove snapshots (least recently used first) and content no snapshot uses. Without options, evicts "
+    "down to MREG_CACHE_MAX_SIZE (default 50GB).",
+    epilog="\b\nExample:\n  mreg cache prune --older-than 7d --max-size 20GB --dry-run",
+)(_cache_prune)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command. Exit status: 0 success, 1 error (one line on stderr), 2 usage error,
     130 interrupted, 141 output pipe closed by the reader."""
-    args = build_parser().parse_args(argv)
-    out = Output(getattr(args, "json", False), getattr(args, "quiet", False))
+    if argv is None and "_MREG_COMPLETE" in os.environ:
+        cli.main(prog_name="mreg", complete_var="_MREG_COMPLETE")  # prints the completion script or candidates
+    _State.json_errors = False
     try:
-        args.handler(args, out)
+        with cli.make_context("mreg", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            cli.invoke(ctx)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+    except click.exceptions.Exit as e:  # --help, --version
+        raise SystemExit(e.exit_code) from None
+    except click.UsageError as e:
+        e.show()
+        raise SystemExit(2) from None
+    except click.Abort:
+        print("\nmreg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MregError as e:
-        return _fail(e.code, e.message)
+        return _fail(e.code, e.message, e.reason)
     except UsageError as e:
         with contextlib.suppress(OSError, ValueError):
             print(f"mreg {e.command}: error: {e}", file=sys.stderr)
@@ -1435,7 +2077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as e:
         error = local_error(e)
-        return _fail(error.code, error.message)
+        return _fail(error.code, error.message, error.reason)
     except sqlite3.Error as e:
         return _fail(
             "FAILED_PRECONDITION",
@@ -1443,16 +2085,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
-        return _fail(error.code, error.message)
+        return _fail(error.code, error.message, error.reason)
     except Exception as e:  # the last resort: a bug, but still one line and no traceback
         log.debug("unexpected error", exc_info=True)
         return _fail("INTERNAL", f"unexpected {type(e).__name__}: {_redact(str(e))[:500]} (please report this)")
     return 0
 
 
-def _fail(code: str, message: str) -> int:
+def _fail(code: str, message: str, reason: str = "") -> int:
+    """One line on stderr, ``mreg: error: CODE: message``; with --json one JSON object {code, reason, message}."""
     with contextlib.suppress(OSError, ValueError):
-        print(f"mreg: error: {code}: {_redact(message)}", file=sys.stderr)
+        if _State.json_errors:
+            print(json.dumps({"code": code, "reason": reason, "message": _redact(message)}), file=sys.stderr)
+        else:
+            print(f"mreg: error: {code}: {_redact(message)}", file=sys.stderr)
     return 1
 
 

@@ -79,7 +79,14 @@ def test_walkthrough_push_dedup_alias_link_and_pull(mreg, tmp_path: Path, unique
         (0, ["staging"]),
     ]
     code, listed, _ = mreg("ls", "acme/vision")
-    assert {"name": artifact, "kind": "artifact", "type": "model", "count": 2} in listed
+    row = next(r for r in listed if r["name"] == artifact)
+    assert {k: row[k] for k in ("kind", "type", "count", "latest")} == {
+        "kind": "artifact",
+        "type": "model",
+        "count": 2,
+        "latest": 1,
+    }
+    assert row["created"]
 
     code, removed, _ = mreg("alias", "rm", artifact, "best")
     assert (code, removed["previous_version"]) == (0, 0)

@@ -97,9 +97,10 @@ def _cli_code(cli: Run, *args: str, token: str) -> str | None:
     code, _, err = cli(*args, token=token)
     if code == 0:
         return None
-    assert err.startswith("mreg: error: ") and err.count("\n") == 1, err
+    # With --json an error is one JSON object on stderr: {"code", "reason", "message"}.
+    assert err.count("\n") == 1, err
     assert token not in err
-    return err.removeprefix("mreg: error: ").split(":")[0]
+    return json.loads(err)["code"]
 
 
 def test_admin_creates_a_reader_token_that_works_and_is_listed_without_its_secret(
@@ -269,7 +270,7 @@ def test_login_with_a_wrong_token_writes_nothing(cli: Run, secured, unique: str,
     wrong = f"mreg_wrong_{unique}_secret"
     code, _, err = cli("login", "--token", wrong)
     assert code == 1
-    assert err.startswith("mreg: error: UNAUTHENTICATED: ") and err.count("\n") == 1, err
+    assert err.count("\n") == 1 and json.loads(err)["code"] == "UNAUTHENTICATED", err
     assert wrong not in err
     assert not (config_dir / "profiles.json").exists()
 

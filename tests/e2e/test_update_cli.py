@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -154,7 +155,9 @@ def test_a_description_file_over_64_kib_fails_in_one_line_before_anything_is_upl
 
     code, _, err = mreg("push", str(checkpoint), artifact, "--description-file", str(card))
     assert code == 1
-    assert err.startswith("mreg: error: INVALID_ARGUMENT: --description-file") and err.count("\n") == 1
+    error = json.loads(err)  # --json: the error is one JSON object on stderr
+    assert err.count("\n") == 1 and error["code"] == "INVALID_ARGUMENT"
+    assert error["message"].startswith("--description-file")
     digest = (hashlib.sha256(content).hexdigest(), len(content))
     assert registry.transfer.find_missing([digest]) == {digest}
     assert mreg("show", artifact)[0] == 1  # no artifact either
