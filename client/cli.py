@@ -115,6 +115,7 @@ class Output:
         self._progress: list[Any] = []
 
     def result(self, data: Any, text: str) -> None:
+        self.close()  # a finished transfer's bar goes before the result is printed
         if self.json_lines and isinstance(data, list):
             for row in data:
                 sys.stdout.write(json.dumps(row) + "\n")

@@ -1,0 +1,270 @@
+"""The command line's interface (issue 10): help, global flags, tables on a terminal and in a pipe,
+JSON errors, completion, and the safety of destructive commands (--dry-run, confirmation, --yes)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from mreg.client.cli import main as cli_main
+from tests.helpers import make_checkpoint
+
+MREG = Path(sys.executable).parent / "mreg"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _env(servers, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "MREG_ENTITY", "MREG_PROJECT")}
+    return env | servers.cli_env() | {"TERM": "xterm-256color", "COLUMNS": "160"} | extra
+
+
+def _in_pty(args: list[str], env: dict[str, str], answer: str | None = None, timeout: float = 60) -> tuple[int, str]:
+    """Runs the installed `mreg ARGS` with stdin, stdout and stderr on a pseudo-terminal; answers a [y/N] prompt."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    process = subprocess.Popen([str(MREG), *args], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                if answer is not None and not answered and b"[y/N]" in output:
+                    os.write(master, answer.encode() + b"\n")
+                    answered = True
+            elif process.poll() is not None:
+                break
+        else:
+            process.kill()
+            raise AssertionError(f"mreg {args} did not finish: {output!r}")
+        return process.wait(timeout=10), output.decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def _push(mreg, directory: Path, artifact: str, *options: str) -> dict:
+    code, pushed, err = mreg("push", str(directory), artifact, *options)
+    assert code == 0, err
+    return pushed
+
+
+# --help -----------------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_commands_exit_codes_and_completion(capsys) -> None:
+    text = _help(capsys)
+    assert text.startswith("Usage: mreg [OPTIONS] COMMAND [ARGS]...")
+    for command in ("push", "pull", "ls", "versions", "delete", "retention", "watch", "download", "update"):
+        assert re.search(rf"^  {command}\s+\S", text, re.MULTILINE), command
+    assert "Exit status: 0 success, 1 error, 2 usage error, 130 interrupted, 141 output pipe closed." in text
+    assert "_MREG_COMPLETE=bash_source mreg" in text
+    assert "--json" in text and "--version" in text
+
+
+def test_versions_help_documents_the_filter_grammar_with_an_example(capsys) -> None:
+    text = _help(capsys, "versions")
+    assert text.startswith("Usage: mreg versions [OPTIONS] REF")
+    assert "Filter grammar (--filter):" in text
+    assert "OP     := = | != | < | <= | > | >=" in text
+    assert "metadata.KEY[.KEY...]" in text
+    assert "mreg versions acme/vision/resnet --filter 'metadata.val_loss < 0.2 AND tag = \"fp16\"'" in text
+
+
+def test_delete_and_ls_help_show_their_arguments_and_only_the_flags_that_apply(capsys) -> None:
+    delete = _help(capsys, "delete")
+    assert delete.startswith("Usage: mreg delete [OPTIONS] REF")
+    assert "--dry-run" in delete and "-y, --yes" in delete and "--parallel" not in delete
+    ls = _help(capsys, "ls")
+    assert ls.startswith("Usage: mreg ls [OPTIONS] [ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+    assert "--limit" in ls and "--json-lines" in ls
+    assert "--parallel" not in ls and "--no-cache" not in ls
+    push = _help(capsys, "push")
+    assert push.startswith("Usage: mreg push [OPTIONS] DIR REF") and "--parallel" in push and "--no-cache" in push
+
+
+def test_version_flag_and_usage_errors(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("mreg ")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pussh"])
+    assert exit_info.value.code == 2
+    assert "Did you mean 'push'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["ls", "acme/vision", "--parallel", "4"])  # a transfer flag on a command that transfers nothing
+    assert exit_info.value.code == 2
+
+
+def test_bash_completion_script_and_candidates() -> None:
+    env = {k: v for k, v in os.environ.items()} | {"_MREG_COMPLETE": "bash_source"}
+    script = subprocess.run([str(MREG)], env=env, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "_mreg_completion" in script.stdout
+    env |= {"_MREG_COMPLETE": "bash_complete", "COMP_WORDS": "mreg ret", "COMP_CWORD": "1"}
+    candidates = subprocess.run([str(MREG)], env=env, capture_output=True, text=True, timeout=60)
+    assert "retention" in candidates.stdout
+
+
+# Global flags, JSON errors ----------------------------------------------------------------------
+
+
+def test_global_flags_work_before_the_command(mreg, servers, monkeypatch, capsys, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/global-{unique}"
+    _push(mreg, make_checkpoint(tmp_path / "ck", 1000), artifact)
+    monkeypatch.setenv("MREG_METADATA_ADDR", "127.0.0.1:1")  # only the flag can reach the service
+    capsys.readouterr()
+    assert cli_main(["--json", "--metadata-addr", servers.metadata.address, "ls", artifact]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [row["version"] for row in listed] == [0]
+    # The flag after the command wins over the one before it.
+    assert (
+        cli_main(["--metadata-addr", "127.0.0.1:1", "ls", artifact, "--metadata-addr", servers.metadata.address]) == 0
+    )
+    assert "v0" in capsys.readouterr().out
+    monkeypatch.setenv("MREG_METADATA_ADDR", servers.metadata.address)
+    assert cli_main(["--entity", "acme", "--project", "vision", "--json", "ls"]) == 0
+    assert any(row["name"] == artifact for row in json.loads(capsys.readouterr().out))
+
+
+def test_errors_with_json_are_one_json_object_on_stderr_with_a_hint(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/hinted-{unique}"
+    _push(mreg, make_checkpoint(tmp_path / "ck", 1000), artifact)
+    code, out, err = mreg("show", f"{artifact}x:v0")
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    error = json.loads(err)
+    assert set(error) == {"code", "reason", "message"}
+    assert error["code"] == "NOT_FOUND" and error["reason"]
+    assert f"did you mean {artifact}?" in error["message"]
+    code, _, err = mreg("show", f"{artifact}x:v0", json_output=False)
+    assert code == 1 and err.startswith("mreg: error: NOT_FOUND: ") and f"did you mean {artifact}?" in err
+
+
+def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/levels-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    _push(mreg, checkpoint, artifact, "--tag", "fp16")
+    (checkpoint / "config.json").write_text("{}")
+    _push(mreg, checkpoint, artifact)
+    code, text, _ = mreg("ls", artifact, "--limit", "1", "--json-lines", json_output=False)
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert code == 0 and [row["version"] for row in rows] == [1]
+    code, text, _ = mreg("ls", artifact, json_output=False)
+    assert text.splitlines()[0].split() == ["VERSION", "ALIASES", "SIZE", "FILES", "CREATED", "TAGS"]
+    assert "fp16" in text.splitlines()[2]
+    code, _, err = mreg("ls", "acme", json_output=False)
+    assert code == 1 and "no call that lists projects" in err
+
+
+# Tables: plain when piped, Rich on a terminal ---------------------------------------------------
+
+
+def test_ls_is_plain_text_when_piped_and_a_coloured_table_on_a_terminal(servers, mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/table-{unique}"
+    _push(mreg, make_checkpoint(tmp_path / "ck", 1000), artifact, "--alias", "best")
+    env = _env(servers)
+
+    piped = subprocess.run([str(MREG), "ls", "acme/vision"], env=env, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert "\x1b[" not in piped.stdout
+    assert lines[0].split() == ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"]
+    row = next(line for line in lines if line.startswith(f"table-{unique} "))
+    assert row.split()[1:6] == ["artifact", "model", "1", "versions", "v0"]
+
+    code, screen = _in_pty(["ls", artifact], env)
+    assert code == 0, screen
+    assert ANSI.search(screen), screen  # colour (a bold header) on a terminal
+    plain = ANSI.sub("", screen)
+    assert re.search(r"VERSION\s+ALIASES\s+SIZE\s+FILES\s+CREATED\s+TAGS", plain), plain
+    assert re.search(r"v0\s+latest, best", plain), plain
+
+
+# Destructive commands ---------------------------------------------------------------------------
+
+
+def test_delete_dry_run_and_retention_dry_run_delete_nothing(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/dry-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    for n in range(3):
+        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
+        _push(mreg, checkpoint, artifact)
+    assert mreg("alias", "set", f"{artifact}:v0", "keep")[0] == 0
+
+    code, planned, _ = mreg("delete", f"{artifact}:v1", "--dry-run")
+    assert (code, planned["would_delete"], planned["dry_run"]) == (0, f"{artifact}:v1", True)
+    code, planned, _ = mreg("retention", "set", artifact, "--keep-last", "1", "--dry-run")
+    assert code == 0 and planned["candidates"] == [1]  # v0 is aliased, v2 is the last one
+    code, text, _ = mreg("retention", "set", artifact, "--keep-last", "1", "--dry-run", json_output=False)
+    assert text.startswith(f"would delete v1 from {artifact}")
+
+    code, listed, _ = mreg("ls", artifact)
+    assert [row["version"] for row in listed] == [2, 1, 0]
+    code, shown, _ = mreg("retention", "show", artifact)
+    assert (code, shown["keep_last"]) == (0, None)
+
+    code, applied, _ = mreg("retention", "set", artifact, "--keep-last", "1")
+    assert applied["deleted"] == [1]
+    code, shown, _ = mreg("retention", "show", artifact)
+    assert shown["keep_last"] == 1
+    (checkpoint / "config.json").write_text("{}")
+    pushed = _push(mreg, checkpoint, artifact)
+    assert pushed["retention"]["keep_last"] == 1  # the push reports the policy its commit applied
+
+
+def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/confirm-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    _push(mreg, checkpoint, artifact)
+    (checkpoint / "config.json").write_text("{}")
+    _push(mreg, checkpoint, artifact)
+    env = _env(servers)
+
+    code, screen = _in_pty(["delete", f"{artifact}:v0"], env, answer="n")
+    assert code == 1, screen
+    assert f"delete {artifact}:v0?" in screen and "[y/N]" in screen
+    assert [row["version"] for row in mreg("ls", artifact)[1]] == [1, 0]
+
+    code, screen = _in_pty(["delete", f"{artifact}:v0", "--yes"], env)
+    assert code == 0, screen
+    assert "[y/N]" not in screen and f"deleted {artifact}:v0" in screen
+    assert [row["version"] for row in mreg("ls", artifact)[1]] == [1]
+
+
+def test_watch_prints_time_and_actor(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/watched-{unique}"
+    _push(mreg, make_checkpoint(tmp_path / "ck", 1000), artifact)
+    code, text, _ = mreg("watch", "--prefix", artifact, "--limit", "2", json_output=False)
+    lines = text.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  #\d+ collection\.created .* by \S+$", lines[0]), lines
+    code, text, _ = mreg("watch", "--prefix", artifact, "--limit", "2", "--json-lines", json_output=False)
+    assert [json.loads(line)["kind"] for line in text.splitlines()] == ["collection.created", "version.committed"]
