@@ -540,9 +540,8 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         if args.collection:
             if args.dry_run:
-                registry.get_artifact(args.ref) if _is_artifact(registry, args.ref) else registry.get_registered_model(
-                    args.ref
-                )
+                if not _is_artifact(registry, args.ref):
+                    registry.get_registered_model(args.ref)  # NOT_FOUND when it is neither
                 out.result(
                     {"would_delete": args.ref, "kind": "collection", "dry_run": True},
                     f"would delete collection {args.ref} (refused by the service unless it is empty)",
