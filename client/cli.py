@@ -246,10 +246,6 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             update_existing=args.update_existing,
             progress=out.progress("push"),
         )
-        keep_last = None
-        if result.created:  # CommitVersion applied the artifact's retention policy, if it has one
-            artifact = registry.get_artifact(result.version.artifact)
-            keep_last = artifact.retention_keep_last if artifact.HasField("retention_keep_last") else None
     version = result.version
     data = {
         "ref": version.name,
@@ -272,15 +268,11 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
     lines += [f"  linked as {link.name}" for link in result.links]
     if result.updated_existing:
         lines.append(f"  content unchanged: updated {', '.join(result.updated_existing)} of {version.name}")
-    if keep_last is not None:
-        data["retention"] = {"keep_last": keep_last, "note": PUSH_RETENTION_NOTE}
-        lines.append(f"  retention: keep the last {keep_last}; {PUSH_RETENTION_NOTE}")
+    if result.retention_deleted:
+        deleted = [f"v{index}" for index in result.retention_deleted]
+        data["retention_deleted"] = list(result.retention_deleted)
+        lines.append(f"  retention policy deleted: {', '.join(deleted)}")
     out.result(data, "\n".join(lines))
-
-
-PUSH_RETENTION_NOTE = (
-    "the commit deleted older versions beyond it that have no alias or link (the service does not report which)"
-)
 
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> None:

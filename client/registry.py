@@ -66,6 +66,8 @@ class PushResult:
     ignored_changes: tuple[str, ...] = ()
     # What update_existing applied to the kept version (UpdateVersion), from the same names.
     updated_existing: tuple[str, ...] = ()
+    # Indexes of older versions the artifact's retention policy deleted as this push committed.
+    retention_deleted: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ class Registry:
             uploaded_bytes=uploaded,
             ignored_changes=ignored,
             updated_existing=updated,
+            retention_deleted=tuple(response.retention_deleted_indexes),
         )
 
     def _check_push_arguments(

@@ -79,6 +79,8 @@ class CommitResult:
     version: VersionView
     created: bool
     links: tuple[LinkView, ...]
+    # Indexes the artifact's retention policy deleted because this commit pushed them out.
+    retention_deleted: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

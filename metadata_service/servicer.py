@@ -262,7 +262,10 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             request_id=request.request_id,
         )
         response = pb.CommitVersionResponse(
-            version=version_pb(result.version), created=result.created, links=[link_pb(v) for v in result.links]
+            version=version_pb(result.version),
+            created=result.created,
+            links=[link_pb(v) for v in result.links],
+            retention_deleted_indexes=result.retention_deleted,
         )
         return _within_budget(response, response.version)
 

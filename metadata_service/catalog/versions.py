@@ -224,8 +224,9 @@ class Versions:
                 link_version(uow, caller, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets
             ]
             link_views = tuple(view for view, _, _ in linked)
+            retention_deleted: tuple[int, ...] = ()
             if created and artifact.retention_keep_last is not None:
-                apply_retention(uow, artifact, collection_name)
+                retention_deleted = apply_retention(uow, artifact, collection_name)
             view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
             if created:
                 log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
@@ -233,13 +234,14 @@ class Versions:
                 "version_id": target.id,
                 "created": created,
                 "link_ids": [link_id for _, _, link_id in linked],
+                "retention_deleted": list(retention_deleted),
             }
-            return CommitResult(view, created, link_views), key
+            return CommitResult(view, created, link_views, retention_deleted), key
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> CommitResult:
             view = version_view_of(uow.repo, uow.repo.get_version(key["version_id"]), with_manifest=True)
             links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
-            return CommitResult(view, key["created"], links)
+            return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 
         arguments = (uid, manifest.digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
         return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)

@@ -237,7 +237,8 @@ def test_delete_dry_run_and_retention_dry_run_delete_nothing(mreg, tmp_path: Pat
     assert shown["keep_last"] == 1
     (checkpoint / "config.json").write_text("{}")
     pushed = _push(mreg, checkpoint, artifact)
-    assert pushed["retention"]["keep_last"] == 1  # the push reports the policy its commit applied
+    # The push reports what its commit's retention deleted: v2 (v0 keeps its alias, v3 is the newest).
+    assert pushed["retention_deleted"] == [2]
 
 
 def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:
