@@ -363,12 +363,21 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> None:
         if ":" in target or len(parts) >= 3:
             raise MregError("NOT_FOUND", f"no artifact or registered model named {target}", reason="NOT_FOUND")
         if len(parts) == 1:
-            raise MregError(
-                "INVALID_ARGUMENT",
-                f"cannot list the projects of {target}: the metadata service has no call that lists projects; "
-                f"name one: mreg ls {target}/PROJECT",
-            )
+            _list_entity(registry, target, out, limit)
+            return
         _list_project(registry, target, out, limit)
+
+
+def _list_entity(registry: Registry, entity: str, out: Output, limit: int | None) -> None:
+    """An entity's projects (those the caller may read that hold something)."""
+    projects = list(itertools.islice(registry.list_projects(entity), limit))
+    rows = [{"name": p.name, "kind": "project", "created": _time(p, "create_time")} for p in projects]
+    out.table(
+        rows,
+        ["PROJECT", "CREATED"],
+        [[str(r["name"]), (r["created"] or "-").replace("T", " ")[:19]] for r in rows],
+        "(nothing)",
+    )
 
 
 def _created(message: Any) -> str:

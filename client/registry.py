@@ -692,6 +692,12 @@ class Registry:
             "links",
         )
 
+    def list_projects(self, entity: str = "", page_size: int = 0) -> Iterator[pb.Project]:
+        """An entity's projects that hold something (the default entity if empty), by name."""
+        yield from self._paginate(
+            self.metadata.ListProjects, pb.ListProjectsRequest(parent=entity, page_size=page_size), "projects"
+        )
+
     def list_artifacts(self, project: str, page_size: int = 0, filter: str = "") -> Iterator[pb.Artifact]:
         """A project's artifacts by name; ``filter`` as in ListArtifacts, e.g. ``name = "res*" AND tag = "cv"``."""
         yield from self._paginate(

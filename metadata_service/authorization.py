@@ -59,6 +59,8 @@ RULES: dict[str, Rule] = {
     "UpdateVersion": Rule(W, ("name",)),
     "ListVersions": Rule(R, ("parent",)),
     "ListVersionFiles": Rule(R, ("name",)),
+    # The projects a caller may not read are left out of the page by the domain.
+    "ListProjects": Rule(R),
     "GetArtifact": Rule(R, ("name",)),
     "ListArtifacts": Rule(R, projects=("parent",)),
     "CreateRegisteredModel": Rule(W, ("name",)),

@@ -84,6 +84,12 @@ class CommitResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectView:
+    name: str  # "entity/project"
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     version: VersionView
     link: LinkView | None

@@ -113,6 +113,20 @@ class Repository:
             .where(Entity.name == name.entity, Project.name == name.project)
         ).one_or_none()
 
+    def list_projects(self, entity: str, after_name: str | None, limit: int) -> Sequence[Project]:
+        """An entity's projects holding a visible collection (a registered model, or an artifact with a
+        committed version), by name, after a keyset position."""
+        visible = exists(
+            select(Collection.id).where(
+                Collection.project_id == Project.id,
+                or_(Collection.kind == CollectionKind.REGISTERED_MODEL.value, Collection.next_index > 0),
+            )
+        )
+        query = select(Project).join(Entity, Entity.id == Project.entity_id).where(Entity.name == entity, visible)
+        if after_name is not None:
+            query = query.where(Project.name > after_name)
+        return self.session.scalars(query.order_by(Project.name).limit(limit)).all()
+
     def ensure_project(self, name: ProjectName) -> Project:
         self._insert_ignoring_conflict(Entity, {"name": name.entity, "created_at": utcnow()})
         entity_id = self.session.scalars(select(Entity.id).where(Entity.name == name.entity)).one()

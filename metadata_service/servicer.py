@@ -339,6 +339,14 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         return pb.GetArtifactResponse(artifact=artifact_pb(view))
 
     @handles_domain_errors
+    def ListProjects(self, request: pb.ListProjectsRequest, context: grpc.ServicerContext) -> pb.ListProjectsResponse:
+        page = self.catalog.collections.projects(
+            caller_of(context), request.parent, request.page_size, request.page_token
+        )
+        projects, token = _fit(page, lambda p: pb.Project(name=p.name, create_time=timestamp_pb(p.create_time)))
+        return pb.ListProjectsResponse(projects=projects, next_page_token=token)
+
+    @handles_domain_errors
     def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
     ) -> pb.ListArtifactsResponse:

@@ -9,11 +9,12 @@ from mreg.metadata_service import filters
 from mreg.metadata_service.catalog.common import Caller, find_collection, validate_tags
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.views import collection_view_of
-from mreg.metadata_service.domain import CollectionKind, CollectionView, Page
-from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, NotFound, Reason
+from mreg.metadata_service.domain import CollectionKind, CollectionView, Page, ProjectView
+from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason
 from mreg.metadata_service.pagination import decode_token, encode_token, name_key, page_size
-from mreg.metadata_service.references import parse_collection, parse_project, validate_type
+from mreg.metadata_service.references import parse_collection, parse_project, validate_name, validate_type
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.server_runtime.principals import Role
 
 DEFAULT_REGISTERED_MODEL_TYPE = "model"
 
@@ -59,6 +60,30 @@ class Collections:
             views = tuple(collection_view_of(uow.repo, r) for r in rows[:limit])
             tokens = tuple(encode_token(listing, r.name) for r in rows[:limit])
             return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
+
+        return self.db.run(work, write=False)
+
+    def projects(self, caller: Caller, parent: str, size: int, token: str) -> Page[ProjectView]:
+        """A page of an entity's projects that hold something, limited to those the caller may read."""
+        if not (parent or caller.defaults.entity):
+            raise InvalidArgument(
+                "name the entity whose projects to list (parent, or the mreg-entity header)",
+                Reason.REFERENCE_INVALID,
+                {"field": "parent"},
+            )
+        entity = validate_name(parent or caller.defaults.entity or "", "entity")
+        limit = page_size(size)
+        listing = f"projects:{entity}"
+        after = decode_token(token, listing, name_key)
+
+        def work(uow: UnitOfWork) -> Page[ProjectView]:
+            rows = uow.repo.list_projects(entity, after, limit + 1)
+            readable = [row for row in rows[:limit] if caller.principal.allows(Role.READER, entity, row.name)]
+            views = tuple(ProjectView(f"{entity}/{row.name}", row.created_at) for row in readable)
+            tokens = tuple(encode_token(listing, row.name) for row in readable)
+            # The next page continues after the last row read, shown or not.
+            next_token = encode_token(listing, rows[limit - 1].name) if len(rows) > limit else ""
+            return Page(views, next_token, tokens)
 
         return self.db.run(work, write=False)
 

@@ -180,8 +180,11 @@ def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
     code, text, _ = mreg("ls", artifact, json_output=False)
     assert text.splitlines()[0].split() == ["VERSION", "ALIASES", "SIZE", "FILES", "CREATED", "TAGS"]
     assert "fp16" in text.splitlines()[2]
-    code, _, err = mreg("ls", "acme", json_output=False)
-    assert code == 1 and "no call that lists projects" in err
+    code, text, _ = mreg("ls", "acme", json_output=False)
+    assert code == 0 and text.splitlines()[0].split() == ["PROJECT", "CREATED"]
+    assert "acme/vision" in [line.split()[0] for line in text.splitlines()[1:]]
+    code, projects, _ = mreg("ls", "acme")
+    assert "acme/vision" in [row["name"] for row in projects]
 
 
 # Tables: plain when piped, Rich on a terminal ---------------------------------------------------

@@ -42,6 +42,7 @@ EXPECTED = {
         "UpdateVersion": "writer",
         "ListVersions": "reader",
         "ListVersionFiles": "reader",
+        "ListProjects": "reader",
         "GetArtifact": "reader",
         "ListArtifacts": "reader",
         "CreateRegisteredModel": "writer",
@@ -144,6 +145,7 @@ def _calls() -> dict[str, Call]:
         "UpdateVersion": _unary(meta, "UpdateVersion", pb.UpdateVersionRequest(name=f"{ARTIFACT}:v9")),
         "ListVersions": _unary(meta, "ListVersions", pb.ListVersionsRequest(parent=ARTIFACT)),
         "ListVersionFiles": _unary(meta, "ListVersionFiles", pb.ListVersionFilesRequest(name=f"{ARTIFACT}:v0")),
+        "ListProjects": _unary(meta, "ListProjects", pb.ListProjectsRequest(parent="acme")),
         "GetArtifact": _unary(meta, "GetArtifact", pb.GetArtifactRequest(name=ARTIFACT)),
         "ListArtifacts": _unary(meta, "ListArtifacts", pb.ListArtifactsRequest(parent="acme/secure")),
         "CreateRegisteredModel": _unary(
@@ -261,7 +263,8 @@ def test_a_role_applies_only_within_its_scope(secured: Any, role_tokens) -> None
     scoped = [
         method
         for method in EXPECTED["mreg.metadata.v1.MetadataService"]
-        if method not in ("Watch", "CollectGarbage", "CommitVersion")
+        # Watch and ListProjects filter what they return instead of refusing.
+        if method not in ("Watch", "ListProjects", "CollectGarbage", "CommitVersion")
     ]
     for method in scoped:
         code, error = _outcome(secured, role_tokens["outsider"], "mreg.metadata.v1.MetadataService", calls[method])
