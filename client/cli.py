@@ -21,6 +21,7 @@ import shlex
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -165,9 +166,17 @@ class Output:
             progress.start()
             self._progress.append(progress)
             task = progress.add_task(description, total=total)
+            done = [0]
+            lock = threading.Lock()
 
             def advance(n: int) -> None:
                 progress.advance(task, n)
+                with lock:
+                    done[0] += n
+                    finished = done[0] >= total
+                # Rich shows one live display at a time: a finished bar (hashing) makes way for the next (upload).
+                if finished:
+                    progress.stop()
 
             return advance
 
@@ -245,6 +254,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
             run=args.run,
             update_existing=args.update_existing,
             progress=out.progress("push"),
+            hash_progress=out.progress("hash"),
         )
     version = result.version
     data = {

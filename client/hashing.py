@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,12 @@ class LocalFile:
     size_bytes: int
 
 
-def sha256_file(path: Path, cancel: threading.Event | None = None) -> tuple[str, int]:
+def sha256_file(
+    path: Path, cancel: threading.Event | None = None, on_bytes: Callable[[int], None] | None = None
+) -> tuple[str, int]:
     """Returns the SHA-256 (hex) and size of a file, reading it in large blocks.
+
+    ``on_bytes`` is told how many bytes were hashed after each block (progress).
 
     Raises:
         KeyboardInterrupt: ``cancel`` was set (checked between blocks).
@@ -36,6 +41,8 @@ def sha256_file(path: Path, cancel: threading.Event | None = None) -> tuple[str,
         first = f.read(HASH_BLOCK)
         hasher.update(first)
         size = len(first)
+        if on_bytes is not None:
+            on_bytes(size)
         if size < HASH_BLOCK:  # most files of a checkpoint are small: no big buffer for them
             return hasher.hexdigest(), size
         buffer = bytearray(HASH_BLOCK)
@@ -45,6 +52,8 @@ def sha256_file(path: Path, cancel: threading.Event | None = None) -> tuple[str,
                 raise KeyboardInterrupt
             hasher.update(view[:n])
             size += n
+            if on_bytes is not None:
+                on_bytes(n)
     return hasher.hexdigest(), size
 
 

@@ -41,6 +41,8 @@ from mreg.metadata.v1 import token_service_pb2 as token_pb
 from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
+# Hashing this much (files not in the hash cache) gets a progress line: below it, hashing takes well under a second.
+HASH_PROGRESS_MIN_BYTES = 64 << 20
 DEFAULT_BLOB_ADDR = "localhost:50052"
 # A commit refused because a sweep took its content is retried after uploading it again.
 COMMIT_ATTEMPTS = 9
@@ -213,6 +215,7 @@ class Registry:
         run: str = "",
         update_existing: bool = False,
         progress: Callable[[int], ProgressCallback] | None = None,
+        hash_progress: Callable[[int], ProgressCallback] | None = None,
     ) -> PushResult:
         """Uploads a directory as a new version of the artifact ``ref`` and commits it.
 
@@ -230,6 +233,8 @@ class Registry:
         Args:
             progress: called with the number of bytes to upload; returns a callback
                 that receives byte counts as they are sent.
+            hash_progress: the same for hashing, called only when at least
+                HASH_PROGRESS_MIN_BYTES need hashing (files the hash cache does not know).
 
         Raises:
             MregError: carrying the gRPC status code and the server's message; a malformed
@@ -247,7 +252,7 @@ class Registry:
                 self._require_registered_model(model)
         struct = _struct(metadata)
         root = Path(directory)
-        local = self._hash_directory(root)
+        local = self._hash_directory(root, hash_progress)
         pending = self._call(
             self.metadata.CreateVersion,
             pb.CreateVersionRequest(parent=ref, type=type, description=description, tags=list(tags), metadata=struct),
@@ -334,8 +339,12 @@ class Registry:
             present = sum(content.values()) - total
             raise PushInterrupted(present + e.stored_bytes, sum(content.values())) from None
 
-    def _hash_directory(self, root: Path) -> list[LocalFile]:
-        """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup."""
+    def _hash_directory(self, root: Path, progress: Callable[[int], ProgressCallback] | None = None) -> list[LocalFile]:
+        """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup.
+
+        ``progress`` is called with the bytes to hash when they reach HASH_PROGRESS_MIN_BYTES
+        (a large checkpoint takes seconds to hash), and returns a callback told of each block.
+        """
         # Resolving the root once gives every file an absolute path to key the hash cache by.
         found = list_files(root.resolve())
         try:
@@ -347,10 +356,14 @@ class Registry:
             for (source, _), info in zip(found, infos, strict=True)
         ]
         to_hash = [i for i, sha in enumerate(known) if sha is None]
+        pending_bytes = sum(infos[i].st_size for i in to_hash)
+        advance = progress(pending_bytes) if progress and pending_bytes >= HASH_PROGRESS_MIN_BYTES else None
         stop = threading.Event()
         pool = ThreadPoolExecutor(max(2, self.parallel))
         try:
-            hashed = dict(zip(to_hash, pool.map(lambda i: sha256_file(found[i][0], stop)[0], to_hash), strict=True))
+            hashed = dict(
+                zip(to_hash, pool.map(lambda i: sha256_file(found[i][0], stop, advance)[0], to_hash), strict=True)
+            )
         except BaseException as e:
             # Ctrl-C or a failure: the workers stop at their next block instead of hashing on.
             stop.set()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mreg.client.cli import main as cli_main
+from mreg.client.registry import HASH_PROGRESS_MIN_BYTES
 from tests.helpers import make_checkpoint
 
 MREG = Path(sys.executable).parent / "mreg"
@@ -272,3 +273,19 @@ def test_watch_prints_time_and_actor(mreg, tmp_path: Path, unique) -> None:
     assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  #\d+ collection\.created .* by \S+$", lines[0]), lines
     code, text, _ = mreg("watch", "--prefix", artifact, "--limit", "2", "--json-lines", json_output=False)
     assert [json.loads(line)["kind"] for line in text.splitlines()] == ["collection.created", "version.committed"]
+
+
+def test_a_large_push_shows_a_hashing_progress_line_then_the_upload_on_a_terminal(
+    servers, tmp_path: Path, unique
+) -> None:
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(os.urandom(HASH_PROGRESS_MIN_BYTES + (1 << 20)))
+    code, screen = _in_pty(["push", str(checkpoint), f"acme/vision/progress-{unique}"], _env(servers), timeout=120)
+    assert code == 0, screen
+    plain = ANSI.sub("", screen)
+    # A bar per phase: hashing first (it gives way when done), then the upload.
+    assert re.search(r"hash \S+ [\d.]+/[\d.]+ MiB", plain), plain
+    assert re.search(r"push \S+ [\d.]+/[\d.]+ MiB", plain), plain
+    assert plain.index("hash ") < plain.index("push ")
+    assert f"pushed acme/vision/progress-{unique}:v0" in plain
