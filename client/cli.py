@@ -761,27 +761,21 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
         raise click.UsageError("--keep-last takes N >= 1 (the latest version always stays)")
     with _registry(args) as registry:
         if keep_last is not None:
-            candidates = _retention_candidates(registry, args.artifact, keep_last)
+            # The service says exactly what the policy would delete now (validate_only changes nothing).
+            planned = list(registry.set_retention(args.artifact, keep_last, validate_only=True).deleted_indexes)
             if args.dry_run:
-                names = [f"v{v.index}" for v in candidates]
+                names = [f"v{index}" for index in planned]
                 out.result(
-                    {
-                        "artifact": args.artifact,
-                        "keep_last": keep_last,
-                        "dry_run": True,
-                        "candidates": [v.index for v in candidates],
-                        "note": RETENTION_NOTE,
-                    },
-                    f"would delete {', '.join(names) or 'nothing'} from {args.artifact} "
-                    f"(keep the last {keep_last}; {RETENTION_NOTE})",
+                    {"artifact": args.artifact, "keep_last": keep_last, "dry_run": True, "candidates": planned},
+                    f"would delete {', '.join(names) or 'nothing'} from {args.artifact} (keep the last {keep_last})",
                 )
                 return
-            if candidates:
+            if planned:
                 _confirm(
                     args,
                     out,
-                    f"keep the last {keep_last} of {args.artifact}, deleting up to "
-                    f"{', '.join(f'v{v.index}' for v in candidates)}?",
+                    f"keep the last {keep_last} of {args.artifact}, deleting "
+                    f"{', '.join(f'v{index}' for index in planned)}?",
                 )
         elif args.dry_run:
             out.result(
@@ -794,19 +788,6 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
     data = {"artifact": response.artifact.name, "keep_last": keep_last, "deleted": list(response.deleted_indexes)}
     policy = f"keep the last {keep_last}" if keep_last is not None else "keep everything"
     out.result(data, f"{response.artifact.name}: {policy}; deleted {', '.join(deleted) or 'nothing'}")
-
-
-RETENTION_NOTE = (
-    "versions linked into a registered model stay too, and links are not visible from the versions listing, "
-    "so a linked candidate is kept"
-)
-
-
-def _retention_candidates(registry: Registry, artifact: str, keep_last: int) -> list[pb.Version]:
-    """The committed versions beyond the newest ``keep_last`` that carry no alias: what the policy would delete,
-    but for versions that are linked (the service keeps those; ListVersions does not show links)."""
-    versions = list(registry.list_versions(artifact, order_by="index desc"))
-    return [v for v in versions[keep_last:] if not v.aliases]
 
 
 def cmd_retention_show(args: argparse.Namespace, out: Output) -> None:

@@ -646,8 +646,14 @@ class Registry:
     def delete_collection(self, name: str) -> None:
         self._call(self.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
 
-    def set_retention(self, artifact: str, keep_last: int | None) -> pb.SetRetentionPolicyResponse:
-        request = pb.SetRetentionPolicyRequest(name=artifact, keep_last=keep_last)
+    def set_retention(
+        self, artifact: str, keep_last: int | None, *, validate_only: bool = False
+    ) -> pb.SetRetentionPolicyResponse:
+        """Sets the artifact's retention policy, deleting at once what it no longer keeps.
+
+        With ``validate_only`` nothing changes; ``deleted_indexes`` says what it would delete.
+        """
+        request = pb.SetRetentionPolicyRequest(name=artifact, keep_last=keep_last, validate_only=validate_only)
         return self._call(self.metadata.SetRetentionPolicy, request)
 
     def set_alias_protection(self, collection: str, alias: str, protected: bool = True) -> list[str]:

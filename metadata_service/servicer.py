@@ -418,7 +418,11 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
         self, request: pb.SetRetentionPolicyRequest, context: grpc.ServicerContext
     ) -> pb.SetRetentionPolicyResponse:
         view, deleted = self.catalog.retention.set_policy(
-            caller_of(context), request.name, _optional(request, "keep_last"), request.request_id
+            caller_of(context),
+            request.name,
+            _optional(request, "keep_last"),
+            request.request_id,
+            validate_only=request.validate_only,
         )
         return pb.SetRetentionPolicyResponse(artifact=artifact_pb(view), deleted_indexes=deleted)
 
