@@ -15,7 +15,6 @@ cache period (30 s by default), and keeps the blob service free of any database.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +24,17 @@ import grpc
 from mreg.client.channels import Credentials, open_channel
 from mreg.metadata.v1 import token_service_pb2 as token_pb
 from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
-from mreg.server_runtime.principals import SERVICE, AuthError, Principal, Role, Unauthenticated, denied, same_secret
+from mreg.server_runtime.principals import (
+    SERVICE,
+    AuthError,
+    ExpiringCache,
+    Principal,
+    Role,
+    Unauthenticated,
+    denied,
+    same_secret,
+)
 
-_CACHE_LIMIT = 10_000
 INTROSPECTION_TIMEOUT = 10.0
 
 RULES: dict[str, Role] = {
@@ -76,9 +83,8 @@ class IntrospectingAuthenticator:
     ) -> None:
         self._metadata_addr = metadata_addr
         self._service_secret = service_secret
-        self._cache_seconds = cache_seconds
         self._credentials = credentials or Credentials()
-        self._cache: dict[str, tuple[float, token_pb.IntrospectTokenResponse]] = {}
+        self._cache: ExpiringCache[token_pb.IntrospectTokenResponse] = ExpiringCache(cache_seconds)
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: token_grpc.TokenServiceStub | None = None
@@ -90,7 +96,7 @@ class IntrospectingAuthenticator:
             )
         if same_secret(secret, self._service_secret):
             return SERVICE
-        answer = self._introspect(secret)
+        answer = self._cache.get(secret, self._introspect)
         token = answer.token
         if not answer.HasField("token"):
             raise Unauthenticated("the token is not valid: no token has this secret", "TOKEN_INVALID")
@@ -103,13 +109,8 @@ class IntrospectingAuthenticator:
         return Principal(token.name, Role(int(token.role)), token.scope)
 
     def _introspect(self, secret: str) -> token_pb.IntrospectTokenResponse:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(secret)
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
         try:
-            answer = self._token_service().IntrospectToken(
+            return self._token_service().IntrospectToken(
                 token_pb.IntrospectTokenRequest(secret=secret), timeout=INTROSPECTION_TIMEOUT
             )
         except grpc.RpcError as e:
@@ -117,11 +118,6 @@ class IntrospectingAuthenticator:
                 f"cannot check the token with the metadata service at {self._metadata_addr()}: {e.code().name}",
                 "STORAGE_UNAVAILABLE",
             ) from e
-        with self._lock:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[secret] = (now, answer)
-        return answer
 
     def _token_service(self) -> token_grpc.TokenServiceStub:
         with self._lock:

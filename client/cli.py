@@ -382,12 +382,7 @@ def _list_entity(registry: Registry, entity: str, out: Output, limit: int | None
     """An entity's projects (those the caller may read that hold something)."""
     projects = list(itertools.islice(registry.list_projects(entity), limit))
     rows = [{"name": p.name, "kind": "project", "created": _time(p, "create_time")} for p in projects]
-    out.table(
-        rows,
-        ["PROJECT", "CREATED"],
-        [[str(r["name"]), (r["created"] or "-").replace("T", " ")[:19]] for r in rows],
-        "(nothing)",
-    )
+    out.table(rows, ["PROJECT", "CREATED"], [[p.name, _created(p)] for p in projects], "(nothing)")
 
 
 def _created(message: Any) -> str:

@@ -10,8 +10,6 @@ the domain with the caller's principal.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +21,7 @@ from mreg.metadata_service.references import Defaults, parse_project, parse_refe
 from mreg.metadata_service.servicer import ENTITY_HEADER, PROJECT_HEADER
 from mreg.server_runtime.principals import (
     SERVICE,
+    ExpiringCache,
     Principal,
     Role,
     Unauthenticated,
@@ -33,7 +32,6 @@ from mreg.server_runtime.principals import (
 # How long a token lookup is reused. Both services cache for at most this long, so a
 # revocation takes effect everywhere within twice this (the blob service asks this one).
 DEFAULT_CACHE_SECONDS = 30.0
-_CACHE_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,7 @@ class TokenAuthenticator:
     def __init__(self, tokens: Tokens, service_secret: str | None, cache_seconds: float = DEFAULT_CACHE_SECONDS):
         self._tokens = tokens
         self._service_secret = service_secret
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, TokenView | None]] = {}
-        self._lock = threading.Lock()
+        self._cache: ExpiringCache[TokenView | None] = ExpiringCache(cache_seconds)
 
     def __call__(self, secret: str | None) -> Principal:
         if secret is None:
@@ -162,7 +158,7 @@ class TokenAuthenticator:
             )
         if self._service_secret and same_secret(secret, self._service_secret):
             return SERVICE
-        token = self._lookup(secret)
+        token = self._cache.get(secret, self._tokens.by_secret)
         if token is None:
             raise Unauthenticated("the token is not valid: no token has this secret", "TOKEN_INVALID")
         refusal = token.refusal(utcnow())
@@ -170,16 +166,3 @@ class TokenAuthenticator:
             state = "was revoked" if refusal.value == "TOKEN_REVOKED" else "has expired"
             raise Unauthenticated(f"token {token.name!r} {state}", refusal.value, {"principal": token.name})
         return token.principal()
-
-    def _lookup(self, secret: str) -> TokenView | None:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(secret)
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
-        token = self._tokens.by_secret(secret)
-        with self._lock:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[secret] = (now, token)
-        return token

@@ -11,11 +11,14 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Generic, TypeVar
 
 SECRET_PREFIX = "mreg_"
 
@@ -148,3 +151,34 @@ def read_or_create_secret_file(path: Path) -> str:
     if not secret:
         raise ValueError(f"{path} is empty; delete it to have a new secret made, or write the shared one there")
     return secret
+
+
+T = TypeVar("T")
+
+
+class ExpiringCache(Generic[T]):
+    """What a secret grants, remembered for ``seconds``: how long a revocation may take to reach a service.
+
+    Misses are remembered too (a flood of bad tokens costs one lookup each per period), and the
+    cache empties itself at ``limit`` entries rather than growing without bound.
+    """
+
+    def __init__(self, seconds: float, limit: int = 10_000) -> None:
+        self._seconds = seconds
+        self._limit = limit
+        self._entries: dict[str, tuple[float, T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Callable[[str], T]) -> T:
+        """The cached value for ``key``, or ``load(key)`` (outside the lock) once the entry is older than allowed."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None and now - cached[0] < self._seconds:
+            return cached[1]
+        value = load(key)
+        with self._lock:
+            if len(self._entries) >= self._limit:
+                self._entries.clear()
+            self._entries[key] = (now, value)
+        return value

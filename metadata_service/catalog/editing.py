@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+# The client predicts what an update does with the very same patch function.
+from mreg.client.editing import merge_patch
 from mreg.metadata_service.catalog.common import (
     Caller,
     find_collection,
@@ -61,7 +63,7 @@ class Edits:
                 after["description"] = description
             after["tags"] = sorted((set(version.tags) | set(added)) - set(removed))
             if patch is not None:
-                merged = patch if replace_metadata else _merge_patch(version.metadata_doc or {}, patch)
+                merged = patch if replace_metadata else merge_patch(version.metadata_doc or {}, patch)
                 after["metadata"] = validate_metadata(merged)
             changed = [key for key in before if before[key] != after[key]]
             context = collection_context(uow.repo, artifact)
@@ -134,16 +136,3 @@ def _tag_changes(add_tags: Sequence[str], remove_tags: Sequence[str]) -> tuple[l
             {"field": "remove_tags"},
         )
     return added, removed
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, null removes a key, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = _merge_patch(merged.get(key), value)
-    return merged
