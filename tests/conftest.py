@@ -33,6 +33,7 @@ from mreg.metadata.v1 import metadata_service_pb2_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import create_token
+from tests.processes import start_authenticated
 from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 from tests.wire import Wire
 
@@ -176,29 +177,9 @@ class SecuredServers:
 def secured(secured_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServers]:
     """Servers with --auth, on their own database file or schema, caching token lookups for 1 s (not 30)."""
     root = tmp_path_factory.mktemp("secured")
-    service_token = str(root / "service.token")
-    blobs = blob_server.start(
-        BlobConfig(
-            listen="127.0.0.1:0",
-            store=str(root / "blobs"),
-            auth=True,
-            service_token_file=service_token,
-            auth_cache_seconds=1,
-        )
+    blobs, metadata, admin = start_authenticated(
+        root, secured_database_url, {"auth_cache_seconds": 1}, {"auth_cache_seconds": 1}
     )
-    metadata = metadata_server.start(
-        MetadataConfig(
-            listen="127.0.0.1:0",
-            database_url=secured_database_url,
-            blob_addr=blobs.address,
-            auth=True,
-            admin_token_file=str(root / "admin.token"),
-            service_token_file=service_token,
-            auth_cache_seconds=1,
-        )
-    )
-    blobs.metadata_addr = metadata.address
-    admin = (root / "admin.token").read_text().strip()
     yield SecuredServers(blobs, metadata, root, admin, (root / "service.token").read_text().strip())
     metadata.stop(grace=None)
     blobs.stop(grace=None)

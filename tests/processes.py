@@ -11,9 +11,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.config import MetadataConfig
 
 
 def free_port() -> int:
@@ -109,3 +115,35 @@ def mreg_serve(data_dir: Path, metadata_port: int, blob_port: int, *options: str
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def start_authenticated(
+    root: Path, database_url: str, blob_options: dict[str, Any], metadata_options: dict[str, Any]
+) -> tuple[blob_server.RunningBlobServer, metadata_server.RunningMetadataServer, str]:
+    """Both services in-process with --auth, sharing a service secret in ``root``; returns them and the admin token.
+
+    The blob service is told where the metadata service listens once that one is up.
+    """
+    service_token = str(root / "service.token")
+    blobs = blob_server.start(
+        BlobConfig(
+            listen="127.0.0.1:0",
+            store=str(root / "blobs"),
+            auth=True,
+            service_token_file=service_token,
+            **blob_options,
+        )
+    )
+    metadata = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            blob_addr=blobs.address,
+            auth=True,
+            admin_token_file=str(root / "admin.token"),
+            service_token_file=service_token,
+            **metadata_options,
+        )
+    )
+    blobs.metadata_addr = metadata.address
+    return blobs, metadata, (root / "admin.token").read_text().strip()

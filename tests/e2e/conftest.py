@@ -15,6 +15,7 @@ from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.certificates import Pki, make_pki
 from tests.helpers import create_token
+from tests.processes import start_authenticated
 
 
 @pytest.fixture(scope="session")
@@ -106,31 +107,12 @@ def secured_mtls_servers(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("secured-mtls")
     server_files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key), "tls_client_ca": str(pki.ca_cert)}
     client_files = {"ca_cert": str(pki.ca_cert), "client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
-    service_token = str(root / "service.token")
-    blobs = blob_server.start(
-        BlobConfig(
-            listen="127.0.0.1:0",
-            store=str(root / "blobs"),
-            auth=True,
-            service_token_file=service_token,
-            **{f"metadata_{key}": value for key, value in client_files.items()},
-            **server_files,
-        )
+    blobs, metadata, admin = start_authenticated(
+        root,
+        f"sqlite:///{root / 'metadata.db'}",
+        {**{f"metadata_{key}": value for key, value in client_files.items()}, **server_files},
+        {**{f"blob_{key}": value for key, value in client_files.items()}, **server_files},
     )
-    metadata = metadata_server.start(
-        MetadataConfig(
-            listen="127.0.0.1:0",
-            database_url=f"sqlite:///{root / 'metadata.db'}",
-            blob_addr=blobs.address,
-            auth=True,
-            admin_token_file=str(root / "admin.token"),
-            service_token_file=service_token,
-            **{f"blob_{key}": value for key, value in client_files.items()},
-            **server_files,
-        )
-    )
-    blobs.metadata_addr = metadata.address
-    admin = (root / "admin.token").read_text().strip()
     yield SecuredMtlsServers(blobs, metadata, pki, admin_token=admin)
     metadata.stop(grace=None)
     blobs.stop(grace=None)
