@@ -12,7 +12,6 @@ import contextlib
 import difflib
 import getpass
 import importlib.metadata
-import itertools
 import json
 import logging
 import os
@@ -36,65 +35,20 @@ from mreg.client import editing, profiles
 from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
+from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
 from mreg.client.registry import (
     DEFAULT_BLOB_ADDR,
     DEFAULT_METADATA_ADDR,
     ROLES,
     PushResult,
     Registry,
-    role_name,
-    struct_to_dict,
 )
 from mreg.client.snapshots import Snapshot, SnapshotCache, max_size_from_env, parse_size
 from mreg.client.transfer import ProgressCallback
-from mreg.metadata.v1 import metadata_service_pb2 as pb
-from mreg.metadata.v1 import token_service_pb2 as token_pb
 
 log = logging.getLogger(__name__)
 # How many times in a row `mreg watch` reconnects to a service that is down before it gives up.
 WATCH_RECONNECTS = 30
-
-_STATE_NAMES = {
-    pb.VERSION_STATE_PENDING: "pending",
-    pb.VERSION_STATE_COMMITTED: "committed",
-    pb.VERSION_STATE_DELETED: "deleted",
-}
-
-
-def version_json(version: pb.Version, *, with_manifest: bool = True) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "ref": version.name,
-        "artifact": version.artifact,
-        "type": version.type,
-        "version": version.index if version.HasField("index") else None,
-        "state": _STATE_NAMES.get(version.state, "unspecified"),
-        "digest": version.digest,
-        "aliases": list(version.aliases),
-        "files": version.file_count,
-        "size": version.size_bytes,
-        "description": version.description,
-        "tags": list(version.tags),
-        "metadata": struct_to_dict(version.metadata),
-        "run": version.run or None,
-        "created": version.create_time.ToJsonString() if version.HasField("create_time") else None,
-        "committed": version.commit_time.ToJsonString() if version.HasField("commit_time") else None,
-    }
-    if with_manifest:
-        data["manifest"] = [
-            {"path": e.path, "digest": e.digest.hash, "size": e.digest.size_bytes} for e in version.manifest
-        ]
-    return data
-
-
-def link_json(link: pb.Link) -> dict[str, Any]:
-    return {
-        "ref": link.name,
-        "registered_model": link.registered_model,
-        "link_version": link.index,
-        "aliases": list(link.aliases),
-        "source_ref": link.version.name,
-        "digest": link.version.digest,
-    }
 
 
 def _human_size(size: int) -> str:
@@ -266,7 +220,7 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
         "files": result.files,
         "size": result.size_bytes,
         "uploaded_bytes": result.uploaded_bytes,
-        "links": [link_json(link) for link in result.links],
+        "links": [link.to_dict() for link in result.links],
     } | _push_unchanged(result)
     verb = "pushed" if result.created else "unchanged, still"
     lines = [
@@ -317,12 +271,13 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
             model = _registered_model_named(registry, args.ref) if e.code == "NOT_FOUND" else None
             if model is None:
                 raise
-            out.result(registered_model_json(model), "\n".join(_registered_model_lines(model)))
+            out.result(model.to_dict(), "\n".join(_registered_model_lines(model)))
             return
         version = resolution.version
         protected = set(registry.get_artifact(version.artifact).protected_aliases)
-        model = registry.get_registered_model(resolution.link.registered_model) if resolution.HasField("link") else None
-    data = version_json(version)
+        link = resolution.link
+        model = registry.get_registered_model(link.registered_model) if link is not None else None
+    data = version.to_dict()
     data["protected_aliases"] = [a for a in version.aliases if a in protected]
     lines = [
         f"{version.name}  ({data['state']}, type {version.type})",
@@ -337,8 +292,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
     if data["metadata"]:
         lines.append(f"  metadata:    {json.dumps(data['metadata'], sort_keys=True)}")
     lines += _markdown_lines("description", version.description)
-    if resolution.HasField("link"):
-        link = resolution.link
+    if link is not None:
         data.update(
             ref=link.name,
             link_version=link.index,
@@ -351,9 +305,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
             0, f"{link.name} -> {version.name}  (link aliases: {_aliases_text(link.aliases, model_protected)})"
         )
     lines.append(f"  files:{'' if version.manifest else ' -'}")
-    lines += [f"    {e.digest.hash[:12]}  {e.digest.size_bytes:>12}  {e.path}" for e in version.manifest]
+    lines += [f"    {e.sha256[:12]}  {e.size_bytes:>12}  {e.path}" for e in version.manifest]
     if model is not None:
-        data["registered_model_card"] = registered_model_json(model)
+        data["registered_model_card"] = model.to_dict()
         lines += _registered_model_lines(model)
     out.result(data, "\n".join(lines))
 
@@ -380,16 +334,14 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> None:
 
 def _list_entity(registry: Registry, entity: str, out: Output, limit: int | None) -> None:
     """An entity's projects (those the caller may read that hold something)."""
-    projects = list(itertools.islice(registry.list_projects(entity), limit))
-    rows = [{"name": p.name, "kind": "project", "created": _time(p, "create_time")} for p in projects]
-    out.table(rows, ["PROJECT", "CREATED"], [[p.name, _created(p)] for p in projects], "(nothing)")
+    projects = list(registry.list_projects(entity, limit=limit))
+    rows = [p.to_dict() for p in projects]
+    out.table(rows, ["PROJECT", "CREATED"], [[p.name, _when(p.create_time)] for p in projects], "(nothing)")
 
 
-def _created(message: Any) -> str:
-    """A create time to the second, for tables."""
-    if not message.HasField("create_time"):
-        return "-"
-    return message.create_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _when(moment: datetime | None) -> str:
+    """A time to the second in UTC, for tables; "-" when unset."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
 
 
 def _list_collection(registry: Registry, target: str, out: Output, limit: int | None) -> bool:
@@ -398,9 +350,9 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
         return False
     try:
         registry.get_artifact(target)
-        versions = list(itertools.islice(registry.list_versions(target), limit))
+        versions = list(registry.list_versions(target, limit=limit))
         out.table(
-            [version_json(v, with_manifest=False) for v in versions],
+            [v.to_dict(with_manifest=False) for v in versions],
             ["VERSION", "ALIASES", "SIZE", "FILES", "CREATED", "TAGS"],
             [
                 [
@@ -408,7 +360,7 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
                     ", ".join(v.aliases) or "-",
                     _human_size(v.size_bytes),
                     str(v.file_count),
-                    _created(v),
+                    _when(v.create_time),
                     ", ".join(v.tags) or "-",
                 ]
                 for v in versions
@@ -425,61 +377,51 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
         if e.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
             raise
         return False
-    links = list(itertools.islice(registry.list_links(target), limit))
+    links = list(registry.list_links(target, limit=limit))
     out.table(
-        [link_json(link) for link in links],
+        [link.to_dict() for link in links],
         ["LINK", "ALIASES", "VERSION", "CREATED"],
-        [[f"v{link.index}", ", ".join(link.aliases) or "-", link.version.name, _created(link)] for link in links],
+        [
+            [f"v{link.index}", ", ".join(link.aliases) or "-", link.version.name, _when(link.create_time)]
+            for link in links
+        ],
         "(no links)",
     )
     return True
 
 
-def _latest(aliases: Sequence[Any]) -> int | None:
-    return next((a.index for a in aliases if a.alias == "latest"), None)
-
-
 def _list_project(registry: Registry, target: str, out: Output, limit: int | None) -> None:
+    collections: list[Artifact | RegisteredModel] = [
+        *registry.list_artifacts(target, limit=limit),
+        *registry.list_registered_models(target, limit=limit),
+    ]
+    collections = collections[:limit]
     rows: list[dict[str, Any]] = []
-    for artifact in registry.list_artifacts(target):
+    table: list[list[str]] = []
+    for collection in collections:
+        count = collection.link_count if isinstance(collection, RegisteredModel) else collection.version_count
+        latest = collection.aliases.get("latest")
         rows.append(
             {
-                "name": artifact.name,
-                "kind": "artifact",
-                "type": artifact.type,
-                "count": artifact.version_count,
-                "latest": _latest(artifact.aliases),
-                "created": _time(artifact, "create_time"),
+                "name": collection.name,
+                "kind": "registered_model" if isinstance(collection, RegisteredModel) else "artifact",
+                "type": collection.type,
+                "count": count,
+                "latest": latest,
+                "created": json_time(collection.create_time),
             }
         )
-    for model in registry.list_registered_models(target):
-        rows.append(
-            {
-                "name": model.name,
-                "kind": "registered_model",
-                "type": model.type,
-                "count": model.link_count,
-                "latest": _latest(model.aliases),
-                "created": _time(model, "create_time"),
-            }
-        )
-    rows = rows[:limit]
-    out.table(
-        rows,
-        ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"],
-        [
+        table.append(
             [
-                r["name"].removeprefix(target + "/"),
-                "artifact" if r["kind"] == "artifact" else "registered model",
-                r["type"],
-                f"{r['count']} {'versions' if r['kind'] == 'artifact' else 'links'}",
-                f"v{r['latest']}" if r["latest"] is not None else "-",
-                (r["created"] or "-").replace("T", " ")[:19],
+                collection.name.removeprefix(target + "/"),
+                "registered model" if isinstance(collection, RegisteredModel) else "artifact",
+                collection.type,
+                f"{count} {'links' if isinstance(collection, RegisteredModel) else 'versions'}",
+                f"v{latest}" if latest is not None else "-",
+                _when(collection.create_time),
             ]
-            for r in rows
-        ],
-        "(nothing)",
-    )
+        )
+    out.table(rows, ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"], table, "(nothing)")
 
 
 def _expectation(text: str | None) -> tuple[int | None, bool]:
@@ -496,22 +438,16 @@ def _expectation(text: str | None) -> tuple[int | None, bool]:
 def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
     expected_index, expect_unset = _expectation(args.expect)
     with _registry(args) as registry:
-        response = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
-    data = {
-        "collection": response.parent,
-        "alias": response.alias.alias,
-        "version": response.alias.index,
-        "previous_version": response.previous_index if response.HasField("previous_index") else None,
-    }
-    moved = f" (was v{data['previous_version']})" if data["previous_version"] is not None else ""
-    out.result(data, f"{response.parent}:{response.alias.alias} -> v{response.alias.index}{moved}")
+        move = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
+    moved = f" (was v{move.previous_index})" if move.previous_index is not None else ""
+    out.result(move.to_dict(), f"{move.collection}:{move.alias} -> v{move.index}{moved}")
 
 
 def cmd_alias_rm(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        response = registry.delete_alias(args.collection, args.alias)
-    data = {"collection": args.collection, "alias": args.alias, "previous_version": response.previous_index}
-    out.result(data, f"removed {args.collection}:{args.alias} (was v{response.previous_index})")
+        previous = registry.delete_alias(args.collection, args.alias)
+    data = {"collection": args.collection, "alias": args.alias, "previous_version": previous}
+    out.result(data, f"removed {args.collection}:{args.alias} (was v{previous})")
 
 
 def cmd_link(args: argparse.Namespace, out: Output) -> None:
@@ -528,7 +464,7 @@ def cmd_link(args: argparse.Namespace, out: Output) -> None:
         )
         if description is not None:
             _note_kept_card(registry, response.link.registered_model, description)
-    data = link_json(response.link) | {"created": response.created}
+    data = response.link.to_dict() | {"created": response.created}
     verb = "linked" if response.created else "already linked"
     aliases = f"  ({', '.join(response.link.aliases)})" if response.link.aliases else ""
     out.result(data, f"{verb} {response.link.version.name} as {response.link.name}{aliases}")
@@ -562,7 +498,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
                 "INVALID_ARGUMENT", f"name the version to delete, e.g. {args.ref}:v3 (or pass --collection)"
             )
         target = registry.resolve(args.ref)
-        if target.HasField("link"):
+        if target.link is not None:
             if args.dry_run:
                 out.result(
                     {"would_delete": target.link.name, "kind": "link", "dry_run": True},
@@ -570,7 +506,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
                 )
                 return
             _confirm(args, out, f"delete the link {target.link.name} (-> {target.version.name})?")
-            name = registry.delete_link(args.ref).name
+            name = registry.delete_link(args.ref)
             out.result({"deleted": name, "kind": "link"}, f"deleted link {name}")
             return
         version = target.version
@@ -619,21 +555,19 @@ def _is_artifact(registry: Registry, name: str) -> bool:
 def cmd_versions(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         versions = list(
-            itertools.islice(
-                registry.list_versions(args.ref, filter=args.filter, order_by=args.order_by), args.limit or None
-            )
+            registry.list_versions(args.ref, filter=args.filter, order_by=args.order_by, limit=args.limit or None)
         )
     out.table(
-        [version_json(v, with_manifest=False) for v in versions],
+        [v.to_dict(with_manifest=False) for v in versions],
         ["VERSION", "ALIASES", "SIZE", "CREATED", "TAGS", "METADATA"],
         [
             [
                 f"v{v.index}",
                 ", ".join(v.aliases) or "-",
                 _human_size(v.size_bytes),
-                _created(v),
+                _when(v.create_time),
                 ", ".join(v.tags) or "-",
-                json.dumps(struct_to_dict(v.metadata), sort_keys=True) if v.metadata.fields else "-",
+                json.dumps(v.metadata, sort_keys=True) if v.metadata else "-",
             ]
             for v in versions
         ],
@@ -644,17 +578,19 @@ def cmd_versions(args: argparse.Namespace, out: Output) -> None:
 def cmd_alias_history(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         events = list(registry.alias_history(args.collection, args.alias))
-    rows = [event_json(e) for e in events]
-    lines = [
-        f"#{e.sequence}  {e.create_time.ToJsonString()}  {e.kind:<14} "
-        f"{_index_of(e.before)} -> {_index_of(e.after)}  by {e.actor or '?'}"
-        for e in events
-    ]
-    out.result(rows, "\n".join(lines) if lines else "(no history)")
+    out.table(
+        [e.to_dict() for e in events],
+        ["SEQUENCE", "TIME", "KIND", "FROM", "TO", "ACTOR"],
+        [
+            [f"#{e.sequence}", _when(e.create_time), e.kind, _index_of(e.before), _index_of(e.after), e.actor or "?"]
+            for e in events
+        ],
+        "(no history)",
+    )
 
 
 def _index_of(state: Any) -> str:
-    return f"v{int(state['index'])}" if state is not None and "index" in state.fields else "-"
+    return f"v{int(state['index'])}" if state is not None and "index" in state else "-"
 
 
 def cmd_alias_protect(args: argparse.Namespace, out: Output) -> None:
@@ -683,29 +619,12 @@ def cmd_lineage(args: argparse.Namespace, out: Output) -> None:
             out.result({"run": args.run, "inputs": recorded}, f"{args.run} used {', '.join(recorded)}")
             return
         lineage = registry.lineage(ref=args.ref or "", run=args.run or "")
-    data = {
-        "producer_run": lineage.producer_run or None,
-        "consumer_runs": list(lineage.consumer_runs),
-        "inputs": list(lineage.inputs),
-        "outputs": list(lineage.outputs),
-    }
+    data = lineage.to_dict()
     if args.ref:
         text = f"produced by: {lineage.producer_run or '(unknown)'}\nused by: {', '.join(lineage.consumer_runs) or '-'}"
     else:
         text = f"inputs: {', '.join(lineage.inputs) or '-'}\noutputs: {', '.join(lineage.outputs) or '-'}"
     out.result(data, text)
-
-
-def event_json(event: pb.Event) -> dict[str, Any]:
-    return {
-        "sequence": event.sequence,
-        "kind": event.kind,
-        "resource": event.resource,
-        "before": struct_to_dict(event.before) if event.HasField("before") else None,
-        "after": struct_to_dict(event.after) if event.HasField("after") else None,
-        "actor": event.actor,
-        "time": event.create_time.ToJsonString(),
-    }
 
 
 def cmd_watch(args: argparse.Namespace, out: Output) -> None:
@@ -720,12 +639,12 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         while True:
             try:
-                for message in registry.watch(cursor, from_now=from_now, resource_prefix=args.prefix):
+                for update in registry.watch(cursor, from_now=from_now, resource_prefix=args.prefix):
                     failures = 0
-                    cursor, from_now = message.sequence, False
-                    if not message.HasField("event"):
+                    cursor, from_now = update.sequence, False
+                    if update.event is None:
                         continue
-                    _print_event(message.event, out)
+                    _print_event(update.event, out)
                     seen += 1
                     if args.limit and seen >= args.limit:
                         return
@@ -739,12 +658,12 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> None:
                 time.sleep(delay)
 
 
-def _print_event(event: Any, out: Output) -> None:
+def _print_event(event: Event, out: Output) -> None:
     if out.as_json:
-        print(json.dumps(event_json(event)), flush=True)
+        print(json.dumps(event.to_dict()), flush=True)
         return
     change = f" {_index_of(event.before)} -> {_index_of(event.after)}" if event.kind.startswith("alias") else ""
-    when = _created(event)
+    when = _when(event.create_time)
     print(f"{when}  #{event.sequence} {event.kind} {event.resource}{change}  by {event.actor or '?'}", flush=True)
 
 
@@ -788,7 +707,7 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
 def cmd_retention_show(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         artifact = registry.get_artifact(args.artifact)
-    keep_last = artifact.retention_keep_last if artifact.HasField("retention_keep_last") else None
+    keep_last = artifact.retention_keep_last
     policy = f"keep the last {keep_last} plus every aliased or linked version" if keep_last else "keep everything"
     out.result(
         {"artifact": artifact.name, "keep_last": keep_last, "versions": artifact.version_count},
@@ -925,7 +844,7 @@ def _note_kept_card(registry: Registry, name: str, description: str) -> None:
         )
 
 
-def _registered_model_named(registry: Registry, ref: str) -> pb.RegisteredModel | None:
+def _registered_model_named(registry: Registry, ref: str) -> RegisteredModel | None:
     """The registered model ``ref`` names when it is one (no selector), else None."""
     if ":" in ref:
         return None
@@ -935,20 +854,6 @@ def _registered_model_named(registry: Registry, ref: str) -> pb.RegisteredModel 
         if e.code == "NOT_FOUND" or e.reason == "COLLECTION_KIND_MISMATCH":
             return None
         raise
-
-
-def registered_model_json(model: pb.RegisteredModel) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "kind": "registered_model",
-        "type": model.type,
-        "description": model.description,
-        "tags": list(model.tags),
-        "links": model.link_count,
-        "aliases": {a.alias: a.index for a in model.aliases},
-        "protected_aliases": list(model.protected_aliases),
-        "created": _time(model, "create_time"),
-    }
 
 
 def _aliases_text(aliases: Sequence[str], protected: set[str]) -> str:
@@ -963,16 +868,16 @@ def _markdown_lines(label: str, text: str) -> list[str]:
     return [f"  {label}:"] + [f"    {line}".rstrip() for line in text.splitlines()]
 
 
-def _registered_model_lines(model: pb.RegisteredModel) -> list[str]:
+def _registered_model_lines(model: RegisteredModel) -> list[str]:
     aliases = ", ".join(
-        f"{a.alias} -> v{a.index}" + (" (protected)" if a.alias in model.protected_aliases else "")
-        for a in model.aliases
+        f"{alias} -> v{index}" + (" (protected)" if alias in model.protected_aliases else "")
+        for alias, index in model.aliases.items()
     )
     return [
         f"registered model {model.name}  (type {model.type}, {model.link_count} links)",
         f"  aliases:     {aliases or '-'}",
         f"  tags:        {', '.join(model.tags) or '-'}",
-        f"  created:     {_time(model, 'create_time')}",
+        f"  created:     {json_time(model.create_time)}",
         *_markdown_lines("card", model.description),
     ]
 
@@ -1021,7 +926,7 @@ def cmd_update(args: argparse.Namespace, out: Output) -> None:
                 changes.append(f"  tags: {' '.join(editing.tag_changes(model.tags, updated.tags))}")
             changed = [line.split(":")[0].strip() for line in changes]
             header = f"updated registered model {updated.name}" if changes else f"nothing changed: {updated.name}"
-            out.result(registered_model_json(updated) | {"changed": changed}, "\n".join([header, *changes]))
+            out.result(updated.to_dict() | {"changed": changed}, "\n".join([header, *changes]))
             return
         before = registry.get_version(args.ref)
         # The canonical vN: an alias that moves meanwhile cannot redirect the edit to another version.
@@ -1036,12 +941,12 @@ def cmd_update(args: argparse.Namespace, out: Output) -> None:
     changes = _description_change(before.description, after.description)
     if set(before.tags) != set(after.tags):
         changes.append(f"  tags: {' '.join(editing.tag_changes(before.tags, after.tags))}")
-    metadata_changes = editing.metadata_changes(struct_to_dict(before.metadata), struct_to_dict(after.metadata))
+    metadata_changes = editing.metadata_changes(dict(before.metadata), dict(after.metadata))
     if metadata_changes:
         changes.append(f"  metadata: {', '.join(metadata_changes)}")
     changed = [line.split(":")[0].strip() for line in changes]
     header = f"updated {after.name}" if changes else f"nothing changed: {after.name}"
-    out.result(version_json(after, with_manifest=False) | {"changed": changed}, "\n".join([header, *changes]))
+    out.result(after.to_dict(with_manifest=False) | {"changed": changed}, "\n".join([header, *changes]))
 
 
 # Tokens, identity and profiles ---------------------------------------------------------------
@@ -1062,22 +967,6 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def _time(message: Any, field: str) -> str | None:
-    return getattr(message, field).ToJsonString() if message.HasField(field) else None
-
-
-def token_json(token: token_pb.Token) -> dict[str, Any]:
-    return {
-        "name": token.name,
-        "role": role_name(token.role),
-        "scope": token.scope,
-        "created": _time(token, "create_time"),
-        "expires": _time(token, "expire_time"),
-        "revoked": _time(token, "revoke_time"),
-        "creator": token.creator,
-    }
-
-
 def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
     scope = args.scope if args.scope is not None else ("*" if args.role == "admin" else None)
     if scope is None:
@@ -1085,8 +974,8 @@ def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         token, secret = registry.create_token(args.name, args.role, scope, args.expires)
     _SECRETS.add(secret)
-    data: dict[str, Any] = {"name": token.name, "token": secret, "role": role_name(token.role), "scope": token.scope}
-    expires = _time(token, "expire_time")
+    data: dict[str, Any] = {"name": token.name, "token": secret, "role": token.role, "scope": token.scope}
+    expires = json_time(token.expire_time)
     if expires is not None:
         data["expires"] = expires
     if out.as_json:
@@ -1104,30 +993,26 @@ def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
 def cmd_token_ls(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         tokens = list(registry.list_tokens())
-    rows = [token_json(t) for t in tokens]
-    lines = [
-        f"{r['name']}  {r['role']:<10} {r['scope']:<20} created {r['created']}  "
-        f"expires {r['expires'] or 'never'}  {'revoked ' + r['revoked'] if r['revoked'] else 'active'}"
-        for r in rows
-    ]
-    out.result(rows, "\n".join(lines) if lines else "(no tokens)")
+    out.table(
+        [t.to_dict() for t in tokens],
+        ["NAME", "ROLE", "SCOPE", "STATUS", "CREATED", "EXPIRES", "CREATOR"],
+        [[t.name, t.role, t.scope, _token_status(t), _when(t.create_time), _expiry(t), t.creator] for t in tokens],
+        "(no tokens)",
+    )
+
+
+def _token_status(token: Token) -> str:
+    return f"revoked {_when(token.revoke_time)}" if token.revoke_time is not None else token.status
+
+
+def _expiry(token: Token) -> str:
+    return _when(token.expire_time) if token.expire_time is not None else "never"
 
 
 def cmd_token_revoke(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         token = registry.revoke_token(args.name)
-    out.result(token_json(token), f"revoked {token.name}; both services refuse it within 60 seconds")
-
-
-def caller_json(response: token_pb.GetCallerResponse) -> dict[str, Any]:
-    token = response.token
-    return {
-        "name": token.name,
-        "role": role_name(token.role),
-        "scope": token.scope,
-        "expires": _time(token, "expire_time"),
-        "authentication_enabled": response.authentication_enabled,
-    }
+    out.result(token.to_dict(), f"revoked {token.name}; both services refuse it within 60 seconds")
 
 
 def _caller_text(data: dict[str, Any]) -> str:
@@ -1139,7 +1024,7 @@ def _caller_text(data: dict[str, Any]) -> str:
 
 def cmd_whoami(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        data = caller_json(registry.whoami())
+        data = registry.whoami().to_dict()
     out.result(data, _caller_text(data))
 
 
@@ -1185,7 +1070,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> None:
         open_channel(profile.metadata_addr, credentials), open_channel(profile.blob_addr, credentials), use_cache=False
     )
     with registry:
-        data = caller_json(registry.whoami())  # a bad token fails here, before anything is written
+        data = registry.whoami().to_dict()  # a bad token fails here, before anything is written
     path = profiles.save(name, profile)
     data.update(profile=name, path=str(path), metadata_addr=profile.metadata_addr, blob_addr=profile.blob_addr)
     out.result(data, f"logged in as {_caller_text(data)}; profile {name!r} saved in {path}")
@@ -1269,24 +1154,18 @@ def cmd_cache_ls(args: argparse.Namespace, out: Output) -> None:
     finally:
         cache.content.close()
         cache.close()
-    rows = [("REF", "VERSION", "FILES", "SIZE", "LAST USED")] + [
-        (s.artifact, f"v{s.version}", str(s.files), _human_size(s.size_bytes), _ago(s.last_used)) for s in snapshots
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    numeric = (2, 3)  # FILES and SIZE align right
-    lines = [
-        "  ".join(
-            cell.rjust(width) if i in numeric else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
     limit_text = _human_size(limit) if limit is not None else "none"
-    lines.append(
-        f"{len(snapshots)} snapshots; {_human_size(total)} on disk in {default_cache_dir()} "
-        f"(shared content counted once; limit {limit_text})"
+    out.table(
+        [_snapshot_json(s) for s in snapshots],
+        ["REF", "VERSION", "FILES", "SIZE", "LAST USED"],
+        [[s.artifact, f"v{s.version}", str(s.files), _human_size(s.size_bytes), _ago(s.last_used)] for s in snapshots],
+        "(no snapshots)",
     )
-    out.result([_snapshot_json(s) for s in snapshots], "\n".join(lines if snapshots else lines[-1:]))
+    if not out.as_json:
+        print(
+            f"{len(snapshots)} snapshots; {_human_size(total)} on disk in {default_cache_dir()} "
+            f"(shared content counted once; limit {limit_text})"
+        )
 
 
 def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:

@@ -12,9 +12,12 @@ import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mreg.client.errors import MregError, local_error
+
+if TYPE_CHECKING:
+    from mreg.client.models import Version
 
 # The metadata service refuses a description over 64 KiB of UTF-8 (metadata_service/limits.py).
 MAX_DESCRIPTION_BYTES = 64 << 10
@@ -153,23 +156,21 @@ def tag_changes(before: Iterable[str], after: Iterable[str]) -> list[str]:
 
 
 def missing_from(
-    description: str, tags: Sequence[str], metadata: Mapping[str, Any] | None, *, kept: Any
+    description: str, tags: Sequence[str], metadata: Mapping[str, Any] | None, *, kept: Version
 ) -> tuple[str, ...]:
     """Which of what a push asked for the version it kept does not carry: "description", "tags", "metadata".
 
-    ``kept`` is the version (a ``pb.Version``) CommitVersion returned when the content equalled
+    ``kept`` is the version CommitVersion returned when the content equalled
     the latest version's. A description counts when one was given; tags when one is missing;
     metadata when merging it (RFC 7386, as UpdateVersion would) would change the version's.
     """
-    from google.protobuf import json_format
-
     missing: list[str] = []
     if description and description != kept.description:
         missing.append("description")
     if set(tags) - set(kept.tags):
         missing.append("tags")
     if metadata is not None:
-        current = json_format.MessageToDict(kept.metadata)
+        current = dict(kept.metadata)
         if merge_patch(current, json.loads(json.dumps(dict(metadata)))) != current:
             missing.append("metadata")
     return tuple(missing)

@@ -1,8 +1,14 @@
-"""Errors the client raises: MregError, carrying a gRPC status code name and a message, and PushInterrupted."""
+"""Errors the client raises: MregError, carrying a gRPC status code name and a message, and PushInterrupted.
+
+Every MregError is an instance of the subclass for its code (``NotFound`` for NOT_FOUND,
+``FailedPrecondition``, ...), so ``except NotFound:`` reads as what it catches;
+``MregError("NOT_FOUND", ...)`` itself builds a ``NotFound``.
+"""
 
 from __future__ import annotations
 
 import errno
+from typing import Any, ClassVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -16,6 +22,17 @@ class MregError(Exception):
     reason of the google.rpc.ErrorInfo the server attached (e.g. ``VERSION_IN_USE``; ""
     for local failures), with its ``metadata``. Branch on ``reason``, not on the message.
     """
+
+    _classes: ClassVar[dict[str, type[MregError]]] = {}
+
+    def __init_subclass__(cls, code: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code:
+            MregError._classes[code] = cls
+
+    def __new__(cls, code: str, *args: Any, **kwargs: Any) -> MregError:
+        chosen = MregError._classes.get(code, cls) if cls is MregError else cls
+        return super().__new__(chosen)
 
     def __init__(
         self,
@@ -65,6 +82,54 @@ class MregError(Exception):
     def with_message(self, message: str) -> MregError:
         """The same error (code, reason, metadata, violations) with another message, e.g. naming a file."""
         return MregError(self.code, message, self.violations, reason=self.reason, metadata=self.metadata)
+
+
+class InvalidArgument(MregError, code="INVALID_ARGUMENT"):
+    """A malformed name, reference, filter or value: fix the request."""
+
+
+class NotFound(MregError, code="NOT_FOUND"):
+    """Nothing has that name, alias or index (or the caller may not see it)."""
+
+
+class AlreadyExists(MregError, code="ALREADY_EXISTS"):
+    """The name is taken."""
+
+
+class FailedPrecondition(MregError, code="FAILED_PRECONDITION"):
+    """The registry is not in the state the call needs: a compare-and-set lost, content is missing, a version in use."""
+
+
+class PermissionDenied(MregError, code="PERMISSION_DENIED"):
+    """The caller's token lacks the role or scope the call needs (``metadata["required_role"]``)."""
+
+
+class Unauthenticated(MregError, code="UNAUTHENTICATED"):
+    """No token, or one that is unknown, expired or revoked."""
+
+
+class Unavailable(MregError, code="UNAVAILABLE"):
+    """A service (or its database or store) cannot be reached; retrying later may work."""
+
+
+class DataLoss(MregError, code="DATA_LOSS"):
+    """Stored content does not match its digest; nothing unverified was written."""
+
+
+class ResourceExhausted(MregError, code="RESOURCE_EXHAUSTED"):
+    """A size or rate limit, or a full disk."""
+
+
+class Aborted(MregError, code="ABORTED"):
+    """A concurrent change got in the way; the same call again is safe."""
+
+
+class DeadlineExceeded(MregError, code="DEADLINE_EXCEEDED"):
+    """The call took longer than its timeout."""
+
+
+class Cancelled(MregError, code="CANCELLED"):
+    """The call was cancelled, e.g. a confirmation was declined."""
 
 
 def _details(error: grpc.RpcError) -> tuple[tuple[tuple[str, str], ...], error_details_pb2.ErrorInfo | None]:

@@ -16,15 +16,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
@@ -33,6 +33,25 @@ from mreg.client.cache import ContentCache, HashCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
+from mreg.client.models import (
+    AliasMove,
+    Artifact,
+    Caller,
+    DeletedVersion,
+    Event,
+    GarbageReport,
+    Lineage,
+    Link,
+    LinkResult,
+    NewToken,
+    Project,
+    RegisteredModel,
+    Resolution,
+    RetentionChange,
+    Token,
+    Version,
+    WatchUpdate,
+)
 from mreg.client.snapshots import Download, SnapshotCache, max_size_from_env
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 from mreg.metadata.v1 import metadata_service_pb2 as pb
@@ -56,9 +75,9 @@ T = TypeVar("T")
 class PushResult:
     """What a push did."""
 
-    version: pb.Version
+    version: Version
     created: bool
-    links: tuple[pb.Link, ...]
+    links: tuple[Link, ...]
     files: int
     size_bytes: int
     uploaded_bytes: int
@@ -74,8 +93,10 @@ class PushResult:
 
 @dataclass(frozen=True)
 class PullResult:
-    version: pb.Version
-    link: pb.Link | None
+    """What a pull did: the version (and the link, for a registered-model reference) and the bytes moved."""
+
+    version: Version
+    link: Link | None
     files: int
     size_bytes: int
     downloaded_bytes: int
@@ -168,6 +189,7 @@ class Registry:
         return cls.connect(profile=name, **kwargs)
 
     def close(self) -> None:
+        """Closes both channels and the local caches; ``with Registry.connect(...)`` does it on exit."""
         for channel in self._channels:
             channel.close()
         if self.hash_cache is not None:
@@ -283,7 +305,7 @@ class Registry:
                 # A sweep may still be deleting that content: give it a moment to finish.
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
         self._complete_manifest(response.version)
-        version = response.version
+        version = Version.from_proto(response.version)
         ignored: tuple[str, ...] = ()
         updated: tuple[str, ...] = ()
         if not response.created:
@@ -296,16 +318,12 @@ class Registry:
                 metadata=metadata if "metadata" in ignored else None,
             )
             # UpdateVersion answers without the manifest: keep the one the commit returned.
-            version.description = edited.description
-            version.ClearField("tags")
-            version.tags.extend(edited.tags)
-            version.metadata.Clear()
-            version.metadata.MergeFrom(edited.metadata)
+            version = replace(version, description=edited.description, tags=edited.tags, metadata=edited.metadata)
             ignored, updated = (), ignored
         return PushResult(
             version=version,
             created=response.created,
-            links=tuple(response.links),
+            links=tuple(Link.from_proto(link) for link in response.links),
             files=len(local),
             size_bytes=sum(f.size_bytes for f in local),
             uploaded_bytes=uploaded,
@@ -396,7 +414,7 @@ class Registry:
         """
         resolution = self.resolve(ref)
         version = resolution.version
-        files = [RemoteFile(e.path, e.digest.hash, e.digest.size_bytes) for e in version.manifest]
+        files = [RemoteFile(e.path, e.sha256, e.size_bytes) for e in version.manifest]
         if run:
             references.check_collection(run, self.entity, self.project, "run")
         target = Path(dest)
@@ -413,7 +431,7 @@ class Registry:
             self.record_run_inputs(run, [version.name])
         return PullResult(
             version=version,
-            link=resolution.link if resolution.HasField("link") else None,
+            link=resolution.link,
             files=len(files),
             size_bytes=total,
             downloaded_bytes=received,
@@ -460,7 +478,7 @@ class Registry:
         """
         cache = self.snapshot_cache()
         version = self.resolve(ref).version
-        files = [RemoteFile(e.path, e.digest.hash, e.digest.size_bytes) for e in version.manifest]
+        files = [RemoteFile(e.path, e.sha256, e.size_bytes) for e in version.manifest]
 
         def fetch(missing: Sequence[RemoteFile], staging: Path) -> int:
             total = sum(f.size_bytes for f in missing)
@@ -479,11 +497,17 @@ class Registry:
 
     # Metadata ----------------------------------------------------------------------------
 
-    def resolve(self, ref: str) -> pb.ResolveReferenceResponse:
-        """The version (and, for a registered model reference, the link) ``ref`` names, with its whole manifest."""
+    def resolve(self, ref: str) -> Resolution:
+        """The version (and, for a registered model reference, the link) ``ref`` names, with its whole manifest.
+
+        ``ref`` is ``[[entity/]project/]name[:alias|:vN]``; without a selector it names ``latest``.
+
+        Raises:
+            MregError: NOT_FOUND when nothing has that name, alias or index.
+        """
         response = self._call(self.metadata.ResolveReference, pb.ResolveReferenceRequest(name=ref))
         self._complete_manifest(response.version)
-        return response
+        return Resolution.from_proto(response)
 
     def _complete_manifest(self, version: pb.Version) -> None:
         """Fills in a manifest the server left out of a response for its size, page by page."""
@@ -493,12 +517,13 @@ class Registry:
         version.manifest.extend(self._paginate(self.metadata.ListVersionFiles, request, "files"))
         version.manifest_omitted = False
 
-    def get_version(self, ref: str) -> pb.Version:
-        """The version ``ref`` names; a large manifest may be left out (``manifest_omitted``)."""
-        return self._call(self.metadata.GetVersion, pb.GetVersionRequest(name=ref)).version
+    def get_version(self, ref: str) -> Version:
+        """The version ``ref`` names; a large manifest may be left out (``manifest_omitted``; see ``resolve``)."""
+        return Version.from_proto(self._call(self.metadata.GetVersion, pb.GetVersionRequest(name=ref)).version)
 
-    def get_artifact(self, name: str) -> pb.Artifact:
-        return self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact
+    def get_artifact(self, name: str) -> Artifact:
+        """The artifact ``name`` (``[[entity/]project/]name``): its aliases, version count and retention policy."""
+        return Artifact.from_proto(self._call(self.metadata.GetArtifact, pb.GetArtifactRequest(name=name)).artifact)
 
     def update_version(
         self,
@@ -510,11 +535,12 @@ class Registry:
         metadata: dict[str, Any] | None = None,
         replace_metadata: bool = False,
         request_id: str = "",
-    ) -> pb.Version:
+    ) -> Version:
         """Edits a version's description, tags or metadata (its files never change).
 
         ``metadata`` merges into the version's (RFC 7386: a ``None`` value removes a key)
-        unless ``replace_metadata``. Returns the version without its manifest.
+        unless ``replace_metadata``. Returns the version without its manifest. A
+        ``request_id`` makes a retry of the same edit return the first result.
         """
         if description is not None:
             editing.check_description(description)
@@ -527,7 +553,7 @@ class Registry:
             request.metadata.CopyFrom(_struct(metadata) or struct_pb2.Struct())
             if replace_metadata:
                 request.metadata_mode = pb.METADATA_UPDATE_MODE_REPLACE
-        return self._call(self.metadata.UpdateVersion, request).version
+        return Version.from_proto(self._call(self.metadata.UpdateVersion, request).version)
 
     def update_registered_model(
         self,
@@ -537,7 +563,7 @@ class Registry:
         add_tags: Sequence[str] = (),
         remove_tags: Sequence[str] = (),
         request_id: str = "",
-    ) -> pb.RegisteredModel:
+    ) -> RegisteredModel:
         """Edits a registered model's description (its model card, Markdown) and tags."""
         if description is not None:
             editing.check_description(description)
@@ -546,17 +572,22 @@ class Registry:
         )
         if description is not None:
             request.description = description
-        return self._call(self.metadata.UpdateRegisteredModel, request).registered_model
+        return RegisteredModel.from_proto(self._call(self.metadata.UpdateRegisteredModel, request).registered_model)
 
-    def get_registered_model(self, name: str) -> pb.RegisteredModel:
-        return self._call(self.metadata.GetRegisteredModel, pb.GetRegisteredModelRequest(name=name)).registered_model
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        """The registered model ``name``: its card, aliases and link count."""
+        request = pb.GetRegisteredModelRequest(name=name)
+        return RegisteredModel.from_proto(self._call(self.metadata.GetRegisteredModel, request).registered_model)
 
-    def create_registered_model(self, name: str, *, type: str = "model", description: str = "") -> pb.RegisteredModel:
+    def create_registered_model(self, name: str, *, type: str = "model", description: str = "") -> RegisteredModel:
+        """Creates an empty registered model with ``description`` as its card (Markdown).
+
+        Raises:
+            MregError: ALREADY_EXISTS if the name is taken (``ensure_registered_model`` tolerates that).
+        """
         editing.check_description(description)
-        return self._call(
-            self.metadata.CreateRegisteredModel,
-            pb.CreateRegisteredModelRequest(name=name, type=type, description=description),
-        ).registered_model
+        request = pb.CreateRegisteredModelRequest(name=name, type=type, description=description)
+        return RegisteredModel.from_proto(self._call(self.metadata.CreateRegisteredModel, request).registered_model)
 
     def ensure_registered_model(self, name: str, *, type: str = "model", description: str = "") -> bool:
         """Creates a registered model (with ``description``, its model card) unless one with this name exists.
@@ -593,7 +624,7 @@ class Registry:
         *,
         create: bool = False,
         description: str = "",
-    ) -> pb.CreateLinkResponse:
+    ) -> LinkResult:
         """Links the version ``ref`` names into a registered model.
 
         The registered model must exist (NOT_FOUND otherwise, so a typo does not start a
@@ -606,14 +637,15 @@ class Registry:
             self.ensure_registered_model(registered_model, type=version_type, description=description)
         else:
             self._require_registered_model(registered_model)
-        return self._call(
+        response = self._call(
             self.metadata.CreateLink,
             pb.CreateLinkRequest(version=ref, parent=registered_model, aliases=list(aliases)),
         )
+        return LinkResult(link=Link.from_proto(response.link), created=response.created)
 
     def set_alias(
         self, ref: str, alias: str, *, expected_index: int | None = None, expect_unset: bool = False
-    ) -> pb.SetAliasResponse:
+    ) -> AliasMove:
         """Points ``alias`` at the version (or link) ``ref`` names.
 
         With ``expected_index`` (or ``expect_unset``) the move happens only if the alias
@@ -624,58 +656,100 @@ class Registry:
             request.expected_index = expected_index
         elif expect_unset:
             request.expect_unset = True
-        return self._call(self.metadata.SetAlias, request)
+        response = self._call(self.metadata.SetAlias, request)
+        return AliasMove(
+            collection=response.parent,
+            alias=response.alias.alias,
+            index=response.alias.index,
+            previous_index=response.previous_index if response.HasField("previous_index") else None,
+        )
 
-    def delete_alias(self, collection: str, alias: str, *, expected_index: int | None = None) -> pb.DeleteAliasResponse:
+    def delete_alias(self, collection: str, alias: str, *, expected_index: int | None = None) -> int:
+        """Removes ``alias`` from a collection; returns the index it named.
+
+        With ``expected_index`` it is removed only if it names that index now (else FAILED_PRECONDITION).
+        ``latest`` and protected aliases (for non-maintainers) are refused.
+        """
         request = pb.DeleteAliasRequest(parent=collection, alias=alias, expected_index=expected_index)
-        return self._call(self.metadata.DeleteAlias, request)
+        return self._call(self.metadata.DeleteAlias, request).previous_index
 
     def list_versions(
-        self, artifact: str, page_size: int = 0, filter: str = "", order_by: str = ""
-    ) -> Iterator[pb.Version]:
-        """Versions of an artifact, newest first unless ``order_by`` says otherwise; see the filter grammar."""
+        self,
+        artifact: str,
+        page_size: int = 0,
+        filter: str = "",
+        order_by: str = "",
+        *,
+        limit: int | None = None,
+    ) -> Iterator[Version]:
+        """The committed versions of an artifact, newest first unless ``order_by`` says otherwise.
+
+        Pages are fetched as the iterator advances (``page_size`` per call; 0 lets the server
+        choose); ``limit`` stops after that many. ``filter`` uses the grammar of
+        ``mreg versions --help``, e.g. ``metadata.val_loss < 0.2 AND tag = "fp16"``; ``order_by``
+        e.g. ``metadata.val_loss asc``. Versions come without their manifests.
+        """
         request = pb.ListVersionsRequest(parent=artifact, page_size=page_size, filter=filter, order_by=order_by)
-        yield from self._paginate(self.metadata.ListVersions, request, "versions")
+        pages = self._paginate(self.metadata.ListVersions, request, "versions", limit)
+        yield from (Version.from_proto(message) for message in pages)
 
-    def delete_version(self, ref: str, force: bool = False) -> pb.DeleteVersionResponse:
-        return self._call(self.metadata.DeleteVersion, pb.DeleteVersionRequest(name=ref, force=force))
+    def delete_version(self, ref: str, force: bool = False) -> DeletedVersion:
+        """Deletes a version; its content stays until garbage collection finds it unused.
 
-    def delete_link(self, ref: str) -> pb.DeleteLinkResponse:
-        return self._call(self.metadata.DeleteLink, pb.DeleteLinkRequest(name=ref))
+        A version that aliases or links name is refused (FAILED_PRECONDITION, VERSION_IN_USE)
+        unless ``force``, which removes them too and says which.
+        """
+        response = self._call(self.metadata.DeleteVersion, pb.DeleteVersionRequest(name=ref, force=force))
+        return DeletedVersion(
+            version=Version.from_proto(response.version),
+            removed_aliases=tuple(response.removed_aliases),
+            removed_links=tuple(response.removed_links),
+        )
+
+    def delete_link(self, ref: str) -> str:
+        """Deletes a registered model's link (the version stays); returns the link's name."""
+        return self._call(self.metadata.DeleteLink, pb.DeleteLinkRequest(name=ref)).name
 
     def delete_collection(self, name: str) -> None:
+        """Deletes an empty artifact or registered model (FAILED_PRECONDITION while it holds anything)."""
         self._call(self.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
 
-    def set_retention(
-        self, artifact: str, keep_last: int | None, *, validate_only: bool = False
-    ) -> pb.SetRetentionPolicyResponse:
-        """Sets the artifact's retention policy, deleting at once what it no longer keeps.
+    def set_retention(self, artifact: str, keep_last: int | None, *, validate_only: bool = False) -> RetentionChange:
+        """Sets the artifact's retention policy (``None``: keep everything), deleting at once what it no longer keeps.
 
-        With ``validate_only`` nothing changes; ``deleted_indexes`` says what it would delete.
+        Versions an alias or a link names are always kept. With ``validate_only`` nothing
+        changes and ``deleted_indexes`` says what it would delete.
         """
         request = pb.SetRetentionPolicyRequest(name=artifact, keep_last=keep_last, validate_only=validate_only)
-        return self._call(self.metadata.SetRetentionPolicy, request)
+        response = self._call(self.metadata.SetRetentionPolicy, request)
+        return RetentionChange(Artifact.from_proto(response.artifact), tuple(response.deleted_indexes))
 
     def set_alias_protection(self, collection: str, alias: str, protected: bool = True) -> list[str]:
+        """Protects an alias (only maintainers may move or remove it) or lifts that; returns the protected aliases."""
         request = pb.SetAliasProtectionRequest(parent=collection, alias=alias, protected=protected)
         return list(self._call(self.metadata.SetAliasProtection, request).protected_aliases)
 
-    def alias_history(self, collection: str, alias: str) -> Iterator[pb.Event]:
+    def alias_history(self, collection: str, alias: str, *, limit: int | None = None) -> Iterator[Event]:
+        """Every change of ``alias`` in a collection, newest first: who moved it, from what, to what, when."""
         request = pb.ListAliasHistoryRequest(parent=collection, alias=alias)
-        yield from self._paginate(self.metadata.ListAliasHistory, request, "events")
+        yield from (
+            Event.from_proto(e) for e in self._paginate(self.metadata.ListAliasHistory, request, "events", limit)
+        )
 
     def record_run_inputs(self, run: str, refs: Sequence[str]) -> list[str]:
+        """Records that ``run`` used the versions ``refs`` name; returns their canonical names."""
         request = pb.RecordRunInputsRequest(name=run, versions=list(refs))
         return list(self._call(self.metadata.RecordRunInputs, request).versions)
 
-    def lineage(self, ref: str = "", run: str = "") -> pb.GetLineageResponse:
+    def lineage(self, ref: str = "", run: str = "") -> Lineage:
+        """A version's producing and consuming runs, or (with ``run``) a run's inputs and outputs."""
         request = pb.GetLineageRequest(run=run) if run else pb.GetLineageRequest(version=ref)
-        return self._call(self.metadata.GetLineage, request)
+        return Lineage.from_proto(self._call(self.metadata.GetLineage, request))
 
-    def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> pb.CollectGarbageResponse:
-        """Deletes blob content no version references and nobody used for the grace period."""
+    def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> GarbageReport:
+        """Deletes blob content no version references and nobody used for the grace period (ADMIN only)."""
         request = pb.CollectGarbageRequest(grace_period_seconds=grace_seconds, dry_run=dry_run)
-        return self._call(self.metadata.CollectGarbage, request)
+        return GarbageReport.from_proto(self._call(self.metadata.CollectGarbage, request))
 
     def watch(
         self,
@@ -684,11 +758,16 @@ class Registry:
         from_now: bool = False,
         resource_prefix: str = "",
         timeout: float | None = None,
-    ) -> Iterator[pb.WatchResponse]:
+    ) -> Generator[WatchUpdate, None, None]:
         """Streams events after ``start_after``, then live ones; heartbeats carry no event.
 
         The first message is a heartbeat sent as soon as the stream is live. The stream
-        runs until the caller stops iterating, or for ``timeout`` seconds.
+        runs until the caller stops iterating, or for ``timeout`` seconds. ``resource_prefix``
+        keeps events of resources under it, matching whole path segments (``acme/vision``).
+        To resume after a broken stream, pass the last ``WatchUpdate.sequence`` seen.
+
+        Raises:
+            MregError: UNAVAILABLE when the stream breaks (resume from the last sequence).
         """
         request = pb.WatchRequest(resource_prefix=resource_prefix)
         if from_now:
@@ -697,50 +776,50 @@ class Registry:
             request.start_after = start_after
         stream = self.metadata.Watch(request, metadata=self._headers, timeout=timeout)
         try:
-            yield from stream
+            yield from (WatchUpdate.from_proto(message) for message in stream)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 raise MregError.from_rpc(e, "the metadata service") from e
         finally:
             stream.cancel()
 
-    def list_links(self, registered_model: str, page_size: int = 0) -> Iterator[pb.Link]:
-        yield from self._paginate(
-            self.metadata.ListLinks,
-            pb.ListLinksRequest(parent=registered_model, page_size=page_size),
-            "links",
+    def list_links(self, registered_model: str, page_size: int = 0, *, limit: int | None = None) -> Iterator[Link]:
+        """A registered model's links, oldest first, each with its source version (paged as it advances)."""
+        request = pb.ListLinksRequest(parent=registered_model, page_size=page_size)
+        yield from (Link.from_proto(m) for m in self._paginate(self.metadata.ListLinks, request, "links", limit))
+
+    def list_projects(self, entity: str = "", page_size: int = 0, *, limit: int | None = None) -> Iterator[Project]:
+        """An entity's projects that hold something the caller may read (the default entity if empty), by name."""
+        request = pb.ListProjectsRequest(parent=entity, page_size=page_size)
+        yield from (
+            Project.from_proto(m) for m in self._paginate(self.metadata.ListProjects, request, "projects", limit)
         )
 
-    def list_projects(self, entity: str = "", page_size: int = 0) -> Iterator[pb.Project]:
-        """An entity's projects that hold something (the default entity if empty), by name."""
-        yield from self._paginate(
-            self.metadata.ListProjects, pb.ListProjectsRequest(parent=entity, page_size=page_size), "projects"
-        )
-
-    def list_artifacts(self, project: str, page_size: int = 0, filter: str = "") -> Iterator[pb.Artifact]:
+    def list_artifacts(
+        self, project: str, page_size: int = 0, filter: str = "", *, limit: int | None = None
+    ) -> Iterator[Artifact]:
         """A project's artifacts by name; ``filter`` as in ListArtifacts, e.g. ``name = "res*" AND tag = "cv"``."""
-        yield from self._paginate(
-            self.metadata.ListArtifacts,
-            pb.ListArtifactsRequest(parent=project, page_size=page_size, filter=filter),
-            "artifacts",
+        request = pb.ListArtifactsRequest(parent=project, page_size=page_size, filter=filter)
+        yield from (
+            Artifact.from_proto(m) for m in self._paginate(self.metadata.ListArtifacts, request, "artifacts", limit)
         )
 
     def list_registered_models(
-        self, project: str, page_size: int = 0, filter: str = ""
-    ) -> Iterator[pb.RegisteredModel]:
+        self, project: str, page_size: int = 0, filter: str = "", *, limit: int | None = None
+    ) -> Iterator[RegisteredModel]:
         """A project's registered models by name; ``filter`` as in ListRegisteredModels."""
-        yield from self._paginate(
-            self.metadata.ListRegisteredModels,
-            pb.ListRegisteredModelsRequest(parent=project, page_size=page_size, filter=filter),
-            "registered_models",
-        )
+        request = pb.ListRegisteredModelsRequest(parent=project, page_size=page_size, filter=filter)
+        pages = self._paginate(self.metadata.ListRegisteredModels, request, "registered_models", limit)
+        yield from (RegisteredModel.from_proto(m) for m in pages)
 
     # Tokens ------------------------------------------------------------------------------
 
     def create_token(
         self, name: str, role: str | int, scope: str | None = None, expires: timedelta | None = None
-    ) -> tuple[token_pb.Token, str]:
+    ) -> NewToken:
         """Creates a token (ADMIN only); returns it and its secret, which is shown only this once.
+
+        ``token, secret = registry.create_token(...)`` unpacks the result.
 
         ``role`` is "reader", "writer", "maintainer" or "admin" (or a ``Role`` value); ``scope``
         "entity" or "entity/project", "*" (the default) for admin; ``expires`` how long it works.
@@ -750,24 +829,35 @@ class Registry:
         if expires is not None:
             request.expire_time.FromDatetime(datetime.now(UTC) + expires)
         response = self._call(self.tokens.CreateToken, request)
-        return response.token, response.secret
+        return NewToken(Token.from_proto(response.token), response.secret)
 
-    def list_tokens(self, page_size: int = 0) -> Iterator[token_pb.Token]:
+    def list_tokens(self, page_size: int = 0, *, limit: int | None = None) -> Iterator[Token]:
         """Every token, revoked and expired ones included, without secrets (ADMIN only)."""
-        yield from self._paginate(self.tokens.ListTokens, token_pb.ListTokensRequest(page_size=page_size), "tokens")
+        request = token_pb.ListTokensRequest(page_size=page_size)
+        yield from (Token.from_proto(m) for m in self._paginate(self.tokens.ListTokens, request, "tokens", limit))
 
-    def revoke_token(self, name: str) -> token_pb.Token:
+    def revoke_token(self, name: str) -> Token:
         """Revokes a token: both services refuse it within 60 seconds (ADMIN only)."""
-        return self._call(self.tokens.RevokeToken, token_pb.RevokeTokenRequest(name=name)).token
+        return Token.from_proto(self._call(self.tokens.RevokeToken, token_pb.RevokeTokenRequest(name=name)).token)
 
-    def whoami(self) -> token_pb.GetCallerResponse:
+    def whoami(self) -> Caller:
         """The caller's own token (name, role, scope, expiry) and whether authentication is on."""
-        return self._call(self.tokens.GetCaller, token_pb.GetCallerRequest())
+        return Caller.from_proto(self._call(self.tokens.GetCaller, token_pb.GetCallerRequest()))
 
-    def _paginate(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
-        while True:
+    def _paginate(
+        self, method: Callable[..., Any], request: Any, field: str, limit: int | None = None
+    ) -> Iterator[Any]:
+        """The items of every page, fetching the next page only when the caller gets that far; at most ``limit``."""
+        remaining = limit
+        while remaining is None or remaining > 0:
+            if remaining is not None and (not request.page_size or request.page_size > remaining):
+                request.page_size = remaining  # fetch no more than will be used
             response = self._call(method, request)
-            yield from getattr(response, field)
+            items = getattr(response, field)
+            if remaining is not None:
+                items = items[:remaining]
+                remaining -= len(items)
+            yield from items
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
@@ -785,11 +875,6 @@ def role_value(role: str | int) -> token_pb.Role:
         return cast(token_pb.Role, token_pb.Role.Value(key))
     except ValueError:
         raise MregError("INVALID_ARGUMENT", f"role must be one of {', '.join(ROLES)}, not {role!r}") from None
-
-
-def role_name(role: int) -> str:
-    """ "reader" for ROLE_READER; "unspecified" for an unknown value."""
-    return token_pb.Role.Name(role).removeprefix("ROLE_").lower() if role in token_pb.Role.values() else "unspecified"
 
 
 def _default_actor() -> str:
@@ -810,7 +895,3 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     except (TypeError, ValueError, RecursionError) as e:
         raise MregError("INVALID_ARGUMENT", f"metadata is not a JSON object: {e}") from e
     return message
-
-
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)

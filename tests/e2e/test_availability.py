@@ -131,13 +131,13 @@ def test_every_open_watch_stream_receives_a_new_commit_in_order(make_servers, tm
     with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
         streams = [client.watch(0, from_now=True, resource_prefix="acme/vision/fanout", timeout=60) for _ in range(100)]
         for stream in streams:
-            assert not next(stream).HasField("event")  # live
+            assert next(stream).event is None  # live
         client.push(model, "fanout")
         client.set_alias("fanout:v0", "best")
         for stream in streams:
             kinds = []
             for message in stream:
-                if message.HasField("event"):
+                if message.event is not None:
                     kinds.append(message.event.kind)
                 if len(kinds) == 3:
                     break

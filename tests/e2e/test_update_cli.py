@@ -6,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from google.protobuf import json_format
-
 from tests.helpers import make_checkpoint
 
 
@@ -21,7 +19,7 @@ def _version_updates(registry, resource: str, count: int) -> list:
     """The first ``count`` version.updated events of ``resource``, read from the event log."""
     found = []
     for message in registry.watch(0, resource_prefix=resource, timeout=30):
-        if message.HasField("event") and message.event.kind == "version.updated":
+        if message.event is not None and message.event.kind == "version.updated":
             found.append(message.event)
             if len(found) == count:
                 return found
@@ -69,9 +67,9 @@ def test_update_sets_nested_keys_unsets_merges_and_replaces_metadata_and_records
     assert replaced["description"] == "# ResNet\n\nbetter"  # untouched
 
     first, second, third = _version_updates(registry, f"{artifact}:", 3)
-    assert json_format.MessageToDict(first.before)["metadata"] == {"notes": "x", "acc": 0.9}
-    assert "fp16" not in json_format.MessageToDict(second.after)["metadata"]["train"]
-    assert json_format.MessageToDict(third.after)["metadata"] == {"only": 1}
+    assert first.before["metadata"] == {"notes": "x", "acc": 0.9}
+    assert "fp16" not in second.after["metadata"]["train"]
+    assert third.after["metadata"] == {"only": 1}
     assert first.resource == f"{artifact}:v0"
 
 

@@ -163,11 +163,11 @@ def test_alias_moves_between_versions_and_can_be_removed(registry, metadata_stub
     first = registry.set_alias(f"{name}:v0", "best")
     moved = registry.set_alias(f"{name}:v1", "best")
 
-    assert not first.HasField("previous_index")
-    assert (moved.alias.index, moved.previous_index) == (1, 0)
+    assert first.previous_index is None
+    assert (moved.index, moved.previous_index) == (1, 0)
     assert registry.resolve(f"{name}:best").version.index == 1
     assert list(registry.resolve(f"{name}:v0").version.aliases) == []
-    assert registry.delete_alias(name, "best").previous_index == 1
+    assert registry.delete_alias(name, "best") == 1
     with pytest.raises(MregError) as error:
         registry.resolve(f"{name}:best")
     assert error.value.code == "NOT_FOUND"
@@ -386,7 +386,7 @@ def test_registered_models_are_listed_with_their_link_counts_and_aliases(registr
         (f"acme/listing-{unique}/Empty", 0),
         (f"acme/listing-{unique}/Ranker", 1),
     ]
-    assert [(a.alias, a.index) for a in models[1].aliases] == [("latest", 0), ("production", 0)]
+    assert models[1].aliases == {"latest": 0, "production": 0}
     assert list(registry.list_artifacts(f"acme/listing-{unique}")) == []
     with pytest.raises(MregError) as error:
         list(registry.list_artifacts(f"acme/no-such-project-{unique}"))

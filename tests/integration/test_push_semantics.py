@@ -14,7 +14,7 @@ from tests.helpers import code_of, push_one
 def _events_after(registry: Registry, cursor: int, prefix: str, count: int) -> list[tuple[str, str]]:
     seen = []
     for message in registry.watch(cursor, resource_prefix=prefix, timeout=30):
-        if message.HasField("event"):
+        if message.event is not None:
             seen.append((message.event.kind, message.event.resource))
         if len(seen) == count:
             break

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf import json_format
 
 from mreg.client import MregError
 from tests.helpers import make_checkpoint
@@ -23,7 +22,7 @@ def test_push_result_names_what_a_kept_version_ignored_and_update_existing_appli
     assert (ignored.created, ignored.version.index) == (False, 0)
     assert ignored.ignored_changes == ("description", "tags", "metadata")
     stored = registry.resolve(f"{artifact}:v0").version
-    assert (stored.description, json_format.MessageToDict(stored.metadata)) == ("v0 card", {"acc": 0.9})
+    assert (stored.description, stored.metadata) == ("v0 card", {"acc": 0.9})
 
     applied = registry.push(
         checkpoint, artifact, metadata={"acc": 0.95}, description="new card", tags=["fp16"], update_existing=True
@@ -33,8 +32,8 @@ def test_push_result_names_what_a_kept_version_ignored_and_update_existing_appli
     assert [e.path for e in applied.version.manifest] == [e.path for e in first.version.manifest]
     stored = registry.resolve(f"{artifact}:v0").version
     assert (stored.description, list(stored.tags)) == ("new card", ["fp16"])
-    assert json_format.MessageToDict(stored.metadata) == {"acc": 0.95}
-    assert json_format.MessageToDict(applied.version.metadata) == {"acc": 0.95}
+    assert stored.metadata == {"acc": 0.95}
+    assert applied.version.metadata == {"acc": 0.95}
 
 
 def test_a_push_with_a_description_over_64_kib_is_refused_before_hashing(registry, tmp_path: Path, unique) -> None:

@@ -17,7 +17,7 @@ def test_validate_only_names_exactly_what_would_go_and_changes_nothing(registry,
     planned = registry.set_retention(artifact, 1, validate_only=True)
     # v0 has an alias and v1 a link, so only v2 would go (v3 is the newest).
     assert list(planned.deleted_indexes) == [2]
-    assert not planned.artifact.HasField("retention_keep_last")
+    assert planned.artifact.retention_keep_last is None
     assert [v.index for v in registry.list_versions(artifact)] == [3, 2, 1, 0]
 
     applied = registry.set_retention(artifact, 1)

@@ -59,7 +59,7 @@ def test_only_a_maintainer_moves_removes_or_unprotects_a_protected_alias(secured
 
     with secured.registry(maintainer) as registry:
         moved = registry.set_alias("guarded:v1", "production")
-        assert moved.alias.index == 1
+        assert moved.index == 1
         history = list(registry.alias_history("guarded", "production"))
     actors = [event.actor for event in history]
     assert actors[0].startswith("alias-maintainer-")
@@ -171,7 +171,7 @@ def test_watch_streams_only_the_events_a_reader_may_read(secured: Any, tmp_path:
     seen = []
     with secured.registry(reader) as registry:
         for message in registry.watch(start, timeout=30):
-            if message.HasField("event"):
+            if message.event is not None:
                 seen.append(message.event.resource)
                 if message.event.resource.startswith("acme/secure/visible-model:v0"):
                     break

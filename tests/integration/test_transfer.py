@@ -100,7 +100,7 @@ def test_corrupted_content_is_data_loss_and_the_file_is_absent(stack, tmp_path: 
     with stack.registry() as registry:
         pushed = registry.push(checkpoint, f"corrupt-{uuid.uuid4().hex[:6]}")
         weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
-        corrupt_blob(stack.blob.store.storage, weights.digest.hash, weights.digest.size_bytes)
+        corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
         with pytest.raises(MregError) as error:
             registry.pull(pushed.version.name, tmp_path / "out")
     assert error.value.code == "DATA_LOSS"
@@ -328,9 +328,9 @@ def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses
         for ref in [*committed, kept.version.name]:
             registry.pull(ref, tmp_path / "check" / ref.replace("/", "_").replace(":", "_"))
         assert_same_tree(tmp_path / "kept", tmp_path / "check" / kept.version.name.replace("/", "_").replace(":", "_"))
-        dropped_weights = next(e for e in dropped.version.manifest if e.path == "weights.bin").digest
-        missing = registry.transfer.find_missing([(dropped_weights.hash, dropped_weights.size_bytes)])
-        assert missing == {(dropped_weights.hash, dropped_weights.size_bytes)}
+        dropped_weights = next(e for e in dropped.version.manifest if e.path == "weights.bin")
+        missing = registry.transfer.find_missing([(dropped_weights.sha256, dropped_weights.size_bytes)])
+        assert missing == {(dropped_weights.sha256, dropped_weights.size_bytes)}
         assert registry.collect_garbage(grace_seconds=3, dry_run=True).deleted_blobs == 0
 
 

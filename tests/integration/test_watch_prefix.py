@@ -39,7 +39,7 @@ def test_watch_with_a_prefix_streams_only_that_name_not_its_longer_or_differentl
     for cursor in (start, 0):  # from the in-memory feed, and a replay from the database
         resources = []
         for message in registry.watch(cursor, resource_prefix=f"{project}/resnet", timeout=60):
-            if message.HasField("event"):
+            if message.event is not None:
                 resources.append(message.event.resource)
                 if message.event.resource == f"{project}/resnet:v1" and message.event.kind == "version.committed":
                     break

@@ -1,0 +1,176 @@
+"""The Python client returns Python: typed objects with dict metadata and datetimes, lazy paging, typed errors."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+import mreg.client
+from mreg.client import (
+    AlreadyExists,
+    Artifact,
+    FailedPrecondition,
+    InvalidArgument,
+    MregError,
+    NotFound,
+    RegisteredModel,
+    Registry,
+    Version,
+    models,
+)
+from mreg.client.channels import Credentials, open_channel
+
+
+def _push(registry: Registry, root: Path, artifact: str, payload: bytes, **kwargs) -> Version:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "weights.bin").write_bytes(payload)
+    return registry.push(root, artifact, **kwargs).version
+
+
+def test_a_pushed_version_comes_back_as_python_values(registry: Registry, tmp_path: Path, unique: str) -> None:
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    pushed = _push(
+        registry,
+        tmp_path / "ck",
+        f"py-{unique}",
+        b"weights",
+        metadata={"val_loss": 0.25, "train": {"epochs": 3}},
+        tags=["fp16"],
+        aliases=["candidate"],
+        description="# ResNet",
+    )
+    for version in (pushed, registry.get_version(f"py-{unique}:candidate"), registry.resolve(pushed.name).version):
+        assert isinstance(version, Version)
+        assert version.metadata == {"val_loss": 0.25, "train": {"epochs": 3}}
+        assert isinstance(version.metadata, dict)
+        assert version.tags == ("fp16",) and set(version.aliases) == {"candidate", "latest"}
+        assert (version.index, version.state, version.description) == (0, "committed", "# ResNet")
+        assert version.create_time is not None and version.create_time.tzinfo is not None
+        assert started <= version.create_time <= datetime.now(UTC) + timedelta(seconds=5)
+        assert version.commit_time is not None and version.commit_time >= version.create_time
+    [entry] = pushed.manifest
+    assert (entry.path, entry.sha256, entry.size_bytes) == ("weights.bin", hashlib.sha256(b"weights").hexdigest(), 7)
+    # The JSON form the CLI prints is plain JSON.
+    assert json.loads(json.dumps(pushed.to_dict()))["metadata"]["train"] == {"epochs": 3}
+
+    artifact = registry.get_artifact(f"py-{unique}")
+    assert isinstance(artifact, Artifact)
+    assert artifact.aliases == {"candidate": 0, "latest": 0}
+    assert (artifact.version_count, artifact.retention_keep_last) == (1, None)
+
+
+def test_links_models_aliases_and_history_are_python_values(registry: Registry, tmp_path: Path, unique: str) -> None:
+    first = _push(registry, tmp_path / "a", f"hist-{unique}", b"one")
+    second = _push(registry, tmp_path / "b", f"hist-{unique}", b"two")
+    result = registry.link(first.name, f"model-{unique}", ["staging"], create=True, description="card")
+    assert result.created and result.link.version.digest == first.digest
+    assert (result.link.index, set(result.link.aliases)) == (0, {"latest", "staging"})
+
+    model = registry.get_registered_model(f"model-{unique}")
+    assert isinstance(model, RegisteredModel)
+    assert (model.description, model.link_count) == ("card", 1)
+    assert model.aliases == {"latest": 0, "staging": 0}
+
+    set_first = registry.set_alias(first.name, "best", expect_unset=True)
+    assert (set_first.index, set_first.previous_index) == (0, None)
+    moved = registry.set_alias(second.name, "best", expected_index=0)
+    assert (moved.collection, moved.alias, moved.index, moved.previous_index) == (
+        f"acme/vision/hist-{unique}",
+        "best",
+        1,
+        0,
+    )
+    history = list(registry.alias_history(f"hist-{unique}", "best"))
+    # Newest first; a Struct holds every number as a float, as JSON does.
+    assert [(e.before, e.after) for e in history] == [({"index": 0.0}, {"index": 1.0}), (None, {"index": 0.0})]
+    assert all(e.create_time is not None and e.actor for e in history)
+    assert registry.delete_alias(f"hist-{unique}", "best") == 1
+
+
+class _CountingCalls(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        self.calls[client_call_details.method.rsplit("/", 1)[-1]] += 1
+        return continuation(client_call_details, request)
+
+
+def test_list_helpers_page_lazily_and_stop_at_the_limit(servers, tmp_path: Path, unique: str) -> None:
+    counter = _CountingCalls()
+    channel = grpc.intercept_channel(open_channel(servers.metadata.address, Credentials()), counter)
+    blob_channel = open_channel(servers.blob.address, Credentials())
+    with Registry(channel, blob_channel, entity="acme", project="vision", cache_dir=tmp_path / "cache") as registry:
+        for i in range(7):
+            _push(registry, tmp_path / f"v{i}", f"paged-{unique}", f"content {i}".encode())
+        counter.calls.clear()
+
+        everything = list(registry.list_versions(f"paged-{unique}", page_size=2))
+        assert [v.index for v in everything] == [6, 5, 4, 3, 2, 1, 0]
+        assert counter.calls["ListVersions"] == 4  # pages of 2, 2, 2 and 1
+
+        counter.calls.clear()
+        newest = list(registry.list_versions(f"paged-{unique}", page_size=2, limit=3))
+        assert [v.index for v in newest] == [6, 5, 4]
+        assert counter.calls["ListVersions"] == 2  # the second page asks for one version only
+
+        counter.calls.clear()
+        versions = registry.list_versions(f"paged-{unique}", page_size=2)
+        assert next(versions).index == 6
+        assert counter.calls["ListVersions"] == 1  # nothing fetched beyond what was consumed
+        versions.close()
+
+        filtered = list(registry.list_versions(f"paged-{unique}", filter="index >= 5", order_by="index asc"))
+        assert [v.index for v in filtered] == [5, 6]
+        assert list(registry.list_versions(f"paged-{unique}", limit=0)) == []
+
+
+def test_errors_are_typed_by_code_and_carry_the_reason(registry: Registry, tmp_path: Path, unique: str) -> None:
+    with pytest.raises(NotFound) as missing:
+        registry.get_version(f"nothing-{unique}:v3")
+    assert missing.value.code == "NOT_FOUND" and missing.value.reason
+    assert isinstance(missing.value, MregError)
+
+    with pytest.raises(InvalidArgument):
+        registry.get_version("a/b/c/d/e")
+
+    registry.create_registered_model(f"taken-{unique}")
+    with pytest.raises(AlreadyExists) as taken:
+        registry.create_registered_model(f"taken-{unique}")
+    assert taken.value.reason == "COLLECTION_EXISTS"
+
+    pushed = _push(registry, tmp_path / "c", f"cas-{unique}", b"x")
+    registry.set_alias(pushed.name, "prod")
+    with pytest.raises(FailedPrecondition) as lost:
+        registry.set_alias(pushed.name, "prod", expect_unset=True)
+    assert lost.value.reason == "ALIAS_EXPECTATION_FAILED"
+
+
+def test_every_public_method_and_type_of_the_client_is_documented() -> None:
+    undocumented = []
+    for name, member in vars(Registry).items():
+        function = member.__func__ if isinstance(member, classmethod | staticmethod) else member
+        if not name.startswith("_") and callable(function) and not inspect.getdoc(function):
+            undocumented.append(f"Registry.{name}")
+    for module in (models, mreg.client.errors):
+        for name, member in vars(module).items():
+            if name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
+                continue
+            if (inspect.isclass(member) or inspect.isfunction(member)) and not inspect.getdoc(member):
+                undocumented.append(f"{module.__name__}.{name}")
+    assert undocumented == []
+
+
+def test_a_new_tokens_secret_never_shows_in_its_repr() -> None:
+    token = models.Token("ci", "writer", "acme", "admin", None, None, None)
+    created = models.NewToken(token, "mreg_s3cr3t_value")
+    assert "s3cr3t" not in repr(created)
+    name, secret = created
+    assert (name, secret) == (token, "mreg_s3cr3t_value")
