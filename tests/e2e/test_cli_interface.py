@@ -211,6 +211,37 @@ def test_ls_is_plain_text_when_piped_and_a_coloured_table_on_a_terminal(servers,
     assert re.search(r"VERSION\s+ALIASES\s+SIZE\s+FILES\s+CREATED\s+TAGS", plain), plain
     assert re.search(r"v0\s+latest, best", plain), plain
 
+    # --json on a terminal is still plain JSON: no colour, no table, no progress.
+    code, screen = _in_pty(["--json", "ls", artifact], env)
+    assert code == 0, screen
+    assert not ANSI.search(screen), screen
+    assert [row["aliases"] for row in json.loads(screen)] == [["latest", "best"]]
+
+
+def test_alias_history_and_cache_listing_are_tables_with_headers(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/history-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    _push(mreg, checkpoint, artifact)
+    (checkpoint / "config.json").write_text("{}")
+    _push(mreg, checkpoint, artifact)
+    assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
+    assert mreg("alias", "set", f"{artifact}:v1", "best")[0] == 0
+
+    code, text, _ = mreg("alias", "history", artifact, "best", json_output=False)
+    lines = text.splitlines()
+    assert code == 0 and lines[0].split() == ["SEQUENCE", "TIME", "KIND", "FROM", "TO", "ACTOR"]
+    moved, first = (line.split() for line in lines[1:])
+    assert (moved[3:6], first[3:6]) == (["alias.set", "v0", "v1"], ["alias.set", "-", "v0"])
+    code, events, _ = mreg("alias", "history", artifact, "best")
+    assert [(e["before"], e["after"]) for e in events] == [({"index": 0}, {"index": 1}), (None, {"index": 0})]
+
+    assert mreg("download", f"{artifact}:v1")[0] == 0
+    code, text, _ = mreg("cache", "ls", json_output=False)
+    lines = text.splitlines()
+    assert code == 0 and lines[0].split() == ["REF", "VERSION", "FILES", "SIZE", "LAST", "USED"]
+    assert any(line.split()[:2] == [artifact, "v1"] for line in lines[1:-1]), lines
+    assert re.match(r"^\d+ snapshots; .* on disk in ", lines[-1]), lines
+
 
 # Destructive commands ---------------------------------------------------------------------------
 
