@@ -2,7 +2,11 @@
 
 Output is for people by default and a JSON document with ``--json``. Any failure prints
 one line, ``mreg: error: CODE: message``, to stderr and exits with status 1 (never a
-traceback); Ctrl-C exits with 130, a closed output pipe quietly with 141.
+traceback); a usage error (an unknown command or option, a missing or malformed argument)
+prints Click's usage text and exits with 2. With ``--json`` both print one JSON object on
+stderr instead: ``{"code", "reason", "message"}``, plus ``"usage"`` for a usage error (code
+``INVALID_ARGUMENT``, reason ``USAGE``). Ctrl-C exits with 130, a closed output pipe quietly
+with 141.
 """
 
 from __future__ import annotations
@@ -856,6 +860,8 @@ class UsageError(Exception):
     def __init__(self, command: str, message: str) -> None:
         super().__init__(message)
         self.command = command
+        context = click.get_current_context(silent=True)
+        self.usage = context.get_usage() if context is not None else ""
 
 
 def _usage_error(command: str, message: str) -> NoReturn:
@@ -1322,6 +1328,7 @@ def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:
 # a process killed by SIGPIPE reports, as cat or git do.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2  # click's, for any command line mreg refuses before doing anything
 
 
 # The command line: Click parses it, the handlers above run it ------------------------------
@@ -1430,6 +1437,10 @@ def _runner(handler: Callable[[argparse.Namespace, Output], None]) -> Callable[.
         _State.json_errors = out.as_json
         try:
             handler(args, out)
+        except click.UsageError as e:
+            if e.ctx is None:  # raised by a handler: give it the command, so its usage and help hint are shown
+                e.ctx = ctx
+            raise
         except MregError as e:
             if e.code == "NOT_FOUND":
                 raise _with_hint(args, e) from e
@@ -2027,25 +2038,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 interrupted, 141 output pipe closed by the reader."""
     if argv is None and "_MREG_COMPLETE" in os.environ:
         cli.main(prog_name="mreg", complete_var="_MREG_COMPLETE")  # prints the completion script or candidates
-    _State.json_errors = False
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Set before parsing, so a command line Click refuses is reported as JSON too.
+    _State.json_errors = _asks_for_json(arguments)
     try:
-        with cli.make_context("mreg", list(sys.argv[1:] if argv is None else argv)) as ctx:
+        with cli.make_context("mreg", arguments) as ctx:
             cli.invoke(ctx)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except click.exceptions.Exit as e:  # --help, --version
         raise SystemExit(e.exit_code) from None
     except click.UsageError as e:
-        e.show()
-        raise SystemExit(2) from None
+        if _State.json_errors:
+            usage = e.ctx.get_usage() if e.ctx is not None else ""
+            _print_json_error("INVALID_ARGUMENT", e.format_message(), "USAGE", usage=usage)
+        else:
+            e.show()
+        raise SystemExit(EXIT_USAGE) from None
     except click.Abort:
         print("\nmreg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MregError as e:
         return _fail(e.code, e.message, e.reason)
     except UsageError as e:
-        with contextlib.suppress(OSError, ValueError):
-            print(f"mreg {e.command}: error: {e}", file=sys.stderr)
-        return 2
+        if _State.json_errors:
+            _print_json_error("INVALID_ARGUMENT", str(e), "USAGE", usage=e.usage)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"mreg {e.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except PushInterrupted as e:
         print(
             f"mreg: interrupted: {e.stored_bytes} of {e.total_bytes} bytes stored; run the same push again to resume",
@@ -2079,12 +2099,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _asks_for_json(arguments: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json`` or ``--json-lines`` anywhere before ``--``)."""
+    for argument in arguments:
+        if argument == "--":
+            return False
+        if argument in ("--json", "--json-lines"):
+            return True
+    return False
+
+
+def _print_json_error(code: str, message: str, reason: str, **extra: str) -> None:
+    """One JSON object on stderr, ``{code, reason, message}`` and ``extra``: the shape of every --json error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(json.dumps({"code": code, "reason": reason, "message": _redact(message), **extra}), file=sys.stderr)
+
+
 def _fail(code: str, message: str, reason: str = "") -> int:
     """One line on stderr, ``mreg: error: CODE: message``; with --json one JSON object {code, reason, message}."""
-    with contextlib.suppress(OSError, ValueError):
-        if _State.json_errors:
-            print(json.dumps({"code": code, "reason": reason, "message": _redact(message)}), file=sys.stderr)
-        else:
+    if _State.json_errors:
+        _print_json_error(code, message, reason)
+    else:
+        with contextlib.suppress(OSError, ValueError):
             print(f"mreg: error: {code}: {_redact(message)}", file=sys.stderr)
     return 1
 

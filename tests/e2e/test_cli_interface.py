@@ -125,6 +125,56 @@ def test_version_flag_and_usage_errors(capsys) -> None:
     assert exit_info.value.code == 2
 
 
+def _usage_error_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    capsys.readouterr()
+    try:
+        code = cli_main(list(args))
+    except SystemExit as exit_info:  # Click's own parsing ends with SystemExit, a command's checks return
+        code = exit_info.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    error = json.loads(captured.err)
+    assert set(error) == {"code", "reason", "message", "usage"}
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "USAGE")
+    return error
+
+
+def test_usage_errors_with_json_are_one_json_object_on_stderr_with_the_suggestion_kept(capsys) -> None:
+    error = _usage_error_json(capsys, "--json", "pussh")
+    assert "No such command 'pussh'" in error["message"] and "Did you mean 'push'?" in error["message"]
+    assert error["usage"] == "Usage: mreg [OPTIONS] COMMAND [ARGS]..."
+
+    error = _usage_error_json(capsys, "ls", "--limt", "3", "--json")  # --json after the command works too
+    assert error["message"].startswith("No such option '--limt'") and "Did you mean" in error["message"]
+    assert "'--limit'" in error["message"]
+    assert error["usage"].startswith("Usage: mreg ls [OPTIONS]")
+
+    error = _usage_error_json(capsys, "--json", "pull", "acme/vision/resnet")
+    assert "Missing argument 'DEST'" in error["message"] and error["usage"] == "Usage: mreg pull [OPTIONS] REF DEST"
+
+    error = _usage_error_json(capsys, "--json", "ls", "--limit", "many")
+    assert "Invalid value for '--limit'" in error["message"] and "'many' is not a valid integer" in error["message"]
+
+    # Raised by a command's own checks, after Click parsed the line: the same shape, with that command's usage.
+    error = _usage_error_json(capsys, "--json", "retention", "set", "acme/vision/resnet")
+    assert "--keep-last" in error["message"] and error["usage"].startswith("Usage: mreg retention set")
+    error = _usage_error_json(capsys, "--json", "update", "acme/vision/resnet:v0", "--replace-metadata")
+    assert "--replace-metadata needs" in error["message"] and error["usage"].startswith("Usage: mreg update")
+
+
+def test_usage_errors_without_json_stay_text_and_a_json_after_double_dash_is_an_argument(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pussh"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: mreg [OPTIONS] COMMAND [ARGS]...") and "Did you mean 'push'?" in err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pussh", "--", "--json"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("Usage: ")
+
+
 def test_bash_completion_script_and_candidates() -> None:
     env = {k: v for k, v in os.environ.items()} | {"_MREG_COMPLETE": "bash_source"}
     script = subprocess.run([str(MREG)], env=env, capture_output=True, text=True, timeout=60)
