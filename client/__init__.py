@@ -5,5 +5,6 @@ from __future__ import annotations
 from mreg.client.channels import Credentials
 from mreg.client.errors import MregError
 from mreg.client.registry import PullResult, PushResult, Registry
+from mreg.client.settings import ClientSettings
 
-__all__ = ["Credentials", "MregError", "PullResult", "PushResult", "Registry"]
+__all__ = ["ClientSettings", "Credentials", "MregError", "PullResult", "PushResult", "Registry"]

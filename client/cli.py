@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -41,15 +40,14 @@ from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.registry import (
-    DEFAULT_BLOB_ADDR,
-    DEFAULT_METADATA_ADDR,
     ROLES,
     PushResult,
     Registry,
     role_name,
     struct_to_dict,
 )
-from mreg.client.snapshots import Snapshot, SnapshotCache, max_size_from_env, parse_size
+from mreg.client.settings import ClientSettings, config_path
+from mreg.client.snapshots import Snapshot, SnapshotCache, parse_size
 from mreg.client.transfer import ProgressCallback
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import token_service_pb2 as token_pb
@@ -209,36 +207,31 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def _settings(args: argparse.Namespace, *, missing_profile_ok: bool = False) -> ClientSettings:
+    """The client settings: the command's flags over MREG_* variables, config.toml and the login profile."""
+    return ClientSettings.load(
+        flag_names=True,
+        missing_profile_ok=missing_profile_ok,
+        metadata_addr=args.metadata_addr,
+        blob_addr=args.blob_addr,
+        entity=args.entity,
+        project=args.project,
+        profile=args.profile,
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        tls=True if args.tls else None,
+        parallel=getattr(args, "parallel", None),
+    )
+
+
 def _credentials(args: argparse.Namespace) -> Credentials:
-    """The environment's credentials (MREG_TOKEN, MREG_CA_CERT, ...), each overridden by its flag."""
-    environ = dict(os.environ)
-    for flag, variable in (
-        (args.ca_cert, "MREG_CA_CERT"),
-        (args.client_cert, "MREG_CLIENT_CERT"),
-        (args.client_key, "MREG_CLIENT_KEY"),
-    ):
-        if flag is not None:
-            environ[variable] = flag
-    if args.tls:
-        environ["MREG_TLS"] = "1"
-    credentials = Credentials.from_env(environ)
-    if (credentials.client_cert is None) != (credentials.client_key is None):
-        raise MregError("INVALID_ARGUMENT", "--client-cert and --client-key go together: give both or neither")
-    return credentials
+    """The token and TLS material the settings give (flags, then MREG_TOKEN, MREG_CA_CERT, ..., then the files)."""
+    return _settings(args).credentials()
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.connect(
-        args.metadata_addr,
-        args.blob_addr,
-        entity=args.entity,
-        project=args.project,
-        parallel=getattr(args, "parallel", 8),
-        use_cache=not getattr(args, "no_cache", False),
-        # Flags and environment first; the profile fills in what they leave unset.
-        credentials=profiles.with_profile(_credentials(args), profiles.active(args.profile)),
-        profile=args.profile,
-    )
+    return Registry.from_settings(_settings(args), use_cache=not getattr(args, "no_cache", False))
 
 
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
@@ -1171,25 +1164,19 @@ def _profile_name(args: argparse.Namespace) -> str:
 def cmd_login(args: argparse.Namespace, out: Output) -> None:
     """Checks a token with GetCaller, then saves it, the addresses and defaults as a profile."""
     name = _profile_name(args)
-    previous = profiles.load_all().get(name) or profiles.Profile()
+    settings = _settings(args, missing_profile_ok=True)  # the profile being written may not exist yet
     token = _read_token(args)
-    ca_cert = getattr(args, "ca_cert", None) or os.environ.get("MREG_CA_CERT") or previous.ca_cert
     profile = profiles.Profile(
-        metadata_addr=args.metadata_addr
-        or os.environ.get("MREG_METADATA_ADDR")
-        or previous.metadata_addr
-        or DEFAULT_METADATA_ADDR,
-        blob_addr=args.blob_addr or os.environ.get("MREG_BLOB_ADDR") or previous.blob_addr or DEFAULT_BLOB_ADDR,
-        entity=args.entity or previous.entity,
-        project=args.project or previous.project,
-        ca_cert=str(Path(ca_cert).expanduser().resolve()) if ca_cert else None,
+        metadata_addr=settings.metadata_addr,
+        blob_addr=settings.blob_addr,
+        entity=settings.entity,
+        project=settings.project,
+        ca_cert=str(settings.ca_cert.resolve()) if settings.ca_cert else None,
         token=token,
     )
-    credentials = replace(Credentials.from_env(), token=token, ca_cert=profile.credentials().ca_cert)
-    assert profile.metadata_addr is not None and profile.blob_addr is not None
-    registry = Registry(
-        open_channel(profile.metadata_addr, credentials), open_channel(profile.blob_addr, credentials), use_cache=False
-    )
+    credentials = replace(settings.credentials(), token=token)
+    metadata, blob = open_channel(settings.metadata_addr, credentials), open_channel(settings.blob_addr, credentials)
+    registry = Registry(metadata, blob, use_cache=False)
     with registry:
         data = caller_json(registry.whoami())  # a bad token fails here, before anything is written
     path = profiles.save(name, profile)
@@ -1253,9 +1240,25 @@ def cmd_download(args: argparse.Namespace, out: Output) -> None:
 
 
 def _open_snapshot_cache() -> SnapshotCache:
-    """The snapshot cache under MREG_CACHE_DIR, without connecting to any service."""
-    root = default_cache_dir()
-    return SnapshotCache(root, ContentCache(root), max_size_from_env())
+    """The snapshot cache in the settings' cache_dir, limited to cache_max_size, without connecting to any service."""
+    settings = ClientSettings.load()
+    return SnapshotCache(settings.cache_dir, ContentCache(settings.cache_dir), settings.cache_max_size)
+
+
+def cmd_config_show(args: argparse.Namespace, out: Output) -> None:
+    """The effective client settings and where each came from (the token only as ``<set>``)."""
+    settings = _settings(args)
+    described = settings.describe()
+    data = {"config_file": str(config_path()), "profiles_file": str(profiles.profiles_path()), "settings": described}
+    rows = []
+    for name, entry in described.items():
+        value = entry["value"]
+        if name == "cache_max_size":
+            text = "unlimited" if value is None else f"{value} ({_human_size(value)})"
+        else:
+            text = "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        rows.append([name, text, entry["source"]])
+    out.table(data, ["SETTING", "VALUE", "SOURCE"], rows, "")
 
 
 def _ago(moment: datetime) -> str:
@@ -1401,7 +1404,7 @@ def transfer_options(function: Callable[..., Any]) -> Callable[..., Any]:
         "--no-cache", is_flag=True, help="skip the local hash and content caches (env MREG_CACHE_DIR)"
     )(function)
     return click.option(
-        "--parallel", type=click.IntRange(1, 256), default=8, show_default=True, help="parallel transfer streams"
+        "--parallel", type=click.IntRange(1, 256), help="parallel transfer streams (env MREG_PARALLEL; default 8)"
     )(function)
 
 
@@ -2033,6 +2036,23 @@ _leaf(
 )(_cache_prune)
 
 
+@cli.group("config", cls=MregGroup, context_settings=CONTEXT, short_help="show the client's effective settings")
+def config_group() -> None:
+    """The client's settings: flags > MREG_* environment > config.toml > mreg login profile > defaults."""
+
+
+_leaf(
+    config_group,
+    "show",
+    cmd_config_show,
+    help="Print each client setting's effective value and where it came from: a flag, an MREG_* environment "
+    "variable, config.toml (its [profiles.NAME] table with --profile), the mreg login profile, or the default. "
+    "The token is shown only as <set>.",
+    short_help="print the effective settings and their sources",
+    epilog="\b\nExamples:\n  mreg config show\n  mreg config show --profile ci --json",
+)(_stub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command. Exit status: 0 success, 1 error (one line on stderr), 2 usage error,
     130 interrupted, 141 output pipe closed by the reader."""
@@ -2086,10 +2106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = local_error(e)
         return _fail(error.code, error.message, error.reason)
     except sqlite3.Error as e:
-        return _fail(
-            "FAILED_PRECONDITION",
-            f"the local cache in {default_cache_dir()} is unusable ({e}); remove it or pass --no-cache",
-        )
+        where = "the local cache"
+        with contextlib.suppress(MregError):
+            where += f" in {default_cache_dir()}"
+        return _fail("FAILED_PRECONDITION", f"{where} is unusable ({e}); remove it or pass --no-cache")
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
         return _fail(error.code, error.message, error.reason)
