@@ -1368,7 +1368,13 @@ GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--project",), {"help": "default project (env MREG_PROJECT)"}),
     (("--json", "as_json"), {"is_flag": True, "help": "print JSON on stdout; errors as one JSON object on stderr"}),
     (("-q", "--quiet"), {"is_flag": True, "help": "no progress bars"}),
-    (("--profile",), {"help": "the profile mreg login saved to use (env MREG_PROFILE; default: 'default')"}),
+    (
+        ("--profile",),
+        {
+            "help": "the profile: config.toml's [profiles.NAME] and the one mreg login saved "
+            "(env MREG_PROFILE; default: 'default')"
+        },
+    ),
     (("--ca-cert",), {"metavar": "PEM", "help": "use TLS, trusting only these CA certificates (env MREG_CA_CERT)"}),
     (
         ("--client-cert",),
@@ -1523,6 +1529,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 References are [[ENTITY/]PROJECT/]NAME[:vN|:ALIAS]; no selector means latest.
 Global options go before or after the command: mreg --json ls acme/vision.
 Exit status: 0 success, 1 error, 2 usage error, 130 interrupted, 141 output pipe closed.
+Settings: flag > MREG_* env > config.toml > login profile > default (mreg config show).
 Completion: eval "$(_MREG_COMPLETE=bash_source mreg)" (zsh_source, fish_source).
 
 \b
@@ -1598,7 +1605,7 @@ _leaf(
 )(_show)
 
 
-@click.argument("target", required=False, metavar="[ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+@click.argument("target", required=False, metavar="[ENTITY[/PROJECT] | ARTIFACT | REGISTERED_MODEL]")
 @click.option("--limit", type=click.IntRange(0), default=0, help="list at most N (0: all)")
 @click.option("--json-lines", is_flag=True, help="one JSON object per line")
 def _ls(*_: Any) -> None: ...
@@ -1608,12 +1615,12 @@ _leaf(
     cli,
     "ls",
     cmd_ls,
-    help="List a project's collections (type, count, latest, created), an artifact's versions (aliases, size, "
-    "files, created, tags) or a registered model's links. Without TARGET, the default project "
-    "(--entity/--project, MREG_ENTITY/MREG_PROJECT or the profile's). Listing an entity's projects is not "
-    "possible: the service has no call for it.",
-    short_help="list a project, an artifact or a registered model",
-    epilog="\b\nExamples:\n  mreg ls acme/vision\n  mreg ls acme/vision/resnet --limit 5\n"
+    help="List an entity's projects (those holding something you may read), a project's collections (type, "
+    "count, latest, created), an artifact's versions (aliases, size, files, created, tags) or a registered "
+    "model's links. Without a target, the default project (--entity/--project, MREG_ENTITY/MREG_PROJECT, "
+    "config.toml or the profile's).",
+    short_help="list an entity, a project, an artifact or a registered model",
+    epilog="\b\nExamples:\n  mreg ls acme\n  mreg ls acme/vision\n  mreg ls acme/vision/resnet --limit 5\n"
     "  mreg ls acme/vision --json-lines",
 )(_ls)
 

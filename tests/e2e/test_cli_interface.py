@@ -105,7 +105,7 @@ def test_delete_and_ls_help_show_their_arguments_and_only_the_flags_that_apply(c
     assert delete.startswith("Usage: mreg delete [OPTIONS] REF")
     assert "--dry-run" in delete and "-y, --yes" in delete and "--parallel" not in delete
     ls = _help(capsys, "ls")
-    assert ls.startswith("Usage: mreg ls [OPTIONS] [ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+    assert ls.startswith("Usage: mreg ls [OPTIONS] [ENTITY[/PROJECT] | ARTIFACT | REGISTERED_MODEL]")
     assert "--limit" in ls and "--json-lines" in ls
     assert "--parallel" not in ls and "--no-cache" not in ls
     push = _help(capsys, "push")
