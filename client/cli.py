@@ -1198,6 +1198,10 @@ def _redact(message: str) -> str:
         secrets.add(os.environ["MREG_TOKEN"])
     with contextlib.suppress(Exception):
         secrets.update(p.token for p in profiles.load_all().values() if p.token)
+    with contextlib.suppress(Exception):  # a token in config.toml
+        token = ClientSettings.load().token
+        if token is not None:
+            secrets.add(token.get_secret_value())
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             message = message.replace(secret, "<token>")
