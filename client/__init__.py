@@ -31,10 +31,12 @@ from mreg.client.models import (
     Version,
 )
 from mreg.client.registry import PullResult, PushResult, Registry
+from mreg.client.settings import ClientSettings
 
 __all__ = [
     "AlreadyExists",
     "Artifact",
+    "ClientSettings",
     "Credentials",
     "DataLoss",
     "Event",

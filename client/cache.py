@@ -37,10 +37,11 @@ _NO_REFLINK: set[tuple[int, int]] = set()
 
 
 def default_cache_dir() -> Path:
-    configured = os.environ.get("MREG_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mreg"
+    """The cache directory the client settings give: MREG_CACHE_DIR, else config.toml's cache_dir, else
+    ``$XDG_CACHE_HOME/mreg`` (``~/.cache/mreg``). See client.settings."""
+    from mreg.client.settings import ClientSettings  # settings is above this module
+
+    return ClientSettings.load().cache_dir
 
 
 class HashCache:

@@ -25,10 +25,8 @@ MISSING_BLOB before committing again (client.registry).
 from __future__ import annotations
 
 import json
-import os
 from collections import namedtuple
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -96,20 +94,13 @@ class Credentials:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Credentials:
-        """MREG_TOKEN, MREG_TLS (1/true), and the PEM files MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY."""
-        env = os.environ if environ is None else environ
+        """MREG_TOKEN, MREG_TLS (1/true), and the PEM files MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY.
 
-        def pem(variable: str) -> bytes | None:
-            path = env.get(variable)
-            return Path(path).expanduser().read_bytes() if path else None
+        The environment alone (no config file, no profile); client.settings parses and checks them.
+        """
+        from mreg.client.settings import ClientSettings  # settings builds Credentials
 
-        return cls(
-            token=env.get("MREG_TOKEN") or None,
-            tls=env.get("MREG_TLS", "").lower() in ("1", "true", "yes"),
-            ca_cert=pem("MREG_CA_CERT"),
-            client_cert=pem("MREG_CLIENT_CERT"),
-            client_key=pem("MREG_CLIENT_KEY"),
-        )
+        return ClientSettings.load(environ=environ, files=False).credentials()
 
     @property
     def uses_tls(self) -> bool:

@@ -2,7 +2,11 @@
 
 Output is for people by default and a JSON document with ``--json``. Any failure prints
 one line, ``mreg: error: CODE: message``, to stderr and exits with status 1 (never a
-traceback); Ctrl-C exits with 130, a closed output pipe quietly with 141.
+traceback); a usage error (an unknown command or option, a missing or malformed argument)
+prints Click's usage text and exits with 2. With ``--json`` both print one JSON object on
+stderr instead: ``{"code", "reason", "message"}``, plus ``"usage"`` for a usage error (code
+``INVALID_ARGUMENT``, reason ``USAGE``). Ctrl-C exits with 130, a closed output pipe quietly
+with 141.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -37,13 +40,12 @@ from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
 from mreg.client.registry import (
-    DEFAULT_BLOB_ADDR,
-    DEFAULT_METADATA_ADDR,
     ROLES,
     PushResult,
     Registry,
 )
-from mreg.client.snapshots import Snapshot, SnapshotCache, max_size_from_env, parse_size
+from mreg.client.settings import ClientSettings, config_path
+from mreg.client.snapshots import Snapshot, SnapshotCache, parse_size
 from mreg.client.transfer import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -159,36 +161,31 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def _settings(args: argparse.Namespace, *, missing_profile_ok: bool = False) -> ClientSettings:
+    """The client settings: the command's flags over MREG_* variables, config.toml and the login profile."""
+    return ClientSettings.load(
+        flag_names=True,
+        missing_profile_ok=missing_profile_ok,
+        metadata_addr=args.metadata_addr,
+        blob_addr=args.blob_addr,
+        entity=args.entity,
+        project=args.project,
+        profile=args.profile,
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        tls=True if args.tls else None,
+        parallel=getattr(args, "parallel", None),
+    )
+
+
 def _credentials(args: argparse.Namespace) -> Credentials:
-    """The environment's credentials (MREG_TOKEN, MREG_CA_CERT, ...), each overridden by its flag."""
-    environ = dict(os.environ)
-    for flag, variable in (
-        (args.ca_cert, "MREG_CA_CERT"),
-        (args.client_cert, "MREG_CLIENT_CERT"),
-        (args.client_key, "MREG_CLIENT_KEY"),
-    ):
-        if flag is not None:
-            environ[variable] = flag
-    if args.tls:
-        environ["MREG_TLS"] = "1"
-    credentials = Credentials.from_env(environ)
-    if (credentials.client_cert is None) != (credentials.client_key is None):
-        raise MregError("INVALID_ARGUMENT", "--client-cert and --client-key go together: give both or neither")
-    return credentials
+    """The token and TLS material the settings give (flags, then MREG_TOKEN, MREG_CA_CERT, ..., then the files)."""
+    return _settings(args).credentials()
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.connect(
-        args.metadata_addr,
-        args.blob_addr,
-        entity=args.entity,
-        project=args.project,
-        parallel=getattr(args, "parallel", 8),
-        use_cache=not getattr(args, "no_cache", False),
-        # Flags and environment first; the profile fills in what they leave unset.
-        credentials=profiles.with_profile(_credentials(args), profiles.active(args.profile)),
-        profile=args.profile,
-    )
+    return Registry.from_settings(_settings(args), use_cache=not getattr(args, "no_cache", False))
 
 
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
@@ -339,6 +336,10 @@ def _list_entity(registry: Registry, entity: str, out: Output, limit: int | None
     out.table(rows, ["PROJECT", "CREATED"], [[p.name, _when(p.create_time)] for p in projects], "(nothing)")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _when(moment: datetime | None) -> str:
     """A time to the second in UTC, for tables; "-" when unset."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
@@ -416,7 +417,7 @@ def _list_project(registry: Registry, target: str, out: Output, limit: int | Non
                 collection.name.removeprefix(target + "/"),
                 "registered model" if isinstance(collection, RegisteredModel) else "artifact",
                 collection.type,
-                f"{count} {'links' if isinstance(collection, RegisteredModel) else 'versions'}",
+                _count(count, "link" if isinstance(collection, RegisteredModel) else "version"),
                 f"v{latest}" if latest is not None else "-",
                 _when(collection.create_time),
             ]
@@ -775,6 +776,8 @@ class UsageError(Exception):
     def __init__(self, command: str, message: str) -> None:
         super().__init__(message)
         self.command = command
+        context = click.get_current_context(silent=True)
+        self.usage = context.get_usage() if context is not None else ""
 
 
 def _usage_error(command: str, message: str) -> NoReturn:
@@ -1050,25 +1053,19 @@ def _profile_name(args: argparse.Namespace) -> str:
 def cmd_login(args: argparse.Namespace, out: Output) -> None:
     """Checks a token with GetCaller, then saves it, the addresses and defaults as a profile."""
     name = _profile_name(args)
-    previous = profiles.load_all().get(name) or profiles.Profile()
+    settings = _settings(args, missing_profile_ok=True)  # the profile being written may not exist yet
     token = _read_token(args)
-    ca_cert = getattr(args, "ca_cert", None) or os.environ.get("MREG_CA_CERT") or previous.ca_cert
     profile = profiles.Profile(
-        metadata_addr=args.metadata_addr
-        or os.environ.get("MREG_METADATA_ADDR")
-        or previous.metadata_addr
-        or DEFAULT_METADATA_ADDR,
-        blob_addr=args.blob_addr or os.environ.get("MREG_BLOB_ADDR") or previous.blob_addr or DEFAULT_BLOB_ADDR,
-        entity=args.entity or previous.entity,
-        project=args.project or previous.project,
-        ca_cert=str(Path(ca_cert).expanduser().resolve()) if ca_cert else None,
+        metadata_addr=settings.metadata_addr,
+        blob_addr=settings.blob_addr,
+        entity=settings.entity,
+        project=settings.project,
+        ca_cert=str(settings.ca_cert.resolve()) if settings.ca_cert else None,
         token=token,
     )
-    credentials = replace(Credentials.from_env(), token=token, ca_cert=profile.credentials().ca_cert)
-    assert profile.metadata_addr is not None and profile.blob_addr is not None
-    registry = Registry(
-        open_channel(profile.metadata_addr, credentials), open_channel(profile.blob_addr, credentials), use_cache=False
-    )
+    credentials = replace(settings.credentials(), token=token)
+    metadata, blob = open_channel(settings.metadata_addr, credentials), open_channel(settings.blob_addr, credentials)
+    registry = Registry(metadata, blob, use_cache=False)
     with registry:
         data = registry.whoami().to_dict()  # a bad token fails here, before anything is written
     path = profiles.save(name, profile)
@@ -1090,6 +1087,10 @@ def _redact(message: str) -> str:
         secrets.add(os.environ["MREG_TOKEN"])
     with contextlib.suppress(Exception):
         secrets.update(p.token for p in profiles.load_all().values() if p.token)
+    with contextlib.suppress(Exception):  # a token in config.toml
+        token = ClientSettings.load().token
+        if token is not None:
+            secrets.add(token.get_secret_value())
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             message = message.replace(secret, "<token>")
@@ -1132,9 +1133,25 @@ def cmd_download(args: argparse.Namespace, out: Output) -> None:
 
 
 def _open_snapshot_cache() -> SnapshotCache:
-    """The snapshot cache under MREG_CACHE_DIR, without connecting to any service."""
-    root = default_cache_dir()
-    return SnapshotCache(root, ContentCache(root), max_size_from_env())
+    """The snapshot cache in the settings' cache_dir, limited to cache_max_size, without connecting to any service."""
+    settings = ClientSettings.load()
+    return SnapshotCache(settings.cache_dir, ContentCache(settings.cache_dir), settings.cache_max_size)
+
+
+def cmd_config_show(args: argparse.Namespace, out: Output) -> None:
+    """The effective client settings and where each came from (the token only as ``<set>``)."""
+    settings = _settings(args)
+    described = settings.describe()
+    data = {"config_file": str(config_path()), "profiles_file": str(profiles.profiles_path()), "settings": described}
+    rows = []
+    for name, entry in described.items():
+        value = entry["value"]
+        if name == "cache_max_size":
+            text = "unlimited" if value is None else f"{value} ({_human_size(value)})"
+        else:
+            text = "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        rows.append([name, text, entry["source"]])
+    out.table(data, ["SETTING", "VALUE", "SOURCE"], rows, "")
 
 
 def _ago(moment: datetime) -> str:
@@ -1201,6 +1218,7 @@ def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:
 # a process killed by SIGPIPE reports, as cat or git do.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2  # click's, for any command line mreg refuses before doing anything
 
 
 # The command line: Click parses it, the handlers above run it ------------------------------
@@ -1237,7 +1255,13 @@ GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--project",), {"help": "default project (env MREG_PROJECT)"}),
     (("--json", "as_json"), {"is_flag": True, "help": "print JSON on stdout; errors as one JSON object on stderr"}),
     (("-q", "--quiet"), {"is_flag": True, "help": "no progress bars"}),
-    (("--profile",), {"help": "the profile mreg login saved to use (env MREG_PROFILE; default: 'default')"}),
+    (
+        ("--profile",),
+        {
+            "help": "the profile: config.toml's [profiles.NAME] and the one mreg login saved "
+            "(env MREG_PROFILE; default: 'default')"
+        },
+    ),
     (("--ca-cert",), {"metavar": "PEM", "help": "use TLS, trusting only these CA certificates (env MREG_CA_CERT)"}),
     (
         ("--client-cert",),
@@ -1273,7 +1297,7 @@ def transfer_options(function: Callable[..., Any]) -> Callable[..., Any]:
         "--no-cache", is_flag=True, help="skip the local hash and content caches (env MREG_CACHE_DIR)"
     )(function)
     return click.option(
-        "--parallel", type=click.IntRange(1, 256), default=8, show_default=True, help="parallel transfer streams"
+        "--parallel", type=click.IntRange(1, 256), help="parallel transfer streams (env MREG_PARALLEL; default 8)"
     )(function)
 
 
@@ -1309,6 +1333,10 @@ def _runner(handler: Callable[[argparse.Namespace, Output], None]) -> Callable[.
         _State.json_errors = out.as_json
         try:
             handler(args, out)
+        except click.UsageError as e:
+            if e.ctx is None:  # raised by a handler: give it the command, so its usage and help hint are shown
+                e.ctx = ctx
+            raise
         except MregError as e:
             if e.code == "NOT_FOUND":
                 raise _with_hint(args, e) from e
@@ -1388,6 +1416,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 References are [[ENTITY/]PROJECT/]NAME[:vN|:ALIAS]; no selector means latest.
 Global options go before or after the command: mreg --json ls acme/vision.
 Exit status: 0 success, 1 error, 2 usage error, 130 interrupted, 141 output pipe closed.
+Settings: flag > MREG_* env > config.toml > login profile > default (mreg config show).
 Completion: eval "$(_MREG_COMPLETE=bash_source mreg)" (zsh_source, fish_source).
 
 \b
@@ -1463,7 +1492,7 @@ _leaf(
 )(_show)
 
 
-@click.argument("target", required=False, metavar="[ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+@click.argument("target", required=False, metavar="[ENTITY[/PROJECT] | ARTIFACT | REGISTERED_MODEL]")
 @click.option("--limit", type=click.IntRange(0), default=0, help="list at most N (0: all)")
 @click.option("--json-lines", is_flag=True, help="one JSON object per line")
 def _ls(*_: Any) -> None: ...
@@ -1473,12 +1502,12 @@ _leaf(
     cli,
     "ls",
     cmd_ls,
-    help="List a project's collections (type, count, latest, created), an artifact's versions (aliases, size, "
-    "files, created, tags) or a registered model's links. Without TARGET, the default project "
-    "(--entity/--project, MREG_ENTITY/MREG_PROJECT or the profile's). Listing an entity's projects is not "
-    "possible: the service has no call for it.",
-    short_help="list a project, an artifact or a registered model",
-    epilog="\b\nExamples:\n  mreg ls acme/vision\n  mreg ls acme/vision/resnet --limit 5\n"
+    help="List an entity's projects (those holding something you may read), a project's collections (type, "
+    "count, latest, created), an artifact's versions (aliases, size, files, created, tags) or a registered "
+    "model's links. Without a target, the default project (--entity/--project, MREG_ENTITY/MREG_PROJECT, "
+    "config.toml or the profile's).",
+    short_help="list an entity, a project, an artifact or a registered model",
+    epilog="\b\nExamples:\n  mreg ls acme\n  mreg ls acme/vision\n  mreg ls acme/vision/resnet --limit 5\n"
     "  mreg ls acme/vision --json-lines",
 )(_ls)
 
@@ -1901,30 +1930,56 @@ _leaf(
 )(_cache_prune)
 
 
+@cli.group("config", cls=MregGroup, context_settings=CONTEXT, short_help="show the client's effective settings")
+def config_group() -> None:
+    """The client's settings: flags > MREG_* environment > config.toml > mreg login profile > defaults."""
+
+
+_leaf(
+    config_group,
+    "show",
+    cmd_config_show,
+    help="Print each client setting's effective value and where it came from: a flag, an MREG_* environment "
+    "variable, config.toml (its [profiles.NAME] table with --profile), the mreg login profile, or the default. "
+    "The token is shown only as <set>.",
+    short_help="print the effective settings and their sources",
+    epilog="\b\nExamples:\n  mreg config show\n  mreg config show --profile ci --json",
+)(_stub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command. Exit status: 0 success, 1 error (one line on stderr), 2 usage error,
     130 interrupted, 141 output pipe closed by the reader."""
     if argv is None and "_MREG_COMPLETE" in os.environ:
         cli.main(prog_name="mreg", complete_var="_MREG_COMPLETE")  # prints the completion script or candidates
-    _State.json_errors = False
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Set before parsing, so a command line Click refuses is reported as JSON too.
+    _State.json_errors = _asks_for_json(arguments)
     try:
-        with cli.make_context("mreg", list(sys.argv[1:] if argv is None else argv)) as ctx:
+        with cli.make_context("mreg", arguments) as ctx:
             cli.invoke(ctx)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
     except click.exceptions.Exit as e:  # --help, --version
         raise SystemExit(e.exit_code) from None
     except click.UsageError as e:
-        e.show()
-        raise SystemExit(2) from None
+        if _State.json_errors:
+            usage = e.ctx.get_usage() if e.ctx is not None else ""
+            _print_json_error("INVALID_ARGUMENT", e.format_message(), "USAGE", usage=usage)
+        else:
+            e.show()
+        raise SystemExit(EXIT_USAGE) from None
     except click.Abort:
         print("\nmreg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MregError as e:
         return _fail(e.code, e.message, e.reason)
     except UsageError as e:
-        with contextlib.suppress(OSError, ValueError):
-            print(f"mreg {e.command}: error: {e}", file=sys.stderr)
-        return 2
+        if _State.json_errors:
+            _print_json_error("INVALID_ARGUMENT", str(e), "USAGE", usage=e.usage)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"mreg {e.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except PushInterrupted as e:
         print(
             f"mreg: interrupted: {e.stored_bytes} of {e.total_bytes} bytes stored; run the same push again to resume",
@@ -1945,10 +2000,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = local_error(e)
         return _fail(error.code, error.message, error.reason)
     except sqlite3.Error as e:
-        return _fail(
-            "FAILED_PRECONDITION",
-            f"the local cache in {default_cache_dir()} is unusable ({e}); remove it or pass --no-cache",
-        )
+        where = "the local cache"
+        with contextlib.suppress(MregError):
+            where += f" in {default_cache_dir()}"
+        return _fail("FAILED_PRECONDITION", f"{where} is unusable ({e}); remove it or pass --no-cache")
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
         return _fail(error.code, error.message, error.reason)
@@ -1958,12 +2013,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _asks_for_json(arguments: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json`` or ``--json-lines`` anywhere before ``--``)."""
+    for argument in arguments:
+        if argument == "--":
+            return False
+        if argument in ("--json", "--json-lines"):
+            return True
+    return False
+
+
+def _print_json_error(code: str, message: str, reason: str, **extra: str) -> None:
+    """One JSON object on stderr, ``{code, reason, message}`` and ``extra``: the shape of every --json error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(json.dumps({"code": code, "reason": reason, "message": _redact(message), **extra}), file=sys.stderr)
+
+
 def _fail(code: str, message: str, reason: str = "") -> int:
     """One line on stderr, ``mreg: error: CODE: message``; with --json one JSON object {code, reason, message}."""
-    with contextlib.suppress(OSError, ValueError):
-        if _State.json_errors:
-            print(json.dumps({"code": code, "reason": reason, "message": _redact(message)}), file=sys.stderr)
-        else:
+    if _State.json_errors:
+        _print_json_error(code, message, reason)
+    else:
+        with contextlib.suppress(OSError, ValueError):
             print(f"mreg: error: {code}: {_redact(message)}", file=sys.stderr)
     return 1
 

@@ -5,8 +5,8 @@ They live in ``profiles.json`` in the user's config directory: ``$MREG_CONFIG_DI
 0700, since it holds tokens. A command picks a profile by ``--profile NAME`` or
 ``MREG_PROFILE``, else uses the profile "default" when it exists.
 
-Precedence, for every setting: command-line flags > environment variables > the profile >
-built-in defaults.
+Precedence, for every setting: command-line flags > environment variables > config.toml > the
+profile > built-in defaults; client.settings applies it.
 """
 
 from __future__ import annotations

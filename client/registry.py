@@ -52,17 +52,18 @@ from mreg.client.models import (
     Version,
     WatchUpdate,
 )
-from mreg.client.snapshots import Download, SnapshotCache, max_size_from_env
+from mreg.client.settings import DEFAULT_BLOB_ADDR as DEFAULT_BLOB_ADDR  # re-exported: callers import it here
+from mreg.client.settings import DEFAULT_METADATA_ADDR as DEFAULT_METADATA_ADDR
+from mreg.client.settings import ClientSettings
+from mreg.client.snapshots import Download, SnapshotCache
 from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from mreg.metadata.v1 import token_service_pb2 as token_pb
 from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
 
-DEFAULT_METADATA_ADDR = "localhost:50051"
 # Hashing this much (files not in the hash cache) gets a progress line: below it, hashing takes well under a second.
 HASH_PROGRESS_MIN_BYTES = 64 << 20
-DEFAULT_BLOB_ADDR = "localhost:50052"
 # A commit refused because a sweep took its content is retried after uploading it again.
 COMMIT_ATTEMPTS = 9
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
@@ -124,6 +125,8 @@ class Registry:
         self.tokens = token_grpc.TokenServiceStub(metadata_channel)
         self.parallel = parallel
         self.timeout = timeout
+        # The settings connect resolved; None when the channels were given (the cache limit is then looked up).
+        self.settings: ClientSettings | None = None
         cache_root = cache_dir or default_cache_dir()
         self.cache_root = cache_root
         self._snapshots: SnapshotCache | None = None
@@ -147,42 +150,70 @@ class Registry:
         *,
         entity: str | None = None,
         project: str | None = None,
-        parallel: int = 8,
+        parallel: int | None = None,
         cache_dir: Path | None = None,
         use_cache: bool = True,
         credentials: Credentials | None = None,
         profile: str | None = None,
+        timeout: float | None = None,
     ) -> Registry:
-        """Connects to the services; what the arguments leave out comes from MREG_* environment
-        variables, then from the profile (``mreg login``), then from the built-in defaults.
+        """Connects to the services; what the arguments leave out (None) comes from the MREG_* environment
+        variables, then config.toml, then the login profile (``mreg login``), then the built-in defaults
+        (client.settings).
 
-        ``credentials`` (a token, TLS) default to ``Credentials.from_env()``: MREG_TOKEN,
-        MREG_CA_CERT, MREG_CLIENT_CERT, MREG_CLIENT_KEY, MREG_TLS, with the profile's token
-        and CA certificate where those are unset. ``profile`` names the profile (default:
-        MREG_PROFILE, else "default" if it exists; see client.profiles).
+        ``credentials`` (a token, TLS) default to the settings' token, tls, ca_cert, client_cert and
+        client_key, resolved the same way. ``profile`` names the profile (default: MREG_PROFILE, else
+        "default" if it exists; see client.settings).
+
+        Raises:
+            MregError: INVALID_ARGUMENT for a setting whose value does not fit, naming where it came from.
         """
-        chosen = profiles.active(profile) or profiles.Profile()
-        metadata_addr = (
-            metadata_addr or os.environ.get("MREG_METADATA_ADDR") or chosen.metadata_addr or DEFAULT_METADATA_ADDR
-        )
-        blob_addr = blob_addr or os.environ.get("MREG_BLOB_ADDR") or chosen.blob_addr or DEFAULT_BLOB_ADDR
-        if credentials is None:
-            credentials = profiles.with_profile(Credentials.from_env(), chosen)
-        return cls(
-            open_channel(metadata_addr, credentials),
-            open_channel(blob_addr, credentials),
-            entity=entity if entity is not None else os.environ.get("MREG_ENTITY") or chosen.entity,
-            project=project if project is not None else os.environ.get("MREG_PROJECT") or chosen.project,
+        settings = ClientSettings.load(
+            metadata_addr=metadata_addr,
+            blob_addr=blob_addr,
+            entity=entity,
+            project=project,
             parallel=parallel,
             cache_dir=cache_dir,
+            profile=profile,
+            timeout=timeout,
+        )
+        return cls.from_settings(settings, use_cache=use_cache, credentials=credentials)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Registry:
+        """Connects with the settings of the environment and the config files alone: ``connect()`` without addresses.
+
+        Every setting comes from its MREG_* environment variable, else config.toml, else the login profile,
+        else the default (client.settings); ``kwargs`` are ``connect``'s keyword arguments, e.g. ``use_cache``.
+        """
+        return cls.connect(**kwargs)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ClientSettings, *, use_cache: bool = True, credentials: Credentials | None = None
+    ) -> Registry:
+        """Connects as ``settings`` say (``ClientSettings.load(...)``); ``credentials`` replace the settings' own."""
+        if credentials is None:
+            credentials = settings.credentials()
+        registry = cls(
+            open_channel(settings.metadata_addr, credentials),
+            open_channel(settings.blob_addr, credentials),
+            entity=settings.entity,
+            project=settings.project,
+            parallel=settings.parallel,
+            timeout=settings.timeout,
+            cache_dir=settings.cache_dir,
             use_cache=use_cache,
         )
+        registry.settings = settings
+        return registry
 
     @classmethod
     def from_profile(cls, name: str | None = None, **kwargs: Any) -> Registry:
         """Connects with the profile ``name`` (default: MREG_PROFILE, else "default"), which ``mreg login`` wrote.
 
-        Environment variables still take precedence over the profile, as with ``connect``.
+        Environment variables and config.toml still take precedence over the profile, as with ``connect``.
         """
         if profiles.active(name) is None:
             raise MregError("NOT_FOUND", f"no profile {profiles.DEFAULT_PROFILE!r}; create it with mreg login")
@@ -466,7 +497,7 @@ class Registry:
         directory of your own.
 
         Raises:
-            MregError: as ``pull``; INVALID_ARGUMENT for a malformed MREG_CACHE_MAX_SIZE.
+            MregError: as ``pull``; INVALID_ARGUMENT for a malformed cache_max_size (MREG_CACHE_MAX_SIZE).
         """
         return self.download_snapshot(ref, progress=progress).path
 
@@ -492,7 +523,8 @@ class Registry:
         """The cache of ``download`` snapshots (opened on first use, even with ``use_cache=False``)."""
         if self._snapshots is None:
             content = self.content_cache or ContentCache(self.cache_root)
-            self._snapshots = SnapshotCache(self.cache_root, content, max_size_from_env())
+            limit = (self.settings or ClientSettings.load()).cache_max_size
+            self._snapshots = SnapshotCache(self.cache_root, content, limit)
         return self._snapshots
 
     # Metadata ----------------------------------------------------------------------------

@@ -109,16 +109,13 @@ def parse_size(text: str) -> int:
 
 
 def max_size_from_env(environ: dict[str, str] | None = None) -> int | None:
-    """MREG_CACHE_MAX_SIZE in bytes; None for no limit (``0``, ``none``, ``unlimited``); 50 GB when unset."""
-    text = (environ if environ is not None else os.environ).get("MREG_CACHE_MAX_SIZE", "").strip()
-    if not text:
-        return DEFAULT_MAX_SIZE
-    if text.lower() in ("0", "none", "unlimited"):
-        return None
-    try:
-        return parse_size(text)
-    except MregError as e:
-        raise MregError("INVALID_ARGUMENT", f"MREG_CACHE_MAX_SIZE: {e.message}") from e
+    """MREG_CACHE_MAX_SIZE in bytes; None for no limit (``0``, ``none``, ``unlimited``); 50 GB when unset.
+
+    The environment alone; ``ClientSettings.load().cache_max_size`` also reads config.toml (client.settings).
+    """
+    from mreg.client.settings import ClientSettings  # settings parses sizes with parse_size, below
+
+    return ClientSettings.load(environ=environ, files=False).cache_max_size
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def test_delete_and_ls_help_show_their_arguments_and_only_the_flags_that_apply(c
     assert delete.startswith("Usage: mreg delete [OPTIONS] REF")
     assert "--dry-run" in delete and "-y, --yes" in delete and "--parallel" not in delete
     ls = _help(capsys, "ls")
-    assert ls.startswith("Usage: mreg ls [OPTIONS] [ENTITY/PROJECT | ARTIFACT | REGISTERED_MODEL]")
+    assert ls.startswith("Usage: mreg ls [OPTIONS] [ENTITY[/PROJECT] | ARTIFACT | REGISTERED_MODEL]")
     assert "--limit" in ls and "--json-lines" in ls
     assert "--parallel" not in ls and "--no-cache" not in ls
     push = _help(capsys, "push")
@@ -123,6 +123,56 @@ def test_version_flag_and_usage_errors(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["ls", "acme/vision", "--parallel", "4"])  # a transfer flag on a command that transfers nothing
     assert exit_info.value.code == 2
+
+
+def _usage_error_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    capsys.readouterr()
+    try:
+        code = cli_main(list(args))
+    except SystemExit as exit_info:  # Click's own parsing ends with SystemExit, a command's checks return
+        code = exit_info.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    error = json.loads(captured.err)
+    assert set(error) == {"code", "reason", "message", "usage"}
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "USAGE")
+    return error
+
+
+def test_usage_errors_with_json_are_one_json_object_on_stderr_with_the_suggestion_kept(capsys) -> None:
+    error = _usage_error_json(capsys, "--json", "pussh")
+    assert "No such command 'pussh'" in error["message"] and "Did you mean 'push'?" in error["message"]
+    assert error["usage"] == "Usage: mreg [OPTIONS] COMMAND [ARGS]..."
+
+    error = _usage_error_json(capsys, "ls", "--limt", "3", "--json")  # --json after the command works too
+    assert error["message"].startswith("No such option '--limt'") and "Did you mean" in error["message"]
+    assert "'--limit'" in error["message"]
+    assert error["usage"].startswith("Usage: mreg ls [OPTIONS]")
+
+    error = _usage_error_json(capsys, "--json", "pull", "acme/vision/resnet")
+    assert "Missing argument 'DEST'" in error["message"] and error["usage"] == "Usage: mreg pull [OPTIONS] REF DEST"
+
+    error = _usage_error_json(capsys, "--json", "ls", "--limit", "many")
+    assert "Invalid value for '--limit'" in error["message"] and "'many' is not a valid integer" in error["message"]
+
+    # Raised by a command's own checks, after Click parsed the line: the same shape, with that command's usage.
+    error = _usage_error_json(capsys, "--json", "retention", "set", "acme/vision/resnet")
+    assert "--keep-last" in error["message"] and error["usage"].startswith("Usage: mreg retention set")
+    error = _usage_error_json(capsys, "--json", "update", "acme/vision/resnet:v0", "--replace-metadata")
+    assert "--replace-metadata needs" in error["message"] and error["usage"].startswith("Usage: mreg update")
+
+
+def test_usage_errors_without_json_stay_text_and_a_json_after_double_dash_is_an_argument(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pussh"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: mreg [OPTIONS] COMMAND [ARGS]...") and "Did you mean 'push'?" in err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pussh", "--", "--json"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("Usage: ")
 
 
 def test_bash_completion_script_and_candidates() -> None:
@@ -202,7 +252,7 @@ def test_ls_is_plain_text_when_piped_and_a_coloured_table_on_a_terminal(servers,
     assert "\x1b[" not in piped.stdout
     assert lines[0].split() == ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"]
     row = next(line for line in lines if line.startswith(f"table-{unique} "))
-    assert row.split()[1:6] == ["artifact", "model", "1", "versions", "v0"]
+    assert row.split()[1:6] == ["artifact", "model", "1", "version", "v0"]
 
     code, screen = _in_pty(["ls", artifact], env)
     assert code == 0, screen

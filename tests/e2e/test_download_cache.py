@@ -311,7 +311,7 @@ def test_an_unparseable_cache_size_limit_is_refused_before_anything_is_downloade
     _push(client, tmp_path, f"resnet-{unique}")
     monkeypatch.setenv("MREG_CACHE_MAX_SIZE", "big")
     code, _, err = mreg("download", f"acme/vision/resnet-{unique}", json_output=False)
-    assert code == 1 and "INVALID_ARGUMENT: MREG_CACHE_MAX_SIZE" in err
+    assert code == 1 and "INVALID_ARGUMENT: cache_max_size (from environment MREG_CACHE_MAX_SIZE): " in err
 
 
 @pytest.mark.parametrize(

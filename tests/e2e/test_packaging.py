@@ -66,7 +66,7 @@ def client_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientI
 
 
 def test_a_plain_install_pulls_no_server_libraries(client_install: ClientInstall) -> None:
-    assert {"mreg", "grpcio", "protobuf", "click", "rich"} <= client_install.distributions
+    assert {"mreg", "grpcio", "protobuf", "click", "rich", "pydantic-settings"} <= client_install.distributions
     assert not client_install.distributions & SERVER_ONLY_DISTRIBUTIONS
 
 

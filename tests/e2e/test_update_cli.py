@@ -206,13 +206,13 @@ def test_metadata_options_on_a_registered_model_and_an_empty_update_are_usage_er
     assert mreg("link", f"{artifact}:v0", model, "--create")[0] == 0
 
     for options in (["--set", "a=1"], ["--metadata", "{}"], ["--unset", "a"], ["--description", "x", "--set", "a=1"]):
-        code, _, err = mreg("update", model, *options)
+        code, _, err = mreg("update", model, *options, json_output=False)
         assert code == 2, options
         assert err.startswith("mreg update: error:") and "registered model" in err
-    code, _, err = mreg("update", f"{artifact}:v0")
+    code, _, err = mreg("update", f"{artifact}:v0", json_output=False)
     assert (code, err.startswith("mreg update: error: nothing to update")) == (2, True)
     code, _, err = mreg("update", f"{artifact}:v0", "--replace-metadata")
-    assert code == 2
+    assert code == 2 and json.loads(err)["reason"] == "USAGE"  # with --json, a usage error is JSON too
     code, _, err = mreg("link", f"{artifact}:v0", model, "--description", "card")
     assert code == 2 and "--create" in err
     # Nothing was changed by the refused updates.
