@@ -25,11 +25,14 @@ MISSING_BLOB before committing again (client.registry).
 from __future__ import annotations
 
 import json
+import socket
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from mreg.client.errors import MregError
 
 METADATA_SERVICE = "mreg.metadata.v1.MetadataService"
 BLOB_SERVICE = "mreg.blob.v1.BlobService"
@@ -50,6 +53,10 @@ def _policy(*codes: str) -> dict[str, Any]:
 
 
 SERVICE_CONFIG: dict[str, Any] = {
+    # Spread calls over every address the target resolves to (several replicas, or a DNS name
+    # with one record per replica), and skip a replica whose health check says it is not serving.
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [
         {"name": [{"service": METADATA_SERVICE}], "retryPolicy": _policy("UNAVAILABLE")},
         {
@@ -62,7 +69,7 @@ SERVICE_CONFIG: dict[str, Any] = {
             "name": [{"service": BLOB_SERVICE, "method": "Write"}],
         },
         {"name": [{"service": BLOB_SERVICE}], "retryPolicy": _policy("UNAVAILABLE")},
-    ]
+    ],
 }
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -152,18 +159,61 @@ class _CallDetails(
     pass
 
 
+def channel_target(address: str) -> tuple[str, str]:
+    """The gRPC target for ``address`` and the host name TLS checks the certificates against.
+
+    ``address`` is one ``HOST:PORT`` (a DNS name resolving to several replicas is balanced
+    over all of them), a gRPC target URI (``dns:///name:port``, ``ipv4:a:p,b:p``, ...) used
+    as it is, or several ``HOST:PORT`` separated by commas: those are resolved once, here,
+    into one ``ipv4:``/``ipv6:`` target, so calls fail over between them in milliseconds.
+    """
+    address = address.strip()
+    if "," not in address:
+        host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        return address, host
+    endpoints = [part.strip() for part in address.split(",") if part.strip()]
+    resolved: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    for endpoint in endpoints:
+        host, separator, port = endpoint.rpartition(":")
+        if not separator or not port.isdigit() or not host:
+            raise MregError(
+                "INVALID_ARGUMENT", f"{endpoint!r} in {address!r} is not HOST:PORT (several are separated by commas)"
+            )
+        host = host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            raise MregError("UNAVAILABLE", f"cannot resolve {host!r} of {address!r}: {e}") from e
+        for family, _, _, _, sockaddr in infos:
+            if family in resolved:
+                ip = sockaddr[0] if family == socket.AF_INET else f"[{sockaddr[0]}]"
+                if f"{ip}:{port}" not in resolved[family]:
+                    resolved[family].append(f"{ip}:{port}")
+    # gRPC's static targets take one address family: IPv4 where every replica has one.
+    family = socket.AF_INET if resolved[socket.AF_INET] else socket.AF_INET6
+    scheme = "ipv4" if family == socket.AF_INET else "ipv6"
+    first_host = endpoints[0].rpartition(":")[0].strip("[]")
+    return f"{scheme}:{','.join(resolved[family])}", first_host
+
+
 def open_channel(address: str, credentials: Credentials | None = None) -> grpc.Channel:
-    """A channel to ``address`` with the client's message limits, retry policy and credentials."""
+    """A channel to ``address`` (see ``channel_target``) with the client's message limits, retry policy,
+    load balancing and credentials."""
     credentials = credentials or Credentials()
+    target, host = channel_target(address)
+    options = list(CHANNEL_OPTIONS)
     if credentials.uses_tls:
         channel_credentials = grpc.ssl_channel_credentials(
             root_certificates=credentials.ca_cert,
             private_key=credentials.client_key,
             certificate_chain=credentials.client_cert,
         )
-        channel = grpc.secure_channel(address, channel_credentials, options=CHANNEL_OPTIONS)
+        if target != address.strip():
+            # A list of replicas became IP addresses: check their certificates against the host name given.
+            options.append(("grpc.ssl_target_name_override", host))
+        channel = grpc.secure_channel(target, channel_credentials, options=options)
     else:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(target, options=options)
     if credentials.token:
         channel = grpc.intercept_channel(channel, BearerToken(credentials.token))
     return channel

@@ -1,0 +1,64 @@
+"""The client takes several replicas (HOST:PORT,HOST:PORT or a DNS name) and fails over between them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mreg.client import MregError, Registry
+from mreg.client.channels import channel_target
+from tests.processes import ServiceProcess
+
+
+def test_a_list_of_replicas_becomes_one_static_target_and_a_single_address_stays_as_given() -> None:
+    assert channel_target("localhost:50051") == ("localhost:50051", "localhost")
+    assert channel_target("dns:///registry.internal:50051") == ("dns:///registry.internal:50051", "registry.internal")
+    assert channel_target("127.0.0.1:1, 127.0.0.1:2") == ("ipv4:127.0.0.1:1,127.0.0.1:2", "127.0.0.1")
+    target, host = channel_target("localhost:7001,localhost:7002")
+    assert target in ("ipv4:127.0.0.1:7001,127.0.0.1:7002", "ipv6:[::1]:7001,[::1]:7002") and host == "localhost"
+    for bad in ("127.0.0.1:1,nohost", "127.0.0.1:1,:2", "127.0.0.1:1,host:port"):
+        with pytest.raises(MregError) as error:
+            channel_target(bad)
+        assert error.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path) -> Iterator[tuple[ServiceProcess, ServiceProcess, ServiceProcess]]:
+    """Two metadata replicas on one SQLite database and one blob service, as separate processes."""
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(tmp_path / "blobs")]).start()
+    database = ["--database-url", f"sqlite:///{tmp_path / 'shared.db'}", "--blob-addr", blobs.address]
+    first = ServiceProcess("mreg.metadata_service", database).start()
+    second = ServiceProcess("mreg.metadata_service", database).start()
+    try:
+        yield first, second, blobs
+    finally:
+        for process in (first, second, blobs):
+            process.stop()
+
+
+def test_calls_fail_over_to_the_surviving_replica_when_one_is_killed(two_replicas, tmp_path: Path) -> None:
+    first, second, blobs = two_replicas
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    artifact = f"failover-{uuid.uuid4().hex[:6]}"
+    with Registry.connect(
+        f"{first.address},{second.address}", blobs.address, entity="acme", project="vision", cache_dir=tmp_path / "c"
+    ) as registry:
+        pushed = []
+        for i in range(6):  # round robin: both replicas serve some of these
+            (checkpoint / "weights.bin").write_bytes(f"before {i}".encode())
+            pushed.append(registry.push(checkpoint, artifact).version.name)
+
+        first.kill()  # SIGKILL: no goodbye to the client
+
+        # Every call after the crash goes to the survivor; none fails (before, the client kept
+        # retrying the dead address for seconds, then raised UNAVAILABLE).
+        for i in range(6):
+            (checkpoint / "weights.bin").write_bytes(f"after {i}".encode())
+            pushed.append(registry.push(checkpoint, artifact).version.name)
+            assert registry.resolve(f"{artifact}:v{i}").version.name == pushed[i]
+        assert [v.index for v in registry.list_versions(artifact)] == list(range(11, -1, -1))
+        assert pushed == [f"acme/vision/{artifact}:v{i}" for i in range(12)]
