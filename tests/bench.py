@@ -7,6 +7,13 @@ metadata: commits/s with 1 and 16 concurrent clients on one artifact, and refere
 resolutions/s with p50/p99 latency, on SQLite and PostgreSQL; the baseline is a gRPC
 health check round trip to the same server (the cost of the transport alone).
 
+metadata_auth: the same resolve and commit figures on SQLite with authentication on (a
+writer token on every call), beside the same run's figures with it off.
+
+replicas: commits/s from 16 clients on one artifact through 1 and through 3 metadata
+replicas sharing one PostgreSQL database (clients spread over the replicas by the
+client's round_robin); the baseline is the single replica.
+
 availability: p50/p99 of unary calls (resolve, FindMissingBlobs, both health checks)
 with no streams open, then with 500 idle Watch streams and 100 stalled uploads open;
 the baseline is the first measurement.
@@ -31,10 +38,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
-from mreg.client import Registry
+from mreg.client import Credentials, Registry
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from tests.helpers import digest_of
-from tests.processes import ServiceProcess
+from tests.processes import ServiceProcess, free_port
 
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
@@ -71,57 +78,74 @@ def bench_metadata_on(database_url: str, blob_address: str, label: str, commits:
         "mreg.metadata_service", ["--database-url", database_url, "--blob-addr", blob_address]
     ).start()
     try:
-        registry = Registry.connect(service.address, blob_address, entity="bench", project="metadata", parallel=4)
-        content = b"bench blob"
-        digest = digest_of(content)
-        registry.blobs.BatchUpdateBlobs(
-            blob_pb.BatchUpdateBlobsRequest(
-                requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=content)]
-            )
-        )
-
-        def commit_to(artifact: str) -> Callable[[int], Any]:
-            def commit(i: int) -> None:
-                create = pb.CreateVersionRequest(parent=artifact, type="model")
-                create.metadata.update({"step": i})
-                pending = registry._call(registry.metadata.CreateVersion, create).version
-                # A distinct path per commit makes every manifest new.
-                manifest = [pb.ManifestEntry(path=f"step-{i}/weights.bin", digest=digest)]
-                registry._call(
-                    registry.metadata.CommitVersion, pb.CommitVersionRequest(uid=pending.uid, manifest=manifest)
-                )
-
-            return commit
-
-        results: dict[str, Any] = {}
-        for clients in (1, 16):
-            artifact = f"{label}-{clients}-{uuid.uuid4().hex[:6]}"
-            rate, latencies = timed_calls(commit_to(artifact), commits, clients)
-            last = registry.resolve(artifact).version.index
-            assert last == commits - 1, f"expected v{commits - 1}, got v{last}"
-            results[f"commits_per_s_{clients}_clients"] = round(rate, 1)
-            results[f"commit_p50_ms_{clients}_clients"] = round(1000 * statistics.median(latencies), 2)
-            log(f"  {label}: {rate:.0f} commits/s with {clients} clients")
-
-        references = [f"{artifact}:v{i % commits}" for i in range(50)] + [artifact]
-        rate, latencies = timed_calls(lambda i: registry.resolve(references[i % len(references)]), 2000, 8)
-        results["resolves_per_s"] = round(rate, 1)
-        results["resolve_p50_ms"] = round(1000 * percentile(latencies, 0.5), 2)
-        results["resolve_p99_ms"] = round(1000 * percentile(latencies, 0.99), 2)
-
-        with grpc.insecure_channel(service.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            baseline, _ = timed_calls(lambda i: health.Check(health_pb2.HealthCheckRequest()), 2000, 8)
-        results["baseline_grpc_roundtrips_per_s"] = round(baseline, 1)
-        results["resolve_to_roundtrip_ratio"] = round(rate / baseline, 3)
-        log(
-            f"  {label}: {results['resolves_per_s']:.0f} resolves/s (p99 {results['resolve_p99_ms']} ms); "
-            f"bare gRPC {baseline:.0f}/s"
-        )
-        registry.close()
-        return results
+        return measure_metadata(service.address, blob_address, label, commits)
     finally:
         service.stop()
+
+
+def measure_metadata(
+    metadata_address: str,
+    blob_address: str,
+    label: str,
+    commits: int,
+    *,
+    credentials: Credentials | None = None,
+    clients: tuple[int, ...] = (1, 16),
+) -> dict[str, Any]:
+    """Commits/s and resolves/s through a running metadata service, and bare gRPC round trips to it.
+
+    Resolves and the baseline run from one sequential client, as the goals are stated.
+    """
+    registry = Registry.connect(
+        metadata_address, blob_address, entity="bench", project="metadata", parallel=4, credentials=credentials
+    )
+    content = b"bench blob"
+    digest = digest_of(content)
+    registry.blobs.BatchUpdateBlobs(
+        blob_pb.BatchUpdateBlobsRequest(requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=content)])
+    )
+
+    def commit_to(artifact: str) -> Callable[[int], Any]:
+        def commit(i: int) -> None:
+            create = pb.CreateVersionRequest(parent=artifact, type="model")
+            create.metadata.update({"step": i})
+            pending = registry._call(registry.metadata.CreateVersion, create).version
+            # A distinct path per commit makes every manifest new.
+            manifest = [pb.ManifestEntry(path=f"step-{i}/weights.bin", digest=digest)]
+            registry._call(registry.metadata.CommitVersion, pb.CommitVersionRequest(uid=pending.uid, manifest=manifest))
+
+        return commit
+
+    results: dict[str, Any] = {}
+    artifact = ""
+    for count in clients:
+        artifact = f"{label.split(',')[0]}-{count}-{uuid.uuid4().hex[:6]}"
+        rate, latencies = timed_calls(commit_to(artifact), commits, count)
+        last = registry.resolve(artifact).version.index
+        assert last == commits - 1, f"expected v{commits - 1}, got v{last}"
+        results[f"commits_per_s_{count}_clients"] = round(rate, 1)
+        results[f"commit_p50_ms_{count}_clients"] = round(1000 * statistics.median(latencies), 2)
+        log(f"  {label}: {rate:.0f} commits/s with {count} clients")
+
+    references = [f"{artifact}:v{i % commits}" for i in range(50)] + [artifact]
+    timed_calls(lambda i: registry.resolve(references[i % len(references)]), 200, 1)  # warm up
+    rate, latencies = timed_calls(lambda i: registry.resolve(references[i % len(references)]), 2000, 1)
+    results["resolves_per_s"] = round(rate, 1)
+    results["resolve_p50_ms"] = round(1000 * percentile(latencies, 0.5), 2)
+    results["resolve_p99_ms"] = round(1000 * percentile(latencies, 0.99), 2)
+
+    with grpc.insecure_channel(metadata_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        timed_calls(lambda i: health.Check(health_pb2.HealthCheckRequest()), 200, 1)
+        baseline, _ = timed_calls(lambda i: health.Check(health_pb2.HealthCheckRequest()), 2000, 1)
+    results["baseline_grpc_roundtrips_per_s"] = round(baseline, 1)
+    results["resolve_to_roundtrip_ratio"] = round(rate / baseline, 3)
+    log(
+        f"  {label}: {results['resolves_per_s']:.0f} resolves/s (p99 {results['resolve_p99_ms']} ms); "
+        f"bare gRPC {baseline:.0f}/s"
+    )
+    registry.close()
+    return results
 
 
 def bench_metadata(work: Path, commits: int) -> dict[str, Any]:
@@ -142,6 +166,118 @@ def bench_metadata(work: Path, commits: int) -> dict[str, Any]:
         return out
     finally:
         blobs.stop()
+
+
+def writer_token(metadata_address: str, admin_token_file: Path) -> str:
+    """A writer token on the bench entity, made with the admin token the service wrote."""
+    admin = Credentials(token=admin_token_file.read_text().strip())
+    with Registry.connect(metadata_address, "127.0.0.1:1", credentials=admin, use_cache=False) as registry:
+        return registry.create_token(f"bench-{uuid.uuid4().hex[:6]}", "writer", "bench").secret
+
+
+def bench_metadata_auth(work: Path, commits: int) -> dict[str, Any]:
+    """Resolve and commit figures on SQLite with authentication on (a writer token), then off, in the same run."""
+    secrets = work / "auth"
+    secrets.mkdir()
+    service_token, admin_token = secrets / "service.token", secrets / "admin.token"
+    blobs_port = free_port()
+    # The metadata service writes the shared service secret; the blob service checks tokens through it.
+    metadata = ServiceProcess(
+        "mreg.metadata_service",
+        [
+            *("--database-url", f"sqlite:///{work / 'auth-on.db'}", "--blob-addr", f"127.0.0.1:{blobs_port}"),
+            *("--auth", "--service-token-file", str(service_token), "--admin-token-file", str(admin_token)),
+        ],
+    ).start()
+    blobs = ServiceProcess(
+        "mreg.blob_service",
+        [
+            *("--store", str(work / "auth-blobs"), "--auth", "--service-token-file", str(service_token)),
+            *("--metadata-addr", metadata.address),
+        ],
+        port=blobs_port,
+    ).start()
+    try:
+        credentials = Credentials(token=writer_token(metadata.address, admin_token))
+        on = measure_metadata(
+            metadata.address, blobs.address, "sqlite, auth on", commits, credentials=credentials, clients=(1,)
+        )
+    finally:
+        metadata.stop()
+        blobs.stop()
+    plain_blobs = ServiceProcess("mreg.blob_service", ["--store", str(work / "noauth-blobs")]).start()
+    plain = ServiceProcess(
+        "mreg.metadata_service",
+        ["--database-url", f"sqlite:///{work / 'auth-off.db'}", "--blob-addr", plain_blobs.address],
+    ).start()
+    try:
+        off = measure_metadata(plain.address, plain_blobs.address, "sqlite, auth off", commits, clients=(1,))
+    finally:
+        plain.stop()
+        plain_blobs.stop()
+    return {
+        "auth_off": off,
+        "auth_on": on,
+        "resolve_auth_to_no_auth_ratio": round(on["resolves_per_s"] / off["resolves_per_s"], 3),
+        "commit_auth_to_no_auth_ratio": round(on["commits_per_s_1_clients"] / off["commits_per_s_1_clients"], 3),
+    }
+
+
+def bench_replicas(work: Path, commits: int) -> dict[str, Any]:
+    """Commits/s from 16 clients on one artifact through 1 and 3 metadata replicas on one PostgreSQL database."""
+    import psycopg
+
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(work / "replica-blobs")]).start()
+    database = f"mreg_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+    replicas = [ServiceProcess("mreg.metadata_service", ["--database-url", url, "--blob-addr", blobs.address])]
+    results: dict[str, Any] = {}
+    content = b"replica bench blob"
+    digest = digest_of(content)
+    try:
+        replicas[0].start()
+        for count in (1, 3):
+            while len(replicas) < count:
+                replicas.append(
+                    ServiceProcess("mreg.metadata_service", ["--database-url", url, "--blob-addr", blobs.address])
+                )
+                replicas[-1].start()
+            addresses = ",".join(r.address for r in replicas)
+            with Registry.connect(addresses, blobs.address, entity="bench", project="replicas") as registry:
+                registry.blobs.BatchUpdateBlobs(
+                    blob_pb.BatchUpdateBlobsRequest(
+                        requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=content)]
+                    )
+                )
+                artifact = f"replicas-{count}-{uuid.uuid4().hex[:6]}"
+
+                def commit(i: int, registry: Registry = registry, artifact: str = artifact) -> None:
+                    pending = registry._call(
+                        registry.metadata.CreateVersion, pb.CreateVersionRequest(parent=artifact, type="model")
+                    ).version
+                    manifest = [pb.ManifestEntry(path=f"step-{i}/weights.bin", digest=digest)]
+                    registry._call(
+                        registry.metadata.CommitVersion, pb.CommitVersionRequest(uid=pending.uid, manifest=manifest)
+                    )
+
+                rate, latencies = timed_calls(commit, commits, 16)
+                indexes = sorted(v.index or 0 for v in registry.list_versions(artifact))
+                assert indexes == list(range(commits)), "versions are not contiguous"
+            results[f"commits_per_s_{count}_replicas"] = round(rate, 1)
+            results[f"commit_p50_ms_{count}_replicas"] = round(1000 * statistics.median(latencies), 2)
+            log(f"  {count} metadata replicas on one PostgreSQL: {rate:.0f} commits/s from 16 clients")
+        results["three_to_one_replica_ratio"] = round(
+            results["commits_per_s_3_replicas"] / results["commits_per_s_1_replicas"], 3
+        )
+        return results
+    finally:
+        for replica in replicas:
+            replica.stop()
+        blobs.stop()
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def bench_availability(work: Path, calls: int = 2000) -> dict[str, Any]:
@@ -215,7 +351,11 @@ def bench_availability(work: Path, calls: int = 2000) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["metadata", "transfer", "availability"], help="run one section")
+    parser.add_argument(
+        "--only",
+        choices=["metadata", "metadata_auth", "replicas", "transfer", "availability"],
+        help="run one section",
+    )
     parser.add_argument("--commits", type=int, default=400, help="commits per metadata measurement")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -224,6 +364,12 @@ def main() -> None:
         if args.only in (None, "metadata"):
             log("metadata benchmark")
             results["metadata"] = bench_metadata(work, args.commits)
+        if args.only in (None, "metadata_auth"):
+            log("metadata benchmark with authentication on and off")
+            results["metadata_auth"] = bench_metadata_auth(work, args.commits)
+        if args.only in (None, "replicas"):
+            log("metadata replicas benchmark")
+            results["replicas"] = bench_replicas(work, args.commits)
         if args.only in (None, "transfer"):
             from tests.bench_transfer import bench_transfer
 
