@@ -349,6 +349,9 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
     """Lists versions or links if ``target`` is a collection; False if it is not one."""
     if ":" in target:
         return False
+    # ENTITY/PROJECT may also read as a collection in the default entity, which the caller may not
+    # be allowed to see: that refusal must not hide the project it may list.
+    not_this = ("NOT_FOUND", "INVALID_ARGUMENT", *(("PERMISSION_DENIED",) if target.count("/") == 1 else ()))
     try:
         registry.get_artifact(target)
         versions = list(registry.list_versions(target, limit=limit))
@@ -370,12 +373,12 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
         )
         return True
     except MregError as e:
-        if e.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
+        if e.code not in not_this:
             raise
     try:
         registry.get_registered_model(target)
     except MregError as e:
-        if e.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
+        if e.code not in not_this:
             raise
         return False
     links = list(registry.list_links(target, limit=limit))

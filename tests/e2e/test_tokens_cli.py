@@ -312,3 +312,18 @@ def test_errors_and_help_never_show_the_token(
             cli(*command, "--help", token=secured.admin_token, json_output=False)
         captured = capsys.readouterr()
         assert secured.admin_token not in captured.out + captured.err
+
+
+def test_ls_of_a_project_works_for_a_project_scoped_token_with_a_default_entity_set(
+    cli: Run, secured, unique: str, monkeypatch
+) -> None:
+    # With MREG_ENTITY=acme, "acme/secure" could also name the artifact acme/acme/secure, which this
+    # token may not read: that reading must not hide the project the token may list.
+    created = _create(cli, secured.admin_token, f"scoped-{unique}", "--role", "reader", "--scope", "acme/secure")
+    secret = created["token"]
+    monkeypatch.setenv("MREG_ENTITY", "acme")
+    code, rows, err = cli("ls", "acme/secure", token=secret)
+    assert code == 0, err
+    assert isinstance(rows, list)
+    # A project the token may not read is still refused, by the project listing itself.
+    assert _cli_code(cli, "ls", "acme/other", token=secret) == "PERMISSION_DENIED"
