@@ -139,7 +139,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     @_abort_on_domain_error
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadResponse]:
-        chunks: Iterator[bytes] = self.store.read(_digest(request.digest), request.read_offset, request.read_limit)
+        chunks: Iterator[bytes] = self.store.read(
+            _digest(request.digest), request.read_offset, request.read_limit, verify=not request.skip_verification
+        )
         if self.idle_streams is not None:
             chunks = self.idle_streams.watch_responses(
                 chunks, context, "read again from the offset you reached (read_offset)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,13 @@ from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile
 
 CHUNK_SIZE = 1 << 20
+# A file larger than this is downloaded as byte ranges of RANGE_BYTES, several at once, and hashed
+# in order as they land: one Read stream of a large file cannot use more than one core's worth of
+# either side. Smaller ranges arrive nearly in order, so hashing keeps pace instead of waiting.
+RANGED_FILE_BYTES = 32 << 20
+RANGE_BYTES = 16 << 20
+# Hashing reads back what ranges wrote, this much per read (from the page cache).
+HASH_READ_BYTES = 8 << 20
 # Files up to this size travel in batches (if the server's batch limit allows).
 SMALL_FILE_BYTES = 1 << 20
 BATCH_COUNT = 2000
@@ -435,7 +443,13 @@ class BlobTransfer:
         op = _Operation()
 
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
-            jobs = [pool.submit(self._download_stream, op, f, dest, report, done) for f in large]
+            jobs: list[Future[None]] = []
+            for f in large:
+                if f.size_bytes > RANGED_FILE_BYTES and self.parallel > 1:
+                    ranged = _RangedFile(dest, f, RANGE_BYTES, done)
+                    jobs += [pool.submit(self._download_range, op, ranged, i, report) for i in range(ranged.count)]
+                else:
+                    jobs.append(pool.submit(self._download_stream, op, f, dest, report, done))
             return jobs + [
                 pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small, limits)
             ]
@@ -475,7 +489,10 @@ class BlobTransfer:
             received = 0
             for attempt in range(ATTEMPTS):
                 op.check()
-                request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=received)
+                # This client hashes what it receives (_verified_target): the server need not.
+                request = pb.ReadRequest(
+                    digest=_digest(file.sha256, file.size_bytes), read_offset=received, skip_verification=True
+                )
                 stream = self.stub.Read(request)
                 op.track(stream)
                 try:
@@ -494,6 +511,152 @@ class BlobTransfer:
                 finally:
                     op.untrack(stream)
         done(file, safe_destination(dest, file.path))
+
+    def _download_range(self, op: _Operation, ranged: _RangedFile, index: int, report: ProgressCallback) -> None:
+        """Fetches one byte range of a large file into place, resuming a broken stream where it stopped."""
+        start, length = ranged.span(index)
+        try:
+            received = 0
+            for attempt in range(ATTEMPTS):
+                op.check()
+                if received == length:
+                    break  # the stream broke after its last byte: nothing is left to ask for
+                request = pb.ReadRequest(
+                    digest=_digest(ranged.file.sha256, ranged.file.size_bytes),
+                    read_offset=start + received,
+                    read_limit=length - received,
+                    skip_verification=True,
+                )
+                stream = self.stub.Read(request)
+                op.track(stream)
+                try:
+                    for chunk in stream:
+                        ranged.write(start + received, chunk.data)
+                        received += len(chunk.data)
+                        report(len(chunk.data))
+                    break
+                except grpc.RpcError as e:
+                    op.check()
+                    if not _transient(e) or attempt == ATTEMPTS - 1:
+                        error = MregError.from_rpc(e, "the blob service")
+                        raise error.with_message(f"{ranged.file.path}: {error.message}") from e
+                    op.sleep(attempt)
+                finally:
+                    op.untrack(stream)
+            if received != length:
+                raise MregError(
+                    "DATA_LOSS",
+                    f"{ranged.file.path}: bytes {start}-{start + length} came back {received} bytes long",
+                    reason="BLOB_CORRUPT",
+                )
+            ranged.finished(index)
+        except BaseException:
+            ranged.failed()
+            raise
+        finally:
+            ranged.release()
+
+
+class _RangedFile:
+    """A large file arriving as byte ranges in any order: written in place, hashed in order, renamed when whole.
+
+    Ranges are written with pwrite into a temporary file of the full size. Whichever worker
+    completes the range that extends the in-order prefix hashes it (reading it back from the
+    page cache), and the worker that hashes the last range checks the digest and renames the
+    file into place. The file descriptor is closed only once no worker can write to it any
+    more, and on any failure the temporary file is removed.
+    """
+
+    def __init__(self, dest: Path, file: RemoteFile, range_bytes: int, done: Callable[[RemoteFile, Path], None]):
+        self.file = file
+        self.dest = dest
+        self.range_bytes = range_bytes
+        self.count = -(-file.size_bytes // range_bytes)
+        self.target = safe_destination(dest, file.path)
+        self.temp = partial_path(self.target)
+        self.on_done = done
+        self.lock = threading.Lock()
+        self.landed = [False] * self.count
+        self.next_to_hash = 0
+        self.hashing = False
+        self.broken = False
+        self.users = self.count  # workers that may still write
+        self.hasher = hashlib.sha256()
+        make_parents(dest, self.target)
+        try:
+            self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(self.fd, file.size_bytes)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.temp.unlink()
+            raise local_error(e) from e
+
+    def span(self, index: int) -> tuple[int, int]:
+        start = index * self.range_bytes
+        return start, min(self.range_bytes, self.file.size_bytes - start)
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def finished(self, index: int) -> None:
+        """Marks a range landed, hashes whatever prefix is now complete, and completes the file after the last."""
+        with self.lock:
+            self.landed[index] = True
+        while True:
+            with self.lock:
+                if self.hashing or self.broken or self.next_to_hash >= self.count:
+                    return
+                if not self.landed[self.next_to_hash]:
+                    return
+                self.hashing = True
+                current = self.next_to_hash
+            try:
+                start, length = self.span(current)
+                position = start
+                while position < start + length:
+                    block = os.pread(self.fd, min(HASH_READ_BYTES, start + length - position), position)
+                    if not block:
+                        break
+                    self.hasher.update(block)
+                    position += len(block)
+                last = current == self.count - 1
+            finally:
+                with self.lock:
+                    self.hashing = False
+                    self.next_to_hash = current + 1
+            if last:
+                self._complete()
+                return
+
+    def _complete(self) -> None:
+        actual = self.hasher.hexdigest()
+        if actual != self.file.sha256:
+            raise MregError(
+                "DATA_LOSS",
+                f"{self.file.path}: received content does not match its digest "
+                f"(sha256 {actual}; expected {self.file.size_bytes} bytes, {self.file.sha256})",
+                reason="BLOB_CORRUPT",
+            )
+        replace_file(self.temp, self.target)
+        self.on_done(self.file, self.target)
+
+    def failed(self) -> None:
+        with self.lock:
+            self.broken = True
+
+    def release(self) -> None:
+        """One worker is done with the file: the last one closes it, and removes it unless it was completed."""
+        with self.lock:
+            self.users -= 1
+            last = self.users == 0
+        if last:
+            os.close(self.fd)
+            if self.broken:
+                with contextlib.suppress(FileNotFoundError):
+                    self.temp.unlink()
 
 
 def safe_destination(dest: Path, path: str) -> Path:
@@ -525,6 +688,7 @@ def _verified_target(dest: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, A
                 "DATA_LOSS",
                 f"{file.path}: received content does not match its digest "
                 f"({actual_size} bytes, sha256 {hasher.hexdigest()}; expected {file.size_bytes}, {file.sha256})",
+                reason="BLOB_CORRUPT",
             )
         replace_file(temp, target)
     finally:

@@ -168,6 +168,30 @@ def test_corrupted_blob_is_data_loss_and_its_content_is_never_delivered_whole(bl
     assert batch.responses[0].data == b""
 
 
+def test_a_read_the_caller_verifies_serves_exactly_its_range_as_stored(blob_only, blob_stub) -> None:
+    data = os.urandom(3 * CHUNK + 11)
+    digest = digest_of(data)
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+
+    def read(offset: int, limit: int) -> bytes:
+        request = pb.ReadRequest(digest=digest, read_offset=offset, read_limit=limit, skip_verification=True)
+        return b"".join(r.data for r in blob_stub.Read(request))
+
+    assert read(0, 0) == data
+    assert read(CHUNK + 5, CHUNK) == data[CHUNK + 5 : 2 * CHUNK + 5]
+    assert read(3 * CHUNK, 0) == data[3 * CHUNK :]
+    assert read(len(data), 0) == b""
+
+    # The caller said it checks the content itself: a corrupt blob is served as stored, and the
+    # caller's hash is what finds it (the mreg client raises DATA_LOSS, BLOB_CORRUPT).
+    corrupt_blob(blob_only.store.storage, digest.hash, digest.size_bytes)
+    served = read(0, 0)
+    assert len(served) == len(data) and served != data
+    with pytest.raises(grpc.RpcError) as error:
+        b"".join(r.data for r in blob_stub.Read(pb.ReadRequest(digest=digest)))
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS  # without skip_verification, as before
+
+
 def test_batch_update_and_read_report_per_blob_status(blob_stub) -> None:
     good = [os.urandom(100 + i) for i in range(20)]
     bad_data = b"not what the digest says"

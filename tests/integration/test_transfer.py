@@ -108,6 +108,130 @@ def test_corrupted_content_is_data_loss_and_the_file_is_absent(stack, tmp_path: 
     assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
 
 
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Makes files over 1 MiB download as 2 MiB ranges (two 1 MiB chunks), so small test files take the ranged path."""
+    from mreg.client import transfer
+
+    monkeypatch.setattr(transfer, "RANGED_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(transfer, "RANGE_BYTES", 2 << 20)
+    return 2 << 20
+
+
+class _CountingReads(grpc.UnaryStreamClientInterceptor):
+    """Counts Read calls and their ranges, and can break the n-th stream after its first chunk."""
+
+    def __init__(self, break_stream: int | None = None) -> None:
+        self.requests: list[pb.ReadRequest] = []
+        self.lock = threading.Lock()
+        self.break_stream = break_stream
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        with self.lock:
+            self.requests.append(request)
+            number = len(self.requests)
+        call = continuation(client_call_details, request)
+        if number != self.break_stream:
+            return call
+        return _BreakAfterFirst(call)
+
+
+class _BrokenStream(grpc.RpcError, grpc.Call):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection broke (injected by the test)"
+
+    def initial_metadata(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def trailing_metadata(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class _BreakAfterFirst:
+    def __init__(self, call) -> None:  # type: ignore[no-untyped-def]
+        self.call = call
+        self.sent = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        if self.sent == 1:
+            self.call.cancel()
+            raise _BrokenStream()
+        self.sent += 1
+        return next(self.call)
+
+    def cancel(self) -> bool:
+        return self.call.cancel()
+
+
+def _ranged_registry(stack: Stack, reads: _CountingReads, tmp_path: Path) -> Registry:
+    metadata = open_channel(stack.metadata.address)
+    blobs = grpc.intercept_channel(open_channel(stack.blob.address), reads)
+    return Registry(metadata, blobs, entity="acme", project="transfer", cache_dir=tmp_path / "cache", use_cache=False)
+
+
+def test_a_large_file_arrives_as_parallel_ranges_byte_identical(stack, small_ranges: int, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(5 << 20) + 12345)
+    size = (checkpoint / "weights.bin").stat().st_size
+    artifact = f"ranged-{uuid.uuid4().hex[:6]}"
+    with stack.registry() as registry:
+        registry.push(checkpoint, artifact)
+    reads = _CountingReads()
+    with _ranged_registry(stack, reads, tmp_path) as registry:
+        registry.pull(artifact, tmp_path / "out")
+    assert_same_tree(checkpoint, tmp_path / "out")
+    ranges = sorted((r.read_offset, r.read_limit) for r in reads.requests)
+    expected = [(start, min(small_ranges, size - start)) for start in range(0, size, small_ranges)]
+    assert ranges == expected  # every byte asked for exactly once, as ranges
+    assert all(r.skip_verification for r in reads.requests)  # the client hashes; the server need not
+
+
+def test_a_broken_range_resumes_where_it_stopped(stack, small_ranges: int, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(5 << 20) + 99)  # ranges of 2, 2 and 1 MiB + 99
+    artifact = f"ranged-cut-{uuid.uuid4().hex[:6]}"
+    with stack.registry() as registry:
+        registry.push(checkpoint, artifact)
+    reads = _CountingReads(break_stream=3)
+    with _ranged_registry(stack, reads, tmp_path) as registry:
+        registry.pull(artifact, tmp_path / "out")
+    assert_same_tree(checkpoint, tmp_path / "out")
+    broken = reads.requests[2]
+    resumed = [r for r in reads.requests if r.read_offset == broken.read_offset + CHUNK]
+    # The retry asks for the rest of that range only, from the byte after the chunk it kept.
+    assert [r.read_limit for r in resumed] == [broken.read_limit - CHUNK]
+    assert len(reads.requests) == 3 + 1
+
+
+def test_a_corrupt_large_file_is_data_loss_and_nothing_is_left_behind(stack, small_ranges: int, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 7)
+    with stack.registry() as registry:
+        pushed = registry.push(checkpoint, f"ranged-corrupt-{uuid.uuid4().hex[:6]}")
+        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
+        corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
+        with pytest.raises(MregError) as error:
+            registry.pull(pushed.version.name, tmp_path / "out")
+    assert (error.value.code, error.value.reason) == ("DATA_LOSS", "BLOB_CORRUPT")
+    assert not (tmp_path / "out" / "weights.bin").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
+
+
 @pytest.mark.parametrize("cut_after_chunks", [1, 5, 9, 17])
 def test_upload_cut_by_the_client_resumes_to_an_identical_blob(blob_only, blob_stub, cut_after_chunks: int) -> None:
     data = os.urandom(20 * CHUNK + 333)
