@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -159,6 +159,9 @@ class RpcObserver(grpc.ServerInterceptor):
             return self._observe_response_stream(handler, series)
         return self._observe_unary_response(handler, series)
 
+    # Neither wrapper keeps the exception in a local beyond its ``except`` block: the traceback would hold the
+    # frame, and with it the wrapped stream, past the call's end (until the garbage collector found the cycle).
+
     def _observe_unary_response(self, handler: grpc.RpcMethodHandler, series: _MethodSeries) -> grpc.RpcMethodHandler:
         streaming = handler.request_streaming
         behavior = handler.stream_unary if streaming else handler.unary_unary
@@ -170,18 +173,13 @@ class RpcObserver(grpc.ServerInterceptor):
             token = CURRENT_CALL.set(note) if note is not None else None
             if streaming:
                 series.open_streams.inc()
-            error: BaseException | None = None
             try:
-                return behavior(request, context)
+                response = behavior(request, context)
             except BaseException as e:
-                error = e
+                _end(series, context, started, e, note, token, streaming, stream=False)
                 raise
-            finally:
-                if token is not None:
-                    CURRENT_CALL.reset(token)
-                if streaming:
-                    series.open_streams.dec()
-                _finish(series, context, started, error, note, False)
+            _end(series, context, started, None, note, token, streaming, stream=False)
+            return response
 
         make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         return make(
@@ -197,31 +195,53 @@ class RpcObserver(grpc.ServerInterceptor):
             started = time.perf_counter()
             note = CallNote() if track_principal else None
             series.open_streams.inc()
-            error: BaseException | None = None
+            responses = iter(behavior(request, context))
             try:
-                # The note is set around each step of the stream: gRPC may resume it after other work on the thread.
-                iterator = iter(behavior(request, context))
                 while True:
+                    # The note is set around each step: between steps gRPC's thread is not this call's.
                     token = CURRENT_CALL.set(note) if note is not None else None
                     try:
-                        response = next(iterator)
+                        response = next(responses)
                     except StopIteration:
-                        return
+                        break
                     finally:
                         if token is not None:
                             CURRENT_CALL.reset(token)
                     yield response
             except BaseException as e:
-                error = e
+                # Closing the wrapped stream now runs its own clean-up (a stream slot given back) before the
+                # call counts as ended, as ``yield from`` would.
+                close = getattr(responses, "close", None)
+                try:
+                    if close is not None:
+                        close()
+                finally:
+                    _end(series, context, started, e, note, None, True, stream=True)
                 raise
-            finally:
-                series.open_streams.dec()
-                _finish(series, context, started, error, note, True)
+            _end(series, context, started, None, note, None, True, stream=True)
 
         make = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_stream_rpc_method_handler
         return make(
             observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
+
+
+def _end(
+    series: _MethodSeries,
+    context: grpc.ServicerContext,
+    started: float,
+    error: BaseException | None,
+    note: CallNote | None,
+    token: Token[CallNote | None] | None,
+    open_stream: bool,
+    *,
+    stream: bool,
+) -> None:
+    if token is not None:
+        CURRENT_CALL.reset(token)
+    if open_stream:
+        series.open_streams.dec()
+    _finish(series, context, started, error, note, stream)
 
 
 def _finish(
