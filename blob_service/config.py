@@ -33,6 +33,7 @@ class BlobConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     insecure: bool = False
+    metrics_listen: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(parser, BlobConfig, field, env, help)
 
     flag("listen", "MREG_BLOB_LISTEN", "host:port to serve on; port 0 picks a free one")
+    flag(
+        "metrics_listen",
+        "MREG_BLOB_METRICS_LISTEN",
+        "serve Prometheus metrics over HTTP on this host:port, e.g. 127.0.0.1:9465; empty (the default) "
+        "serves none. Not on a loopback address only with --insecure: the endpoint does not authenticate",
+    )
     add_switch(
         parser,
         "auth",
@@ -124,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "insecure",
         "MREG_BLOB_INSECURE",
-        "allow listening on a non-loopback address although callers are not authenticated",
+        "allow listening on a non-loopback address although callers are not authenticated (the gRPC "
+        "address without --auth, and the --metrics-listen address, which never authenticates)",
     )
 
 

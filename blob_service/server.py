@@ -14,12 +14,20 @@ from mreg.blob.v1 import blob_service_pb2
 from mreg.blob_service.authorization import IntrospectingAuthenticator, authorize
 from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.errors import ERROR_DOMAIN
+from mreg.blob_service.metrics import BlobMetrics
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
 from mreg.client.channels import Credentials
 from mreg.server_runtime import runtime, streams, transport
 from mreg.server_runtime.auth import AuthInterceptor
+from mreg.server_runtime.metrics import (
+    MetricsEndpoint,
+    RpcObserver,
+    ServiceMetrics,
+    check_metrics_address,
+    serve_metrics,
+)
 from mreg.server_runtime.principals import read_or_create_secret_file
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,10 @@ class RunningBlobServer:
     stopping: threading.Event
     idle_streams: streams.IdleStreams
     admission: streams.StreamAdmission
+    metrics: ServiceMetrics
+    blob_metrics: BlobMetrics
+    # The Prometheus endpoint (--metrics-listen), or None.
+    metrics_endpoint: MetricsEndpoint | None = None
     # Where tokens are checked (with --auth); settable, as the metadata service may start later.
     metadata_addr: str = ""
     authenticator: IntrospectingAuthenticator | None = None
@@ -60,6 +72,8 @@ class RunningBlobServer:
         self.stopping.set()
         self.server.stop(grace).wait()
         self.idle_streams.stop()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         if self.authenticator is not None:
             self.authenticator.close()
 
@@ -79,6 +93,10 @@ def start(config: BlobConfig) -> RunningBlobServer:
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)",
     )
+    if config.metrics_listen:
+        check_metrics_address(
+            config.metrics_listen, insecure=config.insecure, insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)"
+        )
     store = BlobStore(
         open_storage(config.store),
         touch_interval=timedelta(seconds=config.touch_interval_seconds),
@@ -109,6 +127,8 @@ def start(config: BlobConfig) -> RunningBlobServer:
             ),
         )
         interceptors.append(AuthInterceptor(authenticator, authorize, ERROR_DOMAIN))
+    metrics = ServiceMetrics("blob")
+    blob_metrics = BlobMetrics(metrics)
     started = runtime.start_server(
         listen=config.listen,
         workers=config.workers,
@@ -116,21 +136,33 @@ def start(config: BlobConfig) -> RunningBlobServer:
         max_streams_setting="--max-streams, env MREG_BLOB_MAX_STREAMS",
         thread_name="blob-rpc",
         options=grpc_options(config),
-        add_servicers=lambda server: add_to_server(BlobServicer(store, idle_streams, capabilities), server),
+        add_servicers=lambda server: add_to_server(
+            BlobServicer(store, idle_streams, capabilities, blob_metrics), server
+        ),
         service_name=blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         error_domain=ERROR_DOMAIN,
         interceptors=interceptors,
         credentials=credentials,
+        observer=RpcObserver(metrics, track_principal=config.auth),
     )
+    try:
+        endpoint = serve_metrics(config.metrics_listen, metrics.registry) if config.metrics_listen else None
+    except BaseException:
+        started.server.stop(None)
+        raise
     stopping = threading.Event()
     if config.janitor_interval_seconds > 0:
-        threading.Thread(target=_janitor, args=(store, config, stopping), name="blob-janitor", daemon=True).start()
+        threading.Thread(
+            target=_janitor, args=(store, config, stopping, blob_metrics), name="blob-janitor", daemon=True
+        ).start()
     log.info(
         "blob service listening on port %d (%s), storing in %r",
         started.port,
         transport.describe(cert=config.tls_cert, client_ca=config.tls_client_ca),
         store.storage,
     )
+    if endpoint is not None:
+        log.info("blob service metrics at http://%s/metrics", endpoint.address)
     running.append(
         RunningBlobServer(
             started.server,
@@ -139,6 +171,9 @@ def start(config: BlobConfig) -> RunningBlobServer:
             stopping,
             idle_streams,
             started.admission,
+            metrics,
+            blob_metrics,
+            endpoint,
             metadata_addr=config.metadata_addr,
             authenticator=authenticator,
         )
@@ -150,10 +185,10 @@ def _read(path: str) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event) -> None:
+def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event, metrics: BlobMetrics) -> None:
     """Discards partial uploads abandoned for longer than the expiry, until the server stops."""
     while not stopping.wait(config.janitor_interval_seconds):
         try:
-            store.expire_uploads()
+            metrics.upload_parts_expired.inc(store.expire_uploads())
         except Exception:  # the janitor must outlive a storage hiccup
             log.exception("expiring abandoned uploads failed; retrying in %.0f s", config.janitor_interval_seconds)

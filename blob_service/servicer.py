@@ -18,9 +18,11 @@ from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import limits
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, InvalidArgument, Reason
+from mreg.blob_service.metrics import BlobMetrics
 from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 from mreg.server_runtime.error_mapping import abort_on_domain_error, domain_status
+from mreg.server_runtime.metrics import ServiceMetrics
 from mreg.server_runtime.streams import IdleStreams
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,15 @@ def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
 
 class BlobServicer(pb_grpc.BlobServiceServicer):
     def __init__(
-        self, store: BlobStore, idle_streams: IdleStreams | None = None, capabilities: Capabilities | None = None
+        self,
+        store: BlobStore,
+        idle_streams: IdleStreams | None = None,
+        capabilities: Capabilities | None = None,
+        metrics: BlobMetrics | None = None,
     ) -> None:
         self.store = store
+        # Bytes in and out; a servicer built without a server counts into a registry nobody reads.
+        self.metrics = metrics or BlobMetrics(ServiceMetrics("blob"))
         # Ends uploads and reads whose client stalls, so they give back their thread and stream slot.
         self.idle_streams = idle_streams
         self.capabilities = capabilities or store.capabilities(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, None)
@@ -115,6 +123,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         self, request: pb.BatchUpdateBlobsRequest, context: grpc.ServicerContext
     ) -> pb.BatchUpdateBlobsResponse:
         items = [(_digest(r.digest), r.data) for r in request.requests]
+        self.metrics.batch_received.inc(sum(len(data) for _, data in items))
         errors = self.store.batch_update(items)
         return pb.BatchUpdateBlobsResponse(
             responses=[
@@ -128,6 +137,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         self, request: pb.BatchReadBlobsRequest, context: grpc.ServicerContext
     ) -> pb.BatchReadBlobsResponse:
         results = self.store.batch_read([_digest(d) for d in request.digests])
+        self.metrics.batch_sent.inc(sum(len(r.data) for r in results if r.data))
         return pb.BatchReadBlobsResponse(
             responses=[
                 pb.BatchReadBlobsResponse.Response(
@@ -146,8 +156,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             chunks = self.idle_streams.watch_responses(
                 chunks, context, "read again from the offset you reached (read_offset)"
             )
+        sent = self.metrics.read_sent
         for data in chunks:
             yield pb.ReadResponse(data=data)
+            sent.inc(len(data))  # once gRPC took it: a cancelled read counts what left
 
     @_abort_on_domain_error
     def Write(self, request_iterator: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
@@ -166,10 +178,12 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 metadata={"field": "digest" if first.upload_id else "upload_id"},
             )
         digest = _digest(first.digest)
+        received = self.metrics.write_received
 
         def chunks() -> Iterator[WriteChunk]:
             message = first
             while True:
+                received.inc(len(message.data))
                 if (message.upload_id and message.upload_id != first.upload_id) or (
                     message.HasField("digest") and message.digest != first.digest
                 ):

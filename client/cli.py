@@ -763,6 +763,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
             tls_client_ca=args.tls_client_ca,
             insecure=args.insecure,
             auth=args.auth,
+            metrics_port=args.metrics_port,
         )
     except TransportConfigError as e:
         # A setting the services refuse to start with is a usage error, as for `python -m mreg.*_service`.
@@ -1664,7 +1665,18 @@ _leaf(
     help="require client certificates issued by these CAs (mutual TLS); the metadata service presents "
     "--tls-cert to the blob service, so that certificate must be issued by them too",
 )
-@click.option("--insecure", is_flag=True, help="allow a non-loopback --host although callers are not authenticated")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=lambda: int(os.environ.get("MREG_METRICS_PORT") or 0),
+    show_default="0, off",
+    help="serve both services' Prometheus metrics over HTTP on --host at this port (env MREG_METRICS_PORT)",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="allow a non-loopback --host although callers are not authenticated (metrics never authenticate)",
+)
 def _serve(*_: Any) -> None: ...
 
 

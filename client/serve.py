@@ -16,6 +16,7 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
+from mreg.server_runtime import metrics as service_metrics
 from mreg.server_runtime import runtime, transport
 
 # Addresses that listen on every interface; the metadata service reaches the blob service
@@ -35,11 +36,13 @@ def serve(
     tls_client_ca: str = "",
     insecure: bool = False,
     auth: bool = False,
+    metrics_port: int = 0,
 ) -> None:
     """Runs until SIGINT or SIGTERM.
 
     With ``auth``, both services require tokens; they share a secret in DATA_DIR/service.token,
-    and the first start writes an admin token to DATA_DIR/admin.token (both mode 0600).
+    and the first start writes an admin token to DATA_DIR/admin.token (both mode 0600). With
+    ``metrics_port``, one HTTP endpoint on ``host`` shows both services' metrics (``server`` label).
 
     Raises:
         transport.TransportConfigError: the TLS files are incomplete or unreadable, or ``host`` is not
@@ -53,6 +56,9 @@ def serve(
         transport.check_listen_address(
             f"{listen_host}:{metadata_port}", authenticated=auth, insecure=False, tls=bool(tls_cert)
         )
+    metrics_listen = f"{listen_host}:{metrics_port}" if metrics_port else ""
+    if metrics_listen:
+        service_metrics.check_metrics_address(metrics_listen, insecure=insecure)
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     service_token = str(root / "service.token")
@@ -95,6 +101,16 @@ def serve(
         blobs.stop(grace=None)
         raise
     blobs.metadata_addr = f"{blob_host}:{metadata.port}"
+    endpoint = None
+    if metrics_listen:
+        try:
+            endpoint = service_metrics.serve_metrics(
+                metrics_listen, service_metrics.MergedRegistries(metadata.metrics.registry, blobs.metrics.registry)
+            )
+        except BaseException:
+            metadata.stop(grace=None)
+            blobs.stop(grace=None)
+            raise
     scheme = "TLS" if tls_cert else "plaintext"
     print(f"mreg metadata service listening on {listen_host}:{metadata.port} ({scheme})", flush=True)
     print(f"mreg blob service listening on {listen_host}:{blobs.port} ({scheme})", flush=True)
@@ -104,7 +120,11 @@ def serve(
             "(export MREG_TOKEN=$(cat ...), or `mreg login`)",
             flush=True,
         )
+    if endpoint is not None:
+        print(f"mreg metrics at http://{endpoint.address}/metrics", flush=True)
     print(f"data in {root}; stop with Ctrl-C", flush=True)
     runtime.wait_for_stop_signal()
+    if endpoint is not None:
+        endpoint.stop()
     metadata.stop(grace=runtime.STOP_GRACE_SECONDS)
     blobs.stop(grace=runtime.STOP_GRACE_SECONDS)

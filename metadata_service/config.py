@@ -30,6 +30,7 @@ class MetadataConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     insecure: bool = False
+    metrics_listen: str = ""
     blob_tls: bool = False
     blob_ca_cert: str = ""
     blob_client_cert: str = ""
@@ -41,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_flag(parser, MetadataConfig, field, env, help)
 
     flag("listen", "MREG_METADATA_LISTEN", "host:port to serve on; port 0 picks a free one")
+    flag(
+        "metrics_listen",
+        "MREG_METADATA_METRICS_LISTEN",
+        "serve Prometheus metrics over HTTP on this host:port, e.g. 127.0.0.1:9464; empty (the default) "
+        "serves none. Not on a loopback address only with --insecure: the endpoint does not authenticate",
+    )
     flag(
         "database_url",
         "MREG_DATABASE_URL",
@@ -104,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "insecure",
         "MREG_METADATA_INSECURE",
-        "allow listening on a non-loopback address although callers are not authenticated",
+        "allow listening on a non-loopback address although callers are not authenticated (the gRPC "
+        "address without --auth, and the --metrics-listen address, which never authenticates)",
     )
     add_switch(
         parser,

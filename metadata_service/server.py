@@ -19,12 +19,20 @@ from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
 from mreg.metadata_service.errors import ERROR_DOMAIN
+from mreg.metadata_service.metrics import MetadataMetrics
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.token_servicer import TokenServicer
 from mreg.metadata_service.token_servicer import add_to_server as add_token_servicer
 from mreg.metadata_service.unit_of_work import Database
 from mreg.server_runtime import runtime, streams, transport
 from mreg.server_runtime.auth import AuthInterceptor
+from mreg.server_runtime.metrics import (
+    MetricsEndpoint,
+    RpcObserver,
+    ServiceMetrics,
+    check_metrics_address,
+    serve_metrics,
+)
 from mreg.server_runtime.principals import read_or_create_secret_file, write_secret_file
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,10 @@ class RunningMetadataServer:
     catalog: MetadataCatalog
     stopping: threading.Event
     admission: streams.StreamAdmission
+    metrics: ServiceMetrics
+    metadata_metrics: MetadataMetrics
+    # The Prometheus endpoint (--metrics-listen), or None.
+    metrics_endpoint: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -54,6 +66,8 @@ class RunningMetadataServer:
     def stop(self, grace: float | None = None) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self.catalog.stop()
         self.content.close()
         self.engine.dispose()
@@ -82,12 +96,20 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
     )
+    if config.metrics_listen:
+        check_metrics_address(
+            config.metrics_listen, insecure=config.insecure, insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)"
+        )
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)
     service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
     content = BlobServiceClient(config.blob_addr, credentials=blob_credentials, token=service_secret)
-    catalog = MetadataCatalog(Database(engine), content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    database = Database(engine)
+    catalog = MetadataCatalog(database, content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    metrics = ServiceMetrics("metadata")
+    metadata_metrics = MetadataMetrics(metrics)
+    metadata_metrics.observe(engine, database, catalog)
     interceptors = []
     if config.auth:
         _bootstrap_admin(catalog, Path(config.admin_token_file))
@@ -99,7 +121,9 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         add_token_servicer(TokenServicer(catalog.tokens, config.auth), server)
 
     stopping = threading.Event()
-    threading.Thread(target=_janitor, args=(catalog, config, stopping), name="mreg-janitor", daemon=True).start()
+    threading.Thread(
+        target=_janitor, args=(catalog, config, stopping, metadata_metrics), name="mreg-janitor", daemon=True
+    ).start()
     started = runtime.start_server(
         listen=config.listen,
         workers=config.workers,
@@ -113,8 +137,15 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         error_domain=ERROR_DOMAIN,
         interceptors=interceptors,
         credentials=credentials,
+        observer=RpcObserver(metrics, track_principal=config.auth),
     )
     port = started.port
+    try:
+        endpoint = serve_metrics(config.metrics_listen, metrics.registry) if config.metrics_listen else None
+    except BaseException:
+        stopping.set()
+        started.server.stop(None)
+        raise
     log.info(
         "metadata service listening on port %d (%s; database %s; blob service %s over %s)",
         port,
@@ -123,7 +154,20 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         config.blob_addr,
         "plaintext" if blob_credentials is None else "TLS",
     )
-    return RunningMetadataServer(started.server, port, engine, content, catalog, stopping, started.admission)
+    if endpoint is not None:
+        log.info("metadata service metrics at http://%s/metrics", endpoint.address)
+    return RunningMetadataServer(
+        started.server,
+        port,
+        engine,
+        content,
+        catalog,
+        stopping,
+        started.admission,
+        metrics,
+        metadata_metrics,
+        endpoint,
+    )
 
 
 def _bootstrap_admin(catalog: MetadataCatalog, path: Path) -> None:
@@ -138,12 +182,14 @@ def _bootstrap_admin(catalog: MetadataCatalog, path: Path) -> None:
         )
 
 
-def _janitor(catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event) -> None:
+def _janitor(
+    catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event, metrics: MetadataMetrics
+) -> None:
     """Expires pending versions and, less often, collects garbage, until the server stops."""
     next_gc = time.monotonic() + config.gc_interval_seconds
     while not stopping.wait(config.janitor_interval_seconds):
         try:
-            catalog.versions.expire_pending()
+            metrics.pending_expired.inc(catalog.versions.expire_pending())
             if config.gc_interval_seconds > 0 and time.monotonic() >= next_gc:
                 next_gc = time.monotonic() + config.gc_interval_seconds
                 catalog.garbage.collect(timedelta(seconds=config.gc_grace_seconds))

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_RETRYABLE_PG_CODES = {"40001", "40P01"}
+_RETRYABLE_PG_CODES = {"40001": "serialization", "40P01": "deadlock"}
 _PG_DISK_FULL = "53100"
 _SQLITE_FULL = 13
 MAX_ATTEMPTS = 8
@@ -76,10 +76,18 @@ def _is_disk_full(error: DBAPIError) -> bool:
     return getattr(error.orig, "sqlite_errorcode", None) == _SQLITE_FULL or _sqlstate(error) == _PG_DISK_FULL
 
 
-def _is_transient(error: DBAPIError) -> bool:
-    if _sqlstate(error) in _RETRYABLE_PG_CODES:
-        return True
-    return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+def _conflict(error: DBAPIError) -> str | None:
+    """The kind of transient conflict ``error`` is ("serialization", "deadlock", "locked"), or None."""
+    state = _sqlstate(error)
+    if state in _RETRYABLE_PG_CODES:
+        return _RETRYABLE_PG_CODES[state]
+    if isinstance(error, OperationalError) and "database is locked" in str(error.orig):
+        return "locked"
+    return None
+
+
+def _ignore(kind: str) -> None:
+    pass
 
 
 class Database:
@@ -90,6 +98,8 @@ class Database:
         self._reader = sessionmaker(bind=engine, expire_on_commit=False)
         self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         self._commit_listeners: list[Callable[[], None]] = []
+        # Called with the conflict's kind before each retry (the service's metrics count them).
+        self.on_retry: Callable[[str], None] = _ignore
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Calls ``listener`` after every transaction of this process that committed events."""
@@ -115,7 +125,9 @@ class Database:
                             self._notify_committed()
                     return result
             except DBAPIError as e:
-                if _is_transient(e) and attempt < MAX_ATTEMPTS:
+                conflict = _conflict(e)
+                if conflict is not None and attempt < MAX_ATTEMPTS:
+                    self.on_retry(conflict)
                     delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5)
                     log.info("transient database conflict (attempt %d), retrying: %s", attempt, e.orig)
                     time.sleep(delay)

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from mreg.server_runtime.error_mapping import rich_status, status_proto
+from mreg.server_runtime.metrics import note_principal
 from mreg.server_runtime.principals import CURRENT_PRINCIPAL, AuthError, Principal, bearer_secret
 
 # The package prefix of the RPCs a service authorizes; anything else (health checking,
@@ -62,6 +63,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 )
             )
             raise AssertionError("unreachable") from e  # abort_with_status raises
+        note_principal(principal.name)
         return principal
 
     def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -11,18 +11,21 @@ with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
 
 from mreg.server_runtime import streams
 from mreg.server_runtime.introspection import add_health_and_reflection
+from mreg.server_runtime.metrics import RPC_LOGGER
 from mreg.server_runtime.transport import TransportConfigError
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
@@ -50,6 +53,7 @@ def start_server(
     more_service_names: Sequence[str] = (),
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    observer: grpc.ServerInterceptor | None = None,
 ) -> StartedServer:
     """Builds, binds and starts a server; returns once it listens.
 
@@ -65,6 +69,8 @@ def start_server(
         interceptors: run before stream admission, e.g. authentication (so a refused
             caller never holds a stream slot).
         credentials: TLS server credentials (``transport.server_credentials``); None serves plaintext.
+        observer: runs outside every other interceptor (``metrics.RpcObserver``), so it sees every call,
+            refused ones included.
 
     Raises:
         RuntimeError: ``listen`` cannot be bound.
@@ -72,7 +78,10 @@ def start_server(
     pool, max_rpcs = streams.thread_pool(workers, max_streams, thread_name)
     admission = streams.StreamAdmission(max_streams, max_streams_setting, error_domain)
     server = grpc.server(
-        pool, interceptors=[*interceptors, admission], options=list(options), maximum_concurrent_rpcs=max_rpcs
+        pool,
+        interceptors=[*([observer] if observer is not None else []), *interceptors, admission],
+        options=list(options),
+        maximum_concurrent_rpcs=max_rpcs,
     )
     add_servicers(server)
     add_health_and_reflection(server, service_name, *more_service_names)
@@ -98,8 +107,34 @@ class Running(Protocol):
     def stop(self, grace: float | None = None) -> None: ...
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, and the record's structured ``rpc`` fields
+    (``metrics.RpcObserver``) or else its message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, "rpc", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["message"] = record.getMessage()
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
 def configure_logging() -> None:
+    """Text lines on stderr for every logger, except JSON lines for failed RPCs (``mreg.rpc``), which
+    log collectors parse; safe to call more than once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rpc_log = logging.getLogger(RPC_LOGGER)
+    if not any(isinstance(h.formatter, JsonFormatter) for h in rpc_log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        rpc_log.addHandler(handler)
+    rpc_log.propagate = False  # once, as JSON, not again as text through the root logger
 
 
 def run_main(

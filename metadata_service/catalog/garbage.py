@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -83,6 +83,8 @@ class GarbageCollector:
     def __init__(self, database: Database, content: BlobService) -> None:
         self.db = database
         self.content = content
+        # Called with the report of every completed sweep, not dry runs (the service's metrics count them).
+        self.on_sweep: Callable[[GarbageReport], None] | None = None
 
     def collect(self, grace: timedelta = DEFAULT_GC_GRACE, dry_run: bool = False) -> GarbageReport:
         """Deletes blobs no committed version references and nobody used for ``grace``.
@@ -121,6 +123,8 @@ class GarbageCollector:
                 self.db.run(lambda uow: _release_lease(uow.repo, owner), write=True)
         report = GarbageReport(examined, referenced, deleted, deleted_bytes, removed)
         log.info("garbage collection: %s%s", report, " (dry run)" if dry_run else "")
+        if not dry_run and self.on_sweep is not None:
+            self.on_sweep(report)
         return report
 
     def _delete_condemned(

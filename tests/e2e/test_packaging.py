@@ -18,7 +18,15 @@ import pytest
 from tests.helpers import assert_same_tree, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_ONLY_DISTRIBUTIONS = {"sqlalchemy", "alembic", "psycopg", "psycopg-binary", "minio"}
+SERVER_ONLY_DISTRIBUTIONS = {
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "psycopg-binary",
+    "minio",
+    "prometheus-client",
+    "prometheus_client",
+}
 
 
 @dataclass

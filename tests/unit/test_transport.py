@@ -10,6 +10,7 @@ import pytest
 
 from mreg.blob_service import config as blob_config
 from mreg.metadata_service import config as metadata_config
+from mreg.server_runtime.metrics import check_metrics_address
 from mreg.server_runtime.transport import (
     TransportConfigError,
     channel_credentials,
@@ -154,3 +155,22 @@ def test_tls_and_insecure_settings_come_from_flags_or_the_services_environment_v
     assert (metadata.blob_ca_cert, metadata.blob_tls) == ("/etc/mreg/ca.pem", False)
     assert (blob.tls_client_ca, blob.insecure) == ("/etc/mreg/clients.pem", True)
     assert plain.insecure is False, "MREG_BLOB_INSECURE=0 does not turn the rule off"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "localhost:0", "[::1]:9464"])
+def test_the_metrics_endpoint_serves_on_loopback_without_further_ado(listen: str) -> None:
+    check_metrics_address(listen, insecure=False)
+
+
+def test_the_metrics_endpoint_elsewhere_needs_insecure_and_then_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(TransportConfigError, match=r"refusing to serve metrics on 0\.0\.0\.0:9464.*--insecure"):
+        check_metrics_address("0.0.0.0:9464", insecure=False)
+    with caplog.at_level(logging.WARNING):
+        check_metrics_address("0.0.0.0:9464", insecure=True)
+    assert "no authentication" in caplog.text
+
+
+@pytest.mark.parametrize("listen", ["9464", "127.0.0.1", "127.0.0.1:http"])
+def test_a_metrics_address_without_a_port_is_refused(listen: str) -> None:
+    with pytest.raises(TransportConfigError, match="HOST:PORT"):
+        check_metrics_address(listen, insecure=True)
