@@ -82,14 +82,20 @@ class HashCache:
         A push that was interrupted leaves its partial upload in the blob service under
         this id; the next push of the same content continues it from QueryWriteStatus.
         """
+        return self.claim_upload_id(sha256, size)[0]
+
+    def claim_upload_id(self, sha256: str, size: int) -> tuple[str, bool]:
+        """``upload_id``, and whether this call made it: a new id has nothing to resume."""
         # Another process may claim the same blob at the same moment: the first insert
         # wins and both use its id.
         with self._lock, self._db:
-            self._db.execute("INSERT OR IGNORE INTO uploads VALUES (?, ?, ?)", (sha256, size, uuid.uuid4().hex))
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?)", (sha256, size, uuid.uuid4().hex)
+            ).rowcount
             row = self._db.execute(
                 "SELECT upload_id FROM uploads WHERE sha256 = ? AND size = ?", (sha256, size)
             ).fetchone()
-        return str(row[0])
+        return str(row[0]), inserted == 1
 
     def forget_upload(self, sha256: str, size: int) -> None:
         with self._lock, self._db:

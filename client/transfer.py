@@ -347,8 +347,9 @@ class BlobTransfer:
         digest = _digest(file.sha256, file.size_bytes)
         if self.upload_ids is not None:
             # The same id as an interrupted earlier run: continue where it stopped.
-            upload_id = self.upload_ids.upload_id(file.sha256, file.size_bytes)
-            offset = self._resume_offset(op, upload_id, digest)
+            upload_id, new = self.upload_ids.claim_upload_id(file.sha256, file.size_bytes)
+            # A new id has nothing to resume: asking would only earn a NOT_FOUND (and a failure log line).
+            offset = 0 if new else self._resume_offset(op, upload_id, digest)
             report(max(offset, 0))
         else:
             upload_id, offset = uuid.uuid4().hex, 0
@@ -442,19 +443,30 @@ class BlobTransfer:
         done = on_verified or (lambda f, p: None)
         op = _Operation()
 
+        range_jobs: list[tuple[_RangedFile, Future[None]]] = []
+
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
             jobs: list[Future[None]] = []
             for f in large:
                 if f.size_bytes > RANGED_FILE_BYTES and self.parallel > 1:
                     ranged = _RangedFile(dest, f, RANGE_BYTES, done)
-                    jobs += [pool.submit(self._download_range, op, ranged, i, report) for i in range(ranged.count)]
+                    for i in range(ranged.count):
+                        range_jobs.append((ranged, pool.submit(self._download_range, op, ranged, i, report)))
+                        jobs.append(range_jobs[-1][1])
                 else:
                     jobs.append(pool.submit(self._download_stream, op, f, dest, report, done))
             return jobs + [
                 pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small, limits)
             ]
 
-        self._run(op, submit)
+        try:
+            self._run(op, submit)
+        except BaseException:
+            for ranged, job in range_jobs:
+                if job.cancelled():  # never started, so it will not let go of its file itself
+                    ranged.failed()
+                    ranged.release()
+            raise
         return sum(f.size_bytes for f in files)
 
     def _download_batch(
