@@ -443,16 +443,17 @@ class BlobTransfer:
         done = on_verified or (lambda f, p: None)
         op = _Operation()
 
-        range_jobs: list[tuple[_RangedFile, Future[None]]] = []
+        range_jobs: dict[_RangedFile, list[Future[None]]] = {}
 
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
             jobs: list[Future[None]] = []
             for f in large:
                 if f.size_bytes > RANGED_FILE_BYTES and self.parallel > 1:
                     ranged = _RangedFile(dest, f, RANGE_BYTES, done)
+                    range_jobs[ranged] = []
                     for i in range(ranged.count):
-                        range_jobs.append((ranged, pool.submit(self._download_range, op, ranged, i, report)))
-                        jobs.append(range_jobs[-1][1])
+                        range_jobs[ranged].append(pool.submit(self._download_range, op, ranged, i, report))
+                        jobs.append(range_jobs[ranged][-1])
                 else:
                     jobs.append(pool.submit(self._download_stream, op, f, dest, report, done))
             return jobs + [
@@ -462,10 +463,13 @@ class BlobTransfer:
         try:
             self._run(op, submit)
         except BaseException:
-            for ranged, job in range_jobs:
-                if job.cancelled():  # never started, so it will not let go of its file itself
+            for ranged, started in range_jobs.items():
+                # Ranges never submitted, or cancelled before they ran, will not let go of the file themselves.
+                never_ran = ranged.count - sum(1 for job in started if not job.cancelled())
+                if never_ran:
                     ranged.failed()
-                    ranged.release()
+                    for _ in range(never_ran):
+                        ranged.release()
             raise
         return sum(f.size_bytes for f in files)
 
@@ -596,11 +600,10 @@ class _RangedFile:
         self.hasher = hashlib.sha256()
         make_parents(dest, self.target)
         try:
+            # Not sized up front: the file grows as ranges land (sparse until then), so its size
+            # says how far the download got.
             self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(self.fd, file.size_bytes)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                self.temp.unlink()
             raise local_error(e) from e
 
     def span(self, index: int) -> tuple[int, int]:
