@@ -133,12 +133,28 @@ class S3Storage(BlobStorage):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = endpoint
         try:
-            if not self.client.bucket_exists(bucket):
-                self.client.make_bucket(bucket)
+            self._ensure_bucket()
         except (S3Error, InvalidResponseError, ServerError, ValueError) as e:
             raise InvalidArgument(f"cannot use bucket {bucket!r} at {endpoint}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
+
+    def _ensure_bucket(self) -> None:
+        """Creates the bucket unless it exists.
+
+        Replicas starting together race to create a new bucket; the losers are told 409
+        (BucketAlreadyExists or BucketAlreadyOwnedByYou, in a body some servers label so the
+        SDK cannot parse it). Losing is fine: what counts is that the bucket exists
+        afterwards, which a HEAD decides.
+        """
+        if self.client.bucket_exists(self.bucket):
+            return
+        try:
+            self.client.make_bucket(self.bucket)
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            if not self.client.bucket_exists(self.bucket):
+                raise
+            log.debug("bucket %s was created by another replica meanwhile (%s)", self.bucket, e)
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
@@ -188,7 +204,7 @@ class S3Storage(BlobStorage):
                 if e.code != "NoSuchBucket":
                     raise
                 # The bucket vanished (a wiped test server, a lifecycle rule): recreate it once.
-                self.client.make_bucket(self.bucket)
+                self._ensure_bucket()
                 self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (S3Error, InvalidResponseError, ServerError) as e:
             if _is_full(e):
