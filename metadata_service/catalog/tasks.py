@@ -48,13 +48,8 @@ class PeriodicTasks:
         self.owner = owner or uuid.uuid4().hex
         self.lease = lease
 
-    def try_take(self, name: str, interval: timedelta) -> bool:
-        """Takes the lease on task ``name`` if nobody holds it and it is due; True if taken.
-
-        ``interval`` is unused here but names the schedule the caller keeps (see
-        :meth:`release`); it is accepted so both calls read alike.
-        """
-        del interval
+    def try_take(self, name: str) -> bool:
+        """Takes the lease on task ``name`` if nobody holds it (or its lease lapsed) and it is due; True if taken."""
         now = utcnow()
         return self.db.run(lambda uow: uow.repo.take_task_lease(name, self.owner, now, now + self.lease), write=True)
 
@@ -72,7 +67,7 @@ class PeriodicTasks:
         Raises:
             Whatever ``task`` raises (the lease is freed, and the task due an interval later).
         """
-        if not self.try_take(name, interval):
+        if not self.try_take(name):
             return False
         try:
             task()
