@@ -143,10 +143,13 @@ def _janitor(catalog: MetadataCatalog, config: MetadataConfig, stopping: threadi
     """Offers the periodic tasks to this replica until the server stops.
 
     Every replica runs this; the task leases (``catalog.tasks``) let one replica at a time
-    run each task, once per interval across all of them. This replica offers garbage
-    collection only from one GC interval after its start, as a lone replica always did.
+    run each task. Garbage collection runs once per GC interval across all replicas, and
+    this replica offers it only from one interval after its start, as a lone replica always
+    did. Expiry is cheap and each replica's pending TTL is its own (they may differ), so it
+    is due whenever a replica's janitor wakes: never two at once, but never held back by
+    another replica's schedule.
     """
-    expiry_every = timedelta(seconds=config.janitor_interval_seconds)
+    expiry_every = timedelta(0)
     gc_every = timedelta(seconds=config.gc_interval_seconds)
     gc_grace = timedelta(seconds=config.gc_grace_seconds)
     first_gc = time.monotonic() + config.gc_interval_seconds

@@ -53,26 +53,28 @@ class PeriodicTasks:
         now = utcnow()
         return self.db.run(lambda uow: uow.repo.take_task_lease(name, self.owner, now, now + self.lease), write=True)
 
-    def release(self, name: str, interval: timedelta) -> None:
-        """Frees this replica's lease on ``name``; the task is due again ``interval`` from now."""
-        released = self.db.run(
-            lambda uow: uow.repo.release_task_lease(name, self.owner, utcnow() + interval), write=True
-        )
+    def release(self, name: str, next_run_at: datetime) -> None:
+        """Frees this replica's lease on ``name``; the task is due again at ``next_run_at``."""
+        released = self.db.run(lambda uow: uow.repo.release_task_lease(name, self.owner, next_run_at), write=True)
         if not released:
             log.warning("task %s outlasted its %s lease; another replica may have run it too", name, self.lease)
 
     def run_if_due(self, name: str, interval: timedelta, task: Callable[[], object]) -> bool:
         """Runs ``task`` if this replica takes its lease; returns whether it ran.
 
+        The task is due again ``interval`` after it started, so a replica offering it every
+        ``interval`` (as the janitor does, waiting after each run) finds it due each time.
+
         Raises:
             Whatever ``task`` raises (the lease is freed, and the task due an interval later).
         """
+        started = utcnow()
         if not self.try_take(name):
             return False
         try:
             task()
         finally:
-            self.release(name, interval)
+            self.release(name, started + interval)
         return True
 
     def holder(self, name: str) -> TaskHolder | None:
