@@ -9,6 +9,8 @@ readers run beside the writer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,33 @@ def alembic_config() -> Config:
 
 
 def upgrade_schema(engine: Engine) -> None:
-    """Brings the schema to the newest migration; safe to run from several replicas at once."""
-    with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+    """Brings the schema to the newest migration; safe to run from several replicas at once.
+
+    One replica migrates and the others wait, then find the schema at the head and do
+    nothing. On PostgreSQL the turn is a session advisory lock on a connection of its own,
+    so it holds across however many transactions the migrations use; on SQLite it is the
+    database's write lock, which the upgrade's ``BEGIN IMMEDIATE`` takes.
+    """
+    with _migration_lock(engine), engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     log.info("database schema is up to date")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        try:
+            yield
+        finally:
+            try:
+                lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            except DBAPIError:
+                # Never return a connection that may still hold the lock to the pool.
+                lock.invalidate()
+                raise

@@ -206,6 +206,22 @@ class GcState(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class TaskLease(Base):
+    """Which replica runs a periodic task (``owner``, until ``lease_until``), and when it is next due.
+
+    Every replica runs a janitor; a replica runs a task only while it holds the task's
+    lease, so one runs it at a time, and another takes over once a dead holder's lease
+    lapses. ``next_run_at`` makes a task run once per interval across all replicas.
+    """
+
+    __tablename__ = "task_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
 class CondemnedBlob(Base):
     """A blob a sweep is deleting (``deleted_epoch`` NULL) or deleted (at ``deleted_epoch``)."""
 

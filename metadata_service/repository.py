@@ -50,6 +50,7 @@ from mreg.metadata_service.models import (
     Project,
     RequestRecord,
     RunInput,
+    TaskLease,
     Token,
     Version,
     utcnow,
@@ -226,8 +227,17 @@ class Repository:
         version.state = VersionState.DELETED.value
         self.session.flush()
 
-    def delete_pending_version(self, version: Version) -> None:
-        self.session.execute(delete(Version).where(Version.id == version.id))
+    def delete_pending_version(self, version: Version) -> bool:
+        """Deletes the version if it is still pending; False if it committed (or went) meanwhile.
+
+        The state is checked by the DELETE itself: a commit that lands between the expiry's
+        read and this statement keeps its version (PostgreSQL re-checks the condition on
+        the row the commit left).
+        """
+        result = self.session.execute(
+            delete(Version).where(Version.id == version.id, Version.state == VersionState.PENDING.value)
+        )
+        return bool(getattr(result, "rowcount", 0))
 
     def get_version(self, version_id: int) -> Version:
         return self.session.get_one(Version, version_id)
@@ -410,7 +420,9 @@ class Repository:
 
     def expired_pending_versions(self, older_than: datetime) -> Sequence[Version]:
         return self.session.scalars(
-            select(Version).where(Version.state == VersionState.PENDING.value, Version.created_at < older_than)
+            select(Version)
+            .where(Version.state == VersionState.PENDING.value, Version.created_at < older_than)
+            .order_by(Version.id)  # one order on every replica: concurrent expiries queue, not deadlock
         ).all()
 
     def referenced_digests(self, hashes: Sequence[str]) -> set[str]:
@@ -533,6 +545,40 @@ class Repository:
     def forget_requests(self, older_than: datetime) -> int:
         result = self.session.execute(delete(RequestRecord).where(RequestRecord.created_at < older_than))
         return int(getattr(result, "rowcount", 0))
+
+    # Periodic task leases ---------------------------------------------------------------
+    # How the janitors of several replicas share work: see metadata_service.catalog.tasks.
+
+    def take_task_lease(self, name: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Gives ``owner`` the lease on task ``name`` until ``until`` if it is free (or lapsed) and due.
+
+        One conditional UPDATE decides, so of replicas asking at once exactly one wins: on
+        PostgreSQL the others wait for its row lock and then find the condition false; on
+        SQLite write transactions are exclusive.
+        """
+        self._insert_ignoring_conflict(TaskLease, {"name": name})
+        result = self.session.execute(
+            update(TaskLease)
+            .where(
+                TaskLease.name == name,
+                or_(TaskLease.owner.is_(None), TaskLease.lease_until.is_(None), TaskLease.lease_until < now),
+                or_(TaskLease.next_run_at.is_(None), TaskLease.next_run_at <= now),
+            )
+            .values(owner=owner, lease_until=until)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    def release_task_lease(self, name: str, owner: str, next_run_at: datetime) -> bool:
+        """Frees the lease if ``owner`` still holds it, and sets when the task is next due."""
+        result = self.session.execute(
+            update(TaskLease)
+            .where(TaskLease.name == name, TaskLease.owner == owner)
+            .values(owner=None, lease_until=None, next_run_at=next_run_at)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    def task_lease(self, name: str) -> TaskLease | None:
+        return self.session.get(TaskLease, name, populate_existing=True)
 
     # Events --------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from mreg.metadata_service.blob_client import BlobServiceClient
 from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
-from mreg.metadata_service.errors import ERROR_DOMAIN
+from mreg.metadata_service.errors import ERROR_DOMAIN, FailedPrecondition
 from mreg.metadata_service.metrics import MetadataMetrics
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.token_servicer import TokenServicer
@@ -185,13 +186,34 @@ def _bootstrap_admin(catalog: MetadataCatalog, path: Path) -> None:
 def _janitor(
     catalog: MetadataCatalog, config: MetadataConfig, stopping: threading.Event, metrics: MetadataMetrics
 ) -> None:
-    """Expires pending versions and, less often, collects garbage, until the server stops."""
-    next_gc = time.monotonic() + config.gc_interval_seconds
+    """Offers the periodic tasks to this replica until the server stops.
+
+    Every replica runs this; the task leases (``catalog.tasks``) let one replica at a time
+    run each task. Garbage collection runs once per GC interval across all replicas, and
+    this replica offers it only from one interval after its start, as a lone replica always
+    did. Expiry is cheap and each replica's pending TTL is its own (they may differ), so it
+    is due whenever a replica's janitor wakes: never two at once, but never held back by
+    another replica's schedule.
+    """
+    expiry_every = timedelta(0)
+    gc_every = timedelta(seconds=config.gc_interval_seconds)
+    gc_grace = timedelta(seconds=config.gc_grace_seconds)
+    first_gc = time.monotonic() + config.gc_interval_seconds
     while not stopping.wait(config.janitor_interval_seconds):
-        try:
-            metrics.pending_expired.inc(catalog.versions.expire_pending())
-            if config.gc_interval_seconds > 0 and time.monotonic() >= next_gc:
-                next_gc = time.monotonic() + config.gc_interval_seconds
-                catalog.garbage.collect(timedelta(seconds=config.gc_grace_seconds))
-        except Exception:  # the janitor must outlive a database or blob service hiccup
-            log.exception("janitor run failed; retrying in %.0f s", config.janitor_interval_seconds)
+        _offer(catalog, "expire-pending", expiry_every, lambda: _expire_pending(catalog, metrics))
+        if config.gc_interval_seconds > 0 and time.monotonic() >= first_gc:
+            _offer(catalog, "collect-garbage", gc_every, lambda: catalog.garbage.collect(gc_grace))
+
+
+def _expire_pending(catalog: MetadataCatalog, metrics: MetadataMetrics) -> None:
+    metrics.pending_expired.inc(catalog.versions.expire_pending())
+
+
+def _offer(catalog: MetadataCatalog, name: str, interval: timedelta, task: Callable[[], object]) -> None:
+    try:
+        catalog.tasks.run_if_due(name, interval, task)
+    except FailedPrecondition as e:
+        # A sweep someone started by hand (CollectGarbage) holds the GC lease: it does the work.
+        log.info("periodic task %s skipped: %s", name, e)
+    except Exception:  # the janitor must outlive a database or blob service hiccup
+        log.exception("periodic task %s failed; retrying in %s", name, interval)

@@ -49,8 +49,12 @@ def wait_serving(address: str, timeout: float = 30.0) -> None:
 class ServiceProcess:
     """`python -m <module> --listen 127.0.0.1:PORT ARGS` that can be killed and started again on the same port."""
 
-    def __init__(self, module: str, args: Sequence[str], port: int | None = None) -> None:
+    def __init__(
+        self, module: str, args: Sequence[str], port: int | None = None, *, log_file: Path | None = None
+    ) -> None:
         self.module = module
+        # Where the process's stderr goes (its logs), to explain a failed start; discarded if None.
+        self.log_file = log_file
         self.args = list(args)
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,14 +64,32 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> ServiceProcess:
+        return self.spawn().wait_serving()
+
+    def spawn(self) -> ServiceProcess:
+        """Starts the process without waiting for it to serve (to start several at the same moment)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, "--listen", self.address, *self.args],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log_file.open("ab") if self.log_file is not None else subprocess.DEVNULL,
             env=dict(os.environ),
         )
-        wait_serving(self.address)
         return self
+
+    def wait_serving(self, timeout: float = 60.0) -> ServiceProcess:
+        """Waits until the process serves; raises at once, with the end of its log if kept, if it exited."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                err = self.log_file.read_text(errors="replace")[-3000:] if self.log_file is not None else ""
+                raise RuntimeError(f"{self.module} exited with {self.process.returncode}: {err}")
+            try:
+                wait_serving(self.address, timeout=1.0)
+                return self
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""

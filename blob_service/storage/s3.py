@@ -4,6 +4,7 @@ Layout under ``s3://BUCKET/PREFIX``::
 
     PREFIX/blobs/<sha256>                      published blobs
     PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress
+    PREFIX/uploads/<id>.<sha256>/active        touched while a replica writes the upload
 
 Each part of an upload is staged as its own object as soon as it is complete (8 MiB
 by default), so the upload's durable offset is the sum of its staged parts and any
@@ -11,6 +12,12 @@ replica can continue it, or read the parts back to restore the hash. Only when t
 service has verified the digest are the parts assembled into the final object, by
 server-side multipart copy (``compose_object``) where the server supports it and by a
 streaming multipart upload otherwise; either way the blob appears atomically, complete.
+
+Every replica's janitor expires uploads whose newest object is older than the expiry.
+A replica writing an upload whose staged parts are old (a client resuming it, or sending
+slowly) keeps it alive by touching its ``active`` object when it opens the upload and
+at least every ``HEARTBEAT_SECONDS`` while writing, so no janitor discards it meanwhile.
+The upload expiry must therefore be well above ``HEARTBEAT_SECONDS``.
 
 Servers differ in how they report errors (some send bodies the SDK cannot parse), so
 existence is decided by HEAD (``stat_object``) and HTTP status codes alone.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -42,6 +50,9 @@ log = logging.getLogger(__name__)
 PART_SIZE = 8 << 20
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
+# How often a replica writing an upload with staged parts renews its ``active`` object.
+HEARTBEAT_SECONDS = 60.0
+_HEARTBEAT = "active"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
 # MinIO says XMinioStorageFull (HTTP 507); Ceph RGW and others say QuotaExceeded.
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
@@ -91,6 +102,14 @@ class _S3Upload(PartialUpload):
         self.parts: list[tuple[str, int]] = [] if fresh else storage.staged_parts(self.prefix)
         self._staged = sum(size for _, size in self.parts)
         self._buffer = bytearray()
+        self._last_write = float("-inf")
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """Tells other replicas' janitors that staged parts are in use, if there are any and it is time."""
+        if self.parts and time.monotonic() - self._last_write >= HEARTBEAT_SECONDS:
+            self._storage.put(f"{self.prefix}{_HEARTBEAT}", b"")
+            self._last_write = time.monotonic()
 
     @property
     def committed_size(self) -> int:
@@ -100,6 +119,8 @@ class _S3Upload(PartialUpload):
         self._buffer += data
         if len(self._buffer) >= PART_SIZE:
             self.flush()
+        else:
+            self._heartbeat()
 
     def flush(self) -> None:
         if not self._buffer:
@@ -109,6 +130,7 @@ class _S3Upload(PartialUpload):
         self.parts.append((key, len(self._buffer)))
         self._staged += len(self._buffer)
         self._buffer.clear()
+        self._last_write = time.monotonic()  # a new part is as good as a heartbeat
 
     def read_back(self) -> Iterator[bytes]:
         for key, _ in self.parts:
@@ -133,12 +155,28 @@ class S3Storage(BlobStorage):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = endpoint
         try:
-            if not self.client.bucket_exists(bucket):
-                self.client.make_bucket(bucket)
+            self._ensure_bucket()
         except (S3Error, InvalidResponseError, ServerError, ValueError) as e:
             raise InvalidArgument(f"cannot use bucket {bucket!r} at {endpoint}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
+
+    def _ensure_bucket(self) -> None:
+        """Creates the bucket unless it exists.
+
+        Replicas starting together race to create a new bucket; the losers are told 409
+        (BucketAlreadyExists or BucketAlreadyOwnedByYou, in a body some servers label so the
+        SDK cannot parse it). Losing is fine: what counts is that the bucket exists
+        afterwards, which a HEAD decides.
+        """
+        if self.client.bucket_exists(self.bucket):
+            return
+        try:
+            self.client.make_bucket(self.bucket)
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            if not self.client.bucket_exists(self.bucket):
+                raise
+            log.debug("bucket %s was created by another replica meanwhile (%s)", self.bucket, e)
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
@@ -188,7 +226,7 @@ class S3Storage(BlobStorage):
                 if e.code != "NoSuchBucket":
                     raise
                 # The bucket vanished (a wiped test server, a lifecycle rule): recreate it once.
-                self.client.make_bucket(self.bucket)
+                self._ensure_bucket()
                 self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (S3Error, InvalidResponseError, ServerError) as e:
             if _is_full(e):
@@ -230,7 +268,11 @@ class S3Storage(BlobStorage):
 
     def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
         """The staged parts under an upload's prefix, in offset order, each (key, size)."""
-        objects = sorted((o.object_name, o.size or 0) for o in self._list(prefix, recursive=False) if o.object_name)
+        objects = sorted(
+            (o.object_name, o.size or 0)
+            for o in self._list(prefix, recursive=False)
+            if o.object_name and o.object_name.rsplit("/", 1)[1].isdigit()  # not the heartbeat
+        )
         # Keep only the contiguous run from offset 0: a part written by a stream that
         # died mid-PUT never became visible, so there are no holes, but be strict.
         parts, expected = [], 0
@@ -242,10 +284,14 @@ class S3Storage(BlobStorage):
         return parts
 
     def _remove(self, keys: list[str]) -> None:
+        """Deletes the keys; one already gone (another replica's janitor was first) is fine."""
         for key in keys:
             try:
                 self.client.remove_object(self.bucket, key)
-            except (S3Error, InvalidResponseError, ServerError, urllib3.exceptions.HTTPError, OSError) as e:
+            except (S3Error, InvalidResponseError) as e:
+                if not _is_not_found(e):
+                    log.warning("could not remove %s: %s", key, e)
+            except (ServerError, urllib3.exceptions.HTTPError, OSError) as e:
                 log.warning("could not remove %s: %s", key, e)
 
     # BlobStorage ---------------------------------------------------------------------------
@@ -281,7 +327,7 @@ class S3Storage(BlobStorage):
             self._assemble(upload, target)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
-        self._remove([key for key, _ in upload.parts])
+        self._remove([key for key, _ in upload.parts] + [f"{upload.prefix}{_HEARTBEAT}"])
 
     def _assemble(self, upload: _S3Upload, target: str) -> None:
         if not upload.parts:
@@ -326,7 +372,7 @@ class S3Storage(BlobStorage):
     def abort_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _S3Upload)
         upload._buffer.clear()
-        self._remove([key for key, _ in upload.parts])
+        self._remove([key for key, _ in upload.parts] + [f"{upload.prefix}{_HEARTBEAT}"])
         upload.parts.clear()
 
     def delete(self, digest: Digest) -> None:

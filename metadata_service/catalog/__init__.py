@@ -9,6 +9,7 @@ database, and return views from ``metadata_service.domain``.
 - ``editing``: UpdateVersion and UpdateRegisteredModel (descriptions, tags, metadata)
 - ``links``, ``aliases``, ``lineage``, ``retention``: what their names say
 - ``garbage``: blob garbage collection and the protocol that keeps it from racing commits
+- ``tasks``: leases that keep each periodic task (expiry, GC) to one replica at a time
 - ``events``: reading and following (Watch) the event log
 - ``tokens``: the tokens callers authenticate with
 - ``idempotency``: mutations run once per request id; ``views``: rows to views;
@@ -29,6 +30,7 @@ from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.lineage import RunLineage
 from mreg.metadata_service.catalog.links import Links
 from mreg.metadata_service.catalog.retention import Retention
+from mreg.metadata_service.catalog.tasks import PeriodicTasks
 from mreg.metadata_service.catalog.tokens import Tokens
 from mreg.metadata_service.catalog.versions import DEFAULT_PENDING_TTL, Versions
 from mreg.metadata_service.unit_of_work import Database
@@ -52,6 +54,7 @@ class MetadataCatalog:
         self.garbage = GarbageCollector(database, content)
         self.events = Events(database)
         self.tokens = Tokens(database)
+        self.tasks = PeriodicTasks(database)
 
     def stop(self) -> None:
         """Stops the event feed's reader thread."""

@@ -359,11 +359,12 @@ class Versions:
 
         def work(uow: UnitOfWork) -> int:
             expired = uow.repo.expired_pending_versions(utcnow() - self.pending_ttl)
-            for version in expired:
-                uow.repo.delete_pending_version(version)
-            uow.repo.delete_unborn_artifacts({v.artifact_id for v in expired})
+            # Count only what this run deleted: a version committed meanwhile stays, and
+            # one another run deleted first is that run's to count.
+            deleted = [v for v in expired if uow.repo.delete_pending_version(v)]
+            uow.repo.delete_unborn_artifacts({v.artifact_id for v in deleted})
             uow.repo.forget_requests(utcnow() - REQUEST_RECORD_TTL)
-            return len(expired)
+            return len(deleted)
 
         count = self.db.run(work, write=True)
         if count:
