@@ -54,9 +54,10 @@ def _policy(*codes: str) -> dict[str, Any]:
 
 SERVICE_CONFIG: dict[str, Any] = {
     # Spread calls over every address the target resolves to (several replicas, or a DNS name
-    # with one record per replica), and skip a replica whose health check says it is not serving.
+    # with one record per replica); a replica whose connection drops is skipped at once. No
+    # healthCheckConfig: its Health.Watch stream per client would hold one of each server's
+    # stream slots (and threads) for as long as the client lives.
     "loadBalancingConfig": [{"round_robin": {}}],
-    "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [
         {"name": [{"service": METADATA_SERVICE}], "retryPolicy": _policy("UNAVAILABLE")},
         {
