@@ -9,7 +9,8 @@ readers run beside the writer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,31 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 # Never return a connection that may still hold the lock to the pool.
                 lock.invalidate()
                 raise
+
+
+def follow_commits(engine: Engine, channel: str, on_commit: Callable[[], None], stopping: threading.Event) -> None:
+    """Calls ``on_commit`` whenever another process NOTIFYs ``channel`` (PostgreSQL), until ``stopping`` is set.
+
+    Runs in a thread of its own on a connection of its own (not the pool's), reconnecting
+    with backoff when the database goes away; does nothing on SQLite, where other
+    processes' commits are found by polling.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    import psycopg
+
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as connection:
+                connection.execute(f"LISTEN {channel}")
+                delay = 0.5
+                on_commit()  # anything committed while not listening
+                while not stopping.is_set():
+                    for _ in connection.notifies(timeout=1.0):
+                        on_commit()
+        except psycopg.Error as e:
+            log.warning("listening for other replicas' commits failed (%s); retrying in %.1f s", e, delay)
+            stopping.wait(delay)
+            delay = min(10.0, delay * 2)

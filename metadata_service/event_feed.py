@@ -3,7 +3,8 @@
 Hundreds of Watch streams may be open. If each polled the database, idle streams alone
 would load it, and every commit would cost one query per stream. Instead one thread per
 process reads the log: at once when this process commits events, and every
-``poll_seconds`` while any stream waits (other replicas commit too). It keeps the most
+``poll_seconds`` while any stream waits (other replicas commit too; on PostgreSQL they
+also say so with NOTIFY, which wakes the reader at once). It keeps the most
 recent events in memory, so a stream that wakes finds its events there; only a stream
 further behind than that reads the database itself.
 """
@@ -20,6 +21,9 @@ from mreg.metadata_service.domain import EventView
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# The PostgreSQL notification channel every commit of events signals (see db.follow_commits), so
+# replicas read the log at once instead of at their next poll; the poll stays as the fallback.
+EVENTS_CHANNEL = "mreg_events"
 # Events kept in memory for streams to read; a stream further behind reads the database.
 RECENT_EVENTS = 2000
 _FETCH_PAGE = 500
@@ -54,13 +58,16 @@ class EventFeed:
         read_events: Callable[[int, int], list[EventView]],
         poll_seconds: float = POLL_SECONDS,
         capacity: int = RECENT_EVENTS,
+        on_first_wait: Callable[[], None] | None = None,
     ) -> None:
         """
         Args:
             read_last_sequence: returns the sequence of the last committed event.
             read_events: ``(after, limit)`` returns up to ``limit`` events after ``after``,
                 oldest first, unfiltered.
+            on_first_wait: called once, when the first stream waits (the reader starts).
         """
+        self._on_first_wait = on_first_wait
         self._read_last = read_last_sequence
         self._read_events = read_events
         self._poll_seconds = poll_seconds
@@ -115,6 +122,8 @@ class EventFeed:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="event-feed", daemon=True)
                 self._thread.start()
+                if self._on_first_wait is not None:
+                    self._on_first_wait()
         try:
             wake.wait(timeout)
         finally:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from mreg.metadata_service import filters
 from mreg.metadata_service.domain import CollectionKind, PendingEvent, VersionState
-from mreg.metadata_service.event_feed import SEGMENT_ENDS
+from mreg.metadata_service.event_feed import EVENTS_CHANNEL, SEGMENT_ENDS
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import (
     Alias,
@@ -67,6 +68,7 @@ _FIND_COLLECTION = (
         Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
     )
 )
+_NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
 _COMMITTED = Version.state == VersionState.COMMITTED.value
 _VERSION_BY_INDEX = select(Version).where(
@@ -603,6 +605,10 @@ class Repository:
                 for i, e in enumerate(events)
             ],
         )
+        if self.session.get_bind().dialect.name == "postgresql":
+            # Delivered at commit to every replica LISTENing (db.follow_commits): their Watch
+            # streams see the events now rather than at their next poll.
+            self.session.execute(_NOTIFY_EVENTS)
         self.session.flush()
 
     def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:

@@ -33,6 +33,7 @@ from mreg.metadata_service.catalog.retention import Retention
 from mreg.metadata_service.catalog.tasks import PeriodicTasks
 from mreg.metadata_service.catalog.tokens import Tokens
 from mreg.metadata_service.catalog.versions import DEFAULT_PENDING_TTL, Versions
+from mreg.metadata_service.event_feed import POLL_SECONDS
 from mreg.metadata_service.unit_of_work import Database
 
 
@@ -42,7 +43,13 @@ class MetadataCatalog:
     It only composes the use cases, which share one database and one blob service.
     """
 
-    def __init__(self, database: Database, content: BlobService, pending_ttl: timedelta = DEFAULT_PENDING_TTL) -> None:
+    def __init__(
+        self,
+        database: Database,
+        content: BlobService,
+        pending_ttl: timedelta = DEFAULT_PENDING_TTL,
+        watch_poll_seconds: float = POLL_SECONDS,
+    ) -> None:
         mutations = Mutations(database)
         self.versions = Versions(database, content, mutations, pending_ttl)
         self.collections = Collections(database, mutations)
@@ -52,7 +59,7 @@ class MetadataCatalog:
         self.lineage = RunLineage(database, mutations)
         self.retention = Retention(mutations)
         self.garbage = GarbageCollector(database, content)
-        self.events = Events(database)
+        self.events = Events(database, watch_poll_seconds)
         self.tokens = Tokens(database)
         self.tasks = PeriodicTasks(database)
 

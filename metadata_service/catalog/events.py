@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mreg.metadata_service.catalog.views import event_view
+from mreg.metadata_service.db import follow_commits
 from mreg.metadata_service.domain import EventView
 from mreg.metadata_service.errors import InvalidArgument, Reason
-from mreg.metadata_service.event_feed import EventFeed
+from mreg.metadata_service.event_feed import EVENTS_CHANNEL, POLL_SECONDS, EventFeed
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 # A Watch stream with nothing to say still sends the reached sequence at least this often.
@@ -34,15 +35,27 @@ class WatchItem:
 class Events:
     """Reading and following the event log; owns this process's event feed."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, poll_seconds: float = POLL_SECONDS) -> None:
         self.db = database
+        self._stopping = threading.Event()
         self.feed = EventFeed(
             lambda: self.db.run(lambda uow: uow.repo.last_event_sequence(), write=False),
             lambda after, limit: self.db.run(
                 lambda uow: [event_view(e) for e in uow.repo.events_after(after, "", limit)], write=False
             ),
+            poll_seconds=poll_seconds,
+            on_first_wait=self._listen_to_other_replicas,
         )
         database.add_commit_listener(self.feed.committed)
+
+    def _listen_to_other_replicas(self) -> None:
+        """Started with the first Watch stream: only a process that has streams holds a LISTEN connection."""
+        threading.Thread(
+            target=follow_commits,
+            args=(self.db.engine, EVENTS_CHANNEL, self.feed.committed, self._stopping),
+            name="event-listener",
+            daemon=True,
+        ).start()
 
     def after(self, sequence: int, resource_prefix: str = "", limit: int = 500) -> tuple[list[EventView], int]:
         """Returns events after ``sequence`` (oldest first) and the last sequence committed."""
@@ -115,4 +128,5 @@ class Events:
             self.feed.wait(seen, wake, heartbeat - (time.monotonic() - last_sent))
 
     def stop(self) -> None:
+        self._stopping.set()
         self.feed.stop()
