@@ -502,63 +502,19 @@ class BlobTransfer:
         done: Callable[[RemoteFile, Path], None],
     ) -> None:
         with _verified_target(dest, file) as (out, hasher):
-            received = 0
-            for attempt in range(ATTEMPTS):
-                op.check()
-                # This client hashes what it receives (_verified_target): the server need not.
-                request = pb.ReadRequest(
-                    digest=_digest(file.sha256, file.size_bytes), read_offset=received, skip_verification=True
-                )
-                stream = self.stub.Read(request)
-                op.track(stream)
-                try:
-                    for chunk in stream:
-                        out.write(chunk.data)
-                        hasher.update(chunk.data)
-                        received += len(chunk.data)
-                        report(len(chunk.data))
-                    break
-                except grpc.RpcError as e:
-                    op.check()
-                    if not _transient(e) or attempt == ATTEMPTS - 1:
-                        error = MregError.from_rpc(e, "the blob service")
-                        raise error.with_message(f"{file.path}: {error.message}") from e
-                    op.sleep(attempt)
-                finally:
-                    op.untrack(stream)
+
+            def keep(offset: int, data: bytes) -> None:
+                out.write(data)
+                hasher.update(data)
+
+            self._read_resuming(op, file, 0, file.size_bytes, keep, report)
         done(file, safe_destination(dest, file.path))
 
     def _download_range(self, op: _Operation, ranged: _RangedFile, index: int, report: ProgressCallback) -> None:
         """Fetches one byte range of a large file into place, resuming a broken stream where it stopped."""
         start, length = ranged.span(index)
         try:
-            received = 0
-            for attempt in range(ATTEMPTS):
-                op.check()
-                if received == length:
-                    break  # the stream broke after its last byte: nothing is left to ask for
-                request = pb.ReadRequest(
-                    digest=_digest(ranged.file.sha256, ranged.file.size_bytes),
-                    read_offset=start + received,
-                    read_limit=length - received,
-                    skip_verification=True,
-                )
-                stream = self.stub.Read(request)
-                op.track(stream)
-                try:
-                    for chunk in stream:
-                        ranged.write(start + received, chunk.data)
-                        received += len(chunk.data)
-                        report(len(chunk.data))
-                    break
-                except grpc.RpcError as e:
-                    op.check()
-                    if not _transient(e) or attempt == ATTEMPTS - 1:
-                        error = MregError.from_rpc(e, "the blob service")
-                        raise error.with_message(f"{ranged.file.path}: {error.message}") from e
-                    op.sleep(attempt)
-                finally:
-                    op.untrack(stream)
+            received = self._read_resuming(op, ranged.file, start, length, ranged.write, report)
             if received != length:
                 raise MregError(
                     "DATA_LOSS",
@@ -571,6 +527,50 @@ class BlobTransfer:
             raise
         finally:
             ranged.release()
+
+    def _read_resuming(
+        self,
+        op: _Operation,
+        file: RemoteFile,
+        start: int,
+        length: int,
+        keep: Callable[[int, bytes], None],
+        report: ProgressCallback,
+    ) -> int:
+        """Reads bytes [start, start+length) of a blob, handing each chunk to ``keep(offset, data)``.
+
+        A stream that breaks is resumed from the byte after the last one kept. The caller
+        verifies the content, so the server is asked not to (``skip_verification``).
+        Returns the bytes received.
+        """
+        received = 0
+        for attempt in range(ATTEMPTS):
+            op.check()
+            if received == length:
+                break  # the stream broke after its last byte: nothing is left to ask for
+            request = pb.ReadRequest(
+                digest=_digest(file.sha256, file.size_bytes),
+                read_offset=start + received,
+                read_limit=length - received,
+                skip_verification=True,
+            )
+            stream = self.stub.Read(request)
+            op.track(stream)
+            try:
+                for chunk in stream:
+                    keep(start + received, chunk.data)
+                    received += len(chunk.data)
+                    report(len(chunk.data))
+                break
+            except grpc.RpcError as e:
+                op.check()
+                if not _transient(e) or attempt == ATTEMPTS - 1:
+                    error = MregError.from_rpc(e, "the blob service")
+                    raise error.with_message(f"{file.path}: {error.message}") from e
+                op.sleep(attempt)
+            finally:
+                op.untrack(stream)
+        return received
 
 
 class _RangedFile:

@@ -95,7 +95,12 @@ def test_push_and_pull_are_byte_identical(stack, tmp_path: Path) -> None:
     assert_same_tree(checkpoint, tmp_path / "out")
 
 
-def test_corrupted_content_is_data_loss_and_the_file_is_absent(stack, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_ranges", [False, True], ids=["one-stream", "ranges"])
+def test_corrupted_content_is_data_loss_and_the_file_is_absent(
+    stack, as_ranges: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if as_ranges:
+        request.getfixturevalue("small_ranges")
     checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 7)
     with stack.registry() as registry:
         pushed = registry.push(checkpoint, f"corrupt-{uuid.uuid4().hex[:6]}")
@@ -103,7 +108,7 @@ def test_corrupted_content_is_data_loss_and_the_file_is_absent(stack, tmp_path: 
         corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
         with pytest.raises(MregError) as error:
             registry.pull(pushed.version.name, tmp_path / "out")
-    assert error.value.code == "DATA_LOSS"
+    assert (error.value.code, error.value.reason) == ("DATA_LOSS", "BLOB_CORRUPT")
     assert not (tmp_path / "out" / "weights.bin").exists()
     assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
 
@@ -217,19 +222,6 @@ def test_a_broken_range_resumes_where_it_stopped(stack, small_ranges: int, tmp_p
     # The retry asks for the rest of that range only, from the byte after the chunk it kept.
     assert [r.read_limit for r in resumed] == [broken.read_limit - CHUNK]
     assert len(reads.requests) == 3 + 1
-
-
-def test_a_corrupt_large_file_is_data_loss_and_nothing_is_left_behind(stack, small_ranges: int, tmp_path: Path) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 7)
-    with stack.registry() as registry:
-        pushed = registry.push(checkpoint, f"ranged-corrupt-{uuid.uuid4().hex[:6]}")
-        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
-        corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
-        with pytest.raises(MregError) as error:
-            registry.pull(pushed.version.name, tmp_path / "out")
-    assert (error.value.code, error.value.reason) == ("DATA_LOSS", "BLOB_CORRUPT")
-    assert not (tmp_path / "out" / "weights.bin").exists()
-    assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
 
 
 @pytest.mark.parametrize("cut_after_chunks", [1, 5, 9, 17])
