@@ -8,6 +8,7 @@ readers run beside the writer.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -76,8 +77,10 @@ def upgrade_schema(engine: Engine) -> None:
 
     One replica migrates and the others wait, then find the schema at the head and do
     nothing. On PostgreSQL the turn is a session advisory lock on a connection of its own,
-    so it holds across however many transactions the migrations use; on SQLite it is the
-    database's write lock, which the upgrade's ``BEGIN IMMEDIATE`` takes.
+    so it holds across however many transactions the migrations use. On SQLite it is a
+    file lock beside the database, taken before the first connection: that connection
+    turns a new database to WAL, which SQLite refuses at once ("database is locked",
+    without waiting) while another connection holds the write lock.
     """
     with _migration_lock(engine), engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
         config = alembic_config()
@@ -88,6 +91,10 @@ def upgrade_schema(engine: Engine) -> None:
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name == "sqlite":
+        with _sqlite_migration_lock(engine.url.database):
+            yield
+        return
     if engine.dialect.name != "postgresql":
         yield
         return
@@ -102,6 +109,19 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 # Never return a connection that may still hold the lock to the pool.
                 lock.invalidate()
                 raise
+
+
+@contextmanager
+def _sqlite_migration_lock(database: str | None) -> Iterator[None]:
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migration-lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def follow_commits(engine: Engine, channel: str, on_commit: Callable[[], None], stopping: threading.Event) -> None:
