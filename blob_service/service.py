@@ -320,9 +320,10 @@ class BlobStore:
         # The generator body runs lazily; check existence now so NOT_FOUND comes first.
         if not verify:
             if offset == end:  # nothing to read (S3 refuses a range that starts at the end)
-                self.storage.open_read(digest).close()
+                if not self.storage.has(digest):
+                    raise NotFound(f"blob {digest} is not stored")
                 return iter(())
-            return self._read_range(self.storage.open_read(digest, offset), digest, end - offset)
+            return self._read_range(self.storage.open_read(digest, offset, end - offset), digest, end - offset)
         reader = self.storage.open_read(digest)
         return self._read_verified(reader, digest, offset, end)
 

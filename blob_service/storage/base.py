@@ -76,8 +76,11 @@ class BlobStorage(ABC):
         """True if the blob is published."""
 
     @abstractmethod
-    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
-        """Opens a published blob at ``offset``.
+    def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
+        """Opens a published blob at ``offset``, for ``length`` bytes (0: to the end).
+
+        The reader may return more than ``length`` bytes; the caller stops at what it
+        asked for. A backend that fetches by request (S3) asks for exactly that range.
 
         Raises:
             NotFound: the blob is not published.

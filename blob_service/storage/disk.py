@@ -112,7 +112,7 @@ class DiskStorage(BlobStorage):
         except FileNotFoundError:
             return False
 
-    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
+    def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
         try:
             file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError as e:

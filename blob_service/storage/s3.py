@@ -245,9 +245,11 @@ class S3Storage(BlobStorage):
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise _unavailable(e) from e
 
-    def open_key(self, key: str, offset: int = 0) -> BlobReader:
+    def open_key(self, key: str, offset: int = 0, length: int = 0) -> BlobReader:
+        # A bounded Range: an open-ended one makes the server send (and some servers copy)
+        # everything after ``offset`` for a reader that wants only part of it.
         try:
-            return _S3Reader(self.client.get_object(self.bucket, key, offset=offset))
+            return _S3Reader(self.client.get_object(self.bucket, key, offset=offset, length=length))
         except (S3Error, InvalidResponseError) as e:
             raise NotFound(f"object {key} is not stored") from e
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
@@ -299,13 +301,13 @@ class S3Storage(BlobStorage):
     def has(self, digest: Digest) -> bool:
         return self._stat_size(self._blob_key(digest)) == digest.size_bytes
 
-    def open_read(self, digest: Digest, offset: int = 0) -> BlobReader:
+    def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
         if self._stat_size(self._blob_key(digest)) != digest.size_bytes:
             # A digest is hash and size: content of this hash with another size is another blob.
             raise NotFound(f"blob {digest} is not stored (is the size right?)")
         if digest.size_bytes == 0:
             return _EmptyReader()
-        return self.open_key(self._blob_key(digest), offset)
+        return self.open_key(self._blob_key(digest), offset, length)
 
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         return _S3Upload(self, upload_id, digest, fresh=fresh)
