@@ -456,7 +456,11 @@ class Registry:
         fetch_total = sum(f.size_bytes for f in to_fetch)
         adopt = (lambda f, path: cache.adopt(f.sha256, path)) if cache is not None else None
         received = self.transfer.download(
-            to_fetch, target, progress(fetch_total) if progress else None, on_verified=adopt
+            to_fetch,
+            target,
+            progress(fetch_total) if progress else None,
+            on_verified=adopt,
+            targets={f.path: path for f, path in zip(files, paths, strict=True)},
         )
         if run:
             self.record_run_inputs(run, [version.name])

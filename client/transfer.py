@@ -18,7 +18,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -431,11 +431,17 @@ class BlobTransfer:
         dest: Path,
         progress: ProgressCallback | None = None,
         on_verified: Callable[[RemoteFile, Path], None] | None = None,
+        targets: Mapping[str, Path] | None = None,
     ) -> int:
         """Downloads files under ``dest``, verified; returns the bytes received.
 
         ``on_verified(file, path)`` runs in the worker after each file landed at ``path``.
+        ``targets`` maps manifest paths to destinations ``prepare_destination`` already
+        checked, so they are not resolved again (a realpath per file is much of the cost of
+        many small files).
         """
+        known = targets or {}
+        where = {f.path: known.get(f.path) or safe_destination(dest, f.path) for f in files}
         report = progress or (lambda n: None)
         limits = self.limits()
         small = [f for f in files if f.size_bytes <= limits.small_file_bytes]
@@ -449,15 +455,15 @@ class BlobTransfer:
             jobs: list[Future[None]] = []
             for f in large:
                 if f.size_bytes > RANGED_FILE_BYTES and self.parallel > 1:
-                    ranged = _RangedFile(dest, f, RANGE_BYTES, done)
+                    ranged = _RangedFile(where[f.path], f, RANGE_BYTES, done)
                     range_jobs[ranged] = []
                     for i in range(ranged.count):
                         range_jobs[ranged].append(pool.submit(self._download_range, op, ranged, i, report))
                         jobs.append(range_jobs[ranged][-1])
                 else:
-                    jobs.append(pool.submit(self._download_stream, op, f, dest, report, done))
+                    jobs.append(pool.submit(self._download_stream, op, f, where[f.path], report, done))
             return jobs + [
-                pool.submit(self._download_batch, op, batch, dest, report, done) for batch in _batches(small, limits)
+                pool.submit(self._download_batch, op, batch, where, report, done) for batch in _batches(small, limits)
             ]
 
         try:
@@ -477,7 +483,7 @@ class BlobTransfer:
         self,
         op: _Operation,
         files: list[RemoteFile],
-        dest: Path,
+        where: Mapping[str, Path],
         report: ProgressCallback,
         done: Callable[[RemoteFile, Path], None],
     ) -> None:
@@ -487,28 +493,28 @@ class BlobTransfer:
             op.check()
             if result.status.code != 0:
                 raise MregError.from_status(result.status, f"{f.path}: {result.status.message}")
-            with _verified_target(dest, f) as (out, hasher):
+            with _verified_target(where[f.path], f) as (out, hasher):
                 out.write(result.data)
                 hasher.update(result.data)
             report(f.size_bytes)
-            done(f, safe_destination(dest, f.path))
+            done(f, where[f.path])
 
     def _download_stream(
         self,
         op: _Operation,
         file: RemoteFile,
-        dest: Path,
+        target: Path,
         report: ProgressCallback,
         done: Callable[[RemoteFile, Path], None],
     ) -> None:
-        with _verified_target(dest, file) as (out, hasher):
+        with _verified_target(target, file) as (out, hasher):
 
             def keep(offset: int, data: bytes) -> None:
                 out.write(data)
                 hasher.update(data)
 
             self._read_resuming(op, file, 0, file.size_bytes, keep, report)
-        done(file, safe_destination(dest, file.path))
+        done(file, target)
 
     def _download_range(self, op: _Operation, ranged: _RangedFile, index: int, report: ProgressCallback) -> None:
         """Fetches one byte range of a large file into place, resuming a broken stream where it stopped."""
@@ -583,12 +589,11 @@ class _RangedFile:
     more, and on any failure the temporary file is removed.
     """
 
-    def __init__(self, dest: Path, file: RemoteFile, range_bytes: int, done: Callable[[RemoteFile, Path], None]):
+    def __init__(self, target: Path, file: RemoteFile, range_bytes: int, done: Callable[[RemoteFile, Path], None]):
         self.file = file
-        self.dest = dest
         self.range_bytes = range_bytes
         self.count = -(-file.size_bytes // range_bytes)
-        self.target = safe_destination(dest, file.path)
+        self.target = target
         self.temp = partial_path(self.target)
         self.on_done = done
         self.lock = threading.Lock()
@@ -598,7 +603,7 @@ class _RangedFile:
         self.broken = False
         self.users = self.count  # workers that may still write
         self.hasher = hashlib.sha256()
-        make_parents(dest, self.target)
+        make_parents(self.target)
         try:
             # Not sized up front: the file grows as ranges land (sparse until then), so its size
             # says how far the download got.
@@ -684,14 +689,13 @@ def safe_destination(dest: Path, path: str) -> Path:
 
 
 @contextlib.contextmanager
-def _verified_target(dest: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, Any]]:
+def _verified_target(target: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, Any]]:
     """Yields (temp file, hasher); on success the digest is checked and the file renamed into place.
 
     On any failure the temporary file is removed, so no partial or unverified file is
     ever left at the destination.
     """
-    target = safe_destination(dest, file.path)
-    make_parents(dest, target)
+    make_parents(target)
     temp = partial_path(target)
     hasher = hashlib.sha256()
     try:
@@ -711,8 +715,8 @@ def _verified_target(dest: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, A
             temp.unlink()
 
 
-def make_parents(dest: Path, target: Path) -> None:
-    """Creates the directories above ``target`` (under ``dest``).
+def make_parents(target: Path) -> None:
+    """Creates the directories above ``target``.
 
     Raises:
         MregError: FAILED_PRECONDITION naming the file that stands where the version has a
@@ -753,7 +757,7 @@ def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
     made: set[Path] = set()
     for target in targets:
         if target.parent not in made:
-            make_parents(dest, target)
+            make_parents(target)
             made.add(target.parent)
         try:
             is_directory = target.is_dir() and not target.is_symlink()
