@@ -25,7 +25,6 @@ from mreg.server_runtime.metrics import (
     MetricsEndpoint,
     RpcObserver,
     ServiceMetrics,
-    check_metrics_address,
     serve_metrics,
 )
 from mreg.server_runtime.principals import read_or_create_secret_file
@@ -86,17 +85,14 @@ def start(config: BlobConfig) -> RunningBlobServer:
             is not a loopback address and the loopback rule refuses it.
     """
     credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
-    transport.check_listen_address(
+    runtime.check_addresses(
         config.listen,
+        config.metrics_listen,
         authenticated=config.auth,
         insecure=config.insecure,
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)",
     )
-    if config.metrics_listen:
-        check_metrics_address(
-            config.metrics_listen, insecure=config.insecure, insecure_flag="--insecure (env MREG_BLOB_INSECURE=1)"
-        )
     store = BlobStore(
         open_storage(config.store),
         touch_interval=timedelta(seconds=config.touch_interval_seconds),

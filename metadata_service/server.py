@@ -31,7 +31,6 @@ from mreg.server_runtime.metrics import (
     MetricsEndpoint,
     RpcObserver,
     ServiceMetrics,
-    check_metrics_address,
     serve_metrics,
 )
 from mreg.server_runtime.principals import read_or_create_secret_file, write_secret_file
@@ -90,17 +89,14 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         client_key=config.blob_client_key,
         flag_prefix="--blob",
     )
-    transport.check_listen_address(
+    runtime.check_addresses(
         config.listen,
+        config.metrics_listen,
         authenticated=config.auth,
         insecure=config.insecure,
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
     )
-    if config.metrics_listen:
-        check_metrics_address(
-            config.metrics_listen, insecure=config.insecure, insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)"
-        )
     engine = create_database_engine(config.database_url)
     if config.migrate:
         upgrade_schema(engine)

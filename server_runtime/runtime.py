@@ -25,8 +25,8 @@ import grpc
 
 from mreg.server_runtime import streams
 from mreg.server_runtime.introspection import add_health_and_reflection
-from mreg.server_runtime.metrics import RPC_LOGGER
-from mreg.server_runtime.transport import TransportConfigError
+from mreg.server_runtime.metrics import RPC_LOGGER, check_metrics_address
+from mreg.server_runtime.transport import TransportConfigError, check_listen_address
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
 STOP_GRACE_SECONDS = 5
@@ -37,6 +37,19 @@ class StartedServer:
     server: grpc.Server
     port: int
     admission: streams.StreamAdmission
+
+
+def check_addresses(
+    listen: str, metrics_listen: str, *, authenticated: bool, insecure: bool, tls: bool, insecure_flag: str
+) -> None:
+    """The loopback rule for a service's gRPC address and, if it serves one, its metrics address.
+
+    Raises:
+        TransportConfigError: an address the rule refuses (see ``transport.check_listen_address``).
+    """
+    check_listen_address(listen, authenticated=authenticated, insecure=insecure, tls=tls, insecure_flag=insecure_flag)
+    if metrics_listen:
+        check_metrics_address(metrics_listen, insecure=insecure, insecure_flag=insecure_flag)
 
 
 def start_server(
