@@ -38,7 +38,7 @@ def create_database_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # Name the driver we ship rather than SQLAlchemy's default (psycopg2).
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=False)
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -49,8 +49,8 @@ class MetadataMetrics:
         self.service = metrics
         self.transaction_retries = metrics.counter(
             "mreg_db_transaction_retries",
-            "Transactions run again after a transient conflict (serialization failure, deadlock, SQLite lock), "
-            "by kind.",
+            "Transactions run again after a transient conflict (serialization failure, deadlock, SQLite lock) "
+            "or on a new connection after the database dropped one (reconnect), by kind.",
             ("kind",),
         )
         self.gc_runs = metrics.counter("mreg_gc_runs", "Garbage collection sweeps completed (dry runs excluded).")
@@ -72,7 +72,9 @@ class MetadataMetrics:
     def observe(self, engine: Engine, database: Database, catalog: MetadataCatalog) -> None:
         """Points the database's and the garbage collector's hooks here and reads the engine's pool when scraped."""
         self.service.add_collector(_PoolCollector(engine))
-        retries = {kind: self.transaction_retries.labels(kind) for kind in ("serialization", "deadlock", "locked")}
+        retries = {
+            kind: self.transaction_retries.labels(kind) for kind in ("serialization", "deadlock", "locked", "reconnect")
+        }
         database.on_retry = lambda kind: retries[kind].inc()
         catalog.garbage.on_sweep = self.record_sweep
 

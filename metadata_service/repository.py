@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Connection,
     Float,
+    Row,
     and_,
     bindparam,
     case,
@@ -843,3 +845,109 @@ def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
         ">=": lambda a, b: a >= b,
     }
     return operators[op](column, value)
+
+
+# Resolve, the hottest read, on a bare connection -----------------------------------------
+# ORM sessions, identity maps and one statement per relation cost more than the indexed
+# lookups themselves; these statements fetch a resolve's rows in two or three round trips.
+
+_VERSION_COLUMNS = (
+    Version.id.label("id"),
+    Version.uid.label("uid"),
+    Version.index.label("index"),
+    Version.state.label("state"),
+    Version.digest.label("digest"),
+    Version.size_bytes.label("size_bytes"),
+    Version.file_count.label("file_count"),
+    Version.description.label("description"),
+    Version.tags.label("tags"),
+    Version.metadata_doc.label("metadata_doc"),
+    Version.created_at.label("created_at"),
+    Version.committed_at.label("committed_at"),
+    Version.producer_run.label("producer_run"),
+)
+_LATEST_MEMBER = case(
+    (
+        Collection.kind == CollectionKind.ARTIFACT.value,
+        select(func.max(Version.index))
+        .where(Version.artifact_id == Collection.id, _COMMITTED)
+        .correlate(Collection)
+        .scalar_subquery(),
+    ),
+    else_=select(func.max(Link.index))
+    .where(Link.registered_model_id == Collection.id)
+    .correlate(Collection)
+    .scalar_subquery(),
+)
+# One row per alias (or one row with NULL alias columns): the collection, its latest index and aliases.
+_CONTEXT_COLUMNS = select(
+    Collection.id.label("id"),
+    Collection.kind.label("kind"),
+    Collection.type.label("type"),
+    Collection.name.label("name"),
+    Collection.next_index.label("next_index"),
+    Project.name.label("project"),
+    Entity.name.label("entity"),
+    _LATEST_MEMBER.label("latest"),
+    Alias.name.label("alias"),
+    Alias.target_index.label("alias_target"),
+).select_from(
+    Collection.__table__.join(Project.__table__, Project.id == Collection.project_id)
+    .join(Entity.__table__, Entity.id == Project.entity_id)
+    .outerjoin(Alias.__table__, Alias.collection_id == Collection.id)
+)
+_CONTEXT_BY_NAME = _CONTEXT_COLUMNS.where(
+    Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
+)
+_CONTEXT_BY_ID = _CONTEXT_COLUMNS.where(Collection.id == bindparam("collection_id"))
+_COMMITTED_VERSION_BY_INDEX = select(*_VERSION_COLUMNS).where(
+    Version.artifact_id == bindparam("artifact_id"), Version.index == bindparam("index"), _COMMITTED
+)
+_LINKED_VERSION_BY_INDEX = (
+    select(
+        Link.index.label("link_index"),
+        Link.created_at.label("link_created_at"),
+        Version.artifact_id.label("artifact_id"),
+        *_VERSION_COLUMNS,
+    )
+    .join(Version, Version.id == Link.version_id)
+    .where(Link.registered_model_id == bindparam("model_id"), Link.index == bindparam("index"))
+)
+_MANIFEST_ROWS = select(
+    ManifestEntry.path, ManifestEntry.digest, ManifestEntry.size_bytes, ManifestEntry.metadata_doc
+).where(ManifestEntry.version_id == bindparam("version_id"))
+
+
+class ResolveReads:
+    """The reads a resolve makes, as Core statements on one connection (no ORM session).
+
+    Rows come back as named tuples whose fields carry the ORM attributes' names
+    (``uid``, ``metadata_doc``…), so the views built from ORM rows accept them too.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def context_by_name(self, name: CollectionName) -> Sequence[Row[Any]]:
+        """A collection with its latest index, one row per alias; empty if there is no such collection."""
+        return self.connection.execute(
+            _CONTEXT_BY_NAME, {"entity": name.entity, "project": name.project, "name": name.name}
+        ).all()
+
+    def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
+        return self.connection.execute(_CONTEXT_BY_ID, {"collection_id": collection_id}).all()
+
+    def committed_version(self, artifact_id: int, index: int) -> Row[Any] | None:
+        return self.connection.execute(
+            _COMMITTED_VERSION_BY_INDEX, {"artifact_id": artifact_id, "index": index}
+        ).one_or_none()
+
+    def linked_version(self, model_id: int, index: int) -> Row[Any] | None:
+        """A registered model's link by index, with the version it links."""
+        return self.connection.execute(_LINKED_VERSION_BY_INDEX, {"model_id": model_id, "index": index}).one_or_none()
+
+    def manifest(self, version_id: int) -> list[FileEntry]:
+        rows = self.connection.execute(_MANIFEST_ROWS, {"version_id": version_id}).all()
+        entries = [FileEntry(path, digest, size, metadata) for path, digest, size, metadata in rows]
+        entries.sort(key=lambda e: e.path.encode())
+        return entries

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,6 +97,12 @@ class Database:
         self.engine = engine
         self._reader = sessionmaker(bind=engine, expire_on_commit=False)
         self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        # PostgreSQL reads at READ COMMITTED, where every statement takes its own snapshot anyway:
+        # autocommit saves the BEGIN and ROLLBACK round trips. SQLite keeps its transaction, whose
+        # one snapshot spans all of a read's statements.
+        self._bare_reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
+        )
         self._commit_listeners: list[Callable[[], None]] = []
         # Called with the conflict's kind before each retry (the service's metrics count them).
         self.on_retry: Callable[[str], None] = _ignore
@@ -116,31 +122,61 @@ class Database:
             Unavailable: the database cannot be reached, or conflicts persisted.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            committing = False
             try:
                 with UnitOfWork(self._writer if write else self._reader, actor) as uow:
                     result = work(uow)
                     if write:
+                        committing = True
                         uow.commit()
                         if uow.events:
                             self._notify_committed()
                     return result
             except DBAPIError as e:
-                conflict = _conflict(e)
-                if conflict is not None and attempt < MAX_ATTEMPTS:
-                    self.on_retry(conflict)
-                    delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5)
-                    log.info("transient database conflict (attempt %d), retrying: %s", attempt, e.orig)
-                    time.sleep(delay)
-                    continue
-                if _is_disk_full(e):
-                    raise ResourceExhausted(
-                        f"the metadata database has no room left ({e.orig}); nothing was changed. "
-                        "Free space on its disk (or grow it), then retry",
-                        Reason.STORAGE_FULL,
-                    ) from e
-                if e.connection_invalidated or isinstance(e, OperationalError):
-                    raise Unavailable(
-                        f"the metadata database is unavailable: {e.orig}", Reason.DATABASE_UNAVAILABLE
-                    ) from e
-                raise
+                # A connection lost before COMMIT took nothing with it; one lost during COMMIT may
+                # have committed, so that is the caller's to retry (with its request id).
+                self._retry_or_raise(e, attempt, reconnect=not committing)
         raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """Runs read-only ``work`` on a pooled connection without an ORM session, as ``run`` would.
+
+        For the hottest reads (resolve): a session's set-up and identity map cost more than
+        the queries. The connection's transaction is rolled back when ``work`` returns.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self._bare_reader.connect() as connection:
+                    return work(connection)
+            except DBAPIError as e:
+                self._retry_or_raise(e, attempt, reconnect=True)
+        raise AssertionError("unreachable")
+
+    def _retry_or_raise(self, e: DBAPIError, attempt: int, *, reconnect: bool) -> None:
+        """Returns to retry at once on a new connection, or after a pause from a transient conflict;
+        otherwise raises the domain error.
+
+        The pool does not test connections before use (a round trip on every call): the first
+        use of one the database dropped (a restart or failover) fails, SQLAlchemy discards the
+        whole pool, and ``reconnect`` lets the attempt run again on a fresh connection.
+        """
+        if e.connection_invalidated and reconnect and attempt < MAX_ATTEMPTS:
+            log.warning("the metadata database dropped a connection, retrying on a new one: %s", e.orig)
+            self.on_retry("reconnect")
+            return
+        conflict = _conflict(e)
+        if conflict is not None and attempt < MAX_ATTEMPTS:
+            self.on_retry(conflict)
+            delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5)
+            log.info("transient database conflict (attempt %d), retrying: %s", attempt, e.orig)
+            time.sleep(delay)
+            return
+        if _is_disk_full(e):
+            raise ResourceExhausted(
+                f"the metadata database has no room left ({e.orig}); nothing was changed. "
+                "Free space on its disk (or grow it), then retry",
+                Reason.STORAGE_FULL,
+            ) from e
+        if e.connection_invalidated or isinstance(e, OperationalError):
+            raise Unavailable(f"the metadata database is unavailable: {e.orig}", Reason.DATABASE_UNAVAILABLE) from e
+        raise e

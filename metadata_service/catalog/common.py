@@ -121,12 +121,16 @@ def find_collection(
     """
     row = repo.find_collection(name, for_update=for_update)
     if row is None or (kind is not None and row.kind != kind.value) or is_unborn(row):
-        label = kind.label if kind else "artifact or registered model"
-        raise NotFound(f"no {label} named {name}", _NOT_FOUND[kind], {"resource": str(name)})
+        raise collection_missing(name, kind)
     return row
 
 
-def _selected_index(context: CollectionContext, ref: Reference, member: str) -> int:
+def collection_missing(name: CollectionName, kind: CollectionKind | None) -> NotFound:
+    label = kind.label if kind else "artifact or registered model"
+    return NotFound(f"no {label} named {name}", _NOT_FOUND[kind], {"resource": str(name)})
+
+
+def selected_index(context: CollectionContext, ref: Reference, member: str) -> int:
     if ref.index is not None:
         if ref.index > MAX_INDEX:
             # The grammar allows 18 digits; no stored index is that large.
@@ -155,26 +159,34 @@ def _selected_index(context: CollectionContext, ref: Reference, member: str) -> 
 
 
 def select_version(repo: Repository, context: CollectionContext, ref: Reference) -> Version:
-    index = _selected_index(context, ref, "version")
+    index = selected_index(context, ref, "version")
     version = repo.find_version_by_index(context.row.id, index)
     if version is None:
-        raise NotFound(
-            f"artifact {context.name} has no version v{index}",
-            Reason.VERSION_NOT_FOUND,
-            {"resource": f"{context.name}:v{index}"},
-        )
+        raise version_missing(context, index)
     return version
 
 
+def version_missing(context: CollectionContext, index: int) -> NotFound:
+    return NotFound(
+        f"artifact {context.name} has no version v{index}",
+        Reason.VERSION_NOT_FOUND,
+        {"resource": f"{context.name}:v{index}"},
+    )
+
+
+def link_missing(context: CollectionContext, index: int) -> NotFound:
+    return NotFound(
+        f"registered model {context.name} has no link v{index}",
+        Reason.VERSION_NOT_FOUND,
+        {"resource": f"{context.name}:v{index}"},
+    )
+
+
 def select_link(repo: Repository, context: CollectionContext, ref: Reference) -> Link:
-    index = _selected_index(context, ref, "link")
+    index = selected_index(context, ref, "link")
     link = repo.find_link_by_index(context.row.id, index)
     if link is None:
-        raise NotFound(
-            f"registered model {context.name} has no link v{index}",
-            Reason.VERSION_NOT_FOUND,
-            {"resource": f"{context.name}:v{index}"},
-        )
+        raise link_missing(context, index)
     return link
 
 

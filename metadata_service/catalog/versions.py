@@ -25,7 +25,6 @@ from mreg.metadata_service.catalog.common import (
     is_unborn,
     require_kind,
     resolve_version_row,
-    select_link,
     select_version,
     tombstone,
     validate_aliases,
@@ -34,11 +33,11 @@ from mreg.metadata_service.catalog.common import (
 )
 from mreg.metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
 from mreg.metadata_service.catalog.links import link_version, unlink
+from mreg.metadata_service.catalog.resolution import Resolver
 from mreg.metadata_service.catalog.retention import apply_retention
 from mreg.metadata_service.catalog.views import (
     collection_context,
     link_name,
-    link_view,
     link_view_by_id,
     version_name,
     version_view,
@@ -59,6 +58,7 @@ from mreg.metadata_service.manifest import FileEntry, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
+from mreg.metadata_service.repository import ResolveReads
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 from mreg.server_runtime.principals import Role
 
@@ -83,6 +83,7 @@ class Versions:
         self.content = content
         self.mutations = mutations
         self.pending_ttl = pending_ttl
+        self.resolver = Resolver()
 
     def create(
         self,
@@ -267,17 +268,7 @@ class Versions:
     def resolve(self, caller: Caller, reference: str) -> Resolution:
         """The version a reference names, and the link it went through if it names a registered model's."""
         ref = parse_reference(reference, caller.defaults)
-
-        def work(uow: UnitOfWork) -> Resolution:
-            row = find_collection(uow.repo, ref.collection, None)
-            context = collection_context(uow.repo, row)
-            if row.kind == CollectionKind.ARTIFACT.value:
-                version = select_version(uow.repo, context, ref)
-                return Resolution(version_view(uow.repo, version, context, with_manifest=True), None)
-            link = select_link(uow.repo, context, ref)
-            return Resolution(*link_view(uow.repo, link, context, with_manifest=True))
-
-        return self.db.run(work, write=False)
+        return self.db.read(lambda connection: self.resolver.resolve(ResolveReads(connection), ref))
 
     def search(
         self, caller: Caller, parent: str, size: int, token: str, filter_text: str = "", order_by: str = ""

@@ -6,10 +6,13 @@ transaction ends, so callers never see ORM rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mreg.metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
 from mreg.metadata_service.errors import NotFound, Reason
+from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import Collection, Event, Link, Version
 from mreg.metadata_service.references import LATEST, CollectionName
 from mreg.metadata_service.repository import Repository
@@ -48,6 +51,12 @@ def collection_context(repo: Repository, row: Collection) -> CollectionContext:
 
 
 def version_view(repo: Repository, version: Version, context: CollectionContext, *, with_manifest: bool) -> VersionView:
+    manifest = tuple(repo.manifest(version.id)) if with_manifest else ()
+    return build_version_view(version, context, manifest)
+
+
+def build_version_view(version: Any, context: CollectionContext, manifest: tuple[FileEntry, ...]) -> VersionView:
+    """The view of ``version``: a ``Version`` row, or a Core row with the same attribute names."""
     name = f"{context.name}:v{version.index}" if version.index is not None else f"{context.name}@{version.uid}"
     return VersionView(
         name=name,
@@ -65,9 +74,20 @@ def version_view(repo: Repository, version: Version, context: CollectionContext,
         metadata=dict(version.metadata_doc or {}),
         created_at=version.created_at,
         committed_at=version.committed_at,
-        manifest=tuple(repo.manifest(version.id)) if with_manifest else (),
+        manifest=manifest,
         run=version.producer_run or "",
     )
+
+
+def context_of_rows(rows: Sequence[Any]) -> CollectionContext | None:
+    """A collection's context from ``ResolveReads.context_by_*`` rows (one per alias); None if there are none."""
+    if not rows:
+        return None
+    first = rows[0]
+    # A transient row, never added to a session: what the context and its checks read of a collection.
+    row = Collection(id=first.id, kind=first.kind, type=first.type, name=first.name, next_index=first.next_index)
+    aliases = {r.alias: r.alias_target for r in rows if r.alias is not None}
+    return CollectionContext(row, CollectionName(first.entity, first.project, first.name), aliases, first.latest)
 
 
 def version_view_of(repo: Repository, version: Version, *, with_manifest: bool) -> VersionView:

@@ -1,0 +1,98 @@
+"""A resolve is never staler than the database, whichever replica answers it.
+
+Resolves keep committed manifests in memory between calls; everything else they return
+(aliases, latest, metadata, tags, state) must reflect the last change made through any
+replica by the time that change was acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mreg.client import Registry
+from mreg.client.errors import NotFound
+from mreg.metadata_service import server as metadata_server
+from mreg.metadata_service.catalog.resolution import ManifestCache
+from mreg.metadata_service.config import MetadataConfig
+from mreg.metadata_service.manifest import FileEntry
+from tests.conftest import Servers
+
+
+@pytest.fixture
+def second_replica(servers: Servers) -> Iterator[Registry]:
+    """A client of another metadata server on the same database and blob service."""
+    replica = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0", database_url=servers.database_url, blob_addr=servers.blob.address, migrate=False
+        )
+    )
+    with Registry.connect(replica.address, servers.blob.address, entity="acme", project="vision") as client:
+        yield client
+    replica.stop(grace=None)
+
+
+def _push(registry: Registry, tmp_path: Path, name: str, content: bytes) -> int:
+    folder = tmp_path / content.hex()[:16]
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(content)
+    return registry.push(folder, name).version.index or 0
+
+
+def test_a_resolve_through_one_replica_sees_every_change_made_through_another(
+    registry: Registry, second_replica: Registry, tmp_path: Path, unique: str
+) -> None:
+    name = f"fresh-{unique}"
+    _push(registry, tmp_path, name, b"zero")
+    _push(registry, tmp_path, name, b"one")
+    model = f"fresh-model-{unique}"
+    registry.create_registered_model(model)
+    registry.link(f"{name}:v0", model)
+
+    # Warm the second replica's resolves (and its manifest cache) first.
+    assert second_replica.resolve(f"{name}:latest").version.index == 1
+    assert second_replica.resolve(f"{name}:v0").version.metadata == {}
+    assert second_replica.resolve(f"{model}:latest").version.index == 0
+
+    registry.set_alias(f"{name}:v0", "best")
+    assert second_replica.resolve(f"{name}:best").version.index == 0
+    assert second_replica.resolve(f"{name}:v0").version.aliases == ("best",)
+
+    registry.update_version(f"{name}:v0", metadata={"accuracy": 0.9}, add_tags=["audited"])
+    seen = second_replica.resolve(f"{name}:v0").version
+    assert seen.metadata == {"accuracy": 0.9}
+    assert seen.tags == ("audited",)
+    # Through the registered model too: the link shows its source version as it is now.
+    through_link = second_replica.resolve(f"{model}:v0")
+    assert through_link.version.metadata == {"accuracy": 0.9}
+    assert through_link.version.aliases == ("best",)
+
+    _push(registry, tmp_path, name, b"two")
+    assert second_replica.resolve(name).version.index == 2
+
+    registry.delete_version(f"{name}:v1")
+    with pytest.raises(NotFound):
+        second_replica.resolve(f"{name}:v1")
+    # The manifest a resolve returns is the version's own, cached or not.
+    assert [f.path for f in second_replica.resolve(f"{name}:v2").version.manifest] == ["weights.bin"]
+    assert second_replica.resolve(f"{name}:v2").version.manifest == registry.resolve(f"{name}:v2").version.manifest
+
+
+def _manifest(count: int, tag: str) -> tuple[FileEntry, ...]:
+    return tuple(FileEntry(f"{tag}/{i}", "0" * 64, i, None) for i in range(count))
+
+
+def test_the_manifest_cache_holds_at_most_its_bound_of_entries_dropping_the_least_recently_used() -> None:
+    cache = ManifestCache(max_entries=10)
+    cache.put("a", _manifest(4, "a"))
+    cache.put("b", _manifest(4, "b"))
+    assert cache.get("a") == _manifest(4, "a")  # a is now the most recently used
+    cache.put("c", _manifest(4, "c"))  # 12 entries: b, the least recently used, goes
+    assert cache.get("b") is None
+    assert cache.get("a") == _manifest(4, "a")
+    assert cache.get("c") == _manifest(4, "c")
+    cache.put("huge", _manifest(11, "huge"))  # larger than the whole bound: never kept
+    assert cache.get("huge") is None
+    assert cache.get("a") is not None and cache.get("c") is not None
