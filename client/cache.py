@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from mreg.client.errors import MregError
 from mreg.client.hashing import sha256_file
@@ -34,6 +35,8 @@ _FICLONE = 0x40049409  # Linux ioctl: share the source's extents copy-on-write
 _COPY_STEP = 64 << 20
 # (source device, target device) pairs whose file systems refused a reflink.
 _NO_REFLINK: set[tuple[int, int]] = set()
+# The largest file a pull copies into the content cache where the file system cannot reflink it.
+PULL_ADOPT_COPY_LIMIT = 16 << 20
 
 
 def default_cache_dir() -> Path:
@@ -168,8 +171,14 @@ class ContentCache:
                 temp.unlink()
         return True
 
-    def adopt(self, sha256: str, verified_file: Path) -> None:
-        """Adds a copy (or reflink) of a file whose digest was just verified."""
+    def adopt(self, sha256: str, verified_file: Path, *, copy_limit: int | None = None) -> None:
+        """Adds a reflink of a file whose digest was just verified, or a copy if it is at most ``copy_limit``
+        bytes (any size if None).
+
+        A pull adopts what it downloads with a limit: where the file system cannot reflink,
+        copying a multi-gigabyte file into the cache would write every byte twice and halve
+        the pull's speed for a saving only a later pull of the same content would see.
+        """
         entry = self._path(sha256)
         with contextlib.suppress(FileNotFoundError):
             if self._trusted(sha256, entry.stat()):
@@ -177,7 +186,10 @@ class ContentCache:
         entry.parent.mkdir(exist_ok=True)
         temp = entry.parent / f".{sha256}.{uuid.uuid4().hex[:8]}"
         try:
-            clone_or_copy(verified_file, temp)
+            if copy_limit is None or verified_file.stat().st_size <= copy_limit:
+                clone_or_copy(verified_file, temp)
+            elif not reflink(verified_file, temp):
+                return
             os.chmod(temp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(temp, entry)
             self._record(sha256, entry.stat())  # after the rename, which may change ctime
@@ -355,15 +367,8 @@ def clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = N
     try:
         src_info = os.fstat(fd)
         with open(target, "wb") as dst:
-            devices = (src_info.st_dev, os.fstat(dst.fileno()).st_dev)
-            if devices not in _NO_REFLINK:
-                try:
-                    fcntl.ioctl(dst.fileno(), _FICLONE, fd)
-                    return
-                except OSError as e:
-                    if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
-                        raise
-                    _NO_REFLINK.add(devices)  # not asked again for this pair of file systems
+            if _reflink(fd, src_info, dst):
+                return
             offset = 0
             while offset < src_info.st_size:
                 if cancel is not None and cancel.is_set():
@@ -374,3 +379,30 @@ def clone_or_copy(source: Path, target: Path, cancel: threading.Event | None = N
                 offset += sent
     finally:
         os.close(fd)
+
+
+def reflink(source: Path, target: Path) -> bool:
+    """Creates ``target`` sharing ``source``'s extents; False (and no ``target``) where the file system cannot."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with open(target, "wb") as dst:
+            if _reflink(fd, os.fstat(fd), dst):
+                return True
+        target.unlink()
+        return False
+    finally:
+        os.close(fd)
+
+
+def _reflink(fd: int, src_info: os.stat_result, dst: BinaryIO) -> bool:
+    devices = (src_info.st_dev, os.fstat(dst.fileno()).st_dev)
+    if devices in _NO_REFLINK:
+        return False
+    try:
+        fcntl.ioctl(dst.fileno(), _FICLONE, fd)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF):
+            raise
+        _NO_REFLINK.add(devices)  # not asked again for this pair of file systems
+        return False

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
 from mreg.client import editing, profiles, references
-from mreg.client.cache import ContentCache, HashCache, default_cache_dir
+from mreg.client.cache import PULL_ADOPT_COPY_LIMIT, ContentCache, HashCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
@@ -454,7 +454,11 @@ class Registry:
         cache = self.content_cache
         to_fetch = files if cache is None else self._place_cached(cache, files, paths)
         fetch_total = sum(f.size_bytes for f in to_fetch)
-        adopt = (lambda f, path: cache.adopt(f.sha256, path)) if cache is not None else None
+        adopt = (
+            (lambda f, path: cache.adopt(f.sha256, path, copy_limit=PULL_ADOPT_COPY_LIMIT))
+            if cache is not None
+            else None
+        )
         received = self.transfer.download(
             to_fetch,
             target,

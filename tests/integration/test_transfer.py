@@ -22,6 +22,7 @@ from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
+from mreg.client.cache import reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
 from mreg.client.transfer import BlobTransfer, RemoteFile
@@ -396,6 +397,26 @@ def test_pulling_cached_content_moves_no_bytes(stack, tmp_path: Path) -> None:
         second = registry.pull(pushed.version.name, tmp_path / "two")
     assert first.downloaded_bytes == pushed.size_bytes
     assert second.downloaded_bytes == 0
+    assert_same_tree(checkpoint, tmp_path / "two")
+
+
+def test_a_pull_copies_into_the_cache_only_files_it_can_reflink_or_that_are_small(
+    stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Copying a checkpoint-sized file into the cache would write it twice on every pull.
+    monkeypatch.setattr("mreg.client.registry.PULL_ADOPT_COPY_LIMIT", 1 << 20)
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x")
+    can_reflink = reflink(probe, tmp_path / "probe-clone")
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=3 << 20)
+    large = (checkpoint / "weights.bin").stat().st_size
+    with stack.registry(cache_dir=tmp_path / "cache", use_cache=True) as registry:
+        pushed = registry.push(checkpoint, f"pullcopy-{uuid.uuid4().hex[:6]}")
+        first = registry.pull(pushed.version.name, tmp_path / "one")
+        second = registry.pull(pushed.version.name, tmp_path / "two")
+    assert first.downloaded_bytes == pushed.size_bytes
+    # The small files come from the cache either way; the large one only where the file system reflinks.
+    assert second.downloaded_bytes == (0 if can_reflink else large)
     assert_same_tree(checkpoint, tmp_path / "two")
 
 
