@@ -188,11 +188,13 @@ class Repository:
 
     def allocate_index(self, collection: Collection) -> int:
         """Takes the collection's next index (of a version or a link) and advances the counter."""
-        self.session.execute(
-            update(Collection).where(Collection.id == collection.id).values(next_index=Collection.next_index + 1)
-        )
-        self.session.refresh(collection, ["next_index"])
-        return collection.next_index - 1
+        next_index = self.session.execute(
+            update(Collection)
+            .where(Collection.id == collection.id)
+            .values(next_index=Collection.next_index + 1)
+            .returning(Collection.next_index)
+        ).scalar_one()
+        return int(next_index) - 1
 
     # Versions ------------------------------------------------------------------------------
 
@@ -455,10 +457,13 @@ class Repository:
 
     def lock_gc_state(self, *, exclusive: bool) -> GcState:
         """The garbage collection state row, share-locked by commits and exclusively by sweeps."""
-        statement = select(GcState).where(GcState.id == 1).with_for_update(read=not exclusive)
-        state = self.session.scalars(statement).one()
-        self.session.refresh(state)
-        return state
+        statement = (
+            select(GcState)
+            .where(GcState.id == 1)
+            .with_for_update(read=not exclusive)
+            .execution_options(populate_existing=True)
+        )
+        return self.session.scalars(statement).one()
 
     def condemned_since(self, hashes: Sequence[str], epoch: int) -> list[str]:
         """The hashes, out of those given, that a sweep is deleting now or deleted after ``epoch``."""
@@ -587,10 +592,14 @@ class Repository:
     # Events --------------------------------------------------------------------------------
 
     def append_events(self, events: Sequence[PendingEvent], actor: str) -> None:
-        counter = self.session.scalars(select(EventCounter).where(EventCounter.id == 1).with_for_update()).one()
-        self.session.refresh(counter)
-        first = counter.last_sequence + 1
-        counter.last_sequence += len(events)
+        # One statement takes the counter row's lock and the sequence numbers.
+        last = self.session.execute(
+            update(EventCounter)
+            .where(EventCounter.id == 1)
+            .values(last_sequence=EventCounter.last_sequence + len(events))
+            .returning(EventCounter.last_sequence)
+        ).scalar_one()
+        first = int(last) - len(events) + 1
         now = utcnow()
         self.session.execute(
             insert(Event),

@@ -36,6 +36,7 @@ from mreg.metadata_service.catalog.links import link_version, unlink
 from mreg.metadata_service.catalog.resolution import Resolver
 from mreg.metadata_service.catalog.retention import apply_retention
 from mreg.metadata_service.catalog.views import (
+    build_version_view,
     collection_context,
     link_name,
     link_view_by_id,
@@ -228,7 +229,13 @@ class Versions:
             retention_deleted: tuple[int, ...] = ()
             if created and artifact.retention_keep_last is not None:
                 retention_deleted = apply_retention(uow, artifact, collection_name)
-            view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
+            context = collection_context(repo, artifact)
+            # A new version's manifest is the one in hand (sorted as stored); no need to read it back.
+            view = (
+                build_version_view(target, context, manifest.entries)
+                if created
+                else version_view(repo, target, context, with_manifest=True)
+            )
             if created:
                 log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
             key = {
