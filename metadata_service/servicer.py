@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -229,9 +230,26 @@ def _file_entry(entry: pb.ManifestEntry) -> FileEntry:
     )
 
 
+# Responses carrying an event, kept by sequence: every Watch stream sends the same event, and
+# building its message once rather than once per stream is what keeps hundreds of streams cheap.
+_SHARED_EVENT_RESPONSES = 4096
+
+
 class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def __init__(self, catalog: MetadataCatalog) -> None:
         self.catalog = catalog
+        self._event_responses: OrderedDict[int, pb.WatchResponse] = OrderedDict()
+        self._event_responses_lock = threading.Lock()
+
+    def _event_response(self, event: EventView) -> pb.WatchResponse:
+        with self._event_responses_lock:
+            response = self._event_responses.get(event.sequence)
+            if response is None:
+                response = pb.WatchResponse(event=event_pb(event), sequence=event.sequence)
+                self._event_responses[event.sequence] = response
+                if len(self._event_responses) > _SHARED_EVENT_RESPONSES:
+                    self._event_responses.popitem(last=False)
+            return response
 
     @handles_domain_errors
     def CreateVersion(
@@ -546,4 +564,5 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             elif item.event is None:
                 yield pb.WatchResponse(sequence=item.sequence)
             else:
-                yield pb.WatchResponse(event=event_pb(item.event), sequence=item.sequence)
+                # Shared between streams: never modified after it is built.
+                yield self._event_response(item.event)

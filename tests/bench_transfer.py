@@ -7,7 +7,10 @@ Measured in one run on the same generated data:
   (b) push and pull of many files of 4-64 KiB, files/s;
   (c) re-push of the unchanged checkpoint: seconds and bytes sent;
   (d) push of a copy with every tenth file changed: bytes sent against bytes changed;
-  (e) push and pull of one 512 MiB file (as torch.save writes a checkpoint).
+  (e) push and pull of one 512 MiB file (as torch.save writes a checkpoint);
+  (f) many jobs at once: 1, 8, 16 and 32 clients (threads, each its own connection) each
+      pushing its own 128 MiB checkpoint at the same moment, aggregate MB/s against one
+      client alone (disk only).
 Pulls are also compared with the transport alone: the raw stream of the same bytes from
 the server's page cache, discarded on arrival.
 """
@@ -15,6 +18,7 @@ the server's page cache, discarded on arrival.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import random
 import shutil
@@ -35,6 +39,7 @@ from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 MB = 1e6
 CHUNK = 1 << 20
 ONE_FILE_BYTES = 512 << 20
+JOB_CHECKPOINT_BYTES = 128 << 20
 
 
 def log(message: str) -> None:
@@ -304,6 +309,79 @@ def bench_store(
         blob.stop()
 
 
+def make_job_checkpoints(root: Path, jobs: int, size: int = JOB_CHECKPOINT_BYTES) -> list[Path]:
+    """One checkpoint per job, 4 shards each, all of different content (nothing deduplicates).
+
+    Each 1 MiB block is a shared random block behind a unique header, so generating 4 GiB
+    for 32 jobs costs writing it, not a random number generator.
+    """
+    base = os.urandom(CHUNK - 64)
+    shards = 4
+    folders = []
+    for job in range(jobs):
+        folder = root / f"job-{job:02d}"
+        folder.mkdir(parents=True)
+        for shard in range(shards):
+            with open(folder / f"shard-{shard}.safetensors", "wb") as f:
+                for block in range(size // shards // CHUNK):
+                    f.write(f"{root.name}/{job}/{shard}/{block}".encode().ljust(64, b"."))
+                    f.write(base)
+        folders.append(folder)
+    return folders
+
+
+def _push_job(metadata_address: str, blob_address: str, folder: str, artifact: str, ready: Any) -> float:
+    """One job of (f), in a process of its own: connects, waits for the others, pushes; returns seconds."""
+    with Registry.connect(
+        metadata_address, blob_address, entity="bench", project="jobs", use_cache=False, parallel=4
+    ) as client:
+        next(client.list_projects("bench", limit=1), None)  # connected before the start line
+        ready.wait()
+        began = time.perf_counter()
+        client.push(folder, artifact)
+        return time.perf_counter() - began
+
+
+def bench_concurrent_pushers(work: Path, counts: tuple[int, ...] = (1, 8, 16, 32)) -> dict[str, Any]:
+    """(f): aggregate push throughput as clients grow, each job pushing its own checkpoint to its own artifact."""
+    blob = ServiceProcess("mreg.blob_service", ["--store", str(work / "jobs-blobs")]).start()
+    metadata = ServiceProcess(
+        "mreg.metadata_service", ["--database-url", f"sqlite:///{work / 'jobs.db'}", "--blob-addr", blob.address]
+    ).start()
+    out: dict[str, Any] = {}
+    try:
+        for count in counts:
+            folders = make_job_checkpoints(work / f"jobs-{count}", count)
+            subprocess.run(["sync"], check=True)
+            # Each job is its own process, as jobs on a cluster are: no client shares a GIL with another.
+            context = multiprocessing.get_context("spawn")
+            with context.Manager() as manager, context.Pool(count) as pool:
+                ready = manager.Barrier(count + 1)
+                pending = pool.starmap_async(
+                    _push_job,
+                    [
+                        (metadata.address, blob.address, str(folder), f"job-{count}-{job}", ready)
+                        for job, folder in enumerate(folders)
+                    ],
+                )
+                ready.wait()  # every job connected and waiting
+                began = time.perf_counter()
+                durations = pending.get(timeout=1800)
+                elapsed = time.perf_counter() - began
+            total = count * JOB_CHECKPOINT_BYTES
+            out[f"f_{count}_clients_aggregate_MBps"] = round(total / MB / elapsed, 1)
+            out[f"f_{count}_clients_slowest_s"] = round(max(durations), 2)
+            log(f"  {count} jobs pushing at once: {out[f'f_{count}_clients_aggregate_MBps']} MB/s aggregate")
+            shutil.rmtree(work / f"jobs-{count}")
+        single = out[f"f_{counts[0]}_clients_aggregate_MBps"]
+        for count in counts[1:]:
+            out[f"f_{count}_clients_vs_one"] = round(out[f"f_{count}_clients_aggregate_MBps"] / single, 3)
+        return out
+    finally:
+        metadata.stop()
+        blob.stop()
+
+
 def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: int = 2_000) -> dict[str, Any]:
     checkpoint = work / "checkpoint"
     log("  generating 1 GiB checkpoint and small-file sets")
@@ -325,6 +403,7 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     )
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
     results["disk"] = bench_store("disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline)
+    results["disk_concurrent_jobs"] = bench_concurrent_pushers(work)
     os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
     os.environ["MREG_S3_SECRET_KEY"] = S3_SECRET_KEY
     # rclone serve s3 rather than moto: a ranged GET costs moto about as much as the whole object
