@@ -15,7 +15,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Integer,
     Row,
+    String,
     and_,
     bindparam,
     case,
@@ -909,8 +911,28 @@ _CONTEXT_BY_NAME = _CONTEXT_COLUMNS.where(
     Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
 )
 _CONTEXT_BY_ID = _CONTEXT_COLUMNS.where(Collection.id == bindparam("collection_id"))
-_COMMITTED_VERSION_BY_INDEX = select(*_VERSION_COLUMNS).where(
-    Version.artifact_id == bindparam("artifact_id"), Version.index == bindparam("index"), _COMMITTED
+# An artifact's resolve in one statement: the context rows above, each carrying the columns
+# (prefixed "v_") of the committed version the reference selects, NULL if it selects none.
+_SELECTED_ALIAS = Alias.__table__.alias("selected_alias")
+_SELECTED_VERSION = Version.__table__.alias("selected_version")
+_INDEX_PARAM = bindparam("index", type_=Integer)
+_SELECTED_INDEX = case(
+    (_INDEX_PARAM.is_not(None), _INDEX_PARAM),
+    (bindparam("alias", type_=String) == "latest", _LATEST_MEMBER),
+    else_=select(_SELECTED_ALIAS.c.target_index)
+    .where(_SELECTED_ALIAS.c.collection_id == Collection.id, _SELECTED_ALIAS.c.name == bindparam("alias"))
+    .correlate(Collection)
+    .scalar_subquery(),
+)
+_CONTEXT_AND_VERSION_BY_NAME = _CONTEXT_BY_NAME.add_columns(
+    *(_SELECTED_VERSION.c[column.element.name].label(f"v_{column.name}") for column in _VERSION_COLUMNS)
+).outerjoin(
+    _SELECTED_VERSION,
+    and_(
+        _SELECTED_VERSION.c.artifact_id == Collection.id,
+        _SELECTED_VERSION.c.state == VersionState.COMMITTED.value,
+        _SELECTED_VERSION.c["index"] == _SELECTED_INDEX,
+    ),
 )
 _LINKED_VERSION_BY_INDEX = (
     select(
@@ -937,19 +959,20 @@ class ResolveReads:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
-    def context_by_name(self, name: CollectionName) -> Sequence[Row[Any]]:
-        """A collection with its latest index, one row per alias; empty if there is no such collection."""
+    def context_and_version_by_name(
+        self, name: CollectionName, index: int | None, alias: str | None
+    ) -> Sequence[Row[Any]]:
+        """A collection with its latest index, one row per alias (none if there is no such collection),
+        each with the committed version the selector names (``v_*`` columns, NULL if there is none or the
+        collection is a registered model): an artifact's resolve in one round trip."""
         return self.connection.execute(
-            _CONTEXT_BY_NAME, {"entity": name.entity, "project": name.project, "name": name.name}
+            _CONTEXT_AND_VERSION_BY_NAME,
+            {"entity": name.entity, "project": name.project, "name": name.name, "index": index, "alias": alias},
         ).all()
 
     def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
+        """A collection with its latest index, one row per alias; empty if there is no such collection."""
         return self.connection.execute(_CONTEXT_BY_ID, {"collection_id": collection_id}).all()
-
-    def committed_version(self, artifact_id: int, index: int) -> Row[Any] | None:
-        return self.connection.execute(
-            _COMMITTED_VERSION_BY_INDEX, {"artifact_id": artifact_id, "index": index}
-        ).one_or_none()
 
     def linked_version(self, model_id: int, index: int) -> Row[Any] | None:
         """A registered model's link by index, with the version it links."""

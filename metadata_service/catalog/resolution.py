@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Row
@@ -24,6 +25,7 @@ from mreg.metadata_service.catalog.common import (
 )
 from mreg.metadata_service.catalog.views import CollectionContext, build_version_view, context_of_rows
 from mreg.metadata_service.domain import CollectionKind, LinkView, Resolution, VersionView
+from mreg.metadata_service.limits import MAX_INDEX
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Reference
 from mreg.metadata_service.repository import ResolveReads
@@ -78,15 +80,17 @@ class Resolver:
         Raises:
             NotFound: no such collection (or it has no committed version yet), alias, version or link.
         """
-        context = context_of_rows(reads.context_by_name(ref.collection))
+        # Past the largest index there is no version; selected_index below says so in words.
+        wanted = ref.index if ref.index is None or ref.index <= MAX_INDEX else -1
+        rows = reads.context_and_version_by_name(ref.collection, wanted, ref.alias)
+        context = context_of_rows(rows)
         if context is None or is_unborn(context.row):
             raise collection_missing(ref.collection, None)
         if context.row.kind == CollectionKind.ARTIFACT.value:
             index = selected_index(context, ref, "version")
-            row = reads.committed_version(context.row.id, index)
-            if row is None:
+            if rows[0].v_id is None:
                 raise version_missing(context, index)
-            return Resolution(self._version_view(reads, row, context), None)
+            return Resolution(self._version_view(reads, _selected_version(rows[0]), context), None)
         index = selected_index(context, ref, "link")
         linked = reads.linked_version(context.row.id, index)
         if linked is None:
@@ -105,9 +109,14 @@ class Resolver:
         )
         return Resolution(version, link)
 
-    def _version_view(self, reads: ResolveReads, row: Row[Any], context: CollectionContext) -> VersionView:
+    def _version_view(self, reads: ResolveReads, row: Any, context: CollectionContext) -> VersionView:
         manifest = self.manifests.get(row.uid)
         if manifest is None:
             manifest = tuple(reads.manifest(row.id))
             self.manifests.put(row.uid, manifest)
         return build_version_view(row, context, manifest)
+
+
+def _selected_version(row: Row[Any]) -> SimpleNamespace:
+    """The ``v_*`` columns of a ``context_and_version_by_name`` row, under the names a version row has."""
+    return SimpleNamespace(**{key[2:]: value for key, value in row._mapping.items() if key.startswith("v_")})
