@@ -23,8 +23,13 @@ from mreg.metadata_service.catalog.common import (
     selected_index,
     version_missing,
 )
-from mreg.metadata_service.catalog.views import CollectionContext, build_version_view, context_of_rows
-from mreg.metadata_service.domain import CollectionKind, LinkView, Resolution, VersionView
+from mreg.metadata_service.catalog.views import (
+    CollectionContext,
+    build_link_view,
+    build_version_view,
+    context_of_rows,
+)
+from mreg.metadata_service.domain import CollectionKind, Resolution, VersionView
 from mreg.metadata_service.limits import MAX_INDEX
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Reference
@@ -99,15 +104,7 @@ class Resolver:
         # The link's row lock and foreign key keep its artifact; None would mean a broken database.
         assert artifact is not None, f"link {context.name}:v{index} names a version of a missing artifact"
         version = self._version_view(reads, linked, artifact)
-        link = LinkView(
-            name=f"{context.name}:v{linked.link_index}",
-            registered_model=str(context.name),
-            index=linked.link_index,
-            aliases=context.aliases_of(linked.link_index),
-            version=version,
-            created_at=linked.link_created_at,
-        )
-        return Resolution(version, link)
+        return Resolution(version, build_link_view(context, linked.link_index, linked.link_created_at, version))
 
     def _version_view(self, reads: ResolveReads, row: Any, context: CollectionContext) -> VersionView:
         manifest = self.manifests.get(row.uid)

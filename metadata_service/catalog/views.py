@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mreg.metadata_service.domain import CollectionKind, CollectionView, EventView, LinkView, VersionState, VersionView
@@ -107,15 +108,18 @@ def link_view(
     repo: Repository, link: Link, rm_context: CollectionContext, *, with_manifest: bool
 ) -> tuple[VersionView, LinkView]:
     version_ = version_view_of(repo, repo.get_version(link.version_id), with_manifest=with_manifest)
-    link_ = LinkView(
-        name=f"{rm_context.name}:v{link.index}",
+    return version_, build_link_view(rm_context, link.index, link.created_at, version_)
+
+
+def build_link_view(rm_context: CollectionContext, index: int, created_at: datetime, version: VersionView) -> LinkView:
+    return LinkView(
+        name=f"{rm_context.name}:v{index}",
         registered_model=str(rm_context.name),
-        index=link.index,
-        aliases=rm_context.aliases_of(link.index),
-        version=version_,
-        created_at=link.created_at,
+        index=index,
+        aliases=rm_context.aliases_of(index),
+        version=version,
+        created_at=created_at,
     )
-    return version_, link_
 
 
 def link_view_by_id(repo: Repository, link_id: int) -> LinkView:
