@@ -36,6 +36,7 @@ from mreg.metadata_service.catalog.links import link_version, unlink
 from mreg.metadata_service.catalog.resolution import Resolver
 from mreg.metadata_service.catalog.retention import apply_retention
 from mreg.metadata_service.catalog.views import (
+    CollectionContext,
     build_version_view,
     collection_context,
     link_name,
@@ -118,8 +119,10 @@ class Versions:
                     created_at=utcnow(),
                 )
             )
-            view = version_view(uow.repo, version, collection_context(uow.repo, row), with_manifest=False)
-            return view, {"uid": version.uid}
+            # A pending version has no index, so no alias or 'latest' can name it: its view needs no
+            # reading of the artifact's aliases and latest version.
+            context = CollectionContext(row, uow.repo.collection_full_name(row), {}, None)
+            return build_version_view(version, context, ()), {"uid": version.uid}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> VersionView:
             return view_by_uid(uow.repo, key["uid"])
