@@ -9,7 +9,9 @@ digest the blob is stored under.
 A blob that does not match is removed, not quarantined: its name is its content's hash, so
 the bad bytes can never be served or repaired, only replaced, and removing it is what lets
 FindMissingBlobs report it missing and the next push upload it again (self-healing). A
-warning line per removed blob records what was expected and what was found. It is removed
+warning line per removed blob records what was expected and what was found (stores keep no
+record of a blob's size but the stored length itself, so a blob whose length changed shows
+that length as expected, and is found out by its hash). It is removed
 only if it is still the object that was read (``BlobStorage.delete_if_same``), so a good
 copy uploaded meanwhile stays. Nothing is removed on a read error; a blob that vanished or
 changed while the scrub ran is skipped (it was deleted, or written and verified, just now).
@@ -230,8 +232,8 @@ class Scrubber:
         if size == digest.size_bytes and found == digest.hash:
             return "ok"
         if not self.storage.delete_if_same(digest, identity):
-            report.skipped += 1  # a verified copy replaced it after it was read
-            log.info("scrub read a corrupt copy of blob %s, already replaced by a good one", digest)
+            report.skipped += 1  # replaced by a verified copy, or deleted, after it was read
+            log.info("scrub read a corrupt copy of blob %s, replaced or removed since; left alone", digest)
             return "skipped"
         report.corrupt.append(digest)
         if self.observer is not None:

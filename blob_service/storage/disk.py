@@ -185,16 +185,16 @@ class DiskStorage(BlobStorage):
             return False
         try:
             info = aside.stat()
-            if (info.st_dev, info.st_ino) == identity:
-                _fsync_dir(path.parent)
-                return True
-            # A verified copy was published after the bad one was read: put it back, unless yet
-            # another verified copy has been published meanwhile.
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)
-            return False
+            same = (info.st_dev, info.st_ino) == identity
+            if not same:
+                # A verified copy was published after the bad one was read: put it back, unless yet
+                # another verified copy has been published meanwhile.
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
         finally:
             aside.unlink()
+        _fsync_dir(path.parent)
+        return same
 
     def read_state(self, name: str) -> bytes | None:
         try:

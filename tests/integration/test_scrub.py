@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -97,16 +98,25 @@ def _stored_hashes(storage: BlobStorage) -> set[str]:
     return {blob.digest.hash for blob in storage.iter_blobs()}
 
 
-def test_scrub_removes_exactly_the_blobs_whose_bytes_changed_and_the_next_push_heals_them(service: Service) -> None:
+def test_scrub_removes_exactly_the_blobs_whose_bytes_changed_and_the_next_push_heals_them(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
     contents = [os.urandom(2 * CHUNK + 4321), os.urandom(CHUNK + 1), os.urandom(70_000), os.urandom(5)]
     flipped, resized, intact, tiny = (service.put(data) for data in contents)
     corrupt_blob(service.storage, flipped.hash, flipped.size_bytes)  # one byte flipped, same length
     _overwrite(service.storage, resized, os.urandom(resized.size_bytes + 10))  # other bytes, other length
     assert service.missing(flipped, resized, intact, tiny) == [resized]  # a size change shows; a flip does not
 
-    report = service.running.scrubber.scrub()
+    with caplog.at_level(logging.WARNING, logger="mreg.blob_service.scrub"):
+        report = service.running.scrubber.scrub()
 
     assert sorted(d.hash for d in report.corrupt) == sorted([flipped.hash, resized.hash])
+    # One structured warning per removed blob, with what was expected and what was found.
+    removed = {r.scrub["expected_sha256"]: r.scrub for r in caplog.records if hasattr(r, "scrub")}
+    assert removed.keys() == {flipped.hash, resized.hash}
+    assert removed[flipped.hash]["found_size"] == flipped.size_bytes
+    assert removed[flipped.hash]["found_sha256"] != flipped.hash
+    assert removed[resized.hash]["found_size"] == resized.size_bytes + 10
     assert report.examined_blobs == 4 and report.read_errors == 0 and not report.stopped
     assert report.examined_bytes == sum(len(c) for c in contents) + 10
     assert service.missing(flipped, resized, intact, tiny) == [flipped, resized]
