@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BYTES_PER_SECOND = 100_000_000
 DEFAULT_INTERVAL_SECONDS = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
+# At a low rate, blocks shrink to a tenth of a second's worth (not below this), so a paced reader
+# never leaves a connection to the store idle long enough to time out (S3 reads: 120 s).
+MIN_BLOCK_SIZE = 64 << 10
 # Pacing lets a scrub that fell behind (slow storage) catch up by at most this much, not burst.
 MAX_CREDIT_SECONDS = 1.0
 # A run gives up after this many read errors in a row: the store is down, not a blob bad.
@@ -167,6 +170,9 @@ class Scrubber:
         """
         stopping = stopping if stopping is not None else threading.Event()
         pace = _Pace(self.bytes_per_second, self._clock, self._sleep or stopping.wait)
+        block_size = self.block_size
+        if self.bytes_per_second > 0:
+            block_size = min(block_size, max(MIN_BLOCK_SIZE, self.bytes_per_second // 10))
         report = ScrubReport()
         started = time.monotonic()
         errors_in_a_row = 0
@@ -178,7 +184,7 @@ class Scrubber:
                 if not _HEX64.fullmatch(stored.digest.hash):
                     report.skipped += 1  # not a blob this service wrote: leave it alone
                     continue
-                outcome = self._check(stored.digest, pace, stopping, report)
+                outcome = self._check(stored.digest, block_size, pace, stopping, report)
                 if outcome == "stopped":
                     report.stopped = True
                     break
@@ -202,14 +208,16 @@ class Scrubber:
         )
         return report
 
-    def _check(self, digest: Digest, pace: _Pace, stopping: threading.Event, report: ScrubReport) -> str:
+    def _check(
+        self, digest: Digest, block_size: int, pace: _Pace, stopping: threading.Event, report: ScrubReport
+    ) -> str:
         """Reads and hashes one blob: "ok", "corrupt", "skipped", "error" or "stopped"."""
         hasher = hashlib.sha256()
         size = 0
         try:
             with self.storage.open_read(digest) as reader:
                 identity = reader.identity
-                while block := reader.read(self.block_size):
+                while block := reader.read(block_size):
                     hasher.update(block)
                     size += len(block)
                     pace.consumed(len(block))

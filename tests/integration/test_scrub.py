@@ -296,3 +296,25 @@ def test_replicas_sharing_a_store_scrub_it_once_per_interval_and_take_over_a_dea
     clock[0] += LEASE_SECONDS + 1
     report = first.run_if_due(3600)
     assert report is not None and report.examined_blobs == 1
+
+
+class _RacedLease(DiskStorage):
+    """A store where another replica's lease write lands just after this replica's first one."""
+
+    def write_state(self, name: str, data: bytes) -> None:
+        super().write_state(name, data)
+        if not getattr(self, "raced", False):
+            self.raced = True
+            other = {"owner": "other-replica", "run": "theirs", "expires": time.time() + LEASE_SECONDS}
+            super().write_state(name, json.dumps(other).encode())
+
+
+def test_a_replica_whose_lease_write_was_overwritten_by_another_stands_down(tmp_path: Path) -> None:
+    storage = _RacedLease(tmp_path)
+    data = os.urandom(100)
+    d = digest_of(data)
+    storage.put_verified(Digest(d.hash, d.size_bytes), data)
+    scrubber = Scrubber(storage, lease_settle_seconds=0.01)
+
+    assert scrubber.run_if_due(3600) is None
+    assert json.loads(storage.read_state(LEASE_NAME) or b"{}")["owner"] == "other-replica"  # theirs, untouched
