@@ -33,7 +33,7 @@ class _FileReader(BlobReader):
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
         info = os.fstat(file.fileno())
-        # Published files are never changed in place, only replaced by rename: the inode names the content.
+        # A published file is never rewritten, only replaced by rename: the inode says which copy this is.
         self.identity = (info.st_dev, info.st_ino)
 
     def read(self, size: int) -> bytes:
@@ -177,6 +177,7 @@ class DiskStorage(BlobStorage):
     def delete_if_same(self, digest: Digest, identity: object) -> bool:
         # Move the file aside first (atomic), then look at what was moved: between a check and
         # an unlink of the path, a good copy could be renamed into place and be deleted instead.
+        # Aside is in uploads/, which the janitor empties, should this process die right here.
         path = self.blob_path(digest)
         aside = self._uploads / f"scrub-{uuid.uuid4().hex}.{digest.hash}"
         try:
