@@ -21,6 +21,8 @@ class BlobConfig:
     min_gc_grace_seconds: float = 3600
     upload_expiry_seconds: float = 24 * 3600
     janitor_interval_seconds: float = 600
+    scrub_interval_seconds: float = 24 * 3600
+    scrub_bytes_per_second: int = 100_000_000
     max_batch_total_size_bytes: int = 32 << 20
     auth: bool = False
     metadata_addr: str = "localhost:50051"
@@ -103,6 +105,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "janitor_interval_seconds",
         "MREG_BLOB_JANITOR_INTERVAL_SECONDS",
         "how often expired partial uploads are looked for; 0 never",
+    )
+    flag(
+        "scrub_interval_seconds",
+        "MREG_BLOB_SCRUB_INTERVAL_SECONDS",
+        "re-read and re-hash every stored blob this often, removing those whose bytes no longer match "
+        "their digest (the next push uploads them again); one replica per interval on a shared store; "
+        "0 never",
+    )
+    flag(
+        "scrub_bytes_per_second",
+        "MREG_BLOB_SCRUB_BYTES_PER_SECOND",
+        "the most bytes per second the scrub reads, so serving keeps the store's bandwidth; 0 unlimited",
     )
     flag(
         "max_batch_total_size_bytes",

@@ -15,6 +15,7 @@ from mreg.blob_service.authorization import IntrospectingAuthenticator, authoriz
 from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.errors import ERROR_DOMAIN
 from mreg.blob_service.metrics import BlobMetrics
+from mreg.blob_service.scrub import Scrubber
 from mreg.blob_service.service import BlobStore
 from mreg.blob_service.servicer import BlobServicer, add_to_server
 from mreg.blob_service.storage import open_storage
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20
 # Framing of a batch beyond its data: up to 10 000 digests and statuses of ~100 bytes.
 BATCH_FRAMING_BYTES = 2 << 20
+# The scrub thread looks this often whether a scrub is due (the lease in the store records when the
+# last one completed, on any replica), so a restart or a replica that died postpones a scrub by at
+# most this much; the first look is this long after start-up.
+SCRUB_CHECK_SECONDS = 3600.0
 
 
 def message_limit(config: BlobConfig) -> int:
@@ -52,6 +57,7 @@ class RunningBlobServer:
     server: grpc.Server
     port: int
     store: BlobStore
+    scrubber: Scrubber
     stopping: threading.Event
     idle_streams: streams.IdleStreams
     admission: streams.StreamAdmission
@@ -151,6 +157,14 @@ def start(config: BlobConfig) -> RunningBlobServer:
         threading.Thread(
             target=_janitor, args=(store, config, stopping, blob_metrics), name="blob-janitor", daemon=True
         ).start()
+    scrubber = Scrubber(store.storage, bytes_per_second=config.scrub_bytes_per_second, observer=blob_metrics.scrub)
+    if config.scrub_interval_seconds > 0:
+        threading.Thread(
+            target=_scrub_periodically,
+            args=(scrubber, config, stopping, blob_metrics),
+            name="blob-scrub",
+            daemon=True,
+        ).start()
     log.info(
         "blob service listening on port %d (%s), storing in %r",
         started.port,
@@ -164,6 +178,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
             started.server,
             started.port,
             store,
+            scrubber,
             stopping,
             idle_streams,
             started.admission,
@@ -188,3 +203,19 @@ def _janitor(store: BlobStore, config: BlobConfig, stopping: threading.Event, me
             metrics.upload_parts_expired.inc(store.expire_uploads())
         except Exception:  # the janitor must outlive a storage hiccup
             log.exception("expiring abandoned uploads failed; retrying in %.0f s", config.janitor_interval_seconds)
+
+
+def _scrub_periodically(
+    scrubber: Scrubber, config: BlobConfig, stopping: threading.Event, metrics: BlobMetrics
+) -> None:
+    """Scrubs the store once per interval (across replicas sharing it), until the server stops."""
+    check = min(config.scrub_interval_seconds, SCRUB_CHECK_SECONDS)
+    while not stopping.wait(check):
+        try:
+            report = scrubber.run_if_due(config.scrub_interval_seconds, stopping)
+        except Exception:  # the scrub must outlive a storage hiccup
+            metrics.scrub.failed()
+            log.exception("scrubbing the blob store failed; trying again in %.0f s", check)
+            continue
+        if report is not None:
+            metrics.scrub.finished(report)

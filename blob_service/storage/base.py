@@ -25,6 +25,10 @@ class StoredBlob:
 class BlobReader(ABC):
     """A forward-only reader over one stored blob."""
 
+    # Which stored object this reader reads (disk: device and inode; S3: the ETag), for
+    # ``BlobStorage.delete_if_same``; None when the backend cannot tell.
+    identity: object | None = None
+
     @abstractmethod
     def read(self, size: int) -> bytes:
         """Returns up to ``size`` bytes; an empty result means the end of the blob."""
@@ -115,6 +119,23 @@ class BlobStorage(ABC):
     @abstractmethod
     def delete(self, digest: Digest) -> None:
         """Removes a published blob; a blob that is not there is not an error."""
+
+    @abstractmethod
+    def delete_if_same(self, digest: Digest, identity: object) -> bool:
+        """Removes a published blob only if it is still the object a reader of that ``identity`` read.
+
+        The scrub removes a blob it found corrupt with this, so that a good copy published
+        since it read the bad one (a client uploading the blob again) stays. Returns whether
+        the blob was removed.
+        """
+
+    @abstractmethod
+    def read_state(self, name: str) -> bytes | None:
+        """A small object the service keeps beside the blobs (e.g. the scrub's lease); None if absent."""
+
+    @abstractmethod
+    def write_state(self, name: str, data: bytes) -> None:
+        """Replaces a small state object (a few hundred bytes) in one step."""
 
     @abstractmethod
     def iter_blobs(self) -> Iterator[StoredBlob]:

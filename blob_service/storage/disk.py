@@ -4,6 +4,7 @@ Layout under the root directory::
 
     blobs/ab/abcdef...      published blobs, named by their SHA-256
     uploads/<id>.<sha256>   uploads in progress
+    state/<name>            small objects of the service's own (the scrub's lease)
 
 A published file is always complete: uploads are written to their own file, fsynced,
 and renamed into place, which is atomic on POSIX file systems.
@@ -31,6 +32,9 @@ _READ_BACK_CHUNK = 4 << 20
 class _FileReader(BlobReader):
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
+        info = os.fstat(file.fileno())
+        # A published file is never rewritten, only replaced by rename: the inode says which copy this is.
+        self.identity = (info.st_dev, info.st_ino)
 
     def read(self, size: int) -> bytes:
         return self._file.read(size)
@@ -94,6 +98,7 @@ class DiskStorage(BlobStorage):
         self.root = Path(root).resolve()
         self._blobs = self.root / "blobs"
         self._uploads = self.root / "uploads"
+        self._state = self.root / "state"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._uploads.mkdir(parents=True, exist_ok=True)
 
@@ -168,6 +173,42 @@ class DiskStorage(BlobStorage):
     def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.blob_path(digest).unlink()
+
+    def delete_if_same(self, digest: Digest, identity: object) -> bool:
+        # Move the file aside first (atomic), then look at what was moved: between a check and
+        # an unlink of the path, a good copy could be renamed into place and be deleted instead.
+        # Aside is in uploads/, which the janitor empties, should this process die right here.
+        path = self.blob_path(digest)
+        aside = self._uploads / f"scrub-{uuid.uuid4().hex}.{digest.hash}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            info = aside.stat()
+            same = (info.st_dev, info.st_ino) == identity
+            if not same:
+                # A verified copy was published after the bad one was read: put it back, unless yet
+                # another verified copy has been published meanwhile.
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+        finally:
+            aside.unlink()
+        _fsync_dir(path.parent)
+        return same
+
+    def read_state(self, name: str) -> bytes | None:
+        try:
+            return (self._state / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_state(self, name: str, data: bytes) -> None:
+        temp = self._state / f".{name}.{uuid.uuid4().hex}"
+        with _full_store(self.root):
+            self._state.mkdir(exist_ok=True)
+            temp.write_bytes(data)
+        os.replace(temp, self._state / name)
 
     def iter_blobs(self) -> Iterator[StoredBlob]:
         for shard in self._blobs.iterdir():

@@ -5,6 +5,7 @@ Layout under ``s3://BUCKET/PREFIX``::
     PREFIX/blobs/<sha256>                      published blobs
     PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress
     PREFIX/uploads/<id>.<sha256>/active        touched while a replica writes the upload
+    PREFIX/state/<name>                        small objects of the service's own (the scrub's lease)
 
 Each part of an upload is staged as its own object as soon as it is complete (8 MiB
 by default), so the upload's durable offset is the sum of its staged parts and any
@@ -80,6 +81,8 @@ def _unavailable(error: Exception) -> Unavailable:
 class _S3Reader(BlobReader):
     def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
         self._response = response
+        etag = response.headers.get("ETag")
+        self.identity = etag.strip('"') if etag else None
 
     def read(self, size: int) -> bytes:
         try:
@@ -379,6 +382,40 @@ class S3Storage(BlobStorage):
 
     def delete(self, digest: Digest) -> None:
         self._remove([self._blob_key(digest)])
+
+    def delete_if_same(self, digest: Digest, identity: object) -> bool:
+        # S3 has no portable conditional DELETE: compare the ETag by HEAD just before deleting.
+        # The window between the two requests is a few milliseconds; only a blob that changed
+        # size can be uploaded again inside it (a same-size one is reported present until removed).
+        key = self._blob_key(digest)
+        try:
+            info = self.client.stat_object(self.bucket, key)
+        except (S3Error, InvalidResponseError) as e:
+            if _is_not_found(e):
+                return False
+            raise Unavailable(f"the S3 store failed a HEAD of {key}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+            raise _unavailable(e) from e
+        if identity is None:  # an empty object, read without a request: its size is all there is to compare
+            if info.size != digest.size_bytes:
+                return False
+        elif (info.etag or "").strip('"') != identity:
+            return False
+        self._remove([key])
+        return self._stat_size(key) is None
+
+    def read_state(self, name: str) -> bytes | None:
+        key = self.key(f"state/{name}")
+        if self._stat_size(key) is None:
+            return None
+        chunks = []
+        with self.open_key(key) as reader:
+            while block := reader.read(1 << 16):
+                chunks.append(block)
+        return b"".join(chunks)
+
+    def write_state(self, name: str, data: bytes) -> None:
+        self.put(self.key(f"state/{name}"), data)
 
     def iter_blobs(self) -> Iterator[StoredBlob]:
         try:
