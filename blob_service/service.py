@@ -353,10 +353,24 @@ class BlobStore:
                         yield held
                     held = block[lo - block_start : hi - block_start]
         if position != digest.size_bytes or hasher.hexdigest() != digest.hash:
-            log.error("blob %s is corrupt on %r", digest, self.storage)
+            # Removed, as the scrub would: FindMissingBlobs then reports it missing and the next push
+            # of this content uploads it again, instead of every reader failing until the next scrub.
+            # Only the copy read goes (a good one published meanwhile stays).
+            removed = reader.identity is not None and self.storage.delete_if_same(digest, reader.identity)
+            log.error(
+                "blob %s is corrupt on %r (%d bytes, sha256 %s)%s",
+                digest,
+                self.storage,
+                position,
+                hasher.hexdigest(),
+                "; removed" if removed else "",
+            )
+            outcome = (
+                "it was removed, so the next push of this content uploads it again" if removed else "it was not served"
+            )
             raise DataLoss(
                 f"stored content of blob {digest} does not match its digest "
-                f"({position} bytes, sha256 {hasher.hexdigest()}); it was not served"
+                f"({position} bytes, sha256 {hasher.hexdigest()}); {outcome}"
             )
         if held is not None:
             yield held

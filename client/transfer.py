@@ -203,6 +203,10 @@ def _batches(items: Sequence[FileT], limits: TransferLimits) -> Iterator[list[Fi
         yield batch
 
 
+# How long the blob service may take to hash a whole blob to check it after a client found it damaged.
+VERIFY_TIMEOUT_SECONDS = 600
+
+
 class BlobTransfer:
     """Uploads and downloads through one blob service stub."""
 
@@ -507,13 +511,16 @@ class BlobTransfer:
         report: ProgressCallback,
         done: Callable[[RemoteFile, Path], None],
     ) -> None:
-        with _verified_target(target, file) as (out, hasher):
+        try:
+            with _verified_target(target, file) as (out, hasher):
 
-            def keep(offset: int, data: bytes) -> None:
-                out.write(data)
-                hasher.update(data)
+                def keep(offset: int, data: bytes) -> None:
+                    out.write(data)
+                    hasher.update(data)
 
-            self._read_resuming(op, file, 0, file.size_bytes, keep, report)
+                self._read_resuming(op, file, 0, file.size_bytes, keep, report)
+        except MregError as e:
+            raise self._explain_corruption(file, e) from e
         done(file, target)
 
     def _download_range(self, op: _Operation, ranged: _RangedFile, index: int, report: ProgressCallback) -> None:
@@ -528,11 +535,37 @@ class BlobTransfer:
                     reason="BLOB_CORRUPT",
                 )
             ranged.finished(index)
+        except MregError as e:
+            ranged.failed()
+            raise self._explain_corruption(ranged.file, e) from e
         except BaseException:
             ranged.failed()
             raise
         finally:
             ranged.release()
+
+    def _explain_corruption(self, file: RemoteFile, error: MregError) -> MregError:
+        """What content that failed this client's digest check means, asked of the blob service.
+
+        Streams skip the server's verification, so the client is first to see a blob damaged at
+        rest. A verified read (of one byte: the server still hashes the whole blob) makes the
+        service check its copy; one it finds corrupt it removes, so FindMissingBlobs reports
+        it missing and the next push of the content uploads it again.
+        """
+        if error.reason != "BLOB_CORRUPT":
+            return error
+        request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=0, read_limit=1)
+        try:
+            for _ in self.stub.Read(request, timeout=VERIFY_TIMEOUT_SECONDS):
+                pass
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DATA_LOSS:
+                # The service's words say what became of its copy (removed, so a push repairs it).
+                return MregError("DATA_LOSS", f"{file.path}: {e.details()}", reason="BLOB_CORRUPT")
+            return error  # the service could not say; the client's own finding stands
+        return error.with_message(
+            f"{error.message}; the blob service's stored copy is intact, so it was damaged on the way: pull again"
+        )
 
     def _read_resuming(
         self,

@@ -161,11 +161,30 @@ def test_corrupted_blob_is_data_loss_and_its_content_is_never_delivered_whole(bl
         for response in blob_stub.Read(pb.ReadRequest(digest=digest)):
             received += response.data
     assert error.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "removed" in (error.value.details() or "")
     assert len(received) < len(data)
 
+    # The corrupt copy is gone: reported missing, so the next upload of the content stores it again.
+    missing = blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest]))
+    assert list(missing.missing_blob_digests) == [digest]
+    batch = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest]))
+    assert batch.responses[0].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    assert b"".join(r.data for r in blob_stub.Read(pb.ReadRequest(digest=digest))) == data
+
+
+def test_a_corrupt_small_blob_read_in_a_batch_is_data_loss_and_removed(blob_only, blob_stub) -> None:
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    blob_stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
+    )
+    corrupt_blob(blob_only.store.storage, digest.hash, digest.size_bytes)
     batch = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest]))
     assert batch.responses[0].status.code == grpc.StatusCode.DATA_LOSS.value[0]
     assert batch.responses[0].data == b""
+    missing = blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest]))
+    assert list(missing.missing_blob_digests) == [digest]
 
 
 def test_a_read_the_caller_verifies_serves_exactly_its_range_as_stored(blob_only, blob_stub) -> None:

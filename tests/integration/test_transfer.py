@@ -114,6 +114,33 @@ def test_corrupted_content_is_data_loss_and_the_file_is_absent(
     assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
 
 
+@pytest.mark.parametrize("as_ranges", [False, True], ids=["one-stream", "ranges"])
+def test_a_blob_found_corrupt_at_rest_is_removed_so_the_next_push_repairs_it(
+    stack, as_ranges: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Pulls skip the server's verification, so the client is the one that finds the damage; the
+    # same length keeps FindMissingBlobs saying "present", and only removal lets a push upload it again.
+    if as_ranges:
+        request.getfixturevalue("small_ranges")
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 11)
+    with stack.registry() as registry, Wire(stack.metadata.address, stack.blob.address) as wire:
+        pushed = registry.push(checkpoint, name := f"heal-{uuid.uuid4().hex[:6]}")
+        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
+        corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
+        with pytest.raises(MregError) as error:
+            registry.pull(pushed.version.name, tmp_path / "out")
+        assert (error.value.code, error.value.reason) == ("DATA_LOSS", "BLOB_CORRUPT")
+        assert "removed" in error.value.message and "push" in error.value.message
+
+        blob = pb.Digest(hash=weights.sha256, size_bytes=weights.size_bytes)
+        missing = wire.blobs.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[blob]))
+        assert list(missing.missing_blob_digests) == [blob]
+        repaired = registry.push(checkpoint, name)
+        assert (repaired.created, repaired.uploaded_bytes) == (False, weights.size_bytes)
+        registry.pull(pushed.version.name, tmp_path / "again")
+    assert_same_tree(checkpoint, tmp_path / "again")
+
+
 @pytest.fixture
 def small_ranges(monkeypatch: pytest.MonkeyPatch) -> int:
     """Makes files over 1 MiB download as 2 MiB ranges (two 1 MiB chunks), so small test files take the ranged path."""
