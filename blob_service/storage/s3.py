@@ -239,8 +239,13 @@ class S3Storage(BlobStorage):
             raise _unavailable(e) from e
 
     def _stat_size(self, key: str) -> int | None:
+        info = self._head(key)
+        return None if info is None else info.size
+
+    def _head(self, key: str) -> Object | None:
+        """The object's HEAD (size, ETag); None if there is no such object."""
         try:
-            return self.client.stat_object(self.bucket, key).size
+            return self.client.stat_object(self.bucket, key)
         except (S3Error, InvalidResponseError) as e:
             if _is_not_found(e):
                 return None
@@ -388,14 +393,9 @@ class S3Storage(BlobStorage):
         # The window between the two requests is a few milliseconds; only a blob that changed
         # size can be uploaded again inside it (a same-size one is reported present until removed).
         key = self._blob_key(digest)
-        try:
-            info = self.client.stat_object(self.bucket, key)
-        except (S3Error, InvalidResponseError) as e:
-            if _is_not_found(e):
-                return False
-            raise Unavailable(f"the S3 store failed a HEAD of {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
-            raise _unavailable(e) from e
+        info = self._head(key)
+        if info is None:
+            return False
         if identity is None:  # an empty object, read without a request: its size is all there is to compare
             if info.size != digest.size_bytes:
                 return False
