@@ -37,6 +37,8 @@ _COPY_STEP = 64 << 20
 _NO_REFLINK: set[tuple[int, int]] = set()
 # The largest file a pull copies into the content cache where the file system cannot reflink it.
 PULL_ADOPT_COPY_LIMIT = 16 << 20
+# Verified-entry records written to content.db in one transaction.
+RECORD_BATCH = 512
 
 
 def default_cache_dir() -> Path:
@@ -131,6 +133,10 @@ class ContentCache:
             " ctime_ns INTEGER, inode INTEGER)"
         )
         self._lock = threading.Lock()
+        # Records not yet written: a pull of thousands of small files would otherwise spend more
+        # time committing one record per file than downloading. They are written every
+        # RECORD_BATCH records and by flush() (each pull ends with one) and close().
+        self._pending: dict[str, tuple[int, int, int, int]] = {}
         self.rehashed = 0
         self.evicted = 0
 
@@ -259,8 +265,7 @@ class ContentCache:
         """Deletes an entry (eviction by size or age)."""
         with contextlib.suppress(FileNotFoundError):
             self._path(sha256).unlink()
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM verified WHERE sha256 = ?", (sha256,))
+        self._forget(sha256)
 
     def entries(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry of the store with its stat (partial temporary files left out)."""
@@ -273,8 +278,28 @@ class ContentCache:
                 with contextlib.suppress(FileNotFoundError):
                     yield entry.name, entry.stat()
 
+    def flush(self) -> None:
+        """Writes the records kept in memory, so other processes trust those entries too."""
+        with self._lock:
+            self._write_pending()
+
     def close(self) -> None:
+        self.flush()
         self._db.close()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?, ?)",
+                    [(sha256, *signature) for sha256, signature in self._pending.items()],
+                )
+            self._pending.clear()
+
+    def _forget(self, sha256: str) -> None:
+        with self._lock, self._db:
+            self._pending.pop(sha256, None)
+            self._db.execute("DELETE FROM verified WHERE sha256 = ?", (sha256,))
 
     def _keep_trust(self, sha256: str, before: os.stat_result) -> None:
         """Re-records a trusted entry whose ctime changed only because a hard link to it came or went.
@@ -295,14 +320,19 @@ class ContentCache:
 
     def _trusted(self, sha256: str, info: os.stat_result) -> bool:
         with self._lock:
+            pending = self._pending.get(sha256)
+            if pending is not None:
+                return pending == _signature(info)
             row = self._db.execute(
                 "SELECT size, mtime_ns, ctime_ns, inode FROM verified WHERE sha256 = ?", (sha256,)
             ).fetchone()
         return row is not None and tuple(row) == _signature(info)
 
     def _record(self, sha256: str, info: os.stat_result) -> None:
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?, ?)", (sha256, *_signature(info)))
+        with self._lock:
+            self._pending[sha256] = _signature(info)
+            if len(self._pending) >= RECORD_BATCH:
+                self._write_pending()
 
     def _reverify(self, sha256: str, source: Path, info: os.stat_result) -> os.stat_result | None:
         """Hashes an entry whose stat changed since it was verified; evicts it if it no longer matches.
@@ -330,8 +360,7 @@ class ContentCache:
         self.evicted += 1
         with contextlib.suppress(FileNotFoundError):
             source.unlink()
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM verified WHERE sha256 = ?", (sha256,))
+        self._forget(sha256)
 
 
 def _signature(info: os.stat_result) -> tuple[int, int, int, int]:

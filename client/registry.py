@@ -459,13 +459,17 @@ class Registry:
             if cache is not None
             else None
         )
-        received = self.transfer.download(
-            to_fetch,
-            target,
-            progress(fetch_total) if progress else None,
-            on_verified=adopt,
-            targets={f.path: path for f, path in zip(files, paths, strict=True)},
-        )
+        try:
+            received = self.transfer.download(
+                to_fetch,
+                target,
+                progress(fetch_total) if progress else None,
+                on_verified=adopt,
+                targets={f.path: path for f, path in zip(files, paths, strict=True)},
+            )
+        finally:
+            if cache is not None:
+                cache.flush()  # what this pull cached, trusted by other processes from now on
         if run:
             self.record_run_inputs(run, [version.name])
         return PullResult(
@@ -523,7 +527,10 @@ class Registry:
             total = sum(f.size_bytes for f in missing)
             return self.transfer.download(missing, staging, progress(total) if progress else None)
 
-        result = cache.ensure(version.name, version.digest, files, fetch)
+        try:
+            result = cache.ensure(version.name, version.digest, files, fetch)
+        finally:
+            cache.content.flush()  # the content it admitted, trusted by other processes from now on
         cache.enforce_limit(keep=result.snapshot.ref)
         return result
 

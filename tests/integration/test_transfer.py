@@ -22,7 +22,7 @@ from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
-from mreg.client.cache import reflink
+from mreg.client.cache import ContentCache, reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
 from mreg.client.transfer import BlobTransfer, RemoteFile
@@ -425,6 +425,21 @@ def test_pulling_cached_content_moves_no_bytes(stack, tmp_path: Path) -> None:
     assert first.downloaded_bytes == pushed.size_bytes
     assert second.downloaded_bytes == 0
     assert_same_tree(checkpoint, tmp_path / "two")
+
+
+def test_what_a_pull_cached_is_trusted_by_another_process_once_the_pull_returns(stack, tmp_path: Path) -> None:
+    # Records of verified entries are written in batches; the end of a pull writes the rest.
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=1 << 20)
+    with stack.registry(cache_dir=tmp_path / "cache", use_cache=True) as registry:
+        pushed = registry.push(checkpoint, f"trust-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "one")
+        other = ContentCache(tmp_path / "cache")  # as another process opens it, while this client stays open
+        try:
+            for entry in pushed.version.manifest:
+                assert other.entry(entry.sha256, entry.size_bytes) is not None, entry.path
+            assert other.rehashed == 0
+        finally:
+            other.close()
 
 
 def test_a_pull_copies_into_the_cache_only_files_it_can_reflink_or_that_are_small(
