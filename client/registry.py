@@ -729,6 +729,20 @@ class Registry:
         pages = self._paginate(self.metadata.ListVersions, request, "versions", limit)
         yield from (Version.from_proto(message) for message in pages)
 
+    def list_versions_page(
+        self, artifact: str, page_size: int = 0, page_token: str = "", filter: str = "", order_by: str = ""
+    ) -> tuple[list[Version], str]:
+        """One page of ``list_versions``, for a caller that pages itself (a web page's "next" link).
+
+        Returns the versions and the opaque token of the next page ("" after the last); the token is bound to
+        the artifact, filter and order, so it is passed back with the same ones.
+        """
+        request = pb.ListVersionsRequest(
+            parent=artifact, page_size=page_size, page_token=page_token, filter=filter, order_by=order_by
+        )
+        response = self._call(self.metadata.ListVersions, request)
+        return [Version.from_proto(message) for message in response.versions], response.next_page_token
+
     def delete_version(self, ref: str, force: bool = False) -> DeletedVersion:
         """Deletes a version; its content stays until garbage collection finds it unused.
 
