@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -77,7 +77,7 @@ class WebConfig:
 
     metadata_addr: str
     blob_addr: str
-    credentials: Credentials = Credentials()
+    credentials: Credentials = field(default_factory=Credentials)
     session_secret: str = ""
     secure_cookies: bool = False
     timeout: float = 30.0
@@ -234,7 +234,9 @@ class WebUI:
         try:
             caller = await run_in_threadpool(lambda: self.connections.registry(token).whoami())
         except MregError as e:
-            message = "That token is not valid (unknown, expired or revoked)." if e.code == "UNAUTHENTICATED" else str(e)
+            message = (
+                "That token is not valid (unknown, expired or revoked)." if e.code == "UNAUTHENTICATED" else str(e)
+            )
             return self.page(request, "signin.html", 401, next=target, message=message)
         request.session.clear()  # a new session: a fresh CSRF token, nothing carried over from before sign-in
         request.session["token"] = token
@@ -636,7 +638,9 @@ def _links_of(r: Registry, version: Version) -> list[Link]:
             for model in r.list_registered_models(project.name, limit=SCAN_MODELS):
                 if model.type != version.type:
                     continue
-                found.extend(link for link in r.list_links(model.name, limit=SCAN_LINKS) if link.version.uid == version.uid)
+                found.extend(
+                    link for link in r.list_links(model.name, limit=SCAN_LINKS) if link.version.uid == version.uid
+                )
     return found
 
 
