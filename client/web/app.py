@@ -59,6 +59,7 @@ MANIFEST_SHOWN = 2000
 # closed page within this many seconds even when nothing happens.
 WATCH_WINDOW_SECONDS = 20.0
 SSE_KEEPALIVE_SECONDS = 15.0
+SSE_POLL_SECONDS = 0.5
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -158,6 +159,8 @@ class WebUI:
         self.connections = Connections(config)
         self.env = _templates()
         self._auth_enabled: bool | None = None
+        # Set when the server stops: event streams end at once instead of holding the shutdown up.
+        self.stopping = threading.Event()
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -560,12 +563,17 @@ class WebUI:
         async def stream() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\n: connected\n\n"
-                while True:
+                idle = 0.0
+                while not self.stopping.is_set():
                     try:
-                        item = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_SECONDS)
+                        item = await asyncio.wait_for(queue.get(), SSE_POLL_SECONDS)
                     except TimeoutError:
-                        yield ": keep-alive\n\n"
+                        idle += SSE_POLL_SECONDS
+                        if idle >= SSE_KEEPALIVE_SECONDS:
+                            idle = 0.0
+                            yield ": keep-alive\n\n"
                         continue
+                    idle = 0.0
                     if item is None or isinstance(item, MregError):
                         return  # EventSource reconnects after `retry`
                     data = json.dumps(

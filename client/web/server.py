@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.applications import Starlette
 
 from mreg.client.web.app import WebConfig, create_app
 
@@ -23,6 +24,7 @@ class RunningWeb:
     port: int
     server: uvicorn.Server
     thread: threading.Thread
+    app: Starlette
 
     @property
     def url(self) -> str:
@@ -30,6 +32,7 @@ class RunningWeb:
         return f"http://{host}:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.app.state.ui.stopping.set()
         self.server.should_exit = True
         self.thread.join(timeout)
 
@@ -60,8 +63,9 @@ def start(config: WebConfig, listen: str, *, startup_timeout: float = 10.0) -> R
         sock.close()
         raise
     bound_port = sock.getsockname()[1]
+    app = create_app(config)
     uvicorn_config = uvicorn.Config(
-        create_app(config),
+        app,
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -79,4 +83,4 @@ def start(config: WebConfig, listen: str, *, startup_timeout: float = 10.0) -> R
             raise RuntimeError(f"the web UI did not start on {listen}")
         time.sleep(0.02)
     log.info("web UI listening on %s:%s", host, bound_port)
-    return RunningWeb(host, bound_port, server, thread)
+    return RunningWeb(host, bound_port, server, thread, app)
