@@ -92,7 +92,7 @@ def catalog(secured, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
                 artifact,
                 {
                     "weights.bin": os.urandom(2048 + i),
-                    "config.json": '{"layers": %d}' % (50 + i),
+                    "config.json": f'{{"layers": {50 + i}}}',
                     "tokenizer/vocab.txt": "a b c",
                 },
                 metadata={"val_loss": round(0.9 / (i + 1) + 0.05 * (i % 2), 4), "accuracy": 0.7 + 0.04 * i},
@@ -106,7 +106,7 @@ def catalog(secured, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
             model,
             aliases=["production"],
             create=True,
-            description="# Image Classifier\n\nTop-1 **0.86** on the validation set.\n\n- input: 224x224\n- owner: vision",
+            description="# Image Classifier\n\nTop-1 **0.86** on the validation set.\n\n- input: 224x224\n- team: cv",
         )
         registry.link(f"{artifact}:v5", model, aliases=["staging"])
         registry.record_run_inputs(f"acme/{project}/evaluate-3", [f"{artifact}:v3"])
@@ -269,7 +269,8 @@ def test_hostile_names_metadata_and_markdown_are_shown_as_text_and_never_run(
             {"<img src=x onerror=window.__pwned=2>.bin": b"x"},
             metadata={"note": f"{script}<img src=x onerror=window.__pwned=3>", "loss": 1},
             tags=["fp16"],
-            description=f"# Title {script}\n\n<img src=x onerror=window.__pwned=4>\n\n[click](javascript:window.__pwned=5)",
+            description=f"# Title {script}\n\n<img src=x onerror=window.__pwned=4>\n\n"
+            "[click](javascript:window.__pwned=5)",
         )
         push_files(registry, tmp_path, artifact, {"b.bin": b"y"}, metadata={"loss": 2})
     base = f"{web.url}/a/acme/{catalog['project']}/evil"

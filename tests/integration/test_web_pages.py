@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mreg.client import Registry
 from mreg.client.web import RunningWeb
 from tests.web import active_content, alias_form, form_value, push_files, running_web, unique
 
