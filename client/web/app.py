@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,8 @@ SCAN_PROJECTS = 20
 SCAN_MODELS = 100
 SCAN_LINKS = 1000
 MANIFEST_SHOWN = 2000
+# How many latest-member lookups a project page makes at once.
+LATEST_LOOKUPS = 8
 # A Watch stream is reopened this often (from the last sequence seen), so the thread relaying it notices a
 # closed page within this many seconds even when nothing happens.
 WATCH_WINDOW_SECONDS = 20.0
@@ -288,17 +291,27 @@ class WebUI:
         def load(r: Registry) -> dict[str, Any]:
             artifacts = list(r.list_artifacts(name, limit=500))
             models = list(r.list_registered_models(name, limit=500))
-            latest: dict[str, Version | None] = {}
-            for artifact in artifacts:
-                if artifact.version_count:
-                    page, _ = r.list_versions_page(artifact.name, page_size=1)
-                    latest[artifact.name] = page[0] if page else None
-            model_latest: dict[str, Link | None] = {}
-            for model in models:
-                index = model.aliases.get("latest")
-                if index is not None:
-                    with contextlib.suppress(MregError):
-                        model_latest[model.name] = r.resolve(f"{model.name}:v{index}").link
+
+            # One call per collection for its latest member (no RPC lists them with it), a few at a time.
+            def newest_version(name: str) -> Version | None:
+                page, _ = r.list_versions_page(name, page_size=1)
+                return page[0] if page else None
+
+            def newest_link(name: str, index: int) -> Link | None:
+                try:
+                    return r.resolve(f"{name}:v{index}").link
+                except MregError:
+                    return None
+
+            with ThreadPoolExecutor(LATEST_LOOKUPS) as pool:
+                versions = {a.name: pool.submit(newest_version, a.name) for a in artifacts if a.version_count}
+                links = {
+                    m.name: pool.submit(newest_link, m.name, m.aliases["latest"])
+                    for m in models
+                    if "latest" in m.aliases
+                }
+                latest = {name: future.result() for name, future in versions.items()}
+                model_latest = {name: future.result() for name, future in links.items()}
             return {"artifacts": artifacts, "models": models, "latest": latest, "model_latest": model_latest}
 
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,3 +85,33 @@ def test_serve_refuses_a_web_port_that_is_taken_saying_what_to_do(tmp_path: Path
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--no-web" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_mreg_web_alone_serves_the_services_it_is_pointed_at(servers, tmp_path: Path) -> None:
+    env = {**os.environ, **servers.cli_env()}
+    process = subprocess.Popen(
+        [str(MREG), "web", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.match(r"mreg web UI at (http://127\.0\.0\.1:\d+)/ ", line)
+        assert match, line
+        page = httpx.get(match.group(1) + "/e/acme", timeout=30)
+        assert page.status_code == 200 and "<h2>Projects</h2>" in page.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_mreg_web_refuses_a_non_loopback_address_when_the_services_do_not_authenticate(servers) -> None:
+    env = {**os.environ, **servers.cli_env()}
+    result = subprocess.run(
+        [str(MREG), "web", "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0" in result.stderr and "--insecure" in result.stderr
