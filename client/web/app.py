@@ -56,6 +56,9 @@ SCAN_PROJECTS = 20
 SCAN_MODELS = 100
 SCAN_LINKS = 1000
 MANIFEST_SHOWN = 2000
+# Alias histories shown on a collection's page: this many aliases, this many moves each.
+MAX_HISTORIES = 10
+HISTORY_EVENTS = 20
 # How many latest-member lookups a project page makes at once.
 LATEST_LOOKUPS = 8
 # A Watch stream is reopened this often (from the last sequence seen), so the thread relaying it notices a
@@ -349,8 +352,14 @@ class WebUI:
                 if e.code != "INVALID_ARGUMENT":
                     raise
                 filter_error = e
+            history = {}
+            if not fragment:
+                # latest moves with every commit: its history is the versions table itself.
+                aliases = sorted(a for a in artifact.aliases if a != "latest")[:MAX_HISTORIES]
+                history = {alias: list(r.alias_history(name, alias, limit=HISTORY_EVENTS)) for alias in aliases}
             return {
                 "artifact": artifact,
+                "history": history,
                 "versions": versions,
                 "next_token": next_token,
                 "filter_error": filter_error,
@@ -480,7 +489,8 @@ class WebUI:
         def load(r: Registry) -> dict[str, Any]:
             model = r.get_registered_model(name)
             links = list(r.list_links(name, limit=500))
-            history = {alias: list(r.alias_history(name, alias, limit=20)) for alias in sorted(model.aliases)}
+            aliases = sorted(model.aliases)[:MAX_HISTORIES]
+            history = {alias: list(r.alias_history(name, alias, limit=HISTORY_EVENTS)) for alias in aliases}
             return {"model": model, "links": links, "history": history}
 
         try:

@@ -173,6 +173,10 @@ def test_promote_moves_an_alias_only_from_the_version_the_page_showed(http: http
     assert moved.status_code == 303
     after = http.get(artifact_path)
     assert 'class="flash ok"' in after.text and "best moved from v3 to v4." in after.text
+    history = after.text[after.text.index('<table class="history" data-alias="best">') :]
+    body = history.index("<tbody>")
+    newest = history[body : history.index("</tr>", body)]
+    assert "<td>mreg-web</td>\n<td>v3</td>\n<td>v4</td><td>alias.set</td>" in newest  # who moved it, from, to
 
     # Another client moves it first; the page's form still says v4.
     stale = alias_form(after.text, "best")
