@@ -489,7 +489,7 @@ class WebUI:
         def load(r: Registry) -> dict[str, Any]:
             model = r.get_registered_model(name)
             links = list(r.list_links(name, limit=500))
-            aliases = sorted(model.aliases)[:MAX_HISTORIES]
+            aliases = sorted(a for a in model.aliases if a != "latest")[:MAX_HISTORIES]
             history = {alias: list(r.alias_history(name, alias, limit=HISTORY_EVENTS)) for alias in aliases}
             return {"model": model, "links": links, "history": history}
 

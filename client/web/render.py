@@ -79,6 +79,8 @@ def display_value(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"  # 0.8999999999999999 reads as 0.9; compare_metadata compares the values themselves
     return json.dumps(value, sort_keys=True)
 
 
@@ -138,10 +140,7 @@ class MetadataRow:
     key: str
     before: str
     after: str
-
-    @property
-    def differs(self) -> bool:
-        return self.before != self.after
+    differs: bool
 
 
 def compare_files(before: Sequence[ManifestEntry], after: Sequence[ManifestEntry]) -> list[FileChange]:
@@ -167,7 +166,10 @@ def compare_files(before: Sequence[ManifestEntry], after: Sequence[ManifestEntry
 def compare_metadata(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[MetadataRow]:
     """Both versions' metadata, flattened to dotted keys, side by side."""
     a, b = flatten(before), flatten(after)
-    return [MetadataRow(k, display_value(a.get(k)), display_value(b.get(k))) for k in sorted(a.keys() | b.keys())]
+    return [
+        MetadataRow(k, display_value(a.get(k)), display_value(b.get(k)), k not in a or k not in b or a[k] != b[k])
+        for k in sorted(a.keys() | b.keys())
+    ]
 
 
 # --- Charts --------------------------------------------------------------------------------------
