@@ -206,13 +206,13 @@ class WebUI:
         return {k: str(v) for k, v in form.items()}
 
     def page(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        flash = request.session.pop("flash", None)
+        # A fragment (a live refresh) leaves the flash message to the next whole page, which the user sees.
+        flash = None if template.startswith("_") else request.session.pop("flash", None)
         context.setdefault("flash", flash)
         html = self.env.get_template(template).render(
             request=request,
             csrf=self.csrf_token(request),
             who=request.session.get("who"),
-            auth=bool(self._auth_enabled),
             **context,
         )
         return HTMLResponse(html, status_code=status_code)
@@ -222,6 +222,11 @@ class WebUI:
             request.session.pop("token", None)
             request.session.pop("who", None)
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if request.headers.get("HX-Request"):
+                # A live refresh of part of a page: send the whole page to sign-in, not the form into the part.
+                target = request.headers.get("HX-Current-URL", "/")
+                target = _safe_next("/" + target.split("://", 1)[-1].split("/", 1)[-1] if "://" in target else target)
+                return Response(status_code=204, headers={"HX-Redirect": f"/signin?{urlencode({'next': target})}"})
             return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
         status = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "INVALID_ARGUMENT": 400, "UNAVAILABLE": 503}
         return self.page(request, "error.html", status.get(error.code, 500), error=error)

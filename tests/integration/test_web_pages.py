@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -340,3 +341,16 @@ def test_sign_in_sets_a_strict_httponly_session_and_a_scoped_token_sees_only_its
             f"/a/acme/{mine}/model/promote", data={"csrf": csrf, "alias": "prod", "target": "0", "expected": "none"}
         )
         assert "Not moved: PERMISSION_DENIED" in client.get(f"/a/acme/{mine}/model").text
+
+
+def test_a_live_refresh_after_the_session_ended_sends_the_whole_page_to_sign_in(
+    secured_web: RunningWeb, secured_catalog
+) -> None:
+    page = f"/a/acme/{secured_catalog['mine']}/model"
+    with httpx.Client(base_url=secured_web.url, timeout=30) as client:
+        refresh = client.get(
+            page + "?fragment=versions",
+            headers={"HX-Request": "true", "HX-Current-URL": f"{secured_web.url}{page}?filter=x"},
+        )
+    assert refresh.status_code == 204
+    assert refresh.headers["hx-redirect"] == "/signin?" + urlencode({"next": f"{page}?filter=x"})
