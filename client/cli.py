@@ -801,6 +801,7 @@ def cmd_web(args: argparse.Namespace, out: Output) -> None:
         credentials=credentials,
         session_secret=secret,
         secure_cookies=args.secure_cookies,
+        default_entity=settings.entity or "",
     )
     try:
         split_listen(args.listen)

@@ -80,6 +80,7 @@ class WebConfig:
     ``credentials`` carry TLS settings (their token, if any, is ignored: each user signs in with their own).
     ``session_secret`` signs the session cookies; a random one (the default) signs everyone out on a restart.
     ``secure_cookies`` marks the cookie Secure, for a UI served behind HTTPS.
+    ``default_entity`` is the entity the home page offers when the signed-in token's scope names none.
     """
 
     metadata_addr: str
@@ -88,6 +89,7 @@ class WebConfig:
     session_secret: str = ""
     secure_cookies: bool = False
     timeout: float = 30.0
+    default_entity: str = ""  # offered on the home page to callers whose token does not name one
 
 
 class Connections:
@@ -280,7 +282,7 @@ class WebUI:
                 return RedirectResponse("/signin", status_code=303)
         who = request.session.get("who") or {}
         scope = str(who.get("scope", ""))
-        default = self.registry(request).entity or ""
+        default = self.config.default_entity
         suggested = scope.split("/")[0] if scope and scope != "*" else default
         return self.page(request, "home.html", suggested=suggested)
 

@@ -90,7 +90,7 @@ def test_serve_refuses_a_web_port_that_is_taken_saying_what_to_do(tmp_path: Path
 def test_mreg_web_alone_serves_the_services_it_is_pointed_at(servers, tmp_path: Path) -> None:
     env = {**os.environ, **servers.cli_env()}
     process = subprocess.Popen(
-        [str(MREG), "web", "--listen", "127.0.0.1:0"],
+        [str(MREG), "web", "--listen", "127.0.0.1:0", "--entity", "acme"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -101,6 +101,8 @@ def test_mreg_web_alone_serves_the_services_it_is_pointed_at(servers, tmp_path: 
         line = process.stdout.readline()
         match = re.match(r"mreg web UI at (http://127\.0\.0\.1:\d+)/ ", line)
         assert match, line
+        home = httpx.get(match.group(1) + "/", timeout=30)
+        assert '<a id="suggested" href="/e/acme">acme</a>' in home.text  # --entity is offered
         page = httpx.get(match.group(1) + "/e/acme", timeout=30)
         assert page.status_code == 200 and "<h2>Projects</h2>" in page.text
     finally:
