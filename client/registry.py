@@ -103,6 +103,28 @@ class PullResult:
     downloaded_bytes: int
 
 
+class WatchStream:
+    """A Watch stream (``Registry.open_watch``): iterate for updates; ``cancel()`` from any thread ends it.
+
+    Iteration stops quietly after ``cancel()``; any other broken stream raises ``MregError`` (e.g. UNAVAILABLE,
+    or DEADLINE_EXCEEDED when the stream's timeout passed).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[WatchUpdate]:
+        try:
+            for message in self._call:
+                yield WatchUpdate.from_proto(message)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise MregError.from_rpc(e, "the metadata service") from e
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class Registry:
     """A connection to an mreg registry (both services)."""
 
@@ -832,6 +854,21 @@ class Registry:
                 raise MregError.from_rpc(e, "the metadata service") from e
         finally:
             stream.cancel()
+
+    def open_watch(
+        self, start_after: int = 0, *, from_now: bool = False, resource_prefix: str = "", timeout: float | None = None
+    ) -> WatchStream:
+        """``watch`` as an object another thread can ``cancel()``, ending the stream at once.
+
+        For a server that relays the feed (the web UI's server-sent events): the thread iterating is blocked
+        waiting for the next message, so it cannot stop the stream itself when its reader goes away.
+        """
+        request = pb.WatchRequest(resource_prefix=resource_prefix)
+        if from_now:
+            request.from_now = True
+        else:
+            request.start_after = start_after
+        return WatchStream(self.metadata.Watch(request, metadata=self._headers, timeout=timeout))
 
     def list_links(self, registered_model: str, page_size: int = 0, *, limit: int | None = None) -> Iterator[Link]:
         """A registered model's links, oldest first, each with its source version (paged as it advances)."""

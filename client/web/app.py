@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError
 from mreg.client.models import Link, Version
-from mreg.client.registry import Registry
+from mreg.client.registry import Registry, WatchStream
 from mreg.client.web import render
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ MAX_HISTORIES = 10
 HISTORY_EVENTS = 20
 # How many latest-member lookups a project page makes at once.
 LATEST_LOOKUPS = 8
-# A Watch stream is reopened this often (from the last sequence seen), so the thread relaying it notices a
-# closed page within this many seconds even when nothing happens.
+# A Watch stream is reopened this often (from the last sequence seen); a closed page cancels it at once.
 WATCH_WINDOW_SECONDS = 20.0
 SSE_KEEPALIVE_SECONDS = 15.0
 SSE_POLL_SECONDS = 0.5
@@ -570,17 +569,23 @@ class WebUI:
             with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        streams: list[WatchStream] = []
+        lock = threading.Lock()
+
         def relay() -> None:
             cursor = 0
             try:
                 while not stop.is_set():
+                    stream = registry.open_watch(
+                        cursor, from_now=cursor == 0, resource_prefix=prefix, timeout=WATCH_WINDOW_SECONDS
+                    )
+                    with lock:
+                        if stop.is_set():
+                            stream.cancel()
+                        streams[:] = [stream]
                     try:
-                        for update in registry.watch(
-                            cursor, from_now=cursor == 0, resource_prefix=prefix, timeout=WATCH_WINDOW_SECONDS
-                        ):
+                        for update in stream:
                             cursor = update.sequence
-                            if stop.is_set():
-                                return
                             if update.event is not None:
                                 put(update.event)
                     except MregError as e:
@@ -613,7 +618,11 @@ class WebUI:
                     )
                     yield f"event: change\ndata: {data}\n\n"
             finally:
-                stop.set()
+                # The page went away (or the server stops): end the Watch stream now, not at its next message.
+                with lock:
+                    stop.set()
+                    for stream in streams:
+                        stream.cancel()
 
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

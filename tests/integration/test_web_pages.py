@@ -242,6 +242,7 @@ def test_hostile_metadata_tags_and_markdown_are_shown_as_text(http: httpx.Client
 
 
 def test_events_stream_a_commit_under_the_page_s_prefix(web: RunningWeb, servers, catalog, tmp_path: Path) -> None:
+    streams_before = servers.metadata.admission.active
     received: list[dict] = []
     connected = threading.Event()
 
@@ -265,12 +266,18 @@ def test_events_stream_a_commit_under_the_page_s_prefix(web: RunningWeb, servers
     listener.start()
     assert connected.wait(15)
     time.sleep(0.5)  # the relay's Watch stream is opened right after the response starts
+    assert servers.metadata.admission.active > streams_before  # the web UI follows the Watch feed for the page
     with servers.registry(project=catalog["project"]) as registry:
         push_files(registry, tmp_path, f"acme/{catalog['project']}/other", {"a": b"1"})  # not under the prefix
         push_files(registry, tmp_path, catalog["artifact"], {"new.bin": b"new"})
     listener.join(20)
     assert received, "no change event arrived"
     assert received[0]["resource"].startswith(catalog["artifact"])
+    # The page went away: the web UI ends its Watch stream at once instead of holding a stream slot.
+    deadline = time.monotonic() + 3
+    while servers.metadata.admission.active > streams_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert servers.metadata.admission.active <= streams_before
 
 
 # --- with authentication on ------------------------------------------------------------------------
@@ -354,3 +361,17 @@ def test_a_live_refresh_after_the_session_ended_sends_the_whole_page_to_sign_in(
         )
     assert refresh.status_code == 204
     assert refresh.headers["hx-redirect"] == "/signin?" + urlencode({"next": f"{page}?filter=x"})
+
+
+def test_a_watch_stream_cancelled_from_another_thread_ends_at_once(servers) -> None:
+    with servers.registry() as registry:
+        stream = registry.open_watch(from_now=True, resource_prefix="acme/nothing-here")
+        updates: list = []
+        reader = threading.Thread(target=lambda: updates.extend(stream), daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        began = time.monotonic()
+        stream.cancel()
+        reader.join(5)
+        assert not reader.is_alive() and time.monotonic() - began < 2
+        assert all(update.event is None for update in updates)  # heartbeats only, and no error raised
