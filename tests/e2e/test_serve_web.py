@@ -117,3 +117,13 @@ def test_mreg_web_refuses_a_non_loopback_address_when_the_services_do_not_authen
     )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0:0" in result.stderr and "--insecure" in result.stderr
+
+
+def test_the_web_ui_of_mreg_serve_reaches_services_that_require_mutual_tls(pki, tmp_path: Path) -> None:
+    port = free_port()
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca_cert)]
+    with serve(tmp_path / "data", *tls, "--web-port", str(port)) as banner:
+        assert f"mreg web UI at http://127.0.0.1:{port}/\n" in banner, banner
+        page = httpx.get(f"http://127.0.0.1:{port}/e/acme", timeout=30)
+        assert page.status_code == 200, page.text  # the services answered the web UI over mutual TLS
+        assert "<h2>Projects</h2>" in page.text
