@@ -117,7 +117,10 @@ class Connections:
             self._registries[token] = registry
             while len(self._registries) > self.size:
                 _, oldest = self._registries.popitem(last=False)
-                oldest.close()
+                # A request may still be using it: close it once any call it started has timed out.
+                closer = threading.Timer(self.config.timeout + 1, oldest.close)
+                closer.daemon = True
+                closer.start()
             return registry
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from mreg.client.web import RunningWeb
+from mreg.client.web import RunningWeb, WebConfig
+from mreg.client.web.app import Connections
 from tests.web import active_content, alias_form, form_value, push_files, running_web, unique
 
 pytestmark = pytest.mark.timeout(120)
@@ -375,3 +376,13 @@ def test_a_watch_stream_cancelled_from_another_thread_ends_at_once(servers) -> N
         reader.join(5)
         assert not reader.is_alive() and time.monotonic() - began < 2
         assert all(update.event is None for update in updates)  # heartbeats only, and no error raised
+
+
+def test_a_connection_evicted_from_the_pool_keeps_serving_the_request_using_it(servers, catalog) -> None:
+    connections = Connections(WebConfig(servers.metadata.address, servers.blob.address, timeout=5), size=1)
+    try:
+        in_use = connections.registry(None)
+        connections.registry("another-users-token")  # evicts the first
+        assert in_use.get_artifact(catalog["artifact"]).version_count >= 5
+    finally:
+        connections.close()
