@@ -10,10 +10,14 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-server
 # The Node conformance test's packages (tests/node), reinstalled only when the lock changes.
 NODE_STAMP := tests/node/node_modules/.installed
+# The web UI's browser tests drive Debian's chromium through its chromedriver (packages chromium and
+# chromium-driver, which depends on chromium): installed from apt when missing; nothing downloads a browser.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install protos run test test-sqlite test-postgres lint contract-baseline bench clean
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(CHROMEDRIVER)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +36,13 @@ $(RUN_STAMP): $(PY) pyproject.toml hatch_build.py $(PROTO_FILES)
 $(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
 	npm ci --prefix tests/node --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
+
+$(CHROMEDRIVER):
+	@command -v apt-get >/dev/null || { echo "make install: the browser tests need Debian's chromium and chromium-driver packages (no apt-get here): install them" >&2; exit 1; }
+	$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; } \
+		|| { echo "make install: could not install chromium and chromium-driver with apt-get" >&2; exit 1; }
+	@test -x /usr/bin/chromium && test -x $@ || { echo "make install: /usr/bin/chromium or $@ is missing after apt-get" >&2; exit 1; }
 
 protos: install
 	$(PY) hatch_build.py --force

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -740,7 +741,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> None:
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> None:
     try:
-        from mreg.client.serve import serve
+        from mreg.client.serve import WebUnavailable, serve
     except ModuleNotFoundError as e:
         # A client-only install (`pip install mreg`) lacks the services' libraries.
         raise MregError(
@@ -764,11 +765,73 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
             insecure=args.insecure,
             auth=args.auth,
             metrics_port=args.metrics_port,
+            web_port=None if args.no_web else args.web_port,
         )
+    except WebUnavailable as e:
+        raise MregError("FAILED_PRECONDITION", str(e)) from e
     except TransportConfigError as e:
         # A setting the services refuse to start with is a usage error, as for `python -m mreg.*_service`.
         print(f"mreg serve: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
+
+
+def cmd_web(args: argparse.Namespace, out: Output) -> None:
+    """The web UI alone, as a client of the services the global options name (for production)."""
+    try:
+        from mreg.client.web import WebConfig, start
+        from mreg.client.web.server import split_listen
+    except ModuleNotFoundError as e:
+        raise MregError(
+            "FAILED_PRECONDITION",
+            f"mreg web needs the web extra, which is not installed ({e.name} is missing): pip install 'mreg[web]'",
+        ) from e
+    from mreg.server_runtime import runtime, transport
+
+    settings = _settings(args)
+    credentials = replace(settings.credentials(), token=None)  # each user signs in with their own token
+    secret = ""
+    if args.session_secret_file:
+        try:
+            secret = Path(args.session_secret_file).read_text().strip()
+        except OSError as e:
+            raise MregError("FAILED_PRECONDITION", f"--session-secret-file: {e}") from e
+    config = WebConfig(
+        settings.metadata_addr,
+        settings.blob_addr,
+        credentials=credentials,
+        session_secret=secret,
+        secure_cookies=args.secure_cookies,
+        default_entity=settings.entity or "",
+    )
+    try:
+        split_listen(args.listen)
+    except ValueError as e:
+        print(f"mreg web: error: --listen {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from e
+    with Registry(
+        open_channel(settings.metadata_addr, credentials),
+        open_channel(settings.blob_addr, credentials),
+        use_cache=False,
+    ) as probe:
+        try:
+            authenticated = probe.whoami().authentication_enabled
+        except MregError as e:
+            if e.code != "UNAUTHENTICATED":
+                raise
+            authenticated = True
+    try:
+        transport.check_listen_address(args.listen, authenticated=authenticated, insecure=args.insecure, tls=False)
+    except transport.TransportConfigError as e:
+        print(f"mreg web: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from e
+    runtime.configure_logging()
+    try:
+        web = start(config, args.listen)
+    except OSError as e:
+        raise MregError("FAILED_PRECONDITION", f"cannot listen on {args.listen}: {e.strerror or e}") from e
+    print(f"mreg web UI at {web.url}/ (metadata service {settings.metadata_addr}); stop with Ctrl-C", flush=True)
+    runtime.wait_for_stop_signal()
+    web.stop()
 
 
 # Model cards and editing after push ------------------------------------------------------------
@@ -1673,6 +1736,14 @@ _leaf(
     help="serve both services' Prometheus metrics over HTTP on --host at this port (env MREG_METRICS_PORT)",
 )
 @click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    default=lambda: int(os.environ.get("MREG_WEB_PORT") or 8080),
+    show_default="8080",
+    help="serve the web UI over HTTP on --host at this port, 0 for any free one (env MREG_WEB_PORT)",
+)
+@click.option("--no-web", is_flag=True, help="do not start the web UI")
+@click.option(
     "--insecure",
     is_flag=True,
     help="allow a non-loopback --host although callers are not authenticated (metrics never authenticate)",
@@ -1680,9 +1751,49 @@ _leaf(
 def _serve(*_: Any) -> None: ...
 
 
-_leaf(cli, "serve", cmd_serve, help="Run both services on SQLite and local disk.", short_help="run both services")(
-    _serve
+_leaf(
+    cli,
+    "serve",
+    cmd_serve,
+    help="Run both services on SQLite and local disk, and the web UI (it prints its URL; --no-web turns it off).",
+    short_help="run both services and the web UI",
+)(_serve)
+
+
+@click.option(
+    "--listen",
+    envvar="MREG_WEB_LISTEN",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="where to serve HTTP (port 0: any free one); a non-loopback address needs services with auth, "
+    "or --insecure (env MREG_WEB_LISTEN)",
 )
+@click.option(
+    "--session-secret-file",
+    envvar="MREG_WEB_SESSION_SECRET_FILE",
+    metavar="PATH",
+    help="the key that signs session cookies; share it between replicas (default: a random one per process, "
+    "so a restart signs everyone out) (env MREG_WEB_SESSION_SECRET_FILE)",
+)
+@click.option("--secure-cookies", is_flag=True, help="mark the session cookie Secure (when served behind HTTPS)")
+@click.option(
+    "--insecure", is_flag=True, help="allow a non-loopback --listen although the services do not authenticate"
+)
+def _web(*_: Any) -> None: ...
+
+
+_leaf(
+    cli,
+    "web",
+    cmd_web,
+    help="Run the web UI alone, as a client of the services --metadata-addr and --blob-addr name (their TLS "
+    "options apply; the token does not: each user signs in with their own).",
+    short_help="run the web UI alone",
+    epilog="""\b
+Example:
+  mreg web --metadata-addr meta.internal:50051 --blob-addr blobs.internal:50052 --listen 0.0.0.0:8080""",
+)(_web)
 
 
 # alias ...

@@ -103,6 +103,28 @@ class PullResult:
     downloaded_bytes: int
 
 
+class WatchStream:
+    """A Watch stream (``Registry.open_watch``): iterate for updates; ``cancel()`` from any thread ends it.
+
+    Iteration stops quietly after ``cancel()``; any other broken stream raises ``MregError`` (e.g. UNAVAILABLE,
+    or DEADLINE_EXCEEDED when the stream's timeout passed).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[WatchUpdate]:
+        try:
+            for message in self._call:
+                yield WatchUpdate.from_proto(message)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise MregError.from_rpc(e, "the metadata service") from e
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class Registry:
     """A connection to an mreg registry (both services)."""
 
@@ -740,6 +762,20 @@ class Registry:
         pages = self._paginate(self.metadata.ListVersions, request, "versions", limit)
         yield from (Version.from_proto(message) for message in pages)
 
+    def list_versions_page(
+        self, artifact: str, page_size: int = 0, page_token: str = "", filter: str = "", order_by: str = ""
+    ) -> tuple[list[Version], str]:
+        """One page of ``list_versions``, for a caller that pages itself (a web page's "next" link).
+
+        Returns the versions and the opaque token of the next page ("" after the last); the token is bound to
+        the artifact, filter and order, so it is passed back with the same ones.
+        """
+        request = pb.ListVersionsRequest(
+            parent=artifact, page_size=page_size, page_token=page_token, filter=filter, order_by=order_by
+        )
+        response = self._call(self.metadata.ListVersions, request)
+        return [Version.from_proto(message) for message in response.versions], response.next_page_token
+
     def delete_version(self, ref: str, force: bool = False) -> DeletedVersion:
         """Deletes a version; its content stays until garbage collection finds it unused.
 
@@ -829,6 +865,21 @@ class Registry:
                 raise MregError.from_rpc(e, "the metadata service") from e
         finally:
             stream.cancel()
+
+    def open_watch(
+        self, start_after: int = 0, *, from_now: bool = False, resource_prefix: str = "", timeout: float | None = None
+    ) -> WatchStream:
+        """``watch`` as an object another thread can ``cancel()``, ending the stream at once.
+
+        For a server that relays the feed (the web UI's server-sent events): the thread iterating is blocked
+        waiting for the next message, so it cannot stop the stream itself when its reader goes away.
+        """
+        request = pb.WatchRequest(resource_prefix=resource_prefix)
+        if from_now:
+            request.from_now = True
+        else:
+            request.start_after = start_after
+        return WatchStream(self.metadata.Watch(request, metadata=self._headers, timeout=timeout))
 
     def list_links(self, registered_model: str, page_size: int = 0, *, limit: int | None = None) -> Iterator[Link]:
         """A registered model's links, oldest first, each with its source version (paged as it advances)."""

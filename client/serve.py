@@ -10,7 +10,10 @@ mutual TLS the certificate must be issued by that CA and allow client authentica
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
+from typing import Any
 
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
@@ -37,12 +40,15 @@ def serve(
     insecure: bool = False,
     auth: bool = False,
     metrics_port: int = 0,
+    web_port: int | None = None,
 ) -> None:
     """Runs until SIGINT or SIGTERM.
 
     With ``auth``, both services require tokens; they share a secret in DATA_DIR/service.token,
     and the first start writes an admin token to DATA_DIR/admin.token (both mode 0600). With
-    ``metrics_port``, one HTTP endpoint on ``host`` shows both services' metrics (``server`` label).
+    ``metrics_port``, one HTTP endpoint on ``host`` shows both services' metrics (``server`` label). With
+    ``web_port`` (0: a free port; None: off), the web UI (mreg.client.web) serves on ``host`` as a client of
+    both services; its session cookies are signed with the secret in DATA_DIR/web-session.key (mode 0600).
 
     Raises:
         transport.TransportConfigError: the TLS files are incomplete or unreadable, or ``host`` is not
@@ -59,6 +65,10 @@ def serve(
     metrics_listen = f"{listen_host}:{metrics_port}" if metrics_port else ""
     if metrics_listen:
         service_metrics.check_metrics_address(metrics_listen, insecure=insecure)
+    web_listen = f"{listen_host}:{web_port}" if web_port is not None else ""
+    if web_listen:
+        # The web UI signs users in with tokens when auth is on; it serves plain HTTP (put HTTPS in front of it).
+        transport.check_listen_address(web_listen, authenticated=auth, insecure=insecure, tls=False)
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     service_token = str(root / "service.token")
@@ -111,6 +121,23 @@ def serve(
             metadata.stop(grace=None)
             blobs.stop(grace=None)
             raise
+    web = None
+    if web_listen:
+        try:
+            web = _start_web(
+                root,
+                web_listen,
+                f"{blob_host}:{metadata.port}",
+                f"{blob_host}:{blobs.port}",
+                tls_cert,
+                tls_key if tls_client_ca else "",
+            )
+        except BaseException:
+            if endpoint is not None:
+                endpoint.stop()
+            metadata.stop(grace=None)
+            blobs.stop(grace=None)
+            raise
     scheme = "TLS" if tls_cert else "plaintext"
     print(f"mreg metadata service listening on {listen_host}:{metadata.port} ({scheme})", flush=True)
     print(f"mreg blob service listening on {listen_host}:{blobs.port} ({scheme})", flush=True)
@@ -120,11 +147,57 @@ def serve(
             "(export MREG_TOKEN=$(cat ...), or `mreg login`)",
             flush=True,
         )
+    if web is not None:
+        print(f"mreg web UI at {web.url}/", flush=True)
     if endpoint is not None:
         print(f"mreg metrics at http://{endpoint.address}/metrics", flush=True)
     print(f"data in {root}; stop with Ctrl-C", flush=True)
     runtime.wait_for_stop_signal()
+    if web is not None:
+        web.stop()
     if endpoint is not None:
         endpoint.stop()
     metadata.stop(grace=runtime.STOP_GRACE_SECONDS)
     blobs.stop(grace=runtime.STOP_GRACE_SECONDS)
+
+
+class WebUnavailable(transport.TransportConfigError):
+    """The web UI cannot start: its libraries are not installed, or its port is taken."""
+
+
+def _start_web(root: Path, listen: str, metadata_addr: str, blob_addr: str, tls_cert: str, tls_key: str) -> Any:
+    """Starts the web UI as a client of the two services just started (over their TLS, if any)."""
+    try:
+        from mreg.client.channels import Credentials
+        from mreg.client.web import WebConfig, start
+    except ModuleNotFoundError as e:
+        raise WebUnavailable(
+            f"the web UI needs the web extra ({e.name} is missing): pip install 'mreg[web]', or pass --no-web"
+        ) from e
+    credentials = Credentials()
+    if tls_cert:
+        cert = Path(tls_cert).read_bytes()
+        key = Path(tls_key).read_bytes() if tls_key else None
+        credentials = Credentials(ca_cert=cert, client_cert=cert if key else None, client_key=key)
+    config = WebConfig(metadata_addr, blob_addr, credentials=credentials, session_secret=_session_secret(root))
+    try:
+        return start(config, listen)
+    except OSError as e:
+        raise WebUnavailable(
+            f"the web UI cannot listen on {listen} ({e.strerror or e}): pass --web-port N (0: any free port) "
+            "or --no-web"
+        ) from e
+
+
+def _session_secret(root: Path) -> str:
+    """The key that signs the web UI's session cookies, kept in DATA_DIR so a restart keeps users signed in."""
+    path = root / "web-session.key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

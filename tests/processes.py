@@ -112,8 +112,11 @@ def mreg_serve(data_dir: Path, metadata_port: int, blob_port: int, *options: str
     """`mreg serve` as a real process on the given ports; yields its banner, stops it with SIGTERM.
 
     The banner is read until the line saying the blob service listens (and, with --auth, the
-    line that follows it, naming the admin token file).
+    line that follows it, naming the admin token file). The web UI takes a free port unless the
+    options say otherwise (its default, 8080, may be taken on a test machine).
     """
+    if not any(option in ("--web-port", "--no-web") for option in options):
+        options = (*options, "--web-port", "0")
     server = subprocess.Popen(
         [
             *(str(Path(sys.executable).parent / "mreg"), "serve", "--data-dir", str(data_dir)),
