@@ -410,12 +410,14 @@ class GarbageReport:
 
 @dataclass(frozen=True)
 class Lineage:
-    """For a version: the run that produced it and those that used it. For a run: its inputs and outputs."""
+    """For a version: the run that produced it, those that used it and the registered-model links to it.
+    For a run: its inputs and outputs."""
 
     producer_run: str | None
     consumer_runs: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    links: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, message: pb.GetLineageResponse) -> Lineage:
@@ -424,6 +426,7 @@ class Lineage:
             consumer_runs=tuple(message.consumer_runs),
             inputs=tuple(message.inputs),
             outputs=tuple(message.outputs),
+            links=tuple(message.links),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -432,6 +435,7 @@ class Lineage:
             "consumer_runs": list(self.consumer_runs),
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
+            "links": list(self.links),
         }
 
 

@@ -825,7 +825,8 @@ class Registry:
         return list(self._call(self.metadata.RecordRunInputs, request).versions)
 
     def lineage(self, ref: str = "", run: str = "") -> Lineage:
-        """A version's producing and consuming runs, or (with ``run``) a run's inputs and outputs."""
+        """A version's producing and consuming runs and the registered-model links to it, or (with ``run``) a run's
+        inputs and outputs."""
         request = pb.GetLineageRequest(run=run) if run else pb.GetLineageRequest(version=ref)
         return Lineage.from_proto(self._call(self.metadata.GetLineage, request))
 

@@ -143,6 +143,7 @@ class Lineage:
     consumer_runs: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -653,6 +653,17 @@ class Repository:
     def consumer_runs(self, version_id: int) -> list[str]:
         return sorted(set(self.session.scalars(select(RunInput.run).where(RunInput.version_id == version_id)).all()))
 
+    def links_to(self, version_id: int) -> list[tuple[str, str, str, int]]:
+        """The links to a version, as (entity, project, registered model, link index)."""
+        rows = self.session.execute(
+            select(Entity.name, Project.name, Collection.name, Link.index)
+            .join(Collection, Collection.id == Link.registered_model_id)
+            .join(Project, Project.id == Collection.project_id)
+            .join(Entity, Entity.id == Project.entity_id)
+            .where(Link.version_id == version_id)
+        ).all()
+        return sorted((entity, project, model, index) for entity, project, model, index in rows)
+
     def run_inputs(self, run: str) -> Sequence[Version]:
         return self.session.scalars(
             select(Version).join(RunInput, RunInput.version_id == Version.id).where(RunInput.run == run)

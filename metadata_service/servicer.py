@@ -526,6 +526,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             consumer_runs=lineage.consumer_runs,
             inputs=lineage.inputs,
             outputs=lineage.outputs,
+            links=lineage.links,
         )
 
     @handles_domain_errors

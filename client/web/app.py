@@ -50,11 +50,10 @@ T = TypeVar("T")
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-# The chart and the version-to-registered-model scan read at most this much, so a huge registry stays fast.
+# The chart reads at most this many versions, and a version page shows at most this many links, so a huge
+# registry stays fast.
 CHART_VERSIONS = 1000
-SCAN_PROJECTS = 20
-SCAN_MODELS = 100
-SCAN_LINKS = 1000
+MAX_LINKS_SHOWN = 100
 MANIFEST_SHOWN = 2000
 # Alias histories shown on a collection's page: this many aliases, this many moves each.
 MAX_HISTORIES = 10
@@ -416,8 +415,7 @@ class WebUI:
             if version.manifest_omitted:
                 version = r.resolve(ref).version
             lineage = r.lineage(ref)
-            links = _links_of(r, version)
-            return {"version": version, "lineage": lineage, "links": links}
+            return {"version": version, "lineage": lineage, "links": _links_shown(r, lineage.links)}
 
         try:
             data = await self.call(request, load)
@@ -681,19 +679,24 @@ def _sort_link(key: str, current: str, base_query: dict[str, str]) -> str:
     return urlencode(query)
 
 
-def _links_of(r: Registry, version: Version) -> list[Link]:
-    """The registered models' links to ``version``, found in its entity's projects (bounded: no RPC says it)."""
-    entity = version.artifact.split("/")[0]
-    found: list[Link] = []
-    with contextlib.suppress(MregError):
-        for project in r.list_projects(entity, limit=SCAN_PROJECTS):
-            for model in r.list_registered_models(project.name, limit=SCAN_MODELS):
-                if model.type != version.type:
-                    continue
-                found.extend(
-                    link for link in r.list_links(model.name, limit=SCAN_LINKS) if link.version.uid == version.uid
-                )
-    return found
+@dataclass(frozen=True)
+class LinkShown:
+    """A registered model's link to the version a page shows, with the model's aliases that name it."""
+
+    name: str
+    registered_model: str
+    aliases: tuple[str, ...]
+
+
+def _links_shown(r: Registry, names: tuple[str, ...]) -> list[LinkShown]:
+    """The links GetLineage names (those the caller may read), with their aliases: one call per model."""
+    shown = []
+    for name in names[:MAX_LINKS_SHOWN]:
+        model, _, index = name.rpartition(":v")
+        with contextlib.suppress(MregError):  # deleted since the lineage was read
+            aliases = r.get_registered_model(model).aliases
+            shown.append(LinkShown(name, model, tuple(sorted(a for a, i in aliases.items() if i == int(index)))))
+    return shown
 
 
 def _conflict_message(r: Registry, collection: str, alias: str, expected: str, error: MregError) -> str:

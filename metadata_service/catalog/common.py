@@ -32,6 +32,10 @@ class Caller:
     actor: str = ""
     principal: Principal = ANONYMOUS
 
+    def may(self, role: Role, entity: str, project: str | None) -> bool:
+        """Whether the caller holds ``role`` over the project."""
+        return self.principal.allows(role, entity, project)
+
     def require(self, role: Role, entity: str, project: str | None) -> None:
         """PERMISSION_DENIED unless the caller holds ``role`` over the project."""
         if not self.principal.allows(role, entity, project):

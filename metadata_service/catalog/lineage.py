@@ -12,6 +12,7 @@ from mreg.metadata_service.domain import Lineage
 from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.references import parse_collection, parse_reference
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.server_runtime.principals import Role
 
 
 class RunLineage:
@@ -51,7 +52,13 @@ class RunLineage:
 
         def of_version(uow: UnitOfWork) -> Lineage:
             version, _ = resolve_version_row(uow.repo, parse_reference(version_ref, caller.defaults))
-            return Lineage(version.producer_run or "", tuple(uow.repo.consumer_runs(version.id)), (), ())
+            # Only registered models the caller may read: a link's name would say one exists.
+            links = tuple(
+                f"{entity}/{project}/{model}:v{index}"
+                for entity, project, model, index in uow.repo.links_to(version.id)
+                if caller.may(Role.READER, entity, project)
+            )
+            return Lineage(version.producer_run or "", tuple(uow.repo.consumer_runs(version.id)), (), (), links)
 
         def of_run(uow: UnitOfWork) -> Lineage:
             name = str(parse_collection(run, caller.defaults, "run"))

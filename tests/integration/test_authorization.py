@@ -281,3 +281,23 @@ def test_a_bad_or_malformed_token_is_unauthenticated_and_never_echoed(secured: A
             assert _error_info(error).reason == reason
             if token:
                 assert token not in error.details()
+
+
+def test_a_versions_lineage_names_only_the_links_its_caller_may_read(secured: Any, role_tokens, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "weights.bin").write_bytes(b"linked twice")
+    name = f"lineage-links-{uuid.uuid4().hex[:6]}"
+    with secured.registry(secured.admin_token) as admin:
+        admin.push(model_dir, name)
+        admin.create_registered_model(f"acme/secure/{name}-model")
+        admin.create_registered_model(f"acme/other/{name}-elsewhere")
+        admin.link(f"{name}:v0", f"acme/secure/{name}-model")
+        admin.link(f"{name}:v0", f"acme/other/{name}-elsewhere")
+        assert admin.lineage(f"{name}:v0").links == (
+            f"acme/other/{name}-elsewhere:v0",
+            f"acme/secure/{name}-model:v0",
+        )
+    with secured.registry(role_tokens["reader"]) as reader:
+        # acme/other is outside the reader's scope: not even that a model there links the version shows.
+        assert reader.lineage(f"{name}:v0").links == (f"acme/secure/{name}-model:v0",)
