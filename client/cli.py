@@ -626,7 +626,10 @@ def cmd_lineage(args: argparse.Namespace, out: Output) -> None:
         lineage = registry.lineage(ref=args.ref or "", run=args.run or "")
     data = lineage.to_dict()
     if args.ref:
-        text = f"produced by: {lineage.producer_run or '(unknown)'}\nused by: {', '.join(lineage.consumer_runs) or '-'}"
+        text = (
+            f"produced by: {lineage.producer_run or '(unknown)'}\nused by: {', '.join(lineage.consumer_runs) or '-'}"
+            f"\nlinked as: {', '.join(lineage.links) or '-'}"
+        )
     else:
         text = f"inputs: {', '.join(lineage.inputs) or '-'}\noutputs: {', '.join(lineage.outputs) or '-'}"
     out.result(data, text)

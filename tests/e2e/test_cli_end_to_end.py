@@ -222,6 +222,9 @@ def test_cli_manages_promotion_search_deletion_lineage_and_events(mreg, tmp_path
 
     code, lineage, _ = mreg("lineage", f"{artifact}:production")
     assert lineage["producer_run"] == f"acme/vision/train-{unique}"
+    assert lineage["links"] == []
+    code, text, _ = mreg("lineage", f"{artifact}:production", json_output=False)
+    assert f"produced by: acme/vision/train-{unique}" in text and "linked as: -" in text
     assert mreg("pull", f"{artifact}:production", str(tmp_path / "out"), "--run", f"acme/vision/eval-{unique}")[0] == 0
     code, lineage, _ = mreg("lineage", "--run", f"acme/vision/eval-{unique}")
     assert lineage["inputs"] == [f"{artifact}:v2"]
