@@ -252,6 +252,8 @@ def test_a_version_committed_elsewhere_appears_without_a_reload(
     wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-version="v{index}"]')))
     assert browser.execute_script("return window.__samePage === true;"), "the page was reloaded"
     assert "updated" in browser.find_element(By.ID, "live-status").text
+    # The aliases panel stays as loaded (its forms send what it shows) and says it may be out of date.
+    assert browser.find_element(By.ID, "aliases-stale").is_displayed()
     shoot(browser, "artifact")
 
 
