@@ -259,7 +259,10 @@ class S3Storage(BlobStorage):
         try:
             return _S3Reader(self.client.get_object(self.bucket, key, offset=offset, length=length))
         except (S3Error, InvalidResponseError) as e:
-            raise NotFound(f"object {key} is not stored") from e
+            if _is_not_found(e):
+                raise NotFound(f"object {key} is not stored") from e
+            # Refused for another reason (access denied, a server error): retryable, never "absent".
+            raise Unavailable(f"the S3 store failed a GET of {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise _unavailable(e) from e
 
