@@ -39,6 +39,7 @@ from mreg.client import editing, profiles
 from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
+from mreg.client.formatting import human_size
 from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
 from mreg.client.registry import (
     ROLES,
@@ -52,15 +53,6 @@ from mreg.client.transfer import ProgressCallback
 log = logging.getLogger(__name__)
 # How many times in a row `mreg watch` reconnects to a service that is down before it gives up.
 WATCH_RECONNECTS = 30
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 class Output:
@@ -222,8 +214,8 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
     } | _push_unchanged(result)
     verb = "pushed" if result.created else "unchanged, still"
     lines = [
-        f"{verb} {version.name} ({result.files} files, {_human_size(result.size_bytes)}, "
-        f"{_human_size(result.uploaded_bytes)} uploaded)"
+        f"{verb} {version.name} ({result.files} files, {human_size(result.size_bytes)}, "
+        f"{human_size(result.uploaded_bytes)} uploaded)"
     ]
     if version.aliases:
         lines.append(f"  aliases: {', '.join(version.aliases)}")
@@ -255,7 +247,7 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> None:
         data["link_version"] = result.link.index
     out.result(
         data,
-        f"pulled {version.name} into {args.dest} ({result.files} files, {_human_size(result.size_bytes)})",
+        f"pulled {version.name} into {args.dest} ({result.files} files, {human_size(result.size_bytes)})",
     )
 
 
@@ -283,7 +275,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
         f"  aliases:     {_aliases_text(version.aliases, protected)}",
         f"  tags:        {', '.join(version.tags) or '-'}",
         f"  run:         {version.run or '-'}",
-        f"  size:        {_human_size(version.size_bytes)} in {version.file_count} files",
+        f"  size:        {human_size(version.size_bytes)} in {version.file_count} files",
         f"  created:     {data['created']}",
         f"  committed:   {data['committed'] or '-'}",
     ]
@@ -363,7 +355,7 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
                 [
                     f"v{v.index}",
                     ", ".join(v.aliases) or "-",
-                    _human_size(v.size_bytes),
+                    human_size(v.size_bytes),
                     str(v.file_count),
                     _when(v.create_time),
                     ", ".join(v.tags) or "-",
@@ -518,7 +510,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
         if args.dry_run:
             aliases = list(version.aliases)
             refused = bool(aliases) and not args.force
-            text = f"would delete {version.name} ({_human_size(version.size_bytes)}, {version.file_count} files)"
+            text = f"would delete {version.name} ({human_size(version.size_bytes)}, {version.file_count} files)"
             if aliases:
                 text += f"; aliases {', '.join(aliases)} " + (
                     "would be removed" if args.force else "make the service refuse it without --force"
@@ -569,7 +561,7 @@ def cmd_versions(args: argparse.Namespace, out: Output) -> None:
             [
                 f"v{v.index}",
                 ", ".join(v.aliases) or "-",
-                _human_size(v.size_bytes),
+                human_size(v.size_bytes),
                 _when(v.create_time),
                 ", ".join(v.tags) or "-",
                 json.dumps(v.metadata, sort_keys=True) if v.metadata else "-",
@@ -737,7 +729,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> None:
     verb = "would delete" if args.dry_run else "deleted"
     out.result(
         data,
-        f"{verb} {report.deleted_blobs} blobs ({_human_size(report.deleted_bytes)}); "
+        f"{verb} {report.deleted_blobs} blobs ({human_size(report.deleted_bytes)}); "
         f"kept {report.referenced_blobs} referenced; removed {report.removed_upload_parts} stale upload parts",
     )
 
@@ -1217,7 +1209,7 @@ def cmd_config_show(args: argparse.Namespace, out: Output) -> None:
     for name, entry in described.items():
         value = entry["value"]
         if name == "cache_max_size":
-            text = "unlimited" if value is None else f"{value} ({_human_size(value)})"
+            text = "unlimited" if value is None else f"{value} ({human_size(value)})"
         else:
             text = "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         rows.append([name, text, entry["source"]])
@@ -1241,16 +1233,16 @@ def cmd_cache_ls(args: argparse.Namespace, out: Output) -> None:
     finally:
         cache.content.close()
         cache.close()
-    limit_text = _human_size(limit) if limit is not None else "none"
+    limit_text = human_size(limit) if limit is not None else "none"
     out.table(
         [_snapshot_json(s) for s in snapshots],
         ["REF", "VERSION", "FILES", "SIZE", "LAST USED"],
-        [[s.artifact, f"v{s.version}", str(s.files), _human_size(s.size_bytes), _ago(s.last_used)] for s in snapshots],
+        [[s.artifact, f"v{s.version}", str(s.files), human_size(s.size_bytes), _ago(s.last_used)] for s in snapshots],
         "(no snapshots)",
     )
     if not out.as_json:
         print(
-            f"{len(snapshots)} snapshots; {_human_size(total)} on disk in {default_cache_dir()} "
+            f"{len(snapshots)} snapshots; {human_size(total)} on disk in {default_cache_dir()} "
             f"(shared content counted once; limit {limit_text})"
         )
 
@@ -1274,12 +1266,12 @@ def cmd_cache_prune(args: argparse.Namespace, out: Output) -> None:
         "size_after": plan.size_after,
     }
     verb = "would remove" if args.dry_run else "removed"
-    lines = [f"{verb} {s.ref} ({_human_size(s.size_bytes)}, last used {_ago(s.last_used)})" for s in plan.snapshots]
+    lines = [f"{verb} {s.ref} ({human_size(s.size_bytes)}, last used {_ago(s.last_used)})" for s in plan.snapshots]
     if plan.content:
         lines.append(f"{verb} {len(plan.content)} cached files no snapshot uses")
     lines.append(
-        f"{'would free' if args.dry_run else 'freed'} {_human_size(plan.freed_bytes)}; "
-        f"cache {_human_size(plan.size_after)}"
+        f"{'would free' if args.dry_run else 'freed'} {human_size(plan.freed_bytes)}; "
+        f"cache {human_size(plan.size_after)}"
     )
     out.result(data, "\n".join(lines))
 

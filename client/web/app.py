@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError
+from mreg.client.formatting import human_size
 from mreg.client.models import Link, Version
 from mreg.client.registry import Registry, WatchStream
 from mreg.client.web import render
@@ -151,7 +152,7 @@ def _templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["size"] = render.human_size
+    env.filters["size"] = human_size
     env.filters["seg"] = _segment
     env.filters["value"] = render.display_value
     env.filters["markdown"] = render.markdown

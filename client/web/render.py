@@ -41,16 +41,6 @@ def markdown(text: str) -> Markup:
     return Markup(clean)  # cleaned by nh3 just above
 
 
-def human_size(size: int) -> str:
-    """1536 -> "1.5 KiB"."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def flatten(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}; lists and scalars are leaves."""
     flat: dict[str, Any] = {}
