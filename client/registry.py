@@ -64,6 +64,8 @@ from mreg.metadata.v1 import token_service_pb2_grpc as token_grpc
 
 # Hashing this much (files not in the hash cache) gets a progress line: below it, hashing takes well under a second.
 HASH_PROGRESS_MIN_BYTES = 64 << 20
+# Small files are hashed in runs of about this many bytes per task (see _hash_groups).
+HASH_GROUP_BYTES = 16 << 20
 # A commit refused because a sweep took its content is retried after uploading it again.
 COMMIT_ATTEMPTS = 9
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
@@ -431,10 +433,13 @@ class Registry:
         advance = progress(pending_bytes) if progress and pending_bytes >= HASH_PROGRESS_MIN_BYTES else None
         stop = threading.Event()
         pool = ThreadPoolExecutor(max(2, self.parallel))
+
+        def hash_group(group: list[int]) -> list[tuple[int, str]]:
+            return [(i, sha256_file(found[i][0], stop, advance)[0]) for i in group]
+
         try:
-            hashed = dict(
-                zip(to_hash, pool.map(lambda i: sha256_file(found[i][0], stop, advance)[0], to_hash), strict=True)
-            )
+            groups = _hash_groups(to_hash, [infos[i].st_size for i in to_hash])
+            hashed = {i: sha for part in pool.map(hash_group, groups) for i, sha in part}
         except BaseException as e:
             # Ctrl-C or a failure: the workers stop at their next block instead of hashing on.
             stop.set()
@@ -963,6 +968,24 @@ class Registry:
 
 
 ROLES = ("reader", "writer", "maintainer", "admin")
+
+
+def _hash_groups(indexes: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
+    """Files to hash, in runs of about HASH_GROUP_BYTES: one task per small file costs more than hashing it
+    (10 000 files of 4-64 KiB hash at 8 600/s one task each on 8 threads, at 18 700/s in one thread), while a
+    large file alone in its task still hashes in parallel with the others."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    held = 0
+    for index, size in zip(indexes, sizes, strict=True):
+        current.append(index)
+        held += size
+        if held >= HASH_GROUP_BYTES:
+            groups.append(current)
+            current, held = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def role_value(role: str | int) -> token_pb.Role:
