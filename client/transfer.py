@@ -520,7 +520,7 @@ class BlobTransfer:
 
                 self._read_resuming(op, file, 0, file.size_bytes, keep, report)
         except MregError as e:
-            raise self._explain_corruption(file, e) from e
+            raise self._explain_corruption(op, file, e) from e
         done(file, target)
 
     def _download_range(self, op: _Operation, ranged: _RangedFile, index: int, report: ProgressCallback) -> None:
@@ -536,15 +536,16 @@ class BlobTransfer:
                 )
             ranged.finished(index)
         except MregError as e:
-            ranged.failed()
-            raise self._explain_corruption(ranged.file, e) from e
+            # One worker asks the service about the file, not every range that came back short.
+            first = ranged.failed()
+            raise (self._explain_corruption(op, ranged.file, e) if first else e) from e
         except BaseException:
             ranged.failed()
             raise
         finally:
             ranged.release()
 
-    def _explain_corruption(self, file: RemoteFile, error: MregError) -> MregError:
+    def _explain_corruption(self, op: _Operation, file: RemoteFile, error: MregError) -> MregError:
         """What content that failed this client's digest check means, asked of the blob service.
 
         Streams skip the server's verification, so the client is first to see a blob damaged at
@@ -555,14 +556,18 @@ class BlobTransfer:
         if error.reason != "BLOB_CORRUPT":
             return error
         request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=0, read_limit=1)
+        stream = self.stub.Read(request, timeout=VERIFY_TIMEOUT_SECONDS)
+        op.track(stream)  # Ctrl-C cancels it like any transfer
         try:
-            for _ in self.stub.Read(request, timeout=VERIFY_TIMEOUT_SECONDS):
+            for _ in stream:
                 pass
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DATA_LOSS:
                 # The service's words say what became of its copy (removed, so a push repairs it).
                 return MregError("DATA_LOSS", f"{file.path}: {e.details()}", reason="BLOB_CORRUPT")
-            return error  # the service could not say; the client's own finding stands
+            return error  # the service could not say (or the check was cancelled); the client's finding stands
+        finally:
+            op.untrack(stream)
         return error.with_message(
             f"{error.message}; the blob service's stored copy is intact, so it was damaged on the way: pull again"
         )
@@ -696,9 +701,12 @@ class _RangedFile:
         replace_file(self.temp, self.target)
         self.on_done(self.file, self.target)
 
-    def failed(self) -> None:
+    def failed(self) -> bool:
+        """Marks the file broken; True for the first worker to say so."""
         with self.lock:
+            first = not self.broken
             self.broken = True
+            return first
 
     def release(self) -> None:
         """One worker is done with the file: the last one closes it, and removes it unless it was completed."""
