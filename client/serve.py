@@ -10,15 +10,18 @@ mutual TLS the certificate must be issued by that CA and allow client authentica
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from mreg.blob_service import config as blob_config
 from mreg.blob_service import server as blob_server
-from mreg.blob_service.config import BlobConfig
+from mreg.metadata_service import config as metadata_config
 from mreg.metadata_service import server as metadata_server
-from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime import metrics as service_metrics
 from mreg.server_runtime import runtime, transport
 
@@ -73,7 +76,9 @@ def serve(
     root.mkdir(parents=True, exist_ok=True)
     service_token = str(root / "service.token")
     blobs = blob_server.start(
-        BlobConfig(
+        replace(
+            _from_environment(blob_config),
+            metrics_listen="",  # both services' metrics are served together below
             listen=f"{listen_host}:{blob_port}",
             store=str(root / "blobs"),
             tls_cert=tls_cert,
@@ -91,7 +96,10 @@ def serve(
     blob_host = "localhost" if host in _WILDCARD_HOSTS else listen_host
     try:
         metadata = metadata_server.start(
-            MetadataConfig(
+            replace(
+                _from_environment(metadata_config),
+                metrics_listen="",
+                blob_tls=False,  # the blob service's TLS, if any, is the one configured here
                 listen=f"{listen_host}:{metadata_port}",
                 database_url=database_url or f"sqlite:///{root / 'metadata.db'}",
                 blob_addr=f"{blob_host}:{blobs.port}",
@@ -201,3 +209,14 @@ def _session_secret(root: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
+
+
+def _from_environment(config: ModuleType) -> Any:
+    """A service's configuration as its own command takes it with no flags: its MREG_* variables, else defaults.
+
+    ``serve`` then sets what its own flags decide (addresses, storage, database, TLS, auth), so the
+    services' other settings (limits, intervals, the scrub) follow the same variables as when each runs alone.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(parser)
+    return config.from_args(parser.parse_args([]))

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from mreg.blob.v1 import blob_service_pb2, blob_service_pb2_grpc
 from mreg.blob_service.digests import Digest
 from tests.helpers import assert_same_tree, make_checkpoint
 from tests.processes import free_port, mreg_serve
@@ -240,3 +242,21 @@ def test_cli_manages_promotion_search_deletion_lineage_and_events(mreg, tmp_path
     kinds = events.splitlines()
     assert code == 0 and len(kinds) == 3
     assert "collection.created" in kinds[0] and "version.committed" in kinds[1]
+
+
+def test_mreg_serve_takes_the_services_own_settings_from_their_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flags of `mreg serve` decide addresses, storage, database, TLS and auth; the services' other
+    # settings (limits, intervals, the scrub) come from MREG_BLOB_* and MREG_METADATA_*, as for each alone.
+    monkeypatch.setenv("MREG_BLOB_MAX_BATCH_TOTAL_SIZE_BYTES", str(1 << 20))
+    monkeypatch.setenv("MREG_BLOB_STORE", str(tmp_path / "elsewhere"))  # a flag's domain: serve keeps its own
+    metadata_port, blob_port = free_port(), free_port()
+    with mreg_serve(tmp_path / "data", metadata_port, blob_port) as banner:
+        assert any(f"127.0.0.1:{blob_port}" in line for line in banner), banner
+        with grpc.insecure_channel(f"127.0.0.1:{blob_port}") as channel:
+            capabilities = blob_service_pb2_grpc.BlobServiceStub(channel).GetCapabilities(
+                blob_service_pb2.GetCapabilitiesRequest(), timeout=10
+            )
+    assert capabilities.max_batch_total_size_bytes == 1 << 20
+    assert (tmp_path / "data" / "blobs").is_dir() and not (tmp_path / "elsewhere").exists()
