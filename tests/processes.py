@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -108,15 +109,21 @@ class ServiceProcess:
 
 
 @contextmanager
-def mreg_serve(data_dir: Path, metadata_port: int, blob_port: int, *options: str) -> Iterator[list[str]]:
-    """`mreg serve` as a real process on the given ports; yields its banner, stops it with SIGTERM.
+def mreg_serve(
+    data_dir: Path, metadata_port: int, blob_port: int, *options: str, until: str | None = None
+) -> Iterator[list[str]]:
+    """`mreg serve` as a real process on the given ports (0: any free one); yields its banner, stops it with
+    SIGTERM and checks it exits cleanly.
 
-    The banner is read until the line saying the blob service listens (and, with --auth, the
-    line that follows it, naming the admin token file). The web UI takes a free port unless the
-    options say otherwise (its default, 8080, may be taken on a test machine).
+    The banner is read until the line starting with ``until``; by default the line saying the blob
+    service listens (and, with --auth, the line that follows it, naming the admin token file). What
+    the process prints after it is read and dropped, so its pipe never fills. The web UI takes a free
+    port unless the options say otherwise (its default, 8080, may be taken on a test machine).
     """
     if not any(option in ("--web-port", "--no-web") for option in options):
         options = (*options, "--web-port", "0")
+    if until is None:
+        until = "authentication is on" if "--auth" in options else "mreg blob service listening"
     server = subprocess.Popen(
         [
             *(str(Path(sys.executable).parent / "mreg"), "serve", "--data-dir", str(data_dir)),
@@ -128,18 +135,18 @@ def mreg_serve(data_dir: Path, metadata_port: int, blob_port: int, *options: str
     )
     try:
         assert server.stdout is not None
-        last = "authentication is on" if "--auth" in options else "mreg blob service listening"
         banner: list[str] = []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(line.startswith(last) for line in banner):
+        while time.monotonic() < deadline and not any(line.startswith(until) for line in banner):
             line = server.stdout.readline()
             if not line and server.poll() is not None:
                 break
             banner.append(line)
+        threading.Thread(target=server.stdout.read, name="mreg-serve-output", daemon=True).start()
         yield banner
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        assert server.wait(timeout=30) == 0
 
 
 def start_authenticated(

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import free_port
+from tests.processes import free_port, mreg_serve
 from tests.web import form_value
 
 MREG = Path(sys.executable).parent / "mreg"
@@ -26,25 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 @contextmanager
 def serve(data: Path, *options: str) -> Iterator[list[str]]:
     """`mreg serve` on free ports; yields its banner up to the line that says where the data is."""
-    process = subprocess.Popen(
-        [str(MREG), "serve", "--data-dir", str(data), "--metadata-port", "0", "--blob-port", "0", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    banner: list[str] = []
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(line.startswith("data in ") for line in banner):
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-            banner.append(line)
+    with mreg_serve(data, 0, 0, *options, until="data in ") as banner:
         yield banner
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
 
 
 def test_serve_starts_the_web_ui_prints_its_url_and_it_signs_in_with_the_admin_token(tmp_path: Path) -> None:
