@@ -60,7 +60,7 @@ from mreg.metadata_service.models import (
     Version,
     utcnow,
 )
-from mreg.metadata_service.references import CollectionName, ProjectName
+from mreg.metadata_service.references import LATEST, CollectionName, ProjectName
 
 # The hot read paths, built once: constructing SQLAlchemy expressions costs more than
 # running these indexed queries.
@@ -871,7 +871,7 @@ def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
 
 # Resolve, the hottest read, on a bare connection -----------------------------------------
 # ORM sessions, identity maps and one statement per relation cost more than the indexed
-# lookups themselves; these statements fetch a resolve's rows in two or three round trips.
+# lookups themselves; these statements fetch a resolve's rows in one round trip (three for a link).
 
 _VERSION_COLUMNS = (
     Version.id.label("id"),
@@ -929,7 +929,7 @@ _SELECTED_VERSION = Version.__table__.alias("selected_version")
 _INDEX_PARAM = bindparam("index", type_=Integer)
 _SELECTED_INDEX = case(
     (_INDEX_PARAM.is_not(None), _INDEX_PARAM),
-    (bindparam("alias", type_=String) == "latest", _LATEST_MEMBER),
+    (bindparam("alias", type_=String) == LATEST, _LATEST_MEMBER),
     else_=select(_SELECTED_ALIAS.c.target_index)
     .where(_SELECTED_ALIAS.c.collection_id == Collection.id, _SELECTED_ALIAS.c.name == bindparam("alias"))
     .correlate(Collection)

@@ -38,7 +38,7 @@ class Caller:
 
     def require(self, role: Role, entity: str, project: str | None) -> None:
         """PERMISSION_DENIED unless the caller holds ``role`` over the project."""
-        if not self.principal.allows(role, entity, project):
+        if not self.may(role, entity, project):
             scope = f"{entity}/{project}" if project else entity
             error = denied(self.principal, role, scope)
             raise PermissionDenied(str(error), Reason.PERMISSION_DENIED, error.metadata)

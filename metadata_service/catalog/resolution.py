@@ -74,7 +74,7 @@ class ManifestCache:
 
 
 class Resolver:
-    """Resolves references on a bare connection, two round trips for an artifact's version."""
+    """Resolves references on a bare connection: one statement for an artifact's version, three for a link's."""
 
     def __init__(self, manifests: ManifestCache | None = None) -> None:
         self.manifests = manifests or ManifestCache()

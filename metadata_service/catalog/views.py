@@ -81,7 +81,7 @@ def build_version_view(version: Any, context: CollectionContext, manifest: tuple
 
 
 def context_of_rows(rows: Sequence[Any]) -> CollectionContext | None:
-    """A collection's context from ``ResolveReads.context_by_*`` rows (one per alias); None if there are none."""
+    """A collection's context from ``ResolveReads`` context rows (one per alias); None if there are none."""
     if not rows:
         return None
     first = rows[0]
