@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    Table,
     and_,
     bindparam,
     case,
@@ -37,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mreg.metadata_service import filters
 from mreg.metadata_service.domain import CollectionKind, PendingEvent, VersionState
@@ -44,6 +46,7 @@ from mreg.metadata_service.event_feed import EVENTS_CHANNEL, SEGMENT_ENDS
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import (
     Alias,
+    Base,
     Collection,
     CondemnedBlob,
     Entity,
@@ -72,6 +75,13 @@ _FIND_COLLECTION = (
         Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
     )
 )
+_LOCK_COLLECTION_WITH_NAME = (
+    select(Collection, Entity.name, Project.name)
+    .join(Project, Project.id == Collection.project_id)
+    .join(Entity, Entity.id == Project.entity_id)
+    .where(Collection.id == bindparam("collection_id"))
+    .with_for_update(of=Collection)
+)
 _NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
 _COMMITTED = Version.state == VersionState.COMMITTED.value
@@ -92,6 +102,35 @@ _LATEST_LINK = (
 )
 
 
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+# The commit path's writes, as Core statements on the tables: the ORM's bulk INSERT and UPDATE
+# cost several times the statements themselves.
+_ALLOCATE_INDEX = (
+    update(_table(Collection))
+    .where(_table(Collection).c.id == bindparam("collection_id"))
+    .values(next_index=_table(Collection).c.next_index + 1)
+    .returning(_table(Collection).c.next_index)
+)
+_INSERT_MANIFEST_ENTRY = insert(_table(ManifestEntry))
+_STORE_REQUEST_RESULT = (
+    update(_table(RequestRecord))
+    .where(_table(RequestRecord).c.request_id == bindparam("stored_request_id"))
+    .values(result=bindparam("stored_result"))
+)
+_TAKE_SEQUENCES = (
+    update(_table(EventCounter))
+    .where(_table(EventCounter).c.id == 1)
+    .values(last_sequence=_table(EventCounter).c.last_sequence + bindparam("count"))
+    .returning(_table(EventCounter).c.last_sequence)
+)
+_INSERT_EVENT = insert(_table(Event))
+
+
 class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -106,9 +145,11 @@ class Repository:
         integrity errors: a concurrent insert of the same key waits for the other
         transaction and then finds the key taken.
         """
+        # On the Table, not the mapped class: a Core statement skips the ORM's bulk-persistence layer.
         make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        key = next(iter(model.__table__.primary_key.columns))
-        statement = make_insert(model).values(**values).on_conflict_do_nothing().returning(key)
+        table = _table(model)
+        key = next(iter(table.primary_key.columns))
+        statement = make_insert(table).values(**values).on_conflict_do_nothing().returning(key)
         return self.session.execute(statement).scalar_one_or_none()
 
     # Entities and projects -------------------------------------------------------------
@@ -156,7 +197,10 @@ class Repository:
         return row
 
     def lock_collection(self, collection_id: int) -> Collection:
-        return self.session.scalars(select(Collection).where(Collection.id == collection_id).with_for_update()).one()
+        """The collection row, locked, read with its full name in the same statement."""
+        row, entity, project = self.session.execute(_LOCK_COLLECTION_WITH_NAME, {"collection_id": collection_id}).one()
+        self._names[row.id] = CollectionName(entity, project, row.name)
+        return row
 
     def create_collection(
         self, project: Project, name: str, kind: CollectionKind, type_: str, description: str
@@ -190,13 +234,10 @@ class Repository:
 
     def allocate_index(self, collection: Collection) -> int:
         """Takes the collection's next index (of a version or a link) and advances the counter."""
-        next_index = self.session.execute(
-            update(Collection)
-            .where(Collection.id == collection.id)
-            .values(next_index=Collection.next_index + 1)
-            .returning(Collection.next_index)
-        ).scalar_one()
-        return int(next_index) - 1
+        next_index = int(self.session.execute(_ALLOCATE_INDEX, {"collection_id": collection.id}).scalar_one())
+        # The Core UPDATE leaves the loaded row alone: bring it up to date without marking it changed.
+        set_committed_value(collection, "next_index", next_index)
+        return next_index - 1
 
     # Versions ------------------------------------------------------------------------------
 
@@ -272,12 +313,12 @@ class Repository:
                 "path": e.path,
                 "digest": e.digest,
                 "size_bytes": e.size_bytes,
-                "metadata_doc": e.metadata,
+                "metadata": e.metadata,
             }
             for e in entries
         ]
         if rows:
-            self.session.execute(insert(ManifestEntry), rows)
+            self.session.execute(_INSERT_MANIFEST_ENTRY, rows)
 
     def manifest(self, version_id: int) -> list[FileEntry]:
         rows = self.session.scalars(_MANIFEST, {"version_id": version_id}).all()
@@ -454,9 +495,6 @@ class Repository:
     # Garbage collection ------------------------------------------------------------------
     # The protocol is explained in metadata_service.catalog.garbage.
 
-    def gc_epoch(self) -> int:
-        return int(self.session.execute(select(GcState.epoch).where(GcState.id == 1)).scalar_one())
-
     def lock_gc_state(self, *, exclusive: bool) -> GcState:
         """The garbage collection state row, share-locked by commits and exclusively by sweeps."""
         statement = (
@@ -551,7 +589,7 @@ class Repository:
         return self.session.get_one(RequestRecord, request_id, populate_existing=True)
 
     def store_request_result(self, request_id: str, result: dict[str, Any]) -> None:
-        self.session.execute(update(RequestRecord).where(RequestRecord.request_id == request_id).values(result=result))
+        self.session.execute(_STORE_REQUEST_RESULT, {"stored_request_id": request_id, "stored_result": result})
 
     def forget_requests(self, older_than: datetime) -> int:
         result = self.session.execute(delete(RequestRecord).where(RequestRecord.created_at < older_than))
@@ -595,16 +633,11 @@ class Repository:
 
     def append_events(self, events: Sequence[PendingEvent], actor: str) -> None:
         # One statement takes the counter row's lock and the sequence numbers.
-        last = self.session.execute(
-            update(EventCounter)
-            .where(EventCounter.id == 1)
-            .values(last_sequence=EventCounter.last_sequence + len(events))
-            .returning(EventCounter.last_sequence)
-        ).scalar_one()
+        last = self.session.execute(_TAKE_SEQUENCES, {"count": len(events)}).scalar_one()
         first = int(last) - len(events) + 1
         now = utcnow()
         self.session.execute(
-            insert(Event),
+            _INSERT_EVENT,
             [
                 {
                     "sequence": first + i,
@@ -958,6 +991,13 @@ _LINKED_VERSION_BY_INDEX = (
 _MANIFEST_ROWS = select(
     ManifestEntry.path, ManifestEntry.digest, ManifestEntry.size_bytes, ManifestEntry.metadata_doc
 ).where(ManifestEntry.version_id == bindparam("version_id"))
+
+_GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
+
+
+def read_gc_epoch(connection: Connection) -> int:
+    """The garbage collector's epoch, on a bare connection (see metadata_service.catalog.garbage)."""
+    return int(connection.execute(_GC_EPOCH).scalar_one())
 
 
 class ResolveReads:

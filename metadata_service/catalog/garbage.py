@@ -31,7 +31,7 @@ from mreg.metadata_service.catalog.common import BlobService
 from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, InvalidArgument, Reason
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import utcnow
-from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.repository import Repository, read_gc_epoch
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class GarbageReport:
 
 def read_epoch(database: Database) -> int:
     """The GC epoch a commit reads before it asks the blob service about its content."""
-    return database.run(lambda uow: uow.repo.gc_epoch(), write=False)
+    return database.read(read_gc_epoch)
 
 
 def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epoch: int) -> None:

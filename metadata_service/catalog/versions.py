@@ -232,13 +232,15 @@ class Versions:
             retention_deleted: tuple[int, ...] = ()
             if created and artifact.retention_keep_last is not None:
                 retention_deleted = apply_retention(uow, artifact, collection_name)
-            context = collection_context(repo, artifact)
-            # A new version's manifest is the one in hand (sorted as stored); no need to read it back.
-            view = (
-                build_version_view(target, context, manifest.entries)
-                if created
-                else version_view(repo, target, context, with_manifest=True)
-            )
+            if created:
+                # Nothing needs reading back: the new version is the latest, the only aliases naming it
+                # are the ones this commit just moved, and its manifest is the one in hand (sorted as stored).
+                moved = {alias: target.index for alias in clean_aliases}
+                view = build_version_view(
+                    target, CollectionContext(artifact, collection_name, moved, target.index), manifest.entries
+                )
+            else:
+                view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
             if created:
                 log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
             key = {
