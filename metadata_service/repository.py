@@ -27,6 +27,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     literal,
     not_,
     null,
@@ -117,6 +118,11 @@ _ALLOCATE_INDEX = (
     .returning(_table(Collection).c.next_index)
 )
 _INSERT_MANIFEST_ENTRY = insert(_table(ManifestEntry))
+# Attribute name and column of every versions column but the id, which the INSERT returns.
+_NEW_VERSION_COLUMNS = tuple(
+    (attribute.key, attribute.columns[0]) for attribute in inspect(Version).column_attrs if attribute.key != "id"
+)
+_INSERT_VERSION = insert(_table(Version)).returning(_table(Version).c.id)
 _STORE_REQUEST_RESULT = (
     update(_table(RequestRecord))
     .where(_table(RequestRecord).c.request_id == bindparam("stored_request_id"))
@@ -129,6 +135,36 @@ _TAKE_SEQUENCES = (
     .returning(_table(EventCounter).c.last_sequence)
 )
 _INSERT_EVENT = insert(_table(Event))
+_VERSION_BY_UID = select(Version).where(Version.uid == bindparam("uid"))
+_VERSION_BY_UID_FOR_UPDATE = _VERSION_BY_UID.with_for_update()
+_ALIAS_TARGET_FOR_UPDATE = (
+    select(_table(Alias).c.target_index)
+    .where(
+        _table(Alias).c.collection_id == bindparam("alias_collection_id"),
+        _table(Alias).c.name == bindparam("alias_name"),
+    )
+    .with_for_update()
+)
+_INSERT_ALIAS = insert(_table(Alias))
+_MOVE_ALIAS = (
+    update(_table(Alias))
+    .where(
+        _table(Alias).c.collection_id == bindparam("alias_collection_id"),
+        _table(Alias).c.name == bindparam("alias_name"),
+    )
+    .values(target_index=bindparam("new_index"), updated_at=bindparam("moved_at"))
+)
+# A commit share-locks the row, a sweep locks it exclusively; both must see its current values.
+_LOCK_GC_STATE_SHARED = (
+    select(GcState).where(GcState.id == 1).with_for_update(read=True).execution_options(populate_existing=True)
+)
+_LOCK_GC_STATE_EXCLUSIVE = (
+    select(GcState).where(GcState.id == 1).with_for_update().execution_options(populate_existing=True)
+)
+_CONDEMNED_SINCE = select(CondemnedBlob.digest).where(
+    CondemnedBlob.digest.in_(bindparam("hashes", expanding=True)),
+    or_(CondemnedBlob.deleted_epoch.is_(None), CondemnedBlob.deleted_epoch > bindparam("epoch")),
+)
 
 
 class Repository:
@@ -242,15 +278,21 @@ class Repository:
     # Versions ------------------------------------------------------------------------------
 
     def add_version(self, version: Version) -> Version:
-        self.session.add(version)
-        self.session.flush()
+        """INSERTs a new version row; ``version`` (left out of the session) gets its id.
+
+        Attributes left unset are left out, so the columns' defaults apply as an ORM flush would.
+        """
+        values = {
+            column.name: value
+            for attribute, column in _NEW_VERSION_COLUMNS
+            if (value := getattr(version, attribute)) is not None
+        }
+        version.id = int(self.session.execute(_INSERT_VERSION, values).scalar_one())
         return version
 
     def find_version_by_uid(self, uid: str, *, for_update: bool = False) -> Version | None:
-        query = select(Version).where(Version.uid == uid)
-        if for_update:
-            query = query.with_for_update()
-        return self.session.scalars(query).one_or_none()
+        query = _VERSION_BY_UID_FOR_UPDATE if for_update else _VERSION_BY_UID
+        return self.session.scalars(query, {"uid": uid}).one_or_none()
 
     def find_version_by_index(self, artifact_id: int, index: int) -> Version | None:
         return self.session.scalars(_VERSION_BY_INDEX, {"artifact_id": artifact_id, "index": index}).one_or_none()
@@ -344,18 +386,14 @@ class Repository:
 
     def set_alias(self, collection_id: int, name: str, index: int) -> int | None:
         """Points an alias at an index; returns the index it named before, if any."""
-        existing = self.session.scalars(
-            select(Alias).where(Alias.collection_id == collection_id, Alias.name == name).with_for_update()
-        ).one_or_none()
-        if existing is None:
-            self.session.add(Alias(collection_id=collection_id, name=name, target_index=index))
-            self.session.flush()
-            return None
-        previous = existing.target_index
-        existing.target_index = index
-        existing.updated_at = utcnow()
-        self.session.flush()
-        return previous
+        key = {"alias_collection_id": collection_id, "alias_name": name}
+        previous = self.session.execute(_ALIAS_TARGET_FOR_UPDATE, key).scalar_one_or_none()
+        if previous is None:
+            row = {"collection_id": collection_id, "name": name, "target_index": index, "updated_at": utcnow()}
+            self.session.execute(_INSERT_ALIAS, row)
+        else:
+            self.session.execute(_MOVE_ALIAS, {**key, "new_index": index, "moved_at": utcnow()})
+        return None if previous is None else int(previous)
 
     def delete_alias(self, collection_id: int, name: str) -> int | None:
         existing = self.session.scalars(
@@ -497,26 +535,14 @@ class Repository:
 
     def lock_gc_state(self, *, exclusive: bool) -> GcState:
         """The garbage collection state row, share-locked by commits and exclusively by sweeps."""
-        statement = (
-            select(GcState)
-            .where(GcState.id == 1)
-            .with_for_update(read=not exclusive)
-            .execution_options(populate_existing=True)
-        )
-        return self.session.scalars(statement).one()
+        return self.session.scalars(_LOCK_GC_STATE_EXCLUSIVE if exclusive else _LOCK_GC_STATE_SHARED).one()
 
     def condemned_since(self, hashes: Sequence[str], epoch: int) -> list[str]:
         """The hashes, out of those given, that a sweep is deleting now or deleted after ``epoch``."""
         taken: list[str] = []
         for start in range(0, len(hashes), 500):
-            taken.extend(
-                self.session.scalars(
-                    select(CondemnedBlob.digest).where(
-                        CondemnedBlob.digest.in_(list(hashes[start : start + 500])),
-                        or_(CondemnedBlob.deleted_epoch.is_(None), CondemnedBlob.deleted_epoch > epoch),
-                    )
-                ).all()
-            )
+            chunk = {"hashes": list(hashes[start : start + 500]), "epoch": epoch}
+            taken.extend(self.session.scalars(_CONDEMNED_SINCE, chunk).all())
         return taken
 
     def condemn(self, blobs: Sequence[tuple[str, int]]) -> None:
