@@ -6,6 +6,7 @@ turns them into views before the transaction ends.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -109,6 +110,17 @@ def _table(model: type[Base]) -> Table:
     return table
 
 
+@functools.cache
+def _insert_or_nothing(dialect: str, table: Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the primary key, built once per table; values bind at execution.
+
+    On the Table, not the mapped class: a Core statement skips the ORM's bulk-persistence layer.
+    """
+    make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    key = next(iter(table.primary_key.columns))
+    return make_insert(table).on_conflict_do_nothing().returning(key)
+
+
 # The commit path's writes, as Core statements on the tables: the ORM's bulk INSERT and UPDATE
 # cost several times the statements themselves.
 _ALLOCATE_INDEX = (
@@ -135,6 +147,12 @@ _TAKE_SEQUENCES = (
     .returning(_table(EventCounter).c.last_sequence)
 )
 _INSERT_EVENT = insert(_table(Event))
+_COMMIT_VERSION = (
+    update(_table(Version))
+    .where(_table(Version).c.id == bindparam("committed_version_id"))
+    .values({column: bindparam(column) for column in ("index", "state", "digest", "size_bytes", "file_count")})
+    .values(committed_at=bindparam("committed_at"), producer_run=bindparam("producer_run"))
+)
 _VERSION_BY_UID = select(Version).where(Version.uid == bindparam("uid"))
 _VERSION_BY_UID_FOR_UPDATE = _VERSION_BY_UID.with_for_update()
 _ALIAS_TARGET_FOR_UPDATE = (
@@ -181,12 +199,7 @@ class Repository:
         integrity errors: a concurrent insert of the same key waits for the other
         transaction and then finds the key taken.
         """
-        # On the Table, not the mapped class: a Core statement skips the ORM's bulk-persistence layer.
-        make_insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
-        table = _table(model)
-        key = next(iter(table.primary_key.columns))
-        statement = make_insert(table).values(**values).on_conflict_do_nothing().returning(key)
-        return self.session.execute(statement).scalar_one_or_none()
+        return self.session.execute(_insert_or_nothing(self._dialect, _table(model)), values).scalar_one_or_none()
 
     # Entities and projects -------------------------------------------------------------
 
@@ -312,6 +325,14 @@ class Repository:
             .select_from(Version)
             .where(Version.artifact_id == artifact_id, Version.state == VersionState.COMMITTED.value)
         ).one()
+
+    def mark_version_committed(self, version: Version, **committed: Any) -> None:
+        """Sets the columns a commit fills in (index, state, digest…) on the row and on ``version``."""
+        values = {"state": VersionState.COMMITTED.value, **committed}
+        self.session.execute(_COMMIT_VERSION, {"committed_version_id": version.id, **values})
+        # One Core UPDATE instead of an ORM flush; the loaded row is brought up to date unchanged-marked.
+        for attribute, value in values.items():
+            set_committed_value(version, attribute, value)
 
     def mark_version_deleted(self, version: Version) -> None:
         """Tombstones a version, flushed so later queries of this transaction see it deleted."""

@@ -146,6 +146,7 @@ class Versions:
         is dropped and the result names the latest.
         """
         manifest = build_manifest(entries)
+        digest = manifest.digest  # hashes the canonical form of every entry: once
         clean_aliases = validate_aliases(aliases)
         link_targets = [
             (
@@ -174,7 +175,7 @@ class Versions:
             caller.require(Role.WRITER, owner.entity, owner.project)
             created = False
             if version.state == VersionState.COMMITTED.value:
-                if version.digest != manifest.digest:
+                if version.digest != digest:
                     raise FailedPrecondition(
                         f"version {uid} is already committed with a different manifest; versions are immutable",
                         reason=Reason.VERSION_ALREADY_COMMITTED,
@@ -190,19 +191,21 @@ class Versions:
                         {"resource": uid},
                     )
                 latest = repo.latest_version(artifact.id)
-                if latest is not None and latest.digest == manifest.digest:
+                if latest is not None and latest.digest == digest:
                     # Same content as latest: no new version, the pending one is dropped.
                     repo.delete_pending_version(version)
                     target = latest
                 else:
                     garbage.refuse_collected_content(repo, manifest.entries, gc_epoch)
-                    version.index = repo.allocate_index(artifact)
-                    version.state = VersionState.COMMITTED.value
-                    version.digest = manifest.digest
-                    version.size_bytes = manifest.size_bytes
-                    version.file_count = len(manifest.entries)
-                    version.committed_at = utcnow()
-                    version.producer_run = run_name
+                    repo.mark_version_committed(
+                        version,
+                        index=repo.allocate_index(artifact),
+                        digest=digest,
+                        size_bytes=manifest.size_bytes,
+                        file_count=len(manifest.entries),
+                        committed_at=utcnow(),
+                        producer_run=run_name,
+                    )
                     repo.add_manifest(version.id, manifest.entries)
                     target, created = version, True
             assert target.index is not None
@@ -256,7 +259,7 @@ class Versions:
             links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
             return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 
-        arguments = (uid, manifest.digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
+        arguments = (uid, digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
         return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
 
     def _require_content(self, entries: Sequence[FileEntry]) -> None:
