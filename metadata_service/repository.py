@@ -135,11 +135,6 @@ _NEW_VERSION_COLUMNS = tuple(
     (attribute.key, attribute.columns[0]) for attribute in inspect(Version).column_attrs if attribute.key != "id"
 )
 _INSERT_VERSION = insert(_table(Version)).returning(_table(Version).c.id)
-_STORE_REQUEST_RESULT = (
-    update(_table(RequestRecord))
-    .where(_table(RequestRecord).c.request_id == bindparam("stored_request_id"))
-    .values(result=bindparam("stored_result"))
-)
 _TAKE_SEQUENCES = (
     update(_table(EventCounter))
     .where(_table(EventCounter).c.id == 1)
@@ -622,21 +617,22 @@ class Repository:
 
     # Idempotency ---------------------------------------------------------------------------
 
-    def claim_request(self, request_id: str, method: str, fingerprint: str) -> RequestRecord | None:
-        """Claims a request id for this transaction; returns the earlier record if it was taken.
+    def record_request(self, request_id: str, method: str, fingerprint: str, result: dict[str, Any]) -> bool:
+        """Records a mutation's request id with its result; False if the id is already recorded.
 
-        A concurrent transaction holding the same id makes this wait until it ends.
+        A concurrent transaction recording the same id makes this wait until it ends.
         """
-        claimed = self._insert_ignoring_conflict(
-            RequestRecord,
-            {"request_id": request_id, "method": method, "fingerprint": fingerprint, "created_at": utcnow()},
-        )
-        if claimed is not None:
-            return None
-        return self.session.get_one(RequestRecord, request_id, populate_existing=True)
+        record = {
+            "request_id": request_id,
+            "method": method,
+            "fingerprint": fingerprint,
+            "result": result,
+            "created_at": utcnow(),
+        }
+        return self._insert_ignoring_conflict(RequestRecord, record) is not None
 
-    def store_request_result(self, request_id: str, result: dict[str, Any]) -> None:
-        self.session.execute(_STORE_REQUEST_RESULT, {"stored_request_id": request_id, "stored_result": result})
+    def request_record(self, request_id: str) -> RequestRecord | None:
+        return self.session.get(RequestRecord, request_id)
 
     def forget_requests(self, older_than: datetime) -> int:
         result = self.session.execute(delete(RequestRecord).where(RequestRecord.created_at < older_than))

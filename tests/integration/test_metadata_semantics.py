@@ -128,6 +128,44 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
     assert code_of(lambda: wire.call(wire.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
 
 
+def test_concurrent_sends_of_one_request_id_act_once_and_all_get_its_answer(registry, unique, wire) -> None:
+    name = f"retry-race-{unique}"
+    (content,) = upload(wire, b"retry race " + unique.encode())
+    create = pb.CreateVersionRequest(parent=name, type="model", request_id=uuid.uuid4().hex)
+    sends = 8
+
+    def send_all(method, request):  # type: ignore[no-untyped-def]
+        start = threading.Barrier(sends)
+
+        def send() -> object:
+            start.wait()
+            return wire.call(method, request)
+
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, send())) for i in range(sends)]
+        answers: dict[int, object] = {}
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return list(answers.values())
+
+    pendings = send_all(wire.metadata.CreateVersion, create)
+    assert len({p.version.uid for p in pendings}) == 1
+    commit = pb.CommitVersionRequest(
+        uid=pendings[0].version.uid,
+        manifest=[pb.ManifestEntry(path="f", digest=content)],
+        aliases=["best"],
+        request_id=uuid.uuid4().hex,
+    )
+    commits = send_all(wire.metadata.CommitVersion, commit)
+
+    assert [(c.version.index, c.created, list(c.version.aliases)) for c in commits] == [
+        (0, True, ["latest", "best"])
+    ] * sends
+    assert [v.index for v in registry.list_versions(name)] == [0]
+    assert len(list(registry.alias_history(name, "best"))) == 1  # one move recorded, not one per send
+
+
 def test_a_retried_alias_move_returns_the_first_result(registry, unique, wire) -> None:
     name = f"alias-retry-{unique}"
     push_one(wire, name, "a")

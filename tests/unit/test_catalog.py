@@ -225,6 +225,20 @@ def test_a_replayed_request_id_returns_the_first_result_and_acts_once(catalog, b
     assert sorted(committed_indexes(catalog, "resnet")) == [0, 1]
 
 
+def test_a_retry_that_would_fail_now_returns_the_first_result(catalog, blobs) -> None:
+    push(catalog, blobs, "resnet", "a")
+    first = catalog.versions.delete(CALLER, "resnet:v0", request_id="delete-1")
+
+    # v0 is gone, so the retry's own work fails; the request already acted, and its answer stands.
+    again = catalog.versions.delete(CALLER, "resnet:v0", request_id="delete-1")
+    assert again.version.uid == first.version.uid
+    with pytest.raises(NotFound):
+        catalog.versions.delete(CALLER, "resnet:v0", request_id="delete-2")
+    # The id belongs to that delete: another request that fails as well is told so, not shown its answer.
+    with pytest.raises(InvalidArgument, match="already used"):
+        catalog.versions.delete(CALLER, "resnet:v9", request_id="delete-1")
+
+
 def test_a_request_id_reused_for_a_different_request_is_refused(catalog, blobs) -> None:
     catalog.versions.create(CALLER, "resnet", "model", request_id="create-1")
 
