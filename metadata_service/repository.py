@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from mreg.metadata_service import filters
@@ -77,12 +77,32 @@ _FIND_COLLECTION = (
         Entity.name == bindparam("entity"), Project.name == bindparam("project"), Collection.name == bindparam("name")
     )
 )
-_LOCK_COLLECTION_WITH_NAME = (
-    select(Collection, Entity.name, Project.name)
+_LOCK_VERSION_AND_ARTIFACT = (
+    select(Version, Collection, Entity.name, Project.name)
+    .join(Collection, Collection.id == Version.artifact_id)
     .join(Project, Project.id == Collection.project_id)
     .join(Entity, Entity.id == Project.entity_id)
-    .where(Collection.id == bindparam("collection_id"))
-    .with_for_update(of=Collection)
+    .where(Version.uid == bindparam("uid"))
+    .with_for_update(of=(Version, Collection))
+)
+_LATEST_OF_ARTIFACT = aliased(Version)
+
+
+def _latest_digest_of(artifact_id: Any) -> Any:
+    """The digest of the artifact's latest committed version (NULL if none)."""
+    return (
+        select(_LATEST_OF_ARTIFACT.digest)
+        .where(
+            _LATEST_OF_ARTIFACT.artifact_id == artifact_id, _LATEST_OF_ARTIFACT.state == VersionState.COMMITTED.value
+        )
+        .order_by(_LATEST_OF_ARTIFACT.index.desc())
+        .limit(1)
+    )
+
+
+_LATEST_DIGEST = _latest_digest_of(bindparam("artifact_id"))
+_LOCK_VERSION_FOR_COMMIT = _LOCK_VERSION_AND_ARTIFACT.add_columns(
+    _latest_digest_of(Collection.id).correlate(Collection).scalar_subquery()
 )
 _NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
@@ -167,16 +187,19 @@ _MOVE_ALIAS = (
     )
     .values(target_index=bindparam("new_index"), updated_at=bindparam("moved_at"))
 )
-# A commit share-locks the row, a sweep locks it exclusively; both must see its current values.
-_LOCK_GC_STATE_SHARED = (
-    select(GcState).where(GcState.id == 1).with_for_update(read=True).execution_options(populate_existing=True)
-)
-_LOCK_GC_STATE_EXCLUSIVE = (
-    select(GcState).where(GcState.id == 1).with_for_update().execution_options(populate_existing=True)
-)
-_CONDEMNED_SINCE = select(CondemnedBlob.digest).where(
+# A sweep locks the row exclusively (commits share-lock it), and must see its current values.
+_LOCK_GC_STATE = select(GcState).where(GcState.id == 1).with_for_update().execution_options(populate_existing=True)
+_CONDEMNED_SINCE_EPOCH = and_(
     CondemnedBlob.digest.in_(bindparam("hashes", expanding=True)),
     or_(CondemnedBlob.deleted_epoch.is_(None), CondemnedBlob.deleted_epoch > bindparam("epoch")),
+)
+_CONDEMNED_SINCE = select(CondemnedBlob.digest).where(_CONDEMNED_SINCE_EPOCH)
+_SHARE_GC_STATE = select(_table(GcState).c.pruned_through).where(_table(GcState).c.id == 1).with_for_update(read=True)
+_SHARE_GC_STATE_WITH_CONDEMNED = (
+    select(_table(GcState).c.pruned_through, _table(CondemnedBlob).c.digest)
+    .select_from(_table(GcState).outerjoin(_table(CondemnedBlob), _CONDEMNED_SINCE_EPOCH))
+    .where(_table(GcState).c.id == 1)
+    .with_for_update(read=True, of=_table(GcState))
 )
 
 
@@ -240,11 +263,25 @@ class Repository:
             self._names[row.id] = name
         return row
 
-    def lock_collection(self, collection_id: int) -> Collection:
-        """The collection row, locked, read with its full name in the same statement."""
-        row, entity, project = self.session.execute(_LOCK_COLLECTION_WITH_NAME, {"collection_id": collection_id}).one()
-        self._names[row.id] = CollectionName(entity, project, row.name)
-        return row
+    def lock_version_for_commit(self, uid: str) -> tuple[Version, Collection, str | None] | None:
+        """A version by uid and its artifact, both locked, with the artifact's full name and the digest of
+        its latest committed version (None if it has none): what a commit reads, in one statement."""
+        if self._dialect != "postgresql":
+            # The write transaction began holding SQLite's write lock: its reads are already current.
+            found = self.session.execute(_LOCK_VERSION_FOR_COMMIT, {"uid": uid}).one_or_none()
+            if found is None:
+                return None
+            version, artifact, entity, project, latest_digest = found
+        else:
+            # A row lock PostgreSQL had to wait for re-reads the locked rows, but a subquery in the same
+            # statement keeps the snapshot from before the wait, which may predate the commit it waited for.
+            found = self.session.execute(_LOCK_VERSION_AND_ARTIFACT, {"uid": uid}).one_or_none()
+            if found is None:
+                return None
+            version, artifact, entity, project = found
+            latest_digest = self.session.execute(_LATEST_DIGEST, {"artifact_id": artifact.id}).scalar_one_or_none()
+        self._names[artifact.id] = CollectionName(entity, project, artifact.name)
+        return version, artifact, latest_digest
 
     def create_collection(
         self, project: Project, name: str, kind: CollectionKind, type_: str, description: str
@@ -549,17 +586,30 @@ class Repository:
     # Garbage collection ------------------------------------------------------------------
     # The protocol is explained in metadata_service.catalog.garbage.
 
-    def lock_gc_state(self, *, exclusive: bool) -> GcState:
-        """The garbage collection state row, share-locked by commits and exclusively by sweeps."""
-        return self.session.scalars(_LOCK_GC_STATE_EXCLUSIVE if exclusive else _LOCK_GC_STATE_SHARED).one()
+    def lock_gc_state(self) -> GcState:
+        """The garbage collection state row, locked exclusively, as sweeps take it (commits share-lock it)."""
+        return self.session.scalars(_LOCK_GC_STATE).one()
 
-    def condemned_since(self, hashes: Sequence[str], epoch: int) -> list[str]:
-        """The hashes, out of those given, that a sweep is deleting now or deleted after ``epoch``."""
-        taken: list[str] = []
-        for start in range(0, len(hashes), 500):
-            chunk = {"hashes": list(hashes[start : start + 500]), "epoch": epoch}
-            taken.extend(self.session.scalars(_CONDEMNED_SINCE, chunk).all())
-        return taken
+    def share_gc_state_and_condemned_since(self, hashes: Sequence[str], epoch: int) -> tuple[int, list[str]]:
+        """Share-locks the garbage collection state row (as every commit does; a sweep locks it exclusively)
+        and returns its ``pruned_through`` with the hashes, out of those given, that a sweep is deleting now
+        or deleted after ``epoch``."""
+        chunks = [list(hashes[start : start + 500]) for start in range(0, len(hashes), 500)]
+        if self._dialect != "postgresql" and chunks:
+            # The write transaction began holding SQLite's write lock, so no sweep can come in between:
+            # the lock and the first 500 hashes take one statement.
+            first = {"hashes": chunks.pop(0), "epoch": epoch}
+            rows = self.session.execute(_SHARE_GC_STATE_WITH_CONDEMNED, first).all()
+            pruned_through = int(rows[0].pruned_through)
+            taken = [row.digest for row in rows if row.digest is not None]
+        else:
+            # A share lock that waited for a sweep's transaction must be followed by a read with a new
+            # snapshot, or the blobs that sweep condemned stay invisible (see lock_version_for_commit).
+            pruned_through = int(self.session.execute(_SHARE_GC_STATE).scalar_one())
+            taken = []
+        for chunk in chunks:
+            taken.extend(self.session.scalars(_CONDEMNED_SINCE, {"hashes": chunk, "epoch": epoch}).all())
+        return pruned_through, taken
 
     def condemn(self, blobs: Sequence[tuple[str, int]]) -> None:
         """Marks blobs as being deleted; commits naming them are refused until the sweep finishes."""

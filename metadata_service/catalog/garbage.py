@@ -65,9 +65,9 @@ def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epo
     """Refuses a commit naming content a sweep is deleting, or deleted after ``epoch`` was read."""
     if not entries:
         return
-    state = repo.lock_gc_state(exclusive=False)
     sizes = {e.digest: e.size_bytes for e in entries}
-    taken = sorted(sizes) if epoch < state.pruned_through else sorted(repo.condemned_since(sorted(sizes), epoch))
+    pruned_through, condemned = repo.share_gc_state_and_condemned_since(sorted(sizes), epoch)
+    taken = sorted(sizes) if epoch < pruned_through else sorted(condemned)
     if taken:
         raise FailedPrecondition(
             f"garbage collection deleted or is deleting {len(taken)} of the manifest's blobs while this commit "
@@ -144,7 +144,7 @@ class GarbageCollector:
         closed = [h for h, _ in condemned if h not in kept]
 
         def close(uow: UnitOfWork) -> None:
-            state = uow.repo.lock_gc_state(exclusive=True)
+            state = uow.repo.lock_gc_state()
             uow.repo.close_condemnation(state, closed, released=sorted(kept))
 
         self.db.run(close, write=True)
@@ -154,7 +154,7 @@ class GarbageCollector:
         """Completes condemnations a sweep that died left open, so commits of that content proceed."""
 
         def prune_and_find(uow: UnitOfWork) -> list[tuple[str, int]]:
-            state = uow.repo.lock_gc_state(exclusive=True)
+            state = uow.repo.lock_gc_state()
             uow.repo.prune_condemned(state, utcnow() - CONDEMNATION_MEMORY)
             return uow.repo.condemned_in_progress()
 
@@ -166,7 +166,7 @@ class GarbageCollector:
 
 
 def _take_lease(repo: Repository, owner: str) -> None:
-    state = repo.lock_gc_state(exclusive=True)
+    state = repo.lock_gc_state()
     now = utcnow()
     if state.lease_owner and state.lease_until is not None and state.lease_until > now:
         raise FailedPrecondition(
@@ -178,7 +178,7 @@ def _take_lease(repo: Repository, owner: str) -> None:
 
 
 def _release_lease(repo: Repository, owner: str) -> None:
-    state = repo.lock_gc_state(exclusive=True)
+    state = repo.lock_gc_state()
     if state.lease_owner == owner:
         state.lease_owner, state.lease_until = None, None
 
@@ -188,7 +188,7 @@ def _condemn_unreferenced(
 ) -> list[tuple[str, int]]:
     """The blobs of ``batch`` no committed version references, condemned unless ``dry_run``."""
     if not dry_run:
-        state = repo.lock_gc_state(exclusive=True)
+        state = repo.lock_gc_state()
         if state.lease_owner != owner:
             raise FailedPrecondition(
                 "this garbage collection lost its lease to another one; it stopped", reason=Reason.GC_IN_PROGRESS

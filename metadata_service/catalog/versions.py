@@ -163,14 +163,14 @@ class Versions:
 
         def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
             repo = uow.repo
-            version = repo.find_version_by_uid(uid, for_update=True)
-            if version is None:
+            locked = repo.lock_version_for_commit(uid)
+            if locked is None:
                 raise NotFound(
                     f"no pending version with uid {uid!r}: it was never created or has expired",
                     Reason.PENDING_VERSION_NOT_FOUND,
                     {"resource": uid},
                 )
-            artifact = repo.lock_collection(version.artifact_id)
+            version, artifact, latest_digest = locked
             owner = repo.collection_full_name(artifact)
             caller.require(Role.WRITER, owner.entity, owner.project)
             created = False
@@ -190,8 +190,8 @@ class Versions:
                         Reason.PENDING_VERSION_NOT_FOUND,
                         {"resource": uid},
                     )
-                latest = repo.latest_version(artifact.id)
-                if latest is not None and latest.digest == digest:
+                latest = repo.latest_version(artifact.id) if latest_digest == digest else None
+                if latest is not None:
                     # Same content as latest: no new version, the pending one is dropped.
                     repo.delete_pending_version(version)
                     target = latest

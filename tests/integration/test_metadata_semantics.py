@@ -128,6 +128,35 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
     assert code_of(lambda: wire.call(wire.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
 
 
+def test_concurrent_commits_of_the_latest_content_create_one_version(registry, unique, wire) -> None:
+    # Each commit compares its manifest with the latest version's once it holds the artifact's lock;
+    # one that waited for another must see the version that one committed.
+    name = f"same-content-{unique}"
+    (content,) = upload(wire, b"same content " + unique.encode())
+    commits = 8
+    pendings = [
+        wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")).version.uid
+        for _ in range(commits)
+    ]
+    start = threading.Barrier(commits)
+    answers: list[pb.CommitVersionResponse] = []
+
+    def commit(uid: str) -> None:
+        start.wait()
+        manifest = [pb.ManifestEntry(path="weights", digest=content)]
+        answers.append(wire.call(wire.metadata.CommitVersion, pb.CommitVersionRequest(uid=uid, manifest=manifest)))
+
+    threads = [threading.Thread(target=commit, args=(uid,)) for uid in pendings]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(a.created for a in answers) == [False] * (commits - 1) + [True]
+    assert {a.version.index for a in answers} == {0}
+    assert [v.index for v in registry.list_versions(name)] == [0]
+
+
 def test_concurrent_sends_of_one_request_id_act_once_and_all_get_its_answer(registry, unique, wire) -> None:
     name = f"retry-race-{unique}"
     (content,) = upload(wire, b"retry race " + unique.encode())
