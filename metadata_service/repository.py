@@ -441,12 +441,18 @@ class Repository:
         """Points an alias at an index; returns the index it named before, if any."""
         key = {"alias_collection_id": collection_id, "alias_name": name}
         previous = self.session.execute(_ALIAS_TARGET_FOR_UPDATE, key).scalar_one_or_none()
+        self.replace_alias(collection_id, name, index, previous)
+        return None if previous is None else int(previous)
+
+    def replace_alias(self, collection_id: int, name: str, index: int, previous: int | None) -> None:
+        """Points an alias at an index, given the index it names now (None: unset), read under the
+        collection's lock."""
         if previous is None:
             row = {"collection_id": collection_id, "name": name, "target_index": index, "updated_at": utcnow()}
             self.session.execute(_INSERT_ALIAS, row)
         else:
+            key = {"alias_collection_id": collection_id, "alias_name": name}
             self.session.execute(_MOVE_ALIAS, {**key, "new_index": index, "moved_at": utcnow()})
-        return None if previous is None else int(previous)
 
     def delete_alias(self, collection_id: int, name: str) -> int | None:
         existing = self.session.scalars(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -32,11 +33,25 @@ def require_alias_rights(caller: Caller, collection: Collection, name: Collectio
 
 
 def move_alias(
-    uow: UnitOfWork, caller: Caller, collection: Collection, name: CollectionName, alias: str, index: int
+    uow: UnitOfWork,
+    caller: Caller,
+    collection: Collection,
+    name: CollectionName,
+    alias: str,
+    index: int,
+    aliases: Mapping[str, int] | None = None,
 ) -> int | None:
-    """Points ``alias`` at ``index``, recording the move if it changed anything; returns the previous index."""
+    """Points ``alias`` at ``index``, recording the move if it changed anything; returns the previous index.
+
+    ``aliases`` are the collection's aliases if the caller read them under the collection's lock:
+    the alias's current index is then known, and not read again.
+    """
     require_alias_rights(caller, collection, name, alias)
-    previous = uow.repo.set_alias(collection.id, alias, index)
+    if aliases is None:
+        previous = uow.repo.set_alias(collection.id, alias, index)
+    else:
+        previous = aliases.get(alias)
+        uow.repo.replace_alias(collection.id, alias, index, previous)
     if previous != index:
         before = None if previous is None else {"index": previous}
         uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index})
@@ -107,7 +122,7 @@ class Aliases:
             assert index is not None
             current = context.aliases.get(alias)
             _check_expectation(context.name, alias, current, expected_index, expect_unset)
-            previous = move_alias(uow, caller, row, context.name, alias, index)
+            previous = move_alias(uow, caller, row, context.name, alias, index, context.aliases)
             change = AliasChange(str(context.name), alias, index, previous)
             return change, asdict(change)
 
