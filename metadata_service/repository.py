@@ -7,6 +7,7 @@ turns them into views before the transaction ends.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -104,7 +105,20 @@ _LATEST_DIGEST = _latest_digest_of(bindparam("artifact_id"))
 _LOCK_VERSION_FOR_COMMIT = _LOCK_VERSION_AND_ARTIFACT.add_columns(
     _latest_digest_of(Collection.id).correlate(Collection).scalar_subquery()
 )
-_NOTIFY_EVENTS = text(f"NOTIFY {EVENTS_CHANNEL}")
+# ``->`` keeps a JSON null as JSON null, as the ORM stores None in these columns.
+_APPEND_EVENTS_POSTGRESQL = text(
+    f"""
+    WITH taken AS (
+        UPDATE event_counter SET last_sequence = last_sequence + :count WHERE id = 1 RETURNING last_sequence
+    ), notified AS (
+        SELECT pg_notify('{EVENTS_CHANNEL}', '')
+    )
+    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at)
+    SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
+           e.event -> 'before', e.event -> 'after', :actor, :created_at
+    FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+    """
+)
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
 _COMMITTED = Version.state == VersionState.COMMITTED.value
 _VERSION_BY_INDEX = select(Version).where(
@@ -731,10 +745,21 @@ class Repository:
     # Events --------------------------------------------------------------------------------
 
     def append_events(self, events: Sequence[PendingEvent], actor: str) -> None:
+        # Changes still pending in the session go first: the counter row's lock, taken here, is
+        # then held only until the COMMIT that follows.
+        self.session.flush()
+        now = utcnow()
+        if self._dialect == "postgresql":
+            # One round trip takes the counter row's lock and the sequence numbers, inserts the
+            # events and queues the notification that every replica LISTENing (db.follow_commits)
+            # gets at commit, so their Watch streams see the events now rather than at their next poll.
+            described = [{"kind": e.kind, "resource": e.resource, "before": e.before, "after": e.after} for e in events]
+            appended = {"count": len(events), "events": json.dumps(described), "actor": actor, "created_at": now}
+            self.session.execute(_APPEND_EVENTS_POSTGRESQL, appended)
+            return
         # One statement takes the counter row's lock and the sequence numbers.
         last = self.session.execute(_TAKE_SEQUENCES, {"count": len(events)}).scalar_one()
         first = int(last) - len(events) + 1
-        now = utcnow()
         self.session.execute(
             _INSERT_EVENT,
             [
@@ -750,11 +775,6 @@ class Repository:
                 for i, e in enumerate(events)
             ],
         )
-        if self.session.get_bind().dialect.name == "postgresql":
-            # Delivered at commit to every replica LISTENing (db.follow_commits): their Watch
-            # streams see the events now rather than at their next poll.
-            self.session.execute(_NOTIFY_EVENTS)
-        self.session.flush()
 
     def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:
         query = select(Event).where(Event.sequence > sequence)
