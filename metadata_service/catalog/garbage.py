@@ -2,10 +2,12 @@
 
 Commits and sweeps never race, at any grace period:
 
-- A commit reads the GC epoch (:func:`read_epoch`), then asks the blob service whether its
+- A commit reads the GC epoch (:class:`EpochReader`), then asks the blob service whether its
   content is stored, then in its transaction (share-locking the GC state row) refuses with
   MISSING_BLOB any blob that a sweep is deleting now or deleted after that epoch
-  (:func:`refuse_collected_content`).
+  (:func:`refuse_collected_content`). An epoch read by an earlier commit of the same process
+  serves too, only more strictly (epochs only grow): a commit refused with one reads the
+  epoch afresh and tries once more before it refuses.
 - A sweep, in a transaction holding that row exclusively, finds which listed blobs no
   committed version references and records them as condemned; only then does it ask the
   blob service to delete them; afterwards it records the deleted ones in a new epoch and
@@ -56,18 +58,50 @@ class GarbageReport:
     removed_upload_parts: int = 0
 
 
-def read_epoch(database: Database) -> int:
-    """The GC epoch a commit reads before it asks the blob service about its content."""
-    return database.read(read_gc_epoch)
+class EpochReader:
+    """The GC epoch a commit reads before it asks the blob service about its content.
+
+    Reading it costs a round trip to the database on every commit, so the largest epoch
+    this process has read is kept: any epoch read earlier is at most the current one, and
+    checking content against an older epoch refuses more, never less (what a sweep deleted
+    since then is refused too, even if it was uploaded again). A commit that such an epoch
+    refuses reads it afresh and asks again (:class:`StaleEpoch`).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+        self._seen: int | None = None
+
+    def recent(self) -> tuple[int, bool]:
+        """An epoch to check content against, and whether it was read just now."""
+        seen = self._seen
+        return (seen, False) if seen is not None else (self.fresh(), True)
+
+    def fresh(self) -> int:
+        epoch = self.db.read(read_gc_epoch)
+        # Several commits may read at once; keeping the largest keeps the value current enough.
+        self._seen = max(epoch, self._seen or 0)
+        return epoch
 
 
-def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epoch: int) -> None:
-    """Refuses a commit naming content a sweep is deleting, or deleted after ``epoch`` was read."""
+class StaleEpoch(Exception):
+    """A commit checked against a kept epoch was refused: it rolls back and tries with a fresh one."""
+
+
+def refuse_collected_content(repo: Repository, entries: Sequence[FileEntry], epoch: int, *, fresh: bool) -> None:
+    """Refuses a commit naming content a sweep is deleting, or deleted after ``epoch`` was read.
+
+    Raises:
+        FailedPrecondition: MISSING_BLOB, for the blobs the sweep took.
+        StaleEpoch: it would refuse, but ``epoch`` was not read for this commit (see EpochReader).
+    """
     if not entries:
         return
     sizes = {e.digest: e.size_bytes for e in entries}
     pruned_through, condemned = repo.share_gc_state_and_condemned_since(sorted(sizes), epoch)
     taken = sorted(sizes) if epoch < pruned_through else sorted(condemned)
+    if taken and not fresh:
+        raise StaleEpoch
     if taken:
         raise FailedPrecondition(
             f"garbage collection deleted or is deleting {len(taken)} of the manifest's blobs while this commit "

@@ -86,6 +86,7 @@ class Versions:
         self.mutations = mutations
         self.pending_ttl = pending_ttl
         self.resolver = Resolver()
+        self.gc_epochs = garbage.EpochReader(database)
 
     def create(
         self,
@@ -158,7 +159,7 @@ class Versions:
         run_name = str(parse_collection(run, caller.defaults, "run")) if run else None
         # Read before asking the blob service, so the transaction below can tell whether a
         # sweep deleted any of this content after the blob service said it was there.
-        gc_epoch = garbage.read_epoch(self.db) if manifest.entries else 0
+        gc_epoch, fresh_epoch = self.gc_epochs.recent() if manifest.entries else (0, True)
         self._require_content(manifest.entries)
 
         def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
@@ -196,7 +197,7 @@ class Versions:
                     repo.delete_pending_version(version)
                     target = latest
                 else:
-                    garbage.refuse_collected_content(repo, manifest.entries, gc_epoch)
+                    garbage.refuse_collected_content(repo, manifest.entries, gc_epoch, fresh=fresh_epoch)
                     repo.mark_version_committed(
                         version,
                         index=repo.allocate_index(artifact),
@@ -260,7 +261,12 @@ class Versions:
             return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 
         arguments = (uid, digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
-        return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
+        try:
+            return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
+        except garbage.StaleEpoch:
+            gc_epoch, fresh_epoch = self.gc_epochs.fresh(), True
+            self._require_content(manifest.entries)
+            return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
 
     def _require_content(self, entries: Sequence[FileEntry]) -> None:
         """Refuses (MISSING_BLOB) a manifest naming content the blob service does not hold."""

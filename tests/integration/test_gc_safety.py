@@ -202,6 +202,22 @@ def test_a_sweep_that_died_mid_deletion_blocks_that_content_until_the_next_sweep
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (folder / "weights.bin").read_bytes()
 
 
+def test_content_a_sweep_deleted_commits_again_once_uploaded_again(gc_stack: GcStack, tmp_path: Path) -> None:
+    # The service checks a commit against the GC epoch it last read, which here predates the sweep:
+    # a refusal from that stale epoch must be retried with a fresh one, not returned.
+    folder = _checkpoint(tmp_path / "ck", uuid.uuid4().bytes)  # no other test's version references it
+    with gc_stack.registry() as client:
+        first = client.push(folder, "collected")
+        client.delete_version(first.version.name, force=True)
+        report = client.collect_garbage(grace_seconds=0)
+        assert report.deleted_blobs == 3
+
+        again = client.push(folder, "collected")
+        client.pull(again.version.name, tmp_path / "out")
+    for name in ("weights.bin", "optimizer.bin", "config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (folder / name).read_bytes()
+
+
 def test_only_one_sweep_runs_at_a_time(gc_stack: GcStack) -> None:
     with gc_stack.metadata.engine.begin() as connection:
         connection.execute(
