@@ -38,7 +38,12 @@ def create_database_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # Name the driver we ship rather than SQLAlchemy's default (psycopg2).
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=False)
+    # Last in, first out: a checkout takes the connection used most recently, whose server process
+    # still has its caches warm and on which psycopg has already prepared the hot statements. First
+    # in, first out (the default) rotated every checkout through all the idle connections, one
+    # PostgreSQL process after another, once a burst had opened many: each resolve then cost its
+    # backend about twice the CPU.
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=False, pool_use_lifo=True)
 
 
 def _sqlite_engine(url: str) -> Engine:

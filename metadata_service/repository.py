@@ -36,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -1097,6 +1098,27 @@ _CONTEXT_AND_VERSION_BY_NAME = _CONTEXT_BY_NAME.add_columns(
         _SELECTED_VERSION.c["index"] == _SELECTED_INDEX,
     ),
 )
+# The same rows on PostgreSQL, the version found by a LATERAL subquery: an index probe per
+# collection row, whatever the statistics say. From the outer join above, PostgreSQL's generic
+# plan (the one a statement prepared by psycopg runs after its fifth use) may hash every committed
+# version of every artifact instead, and does whenever the versions table's statistics are stale
+# or missing, as on a new or fast-growing database: then each resolve reads the whole table.
+# LIMIT 1 (at most one row matches anyway) keeps the planner from flattening the subquery back
+# into that join. SQLite has no LATERAL, and its planner only nests loops.
+_SELECTED_VERSION_LATERAL = (
+    select(*(_SELECTED_VERSION.c[column.element.name].label(f"v_{column.name}") for column in _VERSION_COLUMNS))
+    .where(
+        _SELECTED_VERSION.c.artifact_id == Collection.id,
+        _SELECTED_VERSION.c.state == VersionState.COMMITTED.value,
+        _SELECTED_VERSION.c["index"] == _SELECTED_INDEX,
+    )
+    .correlate(Collection)
+    .limit(1)
+    .lateral("selected")
+)
+_CONTEXT_AND_VERSION_BY_NAME_LATERAL = _CONTEXT_BY_NAME.add_columns(*_SELECTED_VERSION_LATERAL.c).outerjoin(
+    _SELECTED_VERSION_LATERAL, true()
+)
 _LINKED_VERSION_BY_INDEX = (
     select(
         Link.index.label("link_index"),
@@ -1135,8 +1157,13 @@ class ResolveReads:
         """A collection with its latest index, one row per alias (none if there is no such collection),
         each with the committed version the selector names (``v_*`` columns, NULL if there is none or the
         collection is a registered model): an artifact's resolve in one round trip."""
+        statement = (
+            _CONTEXT_AND_VERSION_BY_NAME_LATERAL
+            if self.connection.dialect.name == "postgresql"
+            else _CONTEXT_AND_VERSION_BY_NAME
+        )
         return self.connection.execute(
-            _CONTEXT_AND_VERSION_BY_NAME,
+            statement,
             {"entity": name.entity, "project": name.project, "name": name.name, "index": index, "alias": alias},
         ).all()
 
