@@ -95,14 +95,16 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._reader = sessionmaker(bind=engine, expire_on_commit=False)
-        self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         # PostgreSQL reads at READ COMMITTED, where every statement takes its own snapshot anyway:
-        # autocommit saves the BEGIN and ROLLBACK round trips. SQLite keeps its transaction, whose
-        # one snapshot spans all of a read's statements.
-        self._bare_reader = (
+        # autocommit saves the BEGIN and ROLLBACK round trips, and keeps the statements psycopg has
+        # prepared on the connection (a ROLLBACK makes it deallocate them all). SQLite keeps its
+        # transaction, whose one snapshot spans all of a read's statements.
+        reader = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
         )
+        self._reader = sessionmaker(bind=reader, expire_on_commit=False)
+        self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._bare_reader = reader
         self._commit_listeners: list[Callable[[], None]] = []
         # Called with the conflict's kind before each retry (the service's metrics count them).
         self.on_retry: Callable[[str], None] = _ignore

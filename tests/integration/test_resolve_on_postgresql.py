@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 from mreg.client import Registry
@@ -123,5 +123,23 @@ def test_reads_after_a_burst_take_the_connection_used_last(servers: Servers) -> 
             for _ in range(8)
         }
         assert len(backends) == 1
+    finally:
+        engine.dispose()
+
+
+def test_reads_keep_the_statements_psycopg_prepared_on_their_connection(servers: Servers) -> None:
+    # A read that ended in ROLLBACK made psycopg deallocate every statement it had prepared on
+    # the connection, so each statement was planned afresh for its next five runs.
+    _require_postgresql(servers)
+    engine = create_database_engine(servers.database_url)
+    database = Database(engine)
+    try:
+        for _ in range(8):
+            database.run(lambda uow: uow.repo.last_event_sequence(), write=False)
+        prepared = database.run(
+            lambda uow: uow.session.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar_one(),
+            write=False,
+        )
+        assert prepared >= 1
     finally:
         engine.dispose()
