@@ -1133,6 +1133,7 @@ _MANIFEST_ROWS = select(
     ManifestEntry.path, ManifestEntry.digest, ManifestEntry.size_bytes, ManifestEntry.metadata_doc
 ).where(ManifestEntry.version_id == bindparam("version_id"))
 
+_LAST_EVENT_SEQUENCE = select(_table(EventCounter).c.last_sequence).where(_table(EventCounter).c.id == 1)
 _GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
 
 
@@ -1166,6 +1167,10 @@ class ResolveReads:
             statement,
             {"entity": name.entity, "project": name.project, "name": name.name, "index": index, "alias": alias},
         ).all()
+
+    def last_event_sequence(self) -> int:
+        """The event log's last sequence number: it moves with every transaction that changes what a resolve shows."""
+        return int(self.connection.execute(_LAST_EVENT_SEQUENCE).scalar_one())
 
     def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
         """A collection with its latest index, one row per alias; empty if there is no such collection."""

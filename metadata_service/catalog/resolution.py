@@ -1,10 +1,13 @@
 """Resolving a reference to a version: the catalog's hottest read.
 
-Every call reads what can change from the database: the collection, its aliases and
-latest index, and the version row (its state, metadata and tags), so a resolve is never
-staler than its own transaction, on any replica. Only a committed version's manifest is
-kept between calls: a version's files never change once it commits, and a cache entry is
-keyed by the version's uid, which is never reused.
+A resolve is never staler than its own transaction, on any replica. Every change a resolve
+could show (an alias, latest, a version's state, metadata or tags, a link) is made by a
+transaction that appends to the event log, and the log's counter row is committed with it.
+So a resolve first reads that counter: if it has not moved since this process resolved
+the same reference, nothing has changed anywhere and the earlier answer stands; otherwise
+it reads the collection, its aliases and latest index and the version row again. A
+committed version's manifest is kept apart, by the version's uid (never reused): a
+version's files never change once it commits.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from mreg.metadata_service.repository import ResolveReads
 
 # Entries, summed over the cached manifests: about 25 MB of paths and digests.
 DEFAULT_MANIFEST_CACHE_ENTRIES = 100_000
+# References whose last answer is kept (their manifests are held by the manifest cache).
+DEFAULT_RESOLUTION_CACHE_ENTRIES = 10_000
 
 
 class ManifestCache:
@@ -73,11 +78,39 @@ class ManifestCache:
                 self._held -= len(evicted)
 
 
-class Resolver:
-    """Resolves references on a bare connection: one statement for an artifact's version, three for a link's."""
+class ResolutionCache:
+    """Answers by reference, each with the event sequence read before it was resolved; least recently used
+    first out."""
 
-    def __init__(self, manifests: ManifestCache | None = None) -> None:
+    def __init__(self, max_entries: int = DEFAULT_RESOLUTION_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._answers: OrderedDict[Reference, tuple[int, Resolution]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ref: Reference, sequence: int) -> Resolution | None:
+        """The answer for ``ref`` if it was resolved when the event sequence was already ``sequence``."""
+        with self._lock:
+            held = self._answers.get(ref)
+            if held is None or held[0] != sequence:
+                return None
+            self._answers.move_to_end(ref)
+            return held[1]
+
+    def put(self, ref: Reference, sequence: int, resolution: Resolution) -> None:
+        with self._lock:
+            self._answers[ref] = (sequence, resolution)
+            self._answers.move_to_end(ref)
+            while len(self._answers) > self.max_entries:
+                self._answers.popitem(last=False)
+
+
+class Resolver:
+    """Resolves references on a bare connection: the event sequence, then (unless it has not moved since the
+    same reference was resolved) one statement for an artifact's version, three for a link's."""
+
+    def __init__(self, manifests: ManifestCache | None = None, answers: ResolutionCache | None = None) -> None:
         self.manifests = manifests or ManifestCache()
+        self.answers = answers or ResolutionCache()
 
     def resolve(self, reads: ResolveReads, ref: Reference) -> Resolution:
         """The version ``ref`` names, and the link it went through if it names a registered model's.
@@ -85,6 +118,15 @@ class Resolver:
         Raises:
             NotFound: no such collection (or it has no committed version yet), alias, version or link.
         """
+        # Read first: a change committed after this read moves it past what is stored with the answer.
+        sequence = reads.last_event_sequence()
+        answer = self.answers.get(ref, sequence)
+        if answer is None:
+            answer = self._resolve(reads, ref)
+            self.answers.put(ref, sequence, answer)
+        return answer
+
+    def _resolve(self, reads: ResolveReads, ref: Reference) -> Resolution:
         # Past the largest index there is no version; selected_index below says so in words.
         wanted = ref.index if ref.index is None or ref.index <= MAX_INDEX else -1
         rows = reads.context_and_version_by_name(ref.collection, wanted, ref.alias)

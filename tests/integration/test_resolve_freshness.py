@@ -1,8 +1,8 @@
 """A resolve is never staler than the database, whichever replica answers it.
 
-Resolves keep committed manifests in memory between calls; everything else they return
-(aliases, latest, metadata, tags, state) must reflect the last change made through any
-replica by the time that change was acknowledged.
+Resolves keep committed manifests, and their last answer per reference, in memory between
+calls; everything they return (aliases, latest, metadata, tags, state) must reflect the
+last change made through any replica by the time that change was acknowledged.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from mreg.client import Registry
 from mreg.client.errors import NotFound
@@ -51,10 +52,15 @@ def test_a_resolve_through_one_replica_sees_every_change_made_through_another(
     registry.create_registered_model(model)
     registry.link(f"{name}:v0", model)
 
-    # Warm the second replica's resolves (and its manifest cache) first.
+    # Warm the second replica's resolves (its answers and manifests) of every reference asked again below.
     assert second_replica.resolve(f"{name}:latest").version.index == 1
+    assert second_replica.resolve(name).version.index == 1
     assert second_replica.resolve(f"{name}:v0").version.metadata == {}
+    assert second_replica.resolve(f"{name}:v1").version.index == 1
     assert second_replica.resolve(f"{model}:latest").version.index == 0
+    assert second_replica.resolve(f"{model}:v0").version.aliases == ()
+    with pytest.raises(NotFound):
+        second_replica.resolve(f"{name}:best")
 
     registry.set_alias(f"{name}:v0", "best")
     assert second_replica.resolve(f"{name}:best").version.index == 0
@@ -96,3 +102,27 @@ def test_the_manifest_cache_holds_at_most_its_bound_of_entries_dropping_the_leas
     cache.put("huge", _manifest(11, "huge"))  # larger than the whole bound: never kept
     assert cache.get("huge") is None
     assert cache.get("a") is not None and cache.get("c") is not None
+
+
+def test_a_repeated_resolve_with_nothing_changed_reads_only_the_event_sequence(
+    servers: Servers, tmp_path: Path, unique: str
+) -> None:
+    replica = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0", database_url=servers.database_url, blob_addr=servers.blob.address, migrate=False
+        )
+    )
+    statements: list[str] = []
+    event.listen(replica.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    try:
+        with Registry.connect(replica.address, servers.blob.address, entity="acme", project="vision") as client:
+            name = f"repeat-{unique}"
+            _push(client, tmp_path, name, b"repeat")
+            first = client.resolve(f"{name}:latest")
+            statements.clear()
+            again = client.resolve(f"{name}:latest")
+    finally:
+        replica.stop(grace=None)
+    assert again == first
+    queries = [statement for statement in statements if statement != "BEGIN"]  # SQLite's snapshot
+    assert len(queries) == 1 and "event_counter" in queries[0], statements
