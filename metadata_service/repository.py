@@ -106,20 +106,6 @@ _LATEST_DIGEST = _latest_digest_of(bindparam("artifact_id"))
 _LOCK_VERSION_FOR_COMMIT = _LOCK_VERSION_AND_ARTIFACT.add_columns(
     _latest_digest_of(Collection.id).correlate(Collection).scalar_subquery()
 )
-# ``->`` keeps a JSON null as JSON null, as the ORM stores None in these columns.
-_APPEND_EVENTS_POSTGRESQL = text(
-    f"""
-    WITH taken AS (
-        UPDATE event_counter SET last_sequence = last_sequence + :count WHERE id = 1 RETURNING last_sequence
-    ), notified AS (
-        SELECT pg_notify('{EVENTS_CHANNEL}', '')
-    )
-    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at)
-    SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
-           e.event -> 'before', e.event -> 'after', :actor, :created_at
-    FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
-    """
-)
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
 _COMMITTED = Version.state == VersionState.COMMITTED.value
 _VERSION_BY_INDEX = select(Version).where(
@@ -177,6 +163,21 @@ _TAKE_SEQUENCES = (
     .returning(_table(EventCounter).c.last_sequence)
 )
 _INSERT_EVENT = insert(_table(Event))
+# PostgreSQL appends events in one statement (see append_events); ``->`` keeps a JSON null as JSON
+# null, as the ORM stores None in these columns.
+_APPEND_EVENTS_POSTGRESQL = text(
+    f"""
+    WITH taken AS (
+        UPDATE event_counter SET last_sequence = last_sequence + :count WHERE id = 1 RETURNING last_sequence
+    ), notified AS (
+        SELECT pg_notify('{EVENTS_CHANNEL}', '')
+    )
+    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at)
+    SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
+           e.event -> 'before', e.event -> 'after', :actor, :created_at
+    FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+    """
+)
 _COMMIT_VERSION = (
     update(_table(Version))
     .where(_table(Version).c.id == bindparam("committed_version_id"))
