@@ -268,6 +268,10 @@ class Repository:
 
     # Collections -------------------------------------------------------------------------
 
+    def resolve_reads(self) -> ResolveReads:
+        """A resolve's reads, on this unit of work's connection and transaction."""
+        return ResolveReads(self.session.connection())
+
     def find_collection(self, name: CollectionName, *, for_update: bool = False) -> Collection | None:
         # Serializes commits, links and alias moves per collection (PostgreSQL row lock;
         # SQLite write transactions are already exclusive).

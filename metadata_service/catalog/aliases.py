@@ -6,9 +6,16 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from mreg.metadata_service.catalog.common import Caller, find_collection, select_link, select_version
+from mreg.metadata_service.catalog.common import (
+    Caller,
+    find_collection,
+    select_link,
+    selected_index,
+    version_missing,
+)
 from mreg.metadata_service.catalog.idempotency import Mutations
-from mreg.metadata_service.catalog.views import collection_context, event_view
+from mreg.metadata_service.catalog.resolution import context_and_selected_version
+from mreg.metadata_service.catalog.views import CollectionContext, event_view
 from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
 from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from mreg.metadata_service.models import Collection
@@ -114,12 +121,18 @@ class Aliases:
 
         def work(uow: UnitOfWork) -> tuple[AliasChange, dict[str, Any]]:
             row = find_collection(uow.repo, ref.collection, None, for_update=True)
-            context = collection_context(uow.repo, row)
+            # Under the collection's lock: its aliases, latest index and the selected version in one statement.
+            read, selected = context_and_selected_version(uow.repo.resolve_reads(), ref)
+            assert read is not None, "the locked collection is there"
+            context = CollectionContext(row, read.name, read.aliases, read.latest_index)
             if row.kind == CollectionKind.ARTIFACT.value:
-                index = select_version(uow.repo, context, ref).index
+                index = selected_index(context, ref, "version")
+                if selected is None:
+                    raise version_missing(context, index)
             else:
-                index = select_link(uow.repo, context, ref).index
-            assert index is not None
+                link_index = select_link(uow.repo, context, ref).index
+                assert link_index is not None
+                index = link_index
             current = context.aliases.get(alias)
             _check_expectation(context.name, alias, current, expected_index, expect_unset)
             previous = move_alias(uow, caller, row, context.name, alias, index, context.aliases)

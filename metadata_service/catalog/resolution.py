@@ -127,17 +127,14 @@ class Resolver:
         return answer
 
     def _resolve(self, reads: ResolveReads, ref: Reference) -> Resolution:
-        # Past the largest index there is no version; selected_index below says so in words.
-        wanted = ref.index if ref.index is None or ref.index <= MAX_INDEX else -1
-        rows = reads.context_and_version_by_name(ref.collection, wanted, ref.alias)
-        context = context_of_rows(rows)
+        context, selected = context_and_selected_version(reads, ref)
         if context is None or is_unborn(context.row):
             raise collection_missing(ref.collection, None)
         if context.row.kind == CollectionKind.ARTIFACT.value:
             index = selected_index(context, ref, "version")
-            if rows[0].v_id is None:
+            if selected is None:
                 raise version_missing(context, index)
-            return Resolution(self._version_view(reads, _selected_version(rows[0]), context), None)
+            return Resolution(self._version_view(reads, selected, context), None)
         index = selected_index(context, ref, "link")
         linked = reads.linked_version(context.row.id, index)
         if linked is None:
@@ -154,6 +151,18 @@ class Resolver:
             manifest = tuple(reads.manifest(row.id))
             self.manifests.put(row.uid, manifest)
         return build_version_view(row, context, manifest)
+
+
+def context_and_selected_version(
+    reads: ResolveReads, ref: Reference
+) -> tuple[CollectionContext | None, SimpleNamespace | None]:
+    """The collection ``ref`` names with its aliases and latest index (None if there is none), and the
+    committed version its selector picks in an artifact (None if there is none): one statement."""
+    # Past the largest index there is no version; selected_index says so in words.
+    wanted = ref.index if ref.index is None or ref.index <= MAX_INDEX else -1
+    rows = reads.context_and_version_by_name(ref.collection, wanted, ref.alias)
+    selected = _selected_version(rows[0]) if rows and rows[0].v_id is not None else None
+    return context_of_rows(rows), selected
 
 
 def _selected_version(row: Row[Any]) -> SimpleNamespace:
