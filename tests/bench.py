@@ -4,8 +4,9 @@ Every figure comes with a baseline measured in the same run on the same machine,
 ratio to it, because absolute numbers on a shared machine mean little.
 
 metadata: commits/s with 1 and 16 concurrent clients on one artifact, and reference
-resolutions/s with p50/p99 latency, on SQLite and PostgreSQL; the baseline is a gRPC
-health check round trip to the same server (the cost of the transport alone).
+resolutions/s with p50/p99 latency (also while another client commits 10 versions/s, which
+keeps the service from answering from its last answers), on SQLite and PostgreSQL; the
+baseline is a gRPC health check round trip to the same server (the cost of the transport alone).
 
 metadata_auth: the same resolve and commit figures on SQLite with authentication on (a
 writer token on every call), beside the same run's figures with it off.
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,15 @@ def measure_metadata(
     )
     results["bare_stub_resolves_per_s"] = round(bare_rate, 1)
     results["bare_stub_resolve_p99_ms"] = round(1000 * percentile(bare_latencies, 0.99), 2)
+    # The same resolves while another client commits 10 versions/s: each commit moves the event
+    # counter, so the service answers afresh from the database instead of from its last answers.
+    writing = threading.Event()
+    written = commit_while(commit_to(f"{artifact}-writes"), writing, per_second=10)
+    written_rate, written_latencies = timed_calls(lambda i: registry.resolve(references[i % len(references)]), 1000, 1)
+    writing.set()
+    results["resolves_per_s_with_10_commits_per_s"] = round(written_rate, 1)
+    results["resolve_p99_ms_with_10_commits_per_s"] = round(1000 * percentile(written_latencies, 0.99), 2)
+    results["commits_during_resolves"] = written.result()
 
     # Promotion: one client moving an alias back and forth between two versions.
     def move_alias(i: int) -> None:
@@ -158,13 +168,31 @@ def measure_metadata(
         baseline, _ = timed_calls(lambda i: health.Check(health_pb2.HealthCheckRequest()), 2000, 1)
     results["baseline_grpc_roundtrips_per_s"] = round(baseline, 1)
     results["resolve_to_roundtrip_ratio"] = round(rate / baseline, 3)
+    results["resolve_with_10_commits_per_s_to_roundtrip_ratio"] = round(written_rate / baseline, 3)
     results["bare_stub_resolve_to_roundtrip_ratio"] = round(bare_rate / baseline, 3)
     log(
         f"  {label}: {results['resolves_per_s']:.0f} resolves/s (p99 {results['resolve_p99_ms']} ms), "
-        f"{bare_rate:.0f}/s from a bare stub; bare gRPC {baseline:.0f}/s; {alias_rate:.0f} alias moves/s"
+        f"{bare_rate:.0f}/s from a bare stub, {written_rate:.0f}/s while another client commits 10/s; "
+        f"bare gRPC {baseline:.0f}/s; {alias_rate:.0f} alias moves/s"
     )
     registry.close()
     return results
+
+
+def commit_while(commit: Callable[[int], Any], stop: threading.Event, per_second: float) -> Future[int]:
+    """Calls ``commit`` ``per_second`` times a second on a thread of its own until ``stop``; the future counts them."""
+
+    def steadily() -> int:
+        count = 0
+        while not stop.wait(1 / per_second):
+            commit(count)
+            count += 1
+        return count
+
+    pool = ThreadPoolExecutor(1)
+    committed = pool.submit(steadily)
+    pool.shutdown(wait=False)
+    return committed
 
 
 def bench_metadata(work: Path, commits: int) -> dict[str, Any]:
@@ -391,22 +419,17 @@ def measure_with_active_watches(
         except grpc.RpcError:
             pass  # cancelled at the end
 
-    def commit_steadily() -> int:
-        commits = 0
-        while not stop.wait(1 / commits_per_s):
-            (model / "step.txt").write_text(str(commits))
-            registry.push(model, "active")
-            commits += 1
-        return commits
+    def push_step(step: int) -> None:
+        (model / "step.txt").write_text(str(step))
+        registry.push(model, "active")
 
     drainers = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(watches))]
     for thread in drainers:
         thread.start()
-    with ThreadPoolExecutor(1) as writer:
-        committed = writer.submit(commit_steadily)
-        figures: dict[str, Any] = dict(measure(f"{len(watches)} Watch streams receiving {commits_per_s:.0f} commits/s"))
-        stop.set()
-        figures["commits_during_measurement"] = committed.result()
+    committed = commit_while(push_step, stop, commits_per_s)
+    figures: dict[str, Any] = dict(measure(f"{len(watches)} Watch streams receiving {commits_per_s:.0f} commits/s"))
+    stop.set()
+    figures["commits_during_measurement"] = committed.result()
     figures["events_delivered"] = sum(delivered)
     return figures
 
