@@ -330,12 +330,7 @@ class Registry:
         struct = _struct(metadata)
         root = Path(directory)
         local = self._hash_directory(root, hash_progress)
-        pending = self._call(
-            self.metadata.CreateVersion,
-            pb.CreateVersionRequest(parent=ref, type=type, description=description, tags=list(tags), metadata=struct),
-        ).version
         request = pb.CommitVersionRequest(
-            uid=pending.uid,
             manifest=[
                 pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
                 for f in local
@@ -344,9 +339,29 @@ class Registry:
             links=[pb.LinkTarget(registered_model=m) for m in link_to],
             run=run,
         )
+        missing: set[tuple[str, int]] | None = self.transfer.find_missing(
+            sorted({(f.sha256, f.size_bytes) for f in local})
+        )
+        if missing:
+            # Content to upload: a pending version first, so what the service refuses (another type, a
+            # registered model's name) is refused before any byte is sent.
+            request.uid = self._call(
+                self.metadata.CreateVersion,
+                pb.CreateVersionRequest(
+                    parent=ref, type=type, description=description, tags=list(tags), metadata=struct
+                ),
+            ).version.uid
+        else:
+            # Everything is stored already: the version is created and committed in one call.
+            request.new_version.CopyFrom(
+                pb.CommitVersionRequest.NewVersion(
+                    parent=ref, type=type, description=description, tags=list(tags), metadata=struct
+                )
+            )
         uploaded = 0
         for attempt in range(COMMIT_ATTEMPTS):
-            uploaded += self._upload_missing(local, progress)
+            uploaded += self._upload_missing(local, progress, missing)
+            missing = None  # a retry asks again: a sweep may have taken content since
             try:
                 response = self._call(self.metadata.CommitVersion, request)
                 break
@@ -400,9 +415,16 @@ class Registry:
         if run:
             references.check_collection(run, self.entity, self.project, "run")
 
-    def _upload_missing(self, local: Sequence[LocalFile], progress: Callable[[int], ProgressCallback] | None) -> int:
+    def _upload_missing(
+        self,
+        local: Sequence[LocalFile],
+        progress: Callable[[int], ProgressCallback] | None,
+        missing: set[tuple[str, int]] | None = None,
+    ) -> int:
+        """Uploads the files whose content the blob service lacks (``missing``, or asked now if None)."""
         content = {(f.sha256, f.size_bytes): f.size_bytes for f in local}
-        missing = self.transfer.find_missing(sorted(content))
+        if missing is None:
+            missing = self.transfer.find_missing(sorted(content))
         to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
         total = sum(size for key, size in content.items() if key in missing)
         try:

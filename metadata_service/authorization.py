@@ -50,8 +50,8 @@ R, W, M, A = Role.READER, Role.WRITER, Role.MAINTAINER, Role.ADMIN
 RULES: dict[str, Rule] = {
     # mreg.metadata.v1.MetadataService
     "CreateVersion": Rule(W, ("parent",)),
-    # The pending version's project is checked by the domain (the request names only its uid).
-    "CommitVersion": Rule(W, ("links.registered_model",)),
+    # A pending version's project is checked by the domain (the request names only its uid).
+    "CommitVersion": Rule(W, ("new_version.parent", "links.registered_model")),
     "GetVersion": Rule(R, ("name",)),
     "ResolveReference": Rule(R, ("name",)),
     "UpdateVersion": Rule(W, ("name",)),

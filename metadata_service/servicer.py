@@ -270,15 +270,34 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def CommitVersion(
         self, request: pb.CommitVersionRequest, context: grpc.ServicerContext
     ) -> pb.CommitVersionResponse:
-        result = self.catalog.versions.commit(
-            caller_of(context),
-            request.uid,
-            [_file_entry(e) for e in request.manifest],
-            aliases=list(request.aliases),
-            links=[LinkRequest(t.registered_model, tuple(t.aliases)) for t in request.links],
-            run=request.run,
-            request_id=request.request_id,
-        )
+        commit_arguments: dict[str, Any] = {
+            "aliases": list(request.aliases),
+            "links": [LinkRequest(t.registered_model, tuple(t.aliases)) for t in request.links],
+            "run": request.run,
+            "request_id": request.request_id,
+        }
+        entries = [_file_entry(e) for e in request.manifest]
+        if request.HasField("new_version") == bool(request.uid):
+            raise InvalidArgument(
+                "set exactly one of uid (a pending version to commit) and new_version (a version to create "
+                "and commit in this call)",
+                Reason.FIELD_INVALID,
+                {"field": "uid"},
+            )
+        if request.HasField("new_version"):
+            new = request.new_version
+            result = self.catalog.versions.create_and_commit(
+                caller_of(context),
+                new.parent,
+                new.type,
+                entries,
+                description=new.description,
+                tags=list(new.tags),
+                metadata=_dict(new.metadata),
+                **commit_arguments,
+            )
+        else:
+            result = self.catalog.versions.commit(caller_of(context), request.uid, entries, **commit_arguments)
         response = pb.CommitVersionResponse(
             version=version_pb(result.version),
             created=result.created,

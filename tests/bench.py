@@ -3,7 +3,8 @@
 Every figure comes with a baseline measured in the same run on the same machine, and a
 ratio to it, because absolute numbers on a shared machine mean little.
 
-metadata: commits/s with 1 and 16 concurrent clients on one artifact, and reference
+metadata: commits/s with 1 and 16 concurrent clients on one artifact (CreateVersion then
+CommitVersion, and the same in one CommitVersion with new_version), and reference
 resolutions/s with p50/p99 latency (also while another client commits 10 versions/s, which
 keeps the service from answering from its last answers), on SQLite and PostgreSQL; the
 baseline is a gRPC health check round trip to the same server (the cost of the transport alone).
@@ -117,16 +118,34 @@ def measure_metadata(
 
         return commit
 
+    def commit_in_one_call_to(artifact: str) -> Callable[[int], Any]:
+        """The same version created and committed by one CommitVersion (new_version), as a push whose
+        content is all stored already does."""
+
+        def commit(i: int) -> None:
+            request = pb.CommitVersionRequest(
+                new_version=pb.CommitVersionRequest.NewVersion(parent=artifact, type="model"),
+                manifest=[pb.ManifestEntry(path=f"step-{i}/weights.bin", digest=digest)],
+            )
+            request.new_version.metadata.update({"step": i})
+            registry._call(registry.metadata.CommitVersion, request)
+
+        return commit
+
     results: dict[str, Any] = {}
     artifact = ""
     for count in clients:
-        artifact = f"{label.split(',')[0]}-{count}-{uuid.uuid4().hex[:6]}"
-        rate, latencies = timed_calls(commit_to(artifact), commits, count)
-        last = registry.resolve(artifact).version.index
-        assert last == commits - 1, f"expected v{commits - 1}, got v{last}"
-        results[f"commits_per_s_{count}_clients"] = round(rate, 1)
-        results[f"commit_p50_ms_{count}_clients"] = round(1000 * statistics.median(latencies), 2)
-        log(f"  {label}: {rate:.0f} commits/s with {count} clients")
+        for way, committer in (("", commit_to), ("one_call_", commit_in_one_call_to)):
+            artifact = f"{label.split(',')[0]}-{way}{count}-{uuid.uuid4().hex[:6]}"
+            rate, latencies = timed_calls(committer(artifact), commits, count)
+            last = registry.resolve(artifact).version.index
+            assert last == commits - 1, f"expected v{commits - 1}, got v{last}"
+            results[f"{way}commits_per_s_{count}_clients"] = round(rate, 1)
+            results[f"{way}commit_p50_ms_{count}_clients"] = round(1000 * statistics.median(latencies), 2)
+            log(f"  {label}: {rate:.0f} commits/s with {count} clients{' in one call' if way else ''}")
+        results[f"one_call_to_two_calls_commit_ratio_{count}_clients"] = round(
+            results[f"one_call_commits_per_s_{count}_clients"] / results[f"commits_per_s_{count}_clients"], 3
+        )
 
     references = [f"{artifact}:v{i % commits}" for i in range(50)] + [artifact]
     timed_calls(lambda i: registry.resolve(references[i % len(references)]), 200, 1)  # warm up

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,11 +56,11 @@ from mreg.metadata_service.domain import (
     VersionView,
 )
 from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound, Reason
-from mreg.metadata_service.manifest import FileEntry, build_manifest
+from mreg.metadata_service.manifest import FileEntry, Manifest, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
-from mreg.metadata_service.repository import ResolveReads
+from mreg.metadata_service.repository import Repository, ResolveReads
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 from mreg.server_runtime.principals import Role
 
@@ -75,6 +75,32 @@ MAX_FILE_PAGE_SIZE = 10_000
 class LinkRequest:
     registered_model: str
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _CommitPlan:
+    """What a commit was asked for, checked, and the GC epoch its content check was made under."""
+
+    manifest: Manifest
+    digest: str
+    aliases: list[str]
+    link_targets: tuple[tuple[CollectionName, list[str]], ...]
+    run: str | None
+    gc_epoch: int = 0
+    fresh_epoch: bool = True
+
+    def committed_columns(self, committed_at: datetime | None = None) -> dict[str, Any]:
+        """The columns a commit fills in on its version, besides its index and state."""
+        return {
+            "digest": self.digest,
+            "size_bytes": self.manifest.size_bytes,
+            "file_count": len(self.manifest.entries),
+            "committed_at": committed_at or utcnow(),
+            "producer_run": self.run,
+        }
+
+    def refuse_collected_content(self, repo: Repository) -> None:
+        garbage.refuse_collected_content(repo, self.manifest.entries, self.gc_epoch, fresh=self.fresh_epoch)
 
 
 class Versions:
@@ -146,23 +172,9 @@ class Versions:
         Content identical to the latest version's commits nothing new: the pending version
         is dropped and the result names the latest.
         """
-        manifest = build_manifest(entries)
-        digest = manifest.digest  # hashes the canonical form of every entry: once
-        clean_aliases = validate_aliases(aliases)
-        link_targets = [
-            (
-                parse_collection(link.registered_model, caller.defaults, "registered model"),
-                validate_aliases(link.aliases),
-            )
-            for link in links
-        ]
-        run_name = str(parse_collection(run, caller.defaults, "run")) if run else None
-        # Read before asking the blob service, so the transaction below can tell whether a
-        # sweep deleted any of this content after the blob service said it was there.
-        gc_epoch, fresh_epoch = self.gc_epochs.recent() if manifest.entries else (0, True)
-        self._require_content(manifest.entries)
+        plan = self._plan_commit(caller, entries, aliases, links, run)
 
-        def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
+        def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
             repo = uow.repo
             locked = repo.lock_version_for_commit(uid)
             if locked is None:
@@ -174,41 +186,131 @@ class Versions:
             version, artifact, latest_digest = locked
             owner = repo.collection_full_name(artifact)
             caller.require(Role.WRITER, owner.entity, owner.project)
-            created = False
             if version.state == VersionState.COMMITTED.value:
-                if version.digest != digest:
+                if version.digest != plan.digest:
                     raise FailedPrecondition(
                         f"version {uid} is already committed with a different manifest; versions are immutable",
                         reason=Reason.VERSION_ALREADY_COMMITTED,
                     )
-                target = version
-            elif version.state == VersionState.DELETED.value:
+                return version, artifact, False
+            if version.state == VersionState.DELETED.value:
                 raise FailedPrecondition(f"version {uid} was deleted", reason=Reason.VERSION_ALREADY_COMMITTED)
-            else:
-                if version.created_at < utcnow() - self.pending_ttl:
-                    raise NotFound(
-                        f"pending version {uid} has expired; create a new one",
-                        Reason.PENDING_VERSION_NOT_FOUND,
-                        {"resource": uid},
-                    )
-                latest = repo.latest_version(artifact.id) if latest_digest == digest else None
-                if latest is not None:
-                    # Same content as latest: no new version, the pending one is dropped.
-                    repo.delete_pending_version(version)
-                    target = latest
-                else:
-                    garbage.refuse_collected_content(repo, manifest.entries, gc_epoch, fresh=fresh_epoch)
-                    repo.mark_version_committed(
-                        version,
-                        index=repo.allocate_index(artifact),
-                        digest=digest,
-                        size_bytes=manifest.size_bytes,
-                        file_count=len(manifest.entries),
-                        committed_at=utcnow(),
-                        producer_run=run_name,
-                    )
-                    repo.add_manifest(version.id, manifest.entries)
-                    target, created = version, True
+            if version.created_at < utcnow() - self.pending_ttl:
+                raise NotFound(
+                    f"pending version {uid} has expired; create a new one",
+                    Reason.PENDING_VERSION_NOT_FOUND,
+                    {"resource": uid},
+                )
+            latest = repo.latest_version(artifact.id) if latest_digest == plan.digest else None
+            if latest is not None:
+                # Same content as latest: no new version, the pending one is dropped.
+                repo.delete_pending_version(version)
+                return latest, artifact, False
+            plan.refuse_collected_content(repo)
+            repo.mark_version_committed(version, index=repo.allocate_index(artifact), **plan.committed_columns())
+            repo.add_manifest(version.id, plan.manifest.entries)
+            return version, artifact, True
+
+        return self._run_commit(caller, plan, (uid,), locate, request_id)
+
+    def create_and_commit(
+        self,
+        caller: Caller,
+        artifact: str,
+        type_: str,
+        entries: Sequence[FileEntry],
+        description: str = "",
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        aliases: Sequence[str] = (),
+        links: Sequence[LinkRequest] = (),
+        run: str = "",
+        request_id: str = "",
+    ) -> CommitResult:
+        """Creates a version of ``artifact`` and commits it in one transaction, with no pending version.
+
+        For content the blob service already holds: it saves a pending version's round trip
+        and transaction. Content identical to the latest version's commits nothing new and
+        the result names the latest, which keeps its own description, tags and metadata.
+        """
+        name = parse_collection(artifact, caller.defaults, "artifact")
+        validate_type(type_)
+        clean_tags = validate_tags(tags)
+        clean_metadata = validate_metadata(metadata or {})
+        plan = self._plan_commit(caller, entries, aliases, links, run)
+
+        def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
+            repo = uow.repo
+            caller.require(Role.WRITER, name.entity, name.project)
+            row = _ensure_artifact(uow, name, type_, lock=True)
+            latest = repo.latest_version(row.id) if row.next_index > 0 else None
+            if latest is not None and latest.digest == plan.digest:
+                return latest, row, False
+            plan.refuse_collected_content(repo)
+            now = utcnow()
+            version = repo.add_version(
+                Version(
+                    uid=uuid.uuid4().hex,
+                    artifact_id=row.id,
+                    index=repo.allocate_index(row),
+                    state=VersionState.COMMITTED.value,
+                    description=description,
+                    tags=clean_tags,
+                    metadata_doc=clean_metadata,
+                    created_at=now,
+                    **plan.committed_columns(now),
+                )
+            )
+            repo.add_manifest(version.id, plan.manifest.entries)
+            return version, row, True
+
+        arguments = ("new", str(name), type_, description, clean_tags, clean_metadata)
+        return self._run_commit(caller, plan, arguments, locate, request_id)
+
+    def _plan_commit(
+        self,
+        caller: Caller,
+        entries: Sequence[FileEntry],
+        aliases: Sequence[str],
+        links: Sequence[LinkRequest],
+        run: str,
+    ) -> _CommitPlan:
+        """Checks what a commit asks for, before any transaction, and that the blob service holds its content."""
+        manifest = build_manifest(entries)
+        link_targets = tuple(
+            (
+                parse_collection(link.registered_model, caller.defaults, "registered model"),
+                validate_aliases(link.aliases),
+            )
+            for link in links
+        )
+        plan = _CommitPlan(
+            manifest=manifest,
+            digest=manifest.digest,  # hashes the canonical form of every entry: once
+            aliases=validate_aliases(aliases),
+            link_targets=link_targets,
+            run=str(parse_collection(run, caller.defaults, "run")) if run else None,
+        )
+        # Read before asking the blob service, so the transaction can tell whether a
+        # sweep deleted any of this content after the blob service said it was there.
+        plan.gc_epoch, plan.fresh_epoch = self.gc_epochs.recent() if manifest.entries else (0, True)
+        self._require_content(manifest.entries)
+        return plan
+
+    def _run_commit(
+        self,
+        caller: Caller,
+        plan: _CommitPlan,
+        version_arguments: tuple[Any, ...],
+        locate: Callable[[UnitOfWork], tuple[Version, Collection, bool]],
+        request_id: str,
+    ) -> CommitResult:
+        """Runs a commit's transaction: ``locate`` finds or makes the committed version, and the
+        events, aliases, links and retention policy follow in the same transaction."""
+
+        def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
+            repo = uow.repo
+            target, artifact, created = locate(uow)
             assert target.index is not None
             collection_name = repo.collection_full_name(artifact)
             if created and target.index == 0:
@@ -224,13 +326,14 @@ class Versions:
                         "digest": target.digest,
                         "size_bytes": target.size_bytes,
                         "file_count": target.file_count,
-                        "run": run_name,
+                        "run": plan.run,
                     },
                 )
-            for alias in clean_aliases:
+            for alias in plan.aliases:
                 move_alias(uow, caller, artifact, collection_name, alias, target.index)
             linked = [
-                link_version(uow, caller, target, artifact, rm_name, rm_aliases) for rm_name, rm_aliases in link_targets
+                link_version(uow, caller, target, artifact, rm_name, rm_aliases)
+                for rm_name, rm_aliases in plan.link_targets
             ]
             link_views = tuple(view for view, _, _ in linked)
             retention_deleted: tuple[int, ...] = ()
@@ -239,9 +342,9 @@ class Versions:
             if created:
                 # Nothing needs reading back: the new version is the latest, the only aliases naming it
                 # are the ones this commit just moved, and its manifest is the one in hand (sorted as stored).
-                moved = {alias: target.index for alias in clean_aliases}
+                moved = {alias: target.index for alias in plan.aliases}
                 view = build_version_view(
-                    target, CollectionContext(artifact, collection_name, moved, target.index), manifest.entries
+                    target, CollectionContext(artifact, collection_name, moved, target.index), plan.manifest.entries
                 )
             else:
                 view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
@@ -260,12 +363,13 @@ class Versions:
             links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
             return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 
-        arguments = (uid, digest, clean_aliases, [(str(n), a) for n, a in link_targets], run_name)
+        links = [(str(n), a) for n, a in plan.link_targets]
+        arguments = (*version_arguments, plan.digest, plan.aliases, links, plan.run)
         try:
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
         except garbage.StaleEpoch:
-            gc_epoch, fresh_epoch = self.gc_epochs.fresh(), True
-            self._require_content(manifest.entries)
+            plan.gc_epoch, plan.fresh_epoch = self.gc_epochs.fresh(), True
+            self._require_content(plan.manifest.entries)
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
 
     def _require_content(self, entries: Sequence[FileEntry]) -> None:
@@ -384,14 +488,15 @@ class Versions:
         return count
 
 
-def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str) -> Collection:
-    row = uow.repo.find_collection(name)
+def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str, *, lock: bool = False) -> Collection:
+    """The artifact ``name``, created on first use; ``lock`` takes its row lock, as a commit must."""
+    row = uow.repo.find_collection(name, for_update=lock)
     if row is None:
         # The artifact stays invisible (is_unborn) until its first version commits,
         # so a push that never commits leaves nothing behind.
         project = uow.repo.ensure_project(name.project_name)
         row = uow.repo.create_collection(project, name.name, CollectionKind.ARTIFACT, type_, "")
-        row = row or uow.repo.find_collection(name)
+        row = row or uow.repo.find_collection(name, for_update=lock)
     assert row is not None
     require_kind(row, name, CollectionKind.ARTIFACT)
     if row.type != type_ and is_unborn(row) and not uow.repo.has_pending_versions(row.id):

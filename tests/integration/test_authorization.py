@@ -272,6 +272,29 @@ def test_a_role_applies_only_within_its_scope(secured: Any, role_tokens) -> None
         assert _error_info(error).metadata["scope"] == "acme/secure"
 
 
+def test_a_version_created_in_its_commit_needs_a_writer_of_its_own_project(secured: Any, role_tokens) -> None:
+    content = b"committed in one call " + uuid.uuid4().bytes
+    digest = digest_of(content)
+    request = pb.CommitVersionRequest(
+        new_version=pb.CommitVersionRequest.NewVersion(parent=f"{ARTIFACT}-one-call", type="model"),
+        manifest=[pb.ManifestEntry(path="f", digest=digest)],
+    )
+    with secured.channel(secured.blob.address, role_tokens["writer"]) as channel:
+        blob_grpc.BlobServiceStub(channel).BatchUpdateBlobs(
+            blob_pb.BatchUpdateBlobsRequest(
+                requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=content)]
+            )
+        )
+    commit = _unary(pb_grpc.MetadataServiceStub, "CommitVersion", request)
+    service = "mreg.metadata.v1.MetadataService"
+
+    code, error = _outcome(secured, role_tokens["outsider"], service, commit)
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert _error_info(error).metadata["scope"] == "acme/secure"
+    assert _outcome(secured, role_tokens["reader"], service, commit)[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert _outcome(secured, role_tokens["writer"], service, commit)[0] == grpc.StatusCode.OK
+
+
 def test_a_bad_or_malformed_token_is_unauthenticated_and_never_echoed(secured: Any) -> None:
     for token, reason in (("mreg_not-a-real-token", "TOKEN_INVALID"), ("", "TOKEN_MISSING")):
         for service in ("mreg.metadata.v1.MetadataService", "mreg.blob.v1.BlobService"):

@@ -500,16 +500,16 @@ await step("manifest digest: server == canonical form computed in Node", () => {
   return expected;
 });
 
-await step("second version (CommitVersion with a different manifest)", async () => {
-  const created = await call("CreateVersion", { parent: "resnet", type: "model", request_id: randomUUID() });
+await step("second version in one call (CommitVersion with new_version, content already stored)", async () => {
   const f = files["config.json"];
   const response = await call("CommitVersion", {
-    uid: created.version.uid,
+    new_version: { parent: "resnet", type: "model", tags: ["one-call"] },
     manifest: [{ path: f.path, digest: digestOf(f) }],
     request_id: randomUUID(),
   });
   version2 = response.version;
-  checkEqual(version2.index, 1, "index");
+  checkEqual(response.created, true, "created");
+  checkEqual([version2.index, version2.state, [...version2.tags]], [1, "VERSION_STATE_COMMITTED", ["one-call"]], "index, state, tags");
   checkEqual(version2.digest, sha256(canonicalManifest([{ path: f.path, hash: f.hash, size: f.size }])), "digest");
   return version2.name;
 });
