@@ -124,6 +124,8 @@ class PendingEvent:
     resource: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    # The collection whose resolves it can change; None for one that changes none (a run's inputs).
+    collection_id: int | None
 
 
 @dataclass(frozen=True, slots=True)

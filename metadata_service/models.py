@@ -165,6 +165,7 @@ class EventCounter(Base):
 
 class Event(Base):
     __tablename__ = "events"
+    __table_args__ = (Index("ix_events_collection_sequence", "collection_id", "sequence"),)
 
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(64))
@@ -173,6 +174,9 @@ class Event(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     actor: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # The collection the event changed (None for a run's inputs); no foreign key, as a deleted
+    # collection's events stay in the log.
+    collection_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RunInput(Base):

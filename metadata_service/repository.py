@@ -172,9 +172,10 @@ _APPEND_EVENTS_POSTGRESQL = text(
     ), notified AS (
         SELECT pg_notify('{EVENTS_CHANNEL}', '')
     )
-    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at)
+    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at, collection_id)
     SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
-           e.event -> 'before', e.event -> 'after', :actor, :created_at
+           e.event -> 'before', e.event -> 'after', :actor, :created_at,
+           CAST(e.event ->> 'collection_id' AS integer)
     FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
     """
 )
@@ -759,7 +760,16 @@ class Repository:
             # One round trip takes the counter row's lock and the sequence numbers, inserts the
             # events and queues the notification that every replica LISTENing (db.follow_commits)
             # gets at commit, so their Watch streams see the events now rather than at their next poll.
-            described = [{"kind": e.kind, "resource": e.resource, "before": e.before, "after": e.after} for e in events]
+            described = [
+                {
+                    "kind": e.kind,
+                    "resource": e.resource,
+                    "before": e.before,
+                    "after": e.after,
+                    "collection_id": e.collection_id,
+                }
+                for e in events
+            ]
             appended = {"count": len(events), "events": json.dumps(described), "actor": actor, "created_at": now}
             self.session.execute(_APPEND_EVENTS_POSTGRESQL, appended)
             return
@@ -777,6 +787,7 @@ class Repository:
                     "after": e.after,
                     "actor": actor,
                     "created_at": now,
+                    "collection_id": e.collection_id,
                 }
                 for i, e in enumerate(events)
             ],
@@ -1139,6 +1150,25 @@ _MANIFEST_ROWS = select(
 ).where(ManifestEntry.version_id == bindparam("version_id"))
 
 _LAST_EVENT_SEQUENCE = select(_table(EventCounter).c.last_sequence).where(_table(EventCounter).c.id == 1)
+
+
+def _last_event_of(collection_id: Any) -> Any:
+    """The sequence of the last event that changed a collection (NULL if none): one step down an index."""
+    events = _table(Event)
+    return (
+        select(events.c.sequence)
+        .where(events.c.collection_id == collection_id)
+        .order_by(events.c.sequence.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+_LAST_EVENTS = select(
+    _LAST_EVENT_SEQUENCE.scalar_subquery().label("last"),
+    _last_event_of(bindparam("first")).label("first"),
+    _last_event_of(bindparam("second")).label("second"),
+)
 _GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
 
 
@@ -1176,6 +1206,12 @@ class ResolveReads:
     def last_event_sequence(self) -> int:
         """The event log's last sequence number: it moves with every transaction that changes what a resolve shows."""
         return int(self.connection.execute(_LAST_EVENT_SEQUENCE).scalar_one())
+
+    def last_events(self, collection_ids: tuple[int, int]) -> tuple[int, int]:
+        """The event log's last sequence number, and that of the last event which changed either of two
+        collections (0 if none did), read together in one statement."""
+        row = self.connection.execute(_LAST_EVENTS, {"first": collection_ids[0], "second": collection_ids[1]}).one()
+        return int(row.last), max(row.first or 0, row.second or 0)
 
     def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
         """A collection with its latest index, one row per alias; empty if there is no such collection."""

@@ -51,9 +51,17 @@ class UnitOfWork:
         return self
 
     def record(
-        self, kind: str, resource: str, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None
+        self,
+        kind: str,
+        resource: str,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        *,
+        collection_id: int | None,
     ) -> None:
-        self.events.append(PendingEvent(kind, resource, before, after))
+        """Describes a change; ``collection_id`` names the collection whose resolves it can change (a resolve
+        answered from memory is checked against its collections' events), None only if it changes none."""
+        self.events.append(PendingEvent(kind, resource, before, after, collection_id))
 
     def commit(self) -> None:
         if self.events:

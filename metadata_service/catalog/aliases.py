@@ -61,7 +61,7 @@ def move_alias(
         uow.repo.replace_alias(collection.id, alias, index, previous)
     if previous != index:
         before = None if previous is None else {"index": previous}
-        uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index})
+        uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index}, collection_id=collection.id)
     return previous
 
 
@@ -72,7 +72,7 @@ def remove_alias(
     require_alias_rights(caller, collection, name, alias)
     previous = uow.repo.delete_alias(collection.id, alias)
     if previous is not None:
-        uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous})
+        uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous}, collection_id=collection.id)
     return previous
 
 
@@ -177,7 +177,11 @@ class Aliases:
             current = current | {alias} if protected else current - {alias}
             row.protected_aliases = sorted(current)
             if changed:
-                uow.record("alias.protected" if protected else "alias.unprotected", f"{name}:{alias}")
+                uow.record(
+                    "alias.protected" if protected else "alias.unprotected",
+                    f"{name}:{alias}",
+                    collection_id=row.id,
+                )
             return tuple(sorted(current)), {"protected": sorted(current)}
 
         arguments = (str(name), alias, protected)

@@ -110,7 +110,12 @@ class Collections:
                     f"{kind} {parsed} already exists", Reason.COLLECTION_EXISTS, {"resource": str(parsed)}
                 )
             row.tags = clean_tags
-            uow.record("collection.created", str(parsed), after={"kind": "registered_model", "type": type_})
+            uow.record(
+                "collection.created",
+                str(parsed),
+                after={"kind": "registered_model", "type": type_},
+                collection_id=row.id,
+            )
             return collection_view_of(uow.repo, row), {"id": row.id}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> CollectionView:
@@ -134,7 +139,9 @@ class Collections:
                     metadata={"resource": str(parsed)},
                 )
             uow.repo.delete_collection(row)
-            uow.record("collection.deleted", str(parsed), before={"kind": kind.value, "type": row.type})
+            uow.record(
+                "collection.deleted", str(parsed), before={"kind": kind.value, "type": row.type}, collection_id=row.id
+            )
             return None, {}
 
         self.mutations.run(caller, "DeleteCollection", request_id, (str(parsed),), work, lambda uow, key: None)

@@ -208,4 +208,9 @@ def resolve_version_row(repo: Repository, ref: Reference) -> tuple[Version, Coll
 def tombstone(uow: UnitOfWork, version: Version, resource: str) -> None:
     """Deletes a committed version (its row stays, marked deleted) and records the event."""
     uow.repo.mark_version_deleted(version)
-    uow.record("version.deleted", resource, before={"index": version.index, "digest": version.digest})
+    uow.record(
+        "version.deleted",
+        resource,
+        before={"index": version.index, "digest": version.digest},
+        collection_id=version.artifact_id,
+    )

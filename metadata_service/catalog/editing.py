@@ -77,6 +77,7 @@ class Edits:
                     f"{context.name}:v{version.index}",
                     before={key: before[key] for key in changed},
                     after={key: after[key] for key in changed},
+                    collection_id=artifact.id,
                 )
             return version_view(uow.repo, version, context, with_manifest=False), {"uid": version.uid}
 
@@ -117,6 +118,7 @@ class Edits:
                     str(parsed),
                     before={key: before[key] for key in changed},
                     after={key: after[key] for key in changed},
+                    collection_id=row.id,
                 )
             return collection_view_of(uow.repo, row), {"id": row.id}
 

@@ -37,7 +37,8 @@ class RunLineage:
                 version, artifact = resolve_version_row(uow.repo, ref)
                 uow.repo.add_run_input(run_name, version.id)
                 recorded.append(f"{uow.repo.collection_full_name(artifact)}:v{version.index}")
-            uow.record("run.inputs", run_name, after={"versions": recorded})
+            # A run's inputs are lineage, which no resolve shows.
+            uow.record("run.inputs", run_name, after={"versions": recorded}, collection_id=None)
             return tuple(recorded), {"versions": recorded}
 
         arguments = (run_name, [str(r) for r in refs])

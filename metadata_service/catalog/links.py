@@ -52,7 +52,12 @@ def link_version(
             Link(registered_model_id=rm.id, index=repo.allocate_index(rm), version_id=version.id, created_at=utcnow())
         )
         source = f"{repo.collection_full_name(artifact)}:v{version.index}"
-        uow.record("link.created", f"{rm_name}:v{link.index}", after={"index": link.index, "version": source})
+        uow.record(
+            "link.created",
+            f"{rm_name}:v{link.index}",
+            after={"index": link.index, "version": source},
+            collection_id=rm.id,
+        )
     for alias in aliases:
         move_alias(uow, caller, rm, rm_name, alias, link.index)
     _, view = link_view(repo, link, collection_context(repo, rm), with_manifest=False)
@@ -64,10 +69,10 @@ def unlink(uow: UnitOfWork, link: Link, link_name: str) -> None:
     rm = uow.repo.get_collection(link.registered_model_id)
     rm_name = uow.repo.collection_full_name(rm)
     for alias in uow.repo.delete_aliases_at(rm.id, link.index):
-        uow.record("alias.deleted", f"{rm_name}:{alias}", before={"index": link.index})
+        uow.record("alias.deleted", f"{rm_name}:{alias}", before={"index": link.index}, collection_id=rm.id)
     version = uow.repo.get_version(link.version_id)
     uow.repo.delete_link(link)
-    uow.record("link.deleted", link_name, before={"index": link.index, "version_uid": version.uid})
+    uow.record("link.deleted", link_name, before={"index": link.index, "version_uid": version.uid}, collection_id=rm.id)
 
 
 class Links:

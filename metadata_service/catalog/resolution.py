@@ -2,18 +2,23 @@
 
 A resolve is never staler than its own transaction, on any replica. Every change a resolve
 could show (an alias, latest, a version's state, metadata or tags, a link) is made by a
-transaction that appends to the event log, and the log's counter row is committed with it.
-So a resolve first reads that counter: if it has not moved since this process resolved
-the same reference, nothing has changed anywhere and the earlier answer stands; otherwise
-it reads the collection, its aliases and latest index and the version row again. A
-committed version's manifest is kept apart, by the version's uid (never reused): a
-version's files never change once it commits.
+transaction that appends to the event log an event naming the collection it changed, and
+the log's counter row, which orders the events as their transactions commit, is committed
+with it. An answer is kept with the counter as it was read before resolving, and the
+collections it was read from: the reference's own, and for a registered model's link the
+linked version's artifact. A later resolve of the same reference reads the last event of
+those two collections: if none came after the kept counter, nothing the answer shows has
+changed, wherever the change was made, and the answer stands; otherwise it reads the
+collection, its aliases and latest index and the version row again. Changes to other
+collections leave the answer alone. A committed version's manifest is kept apart, by the
+version's uid (never reused): a version's files never change once it commits.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,35 +83,43 @@ class ManifestCache:
                 self._held -= len(evicted)
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """A resolve's answer, the event sequence read before it was resolved, and the collections it was read
+    from (the reference's own twice for an artifact; a registered model and its linked version's artifact)."""
+
+    sequence: int
+    collection_ids: tuple[int, int]
+    resolution: Resolution
+
+
 class ResolutionCache:
-    """Answers by reference, each with the event sequence read before it was resolved; least recently used
-    first out."""
+    """Answers by reference; least recently used first out."""
 
     def __init__(self, max_entries: int = DEFAULT_RESOLUTION_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._answers: OrderedDict[Reference, tuple[int, Resolution]] = OrderedDict()
+        self._answers: OrderedDict[Reference, KeptAnswer] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, ref: Reference, sequence: int) -> Resolution | None:
-        """The answer for ``ref`` if it was resolved when the event sequence was already ``sequence``."""
+    def get(self, ref: Reference) -> KeptAnswer | None:
         with self._lock:
             held = self._answers.get(ref)
-            if held is None or held[0] != sequence:
-                return None
-            self._answers.move_to_end(ref)
-            return held[1]
+            if held is not None:
+                self._answers.move_to_end(ref)
+            return held
 
-    def put(self, ref: Reference, sequence: int, resolution: Resolution) -> None:
+    def put(self, ref: Reference, answer: KeptAnswer) -> None:
         with self._lock:
-            self._answers[ref] = (sequence, resolution)
+            self._answers[ref] = answer
             self._answers.move_to_end(ref)
             while len(self._answers) > self.max_entries:
                 self._answers.popitem(last=False)
 
 
 class Resolver:
-    """Resolves references on a bare connection: the event sequence, then (unless it has not moved since the
-    same reference was resolved) one statement for an artifact's version, three for a link's."""
+    """Resolves references on a bare connection: the last events of the collections an answer kept for the
+    reference was read from, then (unless one of them changed since) one statement for an artifact's version,
+    three for a link's."""
 
     def __init__(self, manifests: ManifestCache | None = None, answers: ResolutionCache | None = None) -> None:
         self.manifests = manifests or ManifestCache()
@@ -118,15 +131,21 @@ class Resolver:
         Raises:
             NotFound: no such collection (or it has no committed version yet), alias, version or link.
         """
-        # Read first: a change committed after this read moves it past what is stored with the answer.
-        sequence = reads.last_event_sequence()
-        answer = self.answers.get(ref, sequence)
-        if answer is None:
-            answer = self._resolve(reads, ref)
-            self.answers.put(ref, sequence, answer)
-        return answer
+        held = self.answers.get(ref)
+        if held is None:
+            # Read before resolving: a change committed after this read has a later sequence than the one
+            # kept with the answer.
+            sequence = reads.last_event_sequence()
+        else:
+            sequence, last_change = reads.last_events(held.collection_ids)
+            if last_change <= held.sequence:
+                return held.resolution
+        resolution, collection_ids = self._resolve(reads, ref)
+        self.answers.put(ref, KeptAnswer(sequence, collection_ids, resolution))
+        return resolution
 
-    def _resolve(self, reads: ResolveReads, ref: Reference) -> Resolution:
+    def _resolve(self, reads: ResolveReads, ref: Reference) -> tuple[Resolution, tuple[int, int]]:
+        """The answer, and the collections it was read from."""
         context, selected = context_and_selected_version(reads, ref)
         if context is None or is_unborn(context.row):
             raise collection_missing(ref.collection, None)
@@ -134,7 +153,7 @@ class Resolver:
             index = selected_index(context, ref, "version")
             if selected is None:
                 raise version_missing(context, index)
-            return Resolution(self._version_view(reads, selected, context), None)
+            return Resolution(self._version_view(reads, selected, context), None), (context.row.id, context.row.id)
         index = selected_index(context, ref, "link")
         linked = reads.linked_version(context.row.id, index)
         if linked is None:
@@ -143,7 +162,8 @@ class Resolver:
         # The link's row lock and foreign key keep its artifact; None would mean a broken database.
         assert artifact is not None, f"link {context.name}:v{index} names a version of a missing artifact"
         version = self._version_view(reads, linked, artifact)
-        return Resolution(version, build_link_view(context, linked.link_index, linked.link_created_at, version))
+        link = build_link_view(context, linked.link_index, linked.link_created_at, version)
+        return Resolution(version, link), (context.row.id, linked.artifact_id)
 
     def _version_view(self, reads: ResolveReads, row: Any, context: CollectionContext) -> VersionView:
         manifest = self.manifests.get(row.uid)

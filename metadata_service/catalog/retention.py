@@ -77,7 +77,13 @@ class Retention:
             row = find_collection(uow.repo, name, CollectionKind.ARTIFACT, for_update=True)
             before = row.retention_keep_last
             row.retention_keep_last = keep_last
-            uow.record("retention.set", str(name), before={"keep_last": before}, after={"keep_last": keep_last})
+            uow.record(
+                "retention.set",
+                str(name),
+                before={"keep_last": before},
+                after={"keep_last": keep_last},
+                collection_id=row.id,
+            )
             deleted = apply_retention(uow, row, name) if keep_last is not None else ()
             return (collection_view_of(uow.repo, row), deleted), {"id": row.id, "deleted": list(deleted)}
 

@@ -315,7 +315,10 @@ class Versions:
             collection_name = repo.collection_full_name(artifact)
             if created and target.index == 0:
                 uow.record(
-                    "collection.created", str(collection_name), after={"kind": "artifact", "type": artifact.type}
+                    "collection.created",
+                    str(collection_name),
+                    after={"kind": "artifact", "type": artifact.type},
+                    collection_id=artifact.id,
                 )
             if created:
                 uow.record(
@@ -328,6 +331,7 @@ class Versions:
                         "file_count": target.file_count,
                         "run": plan.run,
                     },
+                    collection_id=artifact.id,
                 )
             for alias in plan.aliases:
                 move_alias(uow, caller, artifact, collection_name, alias, target.index)

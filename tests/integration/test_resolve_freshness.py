@@ -65,6 +65,12 @@ def test_a_resolve_through_one_replica_sees_every_change_made_through_another(
     registry.set_alias(f"{name}:v0", "best")
     assert second_replica.resolve(f"{name}:best").version.index == 0
     assert second_replica.resolve(f"{name}:v0").version.aliases == ("best",)
+    # A registered model's answer also depends on its linked version's artifact, changed here, not the model.
+    assert second_replica.resolve(f"{model}:v0").version.aliases == ("best",)
+
+    registry.set_alias(f"{model}:v0", "production")
+    assert second_replica.resolve(f"{model}:production").version.index == 0
+    assert second_replica.resolve(f"{model}:v0").link.aliases == ("latest", "production")
 
     registry.update_version(f"{name}:v0", metadata={"accuracy": 0.9}, add_tags=["audited"])
     seen = second_replica.resolve(f"{name}:v0").version
@@ -81,6 +87,9 @@ def test_a_resolve_through_one_replica_sees_every_change_made_through_another(
     registry.delete_version(f"{name}:v1")
     with pytest.raises(NotFound):
         second_replica.resolve(f"{name}:v1")
+    registry.delete_link(f"{model}:v0")
+    with pytest.raises(NotFound):
+        second_replica.resolve(f"{model}:v0")
     # The manifest a resolve returns is the version's own, cached or not.
     assert [f.path for f in second_replica.resolve(f"{name}:v2").version.manifest] == ["weights.bin"]
     assert second_replica.resolve(f"{name}:v2").version.manifest == registry.resolve(f"{name}:v2").version.manifest
@@ -104,7 +113,7 @@ def test_the_manifest_cache_holds_at_most_its_bound_of_entries_dropping_the_leas
     assert cache.get("a") is not None and cache.get("c") is not None
 
 
-def test_a_repeated_resolve_with_nothing_changed_reads_only_the_event_sequence(
+def test_a_repeated_resolve_while_only_other_collections_change_reads_only_its_collections_last_events(
     servers: Servers, tmp_path: Path, unique: str
 ) -> None:
     replica = metadata_server.start(
@@ -119,10 +128,20 @@ def test_a_repeated_resolve_with_nothing_changed_reads_only_the_event_sequence(
             name = f"repeat-{unique}"
             _push(client, tmp_path, name, b"repeat")
             first = client.resolve(f"{name}:latest")
+            # Other collections change meanwhile: a new version of another artifact, an alias moved there.
+            _push(client, tmp_path, f"elsewhere-{unique}", b"elsewhere")
+            client.set_alias(f"elsewhere-{unique}:v0", "best")
             statements.clear()
             again = client.resolve(f"{name}:latest")
+            answered_from_memory = [statement for statement in statements if statement != "BEGIN"]  # SQLite's
+            # Its own collection changes: the next resolve reads it again and sees the change.
+            client.set_alias(f"{name}:v0", "best")
+            statements.clear()
+            after_change = client.resolve(f"{name}:latest")
+            read_again = [statement for statement in statements if statement != "BEGIN"]
     finally:
         replica.stop(grace=None)
     assert again == first
-    queries = [statement for statement in statements if statement != "BEGIN"]  # SQLite's snapshot
-    assert len(queries) == 1 and "event_counter" in queries[0], statements
+    assert len(answered_from_memory) == 1 and "events" in answered_from_memory[0], answered_from_memory
+    assert after_change.version.aliases == ("latest", "best")
+    assert len(read_again) > 1, read_again
