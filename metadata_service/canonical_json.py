@@ -14,8 +14,8 @@ written as ECMAScript's ``Number.prototype.toString`` writes them; UTF-8 output.
 
 from __future__ import annotations
 
-import json
 import math
+from json.encoder import encode_basestring
 from typing import Any
 
 # ECMAScript writes a number's shortest round-trip digits without an exponent while the
@@ -33,10 +33,11 @@ def canonicalize(value: Any) -> bytes:
     Raises:
         ValueError: a NaN or infinite number, or a value JSON cannot hold.
     """
-    return _serialize(value).encode("utf-8")
+    return serialize(value).encode("utf-8")
 
 
-def _serialize(value: Any) -> str:
+def serialize(value: Any) -> str:
+    """The RFC 8785 canonical form of a JSON value, as text (see canonicalize)."""
     if value is None:
         return "null"
     if value is True:
@@ -46,17 +47,23 @@ def _serialize(value: Any) -> str:
     if isinstance(value, int | float):
         return format_number(float(value))
     if isinstance(value, str):
-        # With ensure_ascii=False, json.dumps escapes exactly what JSON.stringify escapes,
-        # in the same forms (\u00xx in lowercase hex for the other control characters).
-        return json.dumps(value, ensure_ascii=False)
+        return quote_string(value)
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
             raise ValueError("JSON object keys must be strings")
         members = sorted(value.items(), key=lambda item: item[0].encode("utf-16-be"))
-        return "{" + ",".join(f"{_serialize(k)}:{_serialize(v)}" for k, v in members) + "}"
+        return "{" + ",".join(f"{serialize(k)}:{serialize(v)}" for k, v in members) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ",".join(_serialize(item) for item in value) + "]"
+        return "[" + ",".join(serialize(item) for item in value) + "]"
     raise ValueError(f"{type(value).__name__} is not a JSON value")
+
+
+def quote_string(value: str) -> str:
+    """A string as JSON.stringify writes it, quotes included."""
+    # json.dumps(ensure_ascii=False)'s encoder (in C) escapes exactly what JSON.stringify escapes, in the
+    # same forms (\u00xx in lowercase hex for the other control characters); called directly, it
+    # skips building an encoder per string.
+    return str(encode_basestring(value))
 
 
 def format_number(value: float) -> str:
