@@ -12,10 +12,11 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, Reason, StorageFull
@@ -23,6 +24,9 @@ from mreg.blob_service.limits import MAX_ITEMS, quote
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 # Concurrent storage operations within one batch RPC (stat calls, or requests to S3).
@@ -149,7 +153,16 @@ class BlobStore:
             return False
 
         # Lookups are I/O (a stat, or a HEAD request on S3): run them side by side.
-        return [d for d, absent in zip(unique, self._pool.map(missing, unique), strict=True) if absent]
+        return [d for d, absent in zip(unique, self._side_by_side(missing, unique), strict=True) if absent]
+
+    def _side_by_side(self, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``function`` of each item, on the I/O pool: as many at once as before, but in one run of items per
+        thread rather than one pool task per item, whose cost is many times a local stat's."""
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        size = -(-len(items) // IO_PARALLELISM)
+        runs = [items[start : start + size] for start in range(0, len(items), size)]
+        return [result for run in self._pool.map(lambda run: [function(item) for item in run], runs) for result in run]
 
     def _bounded(self, unused_before: datetime, minimum_age: timedelta) -> datetime:
         """The cutoff actually applied: never later than this server's clock minus ``minimum_age``."""

@@ -15,6 +15,23 @@ from mreg.blob_service.config import BlobConfig
 from tests.helpers import CHUNK, corrupt_blob, digest_of, read_all, write_requests
 
 
+def test_find_missing_blobs_names_every_absent_digest_of_a_large_request_once_in_request_order(blob_stub) -> None:
+    # Lookups run side by side in runs of digests: none may be lost, repeated or reordered across runs.
+    contents = [f"present {i} {uuid.uuid4()}".encode() for i in range(0, 1001, 3)]
+    blob_stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(
+            requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest_of(c), data=c) for c in contents]
+        )
+    )
+    present = iter(digest_of(c) for c in contents)
+    asked = [next(present) if i % 3 == 0 else digest_of(f"absent {i} {uuid.uuid4()}".encode()) for i in range(1001)]
+    asked += asked[:50]  # asked twice: reported once
+
+    missing = list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=asked)).missing_blob_digests)
+
+    assert missing == [d for i, d in enumerate(asked[:1001]) if i % 3 != 0]
+
+
 def test_written_blob_reads_back_byte_identical_and_is_no_longer_missing(blob_stub) -> None:
     data = os.urandom(3 * CHUNK + 12345)
     digest = digest_of(data)
