@@ -237,7 +237,8 @@ _SHARED_EVENT_RESPONSES = 4096
 
 
 class ResolvedResponses:
-    """ResolveReference responses by the answer they were built from, least recently used first out.
+    """Responses by the resolve answer they were built from (ResolveReference's and GetVersion's), least
+    recently used first out.
 
     While nothing it shows changes, a resolve returns the very answer object it returned before
     (catalog.resolution), so its response need not be built again: for a 10 000-file manifest that
@@ -247,27 +248,31 @@ class ResolvedResponses:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        self._responses: OrderedDict[int, tuple[Resolution, pb.ResolveReferenceResponse, int]] = OrderedDict()
+        self._responses: OrderedDict[tuple[int, type[Message]], tuple[Resolution, Message, int]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
 
-    def get(self, resolution: Resolution) -> pb.ResolveReferenceResponse | None:
+    def get(self, resolution: Resolution, kind: type[R]) -> R | None:
+        key = (id(resolution), kind)
         with self._lock:
-            kept = self._responses.get(id(resolution))
+            kept = self._responses.get(key)
             if kept is None or kept[0] is not resolution:
                 return None
-            self._responses.move_to_end(id(resolution))
-            return kept[1]
+            self._responses.move_to_end(key)
+            response = kept[1]
+        assert isinstance(response, kind)
+        return response
 
-    def put(self, resolution: Resolution, response: pb.ResolveReferenceResponse) -> None:
+    def put(self, resolution: Resolution, response: Message) -> None:
         weight = 1 + len(resolution.version.manifest)
         if weight > self.max_entries:
             return
+        key = (id(resolution), type(response))
         with self._lock:
-            previous = self._responses.pop(id(resolution), None)
+            previous = self._responses.pop(key, None)
             if previous is not None:
                 self._held -= previous[2]
-            self._responses[id(resolution)] = (resolution, response, weight)
+            self._responses[key] = (resolution, response, weight)
             self._held += weight
             while self._held > self.max_entries:
                 _, (_, _, evicted) = self._responses.popitem(last=False)
@@ -364,17 +369,20 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @handles_domain_errors
     def GetVersion(self, request: pb.GetVersionRequest, context: grpc.ServicerContext) -> pb.GetVersionResponse:
-        response = pb.GetVersionResponse(
-            version=version_pb(self.catalog.versions.resolve(caller_of(context), request.name).version)
-        )
-        return _within_budget(response, response.version)
+        resolution = self.catalog.versions.resolve(caller_of(context), request.name)
+        response = self._resolved.get(resolution, pb.GetVersionResponse)
+        if response is None:
+            response = pb.GetVersionResponse(version=version_pb(resolution.version))
+            response = _within_budget(response, response.version)
+            self._resolved.put(resolution, response)
+        return response
 
     @handles_domain_errors
     def ResolveReference(
         self, request: pb.ResolveReferenceRequest, context: grpc.ServicerContext
     ) -> pb.ResolveReferenceResponse:
         resolution = self.catalog.versions.resolve(caller_of(context), request.name)
-        response = self._resolved.get(resolution)
+        response = self._resolved.get(resolution, pb.ResolveReferenceResponse)
         if response is None:
             link = link_pb(resolution.link) if resolution.link else None
             if link is not None:

@@ -39,12 +39,18 @@ def test_a_response_is_returned_only_for_the_very_answer_it_was_built_from() -> 
     kept = ResolvedResponses()
     answer = _resolution(3)
     response = pb.ResolveReferenceResponse(version=pb.Version(name=answer.version.name))
-    assert kept.get(answer) is None
+    assert kept.get(answer, pb.ResolveReferenceResponse) is None
     kept.put(answer, response)
 
-    assert kept.get(answer) is response
+    assert kept.get(answer, pb.ResolveReferenceResponse) is response
     # An equal answer read afresh (after a change, say) is another object: its response is built anew.
-    assert kept.get(replace(answer)) is None
+    assert kept.get(replace(answer), pb.ResolveReferenceResponse) is None
+    # Another RPC's response to the same answer is kept apart.
+    assert kept.get(answer, pb.GetVersionResponse) is None
+    other = pb.GetVersionResponse(version=pb.Version(name=answer.version.name))
+    kept.put(answer, other)
+    assert kept.get(answer, pb.GetVersionResponse) is other
+    assert kept.get(answer, pb.ResolveReferenceResponse) is response
 
 
 def test_responses_are_bounded_by_the_manifest_entries_they_hold_least_recently_used_first_out() -> None:
@@ -52,12 +58,18 @@ def test_responses_are_bounded_by_the_manifest_entries_they_hold_least_recently_
     first, second, third = _resolution(3, "a/b/one:v0"), _resolution(3, "a/b/two:v0"), _resolution(3, "a/b/three:v0")
     for answer in (first, second):
         kept.put(answer, pb.ResolveReferenceResponse())
-    assert kept.get(first) is not None  # first is now the most recently used
+    assert kept.get(first, pb.ResolveReferenceResponse) is not None  # first is now the most recently used
     kept.put(third, pb.ResolveReferenceResponse())  # 12 entries: second goes
 
-    assert kept.get(second) is None
-    assert kept.get(first) is not None and kept.get(third) is not None
+    assert kept.get(second, pb.ResolveReferenceResponse) is None
+    assert (
+        kept.get(first, pb.ResolveReferenceResponse) is not None
+        and kept.get(third, pb.ResolveReferenceResponse) is not None
+    )
     huge = _resolution(10)  # 11 with its own entry: more than the whole bound, never kept
     kept.put(huge, pb.ResolveReferenceResponse())
-    assert kept.get(huge) is None
-    assert kept.get(first) is not None and kept.get(third) is not None
+    assert kept.get(huge, pb.ResolveReferenceResponse) is None
+    assert (
+        kept.get(first, pb.ResolveReferenceResponse) is not None
+        and kept.get(third, pb.ResolveReferenceResponse) is not None
+    )
