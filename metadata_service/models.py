@@ -174,8 +174,8 @@ class Event(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     actor: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    # The collection the event changed (None for a run's inputs); no foreign key, as a deleted
-    # collection's events stay in the log.
+    # The collection the event changed: 0 for none (a run's inputs), NULL if unknown (written before this
+    # column, or by an older replica). No foreign key: a deleted collection's events stay in the log.
     collection_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 

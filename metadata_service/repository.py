@@ -163,6 +163,10 @@ _TAKE_SEQUENCES = (
     .returning(_table(EventCounter).c.last_sequence)
 )
 _INSERT_EVENT = insert(_table(Event))
+# The collection_id of an event that changes no collection's resolves (a run's inputs). NULL is left to
+# events whose collection is unknown: written before migration 0006, or by a replica older than it while
+# replicas are upgraded one by one; a resolve counts those as a change to every collection.
+NO_COLLECTION = 0
 # PostgreSQL appends events in one statement (see append_events); ``->`` keeps a JSON null as JSON
 # null, as the ORM stores None in these columns.
 _APPEND_EVENTS_POSTGRESQL = text(
@@ -766,7 +770,7 @@ class Repository:
                     "resource": e.resource,
                     "before": e.before,
                     "after": e.after,
-                    "collection_id": e.collection_id,
+                    "collection_id": NO_COLLECTION if e.collection_id is None else e.collection_id,
                 }
                 for e in events
             ]
@@ -787,7 +791,7 @@ class Repository:
                     "after": e.after,
                     "actor": actor,
                     "created_at": now,
-                    "collection_id": e.collection_id,
+                    "collection_id": NO_COLLECTION if e.collection_id is None else e.collection_id,
                 }
                 for i, e in enumerate(events)
             ],
@@ -1164,10 +1168,17 @@ def _last_event_of(collection_id: Any) -> Any:
     )
 
 
+_events = _table(Event)
 _LAST_EVENTS = select(
     _LAST_EVENT_SEQUENCE.scalar_subquery().label("last"),
     _last_event_of(bindparam("first")).label("first"),
     _last_event_of(bindparam("second")).label("second"),
+    select(_events.c.sequence)
+    .where(_events.c.collection_id.is_(None))
+    .order_by(_events.c.sequence.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("unknown"),
 )
 _GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
 
@@ -1209,9 +1220,9 @@ class ResolveReads:
 
     def last_events(self, collection_ids: tuple[int, int]) -> tuple[int, int]:
         """The event log's last sequence number, and that of the last event which changed either of two
-        collections (0 if none did), read together in one statement."""
+        collections, or whose collection is unknown (0 if none), read together in one statement."""
         row = self.connection.execute(_LAST_EVENTS, {"first": collection_ids[0], "second": collection_ids[1]}).one()
-        return int(row.last), max(row.first or 0, row.second or 0)
+        return int(row.last), max(row.first or 0, row.second or 0, row.unknown or 0)
 
     def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
         """A collection with its latest index, one row per alias; empty if there is no such collection."""

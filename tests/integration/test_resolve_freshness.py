@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
 
 from mreg.client import Registry
 from mreg.client.errors import NotFound
@@ -145,3 +145,25 @@ def test_a_repeated_resolve_while_only_other_collections_change_reads_only_its_c
     assert len(answered_from_memory) == 1 and "events" in answered_from_memory[0], answered_from_memory
     assert after_change.version.aliases == ("latest", "best")
     assert len(read_again) > 1, read_again
+
+
+def test_a_change_whose_event_names_no_collection_is_seen_as_a_change_to_every_collection(
+    servers: Servers, registry: Registry, second_replica: Registry, tmp_path: Path, unique: str
+) -> None:
+    # While replicas are upgraded one by one, one not yet upgraded writes events without a collection.
+    name = f"mixed-fleet-{unique}"
+    _push(registry, tmp_path, name, b"zero")
+    _push(registry, tmp_path, name, b"one")
+    assert second_replica.resolve(f"{name}:v0").version.aliases == ()  # kept by the second replica
+
+    registry.set_alias(f"{name}:v0", "best")
+    engine = create_engine(servers.database_url)
+    try:
+        with engine.begin() as connection:
+            # As the older replica would have written it.
+            connection.execute(
+                text("UPDATE events SET collection_id = NULL WHERE sequence = (SELECT max(sequence) FROM events)")
+            )
+        assert second_replica.resolve(f"{name}:v0").version.aliases == ("best",)
+    finally:
+        engine.dispose()

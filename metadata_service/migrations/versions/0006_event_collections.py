@@ -18,7 +18,8 @@ depends_on = None
 
 def upgrade() -> None:
     # No foreign key: the events of a deleted collection stay in the log. Events written before this
-    # revision have none, which a resolve treats as a change to every collection, as it did before.
+    # revision, or by a replica not yet upgraded, have none (NULL), which a resolve treats as a change
+    # to every collection, as it treated every event before.
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("collection_id", sa.Integer(), nullable=True))
     op.create_index("ix_events_collection_sequence", "events", ["collection_id", "sequence"])
