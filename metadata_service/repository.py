@@ -167,6 +167,12 @@ _INSERT_EVENT = insert(_table(Event))
 # events whose collection is unknown: written before migration 0006, or by a replica older than it while
 # replicas are upgraded one by one; a resolve counts those as a change to every collection.
 NO_COLLECTION = 0
+
+
+def _collection_column(event: PendingEvent) -> int:
+    return NO_COLLECTION if event.collection_id is None else event.collection_id
+
+
 # PostgreSQL appends events in one statement (see append_events); ``->`` keeps a JSON null as JSON
 # null, as the ORM stores None in these columns.
 _APPEND_EVENTS_POSTGRESQL = text(
@@ -770,7 +776,7 @@ class Repository:
                     "resource": e.resource,
                     "before": e.before,
                     "after": e.after,
-                    "collection_id": NO_COLLECTION if e.collection_id is None else e.collection_id,
+                    "collection_id": _collection_column(e),
                 }
                 for e in events
             ]
@@ -791,7 +797,7 @@ class Repository:
                     "after": e.after,
                     "actor": actor,
                     "created_at": now,
-                    "collection_id": NO_COLLECTION if e.collection_id is None else e.collection_id,
+                    "collection_id": _collection_column(e),
                 }
                 for i, e in enumerate(events)
             ],
@@ -1156,29 +1162,19 @@ _MANIFEST_ROWS = select(
 _LAST_EVENT_SEQUENCE = select(_table(EventCounter).c.last_sequence).where(_table(EventCounter).c.id == 1)
 
 
-def _last_event_of(collection_id: Any) -> Any:
-    """The sequence of the last event that changed a collection (NULL if none): one step down an index."""
-    events = _table(Event)
-    return (
-        select(events.c.sequence)
-        .where(events.c.collection_id == collection_id)
-        .order_by(events.c.sequence.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-
-
 _events = _table(Event)
+
+
+def _last_event_where(condition: Any) -> Any:
+    """The sequence of the last event meeting ``condition`` (NULL if none): one step down an index."""
+    return select(_events.c.sequence).where(condition).order_by(_events.c.sequence.desc()).limit(1).scalar_subquery()
+
+
 _LAST_EVENTS = select(
     _LAST_EVENT_SEQUENCE.scalar_subquery().label("last"),
-    _last_event_of(bindparam("first")).label("first"),
-    _last_event_of(bindparam("second")).label("second"),
-    select(_events.c.sequence)
-    .where(_events.c.collection_id.is_(None))
-    .order_by(_events.c.sequence.desc())
-    .limit(1)
-    .scalar_subquery()
-    .label("unknown"),
+    _last_event_where(_events.c.collection_id == bindparam("first")).label("first"),
+    _last_event_where(_events.c.collection_id == bindparam("second")).label("second"),
+    _last_event_where(_events.c.collection_id.is_(None)).label("unknown"),
 )
 _GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
 
