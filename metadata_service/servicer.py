@@ -31,6 +31,7 @@ from mreg.metadata_service.domain import (
     VersionView,
 )
 from mreg.metadata_service.errors import InvalidArgument, Reason, RegistryError
+from mreg.metadata_service.lru import WeightedLru
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Defaults
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
@@ -247,36 +248,20 @@ class ResolvedResponses:
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._responses: OrderedDict[tuple[int, type[Message]], tuple[Resolution, Message, int]] = OrderedDict()
-        self._held = 0
-        self._lock = threading.Lock()
+        self._responses: WeightedLru[tuple[int, type[Message]], tuple[Resolution, Message]] = WeightedLru(
+            max_entries, lambda kept: 1 + len(kept[0].version.manifest)
+        )
 
     def get(self, resolution: Resolution, kind: type[R]) -> R | None:
-        key = (id(resolution), kind)
-        with self._lock:
-            kept = self._responses.get(key)
-            if kept is None or kept[0] is not resolution:
-                return None
-            self._responses.move_to_end(key)
-            response = kept[1]
+        kept = self._responses.get((id(resolution), kind))
+        if kept is None or kept[0] is not resolution:
+            return None
+        response = kept[1]
         assert isinstance(response, kind)
         return response
 
     def put(self, resolution: Resolution, response: Message) -> None:
-        weight = 1 + len(resolution.version.manifest)
-        if weight > self.max_entries:
-            return
-        key = (id(resolution), type(response))
-        with self._lock:
-            previous = self._responses.pop(key, None)
-            if previous is not None:
-                self._held -= previous[2]
-            self._responses[key] = (resolution, response, weight)
-            self._held += weight
-            while self._held > self.max_entries:
-                _, (_, _, evicted) = self._responses.popitem(last=False)
-                self._held -= evicted
+        self._responses.put((id(resolution), type(response)), (resolution, response))
 
 
 class MetadataServicer(pb_grpc.MetadataServiceServicer):

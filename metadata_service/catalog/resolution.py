@@ -16,8 +16,6 @@ version's uid (never reused): a version's files never change once it commits.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +37,7 @@ from mreg.metadata_service.catalog.views import (
 )
 from mreg.metadata_service.domain import CollectionKind, Resolution, VersionView
 from mreg.metadata_service.limits import MAX_INDEX
+from mreg.metadata_service.lru import WeightedLru
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Reference
 from mreg.metadata_service.repository import ResolveReads
@@ -49,7 +48,7 @@ DEFAULT_MANIFEST_CACHE_ENTRIES = 100_000
 DEFAULT_RESOLUTION_CACHE_ENTRIES = 10_000
 
 
-class ManifestCache:
+class ManifestCache(WeightedLru[str, tuple[FileEntry, ...]]):
     """Committed versions' manifests by version uid, least recently used first out.
 
     Bounded by the number of entries held, so one version with a huge manifest cannot
@@ -58,29 +57,7 @@ class ManifestCache:
     """
 
     def __init__(self, max_entries: int = DEFAULT_MANIFEST_CACHE_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self._manifests: OrderedDict[str, tuple[FileEntry, ...]] = OrderedDict()
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def get(self, uid: str) -> tuple[FileEntry, ...] | None:
-        with self._lock:
-            manifest = self._manifests.get(uid)
-            if manifest is not None:
-                self._manifests.move_to_end(uid)
-            return manifest
-
-    def put(self, uid: str, manifest: tuple[FileEntry, ...]) -> None:
-        if len(manifest) > self.max_entries:
-            return
-        with self._lock:
-            if uid in self._manifests:
-                return
-            self._manifests[uid] = manifest
-            self._held += len(manifest)
-            while self._held > self.max_entries:
-                _, evicted = self._manifests.popitem(last=False)
-                self._held -= len(evicted)
+        super().__init__(max_entries, len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,27 +70,11 @@ class KeptAnswer:
     resolution: Resolution
 
 
-class ResolutionCache:
+class ResolutionCache(WeightedLru[Reference, KeptAnswer]):
     """Answers by reference; least recently used first out."""
 
     def __init__(self, max_entries: int = DEFAULT_RESOLUTION_CACHE_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self._answers: OrderedDict[Reference, KeptAnswer] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, ref: Reference) -> KeptAnswer | None:
-        with self._lock:
-            held = self._answers.get(ref)
-            if held is not None:
-                self._answers.move_to_end(ref)
-            return held
-
-    def put(self, ref: Reference, answer: KeptAnswer) -> None:
-        with self._lock:
-            self._answers[ref] = answer
-            self._answers.move_to_end(ref)
-            while len(self._answers) > self.max_entries:
-                self._answers.popitem(last=False)
+        super().__init__(max_entries)
 
 
 class Resolver:
