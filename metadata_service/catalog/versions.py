@@ -125,10 +125,7 @@ class Versions:
         request_id: str = "",
     ) -> VersionView:
         """A new pending version of ``artifact``; the artifact appears only when a version commits."""
-        name = parse_collection(artifact, caller.defaults, "artifact")
-        validate_type(type_)
-        clean_tags = validate_tags(tags)
-        clean_metadata = validate_metadata(metadata or {})
+        name, clean_tags, clean_metadata = _check_new_version(caller, artifact, type_, tags, metadata)
 
         def work(uow: UnitOfWork) -> tuple[VersionView, dict[str, Any]]:
             row = _ensure_artifact(uow, name, type_)
@@ -233,10 +230,7 @@ class Versions:
         and transaction. Content identical to the latest version's commits nothing new and
         the result names the latest, which keeps its own description, tags and metadata.
         """
-        name = parse_collection(artifact, caller.defaults, "artifact")
-        validate_type(type_)
-        clean_tags = validate_tags(tags)
-        clean_metadata = validate_metadata(metadata or {})
+        name, clean_tags, clean_metadata = _check_new_version(caller, artifact, type_, tags, metadata)
         plan = self._plan_commit(caller, entries, aliases, links, run)
 
         def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
@@ -490,6 +484,16 @@ class Versions:
         if count:
             log.info("expired %d pending versions", count)
         return count
+
+
+def _check_new_version(
+    caller: Caller, artifact: str, type_: str, tags: Sequence[str], metadata: dict[str, Any] | None
+) -> tuple[CollectionName, list[str], dict[str, Any]]:
+    """What a new version starts with, checked as CreateVersion and a one-call commit both check it: the
+    artifact's name, and the tags and metadata as stored."""
+    name = parse_collection(artifact, caller.defaults, "artifact")
+    validate_type(type_)
+    return name, validate_tags(tags), validate_metadata(metadata or {})
 
 
 def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str, *, lock: bool = False) -> Collection:
