@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Connection,
+    Engine,
     Float,
     Integer,
     Row,
@@ -41,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -1182,6 +1184,70 @@ _GC_EPOCH = select(_table(GcState).c.epoch).where(_table(GcState).c.id == 1)
 def read_gc_epoch(connection: Connection) -> int:
     """The garbage collector's epoch, on a bare connection (see metadata_service.catalog.garbage)."""
     return int(connection.execute(_GC_EPOCH).scalar_one())
+
+
+class DriverReads:
+    """The check a resolve answered from memory makes (``ResolveReads.last_events``), sent straight through
+    the database driver on a pooled connection.
+
+    It is the only statement such a resolve sends, and SQLAlchemy's connection, transaction and result
+    handling around it cost more than the statement: 156 µs against 34 on SQLite, 345 against 140 on
+    PostgreSQL (one statement per call, measured in-process). The statement is compiled once for the
+    engine's dialect. A driver error discards the connection and answers None, so the caller takes the
+    regular path, which reconnects, retries and reports the error as every other read does.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        compiled = _LAST_EVENTS.compile(dialect=engine.dialect)
+        self._engine = engine
+        self._sql = str(compiled)
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Autocommit on PostgreSQL, as the regular reader's connections: no BEGIN and ROLLBACK round trips.
+        # SQLite's connections already leave transactions to explicit BEGINs (metadata_service.db).
+        self._autocommit = engine.dialect.name == "postgresql"
+        defaults = dict(compiled.params)
+        order = compiled.positiontup
+        # A statement whose parameters SQLAlchemy expands at execution ("POSTCOMPILE") cannot be sent as
+        # compiled; the regular path then serves every check.
+        self.usable = "POSTCOMPILE" not in self._sql
+        if order is None:
+            self._parameters: Callable[[int, int], Any] = lambda first, second: {
+                **defaults,
+                "first": first,
+                "second": second,
+            }
+        else:
+            names = list(order)
+            self._parameters = lambda first, second: [
+                first if name == "first" else second if name == "second" else defaults[name] for name in names
+            ]
+
+    def last_events(self, collection_ids: tuple[int, int]) -> tuple[int, int] | None:
+        """As ``ResolveReads.last_events``; None if the driver failed (the connection is discarded)."""
+        if not self.usable:
+            return None
+        try:
+            connection = self._engine.raw_connection()
+        except (DBAPIError, self._driver_error):
+            return None
+        try:
+            driver: Any = connection.driver_connection
+            if self._autocommit:
+                driver.autocommit = True
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, self._parameters(*collection_ids))
+                row: Any = cursor.fetchone()  # one row: the statement selects scalar subqueries only
+            finally:
+                cursor.close()
+            if self._autocommit:
+                driver.autocommit = False
+        except self._driver_error:
+            connection.invalidate()
+            return None
+        finally:
+            connection.close()
+        return int(row[0]), max(row[1] or 0, row[2] or 0, row[3] or 0)
 
 
 class ResolveReads:

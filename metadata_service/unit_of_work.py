@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mreg.metadata_service.db import WRITE_OPTION
 from mreg.metadata_service.domain import PendingEvent
 from mreg.metadata_service.errors import Reason, ResourceExhausted, Unavailable
-from mreg.metadata_service.repository import Repository
+from mreg.metadata_service.repository import DriverReads, Repository
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class Database:
         self._reader = sessionmaker(bind=reader, expire_on_commit=False)
         self._writer = sessionmaker(bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         self._bare_reader = reader
+        self._driver_reads = DriverReads(engine)
         self._commit_listeners: list[Callable[[], None]] = []
         # Called with the conflict's kind before each retry (the service's metrics count them).
         self.on_retry: Callable[[str], None] = _ignore
@@ -161,6 +162,11 @@ class Database:
             except DBAPIError as e:
                 self._retry_or_raise(e, attempt, reconnect=True)
         raise AssertionError("unreachable")
+
+    def last_events(self, collection_ids: tuple[int, int]) -> tuple[int, int] | None:
+        """``ResolveReads.last_events`` straight through the driver (the check of a resolve answered from
+        memory); None if that failed, for the caller to ask again through ``read``."""
+        return self._driver_reads.last_events(collection_ids)
 
     def _retry_or_raise(self, e: DBAPIError, attempt: int, *, reconnect: bool) -> None:
         """Returns to retry at once on a new connection, or after a pause from a transient conflict;

@@ -41,6 +41,7 @@ from mreg.metadata_service.lru import WeightedLru
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.references import Reference
 from mreg.metadata_service.repository import ResolveReads
+from mreg.metadata_service.unit_of_work import Database
 
 # Entries, summed over the cached manifests: about 25 MB of paths and digests.
 DEFAULT_MANIFEST_CACHE_ENTRIES = 100_000
@@ -78,24 +79,35 @@ class ResolutionCache(WeightedLru[Reference, KeptAnswer]):
 
 
 class Resolver:
-    """Resolves references on a bare connection: the last events of the collections an answer kept for the
-    reference was read from, then (unless one of them changed since) one statement for an artifact's version,
-    three for a link's."""
+    """Resolves references: the last events of the collections an answer kept for the reference was read
+    from, straight through the driver, then (unless one of them changed since) on a bare connection one
+    statement for an artifact's version, three for a link's."""
 
     def __init__(self, manifests: ManifestCache | None = None, answers: ResolutionCache | None = None) -> None:
         self.manifests = manifests or ManifestCache()
         self.answers = answers or ResolutionCache()
 
-    def resolve(self, reads: ResolveReads, ref: Reference) -> Resolution:
+    def resolve(self, db: Database, ref: Reference) -> Resolution:
         """The version ``ref`` names, and the link it went through if it names a registered model's.
 
         Raises:
             NotFound: no such collection (or it has no committed version yet), alias, version or link.
         """
         held = self.answers.get(ref)
-        if held is None:
-            # Read before resolving: a change committed after this read has a later sequence than the one
-            # kept with the answer.
+        checked = db.last_events(held.collection_ids) if held is not None else None
+        if held is not None and checked is not None and checked[1] <= held.sequence:
+            return held.resolution
+        return db.read(lambda connection: self._read(ResolveReads(connection), ref, held, checked))
+
+    def _read(
+        self, reads: ResolveReads, ref: Reference, held: KeptAnswer | None, checked: tuple[int, int] | None
+    ) -> Resolution:
+        """Resolves ``ref`` on a connection and keeps the answer, under the event sequence read before it: a
+        change committed after that read has a later sequence. ``checked`` is the check already made, if any.
+        """
+        if checked is not None:
+            sequence = checked[0]
+        elif held is None:
             sequence = reads.last_event_sequence()
         else:
             sequence, last_change = reads.last_events(held.collection_ids)

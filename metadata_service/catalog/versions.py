@@ -60,7 +60,7 @@ from mreg.metadata_service.manifest import FileEntry, Manifest, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
 from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
-from mreg.metadata_service.repository import Repository, ResolveReads
+from mreg.metadata_service.repository import Repository
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 from mreg.server_runtime.principals import Role
 
@@ -391,7 +391,7 @@ class Versions:
     def resolve(self, caller: Caller, reference: str) -> Resolution:
         """The version a reference names, and the link it went through if it names a registered model's."""
         ref = parse_reference(reference, caller.defaults)
-        return self.db.read(lambda connection: self.resolver.resolve(ResolveReads(connection), ref))
+        return self.resolver.resolve(self.db, ref)
 
     def search(
         self, caller: Caller, parent: str, size: int, token: str, filter_text: str = "", order_by: str = ""
