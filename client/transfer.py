@@ -446,6 +446,10 @@ class BlobTransfer:
         """
         known = targets or {}
         where = {f.path: known.get(f.path) or safe_destination(dest, f.path) for f in files}
+        # Directories are made once each, here, rather than once per file as it lands (a failed mkdir
+        # and a stat per file); those of ``targets`` exist already.
+        for target in {where[f.path].parent: where[f.path] for f in files if f.path not in known}.values():
+            make_parents(target)
         report = progress or (lambda n: None)
         limits = self.limits()
         small = [f for f in files if f.size_bytes <= limits.small_file_bytes]
@@ -457,15 +461,23 @@ class BlobTransfer:
 
         def submit(pool: ThreadPoolExecutor) -> list[Future[None]]:
             jobs: list[Future[None]] = []
+            ranged_files: list[_RangedFile] = []
+            streamed: list[RemoteFile] = []
             for f in large:
                 if f.size_bytes > RANGED_FILE_BYTES and self.parallel > 1:
-                    ranged = _RangedFile(where[f.path], f, RANGE_BYTES, done)
-                    range_jobs[ranged] = []
-                    for i in range(ranged.count):
+                    ranged_files.append(_RangedFile(where[f.path], f, RANGE_BYTES, done))
+                    range_jobs[ranged_files[-1]] = []
+                else:
+                    streamed.append(f)
+            # The ranges of several large files are taken in turn, so their files arrive side by side and
+            # each is hashed (in order, by the worker whose range extends its prefix) on a core of its own,
+            # where one file after another would leave one hash running at a time.
+            for i in range(max((ranged.count for ranged in ranged_files), default=0)):
+                for ranged in ranged_files:
+                    if i < ranged.count:
                         range_jobs[ranged].append(pool.submit(self._download_range, op, ranged, i, report))
                         jobs.append(range_jobs[ranged][-1])
-                else:
-                    jobs.append(pool.submit(self._download_stream, op, f, where[f.path], report, done))
+            jobs += [pool.submit(self._download_stream, op, f, where[f.path], report, done) for f in streamed]
             return jobs + [
                 pool.submit(self._download_batch, op, batch, where, report, done) for batch in _batches(small, limits)
             ]
@@ -733,16 +745,16 @@ def safe_destination(dest: Path, path: str) -> Path:
 def _verified_target(target: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO, Any]]:
     """Yields (temp file, hasher); on success the digest is checked and the file renamed into place.
 
-    On any failure the temporary file is removed, so no partial or unverified file is
-    ever left at the destination.
+    The directory above ``target`` must exist (``download`` makes it). On any failure the
+    temporary file is removed, so no partial or unverified file is ever left at the destination.
     """
-    make_parents(target)
     temp = partial_path(target)
     hasher = hashlib.sha256()
+    placed = False
     try:
         with open(temp, "wb") as out:
             yield out, hasher
-        actual_size = temp.stat().st_size
+            actual_size = out.tell()
         if actual_size != file.size_bytes or hasher.hexdigest() != file.sha256:
             raise MregError(
                 "DATA_LOSS",
@@ -751,9 +763,11 @@ def _verified_target(target: Path, file: RemoteFile) -> Iterator[tuple[BinaryIO,
                 reason="BLOB_CORRUPT",
             )
         replace_file(temp, target)
+        placed = True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        if not placed:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
 
 
 def make_parents(target: Path) -> None:
