@@ -415,8 +415,9 @@ class BlobStore:
 
         return list(self._pool.map(store, items))
 
-    def batch_read(self, digests: list[Digest]) -> list[BatchReadResult]:
-        """Reads several small blobs, verified; one result per digest."""
+    def batch_read(self, digests: list[Digest], *, verify: bool = True) -> list[BatchReadResult]:
+        """Reads several small blobs, verified unless the caller hashes them itself (``verify`` False);
+        one result per digest."""
         total = sum(d.size_bytes for d in digests)
         if total > self.max_batch_bytes:
             raise InvalidArgument(
@@ -427,7 +428,7 @@ class BlobStore:
 
         def load(digest: Digest) -> BatchReadResult:
             try:
-                return BatchReadResult(digest, b"".join(self.read(digest)), None)
+                return BatchReadResult(digest, b"".join(self.read(digest, verify=verify)), None)
             except BlobError as e:
                 return BatchReadResult(digest, None, e)
 

@@ -136,7 +136,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     def BatchReadBlobs(
         self, request: pb.BatchReadBlobsRequest, context: grpc.ServicerContext
     ) -> pb.BatchReadBlobsResponse:
-        results = self.store.batch_read([_digest(d) for d in request.digests])
+        results = self.store.batch_read([_digest(d) for d in request.digests], verify=not request.skip_verification)
         self.metrics.batch_sent.inc(sum(len(r.data) for r in results if r.data))
         return pb.BatchReadBlobsResponse(
             responses=[

@@ -503,15 +503,21 @@ class BlobTransfer:
         report: ProgressCallback,
         done: Callable[[RemoteFile, Path], None],
     ) -> None:
-        request = pb.BatchReadBlobsRequest(digests=[_digest(f.sha256, f.size_bytes) for f in files])
+        # This client hashes every file it receives, so the service need not hash them too.
+        request = pb.BatchReadBlobsRequest(
+            digests=[_digest(f.sha256, f.size_bytes) for f in files], skip_verification=True
+        )
         response = self._unary(op, self.stub.BatchReadBlobs, request)
         for f, result in zip(files, response.responses, strict=True):
             op.check()
             if result.status.code != 0:
                 raise MregError.from_status(result.status, f"{f.path}: {result.status.message}")
-            with _verified_target(where[f.path], f) as (out, hasher):
-                out.write(result.data)
-                hasher.update(result.data)
+            try:
+                with _verified_target(where[f.path], f) as (out, hasher):
+                    out.write(result.data)
+                    hasher.update(result.data)
+            except MregError as e:
+                raise self._explain_corruption(op, f, e) from e
             report(f.size_bytes)
             done(f, where[f.path])
 
@@ -560,7 +566,7 @@ class BlobTransfer:
     def _explain_corruption(self, op: _Operation, file: RemoteFile, error: MregError) -> MregError:
         """What content that failed this client's digest check means, asked of the blob service.
 
-        Streams skip the server's verification, so the client is first to see a blob damaged at
+        Reads skip the server's verification, so the client is first to see a blob damaged at
         rest. A verified read (of one byte: the server still hashes the whole blob) makes the
         service check its copy; one it finds corrupt it removes, so FindMissingBlobs reports
         it missing and the next push of the content uploads it again.

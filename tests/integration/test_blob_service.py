@@ -204,6 +204,31 @@ def test_a_corrupt_small_blob_read_in_a_batch_is_data_loss_and_removed(blob_only
     assert list(missing.missing_blob_digests) == [digest]
 
 
+def test_a_batch_read_the_caller_verifies_serves_the_stored_bytes_unhashed(blob_only, blob_stub) -> None:
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    blob_stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
+    )
+    absent = digest_of(b"never stored")
+    request = pb.BatchReadBlobsRequest(digests=[digest, absent], skip_verification=True)
+    intact, missing = blob_stub.BatchReadBlobs(request).responses
+    assert (intact.status.code, intact.data) == (0, data)
+    assert missing.status.code == grpc.StatusCode.NOT_FOUND.value[0]
+
+    # Damage at rest is the caller's hash to find: the bytes come back as stored, and the copy stays.
+    corrupt_blob(blob_only.store.storage, digest.hash, digest.size_bytes)
+    served = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest], skip_verification=True))
+    assert served.responses[0].status.code == 0
+    assert len(served.responses[0].data) == len(data) and served.responses[0].data != data
+    assert (
+        list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests) == []
+    )
+    # Without skip_verification the service still hashes, refuses and removes it.
+    checked = blob_stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=[digest]))
+    assert checked.responses[0].status.code == grpc.StatusCode.DATA_LOSS.value[0]
+
+
 def test_a_read_the_caller_verifies_serves_exactly_its_range_as_stored(blob_only, blob_stub) -> None:
     data = os.urandom(3 * CHUNK + 11)
     digest = digest_of(data)

@@ -114,18 +114,23 @@ def test_corrupted_content_is_data_loss_and_the_file_is_absent(
     assert not [p for p in (tmp_path / "out").rglob("*") if "mreg-partial" in p.name]
 
 
-@pytest.mark.parametrize("as_ranges", [False, True], ids=["one-stream", "ranges"])
+@pytest.mark.parametrize(
+    ("as_ranges", "damaged"),
+    [(False, "weights.bin"), (True, "weights.bin"), (False, "tokenizer/vocab.txt")],
+    ids=["one-stream", "ranges", "batch"],
+)
 def test_a_blob_found_corrupt_at_rest_is_removed_so_the_next_push_repairs_it(
-    stack, as_ranges: bool, request: pytest.FixtureRequest, tmp_path: Path
+    stack, as_ranges: bool, damaged: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    # Pulls skip the server's verification, so the client is the one that finds the damage; the
-    # same length keeps FindMissingBlobs saying "present", and only removal lets a push upload it again.
+    # Pulls skip the server's verification (streams and batches alike), so the client is the one that
+    # finds the damage; the same length keeps FindMissingBlobs saying "present", and only removal lets
+    # a push upload it again.
     if as_ranges:
         request.getfixturevalue("small_ranges")
     checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(3 << 20) + 11)
     with stack.registry() as registry, Wire(stack.metadata.address, stack.blob.address) as wire:
         pushed = registry.push(checkpoint, name := f"heal-{uuid.uuid4().hex[:6]}")
-        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
+        weights = next(e for e in pushed.version.manifest if e.path == damaged)
         corrupt_blob(stack.blob.store.storage, weights.sha256, weights.size_bytes)
         with pytest.raises(MregError) as error:
             registry.pull(pushed.version.name, tmp_path / "out")
