@@ -12,7 +12,10 @@ Measured in one run on the same generated data:
       pushing its own 128 MiB checkpoint at the same moment, aggregate MB/s against one
       client alone (disk only).
 Pulls are also compared with the transport alone: the raw stream of the same bytes from
-the server's page cache, discarded on arrival.
+the server's page cache, discarded on arrival; and with SHA-256 on every core, the most a
+pull that verifies every byte could reach. Small-file pushes are also compared with the
+same files written durably (hash, temporary file, fsync, rename, directory fsync) by 16
+threads: what the blob service must do for each blob it accepts.
 """
 
 from __future__ import annotations
@@ -174,6 +177,48 @@ def raw_baseline(source: Path, work: Path) -> dict[str, float]:
         (work / "raw-back.bin").unlink(missing_ok=True)
 
 
+def sha256_baseline() -> float:
+    """MB/s of SHA-256 on one core, over 256 MiB in memory: every verified pull hashes every byte once."""
+    data = os.urandom(64 << 20)
+    hasher = hashlib.sha256()
+    started = time.perf_counter()
+    for _ in range(4):
+        hasher.update(data)
+    return 4 * len(data) / MB / (time.perf_counter() - started)
+
+
+def durable_writes_baseline(source: Path, work: Path, threads: int = 16) -> float:
+    """Files/s of what a store must do to keep each small file it accepts: hash it, write it to a temporary
+    name, fsync it, rename it into a fan-out directory and fsync that directory; 16 threads, as the blob
+    service's I/O pool, over the files of ``source`` read into memory first."""
+    contents = [p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()]
+    root = work / "durable-writes"
+    for fan in range(256):
+        (root / f"{fan:02x}").mkdir(parents=True)
+
+    def keep(data: bytes) -> None:
+        name = hashlib.sha256(data).hexdigest()
+        directory = root / name[:2]
+        temp = directory / f".{name}.tmp"
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, directory / name)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    started = time.perf_counter()
+    with futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(keep, contents))
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(root)
+    return len(contents) / elapsed
+
+
 def cp_baseline(source: Path, work: Path) -> float:
     target = work / "cp-copy"
     started = time.perf_counter()
@@ -245,6 +290,8 @@ def bench_store(
         out["a_push_vs_raw_grpc"] = round(out["a_push_MBps"] / baseline["push_MBps"], 3)
         out["a_pull_vs_raw_grpc"] = round(out["a_pull_MBps"] / baseline["pull_MBps"], 3)
         out["a_pull_vs_transport"] = round(out["a_pull_MBps"] / baseline["pull_transport_MBps"], 3)
+        # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
+        out["a_pull_vs_sha256_all_cores"] = round(out["a_pull_MBps"] / baseline["sha256_MBps_all_cores"], 3)
         out["a_push_vs_cp"] = round(out["a_push_MBps"] / baseline["cp_MBps"], 3)
         out["a_pull_vs_cp"] = round(out["a_pull_MBps"] / baseline["cp_MBps"], 3)
         log(
@@ -300,6 +347,10 @@ def bench_store(
         out["b_files"] = count
         out["b_push_files_per_s"] = round(count / many_push_s, 1)
         out["b_pull_files_per_s"] = round(count / many_pull_s, 1)
+        if label == "disk":  # the baseline writes to this machine's disk, as the disk store does
+            out["b_push_vs_durable_writes"] = round(
+                out["b_push_files_per_s"] / baseline["durable_small_file_writes_per_s"], 3
+            )
         log(f"  {label}: {count} small files: push {out['b_push_files_per_s']}/s, pull {out['b_pull_files_per_s']}/s")
         return out
     finally:
@@ -395,9 +446,14 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     drop_page_cache_hint(work)
     baseline = raw_baseline(checkpoint, work)
     baseline["cp_MBps"] = cp_baseline(checkpoint, work)
+    baseline["sha256_MBps_one_core"] = sha256_baseline()
+    baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * (os.cpu_count() or 1)
+    baseline["durable_small_file_writes_per_s"] = durable_writes_baseline(work / "many-disk", work)
     log(
         f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s "
-        f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s"
+        f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s, "
+        f"sha256 {baseline['sha256_MBps_one_core']:.0f} MB/s per core, "
+        f"{baseline['durable_small_file_writes_per_s']:.0f} small files/s written durably"
     )
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
     results["disk"] = bench_store("disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline)
