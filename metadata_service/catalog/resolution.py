@@ -54,11 +54,12 @@ class ManifestCache(WeightedLru[str, tuple[FileEntry, ...]]):
 
     Bounded by the number of entries held, so one version with a huge manifest cannot
     hold the memory of thousands of small ones; a manifest larger than the whole bound
-    is not kept at all.
+    is not kept at all. Each manifest counts one more than its entries, so empty ones
+    (versions of an empty directory) are bounded too.
     """
 
     def __init__(self, max_entries: int = DEFAULT_MANIFEST_CACHE_ENTRIES) -> None:
-        super().__init__(max_entries, len)
+        super().__init__(max_entries, lambda manifest: 1 + len(manifest))
 
 
 @dataclass(frozen=True, slots=True)

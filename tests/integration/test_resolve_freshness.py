@@ -109,13 +109,22 @@ def test_the_manifest_cache_holds_at_most_its_bound_of_entries_dropping_the_leas
     cache.put("a", _manifest(4, "a"))
     cache.put("b", _manifest(4, "b"))
     assert cache.get("a") == _manifest(4, "a")  # a is now the most recently used
-    cache.put("c", _manifest(4, "c"))  # 12 entries: b, the least recently used, goes
+    cache.put("c", _manifest(4, "c"))  # 3 x (4 entries + 1) > 10: b, the least recently used, goes
     assert cache.get("b") is None
     assert cache.get("a") == _manifest(4, "a")
     assert cache.get("c") == _manifest(4, "c")
     cache.put("huge", _manifest(11, "huge"))  # larger than the whole bound: never kept
     assert cache.get("huge") is None
     assert cache.get("a") is not None and cache.get("c") is not None
+
+
+def test_the_manifest_cache_bounds_the_number_of_empty_manifests_too() -> None:
+    # A version of an empty directory has an empty manifest; weighing it 0 let any number stay in memory.
+    cache = ManifestCache(max_entries=10)
+    for i in range(100):
+        cache.put(f"empty-{i}", ())
+    kept = [i for i in range(100) if cache.get(f"empty-{i}") is not None]
+    assert 0 < len(kept) <= 10 and kept == list(range(100 - len(kept), 100))
 
 
 def test_a_repeated_resolve_while_only_other_collections_change_reads_only_its_collections_last_events(
