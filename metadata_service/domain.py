@@ -129,6 +129,17 @@ class PendingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A mutation's request id with what identifies the request and rebuilds its result, to be recorded at
+    commit (catalog.idempotency)."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class EventView:
     sequence: int
     kind: str

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from mreg.metadata_service import filters
-from mreg.metadata_service.domain import CollectionKind, PendingEvent, VersionState
+from mreg.metadata_service.domain import CollectionKind, PendingEvent, PendingRequest, VersionState
 from mreg.metadata_service.event_feed import EVENTS_CHANNEL, SEGMENT_ENDS
 from mreg.metadata_service.manifest import FileEntry
 from mreg.metadata_service.models import (
@@ -189,6 +189,31 @@ _APPEND_EVENTS_POSTGRESQL = text(
            e.event -> 'before', e.event -> 'after', :actor, :created_at,
            CAST(e.event ->> 'collection_id' AS integer)
     FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+    """
+)
+# The same, recording a mutation's request id first (catalog.idempotency) in the same round trip: the events
+# are appended only if the id was free, and the statement answers 1 if it was, 0 if an earlier request holds it.
+_APPEND_EVENTS_RECORDING_REQUEST_POSTGRESQL = text(
+    f"""
+    WITH recorded AS (
+        INSERT INTO request_records (request_id, method, fingerprint, result, created_at)
+        VALUES (:request_id, :method, :fingerprint, CAST(:result AS jsonb), :created_at)
+        ON CONFLICT DO NOTHING
+        RETURNING request_id
+    ), taken AS (
+        UPDATE event_counter SET last_sequence = last_sequence + :count
+        WHERE id = 1 AND EXISTS (SELECT FROM recorded)
+        RETURNING last_sequence
+    ), notified AS (
+        SELECT pg_notify('{EVENTS_CHANNEL}', '') FROM taken
+    ), appended AS (
+        INSERT INTO events (sequence, kind, resource, before, after, actor, created_at, collection_id)
+        SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
+               e.event -> 'before', e.event -> 'after', :actor, :created_at,
+               CAST(e.event ->> 'collection_id' AS integer)
+        FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+    )
+    SELECT count(*) FROM recorded
     """
 )
 _COMMIT_VERSION = (
@@ -706,16 +731,16 @@ class Repository:
 
     # Idempotency ---------------------------------------------------------------------------
 
-    def record_request(self, request_id: str, method: str, fingerprint: str, result: dict[str, Any]) -> bool:
+    def record_request(self, request: PendingRequest) -> bool:
         """Records a mutation's request id with its result; False if the id is already recorded.
 
         A concurrent transaction recording the same id makes this wait until it ends.
         """
         record = {
-            "request_id": request_id,
-            "method": method,
-            "fingerprint": fingerprint,
-            "result": result,
+            "request_id": request.request_id,
+            "method": request.method,
+            "fingerprint": request.fingerprint,
+            "result": request.result,
             "created_at": utcnow(),
         }
         return self._insert_ignoring_conflict(RequestRecord, record) is not None
@@ -763,15 +788,18 @@ class Repository:
 
     # Events --------------------------------------------------------------------------------
 
-    def append_events(self, events: Sequence[PendingEvent], actor: str) -> None:
+    def append_events(self, events: Sequence[PendingEvent], actor: str, request: PendingRequest | None = None) -> bool:
+        """Appends the transaction's events, after recording ``request`` if given; False (and nothing
+        appended) if an earlier request holds its id."""
         # Changes still pending in the session go first: the counter row's lock, taken here, is
         # then held only until the COMMIT that follows.
         self.session.flush()
         now = utcnow()
-        if self._dialect == "postgresql":
-            # One round trip takes the counter row's lock and the sequence numbers, inserts the
-            # events and queues the notification that every replica LISTENing (db.follow_commits)
-            # gets at commit, so their Watch streams see the events now rather than at their next poll.
+        if self._dialect == "postgresql" and events:
+            # One round trip records the request id, takes the counter row's lock and the sequence
+            # numbers, inserts the events and queues the notification that every replica LISTENing
+            # (db.follow_commits) gets at commit, so their Watch streams see the events now rather than
+            # at their next poll.
             described = [
                 {
                     "kind": e.kind,
@@ -783,8 +811,22 @@ class Repository:
                 for e in events
             ]
             appended = {"count": len(events), "events": json.dumps(described), "actor": actor, "created_at": now}
-            self.session.execute(_APPEND_EVENTS_POSTGRESQL, appended)
-            return
+            if request is None:
+                self.session.execute(_APPEND_EVENTS_POSTGRESQL, appended)
+                return True
+            recording = {
+                "request_id": request.request_id,
+                "method": request.method,
+                "fingerprint": request.fingerprint,
+                "result": json.dumps(request.result),
+            }
+            return bool(
+                self.session.execute(_APPEND_EVENTS_RECORDING_REQUEST_POSTGRESQL, appended | recording).scalar_one()
+            )
+        if request is not None and not self.record_request(request):
+            return False
+        if not events:
+            return True
         # One statement takes the counter row's lock and the sequence numbers.
         last = self.session.execute(_TAKE_SEQUENCES, {"count": len(events)}).scalar_one()
         first = int(last) - len(events) + 1
@@ -804,6 +846,7 @@ class Repository:
                 for i, e in enumerate(events)
             ],
         )
+        return True
 
     def events_after(self, sequence: int, resource_prefix: str, limit: int) -> Sequence[Event]:
         query = select(Event).where(Event.sequence > sequence)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mreg.metadata_service.db import WRITE_OPTION
-from mreg.metadata_service.domain import PendingEvent
+from mreg.metadata_service.domain import PendingEvent, PendingRequest
 from mreg.metadata_service.errors import Reason, ResourceExhausted, Unavailable
 from mreg.metadata_service.repository import DriverReads, Repository
 
@@ -30,6 +30,10 @@ _RETRYABLE_PG_CODES = {"40001": "serialization", "40P01": "deadlock"}
 _PG_DISK_FULL = "53100"
 _SQLITE_FULL = 13
 MAX_ATTEMPTS = 8
+
+
+class RequestAlreadyRecorded(Exception):
+    """Raised by a commit, which is then rolled back: an earlier request with the mutation's id is recorded."""
 
 
 class UnitOfWork:
@@ -48,6 +52,7 @@ class UnitOfWork:
         self.session = self._make_session()
         self.repo = Repository(self.session)
         self.events = []
+        self.request: PendingRequest | None = None
         return self
 
     def record(
@@ -63,11 +68,18 @@ class UnitOfWork:
         answered from memory is checked against its collections' events), None only if it changes none."""
         self.events.append(PendingEvent(kind, resource, before, after, collection_id))
 
+    def record_request_at_commit(self, request: PendingRequest) -> None:
+        """Records a mutation's request id when the transaction commits, with its events (in the same
+        statement on PostgreSQL); the commit raises RequestAlreadyRecorded if an earlier request holds it."""
+        self.request = request
+
     def commit(self) -> None:
-        if self.events:
-            # Last statement before COMMIT: the counter row lock is held only briefly, and
-            # sequence order equals commit order, which Watch relies on.
-            self.repo.append_events(self.events, self.actor)
+        # Last statement before COMMIT: the counter row lock is held only briefly, and sequence order
+        # equals commit order, which Watch relies on.
+        if (self.events or self.request is not None) and not self.repo.append_events(
+            self.events, self.actor, self.request
+        ):
+            raise RequestAlreadyRecorded(self.request.request_id if self.request else "")
         self.session.commit()
 
     def __exit__(self, *exc_info: object) -> None:

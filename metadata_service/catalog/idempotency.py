@@ -14,8 +14,9 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from mreg.metadata_service.catalog.common import Caller
+from mreg.metadata_service.domain import PendingRequest
 from mreg.metadata_service.errors import InvalidArgument, Reason, RegistryError
-from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.metadata_service.unit_of_work import Database, RequestAlreadyRecorded, UnitOfWork
 
 T = TypeVar("T")
 
@@ -36,10 +37,6 @@ def _validate_request_id(request_id: str) -> str:
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class _AlreadyRecorded(Exception):
-    """Raised inside a mutation's transaction to roll it back: an earlier request with its id is recorded."""
 
 
 class Mutations:
@@ -63,10 +60,11 @@ class Mutations:
         that result when a retry arrives with the same request id. ``arguments`` are what
         makes two requests the same request.
 
-        The request id is recorded by the transaction's last INSERT rather than claimed by
-        its first, which saves a statement on every mutation: a retry is rare, and one that
-        finds the id taken rolls back what it did and replays the first result instead. A
-        concurrent request with the same id waits on that INSERT until the first commits.
+        The request id is recorded at commit, by the transaction's last INSERT rather than
+        claimed by its first, which saves a statement on every mutation (two on PostgreSQL,
+        where the same statement appends the events): a retry is rare, and one that finds the
+        id taken rolls back what it did and replays the first result instead. A concurrent
+        request with the same id waits on that INSERT until the first commits.
 
         Raises:
             InvalidArgument: the request id is malformed, or was used for a different request.
@@ -76,13 +74,13 @@ class Mutations:
 
         def transaction(uow: UnitOfWork) -> T:
             result, key = work(uow)
-            if request_id and not uow.repo.record_request(request_id, method, fingerprint, key):
-                raise _AlreadyRecorded
+            if request_id:
+                uow.record_request_at_commit(PendingRequest(request_id, method, fingerprint, key))
             return result
 
         try:
             return self.db.run(transaction, write=True, actor=caller.actor)
-        except _AlreadyRecorded:
+        except RequestAlreadyRecorded:
             pass
         except RegistryError:
             # A retry of a request that already acted can fail where the first succeeded (its
