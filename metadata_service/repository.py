@@ -175,8 +175,16 @@ def _collection_column(event: PendingEvent) -> int:
     return NO_COLLECTION if event.collection_id is None else event.collection_id
 
 
-# PostgreSQL appends events in one statement (see append_events); ``->`` keeps a JSON null as JSON
-# null, as the ORM stores None in these columns.
+# PostgreSQL appends events in one statement (see append_events): it takes the counter row's lock and the
+# sequence numbers (``taken``), queues the notification (``notified``) and inserts the events as below.
+# ``->`` keeps a JSON null as JSON null, as the ORM stores None in these columns.
+_INSERT_TAKEN_EVENTS = """
+    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at, collection_id)
+    SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
+           e.event -> 'before', e.event -> 'after', :actor, :created_at,
+           CAST(e.event ->> 'collection_id' AS integer)
+    FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+"""
 _APPEND_EVENTS_POSTGRESQL = text(
     f"""
     WITH taken AS (
@@ -184,11 +192,7 @@ _APPEND_EVENTS_POSTGRESQL = text(
     ), notified AS (
         SELECT pg_notify('{EVENTS_CHANNEL}', '')
     )
-    INSERT INTO events (sequence, kind, resource, before, after, actor, created_at, collection_id)
-    SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
-           e.event -> 'before', e.event -> 'after', :actor, :created_at,
-           CAST(e.event ->> 'collection_id' AS integer)
-    FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
+    {_INSERT_TAKEN_EVENTS}
     """
 )
 # The same, recording a mutation's request id first (catalog.idempotency) in the same round trip: the events
@@ -206,13 +210,7 @@ _APPEND_EVENTS_RECORDING_REQUEST_POSTGRESQL = text(
         RETURNING last_sequence
     ), notified AS (
         SELECT pg_notify('{EVENTS_CHANNEL}', '') FROM taken
-    ), appended AS (
-        INSERT INTO events (sequence, kind, resource, before, after, actor, created_at, collection_id)
-        SELECT taken.last_sequence - :count + e.ordinal, e.event ->> 'kind', e.event ->> 'resource',
-               e.event -> 'before', e.event -> 'after', :actor, :created_at,
-               CAST(e.event ->> 'collection_id' AS integer)
-        FROM taken, notified, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(event, ordinal)
-    )
+    ), appended AS ({_INSERT_TAKEN_EVENTS})
     SELECT count(*) FROM recorded
     """
 )
