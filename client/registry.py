@@ -504,7 +504,7 @@ class Registry:
         to_fetch = files if cache is None else self._place_cached(cache, files, paths)
         fetch_total = sum(f.size_bytes for f in to_fetch)
         adopt = (
-            (lambda f, path: cache.adopt(f.sha256, path, copy_limit=PULL_ADOPT_COPY_LIMIT))
+            (lambda f, path, content: cache.adopt(f.sha256, path, copy_limit=PULL_ADOPT_COPY_LIMIT, content=content))
             if cache is not None
             else None
         )

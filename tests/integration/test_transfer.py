@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -465,6 +466,10 @@ def test_a_pull_copies_into_the_cache_only_files_it_can_reflink_or_that_are_smal
     # The small files come from the cache either way; the large one only where the file system reflinks.
     assert second.downloaded_bytes == (0 if can_reflink else large)
     assert_same_tree(checkpoint, tmp_path / "two")
+    # What the cache took in is whole, read-only and under its digest, with no temporary file left behind.
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.parent.name == "blobs"]
+    assert cached and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in cached)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o444 for p in cached)
 
 
 def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses(fresh_stack, tmp_path: Path) -> None:
