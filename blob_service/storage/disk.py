@@ -104,6 +104,9 @@ class DiskStorage(BlobStorage):
         self._state = self.root / "state"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._uploads.mkdir(parents=True, exist_ok=True)
+        # Every fan-out directory up front, so storing a blob need not try to make its own each time.
+        for fan_out in range(256):
+            (self._blobs / f"{fan_out:02x}").mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"DiskStorage({str(self.root)!r})"
@@ -156,15 +159,16 @@ class DiskStorage(BlobStorage):
         temp = self._uploads / f"put-{uuid.uuid4().hex}.{digest.hash}"
         try:
             with _full_store(self.root):
-                target.parent.mkdir(exist_ok=True)
-                with open(temp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(temp, target)
-        finally:
+                _write_synced(temp, data)
+                try:
+                    os.replace(temp, target)
+                except FileNotFoundError:  # its fan-out directory, made at start-up, was removed since
+                    target.parent.mkdir(exist_ok=True)
+                    os.replace(temp, target)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+            raise
         _fsync_dir(target.parent)
 
     def abort_write(self, upload: PartialUpload) -> None:
@@ -273,6 +277,19 @@ def _full_store(root: Path) -> Iterator[None]:
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Creates ``path`` holding ``data``, on disk when this returns; through the descriptor, as the bytes are
+    all in hand (a buffered file adds an fstat, an ioctl and a seek)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
