@@ -1227,6 +1227,12 @@ def read_gc_epoch(connection: Connection) -> int:
     return int(connection.execute(_GC_EPOCH).scalar_one())
 
 
+def _last_events_of(row: Any) -> tuple[int, int]:
+    """The last sequence, and the latest of the three last events, from a row of ``_LAST_EVENTS``."""
+    last, first, second, unknown = row
+    return int(last), max(first or 0, second or 0, unknown or 0)
+
+
 class DriverReads:
     """The check a resolve answered from memory makes (``ResolveReads.last_events``), sent straight through
     the database driver on a pooled connection.
@@ -1286,9 +1292,12 @@ class DriverReads:
         except self._driver_error:
             connection.invalidate()
             return None
+        except BaseException:
+            connection.invalidate()  # in a state not known (autocommit left on?): never back into the pool
+            raise
         finally:
             connection.close()
-        return int(row[0]), max(row[1] or 0, row[2] or 0, row[3] or 0)
+        return _last_events_of(row)
 
 
 class ResolveReads:
@@ -1325,7 +1334,7 @@ class ResolveReads:
         """The event log's last sequence number, and that of the last event which changed either of two
         collections, or whose collection is unknown (0 if none), read together in one statement."""
         row = self.connection.execute(_LAST_EVENTS, {"first": collection_ids[0], "second": collection_ids[1]}).one()
-        return int(row.last), max(row.first or 0, row.second or 0, row.unknown or 0)
+        return _last_events_of(row)
 
     def context_by_id(self, collection_id: int) -> Sequence[Row[Any]]:
         """A collection with its latest index, one row per alias; empty if there is no such collection."""
