@@ -377,13 +377,18 @@ def _signature(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Writes all of ``data`` to a file descriptor (a write may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_new(path: Path, content: bytes) -> None:
     """Creates ``path`` (which must not exist) holding ``content``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, content)
     finally:
         os.close(fd)
 

@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
-from mreg.client.cache import HashCache, partial_path, replace_file
+from mreg.client.cache import HashCache, partial_path, replace_file, write_all
 from mreg.client.channels import MAX_MESSAGE_BYTES
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile
@@ -763,9 +763,7 @@ class _FileWriter:
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        write_all(self.fd, data)
         self.size += len(data)
 
 
