@@ -750,8 +750,12 @@ def safe_destination(dest: Path, path: str) -> Path:
     target = (dest / path).resolve()
     root = dest.resolve()
     if target == root or root not in target.parents:
-        raise MregError("INVALID_ARGUMENT", f"manifest path {path!r} would be written outside {dest}")
+        raise _written_outside(dest, path)
     return target
+
+
+def _written_outside(dest: Path, path: str) -> MregError:
+    return MregError("INVALID_ARGUMENT", f"manifest path {path!r} would be written outside {dest}")
 
 
 class _FileWriter:
@@ -851,13 +855,15 @@ def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
     for path in paths:
         folder, _, name = path.rpartition("/")
         if name in ("", ".", ".."):
-            targets.append(safe_destination(dest, path))  # refuses it
+            # Not a file's own name: the whole path is resolved, as every path once was, so "." and ".."
+            # are refused by the same check.
+            targets.append(safe_destination(dest, path))
             continue
         directory = directories.get(folder)
         if directory is None:
             directory = (dest / folder).resolve() if folder else root
             if directory != root and root not in directory.parents:
-                raise MregError("INVALID_ARGUMENT", f"manifest path {path!r} would be written outside {dest}")
+                raise _written_outside(dest, path)
             make_parents(directory / name)
             directories[folder] = directory
         target = directory / name
