@@ -237,8 +237,10 @@ class Versions:
             repo = uow.repo
             caller.require(Role.WRITER, name.entity, name.project)
             row = _ensure_artifact(uow, name, type_, lock=True)
-            latest = repo.latest_version(row.id) if row.next_index > 0 else None
-            if latest is not None and latest.digest == plan.digest:
+            # The digest alone decides; the latest version is loaded only when it is the answer.
+            if row.next_index > 0 and repo.latest_digest(row.id) == plan.digest:
+                latest = repo.latest_version(row.id)
+                assert latest is not None
                 return latest, row, False
             plan.refuse_collected_content(repo)
             now = utcnow()
