@@ -24,7 +24,10 @@ that are not committed yet.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -82,6 +85,50 @@ class EpochReader:
         # Several commits may read at once; keeping the largest keeps the value current enough.
         self._seen = max(epoch, self._seen or 0)
         return epoch
+
+
+class SeenContent:
+    """Blobs the blob service said it holds, each with the GC epoch read before it said so, for ``ttl`` seconds.
+
+    A commit whose every blob was seen within ``ttl`` does not ask the blob service again: it checks its
+    content in its transaction against the oldest of those epochs (refuse_collected_content), which refuses
+    whatever a sweep deleted since any of them was seen, as if it had asked then. Such a commit counts as
+    checked against a kept epoch, so a refusal makes it ask afresh (StaleEpoch) before it refuses.
+
+    A blob removed outside the sweep protocol (the scrub removing a copy damaged at rest, an operator) is
+    not seen here: for up to ``ttl`` a commit may still name it, as one committed just before the removal
+    does. A push repairs it: the client asks the blob service itself and uploads what is missing.
+    """
+
+    def __init__(self, ttl: float = 60.0, limit: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (sha256, size) -> (epoch read before the blob service said it holds the blob, when it said so)
+        self._seen: OrderedDict[tuple[str, int], tuple[int, float]] = OrderedDict()
+
+    def epoch_if_all_seen(self, blobs: Sequence[tuple[str, int]]) -> int | None:
+        """The oldest epoch under which every one of ``blobs`` was seen within ``ttl``; None if one was not."""
+        oldest_allowed = self._clock() - self._ttl
+        epoch: int | None = None
+        with self._lock:
+            for blob in blobs:
+                seen = self._seen.get(blob)
+                if seen is None or seen[1] < oldest_allowed:
+                    return None
+                epoch = seen[0] if epoch is None else min(epoch, seen[0])
+        return epoch
+
+    def saw(self, blobs: Sequence[tuple[str, int]], epoch: int) -> None:
+        """Remembers that the blob service holds ``blobs``, as it said after ``epoch`` was read."""
+        now = self._clock()
+        with self._lock:
+            for blob in blobs:
+                self._seen[blob] = (epoch, now)
+                self._seen.move_to_end(blob)
+            while len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
 
 
 class StaleEpoch(Exception):

@@ -113,6 +113,7 @@ class Versions:
         self.pending_ttl = pending_ttl
         self.resolver = Resolver()
         self.gc_epochs = garbage.EpochReader(database)
+        self.seen_content = garbage.SeenContent()
 
     def create(
         self,
@@ -290,7 +291,7 @@ class Versions:
         # Read before asking the blob service, so the transaction can tell whether a
         # sweep deleted any of this content after the blob service said it was there.
         plan.gc_epoch, plan.fresh_epoch = self.gc_epochs.recent() if manifest.entries else (0, True)
-        self._require_content(manifest.entries)
+        self._require_content(plan)
         return plan
 
     def _run_commit(
@@ -369,13 +370,22 @@ class Versions:
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
         except garbage.StaleEpoch:
             plan.gc_epoch, plan.fresh_epoch = self.gc_epochs.fresh(), True
-            self._require_content(plan.manifest.entries)
+            self._require_content(plan, ask=True)
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
 
-    def _require_content(self, entries: Sequence[FileEntry]) -> None:
-        """Refuses (MISSING_BLOB) a manifest naming content the blob service does not hold."""
+    def _require_content(self, plan: _CommitPlan, *, ask: bool = False) -> None:
+        """Refuses (MISSING_BLOB) a manifest naming content the blob service does not hold.
+
+        Content all seen lately is not asked about again unless ``ask``: the plan then checks it against
+        the epochs it was seen under (garbage.SeenContent).
+        """
+        entries = plan.manifest.entries
         digests = sorted({(e.digest, e.size_bytes) for e in entries})
         if not digests:
+            return
+        seen_under = None if ask else self.seen_content.epoch_if_all_seen(digests)
+        if seen_under is not None:
+            plan.gc_epoch, plan.fresh_epoch = min(plan.gc_epoch, seen_under), False
             return
         missing = self.content.find_missing(digests)
         if missing:
@@ -389,6 +399,7 @@ class Versions:
                 violations=[(MISSING_BLOB, f"blobs/{h}/{s}", "not stored in the blob service") for h, s in missing],
                 reason=Reason.MISSING_BLOB,
             )
+        self.seen_content.saw(digests, plan.gc_epoch)
 
     def resolve(self, caller: Caller, reference: str) -> Resolution:
         """The version a reference names, and the link it went through if it names a registered model's."""

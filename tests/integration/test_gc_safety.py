@@ -24,6 +24,7 @@ from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.client import MregError, Registry
+from mreg.metadata.v1 import metadata_service_pb2 as metadata_pb
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.models import CondemnedBlob, GcState
@@ -216,6 +217,40 @@ def test_content_a_sweep_deleted_commits_again_once_uploaded_again(gc_stack: GcS
         client.pull(again.version.name, tmp_path / "out")
     for name in ("weights.bin", "optimizer.bin", "config.json"):
         assert (tmp_path / "out" / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_content_the_service_saw_moments_before_a_sweep_deleted_it_is_refused_not_committed(
+    gc_stack: GcStack, tmp_path: Path
+) -> None:
+    # The service does not ask the blob service again about content it saw lately (garbage.SeenContent): the
+    # sweep's deletion must still refuse a commit naming that content, as a client skipping its own
+    # FindMissingBlobs sends it.
+    folder = _checkpoint(tmp_path / "ck", uuid.uuid4().bytes)
+    with gc_stack.registry() as client, Wire(gc_stack.metadata.address, gc_stack.blob.address, project="gc") as wire:
+        first = client.push(folder, "seen-then-collected")
+        manifest = [
+            metadata_pb.ManifestEntry(path=name, digest=digest_of((folder / name).read_bytes()))
+            for name in ("weights.bin", "optimizer.bin", "config.json")
+        ]
+
+        def commit() -> metadata_pb.CommitVersionResponse:
+            return wire.call(
+                wire.metadata.CommitVersion,
+                metadata_pb.CommitVersionRequest(
+                    new_version=metadata_pb.CommitVersionRequest.NewVersion(parent="seen-then-collected", type="model"),
+                    manifest=manifest,
+                    aliases=["again"],  # a new alias, so the commit is not the latest version's replay
+                ),
+            )
+
+        assert commit().version.index == first.version.index  # seen, and the same content: nothing new
+        client.delete_version(first.version.name, force=True)
+        assert client.collect_garbage(grace_seconds=0).deleted_blobs == 3
+
+        with pytest.raises(MregError) as refused:
+            commit()
+        assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "MISSING_BLOB")
+        assert list(client.list_versions("seen-then-collected")) == []
 
 
 def test_only_one_sweep_runs_at_a_time(gc_stack: GcStack) -> None:
