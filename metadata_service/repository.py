@@ -109,6 +109,7 @@ _LOCK_VERSION_FOR_COMMIT = _LOCK_VERSION_AND_ARTIFACT.add_columns(
     _latest_digest_of(Collection.id).correlate(Collection).scalar_subquery()
 )
 _FIND_COLLECTION_FOR_UPDATE = _FIND_COLLECTION.with_for_update(of=Collection)
+_LOCK_COLLECTION = _FIND_COLLECTION.with_only_columns(Collection.id).with_for_update(of=Collection)
 _COMMITTED = Version.state == VersionState.COMMITTED.value
 _VERSION_BY_INDEX = select(Version).where(
     Version.artifact_id == bindparam("artifact_id"), Version.index == bindparam("index"), _COMMITTED
@@ -386,6 +387,13 @@ class Repository:
         if row is not None:
             self._names[row.id] = name
         return row
+
+    def lock_collection(self, name: CollectionName) -> None:
+        """Takes the collection's row lock, as ``find_collection(for_update=True)`` does, without loading it:
+        for a change that reads the collection afterwards (PostgreSQL; SQLite's write transaction is
+        exclusive from its first statement, so there is nothing to send)."""
+        if self._dialect == "postgresql":
+            self._send(_LOCK_COLLECTION, {"entity": name.entity, "project": name.project, "name": name.name})
 
     def lock_version_for_commit(self, uid: str) -> tuple[Version, Collection, str | None] | None:
         """A version by uid and its artifact, both locked, with the artifact's full name and the digest of
@@ -1203,6 +1211,7 @@ _CONTEXT_COLUMNS = select(
     Collection.type.label("type"),
     Collection.name.label("name"),
     Collection.next_index.label("next_index"),
+    Collection.protected_aliases.label("protected_aliases"),
     Project.name.label("project"),
     Entity.name.label("entity"),
     _LATEST_MEMBER.label("latest"),

@@ -8,14 +8,16 @@ from typing import Any
 
 from mreg.metadata_service.catalog.common import (
     Caller,
+    collection_missing,
     find_collection,
+    is_unborn,
     select_link,
     selected_index,
     version_missing,
 )
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.resolution import context_and_selected_version
-from mreg.metadata_service.catalog.views import CollectionContext, event_view
+from mreg.metadata_service.catalog.views import event_view
 from mreg.metadata_service.domain import AliasChange, CollectionKind, EventView, Page
 from mreg.metadata_service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from mreg.metadata_service.models import Collection
@@ -120,11 +122,13 @@ class Aliases:
         validate_alias(alias)
 
         def work(uow: UnitOfWork) -> tuple[AliasChange, dict[str, Any]]:
-            row = find_collection(uow.repo, ref.collection, None, for_update=True)
-            # Under the collection's lock: its aliases, latest index and the selected version in one statement.
-            read, selected = context_and_selected_version(uow.repo.resolve_reads(), ref)
-            assert read is not None, "the locked collection is there"
-            context = CollectionContext(row, read.name, read.aliases, read.latest_index)
+            uow.repo.lock_collection(ref.collection)
+            # Under the collection's lock: the collection, its aliases, latest index and the selected version
+            # in one statement.
+            context, selected = context_and_selected_version(uow.repo.resolve_reads(), ref)
+            if context is None or is_unborn(context.row):
+                raise collection_missing(ref.collection, None)
+            row = context.row
             if row.kind == CollectionKind.ARTIFACT.value:
                 index = selected_index(context, ref, "version")
                 if selected is None:

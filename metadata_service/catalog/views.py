@@ -86,7 +86,14 @@ def context_of_rows(rows: Sequence[Any]) -> CollectionContext | None:
         return None
     first = rows[0]
     # A transient row, never added to a session: what the context and its checks read of a collection.
-    row = Collection(id=first.id, kind=first.kind, type=first.type, name=first.name, next_index=first.next_index)
+    row = Collection(
+        id=first.id,
+        kind=first.kind,
+        type=first.type,
+        name=first.name,
+        next_index=first.next_index,
+        protected_aliases=first.protected_aliases,
+    )
     aliases = {r.alias: r.alias_target for r in rows if r.alias is not None}
     return CollectionContext(row, CollectionName(first.entity, first.project, first.name), aliases, first.latest)
 
