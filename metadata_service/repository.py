@@ -153,6 +153,11 @@ _ALLOCATE_INDEX = (
     .values(next_index=_table(Collection).c.next_index + 1)
     .returning(_table(Collection).c.next_index)
 )
+_SET_COLLECTION_TYPE = (
+    update(_table(Collection))
+    .where(_table(Collection).c.id == bindparam("typed_collection_id"))
+    .values(type=bindparam("new_type"))
+)
 _INSERT_MANIFEST_ENTRY = insert(_table(ManifestEntry))
 # Attribute name and column of every versions column but the id, which the INSERT returns.
 _NEW_VERSION_COLUMNS = tuple(
@@ -298,9 +303,7 @@ class Repository:
         write or lock rows the session's pending changes never touch. The columns bound are the keys of
         ``values`` (of its first item), with the defaults of the columns an INSERT leaves out.
         """
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self.session.connection()  # begins the transaction, as execute would
+        connection = self._statements()
         first = values[0] if isinstance(values, list) else values
         sendable = _driver_statement(statement, self._sql_dialect, tuple(first))
         cursor = connection.connection.cursor()
@@ -314,6 +317,13 @@ class Repository:
             raise self._driver_failure(e, connection, cursor, sendable.sql) from e
         finally:
             cursor.close()
+
+    def _statements(self) -> Connection:
+        """This unit of work's connection, for statements that bypass the ORM; the first call begins the
+        transaction, as the session's first statement would."""
+        if self._connection is None:
+            self._connection = self.session.connection()
+        return self._connection
 
     def _send_for_value(self, statement: Any, values: dict[str, Any]) -> Any:
         """``_send`` for the first column of the first row; None if there is no row."""
@@ -387,6 +397,25 @@ class Repository:
         if row is not None:
             self._names[row.id] = name
         return row
+
+    def find_collection_to_commit_to(self, name: CollectionName) -> Collection | None:
+        """The collection ``name``, locked as ``find_collection(for_update=True)`` locks it, read without the
+        ORM's loading: a transient row, never added to the session, for a commit, which only reads it
+        (``set_collection_type`` changes its type)."""
+        found = (
+            self._statements()
+            .execute(_FIND_COLLECTION_FOR_UPDATE, {"entity": name.entity, "project": name.project, "name": name.name})
+            .one_or_none()
+        )
+        if found is None:
+            return None
+        self._names[found.id] = name
+        return Collection(**found._mapping)
+
+    def set_collection_type(self, collection: Collection, type_: str) -> None:
+        """Changes a collection's type, on the row and on ``collection`` (loaded or transient)."""
+        self._send(_SET_COLLECTION_TYPE, {"typed_collection_id": collection.id, "new_type": type_})
+        set_committed_value(collection, "type", type_)
 
     def lock_collection(self, name: CollectionName) -> None:
         """Takes the collection's row lock, as ``find_collection(for_update=True)`` does, without loading it:

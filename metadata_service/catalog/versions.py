@@ -510,8 +510,9 @@ def _check_new_version(
 
 
 def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str, *, lock: bool = False) -> Collection:
-    """The artifact ``name``, created on first use; ``lock`` takes its row lock, as a commit must."""
-    row = uow.repo.find_collection(name, for_update=lock)
+    """The artifact ``name``, created on first use; ``lock`` takes its row lock, as a commit must, and reads
+    the row without loading it into the session (a commit only reads it)."""
+    row = uow.repo.find_collection_to_commit_to(name) if lock else uow.repo.find_collection(name)
     if row is None:
         # The artifact stays invisible (is_unborn) until its first version commits,
         # so a push that never commits leaves nothing behind.
@@ -521,7 +522,7 @@ def _ensure_artifact(uow: UnitOfWork, name: CollectionName, type_: str, *, lock:
     assert row is not None
     require_kind(row, name, CollectionKind.ARTIFACT)
     if row.type != type_ and is_unborn(row) and not uow.repo.has_pending_versions(row.id):
-        row.type = type_  # nobody ever saw this artifact: the first push to commit picks its type
+        uow.repo.set_collection_type(row, type_)  # nobody ever saw this artifact: the first push to commit picks it
     if row.type != type_:
         raise FailedPrecondition(
             f"artifact {name} has type {row.type!r}; a version of type {type_!r} cannot join it",

@@ -7,9 +7,11 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from mreg.client import MregError
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata_service.models import Version
 from tests.helpers import digest_of, upload
 from tests.wire import Wire
 
@@ -217,3 +219,19 @@ def test_concurrent_one_call_commits_of_the_same_content_create_one_version(regi
     assert sorted(a.created for a in answers) == [False] * 7 + [True]
     assert {a.version.index for a in answers} == {1}
     assert [v.index for v in registry.list_versions(name)] == [1, 0]
+
+
+def test_an_artifact_nobody_saw_takes_the_type_of_the_first_version_to_commit(servers, registry, unique, wire) -> None:
+    name = f"one-call-unborn-{unique}"
+    pending = wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="dataset")).version
+    # The pending version gone, as one expired whose artifact outlived it: the artifact was never seen.
+    with servers.metadata.engine.begin() as connection:
+        connection.execute(delete(Version).where(Version.uid == pending.uid))
+    (content,) = upload(wire, b"unborn one call " + unique.encode())
+
+    committed = wire.call(
+        wire.metadata.CommitVersion, one_call(name, [pb.ManifestEntry(path="f", digest=content)], type_="model")
+    )
+
+    assert (committed.version.index, committed.version.type) == (0, "model")
+    assert registry.get_artifact(name).type == "model"
