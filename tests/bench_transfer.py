@@ -13,7 +13,8 @@ Measured in one run on the same generated data:
       client alone (disk only).
 Pulls are also compared with the transport alone: the raw stream of the same bytes from
 the server's page cache, discarded on arrival; and with SHA-256 on every core, the most a
-pull that verifies every byte could reach. Small-file pushes are also compared with the
+pull that verifies every byte could reach; and with writing the same number of bytes into a
+file on one thread (no fsync), which every pull must also do. Small-file pushes are also compared with the
 same files written durably (hash, temporary file, fsync, rename, directory fsync) by 16
 threads: what the blob service must do for each blob it accepts.
 """
@@ -187,6 +188,21 @@ def sha256_baseline() -> float:
     return 4 * len(data) / MB / (time.perf_counter() - started)
 
 
+def file_write_baseline(work: Path, total: int = 1 << 30) -> float:
+    """MB/s of writing ``total`` bytes from memory into a new file, 4 MiB at a time, on one thread, without
+    fsync: what every pull must do with every byte it receives besides receiving and hashing it."""
+    data = os.urandom(4 << 20)
+    target = work / "file-write-baseline.bin"
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    with open(target, "wb", buffering=0) as f:
+        for _ in range(total // len(data)):
+            f.write(data)
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return total / MB / elapsed
+
+
 def durable_writes_baseline(source: Path, work: Path, threads: int = 16) -> float:
     """Files/s of what a store must do to keep each small file it accepts: hash it, write it to a temporary
     name, fsync it, rename it into a fan-out directory and fsync that directory; 16 threads, as the blob
@@ -292,6 +308,8 @@ def bench_store(
         out["a_pull_vs_transport"] = round(out["a_pull_MBps"] / baseline["pull_transport_MBps"], 3)
         # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
         out["a_pull_vs_sha256_all_cores"] = round(out["a_pull_MBps"] / baseline["sha256_MBps_all_cores"], 3)
+        # Writing the bytes alone, on one thread: below the transport on some machines (page cache copies).
+        out["a_pull_vs_file_write_one_thread"] = round(out["a_pull_MBps"] / baseline["file_write_MBps_one_thread"], 3)
         out["a_push_vs_cp"] = round(out["a_push_MBps"] / baseline["cp_MBps"], 3)
         out["a_pull_vs_cp"] = round(out["a_pull_MBps"] / baseline["cp_MBps"], 3)
         log(
@@ -448,11 +466,13 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     baseline["cp_MBps"] = cp_baseline(checkpoint, work)
     baseline["sha256_MBps_one_core"] = sha256_baseline()
     baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * (os.cpu_count() or 1)
+    baseline["file_write_MBps_one_thread"] = file_write_baseline(work)
     baseline["durable_small_file_writes_per_s"] = durable_writes_baseline(work / "many-disk", work)
     log(
         f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s "
         f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s, "
         f"sha256 {baseline['sha256_MBps_one_core']:.0f} MB/s per core, "
+        f"file writes {baseline['file_write_MBps_one_thread']:.0f} MB/s on one thread, "
         f"{baseline['durable_small_file_writes_per_s']:.0f} small files/s written durably"
     )
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
