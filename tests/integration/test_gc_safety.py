@@ -239,7 +239,7 @@ def test_content_the_service_saw_moments_before_a_sweep_deleted_it_is_refused_no
                 metadata_pb.CommitVersionRequest(
                     new_version=metadata_pb.CommitVersionRequest.NewVersion(parent="seen-then-collected", type="model"),
                     manifest=manifest,
-                    aliases=["again"],  # a new alias, so the commit is not the latest version's replay
+                    aliases=["again"],  # the content is the latest version's: the call only moves an alias
                 ),
             )
 
