@@ -348,7 +348,7 @@ class Repository:
         integrity errors: a concurrent insert of the same key waits for the other
         transaction and then finds the key taken.
         """
-        return self.session.execute(_insert_or_nothing(self._dialect, _table(model)), values).scalar_one_or_none()
+        return self._send_for_value(_insert_or_nothing(self._dialect, _table(model)), values)
 
     # Entities and projects -------------------------------------------------------------
 
@@ -385,7 +385,7 @@ class Repository:
 
     def resolve_reads(self) -> ResolveReads:
         """A resolve's reads, on this unit of work's connection and transaction."""
-        return ResolveReads(self.session.connection())
+        return ResolveReads(self._statements())
 
     def find_collection(self, name: CollectionName, *, for_update: bool = False) -> Collection | None:
         # Serializes commits, links and alias moves per collection (PostgreSQL row lock;
@@ -853,7 +853,7 @@ class Repository:
             "result": request.result,
             "created_at": utcnow(),
         }
-        return bool(self._send(_insert_or_nothing(self._dialect, _table(RequestRecord)), record))
+        return self._insert_ignoring_conflict(RequestRecord, record) is not None
 
     def request_record(self, request_id: str) -> RequestRecord | None:
         return self.session.get(RequestRecord, request_id)
