@@ -352,7 +352,7 @@ class ContentCache:
         """
         self.rehashed += 1
         try:
-            actual, _ = sha256_file(source)
+            actual, _ = sha256_file(source, expected_size=info.st_size)
         except OSError as e:
             self._evict(sha256, source, f"it cannot be read ({e})")
             return None

@@ -26,24 +26,32 @@ class LocalFile:
 
 
 def sha256_file(
-    path: Path, cancel: threading.Event | None = None, on_bytes: Callable[[int], None] | None = None
+    path: Path,
+    cancel: threading.Event | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    expected_size: int | None = None,
 ) -> tuple[str, int]:
     """Returns the SHA-256 (hex) and size of a file, reading it in large blocks.
 
-    ``on_bytes`` is told how many bytes were hashed after each block (progress).
+    ``on_bytes`` is told how many bytes were hashed after each block (progress). ``expected_size``, the size
+    a stat just gave, sizes the first read: a small file is then read whole into a buffer of its own size,
+    where a read of a whole block allocates (and maps, then unmaps) 4 MiB per file, which costs more than
+    hashing a file of 4-64 KiB. The content hashed is what the file holds, whatever size it has by then.
 
     Raises:
         KeyboardInterrupt: ``cancel`` was set (checked between blocks).
     """
     hasher = hashlib.sha256()
     size = 0
+    # One byte beyond the expected size, so that a file that grew since its stat is read on, not cut short.
+    first_read = HASH_BLOCK if expected_size is None else min(HASH_BLOCK, expected_size + 1)
     with open(path, "rb", buffering=0) as f:
-        first = f.read(HASH_BLOCK)
+        first = f.read(first_read)
         hasher.update(first)
         size = len(first)
         if on_bytes is not None:
             on_bytes(size)
-        if size < HASH_BLOCK:  # most files of a checkpoint are small: no big buffer for them
+        if size < first_read:  # most files of a checkpoint are small: no big buffer for them
             return hasher.hexdigest(), size
         buffer = bytearray(HASH_BLOCK)
         view = memoryview(buffer)

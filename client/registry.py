@@ -457,7 +457,7 @@ class Registry:
         pool = ThreadPoolExecutor(max(2, self.parallel))
 
         def hash_group(group: list[int]) -> list[tuple[int, str]]:
-            return [(i, sha256_file(found[i][0], stop, advance)[0]) for i in group]
+            return [(i, sha256_file(found[i][0], stop, advance, infos[i].st_size)[0]) for i in group]
 
         try:
             groups = _hash_groups(to_hash, [infos[i].st_size for i in to_hash])
