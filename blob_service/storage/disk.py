@@ -3,11 +3,18 @@
 Layout under the root directory::
 
     blobs/ab/abcdef...      published blobs, named by their SHA-256
+    blobs/ab/.put-<id>      a small blob being stored whole (BatchUpdateBlobs)
     uploads/<id>.<sha256>   uploads in progress
     state/<name>            small objects of the service's own (the scrub's lease)
 
 A published file is always complete: uploads are written to their own file, fsynced,
 and renamed into place, which is atomic on POSIX file systems.
+
+A small blob is written beside the name it will take, not in uploads/. A rename between
+two directories takes the file system's rename lock and both directories' locks, and
+files created in one directory contend for its lock and for inodes in one block group:
+16 threads storing small blobs through uploads/ spent most of their time in the kernel
+waiting on those, at about 0.7 times the rate of the same writes made beside their names.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +35,11 @@ from mreg.blob_service.errors import Aborted, NotFound, StorageFull
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 _READ_BACK_CHUNK = 4 << 20
+# A small blob being stored, in its fan-out directory; never 64 characters long, so never taken for a blob.
+_PUT_PREFIX = ".put-"
+# Fan-out directories looked through for puts a crash left behind, per remove_stale_uploads: all 256 in turn,
+# a few at a time, so the janitor's every run stays small however many blobs the store holds.
+_PUT_SWEEP_DIRECTORIES = 16
 
 
 class _FileReader(BlobReader):
@@ -107,6 +120,8 @@ class DiskStorage(BlobStorage):
         # Every fan-out directory up front, so storing a blob need not try to make its own each time.
         for fan_out in range(256):
             (self._blobs / f"{fan_out:02x}").mkdir(exist_ok=True)
+        self._put_sweep_next = 0
+        self._put_sweep_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DiskStorage({str(self.root)!r})"
@@ -156,15 +171,15 @@ class DiskStorage(BlobStorage):
 
     def put_verified(self, digest: Digest, data: bytes) -> None:
         target = self.blob_path(digest)
-        temp = self._uploads / f"put-{uuid.uuid4().hex}.{digest.hash}"
+        temp = target.parent / f"{_PUT_PREFIX}{uuid.uuid4().hex}"
         try:
             with _full_store(self.root):
-                _write_synced(temp, data)
                 try:
-                    os.replace(temp, target)
+                    _write_synced(temp, data)
                 except FileNotFoundError:  # its fan-out directory, made at start-up, was removed since
                     target.parent.mkdir(exist_ok=True)
-                    os.replace(temp, target)
+                    _write_synced(temp, data)
+                os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
@@ -243,6 +258,23 @@ class DiskStorage(BlobStorage):
             with contextlib.suppress(FileNotFoundError):
                 if _utc(entry.stat().st_mtime) < older_than and _remove_unless_locked(entry.path):
                     removed += 1
+        return removed + self._remove_stale_puts(older_than)
+
+    def _remove_stale_puts(self, older_than: datetime) -> int:
+        """Removes the small blobs a crash left half-stored in the next few fan-out directories."""
+        with self._put_sweep_lock:
+            first = self._put_sweep_next
+            self._put_sweep_next = (first + _PUT_SWEEP_DIRECTORIES) % 256
+        removed = 0
+        for fan_out in range(first, first + _PUT_SWEEP_DIRECTORIES):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self._blobs / f"{fan_out % 256:02x}"):
+                    if not entry.name.startswith(_PUT_PREFIX):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if _utc(entry.stat().st_mtime) < older_than:
+                            os.unlink(entry.path)
+                            removed += 1
         return removed
 
 

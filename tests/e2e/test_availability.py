@@ -256,7 +256,8 @@ def _model(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def _partial_uploads(store: Path) -> list[str]:
-    return sorted(p.name for p in (store / "uploads").iterdir())
+    """Uploads in progress, and small blobs being stored (beside their names, in the fan-out directories)."""
+    return sorted([p.name for p in (store / "uploads").iterdir()] + [p.name for p in store.glob("blobs/*/.put-*")])
 
 
 def test_a_push_into_a_full_store_gets_resource_exhausted_releases_its_bytes_and_reads_keep_working(
