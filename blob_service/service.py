@@ -89,6 +89,14 @@ def validate_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+def _run_step(step: Callable[[], None]) -> Exception | None:
+    try:
+        step()
+        return None
+    except Exception as e:
+        return e
+
+
 def _no_room(digest: Digest, error: StorageFull, received: int | None = None) -> StorageFull:
     discarded = "" if received is None else f"; the {received} bytes received were discarded"
     return StorageFull(
@@ -398,6 +406,9 @@ class BlobStore:
                 Reason.BATCH_TOO_LARGE,
             )
 
+        stored: list[Digest] = []
+        unexpected: list[Exception] = []
+
         def store(item: tuple[Digest, bytes]) -> BlobError | None:
             digest, data = item
             try:
@@ -406,14 +417,23 @@ class BlobStore:
                         f"data does not match digest {digest}; nothing was stored", Reason.DIGEST_MISMATCH
                     )
                 if not digest.is_empty and self.storage.last_used(digest) is None:
-                    self.storage.put_verified(digest, data)
+                    self.storage.put_verified(digest, data, defer_durability=True)
+                    stored.append(digest)
                 return None
             except StorageFull as e:
                 return _no_room(digest, e)
             except BlobError as e:
                 return e
+            except Exception as e:  # raised below, once every put of the batch has finished or failed
+                unexpected.append(e)
+                return None
 
-        return list(self._pool.map(store, items))
+        results = list(self._pool.map(store, items))
+        # The batch is answered once all it stored is kept for good, each storage step run once whatever fails.
+        unexpected += [e for e in self._pool.map(_run_step, self.storage.durability_steps(stored)) if e is not None]
+        if unexpected:
+            raise unexpected[0]
+        return results
 
     def batch_read(self, digests: list[Digest], *, verify: bool = True) -> list[BatchReadResult]:
         """Reads several small blobs, verified unless the caller hashes them itself (``verify`` False);

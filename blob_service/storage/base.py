@@ -7,7 +7,7 @@ digest before it asks a backend to publish, and verifies content as it reads it 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -109,8 +109,17 @@ class BlobStorage(ABC):
         """Publishes a complete, verified upload atomically under its digest."""
 
     @abstractmethod
-    def put_verified(self, digest: Digest, data: bytes) -> None:
-        """Publishes a small blob whose bytes the service has already verified, in one step."""
+    def put_verified(self, digest: Digest, data: bytes, *, defer_durability: bool = False) -> None:
+        """Publishes a small blob whose bytes the service has already verified, in one step.
+
+        It is kept for good when this returns; with ``defer_durability``, only once the steps
+        ``durability_steps`` gives for it have run, and until then it counts as not stored.
+        """
+
+    def durability_steps(self, digests: Sequence[Digest]) -> list[Callable[[], None]]:
+        """What still makes the deferred puts of ``digests`` last, as steps that may run side by side, each
+        to be run exactly once. None where a put lasts as soon as it is made (an object store)."""
+        return []
 
     @abstractmethod
     def abort_write(self, upload: PartialUpload) -> None:

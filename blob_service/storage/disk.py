@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -122,6 +123,11 @@ class DiskStorage(BlobStorage):
             (self._blobs / f"{fan_out:02x}").mkdir(exist_ok=True)
         self._put_sweep_next = 0
         self._put_sweep_lock = threading.Lock()
+        # Blobs renamed into place whose directory is not yet synced (deferred puts), by hash, with how many
+        # puts of each are in that state: until synced they count as not stored, so nobody is told a blob is
+        # kept that a power cut could still take (it is then stored again, which is harmless).
+        self._not_yet_durable: dict[str, int] = {}
+        self._durability_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DiskStorage({str(self.root)!r})"
@@ -133,6 +139,8 @@ class DiskStorage(BlobStorage):
         return self._uploads / f"{upload_id}.{digest.hash}"
 
     def has(self, digest: Digest) -> bool:
+        if digest.hash in self._not_yet_durable:
+            return False
         try:
             return self.blob_path(digest).stat().st_size == digest.size_bytes
         except FileNotFoundError:
@@ -169,9 +177,11 @@ class DiskStorage(BlobStorage):
         upload.close()
         _fsync_dir(target.parent)
 
-    def put_verified(self, digest: Digest, data: bytes) -> None:
+    def put_verified(self, digest: Digest, data: bytes, *, defer_durability: bool = False) -> None:
         target = self.blob_path(digest)
         temp = target.parent / f"{_PUT_PREFIX}{uuid.uuid4().hex}"
+        if defer_durability:
+            self._hold(digest)
         try:
             with _full_store(self.root):
                 try:
@@ -181,10 +191,41 @@ class DiskStorage(BlobStorage):
                     _write_synced(temp, data)
                 os.replace(temp, target)
         except BaseException:
+            if defer_durability:
+                self._release([digest])
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
-        _fsync_dir(target.parent)
+        if not defer_durability:
+            _fsync_dir(target.parent)
+
+    def durability_steps(self, digests: Sequence[Digest]) -> list[Callable[[], None]]:
+        # A put's rename lasts once its directory is synced: one sync per directory serves every blob of the
+        # batch renamed into it (a batch of 1 000 blobs lands in about 250 of the 256), where each put syncing
+        # its own directory made twice as many syncs as blobs.
+        by_directory: dict[Path, list[Digest]] = {}
+        for digest in digests:
+            by_directory.setdefault(self.blob_path(digest).parent, []).append(digest)
+        return [functools.partial(self._sync_renamed, d, held) for d, held in by_directory.items()]
+
+    def _sync_renamed(self, directory: Path, digests: list[Digest]) -> None:
+        try:
+            _fsync_dir(directory)
+        finally:
+            self._release(digests)
+
+    def _hold(self, digest: Digest) -> None:
+        with self._durability_lock:
+            self._not_yet_durable[digest.hash] = self._not_yet_durable.get(digest.hash, 0) + 1
+
+    def _release(self, digests: Sequence[Digest]) -> None:
+        with self._durability_lock:
+            for digest in digests:
+                left = self._not_yet_durable[digest.hash] - 1
+                if left:
+                    self._not_yet_durable[digest.hash] = left
+                else:
+                    del self._not_yet_durable[digest.hash]
 
     def abort_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _DiskUpload)
@@ -242,6 +283,8 @@ class DiskStorage(BlobStorage):
                     yield StoredBlob(Digest(entry.name, info.st_size), _utc(info.st_mtime))
 
     def last_used(self, digest: Digest) -> datetime | None:
+        if digest.hash in self._not_yet_durable:
+            return None
         try:
             info = os.stat(os.path.join(self._blobs_text, digest.hash[:2], digest.hash))
         except FileNotFoundError:

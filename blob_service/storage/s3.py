@@ -379,8 +379,8 @@ class S3Storage(BlobStorage):
             log.debug("server-side copy to %s answered %s", target, e)
         return self._stat_size(target) == size
 
-    def put_verified(self, digest: Digest, data: bytes) -> None:
-        self.put(self._blob_key(digest), data)
+    def put_verified(self, digest: Digest, data: bytes, *, defer_durability: bool = False) -> None:
+        self.put(self._blob_key(digest), data)  # stored for good once the PUT is answered
 
     def abort_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _S3Upload)

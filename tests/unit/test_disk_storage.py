@@ -74,3 +74,38 @@ def test_a_store_made_by_an_older_version_gets_its_missing_fan_out_directories(t
     (tmp_path / "store" / "blobs" / "ab").mkdir(parents=True)
     DiskStorage(tmp_path / "store")
     assert len([p for p in (tmp_path / "store" / "blobs").iterdir() if p.is_dir()]) == 256
+
+
+def test_a_small_blob_whose_directory_is_not_yet_synced_counts_as_not_stored_until_its_step_ran(
+    tmp_path: Path,
+) -> None:
+    storage = DiskStorage(tmp_path / "store")
+    contents = [os.urandom(100 + i) for i in range(600)]
+    digests = [Digest(hashlib.sha256(data).hexdigest(), len(data)) for data in contents]
+    for digest, data in zip(digests, contents, strict=True):
+        storage.put_verified(digest, data, defer_durability=True)
+    # Renamed into place but not yet kept for good: nobody may be told it is stored.
+    assert not any(storage.has(d) for d in digests)
+    assert all(storage.last_used(d) is None for d in digests)
+
+    steps = storage.durability_steps(digests)
+    directories = {storage.blob_path(d).parent for d in digests}
+    assert len(steps) == len(directories) < len(digests), "one sync per directory, not per blob"
+    for step in steps:
+        step()
+    assert all(storage.has(d) and storage.last_used(d) is not None for d in digests)
+    assert all(storage.blob_path(d).read_bytes() == data for d, data in zip(digests, contents, strict=True))
+
+
+def test_a_blob_put_twice_before_either_put_is_synced_counts_as_stored_only_once_both_are(tmp_path: Path) -> None:
+    storage = DiskStorage(tmp_path / "store")
+    data = os.urandom(700)
+    digest = Digest(hashlib.sha256(data).hexdigest(), len(data))
+    storage.put_verified(digest, data, defer_durability=True)
+    storage.put_verified(digest, data, defer_durability=True)
+    (first,) = storage.durability_steps([digest])
+    (second,) = storage.durability_steps([digest])
+    first()
+    assert not storage.has(digest), "the second put's rename is not yet synced"
+    second()
+    assert storage.has(digest)
