@@ -26,6 +26,7 @@ class MetadataConfig:
     admin_token_file: str = "admin.token"
     service_token_file: str = "service.token"
     auth_cache_seconds: float = 30
+    content_check_cache_seconds: float = 60
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -96,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MREG_METADATA_AUTH_CACHE_SECONDS",
         "how long what a token grants is reused before the token table is read again; a revocation "
         "takes effect within this time",
+    )
+    flag(
+        "content_check_cache_seconds",
+        "MREG_CONTENT_CHECK_CACHE_SECONDS",
+        "how long content the blob service said it holds is trusted by commits without asking it again "
+        "(a sweep's deletions are always seen); 0 asks on every commit, so a blob removed by hand or by the "
+        "scrub is refused at once",
     )
     add_off_switch(
         parser, "--no-migrate", "migrate", "MREG_NO_MIGRATE", "do not upgrade the database schema at start-up"

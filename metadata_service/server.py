@@ -103,7 +103,12 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
     service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
     content = BlobServiceClient(config.blob_addr, credentials=blob_credentials, token=service_secret)
     database = Database(engine)
-    catalog = MetadataCatalog(database, content, pending_ttl=timedelta(seconds=config.pending_ttl_seconds))
+    catalog = MetadataCatalog(
+        database,
+        content,
+        pending_ttl=timedelta(seconds=config.pending_ttl_seconds),
+        content_check_cache=timedelta(seconds=config.content_check_cache_seconds),
+    )
     metrics = ServiceMetrics("metadata")
     metadata_metrics = MetadataMetrics(metrics)
     metadata_metrics.observe(engine, database, catalog)

@@ -25,7 +25,7 @@ from mreg.metadata_service.catalog.collections import Collections
 from mreg.metadata_service.catalog.common import BlobService
 from mreg.metadata_service.catalog.editing import Edits
 from mreg.metadata_service.catalog.events import Events
-from mreg.metadata_service.catalog.garbage import GarbageCollector
+from mreg.metadata_service.catalog.garbage import DEFAULT_CONTENT_CHECK_CACHE, GarbageCollector
 from mreg.metadata_service.catalog.idempotency import Mutations
 from mreg.metadata_service.catalog.lineage import RunLineage
 from mreg.metadata_service.catalog.links import Links
@@ -49,9 +49,10 @@ class MetadataCatalog:
         content: BlobService,
         pending_ttl: timedelta = DEFAULT_PENDING_TTL,
         watch_poll_seconds: float = POLL_SECONDS,
+        content_check_cache: timedelta = DEFAULT_CONTENT_CHECK_CACHE,
     ) -> None:
         mutations = Mutations(database)
-        self.versions = Versions(database, content, mutations, pending_ttl)
+        self.versions = Versions(database, content, mutations, pending_ttl, content_check_cache)
         self.collections = Collections(database, mutations)
         self.edits = Edits(mutations)
         self.links = Links(database, mutations)

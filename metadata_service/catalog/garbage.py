@@ -39,6 +39,9 @@ from mreg.metadata_service.models import utcnow
 from mreg.metadata_service.repository import Repository, read_gc_epoch
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
+# How long content the blob service said it holds is trusted by commits without asking it again (SeenContent).
+DEFAULT_CONTENT_CHECK_CACHE = timedelta(seconds=60)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GC_GRACE = timedelta(days=1)
@@ -97,10 +100,16 @@ class SeenContent:
 
     A blob removed outside the sweep protocol (the scrub removing a copy damaged at rest, an operator) is
     not seen here: for up to ``ttl`` a commit may still name it, as one committed just before the removal
-    does. A push repairs it: the client asks the blob service itself and uploads what is missing.
+    does. A push repairs it: the client asks the blob service itself and uploads what is missing. A ``ttl``
+    of 0 remembers nothing: every commit asks.
     """
 
-    def __init__(self, ttl: float = 60.0, limit: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float = DEFAULT_CONTENT_CHECK_CACHE.total_seconds(),
+        limit: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ttl = ttl
         self._limit = limit
         self._clock = clock
@@ -110,6 +119,8 @@ class SeenContent:
 
     def epoch_if_all_seen(self, blobs: Sequence[tuple[str, int]]) -> int | None:
         """The oldest epoch under which every one of ``blobs`` was seen within ``ttl``; None if one was not."""
+        if self._ttl <= 0:
+            return None
         oldest_allowed = self._clock() - self._ttl
         epoch: int | None = None
         with self._lock:
@@ -122,6 +133,8 @@ class SeenContent:
 
     def saw(self, blobs: Sequence[tuple[str, int]], epoch: int) -> None:
         """Remembers that the blob service holds ``blobs``, as it said after ``epoch`` was read."""
+        if self._ttl <= 0:
+            return
         now = self._clock()
         with self._lock:
             for blob in blobs:

@@ -31,6 +31,7 @@ from mreg.metadata_service.catalog.common import (
     validate_metadata,
     validate_tags,
 )
+from mreg.metadata_service.catalog.garbage import DEFAULT_CONTENT_CHECK_CACHE
 from mreg.metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
 from mreg.metadata_service.catalog.links import link_version, unlink
 from mreg.metadata_service.catalog.resolution import Resolver
@@ -106,14 +107,21 @@ class _CommitPlan:
 class Versions:
     """The life of a version, from pending to committed to deleted."""
 
-    def __init__(self, database: Database, content: BlobService, mutations: Mutations, pending_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        database: Database,
+        content: BlobService,
+        mutations: Mutations,
+        pending_ttl: timedelta,
+        content_check_cache: timedelta = DEFAULT_CONTENT_CHECK_CACHE,
+    ) -> None:
         self.db = database
         self.content = content
         self.mutations = mutations
         self.pending_ttl = pending_ttl
         self.resolver = Resolver()
         self.gc_epochs = garbage.EpochReader(database)
-        self.seen_content = garbage.SeenContent()
+        self.seen_content = garbage.SeenContent(content_check_cache.total_seconds())
 
     def create(
         self,

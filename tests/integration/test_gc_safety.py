@@ -253,6 +253,62 @@ def test_content_the_service_saw_moments_before_a_sweep_deleted_it_is_refused_no
         assert list(client.list_versions("seen-then-collected")) == []
 
 
+@pytest.mark.parametrize("content_check_cache_seconds", [0, 60])
+def test_a_blob_removed_outside_the_sweep_is_refused_at_once_when_commits_always_ask(
+    database_url: str, tmp_path: Path, content_check_cache_seconds: float
+) -> None:
+    # A blob an operator (or the scrub) removed by hand is not seen by the commit/sweep protocol. With
+    # --content-check-cache-seconds 0 the service asks the blob service on every commit and refuses such a
+    # commit at once; with the default it trusts what it was told for up to a minute, as documented.
+    blob = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs")))
+    metadata = metadata_server.start(
+        MetadataConfig(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            blob_addr=blob.address,
+            gc_interval_seconds=0,
+            content_check_cache_seconds=content_check_cache_seconds,
+        )
+    )
+    try:
+        folder = _checkpoint(tmp_path / "ck", uuid.uuid4().bytes)
+        names = ("weights.bin", "optimizer.bin", "config.json")
+        manifest = [
+            metadata_pb.ManifestEntry(path=name, digest=digest_of((folder / name).read_bytes())) for name in names
+        ]
+        with (
+            Registry.connect(metadata.address, blob.address, entity="acme", project="gc") as client,
+            Wire(metadata.address, blob.address, project="gc") as wire,
+        ):
+            client.push(folder, "hand-removed")  # its commit makes the service ask about the three blobs
+            removed = manifest[0].digest.hash
+            (tmp_path / "blobs" / "blobs" / removed[:2] / removed).unlink()
+
+            def commit() -> metadata_pb.CommitVersionResponse:
+                # What a client that skips its own FindMissingBlobs sends: no upload repairs the content.
+                return wire.call(
+                    wire.metadata.CommitVersion,
+                    metadata_pb.CommitVersionRequest(
+                        new_version=metadata_pb.CommitVersionRequest.NewVersion(parent="elsewhere", type="model"),
+                        manifest=manifest,
+                    ),
+                )
+
+            if content_check_cache_seconds == 0:
+                with pytest.raises(MregError) as refused:
+                    commit()
+                assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "MISSING_BLOB")
+                assert removed in refused.value.message
+                with pytest.raises(MregError) as absent:  # nothing was created, not even the artifact
+                    list(client.list_versions("elsewhere"))
+                assert absent.value.code == "NOT_FOUND"
+            else:
+                assert commit().version.index == 0
+    finally:
+        metadata.stop(grace=None)
+        blob.stop(grace=None)
+
+
 def test_only_one_sweep_runs_at_a_time(gc_stack: GcStack) -> None:
     with gc_stack.metadata.engine.begin() as connection:
         connection.execute(

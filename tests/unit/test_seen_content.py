@@ -43,3 +43,9 @@ def test_the_least_recently_seen_blobs_go_first_beyond_the_limit() -> None:
     seen.saw([C], epoch=1)
     assert seen.epoch_if_all_seen([B]) is None
     assert seen.epoch_if_all_seen([A, C]) == 1
+
+
+def test_a_ttl_of_zero_remembers_nothing_even_within_the_same_instant() -> None:
+    seen = SeenContent(ttl=0, clock=Clock())  # the clock never moves: only the ttl can refuse
+    seen.saw([A, B], epoch=7)
+    assert seen.epoch_if_all_seen([A]) is None
