@@ -301,13 +301,20 @@ class BlobTransfer:
     def find_missing(self, digests: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         missing: set[tuple[str, int]] = set()
         step = max(1, self.limits().batch_count)
-        for start in range(0, len(digests), step):
-            request = pb.FindMissingBlobsRequest(blob_digests=[_digest(h, s) for h, s in digests[start : start + step]])
+        # All the requests at once, up to ``parallel``: the service looks each batch up on its own I/O pool.
+        requests = [
+            pb.FindMissingBlobsRequest(blob_digests=[_digest(h, s) for h, s in digests[start : start + step]])
+            for start in range(0, len(digests), step)
+        ]
+        for first in range(0, len(requests), self.parallel):
+            calls = [self.stub.FindMissingBlobs.future(r) for r in requests[first : first + self.parallel]]
             try:
-                response = self.stub.FindMissingBlobs(request)
+                for call in calls:
+                    missing.update((d.hash, d.size_bytes) for d in call.result().missing_blob_digests)
             except grpc.RpcError as e:
+                for call in calls:
+                    call.cancel()
                 raise MregError.from_rpc(e, "the blob service") from e
-            missing.update((d.hash, d.size_bytes) for d in response.missing_blob_digests)
         return missing
 
     def upload(self, files: Sequence[LocalFile], progress: ProgressCallback | None = None) -> int:

@@ -26,7 +26,7 @@ from mreg.client import MregError, Registry
 from mreg.client.cache import ContentCache, reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
-from mreg.client.transfer import BlobTransfer, RemoteFile
+from mreg.client.transfer import BATCH_COUNT, BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint, read_all, write_requests
@@ -406,6 +406,27 @@ def test_small_files_travel_in_a_handful_of_batches(fresh_stack, tmp_path: Path)
     assert calls["Write"] == 0
     assert calls["BatchUpdateBlobs"] <= 5 and calls["BatchReadBlobs"] <= 5
     assert_same_tree(root, tmp_path / "out")
+
+
+def test_the_content_to_upload_is_found_exactly_across_many_lookup_requests(stack, tmp_path: Path) -> None:
+    # More digests than one FindMissingBlobs request takes (BATCH_COUNT), in more requests than are asked at
+    # once: the answer is the union of every request's, whichever answers first.
+    stored = [os.urandom(100 + i) for i in range(12)]
+    on_disk = stack.blob.store.storage.__class__.__name__ == "DiskStorage"  # S3 test servers: fewer lookups
+    with stack.registry() as registry:
+        blob = registry.transfer
+        blob.parallel = 2
+        for data in stored:
+            blob.stub.BatchUpdateBlobs(
+                pb.BatchUpdateBlobsRequest(
+                    requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest_of(data), data=data)]
+                )
+            )
+        present = {(hashlib.sha256(d).hexdigest(), len(d)) for d in stored}
+        count = (4 if on_disk else 1) * BATCH_COUNT + 3
+        absent = {(hashlib.sha256(f"absent-{i}".encode()).hexdigest(), 7 + i) for i in range(count)}
+        asked = sorted(absent | present)  # by hash, as a push asks: the stored ones fall anywhere
+        assert blob.find_missing(asked) == absent
 
 
 def test_repush_of_an_unchanged_checkpoint_reads_no_file_and_sends_nothing(stack, tmp_path: Path) -> None:
