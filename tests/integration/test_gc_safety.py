@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +60,25 @@ def gc_stack(database_url: str, tmp_path: Path) -> Iterator[GcStack]:
     yield GcStack(blob, metadata)
     metadata.stop(grace=None)
     blob.stop(grace=None)
+
+
+def _commit_in_one_call(
+    wire: Wire, artifact: str, folder: Path, aliases: Sequence[str] = ()
+) -> metadata_pb.CommitVersionResponse:
+    """Commits the files of ``folder`` as a client that skips its own FindMissingBlobs does: nothing is uploaded,
+    so only the service's own check stands between the commit and content that is gone."""
+    manifest = [
+        metadata_pb.ManifestEntry(path=path.name, digest=digest_of(path.read_bytes()))
+        for path in sorted(folder.iterdir())
+    ]
+    return wire.call(
+        wire.metadata.CommitVersion,
+        metadata_pb.CommitVersionRequest(
+            new_version=metadata_pb.CommitVersionRequest.NewVersion(parent=artifact, type="model"),
+            manifest=manifest,
+            aliases=list(aliases),
+        ),
+    )
 
 
 def _checkpoint(root: Path, shared: bytes) -> Path:
@@ -228,20 +247,10 @@ def test_content_the_service_saw_moments_before_a_sweep_deleted_it_is_refused_no
     folder = _checkpoint(tmp_path / "ck", uuid.uuid4().bytes)
     with gc_stack.registry() as client, Wire(gc_stack.metadata.address, gc_stack.blob.address, project="gc") as wire:
         first = client.push(folder, "seen-then-collected")
-        manifest = [
-            metadata_pb.ManifestEntry(path=name, digest=digest_of((folder / name).read_bytes()))
-            for name in ("weights.bin", "optimizer.bin", "config.json")
-        ]
 
         def commit() -> metadata_pb.CommitVersionResponse:
-            return wire.call(
-                wire.metadata.CommitVersion,
-                metadata_pb.CommitVersionRequest(
-                    new_version=metadata_pb.CommitVersionRequest.NewVersion(parent="seen-then-collected", type="model"),
-                    manifest=manifest,
-                    aliases=["again"],  # the content is the latest version's: the call only moves an alias
-                ),
-            )
+            # The content is the latest version's: the call only moves an alias.
+            return _commit_in_one_call(wire, "seen-then-collected", folder, aliases=["again"])
 
         assert commit().version.index == first.version.index  # seen, and the same content: nothing new
         client.delete_version(first.version.name, force=True)
@@ -272,27 +281,16 @@ def test_a_blob_removed_outside_the_sweep_is_refused_at_once_when_commits_always
     )
     try:
         folder = _checkpoint(tmp_path / "ck", uuid.uuid4().bytes)
-        names = ("weights.bin", "optimizer.bin", "config.json")
-        manifest = [
-            metadata_pb.ManifestEntry(path=name, digest=digest_of((folder / name).read_bytes())) for name in names
-        ]
         with (
             Registry.connect(metadata.address, blob.address, entity="acme", project="gc") as client,
             Wire(metadata.address, blob.address, project="gc") as wire,
         ):
             client.push(folder, "hand-removed")  # its commit makes the service ask about the three blobs
-            removed = manifest[0].digest.hash
+            removed = digest_of((folder / "weights.bin").read_bytes()).hash
             (tmp_path / "blobs" / "blobs" / removed[:2] / removed).unlink()
 
             def commit() -> metadata_pb.CommitVersionResponse:
-                # What a client that skips its own FindMissingBlobs sends: no upload repairs the content.
-                return wire.call(
-                    wire.metadata.CommitVersion,
-                    metadata_pb.CommitVersionRequest(
-                        new_version=metadata_pb.CommitVersionRequest.NewVersion(parent="elsewhere", type="model"),
-                        manifest=manifest,
-                    ),
-                )
+                return _commit_in_one_call(wire, "elsewhere", folder)
 
             if content_check_cache_seconds == 0:
                 with pytest.raises(MregError) as refused:
