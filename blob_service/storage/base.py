@@ -118,7 +118,7 @@ class BlobStorage(ABC):
 
     def durability_steps(self, digests: Sequence[Digest]) -> list[Callable[[], None]]:
         """What still makes the deferred puts of ``digests`` last, as steps that may run side by side, each
-        to be run exactly once. None where a put lasts as soon as it is made (an object store)."""
+        to be run exactly once; an empty list where a put lasts as soon as it is made (an object store)."""
         return []
 
     @abstractmethod
