@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -27,6 +28,12 @@ EVENTS_CHANNEL = "mreg_events"
 # Events kept in memory for streams to read; a stream further behind reads the database.
 RECENT_EVENTS = 2000
 _FETCH_PAGE = 500
+# Streams woken at once when the log grows; the next ones wake when these come back to wait (they have sent
+# what they found), or after WAVE_SECONDS at the latest. Woken all at once, hundreds of stream threads queued
+# for the GIL together, and a unary call arriving then waited behind all of them (a p99 of 44-78 ms with 500
+# streams receiving 10 commits/s).
+WAVE_STREAMS = 16
+WAVE_SECONDS = 0.01
 
 
 # Where a resource name may end a path segment: "acme/vision/resnet" + "/..." or ":v3".
@@ -77,6 +84,9 @@ class EventFeed:
         self._stopping = threading.Event()
         # Each waiting stream's wake-up event and the last sequence it saw.
         self._waiters: dict[threading.Event, int] = {}
+        # The streams of the wave last woken that have not come back to wait yet.
+        self._wave: set[threading.Event] = set()
+        self._wave_back = threading.Condition(self._lock)
         # The cache holds every event with start < sequence <= end, in order; end = -1 until
         # the first read. Sequences are gap-free, so event i has sequence start + 1 + i.
         self._recent: deque[EventView] = deque()
@@ -114,6 +124,7 @@ class EventFeed:
         client goes away) and clears it before reading again.
         """
         with self._lock:
+            self._came_back(wake)
             if self._end > seen:
                 return
             self._waiters[wake] = seen
@@ -129,6 +140,17 @@ class EventFeed:
         finally:
             with self._lock:
                 self._waiters.pop(wake, None)
+
+    def leave(self, wake: threading.Event) -> None:
+        """Called when a stream ends: a wave need not wait for it to come back."""
+        with self._lock:
+            self._came_back(wake)
+
+    def _came_back(self, wake: threading.Event) -> None:
+        if wake in self._wave:
+            self._wave.discard(wake)
+            if not self._wave:
+                self._wave_back.notify_all()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -148,9 +170,23 @@ class EventFeed:
                 log.warning("reading the event log failed; retrying", exc_info=True)
                 continue
             with self._lock:
-                for wake, seen in self._waiters.items():
-                    if self._end > seen:
-                        wake.set()
+                due = [wake for wake, seen in self._waiters.items() if self._end > seen]
+            self._wake_in_waves(due)
+
+    def _wake_in_waves(self, due: list[threading.Event]) -> None:
+        """Wakes ``due`` WAVE_STREAMS at a time, each wave once the one before came back (or WAVE_SECONDS)."""
+        for first in range(0, len(due), WAVE_STREAMS):
+            with self._lock:
+                self._wave = set(due[first : first + WAVE_STREAMS])
+                for wake in self._wave:
+                    wake.set()
+                deadline = time.monotonic() + WAVE_SECONDS
+                while self._wave and not self._stopping.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wave_back.wait(left)
+                self._wave = set()
 
     def _catch_up(self) -> None:
         """Reads events up to the log's end into the cache (only this thread writes it)."""

@@ -106,26 +106,29 @@ class Events:
         # Streams opened together would send their heartbeats together, in bursts that
         # delay unary calls; each stream beats at its own interval within the bound.
         heartbeat = HEARTBEAT_SECONDS * random.uniform(0.5, 1.0)
-        while True:
-            wake.clear()
-            if not is_active():
-                return
-            events, reached = self.follow(cursor, resource_prefix)
-            for event in events:
-                yield WatchItem(event.sequence, event)
-                cursor = event.sequence
-            if events:
-                last_sent = time.monotonic()
-                continue
-            # Nothing after the cursor matches up to `reached`: wait for the log to grow.
-            seen = max(seen, reached, cursor)
-            if time.monotonic() - last_sent >= heartbeat:
-                # Filtered consumers learn how far the log has advanced without matching events.
-                cursor = seen
-                yield WatchItem(cursor)
-                last_sent = time.monotonic()
-            # An idle stream sleeps until the log passes what it has seen, or ``wake`` is set.
-            self.feed.wait(seen, wake, heartbeat - (time.monotonic() - last_sent))
+        try:
+            while True:
+                wake.clear()
+                if not is_active():
+                    return
+                events, reached = self.follow(cursor, resource_prefix)
+                for event in events:
+                    yield WatchItem(event.sequence, event)
+                    cursor = event.sequence
+                if events:
+                    last_sent = time.monotonic()
+                    continue
+                # Nothing after the cursor matches up to `reached`: wait for the log to grow.
+                seen = max(seen, reached, cursor)
+                if time.monotonic() - last_sent >= heartbeat:
+                    # Filtered consumers learn how far the log has advanced without matching events.
+                    cursor = seen
+                    yield WatchItem(cursor)
+                    last_sent = time.monotonic()
+                # An idle stream sleeps until the log passes what it has seen, or ``wake`` is set.
+                self.feed.wait(seen, wake, heartbeat - (time.monotonic() - last_sent))
+        finally:
+            self.feed.leave(wake)  # a wave of wake-ups need not wait for a stream that has gone
 
     def stop(self) -> None:
         self._stopping.set()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
+from mreg.metadata_service import event_feed
 from mreg.metadata_service.domain import EventView
 from mreg.metadata_service.event_feed import EventFeed
 
@@ -94,5 +97,71 @@ def test_a_waiting_stream_wakes_when_its_own_event_is_set() -> None:
         timer.start()
         feed.wait(0, wake, 30)  # returns on wake, long before the timeout
         assert wake.is_set()
+    finally:
+        feed.stop()
+
+
+def _streams_waiting(feed: EventFeed, count: int, on_wake: Callable[[threading.Event], None]) -> list[threading.Thread]:
+    """``count`` streams waiting past sequence 0, each calling ``on_wake`` with its event once woken."""
+
+    def stream(wake: threading.Event) -> None:
+        feed.wait(0, wake, 30)
+        on_wake(wake)
+
+    threads = [threading.Thread(target=stream, args=(threading.Event(),)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(feed._waiters) < count and time.monotonic() < deadline:  # every stream is waiting
+        time.sleep(0.005)
+    return threads
+
+
+def test_streams_are_woken_a_wave_at_a_time_each_wave_once_the_last_came_back(monkeypatch) -> None:
+    # Hundreds of streams woken at once queue together for the GIL, and a unary call arriving then waits behind
+    # all of them: no more than a wave is woken at a time, the next once the last has sent and come back.
+    monkeypatch.setattr(event_feed, "WAVE_SECONDS", 30.0)  # only coming back lets the next wave go
+    log = FakeLog()
+    feed = EventFeed(log.last, log.after, poll_seconds=60)
+    awake, most_awake, woken = 0, 0, 0
+    counting = threading.Lock()
+
+    def send_then_come_back(wake: threading.Event) -> None:
+        nonlocal awake, most_awake, woken
+        with counting:
+            awake += 1
+            woken += 1
+            most_awake = max(most_awake, awake)
+        time.sleep(0.02)  # sending what it found
+        with counting:
+            awake -= 1
+        feed.leave(wake)  # as a stream that ends does; one that waits again comes back the same way
+
+    try:
+        streams = _streams_waiting(feed, 3 * event_feed.WAVE_STREAMS + 5, send_then_come_back)
+        log.append("acme/vision/a")
+        feed.committed()
+        for thread in streams:
+            thread.join(timeout=20)
+        assert woken == len(streams), "every stream was woken"
+        assert most_awake <= event_feed.WAVE_STREAMS
+    finally:
+        feed.stop()
+
+
+def test_a_wave_whose_streams_never_come_back_lets_the_next_go_after_a_moment(monkeypatch) -> None:
+    monkeypatch.setattr(event_feed, "WAVE_SECONDS", 0.05)
+    log = FakeLog()
+    feed = EventFeed(log.last, log.after, poll_seconds=60)
+    woken: list[float] = []
+    try:
+        streams = _streams_waiting(feed, 2 * event_feed.WAVE_STREAMS + 1, lambda wake: woken.append(time.monotonic()))
+        started = time.monotonic()
+        log.append("acme/vision/a")
+        feed.committed()
+        for thread in streams:
+            thread.join(timeout=20)
+        assert len(woken) == len(streams)
+        assert max(woken) - started < 5, "a stream that is gone or stuck sending holds no one up for long"
     finally:
         feed.stop()
