@@ -48,6 +48,12 @@ HASH_READ_BYTES = 8 << 20
 # Files up to this size travel in batches (if the server's batch limit allows).
 SMALL_FILE_BYTES = 1 << 20
 BATCH_COUNT = 2000
+# The data this client puts in one batch, however much more the server takes. Each batch is one message that
+# both sides build and copy whole; one of 32 MiB lands in memory freshly mapped for it (page faults on every
+# copy), while 4 MiB buffers are reused, and smaller batches keep writes and reads flowing while the next is
+# built. Pushing 10 000 files of 4-64 KiB: client CPU 2.2-2.7 s against 3.1-4.1 s in batches of 32 MiB, and
+# pulls at up to twice the rate.
+BATCH_TARGET_BYTES = 4 << 20
 # What a batch message holds beyond its data: per blob a digest, a status and field tags
 # (about 100 bytes), and a little for the message itself.
 PER_BLOB_FRAMING = 128
@@ -183,6 +189,7 @@ class TransferLimits:
         count = max(1, min(BATCH_COUNT, caps.max_batch_blobs or BATCH_COUNT))
         framing = FIXED_FRAMING + count * PER_BLOB_FRAMING
         batch = min(
+            BATCH_TARGET_BYTES,
             caps.max_batch_total_size_bytes or FALLBACK_CAPABILITIES.max_batch_total_size_bytes,
             max_receive_message_bytes - framing,
             server_receive - framing,
