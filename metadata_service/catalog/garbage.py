@@ -104,12 +104,7 @@ class SeenContent:
     of 0 remembers nothing: every commit asks.
     """
 
-    def __init__(
-        self,
-        ttl: float = DEFAULT_CONTENT_CHECK_CACHE.total_seconds(),
-        limit: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, ttl: float, limit: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._limit = limit
         self._clock = clock

@@ -31,7 +31,6 @@ from mreg.metadata_service.catalog.common import (
     validate_metadata,
     validate_tags,
 )
-from mreg.metadata_service.catalog.garbage import DEFAULT_CONTENT_CHECK_CACHE
 from mreg.metadata_service.catalog.idempotency import REQUEST_RECORD_TTL, Mutations
 from mreg.metadata_service.catalog.links import link_version, unlink
 from mreg.metadata_service.catalog.resolution import Resolver
@@ -113,7 +112,7 @@ class Versions:
         content: BlobService,
         mutations: Mutations,
         pending_ttl: timedelta,
-        content_check_cache: timedelta = DEFAULT_CONTENT_CHECK_CACHE,
+        content_check_cache: timedelta,
     ) -> None:
         self.db = database
         self.content = content
