@@ -17,6 +17,9 @@ pull that verifies every byte could reach; and with writing the same number of b
 file on one thread (no fsync), which every pull must also do. Small-file pushes are also compared with the
 same files written durably (hash, temporary file, fsync, rename, directory fsync) by 16
 threads: what the blob service must do for each blob it accepts.
+Every timed transfer and baseline starts right after writing and deleting a scratch file as large as what it
+writes (``warm_memory``): on this virtual machine, memory the kernel left free for a few seconds costs a fault
+per page when written again, which alone halved a pull depending on how long the run had paused before it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ MB = 1e6
 CHUNK = 1 << 20
 ONE_FILE_BYTES = 512 << 20
 JOB_CHECKPOINT_BYTES = 128 << 20
+WARM_BLOCK = 4 << 20
+# How long memory the guest freed stays its own before the balloon driver hands it back (see warm_memory).
+IDLE_SECONDS = 8
 
 
 def log(message: str) -> None:
@@ -78,6 +84,31 @@ def make_many_files(root: Path, count: int) -> None:
 
 def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def warm_memory(work: Path, nbytes: int) -> None:
+    """Writes ``nbytes`` into a scratch file and deletes it, so the measurement that follows at once writes into
+    pages the guest kernel has just freed.
+
+    This machine is a KVM guest whose balloon driver reports memory the kernel has kept free for a few seconds
+    back to the host; the next write into such memory costs the guest a fault per page. Writing 1 GiB into a new
+    file took 3.0-3.6 s of kernel time after 6-10 s idle, against 0.22 s straight after another 1 GiB was freed,
+    and a pull of the 1 GiB checkpoint ran at 170-215 MB/s against 460-490 MB/s. Which one a figure got depended
+    on how long the benchmark had paused before it. A node whose memory is its own does not pay this, so every
+    timed transfer and baseline starts warm; ``file_write_MBps_after_idle`` shows the cost when it does not.
+    """
+    scratch = work / "warm-memory.bin"
+    block = bytes(WARM_BLOCK)
+    with open(scratch, "wb", buffering=0) as f:
+        for _ in range(-(-nbytes // WARM_BLOCK)):
+            f.write(block)
+    scratch.unlink()
+
+
+def warm_for(work: Path, transferred: int) -> None:
+    """Warms enough memory for a transfer of ``transferred`` bytes: its files, and the client's and service's
+    buffers and cache copies."""
+    warm_memory(work, transferred + transferred // 4 + (256 << 20))
 
 
 def drop_page_cache_hint(root: Path) -> None:
@@ -149,9 +180,11 @@ def raw_baseline(source: Path, work: Path) -> dict[str, float]:
                         while chunk := f.read(CHUNK):
                             yield chunk
 
+            warm_for(work, total)
             started = time.perf_counter()
             stored = put(chunks()).split(b" ")[1]
             push_s = time.perf_counter() - started
+            warm_for(work, total)
             started = time.perf_counter()
             hasher = hashlib.sha256()
             with open(work / "raw-back.bin", "wb") as out:
@@ -162,6 +195,7 @@ def raw_baseline(source: Path, work: Path) -> dict[str, float]:
                 os.fsync(out.fileno())
             pull_s = time.perf_counter() - started
             # The transport alone: the same bytes streamed from the server's page cache, discarded.
+            warm_for(work, total)
             started = time.perf_counter()
             for _ in get(stored):
                 pass
@@ -188,12 +222,19 @@ def sha256_baseline() -> float:
     return 4 * len(data) / MB / (time.perf_counter() - started)
 
 
-def file_write_baseline(work: Path, total: int = 1 << 30) -> float:
+def file_write_baseline(work: Path, total: int = 1 << 30, *, idle_seconds: float = 0) -> float:
     """MB/s of writing ``total`` bytes from memory into a new file, 4 MiB at a time, on one thread, without
-    fsync: what every pull must do with every byte it receives besides receiving and hashing it."""
+    fsync: what every pull must do with every byte it receives besides receiving and hashing it.
+
+    Into warm memory, as every transfer here is measured (``warm_memory``), or after ``idle_seconds`` without
+    writing, which on this machine is what a transfer pays for memory handed back to the host."""
     data = os.urandom(4 << 20)
     target = work / "file-write-baseline.bin"
     subprocess.run(["sync"], check=True)
+    if idle_seconds:
+        time.sleep(idle_seconds)
+    else:
+        warm_for(work, total)
     started = time.perf_counter()
     with open(target, "wb", buffering=0) as f:
         for _ in range(total // len(data)):
@@ -227,6 +268,7 @@ def durable_writes_baseline(source: Path, work: Path, threads: int = 16) -> floa
         finally:
             os.close(fd)
 
+    warm_for(work, sum(len(data) for data in contents))
     started = time.perf_counter()
     with futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(keep, contents))
@@ -237,6 +279,7 @@ def durable_writes_baseline(source: Path, work: Path, threads: int = 16) -> floa
 
 def cp_baseline(source: Path, work: Path) -> float:
     target = work / "cp-copy"
+    warm_for(work, tree_bytes(source))
     started = time.perf_counter()
     subprocess.run(["cp", "-r", str(source), str(target)], check=True)
     subprocess.run(["sync"], check=True)
@@ -288,11 +331,14 @@ def bench_store(
 
         def push_then_pull(source: Path, artifact: str, cache: str) -> tuple[PushResult, float, float]:
             """Pushes ``source`` and pulls it back, each through a client with a fresh cache; returns seconds."""
+            size = tree_bytes(source)
             with registry(f"{cache}-push-cache") as client:
+                warm_for(work, size)
                 started = time.perf_counter()
                 pushed = client.push(source, artifact)
                 push_s = time.perf_counter() - started
             with registry(f"{cache}-pull-cache") as client:
+                warm_for(work, size)
                 started = time.perf_counter()
                 client.pull(artifact, work / f"{label}-{cache}-pulled")
                 pull_s = time.perf_counter() - started
@@ -347,11 +393,14 @@ def bench_store(
         log(f"  {label}: 10% of files changed: sent {sent} of {total} bytes ({changed_bytes} changed)")
 
         count = sum(1 for p in many.rglob("*") if p.is_file())
+        many_bytes = tree_bytes(many)
         with registry("many-push") as client:
+            warm_for(work, many_bytes)
             started = time.perf_counter()
             client.push(many, "many-files")
             many_push_s = time.perf_counter() - started
         with registry("many-pull") as client:
+            warm_for(work, 2 * many_bytes)  # each file is written twice: in place and into the content cache
             started = time.perf_counter()
             client.pull("many-files", work / f"{label}-many-pulled")
             many_pull_s = time.perf_counter() - started
@@ -437,6 +486,7 @@ def bench_concurrent_pushers(
                         for job, folder in enumerate(folders)
                     ],
                 )
+                warm_for(work, count * JOB_CHECKPOINT_BYTES)
                 ready.wait()  # every job connected and waiting
                 began = time.perf_counter()
                 durations = pending.get(timeout=1800)
@@ -478,12 +528,14 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     baseline["sha256_MBps_one_core"] = sha256_baseline()
     baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * (os.cpu_count() or 1)
     baseline["file_write_MBps_one_thread"] = file_write_baseline(work)
+    baseline["file_write_MBps_after_idle"] = file_write_baseline(work, idle_seconds=IDLE_SECONDS)
     baseline["durable_small_file_writes_per_s"] = durable_writes_baseline(work / "many-disk", work)
     log(
         f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s "
         f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s, "
         f"sha256 {baseline['sha256_MBps_one_core']:.0f} MB/s per core, "
-        f"file writes {baseline['file_write_MBps_one_thread']:.0f} MB/s on one thread, "
+        f"file writes {baseline['file_write_MBps_one_thread']:.0f} MB/s on one thread "
+        f"({baseline['file_write_MBps_after_idle']:.0f} MB/s after {IDLE_SECONDS} s idle), "
         f"{baseline['durable_small_file_writes_per_s']:.0f} small files/s written durably"
     )
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
