@@ -73,6 +73,11 @@ SERVICE_CONFIG: dict[str, Any] = {
     ],
 }
 
+# A replica that hangs (a frozen process, a stalled machine, a network partition) keeps its connections
+# open: only an unanswered ping tells it from a busy one. The client pings a connection silent for this
+# long and drops it when the answer takes as long again; its calls then fail over (UNAVAILABLE is retried).
+KEEPALIVE_SECONDS = 10.0
+
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -197,12 +202,28 @@ def channel_target(address: str) -> tuple[str, str]:
     return f"{scheme}:{','.join(resolved[family])}", first_host
 
 
-def open_channel(address: str, credentials: Credentials | None = None) -> grpc.Channel:
+def keepalive_options(seconds: float) -> list[tuple[str, Any]]:
+    """Pings after ``seconds`` of silence, on idle connections too (a replica must be known dead before a
+    call picks it), answered within as long again; the services accept pings this often (server_runtime)."""
+    milliseconds = int(seconds * 1000)
+    return [
+        ("grpc.keepalive_time_ms", milliseconds),
+        ("grpc.keepalive_timeout_ms", milliseconds),
+        # Newer gRPC cores time a keepalive ping out by this (60 s by default), not keepalive_timeout_ms.
+        ("grpc.http2.ping_timeout_ms", milliseconds),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def open_channel(
+    address: str, credentials: Credentials | None = None, *, keepalive: float = KEEPALIVE_SECONDS
+) -> grpc.Channel:
     """A channel to ``address`` (see ``channel_target``) with the client's message limits, retry policy,
-    load balancing and credentials."""
+    load balancing, keepalive (``keepalive_options``) and credentials."""
     credentials = credentials or Credentials()
     target, host = channel_target(address)
-    options = list(CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *keepalive_options(keepalive)]
     if credentials.uses_tls:
         channel_credentials = grpc.ssl_channel_credentials(
             root_certificates=credentials.ca_cert,

@@ -797,6 +797,7 @@ def cmd_web(args: argparse.Namespace, out: Output) -> None:
         session_secret=secret,
         secure_cookies=args.secure_cookies,
         default_entity=settings.entity or "",
+        keepalive=settings.keepalive,
     )
     try:
         split_listen(args.listen)
@@ -804,8 +805,8 @@ def cmd_web(args: argparse.Namespace, out: Output) -> None:
         print(f"mreg web: error: --listen {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
     with Registry(
-        open_channel(settings.metadata_addr, credentials),
-        open_channel(settings.blob_addr, credentials),
+        open_channel(settings.metadata_addr, credentials, keepalive=settings.keepalive),
+        open_channel(settings.blob_addr, credentials, keepalive=settings.keepalive),
         use_cache=False,
     ) as probe:
         try:
@@ -1126,7 +1127,8 @@ def cmd_login(args: argparse.Namespace, out: Output) -> None:
         token=token,
     )
     credentials = replace(settings.credentials(), token=token)
-    metadata, blob = open_channel(settings.metadata_addr, credentials), open_channel(settings.blob_addr, credentials)
+    metadata = open_channel(settings.metadata_addr, credentials, keepalive=settings.keepalive)
+    blob = open_channel(settings.blob_addr, credentials, keepalive=settings.keepalive)
     registry = Registry(metadata, blob, use_cache=False)
     with registry:
         data = registry.whoami().to_dict()  # a bad token fails here, before anything is written

@@ -221,8 +221,8 @@ class Registry:
         if credentials is None:
             credentials = settings.credentials()
         registry = cls(
-            open_channel(settings.metadata_addr, credentials),
-            open_channel(settings.blob_addr, credentials),
+            open_channel(settings.metadata_addr, credentials, keepalive=settings.keepalive),
+            open_channel(settings.blob_addr, credentials, keepalive=settings.keepalive),
             entity=settings.entity,
             project=settings.project,
             parallel=settings.parallel,

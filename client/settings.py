@@ -45,7 +45,7 @@ from pydantic_settings import (
 )
 
 from mreg.client import profiles
-from mreg.client.channels import Credentials
+from mreg.client.channels import KEEPALIVE_SECONDS, Credentials
 from mreg.client.errors import MregError
 from mreg.client.snapshots import DEFAULT_MAX_SIZE, parse_size
 
@@ -103,6 +103,12 @@ class ClientSettings(BaseSettings):
     client_key: Path | None = Field(None, description="the private key of client_cert (PEM)")
     parallel: int = Field(8, ge=1, le=256, description="parallel transfer streams")
     timeout: float = Field(120.0, gt=0, description="seconds each metadata call may take")
+    keepalive: float = Field(
+        KEEPALIVE_SECONDS,
+        ge=1,
+        description="seconds of silence after which a connection is pinged; a replica that does not answer "
+        "within as long again is dropped and its calls retried on another",
+    )
     cache_dir: Path = Field(default_factory=_xdg_cache_dir, description="the local hash, content and download cache")
     cache_max_size: int | None = Field(
         DEFAULT_MAX_SIZE, description="the download cache's size limit in bytes; None: no limit"

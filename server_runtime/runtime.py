@@ -30,6 +30,18 @@ from mreg.server_runtime.transport import TransportConfigError, check_listen_add
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
 STOP_GRACE_SECONDS = 5
+# Clients ping a silent connection to tell a hung replica from a busy one (client.channels.keepalive_options,
+# at most once a second); gRPC's default answers pings more frequent than every 5 minutes with GOAWAY.
+MIN_PING_INTERVAL_MS = 500
+# Connections are closed gracefully (GOAWAY; calls in flight finish) after this long, so clients of a DNS name
+# resolve it again and reach replicas added since (a Kubernetes headless Service scaling out); gRPC adds
+# +/-10% jitter, so a fleet's connections do not all move at once.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+CONNECTION_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+]
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,7 @@ def start_server(
     server = grpc.server(
         pool,
         interceptors=[*([observer] if observer is not None else []), *interceptors, admission],
-        options=list(options),
+        options=[*CONNECTION_OPTIONS, *options],
         maximum_concurrent_rpcs=max_rpcs,
     )
     add_servicers(server)

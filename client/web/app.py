@@ -38,7 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mreg.client.channels import Credentials, open_channel
+from mreg.client.channels import KEEPALIVE_SECONDS, Credentials, open_channel
 from mreg.client.errors import MregError
 from mreg.client.formatting import human_size
 from mreg.client.models import Link, Version
@@ -89,6 +89,7 @@ class WebConfig:
     secure_cookies: bool = False
     timeout: float = 30.0
     default_entity: str = ""  # offered on the home page to callers whose token does not name one
+    keepalive: float = KEEPALIVE_SECONDS
 
 
 class Connections:
@@ -108,8 +109,8 @@ class Connections:
                 return registry
             credentials = replace(self.config.credentials, token=token)
             registry = Registry(
-                open_channel(self.config.metadata_addr, credentials),
-                open_channel(self.config.blob_addr, credentials),
+                open_channel(self.config.metadata_addr, credentials, keepalive=self.config.keepalive),
+                open_channel(self.config.blob_addr, credentials, keepalive=self.config.keepalive),
                 actor="mreg-web",
                 timeout=self.config.timeout,
                 use_cache=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,30 @@ def test_calls_fail_over_to_the_surviving_replica_when_one_is_killed(two_replica
             assert registry.resolve(f"{artifact}:v{i}").version.name == pushed[i]
         assert [v.index for v in registry.list_versions(artifact)] == list(range(11, -1, -1))
         assert pushed == [f"acme/vision/{artifact}:v{i}" for i in range(12)]
+
+
+def test_a_replica_that_stops_answering_is_dropped_and_its_calls_go_to_the_other(
+    two_replicas, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung replica (a frozen process, a stalled VM, a partition) keeps its connections open, so only
+    keepalive pings tell it from a busy one; before, every other call waited for its deadline for as long
+    as the replica stayed hung."""
+    first, second, blobs = two_replicas
+    monkeypatch.setenv("MREG_KEEPALIVE", "1")
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(b"weights")
+    artifact = f"hung-{uuid.uuid4().hex[:6]}"
+    with Registry.connect(
+        f"{first.address},{second.address}", blobs.address, entity="acme", project="vision", timeout=15
+    ) as registry:
+        name = registry.push(checkpoint, artifact).version.name
+        for _ in range(4):  # round robin: both replicas have a ready connection
+            assert registry.resolve(f"{artifact}:latest").version.name == name
+        assert second.process is not None
+        second.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(10):
+                assert registry.resolve(f"{artifact}:latest").version.name == name
+        finally:
+            second.process.send_signal(signal.SIGCONT)
