@@ -1667,7 +1667,9 @@ _leaf(
 )(_lineage)
 
 
-@click.option("--since", type=int, default=0, metavar="CURSOR", help="replay events after this sequence")
+@click.option(
+    "--since", type=click.IntRange(0, 2**63 - 1), default=0, metavar="CURSOR", help="replay events after this sequence"
+)
 @click.option("--from-now", is_flag=True, help="skip the replay")
 @click.option(
     "--prefix",

@@ -94,6 +94,13 @@ class AlreadyExists(RegistryError):
     default_reason = Reason.COLLECTION_EXISTS
 
 
+class OutOfRange(RegistryError):
+    """A position past the end of what exists, e.g. a Watch cursor beyond the last event."""
+
+    code = "OUT_OF_RANGE"
+    default_reason = Reason.FIELD_INVALID
+
+
 class FailedPrecondition(RegistryError):
     code = "FAILED_PRECONDITION"
     default_reason = Reason.VERSION_ALREADY_COMMITTED

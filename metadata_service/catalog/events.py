@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mreg.metadata_service.catalog.views import event_view
 from mreg.metadata_service.db import follow_commits
 from mreg.metadata_service.domain import EventView
-from mreg.metadata_service.errors import InvalidArgument, Reason
+from mreg.metadata_service.errors import InvalidArgument, OutOfRange, Reason
 from mreg.metadata_service.event_feed import EVENTS_CHANNEL, POLL_SECONDS, EventFeed
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
@@ -99,6 +99,8 @@ class Events:
         cursor = start_after
         if from_now:
             _, cursor = self.after(0, limit=0)
+        else:
+            self._check_cursor(start_after)
         # The first message tells the consumer the stream is live and where it starts.
         yield WatchItem(cursor)
         seen = cursor
@@ -129,6 +131,21 @@ class Events:
                 self.feed.wait(seen, wake, heartbeat - (time.monotonic() - last_sent))
         finally:
             self.feed.leave(wake)  # a wave of wake-ups need not wait for a stream that has gone
+
+    def _check_cursor(self, start_after: int) -> None:
+        """Refuses a cursor past the last committed event, which a stream would silently wait behind.
+
+        Such a cursor comes from another registry, or outlived a restore from an older backup; the
+        events committed until the log caught up with it would never be sent.
+        """
+        _, last = self.follow(start_after, limit=0)
+        if start_after > last:
+            raise OutOfRange(
+                f"start_after {start_after} is beyond the end of the event log (its last event is {last}): "
+                "resume from a sequence this registry sent, or from 0 to replay the whole log",
+                Reason.FIELD_INVALID,
+                {"field": "start_after", "last_sequence": str(last)},
+            )
 
     def stop(self) -> None:
         self._stopping.set()

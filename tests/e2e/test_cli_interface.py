@@ -123,6 +123,11 @@ def test_version_flag_and_usage_errors(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["ls", "acme/vision", "--parallel", "4"])  # a transfer flag on a command that transfers nothing
     assert exit_info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["watch", "--since", str(2**64)])  # beyond the protocol's int64, not an INTERNAL error
+    assert exit_info.value.code == 2
+    assert "'--since'" in capsys.readouterr().err
 
 
 def _usage_error_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:

@@ -521,3 +521,21 @@ def test_arbitrary_references_and_filters_never_cause_internal_errors(servers, r
                 call()
             except grpc.RpcError as e:
                 assert e.code() in allowed, (e.code(), e.details())
+
+
+def test_a_watch_from_beyond_the_end_of_the_log_is_refused_not_left_silent(servers, unique, wire) -> None:
+    """A cursor past the last event (from another registry, or kept across a restore from an older backup) would
+    wait for events numbered after it and miss every one committed before the log caught up with it."""
+    push_one(wire, f"cursor-{unique}", "content")
+    last = next(iter(wire.metadata.Watch(pb.WatchRequest(from_now=True), timeout=30))).sequence
+    with pytest.raises(grpc.RpcError) as error:
+        next(iter(wire.metadata.Watch(pb.WatchRequest(start_after=last + 1000), timeout=30)))
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"last event is {last}" in (error.value.details() or "")
+    # The end of the log itself is a valid cursor: the stream starts there and delivers what comes next.
+    stream = wire.metadata.Watch(pb.WatchRequest(start_after=last), timeout=30)
+    assert next(stream).sequence == last
+    push_one(wire, f"cursor-{unique}", "more content")
+    event = next(message for message in stream if message.HasField("event"))
+    assert event.sequence > last
+    stream.cancel()
