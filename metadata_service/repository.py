@@ -893,6 +893,16 @@ class Repository:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    def schedule_task(self, name: str, next_run_at: datetime) -> bool:
+        """Sets when task ``name`` is first due, unless it has a schedule already; True if this set it."""
+        self._insert_ignoring_conflict(TaskLease, {"name": name})
+        result = self.session.execute(
+            update(TaskLease)
+            .where(TaskLease.name == name, TaskLease.next_run_at.is_(None), TaskLease.owner.is_(None))
+            .values(next_run_at=next_run_at)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     def task_lease(self, name: str) -> TaskLease | None:
         return self.session.get(TaskLease, name, populate_existing=True)
 

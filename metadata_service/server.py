@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +20,7 @@ from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
 from mreg.metadata_service.errors import ERROR_DOMAIN, FailedPrecondition
 from mreg.metadata_service.metrics import MetadataMetrics
+from mreg.metadata_service.models import utcnow
 from mreg.metadata_service.servicer import MetadataServicer, add_to_server
 from mreg.metadata_service.token_servicer import TokenServicer
 from mreg.metadata_service.token_servicer import add_to_server as add_token_servicer
@@ -190,20 +190,35 @@ def _janitor(
     """Offers the periodic tasks to this replica until the server stops.
 
     Every replica runs this; the task leases (``catalog.tasks``) let one replica at a time
-    run each task. Garbage collection runs once per GC interval across all replicas, and
-    this replica offers it only from one interval after its start, as a lone replica always
-    did. Expiry is cheap and each replica's pending TTL is its own (they may differ), so it
-    is due whenever a replica's janitor wakes: never two at once, but never held back by
-    another replica's schedule.
+    run each task. Garbage collection runs once per GC interval across all replicas, first
+    one interval after the first replica of the database started (the schedule is kept in
+    the database, so restarts do not push it back). Expiry is cheap and each replica's
+    pending TTL is its own (they may differ), so it is due whenever a replica's janitor
+    wakes: never two at once, but never held back by another replica's schedule.
     """
     expiry_every = timedelta(0)
     gc_every = timedelta(seconds=config.gc_interval_seconds)
     gc_grace = timedelta(seconds=config.gc_grace_seconds)
-    first_gc = time.monotonic() + config.gc_interval_seconds
-    while not stopping.wait(config.janitor_interval_seconds):
+    gc_scheduled = config.gc_interval_seconds <= 0
+    while True:
+        if not gc_scheduled:
+            gc_scheduled = _schedule_first_gc(catalog, gc_every)
+        if stopping.wait(config.janitor_interval_seconds):
+            return
         _offer(catalog, "expire-pending", expiry_every, lambda: _expire_pending(catalog, metrics))
-        if config.gc_interval_seconds > 0 and time.monotonic() >= first_gc:
+        if gc_scheduled and config.gc_interval_seconds > 0:
             _offer(catalog, "collect-garbage", gc_every, lambda: catalog.garbage.collect(gc_grace))
+
+
+def _schedule_first_gc(catalog: MetadataCatalog, interval: timedelta) -> bool:
+    """Schedules garbage collection one interval from now unless the database has a schedule; False if the
+    database could not be reached (the janitor tries again when it next wakes)."""
+    try:
+        catalog.tasks.schedule("collect-garbage", utcnow() + interval)
+    except Exception:  # the janitor must outlive a database hiccup at start
+        log.exception("could not schedule garbage collection; retrying")
+        return False
+    return True
 
 
 def _expire_pending(catalog: MetadataCatalog, metrics: MetadataMetrics) -> None:

@@ -59,6 +59,15 @@ class PeriodicTasks:
         if not released:
             log.warning("task %s outlasted its %s lease; another replica may have run it too", name, self.lease)
 
+    def schedule(self, name: str, first_run_at: datetime) -> bool:
+        """Makes task ``name`` first due at ``first_run_at`` unless it is scheduled already (it ran, or another
+        replica scheduled it first); True if this call set the schedule.
+
+        The schedule lives in the database, not in a replica's memory, so replicas that restart more often
+        than the task's interval still find it due once the interval from the fleet's first start passed.
+        """
+        return self.db.run(lambda uow: uow.repo.schedule_task(name, first_run_at), write=True)
+
     def run_if_due(self, name: str, interval: timedelta, task: Callable[[], object]) -> bool:
         """Runs ``task`` if this replica takes its lease; returns whether it ran.
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
 from mreg.metadata_service.catalog import MetadataCatalog
 from mreg.metadata_service.catalog.tasks import PeriodicTasks
+from mreg.metadata_service.config import MetadataConfig
 from mreg.metadata_service.db import create_database_engine, upgrade_schema
 from mreg.metadata_service.errors import NotFound
-from mreg.metadata_service.unit_of_work import Database
+from mreg.metadata_service.metrics import MetadataMetrics
+from mreg.metadata_service.server import _janitor
+from mreg.metadata_service.unit_of_work import Database, UnitOfWork
+from mreg.server_runtime.metrics import ServiceMetrics
 from tests.conftest import DATABASES, _fresh_database
 from tests.unit.test_catalog import CALLER, FakeBlobService
 
@@ -132,3 +136,38 @@ def test_a_task_runs_once_per_interval_across_replicas(replicas: list[MetadataCa
         for i, catalog in enumerate(replicas):
             catalog.tasks.run_if_due("collect-garbage", timedelta(hours=1), lambda i=i: ran.append(i))
     assert len(ran) == 1, "one replica ran the task; the others found it not due for an hour"
+
+
+def test_replicas_restarted_more_often_than_the_gc_interval_still_collect_garbage(
+    replicas: list[MetadataCatalog],
+) -> None:
+    """Each replica once offered garbage collection only one whole interval after its own start, so a fleet
+    redeployed more often than the interval (6 h by default) never collected. The schedule is the database's:
+    the first start sets it, later starts keep it."""
+    config = MetadataConfig(gc_interval_seconds=1.0, janitor_interval_seconds=0.05)
+    metrics = MetadataMetrics(ServiceMetrics("metadata"))
+
+    def next_gc(catalog: MetadataCatalog) -> datetime | None:
+        def work(uow: UnitOfWork) -> datetime | None:
+            lease = uow.repo.task_lease("collect-garbage")
+            return None if lease is None else lease.next_run_at
+
+        return catalog.versions.db.run(work, write=False)
+
+    scheduled: datetime | None = None
+    collected = False
+    for restart in range(40):  # each replica lives 0.3 s, well under the interval; at most 12 s in all
+        catalog = replicas[restart % REPLICAS]
+        stopping = threading.Event()
+        janitor = threading.Thread(target=_janitor, args=(catalog, config, stopping, metrics))
+        janitor.start()
+        stopping.wait(0.3)
+        stopping.set()
+        janitor.join()
+        due = next_gc(catalog)
+        scheduled = scheduled or due
+        if due is not None and scheduled is not None and due > scheduled:
+            collected = True  # a run moved the schedule on by an interval
+            break
+    assert scheduled is not None, "the first start scheduled garbage collection in the database"
+    assert collected, "garbage collection ran although no replica lived a whole interval"
