@@ -25,6 +25,7 @@ MISSING_BLOB before committing again (client.registry).
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections import namedtuple
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from typing import Any
 import grpc
 
 from mreg.client.errors import MregError
+
+log = logging.getLogger(__name__)
 
 METADATA_SERVICE = "mreg.metadata.v1.MetadataService"
 BLOB_SERVICE = "mreg.blob.v1.BlobService"
@@ -172,34 +175,54 @@ def channel_target(address: str) -> tuple[str, str]:
     over all of them), a gRPC target URI (``dns:///name:port``, ``ipv4:a:p,b:p``, ...) used
     as it is, or several ``HOST:PORT`` separated by commas: those are resolved once, here,
     into one ``ipv4:``/``ipv6:`` target, so calls fail over between them in milliseconds.
+    A name that does not resolve is left out (with a warning) while another does.
+
+    Raises:
+        MregError: INVALID_ARGUMENT for an entry that is not HOST:PORT or a port outside 1-65535,
+            UNAVAILABLE if no name of a list resolves.
     """
     address = address.strip()
     if "," not in address:
+        host, separator, port = address.rpartition(":")
+        if separator and port.isdigit() and "/" not in address:
+            _check_port(port, address)
         host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0].strip("[]")
         return address, host
     endpoints = [part.strip() for part in address.split(",") if part.strip()]
     resolved: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    unresolved: list[str] = []
     for endpoint in endpoints:
         host, separator, port = endpoint.rpartition(":")
         if not separator or not port.isdigit() or not host:
             raise MregError(
                 "INVALID_ARGUMENT", f"{endpoint!r} in {address!r} is not HOST:PORT (several are separated by commas)"
             )
+        _check_port(port, address)
         host = host.strip("[]")
         try:
             infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:
-            raise MregError("UNAVAILABLE", f"cannot resolve {host!r} of {address!r}: {e}") from e
+            unresolved.append(f"{host!r} ({e})")
+            continue
         for family, _, _, _, sockaddr in infos:
-            if family in resolved:
-                ip = sockaddr[0] if family == socket.AF_INET else f"[{sockaddr[0]}]"
-                if f"{ip}:{port}" not in resolved[family]:
-                    resolved[family].append(f"{ip}:{port}")
-    # gRPC's static targets take one address family: IPv4 where every replica has one.
-    family = socket.AF_INET if resolved[socket.AF_INET] else socket.AF_INET6
-    scheme = "ipv4" if family == socket.AF_INET else "ipv6"
+            if family in resolved and f"{sockaddr[0]}:{port}" not in resolved[family]:
+                resolved[family].append(f"{sockaddr[0]}:{port}")
+    if not resolved[socket.AF_INET] and not resolved[socket.AF_INET6]:
+        raise MregError("UNAVAILABLE", f"cannot resolve any replica of {address!r}: {', '.join(unresolved)}")
+    if unresolved:
+        log.warning("left out of %r, as they do not resolve: %s", address, ", ".join(unresolved))
     first_host = endpoints[0].rpartition(":")[0].strip("[]")
-    return f"{scheme}:{','.join(resolved[family])}", first_host
+    if not resolved[socket.AF_INET6]:
+        return f"ipv4:{','.join(resolved[socket.AF_INET])}", first_host
+    # A static target takes one family: IPv4 replicas join IPv6 ones as IPv4-mapped addresses.
+    mapped = ["[::ffff:{}]:{}".format(*ip_port.rsplit(":", 1)) for ip_port in resolved[socket.AF_INET]]
+    v6 = ["[{}]:{}".format(*ip_port.rsplit(":", 1)) for ip_port in resolved[socket.AF_INET6]]
+    return f"ipv6:{','.join([*mapped, *v6])}", first_host
+
+
+def _check_port(port: str, address: str) -> None:
+    if not 1 <= int(port) <= 65535:
+        raise MregError("INVALID_ARGUMENT", f"port {port} of {address!r} is not between 1 and 65535")
 
 
 def keepalive_options(seconds: float) -> list[tuple[str, Any]]:
