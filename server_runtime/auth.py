@@ -53,6 +53,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         headers = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
         try:
             principal = self._authenticate(bearer_secret(headers))
+            note_principal(principal.name)  # so a refusal below is logged with who was refused
             self._authorize(method, request, principal, headers)
         except AuthError as e:
             context.abort_with_status(
@@ -63,7 +64,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 )
             )
             raise AssertionError("unreachable") from e  # abort_with_status raises
-        note_principal(principal.name)
         return principal
 
     def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -335,13 +335,23 @@ def test_a_failed_call_logs_its_principal_and_never_a_token(secured: Any, rpc_li
                 pb.GetVersionRequest(name="acme/secure/never-pushed:v0"), timeout=10
             )
         assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    outsider = secured.create_token("metrics-outsider", "reader", "other-entity")
+    with secured.channel(secured.metadata.address, outsider) as channel:
+        with pytest.raises(grpc.RpcError) as denied:
+            pb_grpc.MetadataServiceStub(channel).GetVersion(
+                pb.GetVersionRequest(name="acme/secure/never-pushed:v0"), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    found, refused_line = [line for line in rpc_lines if line["method"] == "GetVersion"]
+    found, refused_line, denied_line = [line for line in rpc_lines if line["method"] == "GetVersion"]
     assert found["code"] == "NOT_FOUND"
     assert found["principal"].startswith("metrics-reader-")
     assert refused_line["code"] == "UNAUTHENTICATED"
     assert refused_line["reason"]
     assert refused_line["principal"] is None
-    for line in (found, refused_line):
+    # Identified, then refused: the log says who was refused.
+    assert denied_line["code"] == "PERMISSION_DENIED"
+    assert denied_line["principal"].startswith("metrics-outsider-")
+    for line in (found, refused_line, denied_line):
         text = json.dumps(line)
-        assert reader not in text and bogus not in text
+        assert reader not in text and bogus not in text and outsider not in text
