@@ -310,12 +310,28 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> None:
         if not target:
             raise MregError("INVALID_ARGUMENT", "name what to list, or set MREG_ENTITY and MREG_PROJECT")
         limit = args.limit or None
-        # The default entity/project names a project, never a collection: list it directly.
-        if args.target and _list_collection(registry, target, out, limit):
-            return
+        if ":" in target:
+            raise MregError(
+                "INVALID_ARGUMENT",
+                f"{target} names a version, an alias or a link; ls lists an entity, a project, an artifact or a "
+                f"registered model (mreg show {target} shows what it names)",
+                reason="REFERENCE_INVALID",
+            )
         parts = target.split("/")
-        if ":" in target or len(parts) >= 3:
-            raise MregError("NOT_FOUND", f"no artifact or registered model named {target}", reason="NOT_FOUND")
+        # A name short of ENTITY/PROJECT/NAME is a collection only with the defaults that complete it; the
+        # default entity/project itself names a project, never a collection. Asking the service about any
+        # other would only add refused calls to its logs and error metrics.
+        maybe_collection = len(parts) >= 3 or (registry.entity is not None and (len(parts) == 2 or registry.project))
+        if args.target and maybe_collection:
+            refusal = _list_collection(registry, target, out, limit)
+            if refusal is None:
+                return
+            if len(parts) >= 3:
+                if refusal.code == "INVALID_ARGUMENT":
+                    raise refusal
+                raise MregError(
+                    "NOT_FOUND", f"no artifact or registered model named {target}", reason="COLLECTION_NOT_FOUND"
+                )
         if len(parts) == 1:
             _list_entity(registry, target, out, limit)
             return
@@ -338,10 +354,9 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
 
 
-def _list_collection(registry: Registry, target: str, out: Output, limit: int | None) -> bool:
-    """Lists versions or links if ``target`` is a collection; False if it is not one."""
-    if ":" in target:
-        return False
+def _list_collection(registry: Registry, target: str, out: Output, limit: int | None) -> MregError | None:
+    """Lists versions or links if ``target`` is a collection; if it is not one, the reason why (the artifact
+    lookup's refusal if the name is malformed, else the registered model lookup's)."""
     # ENTITY/PROJECT may also read as a collection in the default entity, which the caller may not
     # be allowed to see: that refusal must not hide the project it may list.
     not_this = ("NOT_FOUND", "INVALID_ARGUMENT", *(("PERMISSION_DENIED",) if target.count("/") == 1 else ()))
@@ -364,16 +379,17 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
             ],
             "(no versions)",
         )
-        return True
+        return None
     except MregError as e:
         if e.code not in not_this:
             raise
+        as_artifact = e
     try:
         registry.get_registered_model(target)
     except MregError as e:
         if e.code not in not_this:
             raise
-        return False
+        return as_artifact if as_artifact.code == "INVALID_ARGUMENT" else e
     links = list(registry.list_links(target, limit=limit))
     out.table(
         [link.to_dict() for link in links],
@@ -384,7 +400,7 @@ def _list_collection(registry: Registry, target: str, out: Output, limit: int | 
         ],
         "(no links)",
     )
-    return True
+    return None
 
 
 def _list_project(registry: Registry, target: str, out: Output, limit: int | None) -> None:

@@ -260,3 +260,18 @@ def test_mreg_serve_takes_the_services_own_settings_from_their_environment_varia
             )
     assert capabilities.max_batch_total_size_bytes == 1 << 20
     assert (tmp_path / "data" / "blobs").is_dir() and not (tmp_path / "elsewhere").exists()
+
+
+def test_ls_of_what_is_not_a_collection_says_what_is_wrong(mreg, unique) -> None:
+    """A malformed name is INVALID_ARGUMENT, as for every other command; only a well-formed name nothing
+    bears is NOT_FOUND (all were NOT_FOUND, with a reason no server sends)."""
+    expected = {
+        "a/b/c/d": ("INVALID_ARGUMENT", "REFERENCE_INVALID"),
+        "acme/vision/resnet:v0": ("INVALID_ARGUMENT", "REFERENCE_INVALID"),
+        "acme/vision/resnet:": ("INVALID_ARGUMENT", "REFERENCE_INVALID"),
+        f"acme/vision/never-{unique}": ("NOT_FOUND", "COLLECTION_NOT_FOUND"),
+    }
+    for target, (code_name, reason) in expected.items():
+        code, _, err = mreg("ls", target)
+        error = json.loads(err)
+        assert code != 0 and (error["code"], error["reason"]) == (code_name, reason), (target, error)
