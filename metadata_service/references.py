@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mreg.metadata_service.errors import InvalidArgument, Reason
+from mreg.metadata_service.errors import InvalidArgument, NotFound, Reason
 from mreg.metadata_service.limits import quote
 
 NAME_MAX = 128
@@ -163,6 +163,10 @@ def parse_collection(text: str, defaults: Defaults = Defaults(), what: str = "co
 def parse_reference(text: str, defaults: Defaults = Defaults()) -> Reference:
     """Parses ``[[entity/]project/]name[:selector]``; no selector means ``latest``."""
     path, colon, selector = text.partition(":")
+    if colon and not path:
+        raise InvalidArgument(
+            f"reference {quote(text)} has no name before ':'", Reason.REFERENCE_INVALID, {"field": "reference"}
+        )
     if ":" in selector:
         raise InvalidArgument(
             f"reference {quote(text)} has more than one ':'", Reason.REFERENCE_INVALID, {"field": "reference"}
@@ -180,6 +184,13 @@ def parse_reference(text: str, defaults: Defaults = Defaults()) -> Reference:
         return Reference(collection, index=int(match.group(1)))
     if selector == LATEST:
         return Reference(collection, alias=LATEST)
+    if re.fullmatch(r"v[1-9][0-9]+", selector):
+        # Longer than any index the schema stores (2^31-1): it names nothing, as the contract says.
+        raise NotFound(
+            f"{quote(text)} names no version: version indexes end at 2147483647",
+            Reason.VERSION_NOT_FOUND,
+            {"resource": text[:200]},
+        )
     if re.fullmatch(r"v[0-9]+", selector):
         raise InvalidArgument(
             f"version selector {quote(selector)} is invalid: write vN without leading zeros",

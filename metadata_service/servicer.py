@@ -340,6 +340,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
     def UpdateVersion(
         self, request: pb.UpdateVersionRequest, context: grpc.ServicerContext
     ) -> pb.UpdateVersionResponse:
+        if request.metadata_mode not in pb.MetadataUpdateMode.values():
+            raise InvalidArgument(
+                f"metadata_mode {request.metadata_mode} is not a MetadataUpdateMode (MERGE or REPLACE)",
+                Reason.FIELD_INVALID,
+                {"field": "metadata_mode"},
+            )
         view = self.catalog.edits.update_version(
             caller_of(context),
             request.name,

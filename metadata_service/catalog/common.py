@@ -105,11 +105,15 @@ def is_unborn(row: Collection) -> bool:
     return row.kind == CollectionKind.ARTIFACT.value and row.next_index == 0
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
 def require_kind(row: Collection, name: CollectionName, kind: CollectionKind) -> None:
     if row.kind != kind.value:
         actual = CollectionKind(row.kind).label
         raise FailedPrecondition(
-            f"{name} is a {actual}, not a {kind.label}",
+            f"{name} is {_a(actual)}, not {_a(kind.label)}",
             reason=Reason.COLLECTION_KIND_MISMATCH,
             metadata={"resource": str(name)},
         )

@@ -149,7 +149,7 @@ def test_nul_bytes_in_any_text_are_invalid_argument_naming_the_field(stub, blobs
     assert field in error.details()
 
 
-@pytest.mark.parametrize("selector", ["v2147483648", "v4294967296", "v999999999999999999"])
+@pytest.mark.parametrize("selector", ["v2147483648", "v4294967296", "v999999999999999999", "v99999999999999999999"])
 def test_version_indexes_beyond_what_the_schema_stores_are_not_found(stub, blobs, selector) -> None:
     committed_version(stub, blobs, "index-range")
     for call in (
@@ -158,6 +158,16 @@ def test_version_indexes_beyond_what_the_schema_stores_are_not_found(stub, blobs
         lambda: stub.SetAlias(pb.SetAliasRequest(name=f"index-range:{selector}", alias="x"), metadata=HEADERS),
     ):
         assert error_of(call).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reference_and_enum_mistakes_get_messages_that_name_the_mistake(stub, blobs) -> None:
+    committed_version(stub, blobs, "mistakes")
+    no_name = error_of(lambda: stub.GetVersion(pb.GetVersionRequest(name=":v1"), metadata=HEADERS))
+    assert no_name.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no name before ':'" in (no_name.details() or ""), no_name.details()
+    request = pb.UpdateVersionRequest(name="mistakes:v0", metadata_mode=7)  # type: ignore[arg-type]
+    mode = error_of(lambda: stub.UpdateVersion(request, metadata=HEADERS))
+    assert mode.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata_mode" in (mode.details() or "")
 
 
 def test_expected_indexes_beyond_what_the_schema_stores_are_invalid_argument(stub, blobs) -> None:
