@@ -181,6 +181,8 @@ def run_main(
     except TransportConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(f"{what} listening on {running.address}", flush=True)
+    # The host as --listen gave it ([::1], 0.0.0.0, a name), with the port bound (--listen HOST:0 picks one).
+    host = str(getattr(args, "listen", running.address)).rsplit(":", 1)[0]
+    print(f"{what} listening on {host}:{running.address.rsplit(':', 1)[1]}", flush=True)
     wait_for_stop_signal()
     running.stop(grace=STOP_GRACE_SECONDS)

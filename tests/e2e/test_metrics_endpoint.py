@@ -66,3 +66,22 @@ def test_a_service_refuses_metrics_on_a_non_loopback_address_without_insecure(
     assert result.stderr.startswith(f"python -m {module}: error: refusing to serve metrics on 0.0.0.0:0"), result.stderr
     assert insecure_env in result.stderr
     assert not any(tmp_path.iterdir()), "nothing may be created before the refusal"
+
+
+def test_a_service_says_where_it_listens_as_it_was_told(tmp_path: Path) -> None:
+    """The banner named 127.0.0.1 whatever --listen said, so a service on [::1] sent its users elsewhere."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mreg.blob_service", "--listen", "[::1]:0", "--store", str(tmp_path / "blobs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline().strip()
+        assert banner.startswith("blob service listening on [::1]:"), banner
+        with grpc.insecure_channel(banner.rsplit(" ", 1)[1]) as channel:
+            blob_grpc.BlobServiceStub(channel).GetCapabilities(blob_pb.GetCapabilitiesRequest(), timeout=10)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
