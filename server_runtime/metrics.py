@@ -91,6 +91,18 @@ class ServiceMetrics:
             "mreg_rpc_handled", "RPCs completed, by status code.", [*labels, "code"], registry=self.registry
         )
         self.open_streams = Gauge("mreg_rpc_open_streams", "Streaming RPCs open now.", labels, registry=self.registry)
+        self.received_bytes = Counter(
+            "mreg_rpc_received_message_bytes",
+            "Bytes of the request messages RPCs received, serialized (before gRPC's framing), by method.",
+            labels,
+            registry=self.registry,
+        )
+        self.sent_bytes = Counter(
+            "mreg_rpc_sent_message_bytes",
+            "Bytes of the response messages RPCs sent, serialized (before gRPC's framing), by method.",
+            labels,
+            registry=self.registry,
+        )
 
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """A counter of this service's registry (``name`` without ``_total``; Prometheus adds it)."""
@@ -107,7 +119,7 @@ class ServiceMetrics:
 class _MethodSeries:
     """The label children of one method, looked up once: per call only the code's children are found."""
 
-    __slots__ = ("by_code", "method", "metrics", "open_streams", "service")
+    __slots__ = ("by_code", "method", "metrics", "open_streams", "received", "sent", "service")
 
     def __init__(self, metrics: ServiceMetrics, full_method: str) -> None:
         service, _, method = full_method.lstrip("/").rpartition("/")
@@ -115,6 +127,8 @@ class _MethodSeries:
         self.service = service
         self.method = method
         self.open_streams = metrics.open_streams.labels(metrics.server, service, method)
+        self.received = metrics.received_bytes.labels(metrics.server, service, method)
+        self.sent = metrics.sent_bytes.labels(metrics.server, service, method)
         self.by_code: dict[grpc.StatusCode, tuple[Any, Any]] = {}
 
     def finished(self, code: grpc.StatusCode, seconds: float) -> None:
@@ -182,9 +196,7 @@ class RpcObserver(grpc.ServerInterceptor):
             return response
 
         make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
-        return make(
-            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return make(observed, **_counting_bytes(handler, series))
 
     def _observe_response_stream(self, handler: grpc.RpcMethodHandler, series: _MethodSeries) -> grpc.RpcMethodHandler:
         streaming = handler.request_streaming
@@ -221,9 +233,25 @@ class RpcObserver(grpc.ServerInterceptor):
             _end(series, context, started, None, note, None, True, stream=True)
 
         make = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_stream_rpc_method_handler
-        return make(
-            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return make(observed, **_counting_bytes(handler, series))
+
+
+def _counting_bytes(handler: grpc.RpcMethodHandler, series: _MethodSeries) -> dict[str, Any]:
+    """The handler's (de)serializers, counting the bytes of every message where they are bytes anyway: the
+    size costs nothing there, where measuring the messages would serialize them a second time."""
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
+    received, sent = series.received, series.sent
+
+    def counted_request(data: bytes) -> Any:
+        received.inc(len(data))
+        return deserialize(data) if deserialize is not None else data
+
+    def counted_response(message: Any) -> bytes:
+        data = serialize(message) if serialize is not None else message
+        sent.inc(len(data))
+        return data
+
+    return {"request_deserializer": counted_request, "response_serializer": counted_response}
 
 
 def _end(

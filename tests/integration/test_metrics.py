@@ -159,6 +159,27 @@ def test_a_not_found_call_is_counted_timed_and_logged_once_as_json(
     assert "principal" not in line  # authentication is off
 
 
+def test_every_call_counts_the_message_bytes_it_received_and_sent(observed: Observed) -> None:
+    """Bytes in and out by method on both services, as serialized messages (the blob service's content bytes
+    are counted apart); the metadata service had none."""
+    request = pb.GetVersionRequest(name="acme/metrics/never-pushed-either:v0")
+    labels = rpc("metadata", METADATA, "GetVersion")
+    resolve = rpc("metadata", METADATA, "ListProjects")
+    before, _ = observed.scrape()
+    with observed.wire() as wire:
+        with pytest.raises(MregError):
+            wire.call(wire.metadata.GetVersion, request)
+        listed = wire.call(wire.metadata.ListProjects, pb.ListProjectsRequest(parent="acme"))
+    after, _ = observed.scrape()
+
+    def grew(name: str, series: dict[str, str]) -> float:
+        return value(after, name, **series) - value(before, name, **series)
+
+    assert grew("mreg_rpc_received_message_bytes_total", labels) == request.ByteSize()
+    assert grew("mreg_rpc_sent_message_bytes_total", labels) == 0  # refused: no response message
+    assert grew("mreg_rpc_sent_message_bytes_total", resolve) == listed.ByteSize()
+
+
 def test_a_push_and_a_pull_count_their_calls_and_content_bytes(observed: Observed, tmp_path: Path) -> None:
     # Random content, new to the store and to the client's content cache: a large file travels in Write and
     # Read streams, a small one in batches.
