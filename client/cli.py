@@ -257,8 +257,10 @@ def cmd_show(args: argparse.Namespace, out: Output) -> None:
         try:
             resolution = registry.resolve(args.ref)
         except MregError as e:
-            # A registered model without links names no version: show the model alone.
-            model = _registered_model_named(registry, args.ref) if e.code == "NOT_FOUND" else None
+            # A registered model without links names no version: show the model alone. A name nothing bears
+            # (COLLECTION_NOT_FOUND) is no model either: asking would only add refused calls to the logs.
+            maybe_model = e.code == "NOT_FOUND" and e.reason != "COLLECTION_NOT_FOUND"
+            model = _registered_model_named(registry, args.ref) if maybe_model else None
             if model is None:
                 raise
             out.result(model.to_dict(), "\n".join(_registered_model_lines(model)))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from mreg.client import Registry
 from tests.helpers import make_checkpoint
 
 
@@ -217,3 +218,12 @@ def test_metadata_options_on_a_registered_model_and_an_empty_update_are_usage_er
     assert code == 2 and "--create" in err
     # Nothing was changed by the refused updates.
     assert mreg("show", f"{model}:latest")[1]["registered_model_card"]["description"] == ""
+
+
+def test_show_of_a_registered_model_without_links_shows_its_card(mreg, servers, unique) -> None:
+    model = f"acme/model-registry/empty-{unique}"
+    with Registry.connect(servers.metadata.address, servers.blob.address) as registry:
+        registry.create_registered_model(model, description="# Empty so far")
+    code, shown, err = mreg("show", model)
+    assert code == 0, err
+    assert shown["description"] == "# Empty so far"
