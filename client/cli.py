@@ -928,6 +928,13 @@ def _note_kept_card(registry: Registry, name: str, description: str) -> None:
         )
 
 
+def _fits_int64(value: int, option: str) -> int:
+    """``value``, if it is a sequence the protocol's int64 holds (a Click range would print its bounds in --help)."""
+    if not 0 <= value <= 2**63 - 1:
+        raise click.BadParameter(f"{value} is not a sequence (0 to {2**63 - 1})", param_hint=f"'{option}'")
+    return value
+
+
 def _registered_model_named(registry: Registry, ref: str) -> RegisteredModel | None:
     """The registered model ``ref`` names when it is one (no selector), else None."""
     if ":" in ref:
@@ -1686,7 +1693,12 @@ _leaf(
 
 
 @click.option(
-    "--since", type=click.IntRange(0, 2**63 - 1), default=0, metavar="CURSOR", help="replay events after this sequence"
+    "--since",
+    type=int,
+    default=0,
+    metavar="CURSOR",
+    callback=lambda _context, _option, value: _fits_int64(value, "--since"),
+    help="replay events after this sequence",
 )
 @click.option("--from-now", is_flag=True, help="skip the replay")
 @click.option(
