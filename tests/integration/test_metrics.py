@@ -342,27 +342,18 @@ def test_one_endpoint_shows_both_services_apart_for_mreg_serve(observed: Observe
 
 
 def test_a_failed_call_logs_its_principal_and_never_a_token(secured: Any, rpc_lines: list[dict[str, Any]]) -> None:
+    def refusal_as(token: str) -> grpc.StatusCode:
+        request = pb.GetVersionRequest(name="acme/secure/never-pushed:v0")
+        with secured.channel(secured.metadata.address, token) as channel, pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.MetadataServiceStub(channel).GetVersion(request, timeout=10)
+        return refused.value.code()
+
     reader = secured.create_token("metrics-reader", "reader", "acme/secure")
-    with secured.channel(secured.metadata.address, reader) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            pb_grpc.MetadataServiceStub(channel).GetVersion(
-                pb.GetVersionRequest(name="acme/secure/never-pushed:v0"), timeout=10
-            )
-        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refusal_as(reader) == grpc.StatusCode.NOT_FOUND
     bogus = "mreg_" + "x" * 43
-    with secured.channel(secured.metadata.address, bogus) as channel:
-        with pytest.raises(grpc.RpcError) as unauthenticated:
-            pb_grpc.MetadataServiceStub(channel).GetVersion(
-                pb.GetVersionRequest(name="acme/secure/never-pushed:v0"), timeout=10
-            )
-        assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refusal_as(bogus) == grpc.StatusCode.UNAUTHENTICATED
     outsider = secured.create_token("metrics-outsider", "reader", "other-entity")
-    with secured.channel(secured.metadata.address, outsider) as channel:
-        with pytest.raises(grpc.RpcError) as denied:
-            pb_grpc.MetadataServiceStub(channel).GetVersion(
-                pb.GetVersionRequest(name="acme/secure/never-pushed:v0"), timeout=10
-            )
-        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refusal_as(outsider) == grpc.StatusCode.PERMISSION_DENIED
 
     found, refused_line, denied_line = [line for line in rpc_lines if line["method"] == "GetVersion"]
     assert found["code"] == "NOT_FOUND"
