@@ -183,7 +183,7 @@ def channel_target(address: str) -> tuple[str, str]:
     """
     address = address.strip()
     if "," not in address:
-        host, separator, port = address.rpartition(":")
+        _, separator, port = address.rpartition(":")
         if separator and port.isdigit() and "/" not in address:
             _check_port(port, address)
         host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0].strip("[]")
