@@ -146,6 +146,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         interceptors=interceptors,
         credentials=credentials,
         observer=RpcObserver(metrics, track_principal=config.auth),
+        max_connection_age_seconds=config.max_connection_age_seconds,
     )
     try:
         endpoint = serve_metrics(config.metrics_listen, metrics.registry) if config.metrics_listen else None

@@ -16,6 +16,7 @@ class MetadataConfig:
     database_url: str = "sqlite:///.mreg/metadata.db"
     blob_addr: str = "localhost:50052"
     workers: int = 32
+    max_connection_age_seconds: float = 300
     max_streams: int = 1000
     migrate: bool = True
     pending_ttl_seconds: float = 24 * 3600
@@ -56,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag("blob_addr", "MREG_BLOB_ADDR", "the blob service that commits are verified against")
     flag("workers", "MREG_METADATA_WORKERS", "threads serving unary RPCs; streams never take these")
+    flag(
+        "max_connection_age_seconds",
+        "MREG_METADATA_MAX_CONNECTION_AGE_SECONDS",
+        "close each client connection gracefully after this long (calls in flight finish), so clients of a DNS "
+        "name resolve it again and reach new replicas; 0 = never",
+    )
     flag(
         "max_streams",
         "MREG_METADATA_MAX_STREAMS",

@@ -140,6 +140,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         interceptors=interceptors,
         credentials=credentials,
         observer=RpcObserver(metrics, track_principal=config.auth),
+        max_connection_age_seconds=config.max_connection_age_seconds,
     )
     port = started.port
     try:

@@ -33,15 +33,20 @@ STOP_GRACE_SECONDS = 5
 # Clients ping a silent connection to tell a hung replica from a busy one (client.channels.keepalive_options,
 # at most once a second); gRPC's default answers pings more frequent than every 5 minutes with GOAWAY.
 MIN_PING_INTERVAL_MS = 500
-# Connections are closed gracefully (GOAWAY; calls in flight finish) after this long, so clients of a DNS name
-# resolve it again and reach replicas added since (a Kubernetes headless Service scaling out); gRPC adds
-# +/-10% jitter, so a fleet's connections do not all move at once.
-MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
-CONNECTION_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
-    ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-]
+
+
+def connection_options(max_connection_age_seconds: float) -> list[tuple[str, Any]]:
+    """Accepts the clients' keepalive pings; closes connections gracefully (GOAWAY; calls in flight finish)
+    after ``max_connection_age_seconds`` (0: never), so clients of a DNS name resolve it again and reach
+    replicas added since (a Kubernetes headless Service scaling out). gRPC adds +/-10% jitter to the age, so
+    a fleet's connections do not all move at once."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    ]
+    if max_connection_age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)))
+    return options
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ def start_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     observer: grpc.ServerInterceptor | None = None,
+    max_connection_age_seconds: float = 0,
 ) -> StartedServer:
     """Builds, binds and starts a server; returns once it listens.
 
@@ -96,6 +102,7 @@ def start_server(
         credentials: TLS server credentials (``transport.server_credentials``); None serves plaintext.
         observer: runs outside every other interceptor (``metrics.RpcObserver``), so it sees every call,
             refused ones included.
+        max_connection_age_seconds: see ``connection_options``.
 
     Raises:
         RuntimeError: ``listen`` cannot be bound.
@@ -105,7 +112,7 @@ def start_server(
     server = grpc.server(
         pool,
         interceptors=[*([observer] if observer is not None else []), *interceptors, admission],
-        options=[*CONNECTION_OPTIONS, *options],
+        options=[*connection_options(max_connection_age_seconds), *options],
         maximum_concurrent_rpcs=max_rpcs,
     )
     add_servicers(server)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,37 @@ def test_a_replica_that_stops_answering_is_dropped_and_its_calls_go_to_the_other
                 assert registry.resolve(f"{artifact}:latest").version.name == name
         finally:
             second.process.send_signal(signal.SIGCONT)
+
+
+def test_services_recycle_connections_so_clients_resolve_their_names_again(tmp_path: Path) -> None:
+    """gRPC resolves a DNS name again only when a connection closes: a service that never closed one kept
+    long-lived clients off replicas added later. Each connection now ends gracefully after its maximum age,
+    and the client's calls carry on over a new one (a new peer port in the service's log)."""
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(tmp_path / "blobs")]).start()
+    log_file = tmp_path / "metadata.log"
+    metadata = ServiceProcess(
+        "mreg.metadata_service",
+        [
+            *("--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--blob-addr", blobs.address),
+            *("--max-connection-age-seconds", "1"),
+        ],
+        log_file=log_file,
+    ).start()
+    try:
+        with Registry.connect(metadata.address, blobs.address, entity="acme", project="vision") as registry:
+
+            def refused_once() -> None:  # a failed call logs the peer it came from
+                with pytest.raises(MregError) as error:
+                    registry.resolve("never-pushed")
+                assert error.value.code == "NOT_FOUND"
+
+            refused_once()
+            for _ in range(12):  # calls across the connection's end all succeed: 3 s, three ages at least
+                next(registry.list_projects("acme"), None)
+                threading.Event().wait(0.25)
+            refused_once()
+        peers = [json.loads(line)["peer"] for line in log_file.read_text().splitlines() if '"peer"' in line]
+        assert len(peers) == 2 and peers[0] != peers[1], peers
+    finally:
+        metadata.stop()
+        blobs.stop()
