@@ -37,7 +37,7 @@ import grpc
 
 from mreg.client import editing, profiles
 from mreg.client.cache import ContentCache, default_cache_dir
-from mreg.client.channels import Credentials, open_channel
+from mreg.client.channels import Credentials
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.formatting import human_size
 from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
@@ -822,11 +822,7 @@ def cmd_web(args: argparse.Namespace, out: Output) -> None:
     except ValueError as e:
         print(f"mreg web: error: --listen {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
-    with Registry(
-        open_channel(settings.metadata_addr, credentials, keepalive=settings.keepalive),
-        open_channel(settings.blob_addr, credentials, keepalive=settings.keepalive),
-        use_cache=False,
-    ) as probe:
+    with Registry.from_settings(settings, use_cache=False, credentials=credentials) as probe:
         try:
             authenticated = probe.whoami().authentication_enabled
         except MregError as e:
@@ -1152,10 +1148,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> None:
         token=token,
     )
     credentials = replace(settings.credentials(), token=token)
-    metadata = open_channel(settings.metadata_addr, credentials, keepalive=settings.keepalive)
-    blob = open_channel(settings.blob_addr, credentials, keepalive=settings.keepalive)
-    registry = Registry(metadata, blob, use_cache=False)
-    with registry:
+    with Registry.from_settings(settings, use_cache=False, credentials=credentials) as registry:
         data = registry.whoami().to_dict()  # a bad token fails here, before anything is written
     path = profiles.save(name, profile)
     data.update(profile=name, path=str(path), metadata_addr=profile.metadata_addr, blob_addr=profile.blob_addr)
