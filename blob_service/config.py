@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, add_switch, config_from_args
+from mreg.server_runtime.config import (
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    MAX_CONNECTION_AGE_HELP,
+    add_flag,
+    add_switch,
+    config_from_args,
+)
 
 
 @dataclass(frozen=True)
@@ -15,7 +21,7 @@ class BlobConfig:
     listen: str = "127.0.0.1:50052"
     store: str = ".mreg/blobs"
     workers: int = 32
-    max_connection_age_seconds: float = 300
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     max_streams: int = 200
     stream_idle_timeout_seconds: float = 60
     touch_interval_seconds: float = 600
@@ -85,12 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag("store", "MREG_BLOB_STORE", "where blobs live: a directory, or s3://BUCKET/PREFIX?endpoint=HOST:PORT")
     flag("workers", "MREG_BLOB_WORKERS", "threads serving unary RPCs; streams never take these")
-    flag(
-        "max_connection_age_seconds",
-        "MREG_BLOB_MAX_CONNECTION_AGE_SECONDS",
-        "close each client connection gracefully after this long (calls in flight finish), so clients of a DNS "
-        "name resolve it again and reach new replicas; 0 = never",
-    )
+    flag("max_connection_age_seconds", "MREG_BLOB_MAX_CONNECTION_AGE_SECONDS", MAX_CONNECTION_AGE_HELP)
     flag(
         "max_streams",
         "MREG_BLOB_MAX_STREAMS",

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mreg.server_runtime.config import add_flag, add_off_switch, add_switch, config_from_args
+from mreg.server_runtime.config import (
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    MAX_CONNECTION_AGE_HELP,
+    add_flag,
+    add_off_switch,
+    add_switch,
+    config_from_args,
+)
 
 
 @dataclass(frozen=True)
@@ -16,7 +23,7 @@ class MetadataConfig:
     database_url: str = "sqlite:///.mreg/metadata.db"
     blob_addr: str = "localhost:50052"
     workers: int = 32
-    max_connection_age_seconds: float = 300
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     max_streams: int = 1000
     migrate: bool = True
     pending_ttl_seconds: float = 24 * 3600
@@ -57,12 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag("blob_addr", "MREG_BLOB_ADDR", "the blob service that commits are verified against")
     flag("workers", "MREG_METADATA_WORKERS", "threads serving unary RPCs; streams never take these")
-    flag(
-        "max_connection_age_seconds",
-        "MREG_METADATA_MAX_CONNECTION_AGE_SECONDS",
-        "close each client connection gracefully after this long (calls in flight finish), so clients of a DNS "
-        "name resolve it again and reach new replicas; 0 = never",
-    )
+    flag("max_connection_age_seconds", "MREG_METADATA_MAX_CONNECTION_AGE_SECONDS", MAX_CONNECTION_AGE_HELP)
     flag(
         "max_streams",
         "MREG_METADATA_MAX_STREAMS",

@@ -16,6 +16,13 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+# Both services' --max-connection-age-seconds (runtime.connection_options).
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
+MAX_CONNECTION_AGE_HELP = (
+    "close each client connection gracefully after this long (calls in flight finish), so clients of a DNS "
+    "name resolve it again and reach new replicas; 0 = never"
+)
+
 
 def add_flag(parser: argparse.ArgumentParser, config: type[Any], field: str, env: str, help: str) -> None:
     """Adds ``--FIELD`` (underscores as dashes) of the type ``config`` declares for the field.
