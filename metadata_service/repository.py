@@ -6,8 +6,10 @@ turns them into views before the transaction ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -1402,41 +1404,100 @@ def _driver_statement(statement: Any, dialect: Any, column_keys: tuple[str, ...]
 
 class DriverReads:
     """The check a resolve answered from memory makes (``ResolveReads.last_events``), sent straight through
-    the database driver on a pooled connection.
+    the database driver on a connection of its own.
 
     It is the only statement such a resolve sends, and SQLAlchemy's connection, transaction and result
     handling around it cost more than the statement: 156 µs against 34 on SQLite, 345 against 140 on
-    PostgreSQL (one statement per call, measured in-process). The statement is compiled once for the
-    engine's dialect. A driver error discards the connection and answers None, so the caller takes the
+    PostgreSQL (one statement per call, measured in-process). Borrowing a connection from the pool and
+    giving it back (checkout, reset, return) still cost as much again in the service, so the check keeps
+    up to ``KEPT_CONNECTIONS`` driver connections apart from the pool, in autocommit, each used by one
+    check at a time; checks beyond those borrow from the pool. The statement is compiled once for the
+    engine's dialect. A driver error closes the connection and answers None, so the caller takes the
     regular path, which reconnects, retries and reports the error as every other read does.
     """
+
+    # Concurrent checks are bounded by the cores more than by the threads: a few connections serve them.
+    KEPT_CONNECTIONS = 4
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._statement = DriverStatement(_LAST_EVENTS, engine.dialect)
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        # Autocommit on PostgreSQL, as the regular reader's connections: no BEGIN and ROLLBACK round trips.
-        # SQLite's connections already leave transactions to explicit BEGINs (metadata_service.db).
-        self._autocommit = engine.dialect.name == "postgresql"
+        # Idle kept connections; list.pop and list.append are atomic, so checks take and return them unlocked.
+        self._idle: list[Any] = []
+        self._kept = 0
+        self._kept_lock = threading.Lock()
 
     def last_events(self, collection_ids: tuple[int, int]) -> tuple[int, int] | None:
-        """As ``ResolveReads.last_events``; None if the driver failed (the connection is discarded)."""
+        """As ``ResolveReads.last_events``; None if the driver failed (the connection is closed)."""
+        try:
+            driver = self._idle.pop()
+        except IndexError:
+            driver = self._keep_another()
+        if driver is None:
+            return self._through_the_pool(collection_ids)
+        try:
+            row = self._select(driver, collection_ids)
+        except self._driver_error:
+            self._forget(driver)
+            return None
+        except BaseException:
+            self._forget(driver)  # in a state not known: never used again
+            raise
+        self._idle.append(driver)
+        return _last_events_of(row)
+
+    def _keep_another(self) -> Any:
+        """A new driver connection in autocommit, or None if ``KEPT_CONNECTIONS`` are open already (or
+        the database cannot be reached: the pool's path then reports it)."""
+        with self._kept_lock:
+            if self._kept >= self.KEPT_CONNECTIONS:
+                return None
+            self._kept += 1
+        try:
+            # Made by the engine, so its connect hooks (SQLite's pragmas) have run, then taken out of the pool.
+            pooled = self._engine.raw_connection()
+            driver: Any = pooled.driver_connection
+            pooled.detach()
+            if self._engine.dialect.name == "postgresql":
+                driver.autocommit = True
+            # SQLite's connections already leave transactions to explicit BEGINs (metadata_service.db).
+            return driver
+        except (DBAPIError, self._driver_error):
+            self._release_place()
+            return None
+
+    def _forget(self, driver: Any) -> None:
+        self._release_place()
+        with contextlib.suppress(Exception):
+            driver.close()
+
+    def _release_place(self) -> None:
+        with self._kept_lock:
+            self._kept -= 1
+
+    def _select(self, driver: Any, collection_ids: tuple[int, int]) -> Any:
+        cursor = driver.cursor()
+        try:
+            first, second = collection_ids
+            cursor.execute(self._statement.sql, self._statement.parameters({"first": first, "second": second}))
+            return cursor.fetchone()  # one row: the statement selects scalar subqueries only
+        finally:
+            cursor.close()
+
+    def _through_the_pool(self, collection_ids: tuple[int, int]) -> tuple[int, int] | None:
+        """The check on a pooled connection, while every kept one is busy."""
         try:
             connection = self._engine.raw_connection()
         except (DBAPIError, self._driver_error):
             return None
+        autocommit = self._engine.dialect.name == "postgresql"
         try:
             driver: Any = connection.driver_connection
-            if self._autocommit:
+            if autocommit:
                 driver.autocommit = True
-            cursor = connection.cursor()
-            try:
-                first, second = collection_ids
-                cursor.execute(self._statement.sql, self._statement.parameters({"first": first, "second": second}))
-                row: Any = cursor.fetchone()  # one row: the statement selects scalar subqueries only
-            finally:
-                cursor.close()
-            if self._autocommit:
+            row = self._select(driver, collection_ids)
+            if autocommit:
                 driver.autocommit = False
         except self._driver_error:
             connection.invalidate()
@@ -1447,6 +1508,11 @@ class DriverReads:
         finally:
             connection.close()
         return _last_events_of(row)
+
+    def close(self) -> None:
+        """Closes the idle kept connections (a check in flight closes its own when it fails)."""
+        while self._idle:
+            self._forget(self._idle.pop())
 
 
 class ResolveReads:

@@ -50,6 +50,7 @@ class RunningMetadataServer:
     server: grpc.Server
     port: int
     engine: Engine
+    database: Database
     content: BlobServiceClient
     catalog: MetadataCatalog
     stopping: threading.Event
@@ -70,7 +71,7 @@ class RunningMetadataServer:
             self.metrics_endpoint.stop()
         self.catalog.stop()
         self.content.close()
-        self.engine.dispose()
+        self.database.close()
 
 
 def start(config: MetadataConfig) -> RunningMetadataServer:
@@ -163,6 +164,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         started.server,
         port,
         engine,
+        database,
         content,
         catalog,
         stopping,

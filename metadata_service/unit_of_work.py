@@ -192,6 +192,11 @@ class Database:
         memory); None if that failed, for the caller to ask again through ``read``."""
         return self._driver_reads.last_events(collection_ids)
 
+    def close(self) -> None:
+        """Closes every connection: the pool's and those the resolve check keeps apart from it."""
+        self._driver_reads.close()
+        self.engine.dispose()
+
     def _retry_or_raise(self, e: DBAPIError, attempt: int, *, reconnect: bool) -> None:
         """Returns to retry at once on a new connection, or after a pause from a transient conflict;
         otherwise raises the domain error.

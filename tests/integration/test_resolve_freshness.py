@@ -8,7 +8,9 @@ last change made through any replica by the time that change was acknowledged.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,17 @@ def test_the_check_sent_through_the_driver_reads_what_the_regular_read_reads(
             return driver
 
         before = agree()
+        # More checks at once than the connections the check keeps: the others borrow from the pool.
+        at_once = 4 * DriverReads.KEPT_CONNECTIONS
+        together = threading.Barrier(at_once)
+
+        def check_with_the_others(pair: tuple[int, int]) -> list[tuple[int, int] | None]:
+            together.wait(timeout=30)
+            return [database.last_events(pair) for _ in range(20)]
+
+        with ThreadPoolExecutor(at_once) as pool:
+            answers = list(pool.map(check_with_the_others, [pairs[i % len(pairs)] for i in range(at_once)]))
+        assert answers == [[before[i % len(pairs)]] * 20 for i in range(at_once)]
         assert before[0] is not None and before[1] is not None and before[1][1] > before[0][1]  # b changed last
         with engine.begin() as connection:
             # An event with no collection, as a replica not yet upgraded writes it, counts for every collection.
@@ -247,3 +260,28 @@ def test_a_check_the_driver_fails_answers_none_and_discards_its_connection(tmp_p
             assert connection.connection.driver_connection is not before  # the failed one was not put back
     finally:
         engine.dispose()
+
+
+def test_a_check_whose_connection_postgresql_dropped_answers_again_on_a_new_one(servers: Servers) -> None:
+    # The check keeps its connections apart from the pool: one the database dropped must not be kept.
+    if not servers.database_url.startswith("postgresql"):
+        pytest.skip("dropping another session's connection is PostgreSQL's (pg_terminate_backend)")
+    engine = create_database_engine(servers.database_url)
+    database = Database(engine)
+    try:
+        answer = database.last_events((0, 0))
+        assert answer is not None
+        with engine.connect() as admin:
+            dropped = admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert dropped >= 1
+        # The dropped connection fails its check (a resolve then reads through the pool, which reconnects);
+        # the next checks run on a new connection.
+        answers = [database.last_events((0, 0)) for _ in range(3)]
+        assert answers[1] is not None and answers[2] is not None
+    finally:
+        database.close()
