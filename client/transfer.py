@@ -851,8 +851,14 @@ def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
     each file costs one lstat: resolving every file's whole path took a dozen system calls
     per file, in Python, before the first byte could be asked for.
 
+    A symlink standing where the version has a file is that file's target itself: the file is
+    renamed onto it, replacing the link, as ``git checkout`` and ``tar`` do. Written through, a
+    link to another of the version's files left one of the two with the other's bytes, and a
+    link to a file of the user's overwrote it.
+
     Raises:
-        MregError: FAILED_PRECONDITION naming the conflicting path, INVALID_ARGUMENT for a
+        MregError: FAILED_PRECONDITION naming the conflicting path (two of the version's files
+            led to one place by a symlinked directory among them), INVALID_ARGUMENT for a
             manifest path that would leave ``dest``.
     """
     try:
@@ -866,6 +872,7 @@ def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
     root = dest.resolve()
     directories: dict[str, Path] = {}  # a manifest path's directory part -> that directory, resolved and made
     targets = []
+    written: dict[Path, str] = {}  # target -> the manifest path that writes it
     for path in paths:
         folder, _, name = path.rpartition("/")
         if name in ("", ".", ".."):
@@ -887,12 +894,16 @@ def prepare_destination(dest: Path, paths: Sequence[str]) -> list[Path]:
             mode = 0
         except OSError as e:
             raise local_error(e, str(target)) from e
-        if stat.S_ISLNK(mode):
-            target = safe_destination(dest, path)  # where the link leads, refused if outside ``dest``
-            mode = stat.S_IFDIR if target.is_dir() else 0
         if stat.S_ISDIR(mode):
             raise MregError(
                 "FAILED_PRECONDITION", f"{target} is a directory, but the version has a file there; move it away"
+            )
+        other = written.setdefault(target, path)
+        if other != path:
+            raise MregError(
+                "FAILED_PRECONDITION",
+                f"the version's files {other} and {path} would both be written to {target}: a symlinked directory "
+                f"in {dest} leads one path to the other; remove the link",
             )
         targets.append(target)
     return targets

@@ -193,6 +193,34 @@ def test_pull_where_a_directory_stands_in_place_of_a_file_is_one_error_line(
     assert (dest / "config.json" / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_pull_replaces_symlinks_standing_where_the_version_has_files_and_writes_nothing_through_them(
+    mreg, tmp_path: Path, unique, cached: bool
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("AAAA")
+    (source / "b.txt").write_text("BBBBBB")
+    (source / "c.txt").write_text("CC")
+    code, pushed, _ = mreg("push", str(source), f"acme/vision/links-in-dest-{unique}")
+    assert code == 0
+    if cached:
+        assert mreg("pull", pushed["ref"], str(tmp_path / "warm"))[0] == 0
+    dest = tmp_path / "out"
+    dest.mkdir()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own file")
+    (dest / "b.txt").symlink_to("a.txt")  # another of the version's files
+    (dest / "c.txt").symlink_to(mine)  # a file of the user's, outside the destination
+
+    code, _, err = mreg("pull", pushed["ref"], str(dest))
+
+    assert code == 0, err
+    assert_same_tree(source, dest)
+    assert not any(p.is_symlink() for p in dest.iterdir())
+    assert mine.read_text() == "the user's own file"
+
+
 def test_pull_where_a_file_stands_in_place_of_a_directory_is_one_error_line(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/file-for-dir-{unique}")

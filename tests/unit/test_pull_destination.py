@@ -44,25 +44,36 @@ def test_a_symlinked_directory_leading_outside_is_refused(tmp_path: Path) -> Non
     assert list(outside.iterdir()) == []
 
 
-def test_a_symlinked_file_leading_outside_is_refused_and_one_inside_is_followed(tmp_path: Path) -> None:
+def test_a_symlink_where_the_version_has_a_file_is_the_target_itself_never_where_it_leads(tmp_path: Path) -> None:
+    # The pulled file takes the link's place (a rename replaces the link), as git checkout and tar do: written
+    # through, a link to another of the version's files or to the user's own file put wrong bytes in one of them.
     dest, outside = tmp_path / "out", tmp_path / "secret.txt"
     dest.mkdir()
     outside.write_text("keep")
-    (dest / "a.bin").symlink_to(outside)
-    with pytest.raises(MregError) as error:
-        prepare_destination(dest, ["a.bin"])
-    assert error.value.code == "INVALID_ARGUMENT"
     (dest / "real.bin").write_bytes(b"")
+    (dest / "a.bin").symlink_to(outside)
     (dest / "b.bin").symlink_to(dest / "real.bin")
-    assert prepare_destination(dest, ["b.bin"]) == [(dest / "real.bin").resolve()]
+    (dest / "gone.bin").symlink_to(tmp_path / "nowhere")
+    paths = ["a.bin", "b.bin", "gone.bin", "real.bin"]
+    assert prepare_destination(dest, paths) == [dest.resolve() / p for p in paths]
 
 
-def test_a_directory_where_a_file_goes_is_refused_even_through_a_symlink(tmp_path: Path) -> None:
+def test_two_files_led_to_one_place_by_a_symlinked_directory_are_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    (dest / "x").mkdir(parents=True)
+    (dest / "y").symlink_to("x")
+    with pytest.raises(MregError) as error:
+        prepare_destination(dest, ["x/weights.bin", "y/weights.bin"])
+    assert error.value.code == "FAILED_PRECONDITION"
+    assert "x/weights.bin" in error.value.message and "y/weights.bin" in error.value.message
+
+
+def test_a_directory_where_a_file_goes_is_refused_but_a_link_to_one_is_replaced(tmp_path: Path) -> None:
     dest = tmp_path / "out"
     (dest / "weights.bin").mkdir(parents=True)
     (dest / "inner").mkdir()
     (dest / "linked.bin").symlink_to(dest / "inner")
-    for path in ("weights.bin", "linked.bin"):
-        with pytest.raises(MregError) as error:
-            prepare_destination(dest, [path])
-        assert error.value.code == "FAILED_PRECONDITION" and "is a directory" in error.value.message
+    with pytest.raises(MregError) as error:
+        prepare_destination(dest, ["weights.bin"])
+    assert error.value.code == "FAILED_PRECONDITION" and "is a directory" in error.value.message
+    assert prepare_destination(dest, ["linked.bin"]) == [dest.resolve() / "linked.bin"]
