@@ -557,6 +557,12 @@ class Repository:
     def get_collection(self, collection_id: int) -> Collection:
         return self.session.get_one(Collection, collection_id)
 
+    def find_collection_by_id(self, collection_id: int) -> Collection | None:
+        return self.session.get(Collection, collection_id)
+
+    def find_version_by_id(self, version_id: int) -> Version | None:
+        return self.session.get(Version, version_id)
+
     def collection_full_name(self, collection: Collection) -> CollectionName:
         if collection.id not in self._names:
             entity, project = self.session.execute(

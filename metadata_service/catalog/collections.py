@@ -8,7 +8,7 @@ from typing import Any
 from mreg.metadata_service import filters
 from mreg.metadata_service.catalog.common import Caller, find_collection, validate_tags
 from mreg.metadata_service.catalog.idempotency import Mutations
-from mreg.metadata_service.catalog.views import collection_view_of
+from mreg.metadata_service.catalog.views import collection_replayed, collection_view_of
 from mreg.metadata_service.domain import CollectionKind, CollectionView, Page, ProjectView
 from mreg.metadata_service.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason
 from mreg.metadata_service.pagination import decode_token, encode_token, name_key, page_size
@@ -119,7 +119,7 @@ class Collections:
             return collection_view_of(uow.repo, row), {"id": row.id}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> CollectionView:
-            return collection_view_of(uow.repo, uow.repo.get_collection(key["id"]))
+            return collection_view_of(uow.repo, collection_replayed(uow.repo, key["id"]))
 
         arguments = (str(parsed), type_, description, clean_tags)
         return self.mutations.run(caller, "CreateRegisteredModel", request_id, arguments, work, replay)

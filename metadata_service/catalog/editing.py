@@ -16,7 +16,13 @@ from mreg.metadata_service.catalog.common import (
     validate_tags,
 )
 from mreg.metadata_service.catalog.idempotency import Mutations
-from mreg.metadata_service.catalog.views import collection_context, collection_view_of, version_view, view_by_uid
+from mreg.metadata_service.catalog.views import (
+    collection_context,
+    collection_replayed,
+    collection_view_of,
+    version_view,
+    view_by_uid,
+)
 from mreg.metadata_service.domain import CollectionKind, CollectionView, VersionView
 from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.limits import quote
@@ -123,7 +129,7 @@ class Edits:
             return collection_view_of(uow.repo, row), {"id": row.id}
 
         def replay(uow: Any, key: dict[str, Any]) -> CollectionView:
-            return collection_view_of(uow.repo, uow.repo.get_collection(key["id"]))
+            return collection_view_of(uow.repo, collection_replayed(uow.repo, key["id"]))
 
         arguments = (str(parsed), description, added, removed)
         return self.mutations.run(caller, "UpdateRegisteredModel", request_id, arguments, work, replay)

@@ -6,7 +6,7 @@ from typing import Any
 
 from mreg.metadata_service.catalog.common import Caller, find_collection, tombstone
 from mreg.metadata_service.catalog.idempotency import Mutations
-from mreg.metadata_service.catalog.views import collection_view_of
+from mreg.metadata_service.catalog.views import collection_replayed, collection_view_of
 from mreg.metadata_service.domain import CollectionKind, CollectionView
 from mreg.metadata_service.errors import InvalidArgument, Reason
 from mreg.metadata_service.models import Collection, Version
@@ -88,6 +88,6 @@ class Retention:
             return (collection_view_of(uow.repo, row), deleted), {"id": row.id, "deleted": list(deleted)}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[CollectionView, tuple[int, ...]]:
-            return collection_view_of(uow.repo, uow.repo.get_collection(key["id"])), tuple(key["deleted"])
+            return collection_view_of(uow.repo, collection_replayed(uow.repo, key["id"])), tuple(key["deleted"])
 
         return self.mutations.run(caller, "SetRetentionPolicy", request_id, (str(name), keep_last), work, replay)

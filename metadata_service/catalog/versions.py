@@ -42,6 +42,7 @@ from mreg.metadata_service.catalog.views import (
     link_name,
     link_view_by_id,
     version_name,
+    version_replayed,
     version_view,
     version_view_of,
     view_by_uid,
@@ -367,7 +368,7 @@ class Versions:
             return CommitResult(view, created, link_views, retention_deleted), key
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> CommitResult:
-            view = version_view_of(uow.repo, uow.repo.get_version(key["version_id"]), with_manifest=True)
+            view = version_view_of(uow.repo, version_replayed(uow.repo, key["version_id"]), with_manifest=True)
             links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
             return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 

@@ -104,6 +104,38 @@ def version_view_of(repo: Repository, version: Version, *, with_manifest: bool) 
     return version_view(repo, version, collection_context(repo, artifact), with_manifest=with_manifest)
 
 
+def collection_replayed(repo: Repository, collection_id: int) -> Collection:
+    """The collection a recorded request made or changed, for its replay.
+
+    Raises:
+        NotFound: it has been deleted since, so the first answer cannot be rebuilt.
+    """
+    row = repo.find_collection_by_id(collection_id)
+    if row is None:
+        raise NotFound(
+            "this request_id's request was carried out, but what it made or changed has since been deleted, "
+            "so its answer cannot be given again",
+            Reason.COLLECTION_NOT_FOUND,
+        )
+    return row
+
+
+def version_replayed(repo: Repository, version_id: int) -> Version:
+    """The version a recorded commit committed (or found), for its replay.
+
+    Raises:
+        NotFound: it has been deleted since, with its artifact.
+    """
+    version = repo.find_version_by_id(version_id)
+    if version is None:
+        raise NotFound(
+            "this request_id's commit was carried out, but its version has since been deleted with its artifact, "
+            "so its answer cannot be given again",
+            Reason.VERSION_NOT_FOUND,
+        )
+    return version
+
+
 def view_by_uid(repo: Repository, uid: str) -> VersionView:
     version = repo.find_version_by_uid(uid)
     if version is None:

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -126,6 +128,58 @@ def test_a_retried_commit_with_the_same_request_id_creates_one_version(registry,
         uid=first_pending.version.uid, manifest=[pb.ManifestEntry(path="f", digest=b)], request_id=commit_id
     )
     assert code_of(lambda: wire.call(wire.metadata.CommitVersion, reused)) == "INVALID_ARGUMENT"
+
+
+def _retry_after_deleting(wire: Wire, method: str, request: Any, delete: Callable[[], None]) -> MregError:
+    """Sends ``request`` once, runs ``delete``, then sends it again with the same request_id; the retry's error."""
+    wire.call(getattr(wire.metadata, method), request)
+    delete()
+    with pytest.raises(MregError) as error:
+        wire.call(getattr(wire.metadata, method), request)
+    return error.value
+
+
+@pytest.mark.parametrize("method", ["CreateRegisteredModel", "UpdateRegisteredModel", "SetRetentionPolicy"])
+def test_a_retry_of_a_change_to_a_collection_deleted_since_is_not_found_saying_so(wire, unique, method) -> None:
+    # The first call acted; what it made or changed is gone, so its answer cannot be rebuilt: the retry says so.
+    name = f"gone-{method.lower()}-{unique}"
+    request_id = uuid.uuid4().hex
+    if method == "SetRetentionPolicy":
+        push_one(wire, name, "retention " + unique)
+        wire.call(wire.metadata.DeleteVersion, pb.DeleteVersionRequest(name=f"{name}:v0", force=True))
+        request: Any = pb.SetRetentionPolicyRequest(name=name, keep_last=3, request_id=request_id)
+    else:
+        wire.call(wire.metadata.CreateRegisteredModel, pb.CreateRegisteredModelRequest(name=name, type="model"))
+        if method == "CreateRegisteredModel":
+            wire.call(wire.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
+            request = pb.CreateRegisteredModelRequest(name=name, type="model", request_id=request_id)
+        else:
+            request = pb.UpdateRegisteredModelRequest(name=name, description="about", request_id=request_id)
+
+    error = _retry_after_deleting(
+        wire, method, request, lambda: wire.call(wire.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
+    )
+
+    assert (error.code, error.reason) == ("NOT_FOUND", "COLLECTION_NOT_FOUND"), error
+    assert "since been deleted" in error.message
+
+
+def test_a_retry_of_a_commit_whose_version_was_deleted_since_is_not_found_saying_so(wire, unique) -> None:
+    name = f"gone-commit-{unique}"
+    (content,) = upload(wire, b"gone commit " + unique.encode())
+    pending = wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")).version
+    request = pb.CommitVersionRequest(
+        uid=pending.uid, manifest=[pb.ManifestEntry(path="f", digest=content)], request_id=uuid.uuid4().hex
+    )
+
+    def delete_version_and_artifact() -> None:
+        wire.call(wire.metadata.DeleteVersion, pb.DeleteVersionRequest(name=f"{name}:v0", force=True))
+        wire.call(wire.metadata.DeleteCollection, pb.DeleteCollectionRequest(name=name))
+
+    error = _retry_after_deleting(wire, "CommitVersion", request, delete_version_and_artifact)
+
+    assert (error.code, error.reason) == ("NOT_FOUND", "VERSION_NOT_FOUND"), error
+    assert "since been deleted" in error.message
 
 
 def test_concurrent_commits_of_the_latest_content_create_one_version(registry, unique, wire) -> None:
