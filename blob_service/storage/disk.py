@@ -23,16 +23,17 @@ import contextlib
 import errno
 import fcntl
 import functools
+import inspect
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from mreg.blob_service.digests import Digest
-from mreg.blob_service.errors import Aborted, NotFound, StorageFull
+from mreg.blob_service.errors import Aborted, NotFound, StorageFull, Unavailable
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 _READ_BACK_CHUNK = 4 << 20
@@ -43,13 +44,60 @@ _PUT_PREFIX = ".put-"
 _PUT_SWEEP_DIRECTORIES = 16
 
 
+@contextlib.contextmanager
+def _store_errors(root: Path) -> Iterator[None]:
+    """Turns the file system's refusals into the storage interface's errors: "no space" (a full disk or a
+    quota) into StorageFull, naming the store and its free space; any other (a read-only mount, permissions,
+    an I/O error, a directory gone) into Unavailable, naming the path, rather than an error gRPC reports
+    as UNKNOWN."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({e.filename})" if e.filename else ""
+            raise Unavailable(
+                f"the blob store {root} failed: {e.strerror or e}{where}; check that this service can read and "
+                "write there (a read-only mount, permissions, the disk)"
+            ) from e
+        try:
+            info = os.statvfs(root)
+            free = f"{info.f_bavail * info.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        raise StorageFull(f"the blob store {root} is full ({os.strerror(e.errno)}; {free})") from e
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _in_store(method: _Method) -> _Method:
+    """Runs a method of an object with a ``root`` (its store) under ``_store_errors``, a generator's steps too."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def steps(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with _store_errors(self.root):
+                yield from method(self, *args, **kwargs)
+
+        return steps  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _store_errors(self.root):
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
 class _FileReader(BlobReader):
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, root: Path) -> None:
         self._file = file
+        self.root = root
         info = os.fstat(file.fileno())
         # A published file is never rewritten, only replaced by rename: the inode says which copy this is.
         self.identity = (info.st_dev, info.st_ino)
 
+    @_in_store
     def read(self, size: int) -> bytes:
         return self._file.read(size)
 
@@ -61,10 +109,10 @@ class _DiskUpload(PartialUpload):
     def __init__(self, upload_id: str, digest: Digest, path: Path, root: Path) -> None:
         super().__init__(upload_id, digest)
         self.path = path
-        self._root = root
+        self.root = root
         # Unbuffered: appends reach the file at once, so a full disk fails the append
         # that caused it, and closing never fails on a buffered tail.
-        with _full_store(root):
+        with _store_errors(root):
             self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - owned until close()
         try:
             # A lock per upload file keeps two streams (in any process on this host) from
@@ -77,29 +125,31 @@ class _DiskUpload(PartialUpload):
                     f"upload {upload_id} is being written by another stream; "
                     "query its status and retry when that stream ends"
                 ) from e
-            raise
+            with _store_errors(root):
+                raise
         self._size = os.fstat(self._file.fileno()).st_size
 
     @property
     def committed_size(self) -> int:
         return self._size
 
+    @_in_store
     def append(self, data: bytes) -> None:
         view = memoryview(data)
-        with _full_store(self._root):
-            while view:
-                written = os.write(self._file.fileno(), view)
-                view = view[written:]
+        while view:
+            written = os.write(self._file.fileno(), view)
+            view = view[written:]
         self._size += len(data)
 
+    @_in_store
     def read_back(self) -> Iterator[bytes]:
         with open(self.path, "rb") as f:
             while chunk := f.read(_READ_BACK_CHUNK):
                 yield chunk
 
+    @_in_store
     def sync(self) -> None:
-        with _full_store(self._root):
-            os.fsync(self._file.fileno())
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -138,6 +188,7 @@ class DiskStorage(BlobStorage):
     def _upload_path(self, upload_id: str, digest: Digest) -> Path:
         return self._uploads / f"{upload_id}.{digest.hash}"
 
+    @_in_store
     def has(self, digest: Digest) -> bool:
         if digest.hash in self._not_yet_durable:
             return False
@@ -146,6 +197,7 @@ class DiskStorage(BlobStorage):
         except FileNotFoundError:
             return False
 
+    @_in_store
     def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
         try:
             file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
@@ -156,44 +208,46 @@ class DiskStorage(BlobStorage):
             file.close()
             raise NotFound(f"blob {digest} is not stored (is the size right?)")
         file.seek(offset)
-        return _FileReader(file)
+        return _FileReader(file, self.root)
 
+    @_in_store
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest), self.root)
 
+    @_in_store
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
         try:
             return self._upload_path(upload_id, digest).stat().st_size
         except FileNotFoundError:
             return None
 
+    @_in_store
     def commit_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _DiskUpload)
         upload.sync()
         target = self.blob_path(upload.digest)
-        with _full_store(self.root):
-            target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(exist_ok=True)
         os.replace(upload.path, target)
         upload.close()
         _fsync_dir(target.parent)
 
+    @_in_store
     def put_verified(self, digest: Digest, data: bytes, *, defer_durability: bool = False) -> None:
         target = self.blob_path(digest)
         temp = target.parent / f"{_PUT_PREFIX}{uuid.uuid4().hex}"
         if defer_durability:
             self._hold(digest)
         try:
-            with _full_store(self.root):
-                try:
-                    _write_synced(temp, data)
-                except FileNotFoundError:  # its fan-out directory, made at start-up, was removed since
-                    target.parent.mkdir(exist_ok=True)
-                    _write_synced(temp, data)
-                os.replace(temp, target)
+            try:
+                _write_synced(temp, data)
+            except FileNotFoundError:  # its fan-out directory, made at start-up, was removed since
+                target.parent.mkdir(exist_ok=True)
+                _write_synced(temp, data)
+            os.replace(temp, target)
         except BaseException:
             if defer_durability:
                 self._release([digest])
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # never there, or the store refuses even this: the first error says
                 temp.unlink()
             raise
         if not defer_durability:
@@ -208,6 +262,7 @@ class DiskStorage(BlobStorage):
             by_directory.setdefault(self.blob_path(digest).parent, []).append(digest)
         return [functools.partial(self._sync_renamed, d, held) for d, held in by_directory.items()]
 
+    @_in_store
     def _sync_renamed(self, directory: Path, digests: list[Digest]) -> None:
         try:
             _fsync_dir(directory)
@@ -227,16 +282,19 @@ class DiskStorage(BlobStorage):
                 else:
                     del self._not_yet_durable[digest.hash]
 
+    @_in_store
     def abort_write(self, upload: PartialUpload) -> None:
         assert isinstance(upload, _DiskUpload)
         upload.close()
         with contextlib.suppress(FileNotFoundError):
             upload.path.unlink()
 
+    @_in_store
     def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.blob_path(digest).unlink()
 
+    @_in_store
     def delete_if_same(self, digest: Digest, identity: object) -> bool:
         # Move the file aside first (atomic), then look at what was moved: between a check and
         # an unlink of the path, a good copy could be renamed into place and be deleted instead.
@@ -260,19 +318,21 @@ class DiskStorage(BlobStorage):
         _fsync_dir(path.parent)
         return same
 
+    @_in_store
     def read_state(self, name: str) -> bytes | None:
         try:
             return (self._state / name).read_bytes()
         except FileNotFoundError:
             return None
 
+    @_in_store
     def write_state(self, name: str, data: bytes) -> None:
         temp = self._state / f".{name}.{uuid.uuid4().hex}"
-        with _full_store(self.root):
-            self._state.mkdir(exist_ok=True)
-            temp.write_bytes(data)
+        self._state.mkdir(exist_ok=True)
+        temp.write_bytes(data)
         os.replace(temp, self._state / name)
 
+    @_in_store
     def iter_blobs(self) -> Iterator[StoredBlob]:
         for shard in self._blobs.iterdir():
             for entry in os.scandir(shard):
@@ -282,6 +342,7 @@ class DiskStorage(BlobStorage):
                     info = entry.stat()
                     yield StoredBlob(Digest(entry.name, info.st_size), _utc(info.st_mtime))
 
+    @_in_store
     def last_used(self, digest: Digest) -> datetime | None:
         if digest.hash in self._not_yet_durable:
             return None
@@ -291,10 +352,12 @@ class DiskStorage(BlobStorage):
             return None
         return _utc(info.st_mtime) if info.st_size == digest.size_bytes else None
 
+    @_in_store
     def touch(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.blob_path(digest))
 
+    @_in_store
     def remove_stale_uploads(self, older_than: datetime) -> int:
         removed = 0
         for entry in os.scandir(self._uploads):
@@ -332,22 +395,6 @@ def _remove_unless_locked(path: str) -> bool:
             raise
         os.unlink(path)
         return True
-
-
-@contextlib.contextmanager
-def _full_store(root: Path) -> Iterator[None]:
-    """Turns "no space" (a full disk or a quota) into StorageFull, naming the store and its free space."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        try:
-            info = os.statvfs(root)
-            free = f"{info.f_bavail * info.f_frsize} bytes free"
-        except OSError:
-            free = "free space unknown"
-        raise StorageFull(f"the blob store {root} is full ({os.strerror(e.errno)}; {free})") from e
 
 
 def _utc(timestamp: float) -> datetime:

@@ -321,6 +321,85 @@ def test_a_batch_upload_into_a_full_store_gets_resource_exhausted_per_blob_and_l
         assert retried.responses[0].status.code == 0
 
 
+@contextlib.contextmanager
+def _immutable(paths: list[Path]) -> Iterator[None]:
+    """Makes ``paths`` immutable (chattr +i), which refuses writes even to root, as a read-only mount would."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr to make the store refuse writes (root ignores permissions)")
+    made = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"this file system does not take chattr +i: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def test_a_store_that_refuses_writes_gets_unavailable_storage_unavailable_on_every_upload_path(
+    make_servers, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    blobs, meta = make_servers(store=store)
+    small, large = os.urandom(4000), os.urandom(3 << 20)
+    model = _model(tmp_path / "model", {"small.txt": small, "large.bin": large})
+    with _immutable([store / "uploads", *sorted((store / "blobs").iterdir())]):
+        with (
+            Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client,
+            pytest.raises(MregError) as raised,
+        ):
+            client.push(model, "read-only")
+        assert (raised.value.code, raised.value.reason) == ("UNAVAILABLE", "STORAGE_UNAVAILABLE"), raised.value
+        assert str(store) in raised.value.message
+
+        with grpc.insecure_channel(blobs.address) as channel:
+            stub = blob_grpc.BlobServiceStub(channel)
+            batch = stub.BatchUpdateBlobs(
+                blob_pb.BatchUpdateBlobsRequest(
+                    requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest_of(small), data=small)]
+                )
+            )
+            (result,) = batch.responses
+            assert result.status.code == grpc.StatusCode.UNAVAILABLE.value[0], result.status
+            first = blob_pb.WriteRequest(upload_id=uuid.uuid4().hex, digest=digest_of(large), data=large[: 1 << 20])
+            with pytest.raises(grpc.RpcError) as write_error:
+                stub.Write(iter([first]))
+            assert write_error.value.code() == grpc.StatusCode.UNAVAILABLE, write_error.value.details()
+            status = rpc_status.from_call(write_error.value)
+            assert status is not None
+            info = error_details_pb2.ErrorInfo()
+            assert any(d.Unpack(info) for d in status.details) and info.reason == "STORAGE_UNAVAILABLE"
+
+    # Once the store takes writes again, the same push goes through.
+    with Registry.connect(meta.address, blobs.address, entity="acme", project="vision") as client:
+        client.push(model, "read-only")
+
+
+def test_a_blob_the_store_cannot_read_gets_unavailable_storage_unavailable(make_servers, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    blobs, _ = make_servers(store=store)
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    with grpc.insecure_channel(blobs.address) as channel:
+        stub = blob_grpc.BlobServiceStub(channel)
+        stub.BatchUpdateBlobs(
+            blob_pb.BatchUpdateBlobsRequest(
+                requests=[blob_pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)]
+            )
+        )
+        # A blob's file that can no longer be opened: a directory left in its place (as root, permissions
+        # would not stop the service).
+        path = store / "blobs" / digest.hash[:2] / digest.hash
+        path.unlink()
+        path.mkdir()
+        with pytest.raises(grpc.RpcError) as read_error:
+            list(stub.Read(blob_pb.ReadRequest(digest=digest)))
+        assert read_error.value.code() == grpc.StatusCode.UNAVAILABLE, read_error.value.details()
+        assert str(path) in read_error.value.details()
+
+
 # Abandoned uploads --------------------------------------------------------------------------
 
 
