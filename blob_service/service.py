@@ -344,9 +344,56 @@ class BlobStore:
                 if not self.storage.has(digest):
                     raise NotFound(f"blob {digest} is not stored")
                 return iter(())
-            return self._read_range(self.storage.open_read(digest, offset, end - offset), digest, end - offset)
-        reader = self.storage.open_read(digest)
+            return self._read_range(self._open(digest, offset, end - offset, verify=False), digest, end - offset)
+        reader = self._open(digest, verify=True)
         return self._read_verified(reader, digest, offset, end)
+
+    def _open(self, digest: Digest, offset: int = 0, length: int = 0, *, verify: bool) -> BlobReader:
+        """``storage.open_read``; a copy of another size under the blob's hash is told apart first.
+
+        Raises:
+            NotFound: no copy, or one of another size whose bytes do hash to the name (the caller asked
+                by the wrong size).
+            DataLoss: a copy shorter than the digest says whose bytes do not hash to the name (truncated
+                at rest); removed unless the caller verifies what it reads (``verify`` False).
+        """
+        try:
+            return self.storage.open_read(digest, offset, length)
+        except NotFound:
+            stored = self.storage.stored_size(digest.hash)
+            if stored is not None and stored < digest.size_bytes:
+                self._refuse_if_damaged(Digest(digest.hash, stored), digest, remove=verify)
+            raise
+
+    def _refuse_if_damaged(self, stored: Digest, asked: Digest, *, remove: bool) -> None:
+        """Raises DataLoss if the copy ``stored`` (the bytes under ``asked``'s hash) does not hash to its name."""
+        hasher = hashlib.sha256()
+        try:
+            reader = self.storage.open_read(stored)
+        except NotFound:
+            return  # replaced or removed meanwhile
+        with reader:
+            while block := reader.read(self.chunk_size):
+                hasher.update(block)
+        if hasher.hexdigest() == stored.hash:
+            return  # a blob of this content exists with that size: the caller asked by the wrong size
+        removed = remove and reader.identity is not None and self.storage.delete_if_same(stored, reader.identity)
+        log.error(
+            "blob %s is corrupt on %r: %d bytes stored%s",
+            asked,
+            self.storage,
+            stored.size_bytes,
+            "; removed" if removed else "",
+        )
+        outcome = (
+            "it was removed, so the next push of this content uploads it again"
+            if removed
+            else "push this content again to repair it"
+        )
+        raise DataLoss(
+            f"stored content of blob {asked} is {stored.size_bytes} bytes, shorter than its size, and does not "
+            f"match its digest; {outcome}"
+        )
 
     def _read_range(self, reader: BlobReader, digest: Digest, length: int) -> Iterator[bytes]:
         remaining = length

@@ -592,6 +592,16 @@ class BlobTransfer:
         service check its copy; one it finds corrupt it removes, so FindMissingBlobs reports
         it missing and the next push of the content uploads it again.
         """
+        if error.reason == "BLOB_NOT_FOUND":
+            # A committed version's content is never collected, so the store lost it (a copy removed as
+            # corrupt, a restore from an older backup): not a wrong name, as NOT_FOUND would have it.
+            return MregError(
+                "DATA_LOSS",
+                f"{file.path}: the blob service no longer holds this version's content (blob "
+                f"{file.sha256}/{file.size_bytes}): it was lost or removed as damaged; push the same file again "
+                "to restore it",
+                reason="BLOB_NOT_FOUND",
+            )
         if error.reason != "BLOB_CORRUPT":
             return error
         request = pb.ReadRequest(digest=_digest(file.sha256, file.size_bytes), read_offset=0, read_limit=1)

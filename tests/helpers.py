@@ -47,25 +47,40 @@ def assert_same_tree(a: Path, b: Path) -> None:
 
 def corrupt_blob(storage, sha256: str, size: int) -> None:  # type: ignore[no-untyped-def]
     """Flips one byte of a stored blob behind the service's back, on disk or in S3."""
+    data = bytearray(_stored_bytes(storage, sha256, size))
+    data[len(data) // 2] ^= 0x01
+    _store_bytes(storage, sha256, size, bytes(data))
+
+
+def truncate_blob(storage, sha256: str, size: int, keep: int) -> None:  # type: ignore[no-untyped-def]
+    """Cuts a stored blob to its first ``keep`` bytes behind the service's back (a torn write, a bad disk)."""
+    _store_bytes(storage, sha256, size, _stored_bytes(storage, sha256, size)[:keep])
+
+
+def _stored_bytes(storage, sha256: str, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    from mreg.blob_service.digests import Digest
+    from mreg.blob_service.storage import DiskStorage
+
+    if isinstance(storage, DiskStorage):
+        return storage.blob_path(Digest(sha256, size)).read_bytes()
+    response = storage.client.get_object(storage.bucket, storage.key(f"blobs/{sha256}"))
+    try:
+        return bytes(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _store_bytes(storage, sha256: str, size: int, data: bytes) -> None:  # type: ignore[no-untyped-def]
     import io
 
     from mreg.blob_service.digests import Digest
     from mreg.blob_service.storage import DiskStorage
 
-    digest = Digest(sha256, size)
     if isinstance(storage, DiskStorage):
-        path = storage.blob_path(digest)
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        path.write_bytes(bytes(data))
+        storage.blob_path(Digest(sha256, size)).write_bytes(data)
         return
-    key = storage.key(f"blobs/{sha256}")
-    response = storage.client.get_object(storage.bucket, key)
-    data = bytearray(response.read())
-    response.close()
-    response.release_conn()
-    data[len(data) // 2] ^= 0x01
-    storage.client.put_object(storage.bucket, key, io.BytesIO(bytes(data)), len(data))
+    storage.client.put_object(storage.bucket, storage.key(f"blobs/{sha256}"), io.BytesIO(data), len(data))
 
 
 def write_requests(

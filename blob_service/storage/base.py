@@ -91,6 +91,13 @@ class BlobStorage(ABC):
         """
 
     @abstractmethod
+    def stored_size(self, sha256: str) -> int | None:
+        """The size of the copy published under ``sha256``, whatever size a caller asks it by; None if none is.
+
+        A copy whose size is not its digest's is the caller's mistake or damage; its bytes tell which.
+        """
+
+    @abstractmethod
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         """Opens the upload ``upload_id`` of ``digest``, creating it or resuming it.
 

@@ -211,6 +211,13 @@ class DiskStorage(BlobStorage):
         return _FileReader(file, self.root)
 
     @_in_store
+    def stored_size(self, sha256: str) -> int | None:
+        try:
+            return os.stat(os.path.join(self._blobs_text, sha256[:2], sha256)).st_size
+        except FileNotFoundError:
+            return None
+
+    @_in_store
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         return _DiskUpload(upload_id, digest, self._upload_path(upload_id, digest), self.root)
 

@@ -217,7 +217,10 @@ class S3Storage(BlobStorage):
         return f"{self.prefix}{suffix}"
 
     def _blob_key(self, digest: Digest) -> str:
-        return self.key(f"blobs/{digest.hash}")
+        return self._hash_key(digest.hash)
+
+    def _hash_key(self, sha256: str) -> str:
+        return self.key(f"blobs/{sha256}")
 
     # Low-level helpers, shared with uploads ---------------------------------------------------
 
@@ -319,6 +322,9 @@ class S3Storage(BlobStorage):
         if digest.size_bytes == 0:
             return _EmptyReader()
         return self.open_key(self._blob_key(digest), offset, length)
+
+    def stored_size(self, sha256: str) -> int | None:
+        return self._stat_size(self._hash_key(sha256))
 
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
         return _S3Upload(self, upload_id, digest, fresh=fresh)

@@ -12,7 +12,7 @@ from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
-from tests.helpers import CHUNK, corrupt_blob, digest_of, read_all, write_requests
+from tests.helpers import CHUNK, corrupt_blob, digest_of, read_all, truncate_blob, write_requests
 
 
 def test_find_missing_blobs_names_every_absent_digest_of_a_large_request_once_in_request_order(blob_stub) -> None:
@@ -202,6 +202,47 @@ def test_a_corrupt_small_blob_read_in_a_batch_is_data_loss_and_removed(blob_only
     assert batch.responses[0].data == b""
     missing = blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest]))
     assert list(missing.missing_blob_digests) == [digest]
+
+
+@pytest.mark.parametrize("how", ["Read", "BatchReadBlobs"])
+def test_a_stored_copy_cut_short_is_data_loss_not_a_wrong_size_and_is_removed_when_the_service_verifies(
+    blob_only, blob_stub, how: str
+) -> None:
+    data = os.urandom(3000)
+    digest = digest_of(data)
+    blob_stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
+    )
+    truncate_blob(blob_only.store.storage, digest.hash, digest.size_bytes, keep=5)
+
+    def read(skip_verification: bool) -> tuple[int, str]:
+        if how == "Read":
+            try:
+                list(blob_stub.Read(pb.ReadRequest(digest=digest, skip_verification=skip_verification)))
+            except grpc.RpcError as e:
+                return e.code().value[0], e.details() or ""
+            return 0, ""
+        request = pb.BatchReadBlobsRequest(digests=[digest], skip_verification=skip_verification)
+        (response,) = blob_stub.BatchReadBlobs(request).responses
+        return response.status.code, response.status.message
+
+    def missing() -> list[pb.Digest]:
+        return list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
+
+    # The caller verifies what it reads: told of the damage, and the copy stays (the proto's promise).
+    code, message = read(skip_verification=True)
+    assert code == grpc.StatusCode.DATA_LOSS.value[0], message
+    assert "shorter" in message
+    assert blob_only.store.storage.stored_size(digest.hash) == 5
+
+    code, message = read(skip_verification=False)
+    assert code == grpc.StatusCode.DATA_LOSS.value[0], message
+    assert "removed" in message
+    assert missing() == [digest]
+    blob_stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
+    )
+    assert b"".join(r.data for r in blob_stub.Read(pb.ReadRequest(digest=digest))) == data
 
 
 def test_a_batch_read_the_caller_verifies_serves_the_stored_bytes_unhashed(blob_only, blob_stub) -> None:

@@ -22,6 +22,7 @@ from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
+from mreg.blob_service.digests import Digest
 from mreg.client import MregError, Registry
 from mreg.client.cache import ContentCache, reflink
 from mreg.client.channels import open_channel
@@ -29,7 +30,15 @@ from mreg.client.hashing import LocalFile
 from mreg.client.transfer import BATCH_COUNT, BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from tests.helpers import assert_same_tree, corrupt_blob, digest_of, make_checkpoint, read_all, write_requests
+from tests.helpers import (
+    assert_same_tree,
+    corrupt_blob,
+    digest_of,
+    make_checkpoint,
+    read_all,
+    truncate_blob,
+    write_requests,
+)
 from tests.processes import ServiceProcess, free_port
 from tests.wire import Wire
 
@@ -141,6 +150,33 @@ def test_a_blob_found_corrupt_at_rest_is_removed_so_the_next_push_repairs_it(
         blob = pb.Digest(hash=weights.sha256, size_bytes=weights.size_bytes)
         missing = wire.blobs.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[blob]))
         assert list(missing.missing_blob_digests) == [blob]
+        repaired = registry.push(checkpoint, name)
+        assert (repaired.created, repaired.uploaded_bytes) == (False, weights.size_bytes)
+        registry.pull(pushed.version.name, tmp_path / "again")
+    assert_same_tree(checkpoint, tmp_path / "again")
+
+
+@pytest.mark.parametrize("damage", ["cut short", "gone"])
+def test_a_pull_of_content_lost_at_rest_is_data_loss_saying_a_push_repairs_it(
+    stack, damage: str, tmp_path: Path
+) -> None:
+    # A committed version's content is never missing by design: when the store lost it anyway (a torn
+    # write, a copy removed as corrupt, a restore from an older backup), the pull says so, not NOT_FOUND.
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=(1 << 20) + 3)
+    with stack.registry() as registry:
+        pushed = registry.push(checkpoint, name := f"lost-{uuid.uuid4().hex[:6]}")
+        weights = next(e for e in pushed.version.manifest if e.path == "weights.bin")
+        storage = stack.blob.store.storage
+        if damage == "cut short":
+            truncate_blob(storage, weights.sha256, weights.size_bytes, keep=100)
+        else:
+            storage.delete(Digest(weights.sha256, weights.size_bytes))
+        with pytest.raises(MregError) as error:
+            registry.pull(pushed.version.name, tmp_path / "out")
+        assert error.value.code == "DATA_LOSS", error.value
+        assert "weights.bin" in error.value.message and "push" in error.value.message
+        assert not (tmp_path / "out" / "weights.bin").exists()
+
         repaired = registry.push(checkpoint, name)
         assert (repaired.created, repaired.uploaded_bytes) == (False, weights.size_bytes)
         registry.pull(pushed.version.name, tmp_path / "again")
