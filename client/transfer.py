@@ -124,6 +124,7 @@ class _Operation:
         self.calls: set[Any] = set()  # in-flight grpc calls and futures, cancelled on Ctrl-C
         self.streaming: dict[str, pb.Digest] = {}  # upload_id -> digest of Write streams under way
         self.completed_bytes = 0  # content whose upload finished
+        self.sent_bytes = 0  # what this operation sent: a resumed upload's bytes stored before are not counted
 
     def cancel(self) -> None:
         """Workers see the flag at their next step; in-flight calls end at once."""
@@ -325,7 +326,8 @@ class BlobTransfer:
         return missing
 
     def upload(self, files: Sequence[LocalFile], progress: ProgressCallback | None = None) -> int:
-        """Uploads the content of ``files`` (one copy per distinct digest); returns bytes sent.
+        """Uploads the content of ``files`` (one copy per distinct digest); returns the bytes this call sent (an
+        upload resumed from an earlier, interrupted call's bytes does not send those again).
 
         Raises:
             PushInterrupted: on Ctrl-C, within about a second, with the bytes of these files
@@ -347,7 +349,7 @@ class BlobTransfer:
             self._run(op, submit)
         except KeyboardInterrupt:
             raise PushInterrupted(self._stored(op), total) from None
-        return total
+        return op.sent_bytes
 
     def _upload_batch(self, op: _Operation, files: list[LocalFile], report: ProgressCallback) -> None:
         requests = []
@@ -364,8 +366,10 @@ class BlobTransfer:
                     f"{f.path}: {result.status.message} (did the file change while pushing?)",
                 )
             report(f.size_bytes)
+        sent = sum(f.size_bytes for f in files)
         with op.lock:
-            op.completed_bytes += sum(f.size_bytes for f in files)
+            op.completed_bytes += sent
+            op.sent_bytes += sent
 
     def _upload_stream(self, op: _Operation, file: LocalFile, report: ProgressCallback) -> None:
         digest = _digest(file.sha256, file.size_bytes)
@@ -443,6 +447,8 @@ class BlobTransfer:
                 )
                 first = False
                 offset += len(data)
+                with op.lock:
+                    op.sent_bytes += len(data)
                 report(len(data))
                 if finish or not data:
                     return
