@@ -211,7 +211,17 @@ def cmd_push(args: argparse.Namespace, out: Output) -> None:
         "size": result.size_bytes,
         "uploaded_bytes": result.uploaded_bytes,
         "links": [link.to_dict() for link in result.links],
+        "empty_directories_left_out": list(result.empty_directories_left_out),
     } | _push_unchanged(result)
+    if result.empty_directories_left_out:
+        shown = result.empty_directories_left_out[:5]
+        more = len(result.empty_directories_left_out) - len(shown)
+        print(
+            f"mreg: note: a version holds files only, so {len(result.empty_directories_left_out)} empty "
+            f"director{'y is' if len(result.empty_directories_left_out) == 1 else 'ies are'} not part of it: "
+            f"{', '.join(shown)}{f' and {more} more' if more else ''}",
+            file=sys.stderr,
+        )
     verb = "pushed" if result.created else "unchanged, still"
     lines = [
         f"{verb} {version.name} ({result.files} files, {human_size(result.size_bytes)}, "

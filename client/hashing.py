@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mreg.client.errors import MregError
 
@@ -65,8 +66,18 @@ def sha256_file(
     return hasher.hexdigest(), size
 
 
-def list_files(root: Path) -> list[tuple[Path, str]]:
-    """Lists the regular files under ``root`` as (path, relative POSIX path), sorted by path bytes.
+class Listing(NamedTuple):
+    """What ``list_files`` found under a directory."""
+
+    files: list[tuple[Path, str]]  # (path, relative POSIX path), sorted by path bytes
+    # Directories with nothing in them, as relative POSIX paths: a version holds files only, so these are left
+    # out, and a push says so.
+    empty_directories: tuple[str, ...]
+
+
+def list_files(root: Path) -> Listing:
+    """Lists the regular files under ``root`` as (path, relative POSIX path), sorted by path bytes, and the
+    empty directories.
 
     Symbolic links are followed, to files and to directories alike: the content is the
     target's, the manifest path is the link's own path under ``root``. Nothing is left out
@@ -82,6 +93,7 @@ def list_files(root: Path) -> list[tuple[Path, str]]:
         raise MregError("INVALID_ARGUMENT", f"{root} is not a directory")
     top = root.stat()
     found: list[tuple[Path, str]] = []
+    empty: list[str] = []
     # Each directory still to read, with the (device, inode) of it and its ancestors: a
     # directory met again among its own ancestors is a loop, while the same directory
     # reached through two unrelated links is content listed twice, which is fine.
@@ -93,6 +105,8 @@ def list_files(root: Path) -> list[tuple[Path, str]]:
                 entries = list(it)
         except PermissionError as e:
             raise MregError("PERMISSION_DENIED", f"{prefix or '.'}: the directory cannot be read ({e.strerror})") from e
+        if not entries and prefix:
+            empty.append(prefix.removesuffix("/"))
         for entry in entries:
             relative = prefix + entry.name
             try:
@@ -128,4 +142,4 @@ def list_files(root: Path) -> list[tuple[Path, str]]:
                     raise MregError("INVALID_ARGUMENT", f"{relative} is a loop of symbolic links") from e
                 raise MregError("INVALID_ARGUMENT", f"{relative}: {e.strerror or e}") from e
     found.sort(key=lambda item: item[1].encode())
-    return found
+    return Listing(found, tuple(sorted(empty, key=str.encode)))

@@ -92,6 +92,8 @@ class PushResult:
     updated_existing: tuple[str, ...] = ()
     # Indexes of older versions the artifact's retention policy deleted as this push committed.
     retention_deleted: tuple[int, ...] = ()
+    # Empty directories under the pushed one, not part of the version (a version holds files only).
+    empty_directories_left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,9 @@ class Registry:
             else:
                 self._require_registered_model(model)
         struct = _struct(metadata)
-        root = Path(directory)
-        local = self._hash_directory(root, hash_progress)
+        # Resolving the root once gives every file an absolute path to key the hash cache by.
+        listing = list_files(Path(directory).resolve())
+        local = self._hash_directory(listing.files, hash_progress)
         request = pb.CommitVersionRequest(
             manifest=[
                 pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
@@ -400,6 +403,7 @@ class Registry:
             ignored_changes=ignored,
             updated_existing=updated,
             retention_deleted=tuple(response.retention_deleted_indexes),
+            empty_directories_left_out=listing.empty_directories,
         )
 
     def _check_push_arguments(
@@ -434,14 +438,14 @@ class Registry:
             present = sum(content.values()) - total
             raise PushInterrupted(present + e.stored_bytes, sum(content.values())) from None
 
-    def _hash_directory(self, root: Path, progress: Callable[[int], ProgressCallback] | None = None) -> list[LocalFile]:
-        """Digests of every file under ``root``; unchanged files cost a stat and a cache lookup.
+    def _hash_directory(
+        self, found: list[tuple[Path, str]], progress: Callable[[int], ProgressCallback] | None = None
+    ) -> list[LocalFile]:
+        """Digests of the files ``list_files`` found; unchanged files cost a stat and a cache lookup.
 
         ``progress`` is called with the bytes to hash when they reach HASH_PROGRESS_MIN_BYTES
         (a large checkpoint takes seconds to hash), and returns a callback told of each block.
         """
-        # Resolving the root once gives every file an absolute path to key the hash cache by.
-        found = list_files(root.resolve())
         try:
             infos = [source.stat() for source, _ in found]
         except OSError as e:

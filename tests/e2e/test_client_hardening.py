@@ -120,6 +120,21 @@ def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tm
     assert (out / "weights-link.bin").read_bytes() == (checkpoint / "weights.bin").read_bytes()
 
 
+def test_empty_directories_are_named_in_a_note_as_left_out_not_dropped_silently(
+    mreg, servers, tmp_path: Path, unique
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
+    (checkpoint / "logs").mkdir()
+    (checkpoint / "runs" / "empty-too").mkdir(parents=True)
+    code, pushed, err = mreg("push", str(checkpoint), f"acme/vision/empty-dirs-{unique}")
+    assert code == 0, err
+    assert pushed["empty_directories_left_out"] == ["logs", "runs/empty-too"]
+    assert "mreg: note:" in err and "logs" in err and "runs/empty-too" in err
+    with servers.registry() as registry:
+        result = registry.push(checkpoint, f"empty-dirs-api-{unique}")
+    assert result.empty_directories_left_out == ("logs", "runs/empty-too")
+
+
 def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / "tokenizer" / "again").symlink_to("..")
