@@ -128,14 +128,23 @@ def find_collection(
         NotFound: there is no such collection.
     """
     row = repo.find_collection(name, for_update=for_update)
-    if row is None or (kind is not None and row.kind != kind.value) or is_unborn(row):
+    if row is None or is_unborn(row):
         raise collection_missing(name, kind)
+    if kind is not None and row.kind != kind.value:
+        # Still NOT_FOUND, as each method's contract says; the message names what the name is instead.
+        raise collection_missing(name, kind, actual=CollectionKind(row.kind))
     return row
 
 
-def collection_missing(name: CollectionName, kind: CollectionKind | None) -> NotFound:
+def collection_missing(
+    name: CollectionName, kind: CollectionKind | None, *, actual: CollectionKind | None = None
+) -> NotFound:
+    """NOT_FOUND for ``name`` as a ``kind``; ``actual`` is the other kind when the name is taken by one."""
     label = kind.label if kind else "artifact or registered model"
-    return NotFound(f"no {label} named {name}", _NOT_FOUND[kind], {"resource": str(name)})
+    message = f"no {label} named {name}"
+    if actual is not None:
+        message += f": {name} is {'an' if actual.label[0] in 'aeiou' else 'a'} {actual.label}"
+    return NotFound(message, _NOT_FOUND[kind], {"resource": str(name)})
 
 
 def selected_index(context: CollectionContext, ref: Reference, member: str) -> int:

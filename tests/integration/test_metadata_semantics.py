@@ -182,6 +182,32 @@ def test_a_retry_of_a_commit_whose_version_was_deleted_since_is_not_found_saying
     assert "since been deleted" in error.message
 
 
+def test_a_name_of_the_other_kind_is_not_found_saying_what_it_is(wire, unique) -> None:
+    artifact, model = f"kind-art-{unique}", f"kind-rm-{unique}"
+    push_one(wire, artifact, "kind " + unique)
+    wire.call(wire.metadata.CreateRegisteredModel, pb.CreateRegisteredModelRequest(name=model, type="model"))
+    calls = {
+        "CreateLink into an artifact": lambda: wire.call(
+            wire.metadata.CreateLink, pb.CreateLinkRequest(version=f"{artifact}:v0", parent=artifact)
+        ),
+        "ListLinks of an artifact": lambda: wire.call(wire.metadata.ListLinks, pb.ListLinksRequest(parent=artifact)),
+        "ListVersions of a registered model": lambda: wire.call(
+            wire.metadata.ListVersions, pb.ListVersionsRequest(parent=model)
+        ),
+        "SetRetentionPolicy of a registered model": lambda: wire.call(
+            wire.metadata.SetRetentionPolicy, pb.SetRetentionPolicyRequest(name=model, keep_last=2)
+        ),
+    }
+    for what, call in calls.items():
+        with pytest.raises(MregError) as error:
+            call()
+        assert error.value.code == "NOT_FOUND", what  # as each method's contract documents
+        expected = (
+            "is an artifact" if "of an artifact" in what or "into an artifact" in what else "is a registered model"
+        )
+        assert expected in error.value.message, (what, error.value.message)
+
+
 def test_concurrent_commits_of_the_latest_content_create_one_version(registry, unique, wire) -> None:
     # Each commit compares its manifest with the latest version's once it holds the artifact's lock;
     # one that waited for another must see the version that one committed.
