@@ -83,6 +83,8 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "grace_period_seconds": (0, MAX_GC_GRACE_SECONDS),
 }
 DEFAULT_INT_BOUNDS = (0, MAX_INT64)
+# The same for 32-bit fields (page_size): a message naming 2^63-1 as their bound would be wrong.
+DEFAULT_INT32_BOUNDS = (0, (1 << 31) - 1)
 
 # Per repeated field name, the most items it may hold; other repeated fields hold at most
 # DEFAULT_MAX_ITEMS. The manifest's bound is generous: very many small files are normal.
@@ -166,7 +168,8 @@ def _plan(field: Any) -> tuple[int, str, Any, bool, int]:
         elif kind in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
             plan = (_FLOAT, name, None, False, items)
         elif kind in _INT_TYPES:
-            plan = (_INT, name, INT_BOUNDS.get(name, DEFAULT_INT_BOUNDS), False, items)
+            default = DEFAULT_INT32_BOUNDS if kind in _INT32_TYPES else DEFAULT_INT_BOUNDS
+            plan = (_INT, name, INT_BOUNDS.get(name, default), False, items)
         elif kind == field.TYPE_MESSAGE:
             message = field.message_type.full_name
             plan = ({_STRUCT: _DOCUMENT, _TIMESTAMP: _TIME}.get(message, _MESSAGE), name, None, False, items)
@@ -278,6 +281,7 @@ _INT_TYPES = {
     17,  # TYPE_SINT32
     18,  # TYPE_SINT64
 }
+_INT32_TYPES = {5, 15, 17}  # TYPE_INT32, TYPE_SFIXED32, TYPE_SINT32
 
 # A list page stops before its response would pass this many bytes, well under the 4 MiB a
 # default gRPC client accepts, and returns a next_page_token instead.

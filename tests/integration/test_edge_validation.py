@@ -168,6 +168,11 @@ def test_reference_and_enum_mistakes_get_messages_that_name_the_mistake(stub, bl
     request = pb.UpdateVersionRequest(name="mistakes:v0", metadata_mode=7)  # type: ignore[arg-type]
     mode = error_of(lambda: stub.UpdateVersion(request, metadata=HEADERS))
     assert mode.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata_mode" in (mode.details() or "")
+    negative = error_of(
+        lambda: stub.ListVersions(pb.ListVersionsRequest(parent="mistakes", page_size=-1), metadata=HEADERS)
+    )
+    assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_size" in (negative.details() or "") and str((1 << 63) - 1) not in (negative.details() or "")
 
 
 def test_expected_indexes_beyond_what_the_schema_stores_are_invalid_argument(stub, blobs) -> None:
