@@ -40,9 +40,25 @@ def json_time(moment: datetime | None) -> str | None:
     return stamp.ToJsonString()
 
 
+# JSON numbers travel as doubles (google.protobuf.Struct), which hold every integer exactly up to 2**53.
+EXACT_INTEGER_LIMIT = 1 << 53
+
+
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict; whole numbers stay floats (JSON has one number type, as the wire does)."""
-    return json_format.MessageToDict(message)
+    """A Struct as a dict, whole numbers as ints: the wire carries 5 as 5.0, and metadata={"step": 5} must
+    read back as 5, not 5.0 (JSON has one number type, so nothing distinguishes them)."""
+    converted: dict[str, Any] = _whole_numbers_as_ints(json_format.MessageToDict(message))
+    return converted
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= EXACT_INTEGER_LIMIT:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(item) for item in value]
+    return value
 
 
 def _struct_or_none(message: Any, name: str) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from mreg.client.channels import Credentials, open_channel
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.hashing import LocalFile, list_files, sha256_file
 from mreg.client.models import (
+    EXACT_INTEGER_LIMIT,
     AliasMove,
     Artifact,
     Caller,
@@ -1039,7 +1040,25 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     message = struct_pb2.Struct()
     try:
         # allow_nan=False: JSON has no NaN or Infinity, and protobuf's JSON form cannot carry them.
-        message.update(json.loads(json.dumps(value, allow_nan=False)))
+        document = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError, RecursionError) as e:
         raise MregError("INVALID_ARGUMENT", f"metadata is not a JSON object: {e}") from e
+    _refuse_inexact_integers(document, "metadata")
+    message.update(document)
     return message
+
+
+def _refuse_inexact_integers(value: Any, where: str) -> None:
+    """Refuses an integer a double cannot hold exactly: it would be stored rounded, without a word."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_INTEGER_LIMIT:
+        raise MregError(
+            "INVALID_ARGUMENT",
+            f"{where} is {value}: metadata numbers travel as JSON numbers (64-bit floats), exact only up to "
+            f"2**53 = {EXACT_INTEGER_LIMIT}; store it as a string",
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_inexact_integers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            _refuse_inexact_integers(item, f"{where}[{position}]")

@@ -50,6 +50,8 @@ def test_a_pushed_version_comes_back_as_python_values(registry: Registry, tmp_pa
         assert isinstance(version, Version)
         assert version.metadata == {"val_loss": 0.25, "train": {"epochs": 3}}
         assert isinstance(version.metadata, dict)
+        # Whole numbers come back as the ints they were sent as (the wire carries doubles).
+        assert type(version.metadata["train"]["epochs"]) is int
         assert version.tags == ("fp16",) and set(version.aliases) == {"candidate", "latest"}
         assert (version.index, version.state, version.description) == (0, "committed", "# ResNet")
         assert version.create_time is not None and version.create_time.tzinfo is not None
@@ -64,6 +66,18 @@ def test_a_pushed_version_comes_back_as_python_values(registry: Registry, tmp_pa
     assert isinstance(artifact, Artifact)
     assert artifact.aliases == {"candidate": 0, "latest": 0}
     assert (artifact.version_count, artifact.retention_keep_last) == (1, None)
+
+
+def test_metadata_integers_a_double_cannot_hold_exactly_are_refused_before_anything_is_sent(
+    registry: Registry, tmp_path: Path, unique: str
+) -> None:
+    exact = 1 << 53
+    kept = _push(registry, tmp_path / "ok", f"ints-{unique}", b"ints", metadata={"n": exact, "l": [-exact, 2.5]})
+    assert kept.metadata == {"n": exact, "l": [-exact, 2.5]} and type(kept.metadata["l"][0]) is int
+    with pytest.raises(MregError) as error:
+        _push(registry, tmp_path / "big", f"ints-big-{unique}", b"big", metadata={"run": {"seed": exact + 1}})
+    assert error.value.code == "INVALID_ARGUMENT" and "metadata.run.seed" in error.value.message
+    assert [v.index for v in registry.list_versions(f"ints-{unique}")] == [0]
 
 
 def test_links_models_aliases_and_history_are_python_values(registry: Registry, tmp_path: Path, unique: str) -> None:
