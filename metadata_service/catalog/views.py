@@ -112,11 +112,7 @@ def collection_replayed(repo: Repository, collection_id: int) -> Collection:
     """
     row = repo.find_collection_by_id(collection_id)
     if row is None:
-        raise NotFound(
-            "this request_id's request was carried out, but what it made or changed has since been deleted, "
-            "so its answer cannot be given again",
-            Reason.COLLECTION_NOT_FOUND,
-        )
+        raise _gone_since_carried_out("what it made or changed", Reason.COLLECTION_NOT_FOUND)
     return row
 
 
@@ -128,12 +124,16 @@ def version_replayed(repo: Repository, version_id: int) -> Version:
     """
     version = repo.find_version_by_id(version_id)
     if version is None:
-        raise NotFound(
-            "this request_id's commit was carried out, but its version has since been deleted with its artifact, "
-            "so its answer cannot be given again",
-            Reason.VERSION_NOT_FOUND,
-        )
+        raise _gone_since_carried_out("its version (with its artifact)", Reason.VERSION_NOT_FOUND)
     return version
+
+
+def _gone_since_carried_out(what: str, reason: Reason) -> NotFound:
+    return NotFound(
+        f"this request_id's request was carried out, but {what} has since been deleted, so its answer "
+        "cannot be given again",
+        reason,
+    )
 
 
 def view_by_uid(repo: Repository, uid: str) -> VersionView:
