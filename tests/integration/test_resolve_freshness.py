@@ -204,6 +204,7 @@ def test_the_check_sent_through_the_driver_reads_what_the_regular_read_reads(
     _push(registry, tmp_path, second, b"driver b")
     registry.set_alias(f"{second}:v0", "best")
     engine = create_database_engine(servers.database_url)
+    database = Database(engine)
     try:
         with engine.begin() as connection:
             ids = dict(
@@ -211,7 +212,6 @@ def test_the_check_sent_through_the_driver_reads_what_the_regular_read_reads(
                     text("SELECT name, id FROM collections WHERE name IN (:a, :b)"), {"a": first, "b": second}
                 ).all()
             )
-        database = Database(engine)
         pairs = [(ids[first], ids[first]), (ids[first], ids[second]), (ids[second], ids[first]), (0, 0), (-1, 10**9)]
 
         def agree() -> list[tuple[int, int] | None]:
@@ -241,7 +241,7 @@ def test_the_check_sent_through_the_driver_reads_what_the_regular_read_reads(
         after = agree()
         assert after[0] is not None and after[0][1] == after[0][0]
     finally:
-        engine.dispose()
+        database.close()
 
 
 def _regular_last_events(connection: Any, pair: tuple[int, int]) -> tuple[int, int]:
