@@ -40,7 +40,8 @@ from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.formatting import human_size
-from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
+from mreg.client.models import Artifact, Event, RegisteredModel, Token, Version, json_time
+from mreg.client.references import LATEST
 from mreg.client.registry import (
     ROLES,
     PushResult,
@@ -526,24 +527,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
             return
         version = target.version
         if args.dry_run:
-            aliases = list(version.aliases)
-            refused = bool(aliases) and not args.force
-            text = f"would delete {version.name} ({human_size(version.size_bytes)}, {version.file_count} files)"
-            if aliases:
-                text += f"; aliases {', '.join(aliases)} " + (
-                    "would be removed" if args.force else "make the service refuse it without --force"
-                )
-            text += "; links to it are removed too with --force (the service refuses otherwise)"
-            out.result(
-                {
-                    "would_delete": version.name,
-                    "kind": "version",
-                    "aliases": aliases,
-                    "refused_without_force": refused,
-                    "dry_run": True,
-                },
-                text,
-            )
+            _plan_version_deletion(registry, version, args.force, out)
             return
         _confirm(args, out, f"delete {version.name}{' and its aliases and links' if args.force else ''}?")
         response = registry.delete_version(version.name, force=args.force)
@@ -555,6 +539,39 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
     }
     removed = list(response.removed_aliases) + list(response.removed_links)
     out.result(data, f"deleted {response.version.name}" + (f" (removed {', '.join(removed)})" if removed else ""))
+
+
+def _plan_version_deletion(registry: Registry, version: Version, force: bool, out: Output) -> None:
+    """What ``mreg delete VERSION [--force]`` would do, decided as DeleteVersion decides it: the aliases users
+    set and the registered models' links to the version block it without --force, and --force removes them."""
+    # The service moves `latest` itself and never counts it as holding a version.
+    aliases = [alias for alias in version.aliases if alias != LATEST]
+    # GetLineage lists the links in registered models the caller may read: with auth on, a link in one
+    # it may not read still blocks the deletion but is not shown here.
+    links = list(registry.lineage(version.name).links)
+    holders = [f"alias {alias}" for alias in aliases] + [f"link {link}" for link in links]
+    refused = bool(holders) and not force
+    size = f"{human_size(version.size_bytes)}, {version.file_count} files"
+    if not holders:
+        text = f"would delete {version.name} ({size}); no alias or link names it"
+    elif force:
+        text = f"would delete {version.name} ({size}) and remove {', '.join(holders)}"
+    else:
+        text = (
+            f"the service would refuse to delete {version.name} ({size}): {', '.join(holders)} still name it; "
+            "--force removes them too"
+        )
+    out.result(
+        {
+            "would_delete": version.name,
+            "kind": "version",
+            "aliases": aliases,
+            "links": links,
+            "refused_without_force": refused,
+            "dry_run": True,
+        },
+        text,
+    )
 
 
 def _is_artifact(registry: Registry, name: str) -> bool:

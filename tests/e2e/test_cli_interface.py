@@ -331,6 +331,44 @@ def test_delete_dry_run_and_retention_dry_run_delete_nothing(mreg, tmp_path: Pat
     assert pushed["retention_deleted"] == [2]
 
 
+def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_remove(
+    mreg, tmp_path: Path, unique
+) -> None:
+    artifact = f"acme/vision/predicted-{unique}"
+    model = f"acme/model-registry/predicted-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    for n in range(4):
+        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
+        _push(mreg, checkpoint, artifact)
+    assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
+    assert mreg("link", f"{artifact}:v1", model, "--create")[0] == 0
+    assert mreg("alias", "set", f"{artifact}:v2", "keep")[0] == 0
+    assert mreg("link", f"{artifact}:v2", model)[0] == 0
+
+    def planned(version: str, *force: str) -> dict:
+        code, plan, err = mreg("delete", f"{artifact}:{version}", "--dry-run", *force)
+        assert code == 0, err
+        return {key: plan[key] for key in ("aliases", "links", "refused_without_force")}
+
+    # v3 carries only `latest`, which the service keeps itself: nothing stops its deletion.
+    assert planned("v3") == {"aliases": [], "links": [], "refused_without_force": False}
+    assert planned("v0") == {"aliases": ["best"], "links": [], "refused_without_force": True}
+    assert planned("v1") == {"aliases": [], "links": [f"{model}:v0"], "refused_without_force": True}
+    assert planned("v2") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": True}
+    assert planned("v2", "--force") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": False}
+    code, text, _ = mreg("delete", f"{artifact}:v1", "--dry-run", json_output=False)
+    assert code == 0 and f"link {model}:v0" in text and "--force" in text, text
+
+    # The real deletes answer as predicted.
+    code, deleted, err = mreg("delete", f"{artifact}:v3")
+    assert code == 0, err
+    code, _, err = mreg("delete", f"{artifact}:v1")
+    assert code == 1 and json.loads(err)["reason"] == "VERSION_IN_USE", err
+    code, deleted, err = mreg("delete", f"{artifact}:v2", "--force")
+    assert code == 0, err
+    assert (deleted["removed_aliases"], deleted["removed_links"]) == (["keep"], [f"{model}:v1"])
+
+
 def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/confirm-{unique}"
     checkpoint = make_checkpoint(tmp_path / "ck", 1000)
