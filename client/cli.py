@@ -52,6 +52,10 @@ from mreg.client.snapshots import Snapshot, SnapshotCache, parse_size
 from mreg.client.transfer import ProgressCallback
 
 log = logging.getLogger(__name__)
+
+# The largest values the protocol's int32 and int64 fields hold.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 # How many times in a row `mreg watch` reconnects to a service that is down before it gives up.
 WATCH_RECONNECTS = 30
 
@@ -440,19 +444,21 @@ def _list_project(registry: Registry, target: str, out: Output, limit: int | Non
     out.table(rows, ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"], table, "(nothing)")
 
 
-def _expectation(text: str | None) -> tuple[int | None, bool]:
+def _expectation(_context: click.Context, _parameter: click.Parameter, text: str | None) -> tuple[int | None, bool]:
+    """--expect as (the index the alias must name, whether it must be unset); anything else is a usage error."""
     if text is None:
         return None, False
     if text == "none":
         return None, True
-    digits = text.removeprefix("v")
-    if not digits.isdigit():
-        raise MregError("INVALID_ARGUMENT", f"--expect takes vN, N or 'none', not {text!r}")
-    return int(digits), False
+    match = re.fullmatch(r"v?([0-9]+)", text)
+    # expected_index is an int64: a bigger N would fail to encode rather than be refused.
+    if match is None or int(match.group(1)) > INT64_MAX:
+        raise click.BadParameter(f"takes vN, N (0 to {INT64_MAX}) or 'none', not {text!r}")
+    return int(match.group(1)), False
 
 
 def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
-    expected_index, expect_unset = _expectation(args.expect)
+    expected_index, expect_unset = args.expect
     with _registry(args) as registry:
         move = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
     moved = f" (was v{move.previous_index})" if move.previous_index is not None else ""
@@ -706,8 +712,8 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
     if (args.keep_last is None) == (not args.none):
         raise click.UsageError("give exactly one of --keep-last N and --none")
     keep_last = args.keep_last
-    if keep_last is not None and keep_last < 1:
-        raise click.UsageError("--keep-last takes N >= 1 (the latest version always stays)")
+    if keep_last is not None and not 1 <= keep_last <= INT32_MAX:  # keep_last is an int32
+        raise click.UsageError(f"--keep-last takes N from 1 (the latest version always stays) to {INT32_MAX}")
     with _registry(args) as registry:
         if keep_last is not None:
             # The service says exactly what the policy would delete now (validate_only changes nothing).
@@ -941,11 +947,16 @@ def _note_kept_card(registry: Registry, name: str, description: str) -> None:
         )
 
 
-def _fits_int64(value: int, option: str) -> int:
-    """``value``, if it is a sequence the protocol's int64 holds (a Click range would print its bounds in --help)."""
-    if not 0 <= value <= 2**63 - 1:
-        raise click.BadParameter(f"{value} is not a sequence (0 to {2**63 - 1})", param_hint=f"'{option}'")
-    return value
+def _within(low: int, high: int, what: str) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
+    """A Click callback that refuses, as a usage error, a number outside ``low``..``high``: beyond what the
+    protocol's field holds it would fail to encode (a Click range would print its bounds in --help)."""
+
+    def check(_context: click.Context, _parameter: click.Parameter, value: int | None) -> int | None:
+        if value is not None and not low <= value <= high:
+            raise click.BadParameter(f"{value} is not {what} ({low} to {high})")
+        return value
+
+    return check
 
 
 def _registered_model_named(registry: Registry, ref: str) -> RegisteredModel | None:
@@ -1068,7 +1079,16 @@ def parse_duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"a duration is a positive number and a unit (30d, 12h, 90m, 3600s), not {text!r}"
         )
-    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    # Each use counts the duration from now, forward (a token's expiry) or back (a cache entry's last use).
+    now = datetime.now(UTC)
+    reach = min(datetime.max.replace(tzinfo=UTC) - now, now - datetime.min.replace(tzinfo=UTC))
+    try:
+        duration: timedelta | None = timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        duration = None
+    if duration is None or duration > reach:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long: counted from now it would leave the years 1 to 9999")
+    return duration
 
 
 def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
@@ -1707,7 +1727,7 @@ _leaf(
     type=int,
     default=0,
     metavar="CURSOR",
-    callback=lambda _context, _option, value: _fits_int64(value, "--since"),
+    callback=_within(0, INT64_MAX, "a sequence"),
     help="replay events after this sequence",
 )
 @click.option("--from-now", is_flag=True, help="skip the replay")
@@ -1731,7 +1751,12 @@ _leaf(
 )(_watch)
 
 
-@click.option("--grace-seconds", type=int, help="keep content used more recently (default one day)")
+@click.option(
+    "--grace-seconds",
+    type=int,
+    callback=_within(0, INT64_MAX, "a number of seconds"),
+    help="keep content used more recently (default one day)",
+)
 @click.option("--dry-run", is_flag=True, help="only report what would be deleted")
 def _gc(*_: Any) -> None: ...
 
@@ -1743,8 +1768,8 @@ _leaf(
 
 @click.option("--data-dir", envvar="MREG_DATA_DIR", default=".mreg", show_default=True, help="(env MREG_DATA_DIR)")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--metadata-port", type=int, default=50051, show_default=True)
-@click.option("--blob-port", type=int, default=50052, show_default=True)
+@click.option("--metadata-port", type=click.IntRange(0, 65535), metavar="PORT", default=50051, show_default=True)
+@click.option("--blob-port", type=click.IntRange(0, 65535), metavar="PORT", default=50052, show_default=True)
 @click.option("--database-url", envvar="MREG_DATABASE_URL", help="default: SQLite in DIR (env MREG_DATABASE_URL)")
 @click.option(
     "--auth",
@@ -1769,7 +1794,8 @@ _leaf(
 )
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
     default=lambda: int(os.environ.get("MREG_METRICS_PORT") or 0),
     show_default="0, off",
     help="serve both services' Prometheus metrics over HTTP on --host at this port (env MREG_METRICS_PORT)",
@@ -1843,7 +1869,12 @@ def alias_group() -> None:
 
 @click.argument("ref")
 @click.argument("alias")
-@click.option("--expect", metavar="vN|none", help="move only if the alias names vN now (or is unset): a safe promotion")
+@click.option(
+    "--expect",
+    metavar="vN|none",
+    callback=_expectation,
+    help="move only if the alias names vN now (or is unset): a safe promotion",
+)
 def _alias_set(*_: Any) -> None: ...
 
 

@@ -168,6 +168,44 @@ def test_usage_errors_with_json_are_one_json_object_on_stderr_with_the_suggestio
     assert "--replace-metadata needs" in error["message"] and error["usage"].startswith("Usage: mreg update")
 
 
+TOO_BIG = "99999999999999999999"  # beyond int64, so a protobuf field would refuse it with a ValueError
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", f"v{TOO_BIG}"], "--expect"),
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", TOO_BIG], "--expect"),
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", "garbage"], "--expect"),
+        (["retention", "set", "acme/vision/x", "--keep-last", str(2**31)], "--keep-last"),  # keep_last is an int32
+        (["gc", "--grace-seconds", TOO_BIG], "--grace-seconds"),
+        (["token", "create", "n", "--role", "reader", "--scope", "acme", "--expires", f"{TOO_BIG}d"], "--expires"),
+        (["token", "create", "n", "--role", "reader", "--scope", "acme", "--expires", "999999999d"], "--expires"),
+        (["cache", "prune", "--older-than", "999999999d", "--dry-run"], "--older-than"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, args: list[str], option: str) -> None:
+    error = _usage_error_json(capsys, "--json", *args)
+    assert f"'{option}'" in error["message"] or error["message"].startswith(option), error
+
+
+@pytest.mark.parametrize("option", ["--metadata-port", "--blob-port", "--metrics-port"])
+def test_serve_refuses_a_port_out_of_range_as_a_usage_error(capsys, tmp_path: Path, option: str) -> None:
+    ports = {"--metadata-port": "0", "--blob-port": "0", "--metrics-port": "0"} | {option: "70000"}
+    arguments = [a for pair in ports.items() for a in pair]
+    error = _usage_error_json(capsys, "--json", "serve", "--data-dir", str(tmp_path), "--no-web", *arguments)
+    assert f"'{option}'" in error["message"] and "65535" in error["message"], error
+    assert not any(tmp_path.iterdir())  # refused before anything started
+
+
+def test_web_refuses_a_listen_port_out_of_range_as_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["web", "--listen", f"127.0.0.1:{TOO_BIG}", "--metadata-addr", "127.0.0.1:1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mreg web: error: --listen ") and "65535" in err, err
+
+
 def test_usage_errors_without_json_stay_text_and_a_json_after_double_dash_is_an_argument(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["pussh"])
