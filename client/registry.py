@@ -977,7 +977,8 @@ class Registry:
         remaining = limit
         while remaining is None or remaining > 0:
             if remaining is not None and (not request.page_size or request.page_size > remaining):
-                request.page_size = remaining  # fetch no more than will be used
+                # Fetch no more than will be used; page_size is an int32, and the service caps it lower anyway.
+                request.page_size = min(remaining, 2**31 - 1)
             response = self._call(method, request)
             items = getattr(response, field)
             if remaining is not None:

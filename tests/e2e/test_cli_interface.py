@@ -281,6 +281,19 @@ def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
     assert "acme/vision" in [row["name"] for row in projects]
 
 
+def test_a_limit_beyond_any_page_size_lists_everything(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/unlimited-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    _push(mreg, checkpoint, artifact)
+    (checkpoint / "config.json").write_text("{}")
+    _push(mreg, checkpoint, artifact)
+    for command in (["ls", artifact], ["versions", artifact]):
+        code, listed, err = mreg(*command, "--limit", TOO_BIG)  # page_size is an int32
+        assert (code, [row["version"] for row in listed]) == (0, [1, 0]), err
+    code, listed, err = mreg("ls", "acme/vision", "--limit", TOO_BIG)
+    assert code == 0 and f"unlimited-{unique}" in [row["name"].rsplit("/", 1)[-1] for row in listed], err
+
+
 # Tables: plain when piped, Rich on a terminal ---------------------------------------------------
 
 
