@@ -187,7 +187,7 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
-    metadata = _metadata_json(args.metadata or None)
+    metadata = _metadata_json(args.metadata)
     description = _description(args) or ""
     with _registry(args) as registry:
         result = registry.push(
@@ -903,6 +903,10 @@ def _metadata_json(text: str | None, option: str = "--metadata") -> dict[str, An
     """The JSON object of --metadata, or None when it is not given."""
     if text is None:
         return None
+    if not text.strip():  # json.loads would say "Expecting value", which does not say what to give
+        raise MregError(
+            "INVALID_ARGUMENT", f"{option} must be a JSON object, e.g. '{{\"accuracy\": 0.93}}', not {text!r}"
+        )
 
     def reject_constant(name: str) -> Any:  # json.loads accepts NaN and Infinity; JSON and Struct do not
         raise MregError("INVALID_ARGUMENT", f"{option} is not valid JSON: {name} is not a JSON number")
