@@ -2172,7 +2172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nmreg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MregError as e:
-        return _fail(e.code, e.message, e.reason)
+        return _fail(e.code, _said_to_a_cli_user(e), e.reason)
     except UsageError as e:
         if _State.json_errors:
             _print_json_error("INVALID_ARGUMENT", str(e), "USAGE", usage=e.usage)
@@ -2206,11 +2206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("FAILED_PRECONDITION", f"{where} is unusable ({e}); remove it or pass --no-cache")
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
-        return _fail(error.code, error.message, error.reason)
+        return _fail(error.code, _said_to_a_cli_user(error), error.reason)
     except Exception as e:  # the last resort: a bug, but still one line and no traceback
         log.debug("unexpected error", exc_info=True)
         return _fail("INTERNAL", f"unexpected {type(e).__name__}: {_redact(str(e))[:500]} (please report this)")
     return 0
+
+
+def _said_to_a_cli_user(error: MregError) -> str:
+    """The message of ``error`` for someone at the command line: the services word some for API callers."""
+    if error.reason == "TOKEN_MISSING":  # the services tell API callers which header to send
+        return "this command needs a token: set MREG_TOKEN, or save one once with `mreg login`"
+    return error.message
 
 
 def _asks_for_json(arguments: Sequence[str]) -> bool:
