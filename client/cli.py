@@ -40,7 +40,8 @@ from mreg.client.cache import ContentCache, default_cache_dir
 from mreg.client.channels import Credentials
 from mreg.client.errors import MregError, PushInterrupted, local_error
 from mreg.client.formatting import human_size
-from mreg.client.models import Artifact, Event, RegisteredModel, Token, json_time
+from mreg.client.models import Artifact, Event, RegisteredModel, Token, Version, json_time
+from mreg.client.references import LATEST
 from mreg.client.registry import (
     ROLES,
     PushResult,
@@ -51,6 +52,10 @@ from mreg.client.snapshots import Snapshot, SnapshotCache, parse_size
 from mreg.client.transfer import ProgressCallback
 
 log = logging.getLogger(__name__)
+
+# The largest values the protocol's int32 and int64 fields hold.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 # How many times in a row `mreg watch` reconnects to a service that is down before it gives up.
 WATCH_RECONNECTS = 30
 
@@ -182,7 +187,7 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 
 def cmd_push(args: argparse.Namespace, out: Output) -> None:
-    metadata = _metadata_json(args.metadata or None)
+    metadata = _metadata_json(args.metadata)
     description = _description(args) or ""
     with _registry(args) as registry:
         result = registry.push(
@@ -449,19 +454,21 @@ def _list_project(registry: Registry, target: str, out: Output, limit: int | Non
     out.table(rows, ["NAME", "KIND", "TYPE", "COUNT", "LATEST", "CREATED"], table, "(nothing)")
 
 
-def _expectation(text: str | None) -> tuple[int | None, bool]:
+def _expectation(_context: click.Context, _parameter: click.Parameter, text: str | None) -> tuple[int | None, bool]:
+    """--expect as (the index the alias must name, whether it must be unset); anything else is a usage error."""
     if text is None:
         return None, False
     if text == "none":
         return None, True
-    digits = text.removeprefix("v")
-    if not digits.isdigit():
-        raise MregError("INVALID_ARGUMENT", f"--expect takes vN, N or 'none', not {text!r}")
-    return int(digits), False
+    match = re.fullmatch(r"v?([0-9]+)", text)
+    # expected_index is an int64: a bigger N would fail to encode rather than be refused.
+    if match is None or int(match.group(1)) > INT64_MAX:
+        raise click.BadParameter(f"takes vN, N (0 to {INT64_MAX}) or 'none', not {text!r}")
+    return int(match.group(1)), False
 
 
 def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
-    expected_index, expect_unset = _expectation(args.expect)
+    expected_index, expect_unset = args.expect
     with _registry(args) as registry:
         move = registry.set_alias(args.ref, args.alias, expected_index=expected_index, expect_unset=expect_unset)
     moved = f" (was v{move.previous_index})" if move.previous_index is not None else ""
@@ -536,24 +543,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
             return
         version = target.version
         if args.dry_run:
-            aliases = list(version.aliases)
-            refused = bool(aliases) and not args.force
-            text = f"would delete {version.name} ({human_size(version.size_bytes)}, {version.file_count} files)"
-            if aliases:
-                text += f"; aliases {', '.join(aliases)} " + (
-                    "would be removed" if args.force else "make the service refuse it without --force"
-                )
-            text += "; links to it are removed too with --force (the service refuses otherwise)"
-            out.result(
-                {
-                    "would_delete": version.name,
-                    "kind": "version",
-                    "aliases": aliases,
-                    "refused_without_force": refused,
-                    "dry_run": True,
-                },
-                text,
-            )
+            _plan_version_deletion(registry, version, args.force, out)
             return
         _confirm(args, out, f"delete {version.name}{' and its aliases and links' if args.force else ''}?")
         response = registry.delete_version(version.name, force=args.force)
@@ -565,6 +555,39 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
     }
     removed = list(response.removed_aliases) + list(response.removed_links)
     out.result(data, f"deleted {response.version.name}" + (f" (removed {', '.join(removed)})" if removed else ""))
+
+
+def _plan_version_deletion(registry: Registry, version: Version, force: bool, out: Output) -> None:
+    """What ``mreg delete VERSION [--force]`` would do, decided as DeleteVersion decides it: the aliases users
+    set and the registered models' links to the version block it without --force, and --force removes them."""
+    # The service moves `latest` itself and never counts it as holding a version.
+    aliases = [alias for alias in version.aliases if alias != LATEST]
+    # GetLineage lists the links in registered models the caller may read: with auth on, a link in one
+    # it may not read still blocks the deletion but is not shown here.
+    links = list(registry.lineage(version.name).links)
+    holders = [f"alias {alias}" for alias in aliases] + [f"link {link}" for link in links]
+    refused = bool(holders) and not force
+    size = f"{human_size(version.size_bytes)}, {version.file_count} files"
+    if not holders:
+        text = f"would delete {version.name} ({size}); no alias or link names it"
+    elif force:
+        text = f"would delete {version.name} ({size}) and remove {', '.join(holders)}"
+    else:
+        text = (
+            f"the service would refuse to delete {version.name} ({size}): {', '.join(holders)} still name it; "
+            "--force removes them too"
+        )
+    out.result(
+        {
+            "would_delete": version.name,
+            "kind": "version",
+            "aliases": aliases,
+            "links": links,
+            "refused_without_force": refused,
+            "dry_run": True,
+        },
+        text,
+    )
 
 
 def _is_artifact(registry: Registry, name: str) -> bool:
@@ -699,8 +722,8 @@ def cmd_retention_set(args: argparse.Namespace, out: Output) -> None:
     if (args.keep_last is None) == (not args.none):
         raise click.UsageError("give exactly one of --keep-last N and --none")
     keep_last = args.keep_last
-    if keep_last is not None and keep_last < 1:
-        raise click.UsageError("--keep-last takes N >= 1 (the latest version always stays)")
+    if keep_last is not None and not 1 <= keep_last <= INT32_MAX:  # keep_last is an int32
+        raise click.UsageError(f"--keep-last takes N from 1 (the latest version always stays) to {INT32_MAX}")
     with _registry(args) as registry:
         if keep_last is not None:
             # The service says exactly what the policy would delete now (validate_only changes nothing).
@@ -890,6 +913,10 @@ def _metadata_json(text: str | None, option: str = "--metadata") -> dict[str, An
     """The JSON object of --metadata, or None when it is not given."""
     if text is None:
         return None
+    if not text.strip():  # json.loads would say "Expecting value", which does not say what to give
+        raise MregError(
+            "INVALID_ARGUMENT", f"{option} must be a JSON object, e.g. '{{\"accuracy\": 0.93}}', not {text!r}"
+        )
 
     def reject_constant(name: str) -> Any:  # json.loads accepts NaN and Infinity; JSON and Struct do not
         raise MregError("INVALID_ARGUMENT", f"{option} is not valid JSON: {name} is not a JSON number")
@@ -934,11 +961,16 @@ def _note_kept_card(registry: Registry, name: str, description: str) -> None:
         )
 
 
-def _fits_int64(value: int, option: str) -> int:
-    """``value``, if it is a sequence the protocol's int64 holds (a Click range would print its bounds in --help)."""
-    if not 0 <= value <= 2**63 - 1:
-        raise click.BadParameter(f"{value} is not a sequence (0 to {2**63 - 1})", param_hint=f"'{option}'")
-    return value
+def _within(low: int, high: int, what: str) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
+    """A Click callback that refuses, as a usage error, a number outside ``low``..``high``: beyond what the
+    protocol's field holds it would fail to encode (a Click range would print its bounds in --help)."""
+
+    def check(_context: click.Context, _parameter: click.Parameter, value: int | None) -> int | None:
+        if value is not None and not low <= value <= high:
+            raise click.BadParameter(f"{value} is not {what} ({low} to {high})")
+        return value
+
+    return check
 
 
 def _registered_model_named(registry: Registry, ref: str) -> RegisteredModel | None:
@@ -1061,7 +1093,16 @@ def parse_duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"a duration is a positive number and a unit (30d, 12h, 90m, 3600s), not {text!r}"
         )
-    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    # Each use counts the duration from now, forward (a token's expiry) or back (a cache entry's last use).
+    now = datetime.now(UTC)
+    reach = min(datetime.max.replace(tzinfo=UTC) - now, now - datetime.min.replace(tzinfo=UTC))
+    try:
+        duration: timedelta | None = timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        duration = None
+    if duration is None or duration > reach:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long: counted from now it would leave the years 1 to 9999")
+    return duration
 
 
 def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
@@ -1700,7 +1741,7 @@ _leaf(
     type=int,
     default=0,
     metavar="CURSOR",
-    callback=lambda _context, _option, value: _fits_int64(value, "--since"),
+    callback=_within(0, INT64_MAX, "a sequence"),
     help="replay events after this sequence",
 )
 @click.option("--from-now", is_flag=True, help="skip the replay")
@@ -1724,7 +1765,12 @@ _leaf(
 )(_watch)
 
 
-@click.option("--grace-seconds", type=int, help="keep content used more recently (default one day)")
+@click.option(
+    "--grace-seconds",
+    type=int,
+    callback=_within(0, INT64_MAX, "a number of seconds"),
+    help="keep content used more recently (default one day)",
+)
 @click.option("--dry-run", is_flag=True, help="only report what would be deleted")
 def _gc(*_: Any) -> None: ...
 
@@ -1736,8 +1782,8 @@ _leaf(
 
 @click.option("--data-dir", envvar="MREG_DATA_DIR", default=".mreg", show_default=True, help="(env MREG_DATA_DIR)")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--metadata-port", type=int, default=50051, show_default=True)
-@click.option("--blob-port", type=int, default=50052, show_default=True)
+@click.option("--metadata-port", type=click.IntRange(0, 65535), metavar="PORT", default=50051, show_default=True)
+@click.option("--blob-port", type=click.IntRange(0, 65535), metavar="PORT", default=50052, show_default=True)
 @click.option("--database-url", envvar="MREG_DATABASE_URL", help="default: SQLite in DIR (env MREG_DATABASE_URL)")
 @click.option(
     "--auth",
@@ -1762,7 +1808,8 @@ _leaf(
 )
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
     default=lambda: int(os.environ.get("MREG_METRICS_PORT") or 0),
     show_default="0, off",
     help="serve both services' Prometheus metrics over HTTP on --host at this port (env MREG_METRICS_PORT)",
@@ -1836,7 +1883,12 @@ def alias_group() -> None:
 
 @click.argument("ref")
 @click.argument("alias")
-@click.option("--expect", metavar="vN|none", help="move only if the alias names vN now (or is unset): a safe promotion")
+@click.option(
+    "--expect",
+    metavar="vN|none",
+    callback=_expectation,
+    help="move only if the alias names vN now (or is unset): a safe promotion",
+)
 def _alias_set(*_: Any) -> None: ...
 
 
@@ -2130,7 +2182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nmreg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MregError as e:
-        return _fail(e.code, e.message, e.reason)
+        return _fail(e.code, _said_to_a_cli_user(e), e.reason)
     except UsageError as e:
         if _State.json_errors:
             _print_json_error("INVALID_ARGUMENT", str(e), "USAGE", usage=e.usage)
@@ -2164,11 +2216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("FAILED_PRECONDITION", f"{where} is unusable ({e}); remove it or pass --no-cache")
     except grpc.RpcError as e:
         error = MregError.from_rpc(e)
-        return _fail(error.code, error.message, error.reason)
+        return _fail(error.code, _said_to_a_cli_user(error), error.reason)
     except Exception as e:  # the last resort: a bug, but still one line and no traceback
         log.debug("unexpected error", exc_info=True)
         return _fail("INTERNAL", f"unexpected {type(e).__name__}: {_redact(str(e))[:500]} (please report this)")
     return 0
+
+
+def _said_to_a_cli_user(error: MregError) -> str:
+    """The message of ``error`` for someone at the command line: the services word some for API callers."""
+    if error.reason == "TOKEN_MISSING":  # the services tell API callers which header to send
+        return "this command needs a token: set MREG_TOKEN, or save one once with `mreg login`"
+    return error.message
 
 
 def _asks_for_json(arguments: Sequence[str]) -> bool:

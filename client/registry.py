@@ -302,7 +302,9 @@ class Registry:
         Only content the blob service lacks is uploaded; pushing an unchanged directory
         returns the existing latest version. ``link_to`` names registered models to link
         the version into; they must exist (NOT_FOUND, checked before any upload) unless
-        ``create_registered_models``, which creates missing ones with the artifact's type.
+        ``create_registered_models``, which creates missing ones with the artifact's type
+        once the content is stored, right before the commit: a push that fails before
+        then (a file it cannot read, a version the service refuses) creates none.
 
         When the content equals the latest version's, that version is kept as it is: a
         ``description``, ``tags`` or ``metadata`` it does not carry are named in
@@ -325,10 +327,8 @@ class Registry:
         """
         self._check_push_arguments(ref, type, aliases, link_to, run)
         editing.check_description(description)
-        for model in link_to:
-            if create_registered_models:
-                self.ensure_registered_model(model, type=type)
-            else:
+        if not create_registered_models:
+            for model in link_to:
                 self._require_registered_model(model)
         struct = _struct(metadata)
         # Resolving the root once gives every file an absolute path to key the hash cache by.
@@ -362,10 +362,13 @@ class Registry:
                     parent=ref, type=type, description=description, tags=list(tags), metadata=struct
                 )
             )
-        uploaded = 0
+        uploaded = self._upload_missing(local, progress, missing)
+        if create_registered_models:
+            # Only now, with the directory read, the version accepted and its content stored: a push that
+            # fails before its commit leaves no registered model behind.
+            for model in link_to:
+                self.ensure_registered_model(model, type=type)
         for attempt in range(COMMIT_ATTEMPTS):
-            uploaded += self._upload_missing(local, progress, missing)
-            missing = None  # a retry asks again: a sweep may have taken content since
             try:
                 response = self._call(self.metadata.CommitVersion, request)
                 break
@@ -376,8 +379,10 @@ class Registry:
                 if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 # The refusal recorded nothing, so the same request_id commits once the content is back.
-                # A sweep may still be deleting that content: give it a moment to finish.
+                # A sweep may still be deleting that content: give it a moment to finish, then ask again
+                # what is missing.
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+                uploaded += self._upload_missing(local, progress)
         self._complete_manifest(response.version)
         version = Version.from_proto(response.version)
         ignored: tuple[str, ...] = ()
@@ -982,7 +987,8 @@ class Registry:
         remaining = limit
         while remaining is None or remaining > 0:
             if remaining is not None and (not request.page_size or request.page_size > remaining):
-                request.page_size = remaining  # fetch no more than will be used
+                # Fetch no more than will be used; page_size is an int32, and the service caps it lower anyway.
+                request.page_size = min(remaining, 2**31 - 1)
             response = self._call(method, request)
             items = getattr(response, field)
             if remaining is not None:

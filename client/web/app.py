@@ -526,7 +526,9 @@ class WebUI:
         alias = form.get("alias", "").strip()
         target = form.get("target", "").strip().removeprefix("v")
         expected = form.get("expected", "").strip()
-        if not alias or not target.isdigit() or not (expected == "none" or expected.isdigit()):
+        # expected_index is an int64: a bigger number (a forged form) would fail to encode rather than be refused.
+        expected_fits = expected == "none" or (expected.isdigit() and int(expected) < 2**63)
+        if not alias or not target.isdigit() or not expected_fits:
             request.session["flash"] = {"kind": "error", "text": "Give an alias and a version number (e.g. 3)."}
             return RedirectResponse(back, status_code=303)
 

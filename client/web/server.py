@@ -42,6 +42,8 @@ def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"{listen!r}: give HOST:PORT, e.g. 127.0.0.1:8080")
+    if int(port) > 65535:
+        raise ValueError(f"{listen!r}: the port must be 0 to 65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

@@ -136,6 +136,7 @@ def test_default_entity_and_project_come_from_the_environment(mreg, monkeypatch,
         (["pull", "acme/vision/nope:v3", "/tmp/never-created-mreg"], "NOT_FOUND"),
         (["push", "/definitely/not/a/dir", "acme/vision/x"], "INVALID_ARGUMENT"),
         (["push", ".", "acme/vision/x", "--metadata", "[1]"], "INVALID_ARGUMENT"),
+        (["push", ".", "acme/vision/x", "--metadata", ""], "INVALID_ARGUMENT"),
         (["show", "resnet"], "INVALID_ARGUMENT"),
     ],
 )
@@ -145,6 +146,19 @@ def test_errors_print_one_line_and_exit_non_zero(mreg, args, code_name) -> None:
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mreg: error: {code_name}: ")
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_metadata_is_refused_as_not_a_json_object_and_pushes_nothing(
+    mreg, tmp_path: Path, unique, value: str
+) -> None:
+    artifact = f"acme/vision/empty-metadata-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    code, _, err = mreg("push", str(checkpoint), artifact, "--metadata", value, json_output=False)
+    assert code == 1 and err.startswith("mreg: error: INVALID_ARGUMENT: --metadata must be a JSON object"), err
+    assert "{" in err  # it shows what one looks like
+    code, _, err = mreg("show", artifact, json_output=False)
+    assert code == 1 and "NOT_FOUND" in err
 
 
 def test_pull_of_corrupted_content_is_data_loss_and_leaves_no_file(mreg, servers, tmp_path: Path, unique) -> None:

@@ -168,6 +168,44 @@ def test_usage_errors_with_json_are_one_json_object_on_stderr_with_the_suggestio
     assert "--replace-metadata needs" in error["message"] and error["usage"].startswith("Usage: mreg update")
 
 
+TOO_BIG = "99999999999999999999"  # beyond int64, so a protobuf field would refuse it with a ValueError
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", f"v{TOO_BIG}"], "--expect"),
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", TOO_BIG], "--expect"),
+        (["alias", "set", "acme/vision/x:v0", "best", "--expect", "garbage"], "--expect"),
+        (["retention", "set", "acme/vision/x", "--keep-last", str(2**31)], "--keep-last"),  # keep_last is an int32
+        (["gc", "--grace-seconds", TOO_BIG], "--grace-seconds"),
+        (["token", "create", "n", "--role", "reader", "--scope", "acme", "--expires", f"{TOO_BIG}d"], "--expires"),
+        (["token", "create", "n", "--role", "reader", "--scope", "acme", "--expires", "999999999d"], "--expires"),
+        (["cache", "prune", "--older-than", "999999999d", "--dry-run"], "--older-than"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, args: list[str], option: str) -> None:
+    error = _usage_error_json(capsys, "--json", *args)
+    assert f"'{option}'" in error["message"] or error["message"].startswith(option), error
+
+
+@pytest.mark.parametrize("option", ["--metadata-port", "--blob-port", "--metrics-port"])
+def test_serve_refuses_a_port_out_of_range_as_a_usage_error(capsys, tmp_path: Path, option: str) -> None:
+    ports = {"--metadata-port": "0", "--blob-port": "0", "--metrics-port": "0"} | {option: "70000"}
+    arguments = [a for pair in ports.items() for a in pair]
+    error = _usage_error_json(capsys, "--json", "serve", "--data-dir", str(tmp_path), "--no-web", *arguments)
+    assert f"'{option}'" in error["message"] and "65535" in error["message"], error
+    assert not any(tmp_path.iterdir())  # refused before anything started
+
+
+def test_web_refuses_a_listen_port_out_of_range_as_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["web", "--listen", f"127.0.0.1:{TOO_BIG}", "--metadata-addr", "127.0.0.1:1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mreg web: error: --listen ") and "65535" in err, err
+
+
 def test_usage_errors_without_json_stay_text_and_a_json_after_double_dash_is_an_argument(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["pussh"])
@@ -241,6 +279,19 @@ def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
     assert "acme/vision" in [line.split()[0] for line in text.splitlines()[1:]]
     code, projects, _ = mreg("ls", "acme")
     assert "acme/vision" in [row["name"] for row in projects]
+
+
+def test_a_limit_beyond_any_page_size_lists_everything(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/unlimited-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    _push(mreg, checkpoint, artifact)
+    (checkpoint / "config.json").write_text("{}")
+    _push(mreg, checkpoint, artifact)
+    for command in (["ls", artifact], ["versions", artifact]):
+        code, listed, err = mreg(*command, "--limit", TOO_BIG)  # page_size is an int32
+        assert (code, [row["version"] for row in listed]) == (0, [1, 0]), err
+    code, listed, err = mreg("ls", "acme/vision", "--limit", TOO_BIG)
+    assert code == 0 and f"unlimited-{unique}" in [row["name"].rsplit("/", 1)[-1] for row in listed], err
 
 
 # Tables: plain when piped, Rich on a terminal ---------------------------------------------------
@@ -329,6 +380,44 @@ def test_delete_dry_run_and_retention_dry_run_delete_nothing(mreg, tmp_path: Pat
     pushed = _push(mreg, checkpoint, artifact)
     # The push reports what its commit's retention deleted: v2 (v0 keeps its alias, v3 is the newest).
     assert pushed["retention_deleted"] == [2]
+
+
+def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_remove(
+    mreg, tmp_path: Path, unique
+) -> None:
+    artifact = f"acme/vision/predicted-{unique}"
+    model = f"acme/model-registry/predicted-{unique}"
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    for n in range(4):
+        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
+        _push(mreg, checkpoint, artifact)
+    assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
+    assert mreg("link", f"{artifact}:v1", model, "--create")[0] == 0
+    assert mreg("alias", "set", f"{artifact}:v2", "keep")[0] == 0
+    assert mreg("link", f"{artifact}:v2", model)[0] == 0
+
+    def planned(version: str, *force: str) -> dict:
+        code, plan, err = mreg("delete", f"{artifact}:{version}", "--dry-run", *force)
+        assert code == 0, err
+        return {key: plan[key] for key in ("aliases", "links", "refused_without_force")}
+
+    # v3 carries only `latest`, which the service keeps itself: nothing stops its deletion.
+    assert planned("v3") == {"aliases": [], "links": [], "refused_without_force": False}
+    assert planned("v0") == {"aliases": ["best"], "links": [], "refused_without_force": True}
+    assert planned("v1") == {"aliases": [], "links": [f"{model}:v0"], "refused_without_force": True}
+    assert planned("v2") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": True}
+    assert planned("v2", "--force") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": False}
+    code, text, _ = mreg("delete", f"{artifact}:v1", "--dry-run", json_output=False)
+    assert code == 0 and f"link {model}:v0" in text and "--force" in text, text
+
+    # The real deletes answer as predicted.
+    code, deleted, err = mreg("delete", f"{artifact}:v3")
+    assert code == 0, err
+    code, _, err = mreg("delete", f"{artifact}:v1")
+    assert code == 1 and json.loads(err)["reason"] == "VERSION_IN_USE", err
+    code, deleted, err = mreg("delete", f"{artifact}:v2", "--force")
+    assert code == 0, err
+    assert (deleted["removed_aliases"], deleted["removed_links"]) == (["keep"], [f"{model}:v1"])
 
 
 def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:

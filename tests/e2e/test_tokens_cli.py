@@ -296,6 +296,23 @@ def test_environment_takes_precedence_over_the_profile(
     assert code == 0 and caller["name"] == f"prof-{unique}", err
 
 
+def test_a_command_without_a_token_says_how_a_cli_user_gives_one(cli: Run, tmp_path: Path, unique: str) -> None:
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(f"no token {unique}".encode())
+    # ls asks the metadata service first, push the blob service (FindMissingBlobs): both answer TOKEN_MISSING.
+    for args in (("ls", "acme/secure"), ("push", str(checkpoint), f"acme/secure/no-token-{unique}")):
+        code, _, err = cli(*args, json_output=False)
+        assert code == 1 and err.count("\n") == 1, err
+        assert err.startswith("mreg: error: UNAUTHENTICATED: "), err
+        assert "MREG_TOKEN" in err and "mreg login" in err, err
+        assert "authorization" not in err and "header" not in err, err  # what an API caller sends, not a CLI user
+    code, _, err = cli("ls", "acme/secure")
+    error = json.loads(err)
+    assert (code, error["code"], error["reason"]) == (1, "UNAUTHENTICATED", "TOKEN_MISSING")
+    assert "MREG_TOKEN" in error["message"] and "mreg login" in error["message"]
+
+
 def test_errors_and_help_never_show_the_token(
     cli: Run, secured, unique: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,33 @@ def test_retention_refuses_to_keep_zero_versions_and_always_keeps_latest(registr
     response = registry.set_retention(name, 1)
     assert list(response.deleted_indexes) == [0, 1]
     assert registry.resolve(name).version.index == 2
+
+
+def test_a_refused_push_creates_none_of_the_registered_models_it_would_have_linked_to(
+    registry: Registry, tmp_path: Path, unique: str
+) -> None:
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(f"weights {unique}".encode())
+    (checkpoint / "gone.bin").symlink_to(tmp_path / "missing")
+    model = f"acme/model-registry/never-created-{unique}"
+
+    # Refused on the client: a dangling link inside the directory.
+    with pytest.raises(MregError) as refused:
+        registry.push(checkpoint, f"dangling-{unique}", link_to=[model], create_registered_models=True)
+    assert refused.value.code == "INVALID_ARGUMENT" and "gone.bin" in refused.value.message
+    assert code_of(lambda: registry.get_registered_model(model)) == "NOT_FOUND"
+
+    # Refused by the service before anything is uploaded: the artifact holds datasets, not models.
+    (checkpoint / "gone.bin").unlink()
+    registry.push(checkpoint, f"datasets-{unique}", type="dataset")
+    (checkpoint / "weights.bin").write_bytes(f"other weights {unique}".encode())
+    with pytest.raises(MregError) as refused:
+        registry.push(checkpoint, f"datasets-{unique}", link_to=[model], create_registered_models=True)
+    assert refused.value.reason == "TYPE_MISMATCH"
+    assert code_of(lambda: registry.get_registered_model(model)) == "NOT_FOUND"
+
+    # A push that commits creates it and links into it.
+    pushed = registry.push(checkpoint, f"models-{unique}", link_to=[model], create_registered_models=True)
+    assert [link.registered_model for link in pushed.links] == [model]
+    assert registry.get_registered_model(model).link_count == 1

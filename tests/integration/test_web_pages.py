@@ -193,6 +193,20 @@ def test_promote_moves_an_alias_only_from_the_version_the_page_showed(http: http
         assert registry.get_artifact(catalog["artifact"]).aliases["best"] == 1  # not overwritten
 
 
+def test_promote_with_an_expected_version_beyond_int64_is_refused_as_a_bad_form(
+    http: httpx.Client, catalog, servers
+) -> None:
+    artifact_path = path_of(catalog["artifact"])
+    fields = alias_form(http.get(artifact_path).text, "best")
+    with servers.registry(project=catalog["project"]) as registry:
+        before = registry.get_artifact(catalog["artifact"]).aliases["best"]
+    refused = http.post(artifact_path + "/promote", data={**fields, "target": "0", "expected": "9" * 20})
+    assert refused.status_code == 303
+    assert 'class="flash error"' in http.get(artifact_path).text
+    with servers.registry(project=catalog["project"]) as registry:
+        assert registry.get_artifact(catalog["artifact"]).aliases["best"] == before
+
+
 def test_promote_without_the_csrf_token_is_refused_and_changes_nothing(http: httpx.Client, catalog, servers) -> None:
     artifact_path = path_of(catalog["artifact"])
     fields = alias_form(http.get(artifact_path).text, "best")
