@@ -78,6 +78,16 @@ def _push(mreg, directory: Path, artifact: str, *options: str) -> dict:
     return pushed
 
 
+def _push_versions(mreg, tmp_path: Path, artifact: str, count: int, *first_options: str) -> Path:
+    """Versions v0..v(count-1) of a small checkpoint, each with its own config.json (v0 pushed with
+    ``first_options``); returns the checkpoint."""
+    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
+    for n in range(count):
+        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
+        _push(mreg, checkpoint, artifact, *(first_options if n == 0 else ()))
+    return checkpoint
+
+
 # --help -----------------------------------------------------------------------------------------
 
 
@@ -264,10 +274,7 @@ def test_errors_with_json_are_one_json_object_on_stderr_with_a_hint(mreg, tmp_pa
 
 def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/levels-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    _push(mreg, checkpoint, artifact, "--tag", "fp16")
-    (checkpoint / "config.json").write_text("{}")
-    _push(mreg, checkpoint, artifact)
+    _push_versions(mreg, tmp_path, artifact, 2, "--tag", "fp16")
     code, text, _ = mreg("ls", artifact, "--limit", "1", "--json-lines", json_output=False)
     rows = [json.loads(line) for line in text.splitlines()]
     assert code == 0 and [row["version"] for row in rows] == [1]
@@ -283,10 +290,7 @@ def test_ls_levels_limit_and_json_lines(mreg, tmp_path: Path, unique) -> None:
 
 def test_a_limit_beyond_any_page_size_lists_everything(mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/unlimited-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    _push(mreg, checkpoint, artifact)
-    (checkpoint / "config.json").write_text("{}")
-    _push(mreg, checkpoint, artifact)
+    _push_versions(mreg, tmp_path, artifact, 2)
     for command in (["ls", artifact], ["versions", artifact]):
         code, listed, err = mreg(*command, "--limit", TOO_BIG)  # page_size is an int32
         assert (code, [row["version"] for row in listed]) == (0, [1, 0]), err
@@ -326,10 +330,7 @@ def test_ls_is_plain_text_when_piped_and_a_coloured_table_on_a_terminal(servers,
 
 def test_alias_history_and_cache_listing_are_tables_with_headers(mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/history-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    _push(mreg, checkpoint, artifact)
-    (checkpoint / "config.json").write_text("{}")
-    _push(mreg, checkpoint, artifact)
+    _push_versions(mreg, tmp_path, artifact, 2)
     assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
     assert mreg("alias", "set", f"{artifact}:v1", "best")[0] == 0
 
@@ -354,10 +355,7 @@ def test_alias_history_and_cache_listing_are_tables_with_headers(mreg, tmp_path:
 
 def test_delete_dry_run_and_retention_dry_run_delete_nothing(mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/dry-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    for n in range(3):
-        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
-        _push(mreg, checkpoint, artifact)
+    checkpoint = _push_versions(mreg, tmp_path, artifact, 3)
     assert mreg("alias", "set", f"{artifact}:v0", "keep")[0] == 0
 
     code, planned, _ = mreg("delete", f"{artifact}:v1", "--dry-run")
@@ -387,10 +385,7 @@ def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_
 ) -> None:
     artifact = f"acme/vision/predicted-{unique}"
     model = f"acme/model-registry/predicted-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    for n in range(4):
-        (checkpoint / "config.json").write_text(json.dumps({"n": n}))
-        _push(mreg, checkpoint, artifact)
+    _push_versions(mreg, tmp_path, artifact, 4)
     assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
     assert mreg("link", f"{artifact}:v1", model, "--create")[0] == 0
     assert mreg("alias", "set", f"{artifact}:v2", "keep")[0] == 0
@@ -422,10 +417,7 @@ def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_
 
 def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:
     artifact = f"acme/vision/confirm-{unique}"
-    checkpoint = make_checkpoint(tmp_path / "ck", 1000)
-    _push(mreg, checkpoint, artifact)
-    (checkpoint / "config.json").write_text("{}")
-    _push(mreg, checkpoint, artifact)
+    _push_versions(mreg, tmp_path, artifact, 2)
     env = _env(servers)
 
     code, screen = _in_pty(["delete", f"{artifact}:v0"], env, answer="n")
