@@ -596,7 +596,8 @@ class BlobTransfer:
         Reads skip the server's verification, so the client is first to see a blob damaged at
         rest. A verified read (of one byte: the server still hashes the whole blob) makes the
         service check its copy; one it finds corrupt it removes, so FindMissingBlobs reports
-        it missing and the next push of the content uploads it again.
+        it missing and the next push of the content uploads it again. Content the service no
+        longer holds at all is data loss too, for a version that names it.
         """
         if error.reason == "BLOB_NOT_FOUND":
             # A committed version's content is never collected, so the store lost it (a copy removed as
