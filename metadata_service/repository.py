@@ -1429,6 +1429,9 @@ class DriverReads:
         self._engine = engine
         self._statement = DriverStatement(_LAST_EVENTS, engine.dialect)
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Autocommit on PostgreSQL, as the regular reader's connections: no BEGIN and ROLLBACK round trips.
+        # SQLite's connections already leave transactions to explicit BEGINs (metadata_service.db).
+        self._autocommit = engine.dialect.name == "postgresql"
         # Idle kept connections; list.pop and list.append are atomic, so checks take and return them unlocked.
         self._idle: list[Any] = []
         self._kept = 0
@@ -1465,9 +1468,8 @@ class DriverReads:
             pooled = self._engine.raw_connection()
             driver: Any = pooled.driver_connection
             pooled.detach()
-            if self._engine.dialect.name == "postgresql":
+            if self._autocommit:
                 driver.autocommit = True
-            # SQLite's connections already leave transactions to explicit BEGINs (metadata_service.db).
             return driver
         except (DBAPIError, self._driver_error):
             self._release_place()
@@ -1497,13 +1499,12 @@ class DriverReads:
             connection = self._engine.raw_connection()
         except (DBAPIError, self._driver_error):
             return None
-        autocommit = self._engine.dialect.name == "postgresql"
         try:
             driver: Any = connection.driver_connection
-            if autocommit:
+            if self._autocommit:
                 driver.autocommit = True
             row = self._select(driver, collection_ids)
-            if autocommit:
+            if self._autocommit:
                 driver.autocommit = False
         except self._driver_error:
             connection.invalidate()
@@ -1516,7 +1517,8 @@ class DriverReads:
         return _last_events_of(row)
 
     def close(self) -> None:
-        """Closes the idle kept connections (a check in flight closes its own when it fails)."""
+        """Closes the kept connections; once no check runs (a server stops after its calls have ended), as a
+        check in flight would put its connection back afterwards."""
         while self._idle:
             self._forget(self._idle.pop())
 
