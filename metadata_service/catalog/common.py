@@ -143,7 +143,7 @@ def collection_missing(
     label = kind.label if kind else "artifact or registered model"
     message = f"no {label} named {name}"
     if actual is not None:
-        message += f": {name} is {'an' if actual.label[0] in 'aeiou' else 'a'} {actual.label}"
+        message += f": {name} is {_a(actual.label)}"
     return NotFound(message, _NOT_FOUND[kind], {"resource": str(name)})
 
 
