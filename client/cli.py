@@ -467,6 +467,14 @@ def _expectation(_context: click.Context, _parameter: click.Parameter, text: str
     return int(match.group(1)), False
 
 
+def _removal_expectation(context: click.Context, parameter: click.Parameter, text: str | None) -> int | None:
+    """--expect of ``alias rm``: the index the alias must name; 'none' has no meaning there (an unset alias
+    cannot be removed)."""
+    if text == "none":
+        raise click.BadParameter("takes vN: the version the alias must name now for it to be removed")
+    return _expectation(context, parameter, text)[0]
+
+
 def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
     expected_index, expect_unset = args.expect
     with _registry(args) as registry:
@@ -477,7 +485,7 @@ def cmd_alias_set(args: argparse.Namespace, out: Output) -> None:
 
 def cmd_alias_rm(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
-        previous = registry.delete_alias(args.collection, args.alias)
+        previous = registry.delete_alias(args.collection, args.alias, expected_index=args.expect)
     data = {"collection": args.collection, "alias": args.alias, "previous_version": previous}
     out.result(data, f"removed {args.collection}:{args.alias} (was v{previous})")
 
@@ -1900,7 +1908,18 @@ _leaf(alias_group, "set", cmd_alias_set, help="Point ALIAS at the version REF na
 def _alias_pair(*_: Any) -> None: ...
 
 
-_leaf(alias_group, "rm", cmd_alias_rm, help="Remove ALIAS from COLLECTION.")(_alias_pair)
+@click.argument("collection")
+@click.argument("alias")
+@click.option(
+    "--expect",
+    metavar="vN",
+    callback=_removal_expectation,
+    help="remove only if the alias names vN now: a safe rollback of a promotion",
+)
+def _alias_rm(*_: Any) -> None: ...
+
+
+_leaf(alias_group, "rm", cmd_alias_rm, help="Remove ALIAS from COLLECTION.")(_alias_rm)
 _leaf(alias_group, "history", cmd_alias_history, help="Who moved ALIAS of COLLECTION, and when.")(_alias_pair)
 
 

@@ -235,6 +235,12 @@ def test_cli_manages_promotion_search_deletion_lineage_and_events(mreg, tmp_path
     assert mreg("alias", "set", f"{artifact}:v2", "production", "--expect", "v1")[0] == 0
     code, history, _ = mreg("alias", "history", artifact, "production")
     assert [(h["before"], h["after"]) for h in history] == [({"index": 1}, {"index": 2}), (None, {"index": 1})]
+    # A rollback that removes the alias only if it still names what the caller promoted.
+    assert mreg("alias", "set", f"{artifact}:v0", "canary")[0] == 0
+    code, _, err = mreg("alias", "rm", artifact, "canary", "--expect", "v1", json_output=False)
+    assert code == 1 and "FAILED_PRECONDITION" in err and "names v0, not the expected v1" in err
+    code, removed, _ = mreg("alias", "rm", artifact, "canary", "--expect", "v0")
+    assert code == 0 and removed["previous_version"] == 0
 
     code, lineage, _ = mreg("lineage", f"{artifact}:production")
     assert lineage["producer_run"] == f"acme/vision/train-{unique}"

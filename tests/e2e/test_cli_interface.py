@@ -187,6 +187,8 @@ TOO_BIG = "99999999999999999999"  # beyond int64, so a protobuf field would refu
         (["alias", "set", "acme/vision/x:v0", "best", "--expect", f"v{TOO_BIG}"], "--expect"),
         (["alias", "set", "acme/vision/x:v0", "best", "--expect", TOO_BIG], "--expect"),
         (["alias", "set", "acme/vision/x:v0", "best", "--expect", "garbage"], "--expect"),
+        (["alias", "rm", "acme/vision/x", "best", "--expect", f"v{TOO_BIG}"], "--expect"),
+        (["alias", "rm", "acme/vision/x", "best", "--expect", "none"], "--expect"),  # an unset alias cannot go
         (["retention", "set", "acme/vision/x", "--keep-last", str(2**31)], "--keep-last"),  # keep_last is an int32
         (["gc", "--grace-seconds", TOO_BIG], "--grace-seconds"),
         (["token", "create", "n", "--role", "reader", "--scope", "acme", "--expires", f"{TOO_BIG}d"], "--expires"),
