@@ -73,6 +73,7 @@ COMMIT_ATTEMPTS = 9
 MISSING_BLOB = "MISSING_BLOB"
 
 T = TypeVar("T")
+M = TypeVar("M")  # a protobuf message type
 
 
 @dataclass(frozen=True)
@@ -757,11 +758,8 @@ class Registry:
         With ``expected_index`` (or ``expect_unset``) the move happens only if the alias
         names that index now (or nothing), else FAILED_PRECONDITION: a safe promotion.
         """
-        request = pb.SetAliasRequest(name=ref, alias=alias)
-        if expected_index is not None:
-            request.expected_index = expected_index
-        elif expect_unset:
-            request.expect_unset = True
+        expectation = {"expected_index": expected_index} if expected_index is not None else {}
+        request = _request(pb.SetAliasRequest, name=ref, alias=alias, expect_unset=expect_unset, **expectation)
         response = self._call(self.metadata.SetAlias, request)
         return AliasMove(
             collection=response.parent,
@@ -776,7 +774,7 @@ class Registry:
         With ``expected_index`` it is removed only if it names that index now (else FAILED_PRECONDITION).
         ``latest`` and protected aliases (for non-maintainers) are refused.
         """
-        request = pb.DeleteAliasRequest(parent=collection, alias=alias, expected_index=expected_index)
+        request = _request(pb.DeleteAliasRequest, parent=collection, alias=alias, expected_index=expected_index)
         return self._call(self.metadata.DeleteAlias, request).previous_index
 
     def list_versions(
@@ -795,7 +793,9 @@ class Registry:
         ``mreg versions --help``, e.g. ``metadata.val_loss < 0.2 AND tag = "fp16"``; ``order_by``
         e.g. ``metadata.val_loss asc``. Versions come without their manifests.
         """
-        request = pb.ListVersionsRequest(parent=artifact, page_size=page_size, filter=filter, order_by=order_by)
+        request = _request(
+            pb.ListVersionsRequest, parent=artifact, page_size=page_size, filter=filter, order_by=order_by
+        )
         pages = self._paginate(self.metadata.ListVersions, request, "versions", limit)
         yield from (Version.from_proto(message) for message in pages)
 
@@ -807,8 +807,13 @@ class Registry:
         Returns the versions and the opaque token of the next page ("" after the last); the token is bound to
         the artifact, filter and order, so it is passed back with the same ones.
         """
-        request = pb.ListVersionsRequest(
-            parent=artifact, page_size=page_size, page_token=page_token, filter=filter, order_by=order_by
+        request = _request(
+            pb.ListVersionsRequest,
+            parent=artifact,
+            page_size=page_size,
+            page_token=page_token,
+            filter=filter,
+            order_by=order_by,
         )
         response = self._call(self.metadata.ListVersions, request)
         return [Version.from_proto(message) for message in response.versions], response.next_page_token
@@ -840,7 +845,9 @@ class Registry:
         Versions an alias or a link names are always kept. With ``validate_only`` nothing
         changes and ``deleted_indexes`` says what it would delete.
         """
-        request = pb.SetRetentionPolicyRequest(name=artifact, keep_last=keep_last, validate_only=validate_only)
+        request = _request(
+            pb.SetRetentionPolicyRequest, name=artifact, keep_last=keep_last, validate_only=validate_only
+        )
         response = self._call(self.metadata.SetRetentionPolicy, request)
         return RetentionChange(Artifact.from_proto(response.artifact), tuple(response.deleted_indexes))
 
@@ -869,7 +876,7 @@ class Registry:
 
     def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> GarbageReport:
         """Deletes blob content no version references and nobody used for the grace period (ADMIN only)."""
-        request = pb.CollectGarbageRequest(grace_period_seconds=grace_seconds, dry_run=dry_run)
+        request = _request(pb.CollectGarbageRequest, grace_period_seconds=grace_seconds, dry_run=dry_run)
         return GarbageReport.from_proto(self._call(self.metadata.CollectGarbage, request))
 
     def watch(
@@ -921,12 +928,12 @@ class Registry:
 
     def list_links(self, registered_model: str, page_size: int = 0, *, limit: int | None = None) -> Iterator[Link]:
         """A registered model's links, oldest first, each with its source version (paged as it advances)."""
-        request = pb.ListLinksRequest(parent=registered_model, page_size=page_size)
+        request = _request(pb.ListLinksRequest, parent=registered_model, page_size=page_size)
         yield from (Link.from_proto(m) for m in self._paginate(self.metadata.ListLinks, request, "links", limit))
 
     def list_projects(self, entity: str = "", page_size: int = 0, *, limit: int | None = None) -> Iterator[Project]:
         """An entity's projects that hold something the caller may read (the default entity if empty), by name."""
-        request = pb.ListProjectsRequest(parent=entity, page_size=page_size)
+        request = _request(pb.ListProjectsRequest, parent=entity, page_size=page_size)
         yield from (
             Project.from_proto(m) for m in self._paginate(self.metadata.ListProjects, request, "projects", limit)
         )
@@ -935,7 +942,7 @@ class Registry:
         self, project: str, page_size: int = 0, filter: str = "", *, limit: int | None = None
     ) -> Iterator[Artifact]:
         """A project's artifacts by name; ``filter`` as in ListArtifacts, e.g. ``name = "res*" AND tag = "cv"``."""
-        request = pb.ListArtifactsRequest(parent=project, page_size=page_size, filter=filter)
+        request = _request(pb.ListArtifactsRequest, parent=project, page_size=page_size, filter=filter)
         yield from (
             Artifact.from_proto(m) for m in self._paginate(self.metadata.ListArtifacts, request, "artifacts", limit)
         )
@@ -944,7 +951,7 @@ class Registry:
         self, project: str, page_size: int = 0, filter: str = "", *, limit: int | None = None
     ) -> Iterator[RegisteredModel]:
         """A project's registered models by name; ``filter`` as in ListRegisteredModels."""
-        request = pb.ListRegisteredModelsRequest(parent=project, page_size=page_size, filter=filter)
+        request = _request(pb.ListRegisteredModelsRequest, parent=project, page_size=page_size, filter=filter)
         pages = self._paginate(self.metadata.ListRegisteredModels, request, "registered_models", limit)
         yield from (RegisteredModel.from_proto(m) for m in pages)
 
@@ -969,7 +976,7 @@ class Registry:
 
     def list_tokens(self, page_size: int = 0, *, limit: int | None = None) -> Iterator[Token]:
         """Every token, revoked and expired ones included, without secrets (ADMIN only)."""
-        request = token_pb.ListTokensRequest(page_size=page_size)
+        request = _request(token_pb.ListTokensRequest, page_size=page_size)
         yield from (Token.from_proto(m) for m in self._paginate(self.tokens.ListTokens, request, "tokens", limit))
 
     def revoke_token(self, name: str) -> Token:
@@ -1030,6 +1037,21 @@ def role_value(role: str | int) -> token_pb.Role:
         return cast(token_pb.Role, token_pb.Role.Value(key))
     except ValueError:
         raise MregError("INVALID_ARGUMENT", f"role must be one of {', '.join(ROLES)}, not {role!r}") from None
+
+
+def _request(message_type: Callable[..., M], **fields: Any) -> M:
+    """A request of ``message_type`` with ``fields``; a value its field cannot hold (an index beyond int64, a
+    string for a number) is INVALID_ARGUMENT naming the argument, as the service would answer, rather than
+    protobuf's bare ValueError or TypeError."""
+    try:
+        return message_type(**fields)
+    except (ValueError, TypeError):
+        for name, value in fields.items():
+            try:
+                message_type(**{name: value})
+            except (ValueError, TypeError) as e:
+                raise MregError("INVALID_ARGUMENT", f"{name}={value!r} does not fit the request: {e}") from None
+        raise
 
 
 def _default_actor() -> str:

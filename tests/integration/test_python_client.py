@@ -167,6 +167,27 @@ def test_errors_are_typed_by_code_and_carry_the_reason(registry: Registry, tmp_p
     assert lost.value.reason == "ALIAS_EXPECTATION_FAILED"
 
 
+def test_numbers_their_field_cannot_hold_are_invalid_argument_naming_the_argument(
+    registry: Registry, tmp_path: Path, unique: str
+) -> None:
+    pushed = _push(registry, tmp_path / "n", f"numbers-{unique}", b"n")
+    registry.set_alias(pushed.name, "prod")
+    attempts = {
+        "expected_index": lambda: registry.set_alias(pushed.name, "prod", expected_index=2**63),
+        "keep_last": lambda: registry.set_retention(pushed.artifact, 2**31),
+        "page_size": lambda: next(registry.list_versions(pushed.artifact, page_size=2**31)),
+        "grace_period_seconds": lambda: registry.collect_garbage(grace_seconds=2**64, dry_run=True),
+    }
+    for argument, attempt in attempts.items():
+        with pytest.raises(InvalidArgument) as refused:
+            attempt()
+        assert refused.value.message.startswith(f"{argument}="), refused.value.message
+    with pytest.raises(InvalidArgument) as refused:
+        registry.delete_alias(pushed.artifact, "prod", expected_index="0")  # type: ignore[arg-type]
+    assert refused.value.message.startswith("expected_index='0'")
+    assert registry.get_version(f"{pushed.artifact}:prod").index == 0  # nothing was changed
+
+
 def test_every_public_method_and_type_of_the_client_is_documented() -> None:
     undocumented = []
     for name, member in vars(Registry).items():
