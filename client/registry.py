@@ -57,7 +57,13 @@ from mreg.client.settings import DEFAULT_BLOB_ADDR as DEFAULT_BLOB_ADDR  # re-ex
 from mreg.client.settings import DEFAULT_METADATA_ADDR as DEFAULT_METADATA_ADDR
 from mreg.client.settings import ClientSettings
 from mreg.client.snapshots import Download, SnapshotCache
-from mreg.client.transfer import BlobTransfer, ProgressCallback, RemoteFile, prepare_destination
+from mreg.client.transfer import (
+    DEFAULT_RETRY_SECONDS,
+    BlobTransfer,
+    ProgressCallback,
+    RemoteFile,
+    prepare_destination,
+)
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from mreg.metadata.v1 import token_service_pb2 as token_pb
@@ -74,6 +80,8 @@ MISSING_BLOB = "MISSING_BLOB"
 
 T = TypeVar("T")
 M = TypeVar("M")  # a protobuf message type
+# Failures of an upload that a later run of the same push gets past, sending only what is missing.
+RESUMABLE_PUSH_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class Registry:
         timeout: float = 120.0,
         cache_dir: Path | None = None,
         use_cache: bool = True,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         self._channels = (metadata_channel, blob_channel)
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
@@ -160,7 +169,9 @@ class Registry:
         self._snapshots: SnapshotCache | None = None
         self.hash_cache = HashCache(cache_root) if use_cache else None
         self.content_cache = ContentCache(cache_root) if use_cache else None
-        self.transfer = BlobTransfer(self.blobs, parallel=parallel, upload_ids=self.hash_cache)
+        self.transfer = BlobTransfer(
+            self.blobs, parallel=parallel, upload_ids=self.hash_cache, retry_seconds=retry_seconds
+        )
         self.entity = entity
         self.project = project
         headers = [("mreg-actor", actor or os.environ.get("MREG_ACTOR") or _default_actor())]
@@ -233,6 +244,7 @@ class Registry:
             timeout=settings.timeout,
             cache_dir=settings.cache_dir,
             use_cache=use_cache,
+            retry_seconds=settings.retry_seconds,
         )
         registry.settings = settings
         return registry
@@ -444,6 +456,12 @@ class Registry:
             # What was stored before this push plus what it stored; of all the version's content.
             present = sum(content.values()) - total
             raise PushInterrupted(present + e.stored_bytes, sum(content.values())) from None
+        except MregError as e:
+            if e.code not in RESUMABLE_PUSH_FAILURES:
+                raise
+            # The blob service went away after its retries: whole blobs stored stay, and so does the part of
+            # each stream it received (its upload id is in the cache), so a re-run sends only the rest.
+            raise e.with_message(f"{e.message}; what was stored is kept: run the same push again to resume") from e
 
     def _hash_directory(
         self, found: list[tuple[Path, str]], progress: Callable[[int], ProgressCallback] | None = None

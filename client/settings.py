@@ -48,6 +48,7 @@ from mreg.client import profiles
 from mreg.client.channels import KEEPALIVE_SECONDS, Credentials
 from mreg.client.errors import MregError
 from mreg.client.snapshots import DEFAULT_MAX_SIZE, parse_size
+from mreg.client.transfer import DEFAULT_RETRY_SECONDS
 
 DEFAULT_METADATA_ADDR = "localhost:50051"
 DEFAULT_BLOB_ADDR = "localhost:50052"
@@ -108,6 +109,12 @@ class ClientSettings(BaseSettings):
         ge=1,
         description="seconds of silence after which a connection is pinged; a replica that does not answer "
         "within as long again is dropped and its calls retried on another",
+    )
+    retry_seconds: float = Field(
+        DEFAULT_RETRY_SECONDS,
+        gt=0,
+        description="seconds a transfer stream keeps retrying a blob service that stopped answering, from its "
+        "last progress, before the transfer fails (a push run again resumes where it stopped)",
     )
     cache_dir: Path = Field(default_factory=_xdg_cache_dir, description="the local hash, content and download cache")
     cache_max_size: int | None = Field(

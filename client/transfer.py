@@ -18,6 +18,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,8 +70,10 @@ FALLBACK_CAPABILITIES = pb.GetCapabilitiesResponse(
 )
 # Streams that broke are resumed, not retried by the channel: codes worth resuming after.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-# Enough attempts, with backoff capped at 2 s, to ride out a blob service restart.
+# Failures in a row a stream retries, with backoff capped at 2 s: enough to ride out a blob service restart.
 ATTEMPTS = 9
+# How long a stream keeps retrying a blob service that stopped answering, from its last progress.
+DEFAULT_RETRY_SECONDS = 30.0
 
 # After Ctrl-C, how long workers get to notice the cancellation and clean up their temp files.
 CANCEL_GRACE_SECONDS = 1.0
@@ -109,6 +112,28 @@ def _transient(error: grpc.RpcError) -> bool:
         return True
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     return status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+
+
+class _Patience:
+    """When a stream that keeps failing gives up: after ATTEMPTS failures in a row or ``seconds`` without
+    progress, whichever comes first. Progress starts both over, so a long transfer over a flaky link goes on
+    while a blob service that is gone fails the transfer within ``seconds``, not after every retry's backoff."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.progressed()
+
+    def progressed(self) -> None:
+        self.failures = 0
+        self.since = time.monotonic()
+
+    def another_try(self) -> bool:
+        """Counts a failure; whether to try again."""
+        self.failures += 1
+        return self.failures < ATTEMPTS and self.remaining() > 0
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.since)
 
 
 class _Operation:
@@ -230,13 +255,16 @@ class BlobTransfer:
         parallel: int = 8,
         upload_ids: HashCache | None = None,
         max_receive_message_bytes: int = MAX_MESSAGE_BYTES,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         """``upload_ids`` keeps each blob's upload id across runs, so a re-run resumes an interrupted upload.
 
         ``max_receive_message_bytes`` is the receive limit of the channel ``stub`` uses:
-        BatchReadBlobs answers are kept under it.
+        BatchReadBlobs answers are kept under it. A stream that keeps failing is retried for ``retry_seconds``
+        from its last progress.
         """
         self.stub = stub
+        self.retry_seconds = retry_seconds
         self.parallel = max(1, parallel)
         self.upload_ids = upload_ids
         self.max_receive_message_bytes = max_receive_message_bytes
@@ -383,9 +411,9 @@ class BlobTransfer:
             upload_id, offset = uuid.uuid4().hex, 0
         with op.lock:
             op.streaming[upload_id] = digest
-        for attempt in range(ATTEMPTS):
-            if offset == file.size_bytes:
-                break
+        patience = _Patience(self.retry_seconds)
+        stored = max(offset, 0)
+        while offset != file.size_bytes:
             op.check()
             try:
                 response = op.wait(
@@ -396,28 +424,33 @@ class BlobTransfer:
                 op.check()
                 raise MregError("DATA_LOSS", f"{file.path}: the blob service stored only part of the file")
             except grpc.RpcError as e:
-                if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or attempt == ATTEMPTS - 1:
+                if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or not patience.another_try():
                     error = MregError.from_rpc(e, "the blob service")
                     raise error.with_message(f"{file.path}: {error.message}") from e
-                op.sleep(attempt)
-                if e.code() == grpc.StatusCode.ABORTED and attempt >= 2:
+                op.sleep(patience.failures - 1)
+                if e.code() == grpc.StatusCode.ABORTED and patience.failures >= 3:
                     # Another stream (a concurrent push of the same content from this machine)
                     # holds this upload: upload under an id of our own rather than wait for it.
                     with op.lock:
                         op.streaming.pop(upload_id, None)
                         upload_id = uuid.uuid4().hex
                         op.streaming[upload_id] = digest
-                offset = self._resume_offset(op, upload_id, digest)
+                offset = self._resume_offset(op, upload_id, digest, timeout=max(1.0, patience.remaining()))
+                if offset > stored:
+                    stored = offset
+                    patience.progressed()
         with op.lock:
             op.streaming.pop(upload_id, None)
             op.completed_bytes += file.size_bytes
         if self.upload_ids is not None:
             self.upload_ids.forget_upload(file.sha256, file.size_bytes)
 
-    def _resume_offset(self, op: _Operation, upload_id: str, digest: pb.Digest) -> int:
+    def _resume_offset(self, op: _Operation, upload_id: str, digest: pb.Digest, timeout: float | None = None) -> int:
         try:
             status = op.wait(
-                self.stub.QueryWriteStatus.future(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest))
+                self.stub.QueryWriteStatus.future(
+                    pb.QueryWriteStatusRequest(upload_id=upload_id, digest=digest), timeout=timeout
+                )
             )
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
@@ -644,10 +677,12 @@ class BlobTransfer:
         Returns the bytes received.
         """
         received = 0
-        for attempt in range(ATTEMPTS):
+        patience = _Patience(self.retry_seconds)
+        while True:
             op.check()
             if received == length:
                 break  # the stream broke after its last byte: nothing is left to ask for
+            before = received
             request = pb.ReadRequest(
                 digest=_digest(file.sha256, file.size_bytes),
                 read_offset=start + received,
@@ -664,10 +699,12 @@ class BlobTransfer:
                 break
             except grpc.RpcError as e:
                 op.check()
-                if not _transient(e) or attempt == ATTEMPTS - 1:
+                if received > before:
+                    patience.progressed()
+                if not _transient(e) or not patience.another_try():
                     error = MregError.from_rpc(e, "the blob service")
                     raise error.with_message(f"{file.path}: {error.message}") from e
-                op.sleep(attempt)
+                op.sleep(patience.failures - 1)
             finally:
                 op.untrack(stream)
         return received

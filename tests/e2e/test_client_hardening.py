@@ -28,6 +28,7 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata_service.errors import InvalidArgument
 from mreg.metadata_service.references import Defaults, parse_collection, validate_alias
 from tests.helpers import assert_same_tree, make_checkpoint
+from tests.processes import ServiceProcess
 
 
 def _checkpoint(root: Path, large_bytes: int) -> Path:
@@ -492,6 +493,59 @@ def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(s
     for thread in threads:
         thread.join(timeout=300)
     assert results == {0: 0, 1: 0}
+
+
+def test_a_push_whose_blob_service_dies_says_a_rerun_resumes_and_the_rerun_sends_only_the_rest(tmp_path: Path) -> None:
+    size = 300 << 20
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    with open(checkpoint / "big.bin", "wb") as f:
+        f.truncate(size - 16)
+        f.seek(size - 16)
+        f.write(os.urandom(16))
+    store = tmp_path / "blobs"
+    blobs = ServiceProcess("mreg.blob_service", ["--store", str(store)]).start()
+    database = ["--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--blob-addr", blobs.address]
+    metadata = ServiceProcess("mreg.metadata_service", database).start()
+    env = dict(
+        os.environ,
+        MREG_METADATA_ADDR=metadata.address,
+        MREG_BLOB_ADDR=blobs.address,
+        MREG_CACHE_DIR=str(tmp_path / "cache"),
+        MREG_RETRY_SECONDS="3",
+    )
+    push = [sys.executable, "-m", "mreg.client.cli", "push", str(checkpoint), "acme/vision/outage"]
+    process = subprocess.Popen([*push, "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        partial = lambda: max((p.stat().st_size for p in (store / "uploads").glob("*") if p.is_file()), default=0)  # noqa: E731
+        for _ in range(6000):  # a bound by count: at most about 5 minutes on a very slow machine
+            if partial() >= 4 << 20 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        # The push is frozen while its blob service dies, so the upload cannot finish in between.
+        process.send_signal(signal.SIGSTOP)
+        assert process.poll() is None and partial() < size, "the upload finished before the service could die"
+        blobs.kill()
+        process.send_signal(signal.SIGCONT)
+        _, err = process.communicate(timeout=120)  # a hang check: the retries give up after retry_seconds
+        assert process.returncode == 1, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("mreg: error: UNAVAILABLE: "), err
+        assert line.endswith("what was stored is kept: run the same push again to resume"), err
+
+        blobs.start()
+        rerun = subprocess.run([*push, "--json"], env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr
+        resumed = json.loads(rerun.stdout)
+        assert resumed["version"] == 0
+        assert 0 < resumed["uploaded_bytes"] < size  # the part stored before the outage was not sent again
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
+        metadata.stop()
+        blobs.stop()
 
 
 def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, tmp_path: Path, unique) -> None:
