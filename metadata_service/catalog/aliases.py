@@ -205,6 +205,9 @@ class Aliases:
 
         def work(uow: UnitOfWork) -> Page[EventView]:
             rows = uow.repo.resource_events(resource, before, limit + 1)
+            if not rows and before is None and uow.repo.find_collection(name) is None:
+                # A deleted collection's history stays readable; a name that never had one is a typo.
+                raise collection_missing(name, None)
             views = tuple(event_view(e) for e in rows[:limit])
             tokens = tuple(encode_token(listing, e.sequence) for e in rows[:limit])
             return Page(views, tokens[-1] if len(rows) > limit else "", tokens)
