@@ -539,15 +539,21 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
             )
         target = registry.resolve(args.ref)
         if target.link is not None:
+            aliases = [alias for alias in target.link.aliases if alias != LATEST]
+            going = f" and its aliases {', '.join(aliases)}" if aliases else ""
             if args.dry_run:
                 out.result(
-                    {"would_delete": target.link.name, "kind": "link", "dry_run": True},
-                    f"would delete link {target.link.name} (-> {target.version.name}); the version stays",
+                    {"would_delete": target.link.name, "kind": "link", "aliases": aliases, "dry_run": True},
+                    f"would delete link {target.link.name} (-> {target.version.name}){going}; the version stays",
                 )
                 return
-            _confirm(args, out, f"delete the link {target.link.name} (-> {target.version.name})?")
-            name = registry.delete_link(args.ref)
-            out.result({"deleted": name, "kind": "link"}, f"deleted link {name}")
+            _confirm(args, out, f"delete the link {target.link.name} (-> {target.version.name}){going}?")
+            deleted = registry.delete_link(args.ref)
+            removed = [alias for alias in deleted.removed_aliases if alias != LATEST]
+            out.result(
+                {"deleted": deleted.name, "kind": "link", "removed_aliases": removed},
+                f"deleted link {deleted.name}" + (f" (removed aliases {', '.join(removed)})" if removed else ""),
+            )
             return
         version = target.version
         if args.dry_run:
@@ -560,8 +566,9 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
         "kind": "version",
         "removed_aliases": list(response.removed_aliases),
         "removed_links": list(response.removed_links),
+        "removed_link_aliases": list(response.removed_link_aliases),
     }
-    removed = list(response.removed_aliases) + list(response.removed_links)
+    removed = list(response.removed_aliases) + list(response.removed_links) + list(response.removed_link_aliases)
     out.result(data, f"deleted {response.version.name}" + (f" (removed {', '.join(removed)})" if removed else ""))
 
 
@@ -573,7 +580,16 @@ def _plan_version_deletion(registry: Registry, version: Version, force: bool, ou
     # GetLineage lists the links in registered models the caller may read: with auth on, a link in one
     # it may not read still blocks the deletion but is not shown here.
     links = list(registry.lineage(version.name).links)
-    holders = [f"alias {alias}" for alias in aliases] + [f"link {link}" for link in links]
+    # The registered models' aliases on those links go with them (their consumers resolve model:alias).
+    link_aliases = {
+        link: [alias for alias in found.aliases if alias != LATEST]
+        for link in links
+        if (found := registry.resolve(link).link) is not None
+    }
+    holders = [f"alias {alias}" for alias in aliases] + [
+        f"link {link}" + (f" (with its aliases {', '.join(link_aliases[link])})" if link_aliases.get(link) else "")
+        for link in links
+    ]
     refused = bool(holders) and not force
     size = f"{human_size(version.size_bytes)}, {version.file_count} files"
     if not holders:
@@ -582,7 +598,8 @@ def _plan_version_deletion(registry: Registry, version: Version, force: bool, ou
         text = f"would delete {version.name} ({size}) and remove {', '.join(holders)}"
     else:
         text = (
-            f"the service would refuse to delete {version.name} ({size}): {', '.join(holders)} still name it; "
+            f"the service would refuse to delete {version.name} ({size}): {', '.join(holders)} "
+            f"{'still names' if len(holders) == 1 else 'still name'} it; "
             "--force removes them too"
         )
     out.result(
@@ -591,6 +608,9 @@ def _plan_version_deletion(registry: Registry, version: Version, force: bool, ou
             "kind": "version",
             "aliases": aliases,
             "links": links,
+            "link_aliases": [
+                f"{link.rpartition(':')[0]}:{alias}" for link in links for alias in link_aliases.get(link, [])
+            ],
             "refused_without_force": refused,
             "dry_run": True,
         },

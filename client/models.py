@@ -393,6 +393,16 @@ class DeletedVersion:
     version: Version
     removed_aliases: tuple[str, ...]
     removed_links: tuple[str, ...]
+    # The registered models' aliases that named the removed links, as "registered model:alias".
+    removed_link_aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeletedLink:
+    """A link DeleteLink removed (its name, "registered model:vN") and the model's aliases that named it."""
+
+    name: str
+    removed_aliases: tuple[str, ...]
 
 
 @dataclass(frozen=True)

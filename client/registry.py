@@ -38,6 +38,7 @@ from mreg.client.models import (
     AliasMove,
     Artifact,
     Caller,
+    DeletedLink,
     DeletedVersion,
     Event,
     GarbageReport,
@@ -847,11 +848,14 @@ class Registry:
             version=Version.from_proto(response.version),
             removed_aliases=tuple(response.removed_aliases),
             removed_links=tuple(response.removed_links),
+            removed_link_aliases=tuple(response.removed_link_aliases),
         )
 
-    def delete_link(self, ref: str) -> str:
-        """Deletes a registered model's link (the version stays); returns the link's name."""
-        return self._call(self.metadata.DeleteLink, pb.DeleteLinkRequest(name=ref)).name
+    def delete_link(self, ref: str) -> DeletedLink:
+        """Deletes a registered model's link (the version stays), with the model's aliases that named it;
+        returns the link's name and those aliases. A protected alias goes only by a maintainer."""
+        response = self._call(self.metadata.DeleteLink, pb.DeleteLinkRequest(name=ref))
+        return DeletedLink(response.name, tuple(response.removed_aliases))
 
     def delete_collection(self, name: str) -> None:
         """Deletes an empty artifact or registered model (FAILED_PRECONDITION while it holds anything)."""

@@ -164,3 +164,5 @@ class DeletedVersion:
     version: VersionView
     removed_aliases: tuple[str, ...]
     removed_links: tuple[str, ...]
+    # The registered models' aliases that named the removed links, as "registered model:alias".
+    removed_link_aliases: tuple[str, ...] = ()

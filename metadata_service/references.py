@@ -160,6 +160,19 @@ def parse_collection(text: str, defaults: Defaults = Defaults(), what: str = "co
     return CollectionName(entity, project, name)
 
 
+def parse_selected_reference(text: str, defaults: Defaults, member: str) -> Reference:
+    """``parse_reference`` for a deletion, which must name its ``member`` ("version", "link"): a name without a
+    selector would pick ``latest`` and delete what the caller never named."""
+    if ":" not in text:
+        raise InvalidArgument(
+            f"name the {member} to delete, e.g. {quote(text + ':v3')} or an alias; "
+            f"{quote(text)} has no selector, and a deletion never picks latest by default",
+            Reason.REFERENCE_INVALID,
+            {"field": "name"},
+        )
+    return parse_reference(text, defaults)
+
+
 def parse_reference(text: str, defaults: Defaults = Defaults()) -> Reference:
     """Parses ``[[entity/]project/]name[:selector]``; no selector means ``latest``."""
     path, colon, selector = text.partition(":")

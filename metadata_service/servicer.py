@@ -411,6 +411,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             version=version_pb(deleted.version),
             removed_aliases=deleted.removed_aliases,
             removed_links=deleted.removed_links,
+            removed_link_aliases=deleted.removed_link_aliases,
         )
 
     @handles_domain_errors
@@ -521,9 +522,8 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
 
     @handles_domain_errors
     def DeleteLink(self, request: pb.DeleteLinkRequest, context: grpc.ServicerContext) -> pb.DeleteLinkResponse:
-        return pb.DeleteLinkResponse(
-            name=self.catalog.links.delete(caller_of(context), request.name, request.request_id)
-        )
+        name, removed_aliases = self.catalog.links.delete(caller_of(context), request.name, request.request_id)
+        return pb.DeleteLinkResponse(name=name, removed_aliases=removed_aliases)
 
     @handles_domain_errors
     def SetAlias(self, request: pb.SetAliasRequest, context: grpc.ServicerContext) -> pb.SetAliasResponse:

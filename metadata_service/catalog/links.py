@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mreg.metadata_service.catalog.aliases import move_alias
+from mreg.metadata_service.catalog.aliases import move_alias, require_alias_rights
 from mreg.metadata_service.catalog.common import (
     Caller,
     find_collection,
@@ -19,7 +19,12 @@ from mreg.metadata_service.domain import CollectionKind, LinkView, Page
 from mreg.metadata_service.errors import FailedPrecondition, Reason
 from mreg.metadata_service.models import Collection, Link, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, index_key, page_size
-from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference
+from mreg.metadata_service.references import (
+    CollectionName,
+    parse_collection,
+    parse_reference,
+    parse_selected_reference,
+)
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 
 
@@ -64,15 +69,25 @@ def link_version(
     return view, created, link.id
 
 
-def unlink(uow: UnitOfWork, link: Link, link_name: str) -> None:
-    """Deletes a link and the aliases of its registered model that named it, recording each."""
+def unlink(uow: UnitOfWork, caller: Caller, link: Link, link_name: str) -> list[str]:
+    """Deletes a link and the aliases of its registered model that named it, recording each; returns those
+    aliases. A protected one goes only as ``require_alias_rights`` allows.
+
+    Raises:
+        PermissionDenied: a protected alias names the link and the caller may not remove it.
+    """
     rm = uow.repo.get_collection(link.registered_model_id)
     rm_name = uow.repo.collection_full_name(rm)
-    for alias in uow.repo.delete_aliases_at(rm.id, link.index):
+    for alias, index in uow.repo.aliases(rm.id).items():
+        if index == link.index:
+            require_alias_rights(caller, rm, rm_name, alias)
+    removed = uow.repo.delete_aliases_at(rm.id, link.index)
+    for alias in removed:
         uow.record("alias.deleted", f"{rm_name}:{alias}", before={"index": link.index}, collection_id=rm.id)
     version = uow.repo.get_version(link.version_id)
     uow.repo.delete_link(link)
     uow.record("link.deleted", link_name, before={"index": link.index, "version_uid": version.uid}, collection_id=rm.id)
+    return removed
 
 
 class Links:
@@ -105,17 +120,21 @@ class Links:
         arguments = (str(ref), str(rm_name), clean_aliases)
         return self.mutations.run(caller, "CreateLink", request_id, arguments, work, replay)
 
-    def delete(self, caller: Caller, reference: str, request_id: str = "") -> str:
-        ref = parse_reference(reference, caller.defaults)
+    def delete(self, caller: Caller, reference: str, request_id: str = "") -> tuple[str, tuple[str, ...]]:
+        """Deletes a link; returns its name and the aliases removed with it."""
+        ref = parse_selected_reference(reference, caller.defaults, "link")
 
-        def work(uow: UnitOfWork) -> tuple[str, dict[str, Any]]:
+        def work(uow: UnitOfWork) -> tuple[tuple[str, tuple[str, ...]], dict[str, Any]]:
             row = find_collection(uow.repo, ref.collection, CollectionKind.REGISTERED_MODEL, for_update=True)
             link = select_link(uow.repo, collection_context(uow.repo, row), ref)
             name = f"{ref.collection}:v{link.index}"
-            unlink(uow, link, name)
-            return name, {"name": name}
+            removed = tuple(unlink(uow, caller, link, name))
+            return (name, removed), {"name": name, "aliases": list(removed)}
 
-        return self.mutations.run(caller, "DeleteLink", request_id, (str(ref),), work, lambda uow, key: key["name"])
+        def replay(uow: UnitOfWork, key: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+            return key["name"], tuple(key.get("aliases", ()))
+
+        return self.mutations.run(caller, "DeleteLink", request_id, (str(ref),), work, replay)
 
     def list(self, caller: Caller, parent: str, size: int, token: str) -> Page[LinkView]:
         name = parse_collection(parent, caller.defaults, "registered model")

@@ -60,7 +60,13 @@ from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFo
 from mreg.metadata_service.manifest import FileEntry, Manifest, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
-from mreg.metadata_service.references import CollectionName, parse_collection, parse_reference, validate_type
+from mreg.metadata_service.references import (
+    CollectionName,
+    parse_collection,
+    parse_reference,
+    parse_selected_reference,
+    validate_type,
+)
 from mreg.metadata_service.repository import Repository
 from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 from mreg.server_runtime.principals import Role
@@ -457,7 +463,7 @@ class Versions:
 
     def delete(self, caller: Caller, reference: str, force: bool = False, request_id: str = "") -> DeletedVersion:
         """Tombstones a version; with ``force`` also removes the aliases and links that name it."""
-        ref = parse_reference(reference, caller.defaults)
+        ref = parse_selected_reference(reference, caller.defaults, "version")
 
         def work(uow: UnitOfWork) -> tuple[DeletedVersion, dict[str, Any]]:
             row = find_collection(uow.repo, ref.collection, CollectionKind.ARTIFACT, for_update=True)
@@ -477,15 +483,23 @@ class Versions:
                 )
             for alias in aliases:
                 remove_alias(uow, caller, row, context.name, alias)
+            link_aliases = []
             for link, name in zip(links, link_names, strict=True):
-                unlink(uow, link, name)
+                model = name.rpartition(":")[0]
+                link_aliases += [f"{model}:{alias}" for alias in unlink(uow, caller, link, name)]
             tombstone(uow, version, f"{context.name}:v{version.index}")
             view = version_view(uow.repo, version, collection_context(uow.repo, row), with_manifest=False)
-            result = DeletedVersion(view, tuple(aliases), tuple(link_names))
-            return result, {"uid": version.uid, "aliases": aliases, "links": link_names}
+            result = DeletedVersion(view, tuple(aliases), tuple(link_names), tuple(link_aliases))
+            key = {"uid": version.uid, "aliases": aliases, "links": link_names, "link_aliases": link_aliases}
+            return result, key
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> DeletedVersion:
-            return DeletedVersion(view_by_uid(uow.repo, key["uid"]), tuple(key["aliases"]), tuple(key["links"]))
+            return DeletedVersion(
+                view_by_uid(uow.repo, key["uid"]),
+                tuple(key["aliases"]),
+                tuple(key["links"]),
+                tuple(key.get("link_aliases", ())),
+            )
 
         return self.mutations.run(caller, "DeleteVersion", request_id, (str(ref), force), work, replay)
 

@@ -391,11 +391,13 @@ def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_
     assert mreg("alias", "set", f"{artifact}:v0", "best")[0] == 0
     assert mreg("link", f"{artifact}:v1", model, "--create")[0] == 0
     assert mreg("alias", "set", f"{artifact}:v2", "keep")[0] == 0
-    assert mreg("link", f"{artifact}:v2", model)[0] == 0
+    assert mreg("link", f"{artifact}:v2", model, "--alias", "production")[0] == 0
 
     def planned(version: str, *force: str) -> dict:
         code, plan, err = mreg("delete", f"{artifact}:{version}", "--dry-run", *force)
         assert code == 0, err
+        # The model's aliases on a link go with it: this one's production is the only one.
+        assert plan["link_aliases"] == ([f"{model}:production"] if version == "v2" else []), plan
         return {key: plan[key] for key in ("aliases", "links", "refused_without_force")}
 
     # v3 carries only `latest`, which the service keeps itself: nothing stops its deletion.
@@ -405,7 +407,9 @@ def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_
     assert planned("v2") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": True}
     assert planned("v2", "--force") == {"aliases": ["keep"], "links": [f"{model}:v1"], "refused_without_force": False}
     code, text, _ = mreg("delete", f"{artifact}:v1", "--dry-run", json_output=False)
-    assert code == 0 and f"link {model}:v0" in text and "--force" in text, text
+    assert code == 0 and f"link {model}:v0 still names it" in text and "--force" in text, text
+    code, text, _ = mreg("delete", f"{artifact}:v2", "--dry-run", json_output=False)
+    assert f"link {model}:v1 (with its aliases production)" in text, text
 
     # The real deletes answer as predicted.
     code, deleted, err = mreg("delete", f"{artifact}:v3")
@@ -415,6 +419,21 @@ def test_delete_dry_run_predicts_the_services_answer_and_lists_what_force_would_
     code, deleted, err = mreg("delete", f"{artifact}:v2", "--force")
     assert code == 0, err
     assert (deleted["removed_aliases"], deleted["removed_links"]) == (["keep"], [f"{model}:v1"])
+    assert deleted["removed_link_aliases"] == [f"{model}:production"]
+
+
+def test_deleting_a_link_by_its_alias_says_which_aliases_go_with_it(mreg, tmp_path: Path, unique) -> None:
+    artifact = f"acme/vision/unlinked-{unique}"
+    model = f"acme/model-registry/unlinked-{unique}"
+    _push_versions(mreg, tmp_path, artifact, 1)
+    assert mreg("link", f"{artifact}:v0", model, "--create", "--alias", "production", "--alias", "canary")[0] == 0
+    code, plan, _ = mreg("delete", f"{model}:production", "--dry-run")
+    assert (plan["would_delete"], plan["aliases"]) == (f"{model}:v0", ["canary", "production"])
+    code, text, _ = mreg("delete", f"{model}:production", "--dry-run", json_output=False)
+    assert "and its aliases canary, production" in text, text
+    code, deleted, err = mreg("delete", f"{model}:production", "--yes")
+    assert code == 0, err
+    assert (deleted["deleted"], deleted["removed_aliases"]) == (f"{model}:v0", ["canary", "production"])
 
 
 def test_a_refused_confirmation_deletes_nothing_and_yes_proceeds(servers, mreg, tmp_path: Path, unique) -> None:

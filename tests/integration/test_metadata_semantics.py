@@ -320,13 +320,45 @@ def test_deleting_an_aliased_or_linked_version_needs_force(registry, unique, wir
     assert [v.index for v in tombstones] == [1]
 
 
+def test_a_deletion_must_name_what_it_deletes_rather_than_take_latest(registry, unique, wire) -> None:
+    name = f"bare-{unique}"
+    model = f"bare-model-{unique}"
+    for content in ("a", "b"):
+        push_one(wire, name, content)
+    registry.link(f"{name}:v0", model, create=True)
+    registry.link(f"{name}:v1", model)
+    for attempt in (lambda: registry.delete_link(model), lambda: registry.delete_version(name)):
+        with pytest.raises(MregError) as refused:
+            attempt()
+        assert refused.value.code == "INVALID_ARGUMENT" and refused.value.reason == "REFERENCE_INVALID"
+        assert "name the" in refused.value.message and ":v3" in refused.value.message
+    assert [link.index for link in registry.list_links(model)] == [1, 0]
+    assert registry.delete_link(f"{model}:latest").name == f"acme/vision/{model}:v1"  # named explicitly
+    assert [v.index for v in registry.list_versions(name)] == [1, 0]
+
+
+def test_alias_history_of_a_name_that_never_existed_is_not_found_and_a_deleted_ones_stays(
+    registry, unique, wire
+) -> None:
+    name = f"history-{unique}"
+    push_one(wire, name, "a")
+    registry.set_alias(f"{name}:v0", "best")
+    assert code_of(lambda: list(registry.alias_history(f"histroy-{unique}", "best"))) == "NOT_FOUND"
+    assert list(registry.alias_history(name, "never-set")) == []  # the collection exists: no history yet
+    registry.delete_version(f"{name}:v0", force=True)
+    registry.delete_collection(name)
+    # Audit outlives the collection.
+    assert [e.kind for e in registry.alias_history(name, "best")] == ["alias.deleted", "alias.set"]
+
+
 def test_links_and_empty_collections_can_be_deleted(registry, unique, wire) -> None:
     name = f"linkdel-{unique}"
     model = f"linkdel-model-{unique}"
     push_one(wire, name, "a")
     registry.link(f"{name}:v0", model, aliases=["staging"], create=True)
     assert code_of(lambda: registry.delete_collection(model)) == "FAILED_PRECONDITION"
-    assert registry.delete_link(f"{model}:staging") == f"acme/vision/{model}:v0"
+    deleted = registry.delete_link(f"{model}:staging")
+    assert deleted.name == f"acme/vision/{model}:v0" and deleted.removed_aliases == ("staging",)
     assert list(registry.list_links(model)) == []
     registry.delete_collection(model)
     assert code_of(lambda: registry.get_registered_model(model)) == "NOT_FOUND"

@@ -66,6 +66,42 @@ def test_only_a_maintainer_moves_removes_or_unprotects_a_protected_alias(secured
     assert all(actor.startswith("alias-maintainer-") for actor in actors)
 
 
+def test_a_protected_alias_of_a_registered_model_goes_with_a_link_or_version_only_by_a_maintainer(
+    secured: Any, tmp_path: Path
+) -> None:
+    """Deleting a link, or a linked version with force, removes the model's aliases that name the link: a
+    protected one only by a maintainer, and whoever deletes is told which aliases went."""
+    writer = secured.create_token("link-writer", "writer", "acme/secure")
+    maintainer = secured.create_token("link-maintainer", "maintainer", "acme/secure")
+    for i in range(2):
+        _push(secured, writer, "promoted", tmp_path / f"ck{i}")
+    with secured.registry(maintainer) as registry:
+        for i in range(2):
+            registry.link(f"promoted:v{i}", "Classifier", aliases=["production", "candidate"][i : i + 1], create=True)
+        registry.set_alias_protection("Classifier", "production")
+        registry.set_alias_protection("Classifier", "candidate")
+
+    with secured.registry(writer) as registry:
+        for attempt in (
+            lambda: registry.delete_link("Classifier:production"),
+            lambda: registry.delete_link("Classifier:v0"),
+            lambda: registry.delete_version("promoted:v1", force=True),
+        ):
+            with pytest.raises(MregError) as refused:
+                attempt()
+            # Deletions are a maintainer's already; the protected aliases they would take stay either way.
+            assert refused.value.code == "PERMISSION_DENIED", refused.value
+        assert registry.resolve("Classifier:production").version.name == "acme/secure/promoted:v0"
+        assert registry.resolve("Classifier:candidate").version.name == "acme/secure/promoted:v1"
+
+    with secured.registry(maintainer) as registry:
+        deleted = registry.delete_link("Classifier:production")
+        assert deleted.name == "acme/secure/Classifier:v0" and deleted.removed_aliases == ("production",)
+        gone = registry.delete_version("promoted:v1", force=True)
+        assert gone.removed_links == ("acme/secure/Classifier:v1",)
+        assert gone.removed_link_aliases == ("acme/secure/Classifier:candidate",)
+
+
 def test_the_audit_trail_names_the_token_not_the_declared_actor(secured: Any, tmp_path: Path) -> None:
     writer = secured.create_token("auditor", "writer", "acme/secure")
     channel = secured.channel(secured.metadata.address, writer)
