@@ -245,20 +245,38 @@ def open_channel(
     """A channel to ``address`` (see ``channel_target``) with the client's message limits, retry policy,
     load balancing, keepalive (``keepalive_options``) and credentials."""
     credentials = credentials or Credentials()
-    target, host = channel_target(address)
-    options = [*CHANNEL_OPTIONS, *keepalive_options(keepalive)]
-    if credentials.uses_tls:
-        channel_credentials = grpc.ssl_channel_credentials(
+    channel_credentials = (
+        grpc.ssl_channel_credentials(
             root_certificates=credentials.ca_cert,
             private_key=credentials.client_key,
             certificate_chain=credentials.client_cert,
         )
-        if target != address.strip():
-            # A list of replicas became IP addresses: check their certificates against the host name given.
-            options.append(("grpc.ssl_target_name_override", host))
-        channel = grpc.secure_channel(target, channel_credentials, options=options)
-    else:
-        channel = grpc.insecure_channel(target, options=options)
+        if credentials.uses_tls
+        else None
+    )
+    channel = replica_channel(address, channel_credentials, keepalive=keepalive)
     if credentials.token:
         channel = grpc.intercept_channel(channel, BearerToken(credentials.token))
     return channel
+
+
+def replica_channel(
+    address: str,
+    channel_credentials: grpc.ChannelCredentials | None,
+    *,
+    keepalive: float = KEEPALIVE_SECONDS,
+    retries: bool = True,
+) -> grpc.Channel:
+    """A channel to ``address``, one or several replicas (``channel_target``), balanced as every client channel
+    is and, with ``retries``, retried by SERVICE_CONFIG's policy; TLS with ``channel_credentials``, plaintext
+    without. Also the metadata service's channel to the blob service, which has replicas too."""
+    target, host = channel_target(address)
+    options = [
+        (key, 0 if key == "grpc.enable_retries" and not retries else value) for key, value in CHANNEL_OPTIONS
+    ] + keepalive_options(keepalive)
+    if channel_credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    if target != address.strip():
+        # A list of replicas became IP addresses: check their certificates against the host name given.
+        options.append(("grpc.ssl_target_name_override", host))
+    return grpc.secure_channel(target, channel_credentials, options=options)

@@ -55,9 +55,11 @@ class MregError(Exception):
     def from_rpc(cls, error: grpc.RpcError, what: str = "") -> MregError:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = error.details() if isinstance(error, grpc.Call) else str(error)
-        if code == grpc.StatusCode.UNAVAILABLE and what:
-            details = f"{what} is unreachable ({details})"
         violations, info = _details(error)
+        if code == grpc.StatusCode.UNAVAILABLE and what and not (info and info.reason):
+            # No reason attached: the transport failed. With one, the service answered, and its message says
+            # what it could not reach (its database, the blob service, its store).
+            details = f"{what} is unreachable ({details})"
         return cls(
             code.name,
             details or "no details",

@@ -11,8 +11,10 @@ from google.protobuf import timestamp_pb2
 
 from mreg.blob.v1 import blob_service_pb2 as blob_pb
 from mreg.blob.v1 import blob_service_pb2_grpc as blob_grpc
-from mreg.client.channels import BearerToken
+from mreg.client.channels import BearerToken, replica_channel
+from mreg.client.errors import MregError
 from mreg.metadata_service.errors import FailedPrecondition, Reason, Unavailable
+from mreg.server_runtime.transport import TransportConfigError
 
 # FindMissingBlobs requests are kept well under gRPC's default 4 MiB message limit.
 _BATCH = 10_000
@@ -38,7 +40,14 @@ class BlobServiceClient:
         token: str | None = None,
     ) -> None:
         self.address = address
-        channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+        # Several blob replicas (a comma-separated list or a DNS name) are balanced as the client balances them:
+        # a replica that is down is skipped at once. No transport retries: the callers of the metadata service
+        # retry UNAVAILABLE themselves, and retrying here as well would multiply their wait. A malformed list is
+        # refused here, at start-up, not at the first commit.
+        try:
+            channel = replica_channel(address, credentials, retries=False)
+        except MregError as e:
+            raise TransportConfigError(f"--blob-addr {address!r}: {e.message}") from None
         self._channel = grpc.intercept_channel(channel, BearerToken(token)) if token else channel
         self._stub = blob_grpc.BlobServiceStub(self._channel)
         self._timeout = timeout

@@ -151,3 +151,69 @@ def test_services_recycle_connections_so_clients_resolve_their_names_again(tmp_p
     finally:
         metadata.stop()
         blobs.stop()
+
+
+def test_the_metadata_service_takes_a_list_of_blob_replicas_and_commits_through_a_survivor(tmp_path: Path) -> None:
+    store = ["--store", str(tmp_path / "blobs")]  # one store shared by both replicas
+    first = ServiceProcess("mreg.blob_service", store).start()
+    second = ServiceProcess("mreg.blob_service", store).start()
+    blobs = f"{first.address},{second.address}"
+    metadata = ServiceProcess(
+        "mreg.metadata_service", ["--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--blob-addr", blobs]
+    ).start()
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    try:
+        with Registry.connect(metadata.address, blobs, entity="acme", project="vision", cache_dir=tmp_path / "c") as r:
+            (checkpoint / "weights.bin").write_bytes(b"before")
+            assert r.push(checkpoint, "replicated").version.index == 0
+            first.kill()
+            # The commit's content check goes to the surviving blob replica (it failed every commit before).
+            for i in range(3):
+                (checkpoint / "weights.bin").write_bytes(f"after {i}".encode())
+                assert r.push(checkpoint, "replicated").version.index == i + 1
+        # A metadata service whose only blob replica is down answers UNAVAILABLE itself: the message says what
+        # it could not reach, not that the metadata service was unreachable.
+        stranded = ServiceProcess(
+            "mreg.metadata_service",
+            ["--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--blob-addr", first.address],
+        ).start()
+        try:
+            with Registry.connect(
+                stranded.address, second.address, entity="acme", project="vision", cache_dir=tmp_path / "c"
+            ) as r:
+                (checkpoint / "weights.bin").write_bytes(b"not verifiable")
+                with pytest.raises(MregError) as refused:
+                    r.push(checkpoint, "replicated")
+            assert refused.value.code == "UNAVAILABLE" and refused.value.reason == "BLOB_SERVICE_UNAVAILABLE"
+            assert "metadata service is unreachable" not in refused.value.message
+            assert f"blob service at {first.address}" in refused.value.message, refused.value.message
+        finally:
+            stranded.stop()
+    finally:
+        for process in (metadata, first, second):
+            process.stop()
+
+
+def test_a_malformed_blob_replica_list_stops_the_metadata_service_at_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mreg.metadata_service",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--blob-addr",
+            "127.0.0.1:50052,not-an-address",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2, started.stderr
+    assert "--blob-addr" in started.stderr and "'not-an-address'" in started.stderr
