@@ -8,8 +8,10 @@ path = registry.download("resnet:candidate")   # a read-only directory in the ca
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import logging
 import os
 import random
 import socket
@@ -79,6 +81,7 @@ COMMIT_ATTEMPTS = 9
 # The google.rpc.PreconditionFailure violation type of a commit whose content is not stored.
 MISSING_BLOB = "MISSING_BLOB"
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M")  # a protobuf message type
 # Failures of an upload that a later run of the same push gets past, sending only what is missing.
@@ -318,7 +321,8 @@ class Registry:
         the version into; they must exist (NOT_FOUND, checked before any upload) unless
         ``create_registered_models``, which creates missing ones with the artifact's type
         once the content is stored, right before the commit: a push that fails before
-        then (a file it cannot read, a version the service refuses) creates none.
+        then (a file it cannot read, a version the service refuses) creates none, and one
+        whose commit is refused deletes those it created again.
 
         When the content equals the latest version's, that version is kept as it is: a
         ``description``, ``tags`` or ``metadata`` it does not carry are named in
@@ -377,26 +381,25 @@ class Registry:
                 )
             )
         uploaded = self._upload_missing(local, progress, missing)
-        if create_registered_models:
-            # Only now, with the directory read, the version accepted and its content stored: a push that
-            # fails before its commit leaves no registered model behind.
-            for model in link_to:
-                self.ensure_registered_model(model, type=type)
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                response = self._call(self.metadata.CommitVersion, request)
-                break
-            except MregError as e:
-                # Content found present can be garbage-collected before the commit lands;
-                # the commit then refuses, and uploading what is missing again fixes it.
-                missing_content = any(kind == MISSING_BLOB for kind, _ in e.violations)
-                if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
-                    raise
-                # The refusal recorded nothing, so the same request_id commits once the content is back.
-                # A sweep may still be deleting that content: give it a moment to finish, then ask again
-                # what is missing.
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
-                uploaded += self._upload_missing(local, progress)
+        # Only now, with the directory read, the version accepted and its content stored: a push that fails
+        # before its commit leaves no registered model behind, and one whose commit is refused removes those
+        # it created.
+        with self._creating_registered_models(link_to if create_registered_models else (), type):
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    response = self._call(self.metadata.CommitVersion, request)
+                    break
+                except MregError as e:
+                    # Content found present can be garbage-collected before the commit lands;
+                    # the commit then refuses, and uploading what is missing again fixes it.
+                    missing_content = any(kind == MISSING_BLOB for kind, _ in e.violations)
+                    if e.code != "FAILED_PRECONDITION" or not missing_content or attempt == COMMIT_ATTEMPTS - 1:
+                        raise
+                    # The refusal recorded nothing, so the same request_id commits once the content is back.
+                    # A sweep may still be deleting that content: give it a moment to finish, then ask again
+                    # what is missing.
+                    time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+                    uploaded += self._upload_missing(local, progress)
         self._complete_manifest(response.version)
         version = Version.from_proto(response.version)
         ignored: tuple[str, ...] = ()
@@ -757,17 +760,38 @@ class Registry:
         new one) unless ``create``, which creates it with the version's type and
         ``description`` (its model card; an existing model's card is left as it is).
         """
+        for alias in aliases:
+            references.check_alias(alias)
+        creating: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if create:
             editing.check_description(description)
             version_type = self.get_version(ref).type
-            self.ensure_registered_model(registered_model, type=version_type, description=description)
+            creating = self._creating_registered_models([registered_model], version_type, description)
         else:
             self._require_registered_model(registered_model)
-        response = self._call(
-            self.metadata.CreateLink,
-            pb.CreateLinkRequest(version=ref, parent=registered_model, aliases=list(aliases)),
-        )
+        with creating:
+            response = self._call(
+                self.metadata.CreateLink,
+                pb.CreateLinkRequest(version=ref, parent=registered_model, aliases=list(aliases)),
+            )
         return LinkResult(link=Link.from_proto(response.link), created=response.created)
+
+    @contextlib.contextmanager
+    def _creating_registered_models(self, names: Sequence[str], type: str, description: str = "") -> Iterator[None]:
+        """Creates the registered models ``names`` that do not exist, for the block that links into them; if
+        the block fails, deletes those it created again, so a refused push or link leaves no empty model
+        behind. Deleting is refused for a model someone linked into meanwhile (or without the right to
+        delete): that one stays, as it would have had it existed before."""
+        created = [name for name in names if self.ensure_registered_model(name, type=type, description=description)]
+        try:
+            yield
+        except BaseException:
+            for name in created:
+                try:
+                    self.delete_collection(name)
+                except MregError as e:
+                    log.warning("registered model %s, created for a link that failed, stays: %s", name, e)
+            raise
 
     def set_alias(
         self, ref: str, alias: str, *, expected_index: int | None = None, expect_unset: bool = False

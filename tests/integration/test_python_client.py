@@ -188,6 +188,31 @@ def test_numbers_their_field_cannot_hold_are_invalid_argument_naming_the_argumen
     assert registry.get_version(f"{pushed.artifact}:prod").index == 0  # nothing was changed
 
 
+def test_a_refused_push_or_link_with_create_leaves_no_registered_model_behind(
+    registry: Registry, tmp_path: Path, unique: str
+) -> None:
+    _push(registry, tmp_path / "m", f"typed-{unique}", b"weights")  # an artifact of type model
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "rows.txt").write_bytes(f"rows {unique}".encode())
+    with pytest.raises(FailedPrecondition):  # the commit refuses a dataset version in a model artifact
+        registry.push(
+            dataset, f"typed-{unique}", type="dataset", link_to=[f"leftover-{unique}"], create_registered_models=True
+        )
+    with pytest.raises(InvalidArgument):
+        registry.link(f"typed-{unique}:v0", f"other-{unique}", aliases=["latest"], create=True)
+    for model in (f"leftover-{unique}", f"other-{unique}"):
+        with pytest.raises(NotFound):
+            registry.get_registered_model(model)
+    # An existing model is never removed by a refusal.
+    registry.create_registered_model(f"kept-{unique}")
+    with pytest.raises(FailedPrecondition):
+        registry.push(
+            dataset, f"typed-{unique}", type="dataset", link_to=[f"kept-{unique}"], create_registered_models=True
+        )
+    assert registry.get_registered_model(f"kept-{unique}").name.endswith(f"kept-{unique}")
+
+
 def test_every_public_method_and_type_of_the_client_is_documented() -> None:
     undocumented = []
     for name, member in vars(Registry).items():
