@@ -736,10 +736,11 @@ class Registry:
         try:
             self.get_registered_model(name)
         except MregError as e:
-            if e.code == "NOT_FOUND":
+            if e.code == "NOT_FOUND" and "actual_kind" not in e.metadata:
                 raise MregError(
                     e.code,
-                    f"{e.message}; create it first (mreg link --create, or create=True), or check the name for a typo",
+                    f"{e.message}; create it first (--create on mreg push or mreg link; create_registered_models=True "
+                    "or create=True), or check the name for a typo",
                     reason=e.reason,
                     metadata=e.metadata,
                 ) from e

@@ -142,9 +142,12 @@ def collection_missing(
     """NOT_FOUND for ``name`` as a ``kind``; ``actual`` is the other kind when the name is taken by one."""
     label = kind.label if kind else "artifact or registered model"
     message = f"no {label} named {name}"
+    metadata = {"resource": str(name)}
     if actual is not None:
         message += f": {name} is {_a(actual.label)}"
-    return NotFound(message, _NOT_FOUND[kind], {"resource": str(name)})
+        # The name is taken by the other kind: creating one of this kind under it cannot help.
+        metadata["actual_kind"] = actual.label
+    return NotFound(message, _NOT_FOUND[kind], metadata)
 
 
 def selected_index(context: CollectionContext, ref: Reference, member: str) -> int:

@@ -213,6 +213,19 @@ def test_a_refused_push_or_link_with_create_leaves_no_registered_model_behind(
     assert registry.get_registered_model(f"kept-{unique}").name.endswith(f"kept-{unique}")
 
 
+def test_a_missing_registered_model_is_explained_and_an_artifact_name_is_not_told_to_create_one(
+    registry: Registry, tmp_path: Path, unique: str
+) -> None:
+    pushed = _push(registry, tmp_path / "a", f"kinds-{unique}", b"kinds")
+    with pytest.raises(NotFound) as missing:
+        registry.link(pushed.name, f"nosuch-{unique}")
+    assert "create it first (--create on mreg push or mreg link" in missing.value.message
+    with pytest.raises(NotFound) as other_kind:
+        registry.link(pushed.name, f"kinds-{unique}")  # the artifact's own name
+    assert "is an artifact" in other_kind.value.message and "create it first" not in other_kind.value.message
+    assert other_kind.value.metadata["actual_kind"] == "artifact"
+
+
 def test_every_public_method_and_type_of_the_client_is_documented() -> None:
     undocumented = []
     for name, member in vars(Registry).items():
