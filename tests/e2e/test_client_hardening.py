@@ -398,6 +398,17 @@ def test_the_client_grammar_accepts_exactly_what_the_server_accepts(text: str, d
 # Ctrl-C ------------------------------------------------------------------------------------
 
 
+def _sparse_checkpoint(root: Path, size: int) -> Path:
+    """A directory holding big.bin: ``size`` bytes, sparse, with a unique tail so no earlier test stored the
+    same blob."""
+    root.mkdir()
+    with open(root / "big.bin", "wb") as f:
+        f.truncate(size - 16)
+        f.seek(size - 16)
+        f.write(os.urandom(16))
+    return root
+
+
 def _sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -422,13 +433,8 @@ def _interrupt_once_grown(process: subprocess.Popen[str], transferred: Callable[
 
 def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_path: Path, unique) -> None:
     size = 300 << 20
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
+    checkpoint = _sparse_checkpoint(tmp_path / "ck", size)
     big = checkpoint / "big.bin"
-    with open(big, "wb") as f:  # sparse, with a unique tail so no earlier test stored the same blob
-        f.truncate(size - 16)
-        f.seek(size - 16)
-        f.write(os.urandom(16))
     env = dict(os.environ, **servers.cli_env(), PYTHONUNBUFFERED="1")
     artifact = f"acme/vision/interrupt-{unique}"
     uploads = servers.blob_dir / "uploads"
@@ -497,12 +503,7 @@ def test_concurrent_pushes_of_the_same_large_file_from_one_machine_both_commit(s
 
 def test_a_push_whose_blob_service_dies_says_a_rerun_resumes_and_the_rerun_sends_only_the_rest(tmp_path: Path) -> None:
     size = 300 << 20
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
-    with open(checkpoint / "big.bin", "wb") as f:
-        f.truncate(size - 16)
-        f.seek(size - 16)
-        f.write(os.urandom(16))
+    checkpoint = _sparse_checkpoint(tmp_path / "ck", size)
     store = tmp_path / "blobs"
     blobs = ServiceProcess("mreg.blob_service", ["--store", str(store)]).start()
     database = ["--database-url", f"sqlite:///{tmp_path / 'm.db'}", "--blob-addr", blobs.address]
@@ -550,12 +551,7 @@ def test_a_push_whose_blob_service_dies_says_a_rerun_resumes_and_the_rerun_sends
 
 def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, tmp_path: Path, unique) -> None:
     size = 300 << 20
-    checkpoint = tmp_path / "ck"
-    checkpoint.mkdir()
-    with open(checkpoint / "big.bin", "wb") as f:
-        f.truncate(size - 16)
-        f.seek(size - 16)
-        f.write(os.urandom(16))
+    checkpoint = _sparse_checkpoint(tmp_path / "ck", size)
     with servers.registry() as registry:
         ref = registry.push(checkpoint, f"pull-interrupt-{unique}").version.name
     dest = tmp_path / "out"
