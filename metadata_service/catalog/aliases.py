@@ -62,8 +62,9 @@ def move_alias(
         previous = aliases.get(alias)
         uow.repo.replace_alias(collection.id, alias, index, previous)
     if previous != index:
-        before = None if previous is None else {"index": previous}
-        uow.record("alias.set", f"{name}:{alias}", before=before, after={"index": index}, collection_id=collection.id)
+        before = None if previous is None else alias_target(uow, collection, previous)
+        after = alias_target(uow, collection, index)
+        uow.record("alias.set", f"{name}:{alias}", before=before, after=after, collection_id=collection.id)
     return previous
 
 
@@ -74,8 +75,27 @@ def remove_alias(
     require_alias_rights(caller, collection, name, alias)
     previous = uow.repo.delete_alias(collection.id, alias)
     if previous is not None:
-        uow.record("alias.deleted", f"{name}:{alias}", before={"index": previous}, collection_id=collection.id)
+        before = alias_target(uow, collection, previous)
+        uow.record("alias.deleted", f"{name}:{alias}", before=before, collection_id=collection.id)
     return previous
+
+
+def alias_target(uow: UnitOfWork, collection: Collection, index: int) -> dict[str, Any]:
+    """What an alias event says it named: the index, and on a registered model the version the link at that
+    index holds ("version": "entity/project/artifact:vN"), so a promotion audit reads which version went where
+    without replaying every link event (a deleted link's index resolves no more)."""
+    if collection.kind != CollectionKind.REGISTERED_MODEL.value:
+        return {"index": index}
+    link = uow.repo.find_link_by_index(collection.id, index)
+    if link is None:
+        return {"index": index}
+    return {"index": index, "version": linked_version_name(uow, link.version_id)}
+
+
+def linked_version_name(uow: UnitOfWork, version_id: int) -> str:
+    """A linked (so committed) version's full name."""
+    version = uow.repo.get_version(version_id)
+    return f"{uow.repo.collection_full_name(uow.repo.get_collection(version.artifact_id))}:v{version.index}"
 
 
 def _expectation(alias: str, current: int | None) -> dict[str, str]:

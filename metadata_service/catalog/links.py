@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mreg.metadata_service.catalog.aliases import move_alias, require_alias_rights
+from mreg.metadata_service.catalog.aliases import alias_target, move_alias, require_alias_rights
 from mreg.metadata_service.catalog.common import (
     Caller,
     find_collection,
@@ -81,12 +81,15 @@ def unlink(uow: UnitOfWork, caller: Caller, link: Link, link_name: str) -> list[
     for alias, index in uow.repo.aliases(rm.id).items():
         if index == link.index:
             require_alias_rights(caller, rm, rm_name, alias)
+    target = alias_target(uow, rm, link.index)
     removed = uow.repo.delete_aliases_at(rm.id, link.index)
     for alias in removed:
-        uow.record("alias.deleted", f"{rm_name}:{alias}", before={"index": link.index}, collection_id=rm.id)
+        uow.record("alias.deleted", f"{rm_name}:{alias}", before=target, collection_id=rm.id)
     version = uow.repo.get_version(link.version_id)
     uow.repo.delete_link(link)
-    uow.record("link.deleted", link_name, before={"index": link.index, "version_uid": version.uid}, collection_id=rm.id)
+    # The version by name, as link.created names it; its uid too, as before.
+    before = {**target, "version_uid": version.uid}
+    uow.record("link.deleted", link_name, before=before, collection_id=rm.id)
     return removed
 
 

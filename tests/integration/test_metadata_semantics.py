@@ -351,6 +351,26 @@ def test_alias_history_of_a_name_that_never_existed_is_not_found_and_a_deleted_o
     assert [e.kind for e in registry.alias_history(name, "best")] == ["alias.deleted", "alias.set"]
 
 
+def test_alias_events_of_a_registered_model_name_the_version_each_link_held(registry, unique, wire) -> None:
+    """A promotion audit reads which version went to production from the alias's history alone, also after
+    the link is deleted (its index then resolves no more)."""
+    name = f"audited-{unique}"
+    model = f"audited-model-{unique}"
+    for content in ("a", "b"):
+        push_one(wire, name, content)
+    registry.link(f"{name}:v0", model, aliases=["production"], create=True)
+    registry.link(f"{name}:v1", model)
+    registry.set_alias(f"{model}:v1", "production")
+    registry.delete_link(f"{model}:production")
+    history = list(registry.alias_history(model, "production"))
+    version = f"acme/vision/{name}"
+    assert [(e.kind, e.before, e.after) for e in history] == [
+        ("alias.deleted", {"index": 1, "version": f"{version}:v1"}, None),
+        ("alias.set", {"index": 0, "version": f"{version}:v0"}, {"index": 1, "version": f"{version}:v1"}),
+        ("alias.set", None, {"index": 0, "version": f"{version}:v0"}),
+    ]
+
+
 def test_links_and_empty_collections_can_be_deleted(registry, unique, wire) -> None:
     name = f"linkdel-{unique}"
     model = f"linkdel-model-{unique}"
