@@ -549,7 +549,7 @@ def cmd_delete(args: argparse.Namespace, out: Output) -> None:
                 return
             _confirm(args, out, f"delete the link {target.link.name} (-> {target.version.name}){going}?")
             deleted = registry.delete_link(args.ref)
-            removed = [alias for alias in deleted.removed_aliases if alias != LATEST]
+            removed = list(deleted.removed_aliases)  # `latest` is computed, never stored: never among them
             out.result(
                 {"deleted": deleted.name, "kind": "link", "removed_aliases": removed},
                 f"deleted link {deleted.name}" + (f" (removed aliases {', '.join(removed)})" if removed else ""),
