@@ -421,27 +421,32 @@ class BlobStore:
                         yield held
                     held = block[lo - block_start : hi - block_start]
         if position != digest.size_bytes or hasher.hexdigest() != digest.hash:
-            # Removed, as the scrub would: FindMissingBlobs then reports it missing and the next push
-            # of this content uploads it again, instead of every reader failing until the next scrub.
-            # Only the copy read goes (a good one published meanwhile stays).
-            removed = reader.identity is not None and self.storage.delete_if_same(digest, reader.identity)
-            log.error(
-                "blob %s is corrupt on %r (%d bytes, sha256 %s)%s",
-                digest,
-                self.storage,
-                position,
-                hasher.hexdigest(),
-                "; removed" if removed else "",
-            )
-            outcome = (
-                "it was removed, so the next push of this content uploads it again" if removed else "it was not served"
-            )
-            raise DataLoss(
-                f"stored content of blob {digest} does not match its digest "
-                f"({position} bytes, sha256 {hasher.hexdigest()}); {outcome}"
-            )
+            raise self._corrupt(digest, reader.identity, position, hasher.hexdigest())
         if held is not None:
             yield held
+
+    def _corrupt(self, digest: Digest, identity: object | None, size: int, sha256: str) -> DataLoss:
+        """The error for a blob whose stored bytes (``size`` of them, hashing to ``sha256``) are not its digest's.
+
+        The copy is removed, as the scrub would: FindMissingBlobs then reports it missing and the next push of
+        this content uploads it again, instead of every reader failing until the next scrub. Only the copy
+        read (``identity``) goes: a good one published meanwhile stays.
+        """
+        removed = identity is not None and self.storage.delete_if_same(digest, identity)
+        log.error(
+            "blob %s is corrupt on %r (%d bytes, sha256 %s)%s",
+            digest,
+            self.storage,
+            size,
+            sha256,
+            "; removed" if removed else "",
+        )
+        outcome = (
+            "it was removed, so the next push of this content uploads it again" if removed else "it was not served"
+        )
+        return DataLoss(
+            f"stored content of blob {digest} does not match its digest ({size} bytes, sha256 {sha256}); {outcome}"
+        )
 
     def batch_update(self, items: list[tuple[Digest, bytes]]) -> list[BlobError | None]:
         """Stores several small blobs; returns one error (or None) per item."""
@@ -453,19 +458,43 @@ class BlobStore:
                 Reason.BATCH_TOO_LARGE,
             )
 
-        stored: list[Digest] = []
-        unexpected: list[Exception] = []
-
-        def store(item: tuple[Digest, bytes]) -> BlobError | None:
+        def examine(item: tuple[Digest, bytes]) -> BlobError | bool:
+            """The item's error, or whether it still needs storing."""
             digest, data = item
             try:
                 if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
                     raise InvalidArgument(
                         f"data does not match digest {digest}; nothing was stored", Reason.DIGEST_MISMATCH
                     )
-                if not digest.is_empty and self.storage.last_used(digest) is None:
-                    self.storage.put_verified(digest, data, defer_durability=True)
-                    stored.append(digest)
+                return not digest.is_empty and self.storage.last_used(digest) is None
+            except BlobError as e:
+                return e
+
+        examined = self._pool.map(examine, items)
+        results: list[BlobError | None] = []
+        to_store: dict[Digest, bytes] = {}  # each blob once, however often the batch carries it
+        for (digest, data), outcome in zip(items, examined, strict=True):
+            results.append(outcome if isinstance(outcome, BlobError) else None)
+            if outcome is True:
+                to_store[digest] = data
+        if not to_store:
+            return results
+        try:
+            if self.storage.put_verified_together(list(to_store.items())):
+                return results
+        except StorageFull as e:
+            return [
+                _no_room(d, e) if r is None and d in to_store else r for (d, _), r in zip(items, results, strict=True)
+            ]
+
+        stored: list[Digest] = []
+        unexpected: list[Exception] = []
+
+        def store(item: tuple[Digest, bytes]) -> BlobError | None:
+            digest, data = item
+            try:
+                self.storage.put_verified(digest, data, defer_durability=True)
+                stored.append(digest)
                 return None
             except StorageFull as e:
                 return _no_room(digest, e)
@@ -475,12 +504,14 @@ class BlobStore:
                 unexpected.append(e)
                 return None
 
-        results = list(self._pool.map(store, items))
+        errors = dict(zip(to_store, self._pool.map(store, to_store.items()), strict=True))
         # The batch is answered once all it stored is kept for good, each storage step run once whatever fails.
         unexpected += [e for e in self._pool.map(_run_step, self.storage.durability_steps(stored)) if e is not None]
         if unexpected:
             raise unexpected[0]
-        return results
+        return [
+            errors.get(digest) if result is None else result for (digest, _), result in zip(items, results, strict=True)
+        ]
 
     def batch_read(self, digests: list[Digest], *, verify: bool = True) -> list[BatchReadResult]:
         """Reads several small blobs, verified unless the caller hashes them itself (``verify`` False);
@@ -493,9 +524,19 @@ class BlobStore:
                 Reason.BATCH_TOO_LARGE,
             )
 
+        together = self.storage.read_together([d for d in digests if not d.is_empty])
+
         def load(digest: Digest) -> BatchReadResult:
             try:
-                return BatchReadResult(digest, b"".join(self.read(digest, verify=verify)), None)
+                held = together.get(digest)
+                if held is None:
+                    return BatchReadResult(digest, b"".join(self.read(digest, verify=verify)), None)
+                data, identity = held
+                if verify:
+                    found = hashlib.sha256(data).hexdigest()
+                    if len(data) != digest.size_bytes or found != digest.hash:
+                        raise self._corrupt(digest, identity, len(data), found)
+                return BatchReadResult(digest, data, None)
             except BlobError as e:
                 return BatchReadResult(digest, None, e)
 

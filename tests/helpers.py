@@ -62,7 +62,12 @@ def _stored_bytes(storage, sha256: str, size: int) -> bytes:  # type: ignore[no-
     from mreg.blob_service.storage import DiskStorage
 
     if isinstance(storage, DiskStorage):
-        return storage.blob_path(Digest(sha256, size)).read_bytes()
+        where = storage.locate(Digest(sha256, size))
+        assert where is not None, f"blob {sha256} is not stored"
+        path, offset = where
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
     response = storage.client.get_object(storage.bucket, storage.key(f"blobs/{sha256}"))
     try:
         return bytes(response.read())
@@ -78,7 +83,15 @@ def _store_bytes(storage, sha256: str, size: int, data: bytes) -> None:  # type:
     from mreg.blob_service.storage import DiskStorage
 
     if isinstance(storage, DiskStorage):
-        storage.blob_path(Digest(sha256, size)).write_bytes(data)
+        path, offset = storage.locate(Digest(sha256, size)) or (storage.blob_path(Digest(sha256, size)), 0)
+        if offset == 0 and path.parent.parent.name == "blobs":
+            path.write_bytes(data)
+            return
+        # Packed among other blobs: only bytes of the same length can take their place.
+        assert len(data) == size, "a packed blob can be damaged in place, not truncated"
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
         return
     storage.client.put_object(storage.bucket, storage.key(f"blobs/{sha256}"), io.BytesIO(data), len(data))
 

@@ -123,6 +123,18 @@ class BlobStorage(ABC):
         ``durability_steps`` gives for it have run, and until then it counts as not stored.
         """
 
+    def put_verified_together(self, blobs: Sequence[tuple[Digest, bytes]]) -> bool:
+        """Publishes several small blobs the service has already verified as one stored object, kept for good
+        when this returns, if this backend stores blobs that way and so many at once are worth it; returns
+        False, having stored nothing, where it does not (the caller then puts each)."""
+        return False
+
+    def read_together(self, digests: Sequence[Digest]) -> dict[Digest, tuple[bytes, object]]:
+        """The bytes and identity (as a reader's, for ``delete_if_same``) of those of ``digests`` this backend
+        reads more cheaply together than one by one (blobs packed in one stored object), as stored, unverified;
+        the caller reads the others one by one."""
+        return {}
+
     def durability_steps(self, digests: Sequence[Digest]) -> list[Callable[[], None]]:
         """What still makes the deferred puts of ``digests`` last, as steps that may run side by side, each
         to be run exactly once; an empty list where a put lasts as soon as it is made (an object store)."""

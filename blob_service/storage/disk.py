@@ -1,14 +1,17 @@
-"""The local-disk backend: one file per blob, published by rename.
+"""The local-disk backend: one file per blob, published by rename, or many small blobs in one pack.
 
 Layout under the root directory::
 
     blobs/ab/abcdef...      published blobs, named by their SHA-256
     blobs/ab/.put-<id>      a small blob being stored whole (BatchUpdateBlobs)
+    packs/                  small blobs that arrived many to a batch, a file per batch (see ``packs``)
     uploads/<id>.<sha256>   uploads in progress
     state/<name>            small objects of the service's own (the scrub's lease)
 
 A published file is always complete: uploads are written to their own file, fsynced,
-and renamed into place, which is atomic on POSIX file systems.
+and renamed into place, which is atomic on POSIX file systems. A blob may be both a file
+and packed (stored twice by two clients at once): either copy serves it, and deleting it
+deletes both.
 
 A small blob is written beside the name it will take, not in uploads/. A rename between
 two directories takes the file system's rename lock and both directories' locks, and
@@ -25,6 +28,7 @@ import fcntl
 import functools
 import inspect
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +39,8 @@ from typing import Any, BinaryIO, TypeVar
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import Aborted, NotFound, StorageFull, Unavailable
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
+from mreg.blob_service.storage.files import fsync_directory, write_synced
+from mreg.blob_service.storage.packs import PackedBlob, PackStore
 
 _READ_BACK_CHUNK = 4 << 20
 # A small blob being stored, in its fan-out directory; never 64 characters long, so never taken for a blob.
@@ -42,6 +48,10 @@ _PUT_PREFIX = ".put-"
 # Fan-out directories looked through for puts a crash left behind, per remove_stale_uploads: all 256 in turn,
 # a few at a time, so the janitor's every run stays small however many blobs the store holds.
 _PUT_SWEEP_DIRECTORIES = 16
+# A batch of at least this many blobs to store is stored as one pack. Below it a pack saves little (the
+# per-file cost it avoids grows with the count), while a file per blob frees its space as soon as it is
+# deleted, where a pack waits to be rewritten.
+PACK_MIN_BLOBS = 16
 
 
 @contextlib.contextmanager
@@ -52,6 +62,15 @@ def _store_errors(root: Path) -> Iterator[None]:
     as UNKNOWN."""
     try:
         yield
+    except sqlite3.DatabaseError as e:
+        # The pack index: full like any file on a full disk; otherwise locked too long by another process,
+        # unreadable or damaged.
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StorageFull(f"the blob store {root} is full ({e})") from e
+        raise Unavailable(
+            f"the blob store {root} failed: its pack index {root / 'packs' / 'index.sqlite'} answered {e}; "
+            "check the disk and that this service can read and write there"
+        ) from e
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             where = f" ({e.filename})" if e.filename else ""
@@ -100,6 +119,26 @@ class _FileReader(BlobReader):
     @_in_store
     def read(self, size: int) -> bytes:
         return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _PackReader(BlobReader):
+    """Reads one blob's bytes out of its pack, and nothing past them."""
+
+    def __init__(self, file: BinaryIO, packed: PackedBlob, start: int, root: Path) -> None:
+        self._file = file
+        self.root = root
+        self.identity = packed.identity
+        self._remaining = packed.size - start
+        file.seek(packed.offset + start)
+
+    @_in_store
+    def read(self, size: int) -> bytes:
+        data = self._file.read(min(size, self._remaining))
+        self._remaining -= len(data)
+        return data
 
     def close(self) -> None:
         self._file.close()
@@ -178,6 +217,7 @@ class DiskStorage(BlobStorage):
         # kept that a power cut could still take (it is then stored again, which is harmless).
         self._not_yet_durable: dict[str, int] = {}
         self._durability_lock = threading.Lock()
+        self._packs = PackStore(self.root / "packs")
 
     def __repr__(self) -> str:
         return f"DiskStorage({str(self.root)!r})"
@@ -185,37 +225,77 @@ class DiskStorage(BlobStorage):
     def blob_path(self, digest: Digest) -> Path:
         return self._blobs / digest.hash[:2] / digest.hash
 
+    def locate(self, digest: Digest) -> tuple[Path, int] | None:
+        """Where a stored blob's bytes lie: a file and the offset they start at (0 for a blob stored as a file,
+        past the record's header in a pack); None if it is not stored."""
+        path = self.blob_path(digest)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == digest.size_bytes:
+                return path, 0
+        packed = self._packs.find(digest.hash)
+        return (packed.path, packed.offset) if packed is not None and packed.size == digest.size_bytes else None
+
     def _upload_path(self, upload_id: str, digest: Digest) -> Path:
         return self._uploads / f"{upload_id}.{digest.hash}"
 
     @_in_store
     def has(self, digest: Digest) -> bool:
-        if digest.hash in self._not_yet_durable:
-            return False
-        try:
-            return self.blob_path(digest).stat().st_size == digest.size_bytes
-        except FileNotFoundError:
-            return False
+        return self.last_used(digest) is not None
 
     @_in_store
     def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
         try:
             file = open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
-        except FileNotFoundError as e:
-            raise NotFound(f"blob {digest} is not stored") from e
+        except FileNotFoundError:
+            return self._open_packed(digest, offset)
         if os.fstat(file.fileno()).st_size != digest.size_bytes:
             # A digest is hash and size: content of this hash with another size is another blob.
             file.close()
-            raise NotFound(f"blob {digest} is not stored (is the size right?)")
+            return self._open_packed(digest, offset)
         file.seek(offset)
         return _FileReader(file, self.root)
+
+    def _open_packed(self, digest: Digest, offset: int) -> BlobReader:
+        for _ in range(3):  # a pack rewritten between the lookup and the open is looked up again
+            packed = self._packs.find(digest.hash)
+            if packed is None or packed.size != digest.size_bytes:
+                # A digest is hash and size: content of this hash with another size is another blob.
+                wrong_size = packed is not None or self.stored_size(digest.hash) is not None
+                raise NotFound(f"blob {digest} is not stored" + (" (is the size right?)" if wrong_size else ""))
+            try:
+                file = open(packed.path, "rb")  # noqa: SIM115 - returned to the caller
+            except FileNotFoundError:
+                continue
+            return _PackReader(file, packed, offset, self.root)
+        raise Unavailable(f"blob {digest} moved between packs three times while being opened; try again")
+
+    @_in_store
+    def read_together(self, digests: Sequence[Digest]) -> dict[Digest, tuple[bytes, object]]:
+        # One lookup for the batch, and each pack opened once and read in order, rather than a failed open,
+        # a lookup and an open per blob.
+        wanted = {digest.hash: digest for digest in digests}
+        found: dict[Digest, tuple[bytes, object]] = {}
+        for blobs in self._packs.find_many(list(wanted)).values():
+            try:
+                fd = os.open(blobs[0].path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # rewritten since the lookup: these are read one by one
+                continue
+            try:
+                for packed in blobs:
+                    digest = wanted[packed.sha256]
+                    if packed.size == digest.size_bytes:
+                        found[digest] = (os.pread(fd, packed.size, packed.offset), packed.identity)
+            finally:
+                os.close(fd)
+        return found
 
     @_in_store
     def stored_size(self, sha256: str) -> int | None:
         try:
             return os.stat(os.path.join(self._blobs_text, sha256[:2], sha256)).st_size
         except FileNotFoundError:
-            return None
+            packed = self._packs.find(sha256)
+            return None if packed is None else packed.size
 
     @_in_store
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
@@ -236,7 +316,7 @@ class DiskStorage(BlobStorage):
         target.parent.mkdir(exist_ok=True)
         os.replace(upload.path, target)
         upload.close()
-        _fsync_dir(target.parent)
+        fsync_directory(target.parent)
 
     @_in_store
     def put_verified(self, digest: Digest, data: bytes, *, defer_durability: bool = False) -> None:
@@ -246,10 +326,10 @@ class DiskStorage(BlobStorage):
             self._hold(digest)
         try:
             try:
-                _write_synced(temp, data)
+                write_synced(temp, [data])
             except FileNotFoundError:  # its fan-out directory, made at start-up, was removed since
                 target.parent.mkdir(exist_ok=True)
-                _write_synced(temp, data)
+                write_synced(temp, [data])
             os.replace(temp, target)
         except BaseException:
             if defer_durability:
@@ -258,7 +338,14 @@ class DiskStorage(BlobStorage):
                 temp.unlink()
             raise
         if not defer_durability:
-            _fsync_dir(target.parent)
+            fsync_directory(target.parent)
+
+    @_in_store
+    def put_verified_together(self, blobs: Sequence[tuple[Digest, bytes]]) -> bool:
+        if len(blobs) < PACK_MIN_BLOBS:
+            return False
+        self._packs.add(blobs)
+        return True
 
     def durability_steps(self, digests: Sequence[Digest]) -> list[Callable[[], None]]:
         # A put's rename lasts once its directory is synced: one sync per directory serves every blob of the
@@ -272,7 +359,7 @@ class DiskStorage(BlobStorage):
     @_in_store
     def _sync_renamed(self, directory: Path, digests: list[Digest]) -> None:
         try:
-            _fsync_dir(directory)
+            fsync_directory(directory)
         finally:
             self._release(digests)
 
@@ -300,9 +387,13 @@ class DiskStorage(BlobStorage):
     def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.blob_path(digest).unlink()
+        self._packs.remove(digest.hash)
 
     @_in_store
     def delete_if_same(self, digest: Digest, identity: object) -> bool:
+        if isinstance(identity, tuple) and identity[0] == "pack":
+            _, pack, offset = identity
+            return self._packs.remove(digest.hash, only=(pack, offset))
         # Move the file aside first (atomic), then look at what was moved: between a check and
         # an unlink of the path, a good copy could be renamed into place and be deleted instead.
         # Aside is in uploads/, which the janitor empties, should this process die right here.
@@ -322,7 +413,7 @@ class DiskStorage(BlobStorage):
                     os.link(aside, path)
         finally:
             aside.unlink()
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         return same
 
     @_in_store
@@ -348,6 +439,8 @@ class DiskStorage(BlobStorage):
                 with contextlib.suppress(FileNotFoundError):
                     info = entry.stat()
                     yield StoredBlob(Digest(entry.name, info.st_size), _utc(info.st_mtime))
+        for sha256, size, last_used in self._packs.all_blobs():
+            yield StoredBlob(Digest(sha256, size), _utc(last_used))
 
     @_in_store
     def last_used(self, digest: Digest) -> datetime | None:
@@ -355,14 +448,19 @@ class DiskStorage(BlobStorage):
             return None
         try:
             info = os.stat(os.path.join(self._blobs_text, digest.hash[:2], digest.hash))
+            if info.st_size == digest.size_bytes:
+                return _utc(info.st_mtime)
         except FileNotFoundError:
-            return None
-        return _utc(info.st_mtime) if info.st_size == digest.size_bytes else None
+            pass
+        packed = self._packs.find(digest.hash)
+        return _utc(packed.last_used) if packed is not None and packed.size == digest.size_bytes else None
 
     @_in_store
     def touch(self, digest: Digest) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.utime(self.blob_path(digest))
+        except FileNotFoundError:
+            self._packs.touch(digest.hash)
 
     @_in_store
     def remove_stale_uploads(self, older_than: datetime) -> int:
@@ -371,7 +469,7 @@ class DiskStorage(BlobStorage):
             with contextlib.suppress(FileNotFoundError):
                 if _utc(entry.stat().st_mtime) < older_than and _remove_unless_locked(entry.path):
                     removed += 1
-        return removed + self._remove_stale_puts(older_than)
+        return removed + self._remove_stale_puts(older_than) + self._packs.remove_stale(older_than.timestamp())
 
     def _remove_stale_puts(self, older_than: datetime) -> int:
         """Removes the small blobs a crash left half-stored in the next few fan-out directories."""
@@ -406,25 +504,3 @@ def _remove_unless_locked(path: str) -> bool:
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Creates ``path`` holding ``data``, on disk when this returns; through the descriptor, as the bytes are
-    all in hand (a buffered file adds an fstat, an ioctl and a seek)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is only durable once the directory entry itself is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

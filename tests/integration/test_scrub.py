@@ -139,6 +139,48 @@ def test_scrub_removes_exactly_the_blobs_whose_bytes_changed_and_the_next_push_h
     assert service.metric("mreg_blob_scrub_corrupt_blobs_total") == 2
 
 
+def test_blobs_stored_in_one_batch_rot_one_by_one_and_only_the_rotten_are_removed_and_healed(
+    service: Service,
+) -> None:
+    # Forty small blobs in one BatchUpdateBlobs call: on disk, one pack file holds them all.
+    contents = [os.urandom(1000 + 37 * i) for i in range(40)]
+    digests = [digest_of(data) for data in contents]
+    stored = service.stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(
+            requests=[
+                pb.BatchUpdateBlobsRequest.Request(digest=d, data=c) for d, c in zip(digests, contents, strict=True)
+            ]
+        )
+    )
+    assert [r.status.code for r in stored.responses] == [0] * 40
+    if isinstance(service.storage, DiskStorage):
+        assert len(list((service.storage.root / "packs").glob("*.pack"))) == 1
+    read_rotten, scrubbed_rotten = digests[5], digests[30]
+    corrupt_blob(service.storage, read_rotten.hash, read_rotten.size_bytes)
+    corrupt_blob(service.storage, scrubbed_rotten.hash, scrubbed_rotten.size_bytes)
+
+    # A verified read refuses the rotten blob, removes it, and serves its neighbours.
+    answer = service.stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=digests[:10]))
+    codes = {r.digest.hash: r.status.code for r in answer.responses}
+    assert codes.pop(read_rotten.hash) == grpc.StatusCode.DATA_LOSS.value[0]
+    assert set(codes.values()) == {0}
+    assert [r.data for r in answer.responses if r.digest.hash != read_rotten.hash] == contents[:5] + contents[6:10]
+    assert service.missing(*digests) == [read_rotten]
+
+    report = service.running.scrubber.scrub()
+    assert [d.hash for d in report.corrupt] == [scrubbed_rotten.hash]
+    assert service.missing(*digests) == [read_rotten, scrubbed_rotten]
+    assert _stored_hashes(service.storage) == {d.hash for d in digests} - {read_rotten.hash, scrubbed_rotten.hash}
+
+    # The next push uploads only what is missing, and everything reads whole.
+    service.put(contents[5])
+    service.put(contents[30])
+    assert service.missing(*digests) == []
+    answer = service.stub.BatchReadBlobs(pb.BatchReadBlobsRequest(digests=digests))
+    assert [r.data for r in answer.responses] == contents
+    assert service.running.scrubber.scrub().corrupt == []
+
+
 def test_a_good_copy_published_after_the_scrub_read_a_bad_one_is_kept(service: Service) -> None:
     data = os.urandom(CHUNK + 99)
     digest = service.put(data)
