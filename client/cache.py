@@ -5,7 +5,8 @@ so re-pushing an unchanged checkpoint costs one stat per file, and the upload id
 large upload until it completes, so an interrupted push resumes. ContentCache keeps
 verified downloaded content by digest and places it into a destination by reflink or
 copy (never a hard link: a destination must not share bytes an edit could change), so
-pulling content already seen moves no bytes over the network. Both live under
+pulling content already seen moves no bytes over the network; content of up to
+SMALL_ENTRY_BYTES is kept as rows of one database (SmallContent) instead of a file each. Both live under
 MREG_CACHE_DIR (default ~/.cache/mreg). The download cache (client.snapshots) builds its
 read-only snapshots from the same store: there, and only there, entries are hard-linked
 out, since a snapshot's files are read-only and belong to the cache.
@@ -16,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import sqlite3
 import stat
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +42,12 @@ _NO_REFLINK: set[tuple[int, int]] = set()
 PULL_ADOPT_COPY_LIMIT = 16 << 20
 # Verified-entry records written to content.db in one transaction.
 RECORD_BATCH = 512
+# Content up to this size is cached as a row of small.db rather than a file of its own (SmallContent).
+SMALL_ENTRY_BYTES = 128 << 10
+# Bytes of small content a process keeps before writing them to small.db in one transaction.
+SMALL_BATCH_BYTES = 8 << 20
+# Batches written in the background at most at once (queued on the database's write lock) before a pull waits.
+WRITERS_AHEAD = 4
 
 
 def default_cache_dir() -> Path:
@@ -119,6 +128,10 @@ class ContentCache:
     verified; an entry whose stat differs is hashed again before it is placed, and
     evicted if it no longer matches. ctime cannot be set back by a user, so an edit that
     restores size and mtime is still noticed.
+
+    Content of up to SMALL_ENTRY_BYTES that arrives whole in memory is kept in ``small``
+    (SmallContent, hashed on every read) rather than as a file; ``entry`` turns such a row
+    into a file when a snapshot needs one to hard-link.
     """
 
     def __init__(self, root: Path) -> None:
@@ -139,11 +152,27 @@ class ContentCache:
         # time committing one record per file than downloading. They are written every
         # RECORD_BATCH records and by flush() (each pull ends with one) and close().
         self._pending: dict[str, tuple[int, int, int, int]] = {}
+        self.small = SmallContent(root / "small.db")
         self.rehashed = 0
-        self.evicted = 0
+        self._evicted = 0
+
+    @property
+    def evicted(self) -> int:
+        """Entries found damaged and removed, files and rows alike."""
+        return self._evicted + self.small.evicted
 
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
+
+    def held(self, digests: Sequence[tuple[str, int]]) -> set[str]:
+        """Which of these (sha256, size) the cache has an entry for, file or row, found without reading any.
+
+        A pull asks this first, so a cache that holds none of a version's thousands of files
+        costs a query and a stat per file rather than a ``place`` each.
+        """
+        found = self.small.held(sha for sha, size in digests if size <= SMALL_ENTRY_BYTES)
+        found.update(sha for sha, _ in digests if sha not in found and os.path.exists(self._path(sha)))
+        return found
 
     def place(self, sha256: str, size: int, target: Path, cancel: threading.Event | None = None) -> bool:
         """Puts cached content at ``target``; False if the cache does not hold it intact.
@@ -153,6 +182,11 @@ class ContentCache:
         Raises:
             MregError: FAILED_PRECONDITION if a directory stands at ``target``.
         """
+        if size <= SMALL_ENTRY_BYTES:
+            content = self.small.get(sha256, size)
+            if content is not None:
+                _place_bytes(content, target)
+                return True
         source = self._path(sha256)
         try:
             info = source.stat()
@@ -190,7 +224,15 @@ class ContentCache:
         A pull adopts what it downloads with a limit: where the file system cannot reflink,
         copying a multi-gigabyte file into the cache would write every byte twice and halve
         the pull's speed for a saving only a later pull of the same content would see.
+
+        ``content`` of up to SMALL_ENTRY_BYTES becomes a row of ``small``, not a file.
         """
+        if content is not None and len(content) <= SMALL_ENTRY_BYTES:
+            self.small.add(sha256, content)
+            return
+        self._add_file(sha256, verified_file, copy_limit, content)
+
+    def _add_file(self, sha256: str, verified_file: Path | None, copy_limit: int | None, content: bytes | None) -> None:
         entry = self._path(sha256)
         with contextlib.suppress(FileNotFoundError):
             if self._trusted(sha256, entry.stat()):
@@ -202,6 +244,8 @@ class ContentCache:
         try:
             if content is not None and (copy_limit is None or len(content) <= copy_limit):
                 _write_new(temp, content)
+            elif verified_file is None:
+                return
             elif copy_limit is None or verified_file.stat().st_size <= copy_limit:
                 clone_or_copy(verified_file, temp)
             elif not reflink(verified_file, temp):
@@ -221,13 +265,26 @@ class ContentCache:
         try:
             info = source.stat()
         except FileNotFoundError:
-            return None
+            return self._file_from_row(sha256, size)
         if info.st_size != size:
             self._evict(sha256, source, "its size changed")
             return None
         if not self._trusted(sha256, info) and self._reverify(sha256, source, info) is None:
             return None
         return source
+
+    def _file_from_row(self, sha256: str, size: int) -> Path | None:
+        """Moves small content from its row to a file entry, as snapshots hard-link files; None if not held."""
+        content = self.small.get(sha256, size) if size <= SMALL_ENTRY_BYTES else None
+        if content is None:
+            return None
+        self._add_file(sha256, None, None, content)
+        source = self._path(sha256)
+        with contextlib.suppress(FileNotFoundError):
+            if self._trusted(sha256, source.stat()):
+                self.small.remove(sha256)
+                return source
+        return None
 
     def admit(self, sha256: str, verified_file: Path) -> None:
         """Moves a file whose digest was just verified into the store, read-only, by rename (no copy).
@@ -272,10 +329,15 @@ class ContentCache:
             self._keep_trust(sha256, before)
 
     def remove(self, sha256: str) -> None:
-        """Deletes an entry (eviction by size or age)."""
+        """Deletes an entry, file or row (eviction by size or age); ``reclaim`` then returns the rows' space."""
         with contextlib.suppress(FileNotFoundError):
             self._path(sha256).unlink()
         self._forget(sha256)
+        self.small.remove(sha256)
+
+    def reclaim(self) -> None:
+        """Gives the space of removed rows back to the file system."""
+        self.small.reclaim()
 
     def entries(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry of the store with its stat (partial temporary files left out)."""
@@ -289,13 +351,15 @@ class ContentCache:
                     yield entry.name, entry.stat()
 
     def flush(self) -> None:
-        """Writes the records kept in memory, so other processes trust those entries too."""
+        """Writes the records and rows kept in memory, so other processes see those entries too."""
         with self._lock:
             self._write_pending()
+        self.small.flush()
 
     def close(self) -> None:
         self.flush()
         self._db.close()
+        self.small.close()
 
     def _write_pending(self) -> None:
         if self._pending:
@@ -367,10 +431,199 @@ class ContentCache:
 
     def _evict(self, sha256: str, source: Path, why: str) -> None:
         log.warning("evicting cache entry %s: %s", sha256, why)
-        self.evicted += 1
+        self._evicted += 1
         with contextlib.suppress(FileNotFoundError):
             source.unlink()
         self._forget(sha256)
+
+
+class SmallContent:
+    """Verified content of up to SMALL_ENTRY_BYTES, kept as rows of one SQLite database (``small.db``).
+
+    Creating a file is most of what pulling a small one costs (on ext4, allocating its inode
+    took more CPU than receiving, hashing and writing its bytes), and a file per cache entry
+    made a pull of 10 000 small files create 20 000. SQLite reads and writes blobs of this
+    size faster than the file system does, and a whole batch lands in one transaction.
+
+    A row is hashed again each time it is read (a few microseconds at this size), so unlike
+    a file entry nothing about it needs to be trusted: a row that does not match its digest
+    is deleted and the content downloaded instead. Rows added by this process are kept in
+    memory and written every SMALL_BATCH_BYTES or RECORD_BATCH rows, on a thread of their own
+    so the pull goes on receiving meanwhile, and by ``flush``; until then only this process
+    sees them (a crash costs a later download, nothing else).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._reads, self._writes = self._open()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise
+            # Content is verified on every read, so a damaged database is only a cache lost: start another.
+            log.warning("%s is damaged (%s); starting it afresh", path, e)
+            for damaged in (path, path.with_name(f"{path.name}-journal")):
+                damaged.unlink(missing_ok=True)
+            self._reads, self._writes = self._open()
+        self._lock = threading.Lock()  # the dictionaries below and the read connection
+        self._write_lock = threading.Lock()  # the write connection
+        self._pending: dict[str, bytes] = {}  # rows not yet handed to a writer
+        self._pending_bytes = 0
+        self._writing: list[dict[str, bytes]] = []  # batches being written, seen by ``get`` until committed
+        self._writers: list[threading.Thread] = []
+        self.evicted = 0
+
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """A connection for lookups and one for writes, so a batch being written (megabytes) never holds up a
+        lookup for longer than its commit."""
+        reads = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        # Several processes may open a new cache at the same moment; the first sets the database up, alone.
+        with _exclusive(self.path.with_name(f".{self.path.name}.lock")), reads:
+            # Set before the first table exists, so rows deleted by eviction give their space back (reclaim).
+            reads.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # The content column comes last: listing sizes and ages then never reads a blob's overflow pages.
+            reads.execute(
+                "CREATE TABLE IF NOT EXISTS small (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+                " stored_at REAL NOT NULL, content BLOB NOT NULL)"
+            )
+            reads.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a damaged header fails here
+        writes = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        for connection in (reads, writes):
+            # A rollback journal, not WAL: rows are appended, and appended pages are written once, where WAL
+            # writes every byte twice (log, then checkpoint). TRUNCATE keeps one journal file, rather than
+            # creating and deleting one per transaction.
+            connection.execute("PRAGMA journal_mode=TRUNCATE")
+            # No fsync: the cache is not what keeps content safe (the blob service is), a crash of the
+            # process loses nothing committed, and rows are verified when read. Syncing made the pull wait on
+            # the disk for every batch (1 000 against 1 750 small files/s in the same run).
+            connection.execute("PRAGMA synchronous=OFF")
+        return reads, writes
+
+    def get(self, sha256: str, size: int) -> bytes | None:
+        """The content, verified now; None if absent or if the stored row no longer matches (then deleted)."""
+        with self._lock:
+            content = self._pending.get(sha256)
+            for batch in self._writing:
+                if content is None:
+                    content = batch.get(sha256)
+            if content is None:
+                try:
+                    row = self._reads.execute("SELECT content FROM small WHERE sha256 = ?", (sha256,)).fetchone()
+                except sqlite3.Error as e:  # busy for too long, or damaged: a miss, never a failed pull
+                    log.warning("cannot read %s (%s); downloading %s instead", self.path, e, sha256)
+                    row = None
+                content = None if row is None else bytes(row[0])
+        if content is None:
+            return None
+        if len(content) != size or hashlib.sha256(content).hexdigest() != sha256:
+            log.warning("evicting cache entry %s: its stored content no longer matches its digest", sha256)
+            self.evicted += 1
+            self.remove(sha256)
+            return None
+        return content
+
+    def held(self, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` have a row (not verified: ``get`` verifies)."""
+        wanted = list(digests)
+        found: set[str] = set()
+        with self._lock:
+            found.update(d for d in wanted if d in self._pending or any(d in b for b in self._writing))
+            try:
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    query = f"SELECT sha256 FROM small WHERE sha256 IN ({marks})"
+                    found.update(r[0] for r in self._reads.execute(query, chunk))
+            except sqlite3.Error as e:
+                log.warning("cannot read %s (%s); its content will be downloaded", self.path, e)
+        return found
+
+    def add(self, sha256: str, content: bytes) -> None:
+        """Keeps content whose digest the caller just verified; a full batch is written on a thread of its own."""
+        with self._lock:
+            if sha256 in self._pending:
+                return
+            self._pending[sha256] = content
+            self._pending_bytes += len(content)
+            if self._pending_bytes < SMALL_BATCH_BYTES and len(self._pending) < RECORD_BATCH:
+                return
+            batch = self._take_pending()
+            writer = threading.Thread(target=self._write, args=(batch,), name="mreg-small-cache-writer", daemon=True)
+            self._writers.append(writer)
+            # A writer this far behind holds the pull back, rather than the batches waiting in memory growing.
+            behind = self._writers[:-WRITERS_AHEAD]
+        writer.start()
+        for earlier in behind:
+            earlier.join()
+
+    def remove(self, sha256: str) -> None:
+        self.flush()  # a batch being written must not put the row back after it is deleted
+        try:
+            with self._write_lock, self._writes:
+                self._writes.execute("DELETE FROM small WHERE sha256 = ?", (sha256,))
+        except sqlite3.Error as e:
+            log.warning("could not remove %s from %s: %s", sha256, self.path, e)
+
+    def entries(self) -> list[tuple[str, int, float]]:
+        """(sha256, size, when it was stored) of every row, including those not yet written."""
+        self.flush()
+        with self._lock:
+            rows = self._reads.execute("SELECT sha256, size, stored_at FROM small").fetchall()
+        return [(str(sha), int(size), float(at)) for sha, size, at in rows]
+
+    def reclaim(self) -> None:
+        """Gives the space of deleted rows back to the file system."""
+        with self._write_lock:
+            # The pragma frees a page per step, and execute() steps a statement without columns once.
+            self._writes.executescript("PRAGMA incremental_vacuum;")
+
+    def flush(self) -> None:
+        """Writes what is kept in memory and waits for the batches being written."""
+        with self._lock:
+            batch = self._take_pending()
+            writers = list(self._writers)
+        if batch:
+            self._write(batch)
+        for writer in writers:
+            writer.join()
+
+    def _take_pending(self) -> dict[str, bytes]:
+        """Moves the pending rows to the batches being written, where ``get`` still finds them (the lock is held)."""
+        batch, self._pending, self._pending_bytes = self._pending, {}, 0
+        if batch:
+            self._writing.append(batch)
+        return batch
+
+    def _write(self, batch: dict[str, bytes]) -> None:
+        try:
+            now = time.time()
+            with self._write_lock, self._writes:
+                self._writes.executemany(
+                    "INSERT OR IGNORE INTO small VALUES (?, ?, ?, ?)",
+                    [(sha256, len(content), now, content) for sha256, content in batch.items()],
+                )
+        except sqlite3.Error as e:  # a full disk or a database busy too long: a cache that misses, not a failure
+            log.warning("could not cache %d small files in %s: %s", len(batch), self.path, e)
+        finally:
+            with self._lock:
+                self._writing = [b for b in self._writing if b is not batch]
+                self._writers = [w for w in self._writers if w is not threading.current_thread()]
+
+    def close(self) -> None:
+        self.flush()
+        self._reads.close()
+        self._writes.close()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``, held for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _signature(info: os.stat_result) -> tuple[int, int, int, int]:
@@ -391,6 +644,17 @@ def _write_new(path: Path, content: bytes) -> None:
         write_all(fd, content)
     finally:
         os.close(fd)
+
+
+def _place_bytes(content: bytes, target: Path) -> None:
+    """Writes ``content`` to a new file renamed onto ``target``, so a failure never leaves part of it there."""
+    temp = partial_path(target)
+    try:
+        _write_new(temp, content)
+        replace_file(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
 
 
 def partial_path(target: Path) -> Path:

@@ -566,12 +566,17 @@ class Registry:
         self, cache: ContentCache, files: Sequence[RemoteFile], paths: Sequence[Path]
     ) -> list[RemoteFile]:
         """Places what the cache holds intact, copies in parallel; returns the files still to download."""
+        held = cache.held([(f.sha256, f.size_bytes) for f in files])
+        if not held:
+            return list(files)
         stop = threading.Event()
         pool = ThreadPoolExecutor(max(2, self.parallel))
         try:
             placed = list(
                 pool.map(
-                    lambda item: cache.place(item[0].sha256, item[0].size_bytes, item[1], stop),
+                    lambda item: (
+                        item[0].sha256 in held and cache.place(item[0].sha256, item[0].size_bytes, item[1], stop)
+                    ),
                     zip(files, paths, strict=True),
                 )
             )

@@ -4,6 +4,9 @@ Layout under MREG_CACHE_DIR (default ~/.cache/mreg)::
 
     blobs/<aa>/<sha256>                              the content store (ContentCache): one verified,
                                                      read-only (0444) file per digest
+    small.db                                         small content a pull cached (up to 128 KiB), a
+                                                     row per digest, hashed on every read; turned into
+                                                     a file of blobs/ when a snapshot needs it
     snapshots/<entity>/<project>/<artifact>/v<N>/    a version's files, as it was pushed: hard links
                                                      into blobs/, files 0444, directories 0555
     snapshots.db                                     the complete snapshots: version digest, files
@@ -392,8 +395,15 @@ class SnapshotCache:
             return plan
 
     def _survey(self) -> _Survey:
-        store = {sha: info for sha, info in self.content.entries()}
-        store_inodes = {(info.st_dev, info.st_ino): sha for sha, info in store.items()}
+        store = {
+            sha: _Stored(info.st_size, info.st_mtime, (info.st_dev, info.st_ino))
+            for sha, info in self.content.entries()
+        }
+        for sha, size, stored_at in self.content.small.entries():
+            # Small content no snapshot links (snapshots link files); held both ways, it counts both.
+            held = store.get(sha)
+            store[sha] = _Stored(size, stored_at) if held is None else _Stored(held.size + size, held.mtime, held.inode)
+        store_inodes = {stored.inode: sha for sha, stored in store.items() if stored.inode is not None}
         linked: dict[str, set[str]] = {}
         own: dict[str, dict[tuple[int, int], int]] = {}
         with self._lock:
@@ -424,8 +434,8 @@ class SnapshotCache:
 
         def drop_content(sha: str) -> None:
             nonlocal total
-            plan.content.append((sha, survey.store[sha].st_size))
-            total -= survey.store.pop(sha).st_size
+            plan.content.append((sha, survey.store[sha].size))
+            total -= survey.store.pop(sha).size
 
         def evict(snapshot: Snapshot) -> None:
             nonlocal total
@@ -437,13 +447,13 @@ class SnapshotCache:
                     drop_content(sha)
 
         candidates = [s for s in self.list() if s.ref not in keep]  # least recently used first
-        orphans = sorted((s for s in survey.store if not references.get(s)), key=lambda s: survey.store[s].st_mtime)
+        orphans = sorted((s for s in survey.store if not references.get(s)), key=lambda s: survey.store[s].mtime)
         if older_than is not None:
             cutoff = datetime.now(UTC) - older_than
             for snapshot in [s for s in candidates if s.last_used < cutoff]:
                 evict(snapshot)
                 candidates.remove(snapshot)
-            for sha in [s for s in orphans if datetime.fromtimestamp(survey.store[s].st_mtime, UTC) < cutoff]:
+            for sha in [s for s in orphans if datetime.fromtimestamp(survey.store[s].mtime, UTC) < cutoff]:
                 drop_content(sha)
                 orphans.remove(sha)
         if max_size is not None:
@@ -469,6 +479,8 @@ class SnapshotCache:
             _remove_tree(snapshot.path)
         for sha256, _ in plan.content:
             self.content.remove(sha256)
+        if plan.content:
+            self.content.reclaim()
 
     def _remove_leftovers(self) -> None:
         """Partial snapshots, snapshots without a record and staging directories (the cache lock is held)."""
@@ -498,16 +510,25 @@ class SnapshotCache:
 _COLUMNS = "ref, artifact, version, digest, relpath, files, size, last_used"
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """Content the store holds: its size, when it was stored, and the file's (device, inode) if it is one."""
+
+    size: int
+    mtime: float
+    inode: tuple[int, int] | None = None
+
+
 @dataclass
 class _Survey:
-    store: dict[str, os.stat_result]  # sha256 -> the store entry's stat
+    store: dict[str, _Stored]  # sha256 -> what the store holds of it
     linked: dict[str, set[str]]  # snapshot ref -> store entries it hard-links
     own: dict[str, dict[tuple[int, int], int]]  # snapshot ref -> its files that are not store entries
 
     @property
     def total(self) -> int:
         own = {key: size for files in self.own.values() for key, size in files.items()}
-        return sum(info.st_size for info in self.store.values()) + sum(own.values())
+        return sum(stored.size for stored in self.store.values()) + sum(own.values())
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ CLI never ends in a traceback, bad references are refused before any upload, and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mreg.client import references as client_references
+from mreg.client.cache import SMALL_ENTRY_BYTES
 from mreg.client.errors import MregError
 from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata_service.errors import InvalidArgument
@@ -54,7 +56,8 @@ def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_en
     mreg, tmp_path: Path, unique
 ) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=(2 << 20) + 5)
-    (checkpoint / "head.bin").write_bytes(os.urandom(5000))
+    # Above the size kept as a row of small.db, so its entry is a file (rows are hashed on every read).
+    (checkpoint / "head.bin").write_bytes(os.urandom(SMALL_ENTRY_BYTES + 5000))
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/cache-{unique}")
     assert code == 0
     first = tmp_path / "first"
@@ -83,19 +86,35 @@ def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_en
     assert_same_tree(checkpoint, second)
 
 
-def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(mreg, tmp_path: Path, unique) -> None:
-    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=3000)
+def _small_row(sha256: str) -> bytes | None:
+    with contextlib.closing(sqlite3.connect(Path(os.environ["MREG_CACHE_DIR"]) / "small.db")) as db:
+        row = db.execute("SELECT content FROM small WHERE sha256 = ?", (sha256,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+@pytest.mark.parametrize("size", [3000, SMALL_ENTRY_BYTES + 3000], ids=["row-of-small-db", "file"])
+def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(
+    mreg, tmp_path: Path, unique, size: int
+) -> None:
+    checkpoint = _checkpoint(tmp_path / "ck", large_bytes=size)
+    original = (checkpoint / "weights.bin").read_bytes()
+    sha256 = hashlib.sha256(original).hexdigest()
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/evict-{unique}")
     assert mreg("pull", pushed["ref"], str(tmp_path / "a"))[0] == 0
-    entry = _cache_entry(hashlib.sha256((checkpoint / "weights.bin").read_bytes()).hexdigest())
-    entry.chmod(0o644)
-    entry.write_bytes(b"x" * 3000)
+    entry = _cache_entry(sha256)
+    if size <= SMALL_ENTRY_BYTES:
+        assert _small_row(sha256) == original and not entry.exists()
+        with contextlib.closing(sqlite3.connect(Path(os.environ["MREG_CACHE_DIR"]) / "small.db")) as db, db:
+            db.execute("UPDATE small SET content = ? WHERE sha256 = ?", (b"x" * size, sha256))
+    else:
+        entry.chmod(0o644)
+        entry.write_bytes(b"x" * size)
 
     code, pulled, _ = mreg("pull", pushed["ref"], str(tmp_path / "b"))
 
-    assert code == 0 and pulled["downloaded_bytes"] == 3000
+    assert code == 0 and pulled["downloaded_bytes"] == size
     assert_same_tree(checkpoint, tmp_path / "b")
-    assert entry.read_bytes() == (checkpoint / "weights.bin").read_bytes()
+    assert (_small_row(sha256) if size <= SMALL_ENTRY_BYTES else entry.read_bytes()) == original
 
 
 # Symbolic links ----------------------------------------------------------------------------

@@ -3,9 +3,11 @@ verified, cached, garbage-collected."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import sqlite3
 import stat
 import threading
 import time
@@ -24,7 +26,7 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.digests import Digest
 from mreg.client import MregError, Registry
-from mreg.client.cache import ContentCache, reflink
+from mreg.client.cache import SMALL_ENTRY_BYTES, ContentCache, reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
 from mreg.client.transfer import BATCH_COUNT, BlobTransfer, RemoteFile
@@ -523,10 +525,16 @@ def test_a_pull_copies_into_the_cache_only_files_it_can_reflink_or_that_are_smal
     # The small files come from the cache either way; the large one only where the file system reflinks.
     assert second.downloaded_bytes == (0 if can_reflink else large)
     assert_same_tree(checkpoint, tmp_path / "two")
-    # What the cache took in is whole, read-only and under its digest, with no temporary file left behind.
+    # What the cache took in is whole and under its digest, files read-only, with no temporary file left behind;
+    # the small files are rows of small.db, not a file each.
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.parent.name == "blobs"]
-    assert cached and all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in cached)
+    assert all(p.name == hashlib.sha256(p.read_bytes()).hexdigest() for p in cached)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o444 for p in cached)
+    assert len(cached) == (1 if can_reflink else 0)
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache" / "small.db")) as db:
+        rows = dict(db.execute("SELECT sha256, content FROM small"))
+    small = {e.sha256 for e in pushed.version.manifest if e.size_bytes <= SMALL_ENTRY_BYTES}
+    assert set(rows) == small and all(hashlib.sha256(c).hexdigest() == sha for sha, c in rows.items())
 
 
 def test_gc_deletes_unreferenced_content_and_never_what_a_concurrent_commit_uses(fresh_stack, tmp_path: Path) -> None:
