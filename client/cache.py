@@ -487,7 +487,9 @@ class SmallContent:
                 " stored_at REAL NOT NULL, content BLOB NOT NULL)"
             )
             reads.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a damaged header fails here
-        writes = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        # BEGIN IMMEDIATE: a writer takes the write lock before it reads anything, so two processes writing at
+        # once queue on the busy timeout; deferred, one of them would be refused at once (a lock upgrade deadlock).
+        writes = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level="IMMEDIATE")
         for connection in (reads, writes):
             # A rollback journal, not WAL: rows are appended, and appended pages are written once, where WAL
             # writes every byte twice (log, then checkpoint). TRUNCATE keeps one journal file, rather than

@@ -7,6 +7,8 @@ import hashlib
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -174,20 +176,31 @@ def test_threads_adding_and_placing_at_once_always_get_the_right_bytes(
         cache.close()
 
 
-def test_several_processes_opening_a_new_cache_at_once_all_succeed(tmp_path: Path) -> None:
-    # The first to open small.db sets it up (incremental vacuum before the table exists) while the others wait.
-    import subprocess
-    import sys
-
+def test_processes_opening_a_new_cache_and_writing_to_it_at_once_all_land_their_rows(tmp_path: Path) -> None:
+    # The first to open small.db sets it up (incremental vacuum before the table exists) while the others wait;
+    # their writes then queue on the lock, none refused (a refused batch would only log a warning and be lost).
     script = (
-        "import sys; from pathlib import Path; from mreg.client.cache import ContentCache;"
-        "c = ContentCache(Path(sys.argv[1])); c.small.add('a' * 64, b'x'); c.close()"
+        "import hashlib, sys; from pathlib import Path; import mreg.client.cache as m\n"
+        "m.SMALL_BATCH_BYTES = 256 << 10\n"
+        "c = m.ContentCache(Path(sys.argv[1])); seed = int(sys.argv[2])\n"
+        "for i in range(300):\n"
+        "    data = hashlib.sha256(str(seed * 150 + i).encode()).digest() * 200\n"
+        "    c.adopt(hashlib.sha256(data).hexdigest(), Path('unused'), content=data)\n"
+        "c.close()\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache")]) for _ in range(6)]
-    assert [p.wait(timeout=60) for p in procs] == [0] * 6
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "cache"), str(seed)], stderr=subprocess.PIPE, text=True
+        )
+        for seed in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    assert "could not cache" not in "".join(errors)
+    expected = {str(seed * 150 + i) for seed in range(6) for i in range(300)}
+    assert len(_rows(tmp_path / "cache")) == len(expected)
     with sqlite3.connect(tmp_path / "cache" / "small.db") as db:
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-        assert db.execute("SELECT count(*) FROM small").fetchone()[0] == 1
 
 
 def test_a_damaged_database_is_started_afresh_and_the_cache_works_again(tmp_path: Path) -> None:
@@ -201,3 +214,26 @@ def test_a_damaged_database_is_started_afresh_and_the_cache_works_again(tmp_path
         assert _rows(tmp_path / "cache") == {sha: data}
     finally:
         cache.close()
+
+
+def test_cache_prune_counts_small_rows_and_evicts_them_oldest_first(tmp_path: Path) -> None:
+    from mreg.client.snapshots import SnapshotCache
+
+    content = ContentCache(tmp_path / "cache")
+    snapshots = SnapshotCache(tmp_path / "cache", content, max_size=None)
+    try:
+        contents = [_content(200 + i, 10_000) for i in range(5)]
+        for sha, data in contents:
+            content.adopt(sha, tmp_path / "unused", content=data)
+            content.flush()  # one batch each, so each row has its own time
+        assert snapshots.total_size() == 50_000
+
+        plan = snapshots.prune(max_size=25_000)
+
+        assert plan.size_before == 50_000 and plan.size_after == 20_000
+        assert [sha for sha, _ in plan.content] == [sha for sha, _ in contents[:3]]  # the oldest
+        assert _rows(tmp_path / "cache") == dict(contents[3:])
+        assert snapshots.total_size() == 20_000
+    finally:
+        content.close()
+        snapshots.close()
