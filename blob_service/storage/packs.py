@@ -14,7 +14,9 @@ Layout under the store's root::
 
 The index is SQLite (in WAL mode, every change synced before it is acknowledged), so that blob service
 processes sharing one store on one host see each other's packs, and a crash leaves it consistent. The
-headers make a pack readable without its index.
+headers make a pack readable without its index: a published pack the index does not know (the index was
+lost, or a crash came between publishing a pack and indexing it) is indexed again from its records, each
+one's bytes checked against its header's digest, never removed while it holds a blob stored nowhere else.
 
 A blob deleted from a pack (garbage collection, or the scrub removing a damaged copy) leaves dead bytes;
 a pack whose dead bytes outgrow its live ones is rewritten without them, and a pack with nothing live
@@ -24,6 +26,8 @@ left is removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import sqlite3
 import struct
@@ -36,6 +40,8 @@ from pathlib import Path
 
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.storage.files import fsync_directory, write_synced
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"MREGBLOB"
 _HEADER = struct.Struct(">8s32sQ")  # magic, raw SHA-256, size
@@ -95,7 +101,19 @@ class PackStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index_path = directory / "index.sqlite"
         self._local = threading.local()
+        index_missing = not self._index_path.exists()
         self._connection().executescript(_SCHEMA)  # each statement its own transaction, as replicas may race
+        if index_missing:
+            self._reindex_all()
+
+    def _reindex_all(self) -> None:
+        """Indexes every published pack again: the index is gone (restored from a backup without it, or
+        deleted), and without it the packed blobs could not be found."""
+        names = [e.name.removesuffix(_SUFFIX) for e in os.scandir(self.directory) if e.name.endswith(_SUFFIX)]
+        if not names:
+            return
+        blobs = sum(self.reindex(name) for name in names)
+        log.warning("%s was missing: indexed %d packs again, %d blobs", self._index_path, len(names), blobs)
 
     # -- the index ---------------------------------------------------------------------------------------------
 
@@ -287,8 +305,9 @@ class PackStore:
             self.path_of(pack).unlink()
 
     def remove_stale(self, older_than: float) -> int:
-        """Removes what a crash left: packs being written, and published packs the index never took,
-        untouched since ``older_than`` (a time.time() value). Returns how many files went."""
+        """Removes the packs a crash left half written, and indexes again (``reindex``) the published packs
+        the index does not know, each once untouched since ``older_than`` (a time.time() value): younger,
+        its writer may be about to index it. Returns how many files went."""
         known = {row[0] for row in self._connection().execute("SELECT name FROM packs")}
         removed = 0
         for entry in os.scandir(self.directory):
@@ -301,12 +320,65 @@ class PackStore:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 if stale and entry.stat().st_mtime < older_than:
-                    # Looked up again: a pack published since the listing above is now in the index.
-                    if name.endswith(_SUFFIX) and self._is_indexed(name.removesuffix(_SUFFIX)):
+                    if name.endswith(_SUFFIX):
+                        # Looked up again: a pack published since the listing above is now in the index.
+                        if not self._is_indexed(name.removesuffix(_SUFFIX)):
+                            self.reindex(name.removesuffix(_SUFFIX))
+                            removed += not os.path.exists(entry.path)  # nothing of its own in it
                         continue
                     os.unlink(entry.path)
                     removed += 1
         return removed
+
+    def reindex(self, pack: str) -> int:
+        """Indexes the records of a published pack the index does not know; returns how many blobs became live.
+
+        A record whose bytes do not match its header's digest stays dead, and reading stops at the first
+        header that is not one. A blob the index already holds keeps its copy there. A pack with nothing
+        new in it is removed: every blob it holds intact is stored elsewhere. Blobs indexed again are dated
+        by the pack's mtime, so garbage collection judges them by when they were stored.
+        """
+        path = self.path_of(pack)
+        try:
+            stored_at = path.stat().st_mtime
+            content = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        view = memoryview(content)
+        records: list[tuple[str, int, int]] = []  # (hash, size, offset of the data)
+        damaged = 0
+        position = 0
+        while position + HEADER_BYTES <= len(content):
+            magic, raw_hash, size = _HEADER.unpack_from(content, position)
+            start = position + HEADER_BYTES
+            if magic != _MAGIC or start + size > len(content):
+                damaged += 1
+                break
+            if hashlib.sha256(view[start : start + size]).digest() == raw_hash:
+                records.append((raw_hash.hex(), size, start))
+            else:
+                damaged += 1
+            position = start + size
+        if damaged:
+            log.warning("pack %s: %d damaged records left out of the index", path, damaged)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM packs WHERE name = ?", (pack,)).fetchone() is not None:
+                return 0  # indexed meanwhile (its writer, or another replica)
+            live = 0
+            count = 0
+            for sha256, size, offset in records:
+                added = db.execute(
+                    "INSERT INTO blobs (hash, size, pack, offset, last_used) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (hash) DO NOTHING",
+                    (sha256, size, pack, offset, stored_at),
+                ).rowcount
+                live += added * (HEADER_BYTES + size)
+                count += added
+            if live:
+                db.execute("INSERT INTO packs (name, size, live) VALUES (?, ?, ?)", (pack, len(content), live))
+        if not live:
+            self._remove_file(pack)
+        return count
 
     def _is_indexed(self, pack: str) -> bool:
         return self._connection().execute("SELECT 1 FROM packs WHERE name = ?", (pack,)).fetchone() is not None

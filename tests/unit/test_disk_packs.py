@@ -176,6 +176,56 @@ def test_the_janitor_removes_packs_a_crash_left_unindexed_once_stale_and_keeps_t
     assert all(read(storage, d) == data for d, data in batch), "an indexed pack stays, however old"
 
 
+def test_the_janitor_indexes_a_pack_a_crash_published_unindexed_and_removes_one_holding_nothing_new(
+    tmp_path: Path,
+) -> None:
+    storage = DiskStorage(tmp_path)
+    indexed = blobs(20, seed=1)
+    storage.put_verified_together(indexed)
+    store = storage._packs
+    # What a crash between publishing a pack and indexing it leaves: its blobs were never acknowledged, but
+    # they are intact content, and a lost index leaves acknowledged ones in the same state.
+    orphan = blobs(20, seed=2)
+    orphan_pack, _, _ = store._write_pack(orphan)
+    duplicate_pack, _, _ = store._write_pack(indexed[:5])  # everything in it is stored elsewhere
+    damaged = blobs(3, seed=3)
+    damaged_pack, offsets, _ = store._write_pack(damaged)
+    with open(store.path_of(damaged_pack), "r+b") as f:
+        f.seek(offsets[1] + 10)
+        f.write(b"ROT")
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
+    for path in packs(tmp_path):
+        os.utime(path, (hour_ago, hour_ago))
+
+    assert all(not storage.has(d) for d, _ in orphan + damaged)
+    assert storage.remove_stale_uploads(datetime.now(UTC) - timedelta(minutes=10)) == 1  # the duplicate
+
+    assert all(read(storage, d) == data for d, data in orphan + indexed)
+    assert read(storage, damaged[0][0]) == damaged[0][1] and read(storage, damaged[2][0]) == damaged[2][1]
+    assert not storage.has(damaged[1][0]), "a record whose bytes do not match its digest stays out"
+    assert not store.path_of(duplicate_pack).exists() and store.path_of(orphan_pack).exists()
+    assert storage.last_used(orphan[0][0]) == datetime.fromtimestamp(hour_ago, UTC)
+
+
+def test_a_store_whose_pack_index_was_lost_indexes_its_packs_again_when_opened(tmp_path: Path) -> None:
+    storage = DiskStorage(tmp_path)
+    first, second = blobs(30, seed=4), blobs(30, seed=5)
+    storage.put_verified_together(first)
+    storage.put_verified_together(second)
+    del storage
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / "packs" / name).unlink(missing_ok=True)
+
+    reopened = DiskStorage(tmp_path)
+
+    assert all(read(reopened, d) == data for d, data in first + second)
+    assert sorted(b.digest.hash for b in reopened.iter_blobs()) == sorted(d.hash for d, _ in first + second)
+    # Deletion works on what was indexed again: space comes back as before.
+    for digest, _ in first:
+        reopened.delete(digest)
+    assert len(packs(tmp_path)) == 1 and all(read(reopened, d) == data for d, data in second)
+
+
 def test_concurrent_batches_and_deletions_keep_every_blob_they_did_not_delete(tmp_path: Path) -> None:
     storages = [DiskStorage(tmp_path), DiskStorage(tmp_path)]  # as two replicas sharing a store
     kept = blobs(200, seed=7)
