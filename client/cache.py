@@ -478,7 +478,7 @@ class SmallContent:
         lookup for longer than its commit."""
         reads = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         # Several processes may open a new cache at the same moment; the first sets the database up, alone.
-        with _exclusive(self.path.with_name(f".{self.path.name}.lock")), reads:
+        with file_lock(self.path.with_name(f".{self.path.name}.lock"), fcntl.LOCK_EX, True), reads:
             # Set before the first table exists, so rows deleted by eviction give their space back (reclaim).
             reads.execute("PRAGMA auto_vacuum=INCREMENTAL")
             # The content column comes last: listing sizes and ages then never reads a blob's overflow pages.
@@ -625,14 +625,21 @@ class SmallContent:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path``, held for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def file_lock(path: Path, mode: int, wait: bool) -> Iterator[bool]:
+    """An flock on ``path``; yields False instead of waiting when ``wait`` is False and it is taken.
+
+    Each call opens the file anew, so two threads of one process exclude each other too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 def _signature(info: os.stat_result) -> tuple[int, int, int, int]:

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mreg.client.cache import ContentCache, clone_or_copy
+from mreg.client.cache import ContentCache, clone_or_copy, file_lock
 from mreg.client.errors import MregError
 from mreg.client.transfer import RemoteFile, prepare_destination
 
@@ -178,7 +178,7 @@ class SnapshotCache:
         self._db.execute("PRAGMA foreign_keys=ON")
         # Switching a new database to WAL does not wait for a busy one: processes opening it at
         # the same moment take turns.
-        with _flock(self.locks_dir / "snapshots-db.lock", fcntl.LOCK_EX, True), self._db:
+        with file_lock(self.locks_dir / "snapshots-db.lock", fcntl.LOCK_EX, True), self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS snapshots (ref TEXT PRIMARY KEY, artifact TEXT, version INTEGER,"
@@ -497,13 +497,13 @@ class SnapshotCache:
 
     @contextlib.contextmanager
     def _cache_lock(self, mode: int, wait: bool = True) -> Iterator[bool]:
-        with _flock(self.locks_dir / "cache.lock", mode, wait) as held:
+        with file_lock(self.locks_dir / "cache.lock", mode, wait) as held:
             yield held
 
     @contextlib.contextmanager
     def _version_lock(self, ref: str) -> Iterator[None]:
         name = hashlib.sha256(ref.encode()).hexdigest()[:32]
-        with _flock(self.locks_dir / f"{name}.lock", fcntl.LOCK_EX, True):
+        with file_lock(self.locks_dir / f"{name}.lock", fcntl.LOCK_EX, True):
             yield
 
 
@@ -529,24 +529,6 @@ class _Survey:
     def total(self) -> int:
         own = {key: size for files in self.own.values() for key, size in files.items()}
         return sum(stored.size for stored in self.store.values()) + sum(own.values())
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int, wait: bool) -> Iterator[bool]:
-    """An flock on ``path``; yields False instead of waiting when ``wait`` is False and it is taken.
-
-    Each call opens the file anew, so two threads of one process exclude each other too.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _split_version(ref: str) -> tuple[str, int]:
