@@ -18,6 +18,13 @@ from mreg.metadata_service.unit_of_work import Database, UnitOfWork
 from mreg.server_runtime.principals import Principal, Role, hash_secret, new_secret
 
 _TOKEN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _check_name(name: str) -> None:
+    if not _TOKEN_NAME.fullmatch(name):
+        raise InvalidArgument(f"token name {quote(name)} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+
+
 # The name of the admin token written when authentication is first turned on.
 BOOTSTRAP_ADMIN = "admin"
 
@@ -70,8 +77,7 @@ class Tokens:
     def create(
         self, caller: Caller, name: str, role: int, scope: str, expire_time: datetime | None = None
     ) -> tuple[TokenView, str]:
-        if not _TOKEN_NAME.fullmatch(name):
-            raise InvalidArgument(f"token name {quote(name)} is invalid: use 1-64 letters, digits, '.', '_' or '-'")
+        _check_name(name)
         if role not in {r.value for r in Role}:
             raise InvalidArgument("a token needs a role: reader, writer, maintainer or admin")
         clean_scope = _validate_scope(Role(role), scope)
@@ -109,6 +115,8 @@ class Tokens:
         return self.db.run(work, write=False)
 
     def revoke(self, caller: Caller, name: str) -> TokenView:
+        _check_name(name)  # a name no token can have is a wrong argument, not a token not found
+
         def work(uow: UnitOfWork) -> TokenView:
             row = uow.repo.find_token(name, for_update=True)
             if row is None:

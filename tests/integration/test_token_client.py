@@ -45,3 +45,12 @@ def test_tokens_cannot_be_made_while_authentication_is_off(registry, unique: str
             attempt()
         assert (refused.value.code, refused.value.reason) == ("FAILED_PRECONDITION", "AUTHENTICATION_DISABLED")
     assert not [t for t in registry.list_tokens() if t.name == f"early-{unique}"]
+
+
+@pytest.mark.parametrize("name", ["", "has space", "x" * 65])
+def test_revoking_a_name_no_token_could_have_is_invalid_argument_naming_the_rule(secured, name: str) -> None:
+    # NOT_FOUND would say "try another name"; the name itself is what is wrong.
+    with secured.registry(secured.admin_token) as admin, pytest.raises(MregError) as error:
+        admin.revoke_token(name)
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert "1-64 letters, digits" in str(error.value)
