@@ -1136,7 +1136,7 @@ def parse_duration(text: str) -> timedelta:
 def cmd_token_create(args: argparse.Namespace, out: Output) -> None:
     scope = args.scope if args.scope is not None else ("*" if args.role == "admin" else None)
     if scope is None:
-        raise MregError("INVALID_ARGUMENT", "--scope ENTITY[/PROJECT] is required (admin tokens take '*')")
+        raise click.UsageError(f"a {args.role} token needs --scope ENTITY[/PROJECT] (admin tokens take '*')")
     with _registry(args) as registry:
         token, secret = registry.create_token(args.name, args.role, scope, args.expires)
     _SECRETS.add(secret)

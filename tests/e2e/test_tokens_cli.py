@@ -192,12 +192,20 @@ def test_a_token_created_with_expires_stops_working(cli: Run, secured, unique: s
     assert _until_refused(lambda: _blob_call(secured.blob.address, created["token"])) == "UNAUTHENTICATED"
 
 
-def test_token_create_rejects_a_bad_duration_and_a_missing_scope(cli: Run, secured, unique: str) -> None:
+def test_token_create_rejects_a_bad_duration_and_a_missing_scope(
+    cli: Run, secured, unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli("token", "create", f"d-{unique}", "--role", "reader", "--scope", "acme", "--expires", "soon")
     assert exit_info.value.code == 2
-    code, _, err = cli("token", "create", f"d-{unique}", "--role", "reader", token=secured.admin_token)
-    assert code == 1 and "INVALID_ARGUMENT" in err and "--scope" in err
+    # A missing --scope is a usage error too (exit 2, as for every missing or malformed option), found before
+    # any call: nothing is created.
+    with pytest.raises(SystemExit) as exit_info:
+        cli("token", "create", f"d-{unique}", "--role", "reader", token=secured.admin_token)
+    assert exit_info.value.code == 2
+    assert "--scope" in capsys.readouterr().err
+    code, rows, _ = cli("token", "ls", token=secured.admin_token)
+    assert code == 0 and f"d-{unique}" not in {row["name"] for row in rows}
 
 
 def test_login_writes_a_private_profile_that_later_commands_use(
