@@ -797,6 +797,7 @@ def cmd_retention_show(args: argparse.Namespace, out: Output) -> None:
 def cmd_gc(args: argparse.Namespace, out: Output) -> None:
     with _registry(args) as registry:
         report = registry.collect_garbage(args.grace_seconds, args.dry_run)
+        floor = registry.min_gc_grace_seconds()
     data = {
         "examined_blobs": report.examined_blobs,
         "referenced_blobs": report.referenced_blobs,
@@ -804,13 +805,28 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> None:
         "deleted_bytes": report.deleted_bytes,
         "removed_upload_parts": report.removed_upload_parts,
         "dry_run": args.dry_run,
+        "blob_service_min_gc_grace_seconds": floor,
     }
     verb = "would delete" if args.dry_run else "deleted"
+    held = (
+        f"\nthe blob service keeps content used within its minimum grace of {_duration(floor)} "
+        "(--min-gc-grace-seconds) whatever --grace-seconds says"
+        if args.grace_seconds is not None and args.grace_seconds < floor
+        else ""
+    )
     out.result(
         data,
         f"{verb} {report.deleted_blobs} blobs ({human_size(report.deleted_bytes)}); "
-        f"kept {report.referenced_blobs} referenced; removed {report.removed_upload_parts} stale upload parts",
+        f"kept {report.referenced_blobs} referenced; removed {report.removed_upload_parts} stale upload parts{held}",
     )
+
+
+def _duration(seconds: int) -> str:
+    """3600 -> "1h", 90 -> "90s": the largest unit that divides it."""
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length and seconds % length == 0:
+            return f"{seconds // length}{unit}"
+    return f"{seconds}s"
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> None:

@@ -926,6 +926,11 @@ class Registry:
         request = pb.GetLineageRequest(run=run) if run else pb.GetLineageRequest(version=ref)
         return Lineage.from_proto(self._call(self.metadata.GetLineage, request))
 
+    def min_gc_grace_seconds(self) -> int:
+        """The blob service's minimum grace: content used more recently is never deleted, whatever grace
+        ``collect_garbage`` asks for (0 where the service does not say)."""
+        return self.transfer.limits().min_gc_grace_seconds
+
     def collect_garbage(self, grace_seconds: int | None = None, dry_run: bool = False) -> GarbageReport:
         """Deletes blob content no version references and nobody used for the grace period (ADMIN only)."""
         request = _request(pb.CollectGarbageRequest, grace_period_seconds=grace_seconds, dry_run=dry_run)

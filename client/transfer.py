@@ -198,6 +198,7 @@ class TransferLimits:
     batch_count: int  # blobs per batch, and digests per FindMissingBlobs
     small_file_bytes: int  # files up to this size travel in batches
     chunk_bytes: int  # data per WriteRequest
+    min_gc_grace_seconds: int = 0  # content used more recently is never deleted, whatever grace GC is given
 
     @classmethod
     def from_capabilities(cls, caps: pb.GetCapabilitiesResponse, max_receive_message_bytes: int) -> TransferLimits:
@@ -226,6 +227,7 @@ class TransferLimits:
             batch_count=count,
             small_file_bytes=max(0, min(SMALL_FILE_BYTES, batch)),
             chunk_bytes=max(1, chunk),
+            min_gc_grace_seconds=caps.min_gc_grace.seconds,
         )
 
 

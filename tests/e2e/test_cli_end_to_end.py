@@ -295,3 +295,15 @@ def test_ls_of_what_is_not_a_collection_says_what_is_wrong(mreg, unique) -> None
         code, _, err = mreg("ls", target)
         error = json.loads(err)
         assert code != 0 and (error["code"], error["reason"]) == (code_name, reason), (target, error)
+
+
+def test_gc_with_a_grace_below_the_blob_services_minimum_says_that_minimum_held(mreg) -> None:
+    # Asked for grace 0, an operator would otherwise read "deleted 0 blobs" as "nothing is unreferenced".
+    code, text, err = mreg("gc", "--grace-seconds", "0", "--dry-run", json_output=False)
+    assert code == 0, err
+    assert "minimum grace of 1h" in text and "--min-gc-grace-seconds" in text
+    code, report, err = mreg("gc", "--grace-seconds", "0", "--dry-run")
+    assert code == 0, err
+    assert report["blob_service_min_gc_grace_seconds"] == 3600
+    code, text, err = mreg("gc", "--grace-seconds", "7200", "--dry-run", json_output=False)
+    assert code == 0 and "minimum grace" not in text
