@@ -821,9 +821,13 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> None:
     )
 
 
+# Units durations are shown in, largest first.
+_TIME_UNITS = (("d", 86400), ("h", 3600), ("m", 60))
+
+
 def _duration(seconds: int) -> str:
     """3600 -> "1h", 90 -> "90s": the largest unit that divides it."""
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, length in _TIME_UNITS:
         if seconds >= length and seconds % length == 0:
             return f"{seconds // length}{unit}"
     return f"{seconds}s"
@@ -1333,7 +1337,7 @@ def cmd_config_show(args: argparse.Namespace, out: Output) -> None:
 
 def _ago(moment: datetime) -> str:
     seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, length in _TIME_UNITS:
         if seconds >= length:
             return f"{seconds // length}{unit} ago"
     return f"{seconds}s ago"

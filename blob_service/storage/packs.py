@@ -232,24 +232,35 @@ class PackStore:
         """Stores verified blobs as one pack; kept for good when this returns. A blob the index already
         holds keeps its copy (the new one is dead bytes from the start)."""
         name, offsets, size = self._write_pack(blobs)
-        now = time.time()
+        records = [(digest.hash, digest.size_bytes, offset) for (digest, _), offset in zip(blobs, offsets, strict=True)]
         try:
             with self._transaction() as db:
-                live = 0
-                for (digest, _), offset in zip(blobs, offsets, strict=True):
-                    added = db.execute(
-                        "INSERT INTO blobs (hash, size, pack, offset, last_used) VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT (hash) DO NOTHING",
-                        (digest.hash, digest.size_bytes, name, offset, now),
-                    ).rowcount
-                    live += added * (HEADER_BYTES + digest.size_bytes)
-                if live:
-                    db.execute("INSERT INTO packs (name, size, live) VALUES (?, ?, ?)", (name, size, live))
+                added = self._index(db, name, size, records, time.time())
         except BaseException:
             self._remove_file(name)
             raise
-        if not live:
+        if not added:
             self._remove_file(name)
+
+    @staticmethod
+    def _index(
+        db: sqlite3.Connection, pack: str, pack_size: int, records: Sequence[tuple[str, int, int]], stored_at: float
+    ) -> int:
+        """Indexes a pack's records (hash, size, offset of the data) in ``db``'s transaction; returns how many
+        became live. A blob the index already holds keeps its copy; a pack with nothing live is not recorded."""
+        live = 0
+        added = 0
+        for sha256, size, offset in records:
+            inserted = db.execute(
+                "INSERT INTO blobs (hash, size, pack, offset, last_used) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (hash) DO NOTHING",
+                (sha256, size, pack, offset, stored_at),
+            ).rowcount
+            live += inserted * (HEADER_BYTES + size)
+            added += inserted
+        if live:
+            db.execute("INSERT INTO packs (name, size, live) VALUES (?, ?, ?)", (pack, pack_size, live))
+        return added
 
     # -- removing ----------------------------------------------------------------------------------------------
 
@@ -364,21 +375,10 @@ class PackStore:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM packs WHERE name = ?", (pack,)).fetchone() is not None:
                 return 0  # indexed meanwhile (its writer, or another replica)
-            live = 0
-            count = 0
-            for sha256, size, offset in records:
-                added = db.execute(
-                    "INSERT INTO blobs (hash, size, pack, offset, last_used) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (hash) DO NOTHING",
-                    (sha256, size, pack, offset, stored_at),
-                ).rowcount
-                live += added * (HEADER_BYTES + size)
-                count += added
-            if live:
-                db.execute("INSERT INTO packs (name, size, live) VALUES (?, ?, ?)", (pack, len(content), live))
-        if not live:
+            added = self._index(db, pack, len(content), records, stored_at)
+        if not added:
             self._remove_file(pack)
-        return count
+        return added
 
     def _is_indexed(self, pack: str) -> bool:
         return self._connection().execute("SELECT 1 FROM packs WHERE name = ?", (pack,)).fetchone() is not None
