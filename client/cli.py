@@ -666,7 +666,11 @@ def cmd_alias_history(args: argparse.Namespace, out: Output) -> None:
 
 
 def _index_of(state: Any) -> str:
-    return f"v{int(state['index'])}" if state is not None and "index" in state else "-"
+    """An alias event's FROM or TO: the index, and on a registered model the version its link held."""
+    if state is None or "index" not in state:
+        return "-"
+    index = f"v{int(state['index'])}"
+    return f"{index} ({state['version']})" if state.get("version") else index
 
 
 def cmd_alias_protect(args: argparse.Namespace, out: Output) -> None:

@@ -352,6 +352,22 @@ def test_alias_history_and_cache_listing_are_tables_with_headers(mreg, tmp_path:
     assert re.match(r"^\d+ snapshots; .* on disk in ", lines[-1]), lines
 
 
+def test_alias_history_of_a_registered_model_shows_the_versions_its_links_held(mreg, tmp_path: Path, unique) -> None:
+    artifact, model = f"acme/vision/linked-{unique}", f"acme/vision/model-{unique}"
+    _push_versions(mreg, tmp_path, artifact, 3)
+    # Link v2 first, so the model's link numbers (v0, v1) differ from the versions they hold (v2, v1).
+    assert mreg("link", f"{artifact}:v2", model, "--create")[0] == 0
+    assert mreg("link", f"{artifact}:v1", model)[0] == 0
+    assert mreg("alias", "set", f"{model}:v0", "production")[0] == 0
+    assert mreg("alias", "set", f"{model}:v1", "production")[0] == 0
+
+    code, text, _ = mreg("alias", "history", model, "production", json_output=False)
+    moved, first = text.splitlines()[1:]
+    assert code == 0, text
+    assert re.search(rf"alias\.set\s+v0 \({artifact}:v2\)\s+v1 \({artifact}:v1\)\s", moved), text
+    assert re.search(rf"alias\.set\s+-\s+v0 \({artifact}:v2\)\s", first), text
+
+
 # Destructive commands ---------------------------------------------------------------------------
 
 
