@@ -51,15 +51,30 @@ LAYERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for layer, description in LAYERS.items():
         config.addinivalue_line("markers", f"{layer}: {description}")
+    config.addinivalue_line(
+        "markers",
+        "any_database: the metadata database plays no part in what the test checks (the client, the transport, "
+        "the blob store), so it runs on the first database of MREG_TEST_DATABASES only",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks each test with the layer its folder names."""
+    """Marks each test with the layer its folder names, and runs `any_database` tests on one database."""
     tests_root = Path(__file__).parent
+    kept, repeated = [], []
     for item in items:
         relative = item.path.relative_to(tests_root) if item.path.is_relative_to(tests_root) else None
         if relative is not None and len(relative.parts) > 1 and relative.parts[0] in LAYERS:
             item.add_marker(getattr(pytest.mark, relative.parts[0]))
+        callspec = getattr(item, "callspec", None)
+        on_database = callspec.params.get("database_url") if callspec is not None else None
+        if item.get_closest_marker("any_database") and on_database not in (None, DATABASES[0]):
+            repeated.append(item)
+        else:
+            kept.append(item)
+    if repeated:
+        config.hook.pytest_deselected(items=repeated)
+        items[:] = kept
 
 
 def _admin_connect():

@@ -216,6 +216,7 @@ def test_a_watch_stream_whose_client_went_away_gives_its_slot_back(make_servers)
     pytest.fail("the slot of a cancelled Watch stream was never released")
 
 
+@pytest.mark.any_database
 def test_a_stalled_upload_is_ended_with_aborted_keeps_its_bytes_and_frees_its_slot(make_servers) -> None:
     blobs, _ = make_servers(BlobConfig(max_streams=1, stream_idle_timeout_seconds=0.5))
     content = b"y" * 1000
@@ -260,6 +261,7 @@ def _partial_uploads(store: Path) -> list[str]:
     return sorted([p.name for p in (store / "uploads").iterdir()] + [p.name for p in store.glob("blobs/*/.put-*")])
 
 
+@pytest.mark.any_database
 def test_a_push_into_a_full_store_gets_resource_exhausted_releases_its_bytes_and_reads_keep_working(
     small_store: Path, make_servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -292,6 +294,7 @@ def test_a_push_into_a_full_store_gets_resource_exhausted_releases_its_bytes_and
         client.push(_model(tmp_path / "small", {"notes.txt": b"x" * 50}), "small")
 
 
+@pytest.mark.any_database
 def test_a_batch_upload_into_a_full_store_gets_resource_exhausted_per_blob_and_leaves_no_temp_files(
     small_store: Path, make_servers
 ) -> None:
@@ -338,6 +341,7 @@ def _immutable(paths: list[Path]) -> Iterator[None]:
         subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
 
 
+@pytest.mark.any_database
 def test_a_store_that_refuses_writes_gets_unavailable_storage_unavailable_on_every_upload_path(
     make_servers, tmp_path: Path
 ) -> None:
@@ -377,6 +381,7 @@ def test_a_store_that_refuses_writes_gets_unavailable_storage_unavailable_on_eve
         client.push(model, "read-only")
 
 
+@pytest.mark.any_database
 def test_a_blob_the_store_cannot_read_gets_unavailable_storage_unavailable(make_servers, tmp_path: Path) -> None:
     store = tmp_path / "store"
     blobs, _ = make_servers(store=store)
@@ -507,6 +512,7 @@ def test_an_s3_store_out_of_space_answers_a_code_to_act_on_discards_the_upload_a
         s3.stop()
 
 
+@pytest.mark.any_database
 def test_a_reader_that_stops_reading_is_ended_with_aborted_and_frees_its_slot(make_servers) -> None:
     blobs, _ = make_servers(BlobConfig(max_streams=1, stream_idle_timeout_seconds=0.5))
     content = os.urandom(64 << 20)  # far more than flow control lets through unread

@@ -52,6 +52,7 @@ def _cache_entry(sha256: str) -> Path:
 # The content cache -------------------------------------------------------------------------
 
 
+@pytest.mark.any_database
 def test_pull_delivers_the_original_bytes_after_the_pulled_file_and_the_cache_entry_were_edited(
     mreg, tmp_path: Path, unique
 ) -> None:
@@ -120,6 +121,7 @@ def test_a_cache_entry_that_fails_verification_is_evicted_and_downloaded_again(
 # Symbolic links ----------------------------------------------------------------------------
 
 
+@pytest.mark.any_database
 def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=2000)
     outside = tmp_path / "shared-shards"
@@ -140,6 +142,7 @@ def test_symlinked_directories_and_files_are_pushed_under_the_link_path(mreg, tm
     assert (out / "weights-link.bin").read_bytes() == (checkpoint / "weights.bin").read_bytes()
 
 
+@pytest.mark.any_database
 def test_empty_directories_are_named_in_a_note_as_left_out_not_dropped_silently(
     mreg, servers, tmp_path: Path, unique
 ) -> None:
@@ -155,6 +158,7 @@ def test_empty_directories_are_named_in_a_note_as_left_out_not_dropped_silently(
     assert result.empty_directories_left_out == ("logs", "runs/empty-too")
 
 
+@pytest.mark.any_database
 def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / "tokenizer" / "again").symlink_to("..")
@@ -165,6 +169,7 @@ def test_a_directory_symlink_loop_fails_with_its_path(mreg, tmp_path: Path, uniq
     assert "tokenizer/again" in _one_error_line(err, "INVALID_ARGUMENT")
 
 
+@pytest.mark.any_database
 def test_a_dangling_symlink_fails_with_its_path(mreg, servers, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / "tokenizer" / "gone.txt").symlink_to(tmp_path / "nowhere")
@@ -196,6 +201,7 @@ def test_a_file_that_cannot_be_pushed_fails_with_its_path_instead_of_being_skipp
 # The CLI never ends in a traceback ----------------------------------------------------------
 
 
+@pytest.mark.any_database
 def test_a_file_with_a_250_byte_name_pushes_and_pulls(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     (checkpoint / ("n" * 250)).write_bytes(b"long name")
@@ -256,6 +262,7 @@ def test_pull_replaces_symlinks_standing_where_the_version_has_files_and_writes_
     assert mine.read_text() == "the user's own file"
 
 
+@pytest.mark.any_database
 def test_pull_where_a_file_stands_in_place_of_a_directory_is_one_error_line(mreg, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     code, pushed, _ = mreg("push", str(checkpoint), f"acme/vision/file-for-dir-{unique}")
@@ -295,6 +302,7 @@ def test_metadata_with_nan_or_infinity_is_invalid_argument(mreg, tmp_path: Path,
     assert "JSON" in _one_error_line(err, "INVALID_ARGUMENT")
 
 
+@pytest.mark.any_database
 def test_the_python_client_refuses_nan_metadata_before_uploading(servers, tmp_path: Path, unique) -> None:
     checkpoint = _checkpoint(tmp_path / "ck", large_bytes=100)
     with servers.registry() as registry, pytest.raises(MregError) as raised:
@@ -322,6 +330,7 @@ def test_an_unexpected_error_is_one_line_and_no_traceback(mreg, monkeypatch, err
     _one_error_line(err, code_name)
 
 
+@pytest.mark.any_database
 def test_ls_into_a_closed_pipe_exits_quietly(servers, tmp_path: Path, unique) -> None:
     with servers.registry() as registry:
         registry.push(_checkpoint(tmp_path / "ck", large_bytes=10), f"pipe-{unique}")
@@ -450,6 +459,7 @@ def _interrupt_once_grown(process: subprocess.Popen[str], transferred: Callable[
             process.wait()
 
 
+@pytest.mark.any_database
 def test_ctrl_c_stops_a_large_push_at_once_and_a_rerun_resumes_it(servers, tmp_path: Path, unique) -> None:
     size = 300 << 20
     checkpoint = _sparse_checkpoint(tmp_path / "ck", size)
@@ -568,6 +578,7 @@ def test_a_push_whose_blob_service_dies_says_a_rerun_resumes_and_the_rerun_sends
         blobs.stop()
 
 
+@pytest.mark.any_database
 def test_ctrl_c_stops_a_large_pull_at_once_and_leaves_no_partial_file(servers, tmp_path: Path, unique) -> None:
     size = 300 << 20
     checkpoint = _sparse_checkpoint(tmp_path / "ck", size)

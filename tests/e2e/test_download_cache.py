@@ -46,6 +46,7 @@ def _set_last_used(cache_dir: Path, ref: str, seconds_ago: float) -> None:
         db.execute("UPDATE snapshots SET last_used = ? WHERE ref = ?", (time.time() - seconds_ago, ref))
 
 
+@pytest.mark.any_database
 def test_download_returns_a_read_only_directory_identical_to_the_pushed_checkpoint(
     client: Registry, tmp_path: Path, cache_dir: Path, unique: str
 ) -> None:
@@ -61,6 +62,7 @@ def test_download_returns_a_read_only_directory_identical_to_the_pushed_checkpoi
     assert stat.S_IMODE((path / "tokenizer").stat().st_mode) == 0o555
 
 
+@pytest.mark.any_database
 def test_a_second_download_of_the_same_version_moves_no_bytes_and_returns_the_same_path(
     client: Registry, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,6 +81,7 @@ def test_a_second_download_of_the_same_version_moves_no_bytes_and_returns_the_sa
     assert again.snapshot.last_used >= first.snapshot.last_used
 
 
+@pytest.mark.any_database
 def test_versions_sharing_a_file_share_its_inode_and_the_store_holds_one_copy(
     client: Registry, tmp_path: Path, cache_dir: Path, unique: str
 ) -> None:
@@ -112,6 +115,7 @@ def test_latest_resolves_to_the_new_version_after_a_push(client: Registry, tmp_p
     assert_same_tree(newer, second.path)
 
 
+@pytest.mark.any_database
 def test_the_size_limit_evicts_the_least_recently_used_snapshot_and_never_the_one_returned(
     client: Registry, tmp_path: Path, unique: str
 ) -> None:
@@ -137,6 +141,7 @@ def test_the_size_limit_evicts_the_least_recently_used_snapshot_and_never_the_on
     assert cache.total_size() > cache.max_size
 
 
+@pytest.mark.any_database
 def test_cache_prune_older_than_and_max_size_remove_the_right_snapshots(
     mreg, client: Registry, tmp_path: Path, cache_dir: Path, unique: str
 ) -> None:
@@ -171,6 +176,7 @@ def test_cache_prune_older_than_and_max_size_remove_the_right_snapshots(
     assert usage.value.code == 2
 
 
+@pytest.mark.any_database
 def test_cache_ls_counts_shared_content_once(
     mreg, client: Registry, tmp_path: Path, cache_dir: Path, unique: str
 ) -> None:
@@ -196,6 +202,7 @@ def test_cache_ls_counts_shared_content_once(
     assert "shared content counted once" in text
 
 
+@pytest.mark.any_database
 def test_a_snapshot_interrupted_mid_build_is_never_reused_as_complete(
     client: Registry, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,6 +235,7 @@ def test_a_snapshot_interrupted_mid_build_is_never_reused_as_complete(
     assert [p.name for p in artifact_dir.iterdir()] == ["v0"]
 
 
+@pytest.mark.any_database
 def test_a_snapshot_file_made_writable_and_edited_is_rebuilt(client: Registry, tmp_path: Path, unique: str) -> None:
     checkpoint = _push(client, tmp_path, f"resnet-{unique}")
     path = client.download(f"resnet-{unique}")
@@ -241,6 +249,7 @@ def test_a_snapshot_file_made_writable_and_edited_is_rebuilt(client: Registry, t
     assert_same_tree(checkpoint, path)
 
 
+@pytest.mark.any_database
 def test_two_concurrent_downloads_of_one_version_end_with_one_complete_snapshot(
     servers, client: Registry, tmp_path: Path, unique: str
 ) -> None:
@@ -267,6 +276,7 @@ def test_two_concurrent_downloads_of_one_version_end_with_one_complete_snapshot(
     assert [p.name for p in path.parent.iterdir()] == ["v0"]
 
 
+@pytest.mark.any_database
 def test_two_processes_downloading_one_version_print_the_same_complete_directory(
     servers, client: Registry, tmp_path: Path, cache_dir: Path, unique: str
 ) -> None:
@@ -283,6 +293,7 @@ def test_two_processes_downloading_one_version_print_the_same_complete_directory
     assert_same_tree(checkpoint, Path(documents[0]["path"]))
 
 
+@pytest.mark.any_database
 def test_mreg_download_prints_only_the_path_and_with_json_what_it_did(
     mreg, client: Registry, tmp_path: Path, unique: str
 ) -> None:
@@ -305,6 +316,7 @@ def test_mreg_download_prints_only_the_path_and_with_json_what_it_did(
     assert code == 1 and "NOT_FOUND" in err
 
 
+@pytest.mark.any_database
 def test_an_unparseable_cache_size_limit_is_refused_before_anything_is_downloaded(
     mreg, client: Registry, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +334,7 @@ def test_sizes_read_in_decimal_and_binary_units(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
+@pytest.mark.any_database
 def test_where_hard_links_are_refused_a_snapshot_is_made_of_read_only_copies(
     client: Registry, tmp_path: Path, cache_dir: Path, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

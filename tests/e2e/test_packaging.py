@@ -43,7 +43,8 @@ class ClientInstall:
         return self.venv / "bin" / "python"
 
 
-@pytest.fixture(scope="module")
+# Session-wide: the database legs would otherwise tear a module fixture down and build the package again.
+@pytest.fixture(scope="session")
 def client_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientInstall]:
     work = tmp_path_factory.mktemp("packaging")
     source = work / "source"
@@ -115,6 +116,7 @@ def test_serve_without_the_server_extra_says_what_to_install(client_install: Cli
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.any_database
 def test_the_client_only_install_pushes_and_pulls(client_install: ClientInstall, servers, tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=100_000)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **servers.cli_env()}

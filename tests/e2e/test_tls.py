@@ -16,6 +16,9 @@ from tests.certificates import Pki, credentials_of
 from tests.helpers import assert_same_tree, make_checkpoint
 from tests.processes import free_port, mreg_serve
 
+# TLS is the transport's: the metadata database plays no part.
+pytestmark = pytest.mark.any_database
+
 CLIENT_ENV = ("MREG_CA_CERT", "MREG_CLIENT_CERT", "MREG_CLIENT_KEY", "MREG_TLS", "MREG_ENTITY", "MREG_PROJECT")
 
 
