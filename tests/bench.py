@@ -71,8 +71,14 @@ def timed_calls(call: Callable[[int], Any], total: int, concurrency: int) -> tup
             latencies.append(elapsed)
 
     began = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(total)))
+    if concurrency == 1:
+        # One sequential client calls from its own thread. A pool of one would leave this thread waiting on
+        # each result, and its wake-ups contend for the GIL with the caller: 20-30% fewer calls/s measured.
+        for i in range(total):
+            one(i)
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(total)))
     return total / (time.perf_counter() - began), latencies
 
 
