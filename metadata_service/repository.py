@@ -250,6 +250,14 @@ _MOVE_ALIAS = (
 # A sweep locks the row exclusively (commits share-lock it), and must see its current values.
 _LOCK_GC_STATE = select(GcState).where(GcState.id == 1).with_for_update().execution_options(populate_existing=True)
 _SHARE_GC_STATE = select(_table(GcState).c.pruned_through).where(_table(GcState).c.id == 1).with_for_update(read=True)
+# PostgreSQL: a commit's read of its artifact's latest digest, made under the artifact's lock, and the garbage
+# collection state's share lock it takes next, in one statement. The digest may come from a snapshot older than
+# a wait for a sweep: sweeps change no version, and the artifact's lock keeps out the commits that would.
+_LATEST_DIGEST_SHARING_GC_STATE = (
+    select(_table(GcState).c.pruned_through, _latest_digest_of(bindparam("artifact_id")).scalar_subquery())
+    .where(_table(GcState).c.id == 1)
+    .with_for_update(read=True, of=_table(GcState))
+)
 _CONDEMNED_CHUNK = 512
 
 
@@ -295,6 +303,8 @@ class Repository:
         # Full names of collections seen in this unit of work; they never change.
         self._names: dict[int, CollectionName] = {}
         self._connection: Connection | None = None
+        # ``pruned_through`` of the garbage collection state, once this transaction holds its share lock.
+        self._shared_gc_pruned_through: int | None = None
 
     def _send(self, statement: Any, values: dict[str, Any] | list[dict[str, Any]]) -> list[Any]:
         """Sends a Core statement straight through the driver (see DriverStatement), on this unit of work's
@@ -426,9 +436,14 @@ class Repository:
         if self._dialect == "postgresql":
             self._send(_LOCK_COLLECTION, {"entity": name.entity, "project": name.project, "name": name.name})
 
-    def lock_version_for_commit(self, uid: str) -> tuple[Version, Collection, str | None] | None:
+    def lock_version_for_commit(
+        self, uid: str, *, share_gc_state: bool = False
+    ) -> tuple[Version, Collection, str | None] | None:
         """A version by uid and its artifact, both locked, with the artifact's full name and the digest of
-        its latest committed version (None if it has none): what a commit reads, in one statement."""
+        its latest committed version (None if it has none): what a commit reads, in one statement.
+
+        ``share_gc_state``: as ``latest_digest``'s.
+        """
         if self._dialect != "postgresql":
             # The write transaction began holding SQLite's write lock: its reads are already current.
             found = self.session.execute(_LOCK_VERSION_FOR_COMMIT, {"uid": uid}).one_or_none()
@@ -442,7 +457,7 @@ class Repository:
             if found is None:
                 return None
             version, artifact, entity, project = found
-            latest_digest = self.session.execute(_LATEST_DIGEST, {"artifact_id": artifact.id}).scalar_one_or_none()
+            latest_digest = self.latest_digest(artifact.id, share_gc_state=share_gc_state)
         self._names[artifact.id] = CollectionName(entity, project, artifact.name)
         return version, artifact, latest_digest
 
@@ -508,9 +523,18 @@ class Repository:
     def latest_version(self, artifact_id: int) -> Version | None:
         return self.session.scalars(_LATEST_VERSION, {"artifact_id": artifact_id}).one_or_none()
 
-    def latest_digest(self, artifact_id: int) -> str | None:
-        """The digest of the artifact's latest committed version (None if it has none), without loading it."""
-        digest = self._send_for_value(_LATEST_DIGEST, {"artifact_id": artifact_id})
+    def latest_digest(self, artifact_id: int, *, share_gc_state: bool = False) -> str | None:
+        """The digest of the artifact's latest committed version (None if it has none), without loading it.
+
+        ``share_gc_state``, for a commit holding the artifact's lock that checks its content against sweeps
+        next: on PostgreSQL the same statement takes the share lock ``share_gc_state_and_condemned_since``
+        needs, which then has only the condemned blobs to read (one round trip fewer).
+        """
+        if share_gc_state and self._dialect == "postgresql":
+            pruned_through, digest = self._send(_LATEST_DIGEST_SHARING_GC_STATE, {"artifact_id": artifact_id})[0]
+            self._shared_gc_pruned_through = int(pruned_through)
+        else:
+            digest = self._send_for_value(_LATEST_DIGEST, {"artifact_id": artifact_id})
         return None if digest is None else str(digest)
 
     def list_versions(self, artifact_id: int, before_index: int | None, limit: int) -> Sequence[Version]:
@@ -784,6 +808,8 @@ class Repository:
             rows = self._send(_share_gc_state_with_condemned(count), {**parameters, "epoch": epoch})
             pruned_through = int(rows[0][0])
             taken.extend(digest for _, digest in rows if digest is not None)
+        elif self._shared_gc_pruned_through is not None:
+            pruned_through = self._shared_gc_pruned_through  # share-locked with the latest digest
         else:
             # A share lock that waited for a sweep's transaction must be followed by a read with a new
             # snapshot, or the blobs that sweep condemned stay invisible (see lock_version_for_commit).

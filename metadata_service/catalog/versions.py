@@ -188,7 +188,7 @@ class Versions:
 
         def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
             repo = uow.repo
-            locked = repo.lock_version_for_commit(uid)
+            locked = repo.lock_version_for_commit(uid, share_gc_state=bool(plan.manifest.entries))
             if locked is None:
                 raise NotFound(
                     f"no pending version with uid {uid!r}: it was never created or has expired",
@@ -253,7 +253,10 @@ class Versions:
             caller.require(Role.WRITER, name.entity, name.project)
             row = _ensure_artifact(uow, name, type_, lock=True)
             # The digest alone decides; the latest version is loaded only when it is the answer.
-            if row.next_index > 0 and repo.latest_digest(row.id) == plan.digest:
+            if (
+                row.next_index > 0
+                and repo.latest_digest(row.id, share_gc_state=bool(plan.manifest.entries)) == plan.digest
+            ):
                 latest = repo.latest_version(row.id)
                 assert latest is not None
                 return latest, row, False

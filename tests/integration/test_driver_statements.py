@@ -7,6 +7,7 @@ retry on a connection the database dropped.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -164,3 +165,48 @@ def test_a_commit_finds_exactly_the_condemned_blobs_among_any_number_of_its_own(
         assert pruned_through <= epoch
     finally:
         database.run(lambda uow: uow.repo.close_condemnation(uow.repo.lock_gc_state(), [in_progress]), write=True)
+
+
+def test_a_commit_that_waited_for_a_sweep_with_its_latest_digest_read_sees_what_the_sweep_condemned(
+    servers: Servers, database: Database
+) -> None:
+    """On PostgreSQL a commit reads its artifact's latest digest and share-locks the sweep state in one statement
+    (``latest_digest(share_gc_state=True)``). When that lock waits for a sweep, the check that follows must see
+    the blobs the sweep condemned, and the digest must still be the latest."""
+    if not servers.database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time: the commit cannot start while the sweep is open")
+    digest = uuid.uuid4().hex * 2
+
+    def first_version(uow: UnitOfWork) -> int:
+        artifact_id = _new_artifact(uow)
+        version = _version(artifact_id, index=0, digest="d0")
+        version.state = VersionState.COMMITTED.value
+        uow.repo.add_version(version)
+        return artifact_id
+
+    artifact_id = database.run(first_version, write=True)
+    epoch = database.run(lambda uow: uow.repo.lock_gc_state().epoch, write=False)
+    sweep = Session(database.engine)
+    sweeping = Repository(sweep)
+    sweeping.lock_gc_state()  # held until the sweep commits
+    seen: dict[str, Any] = {}
+
+    def commit(uow: UnitOfWork) -> None:
+        seen["latest"] = uow.repo.latest_digest(artifact_id, share_gc_state=True)  # waits for the sweep
+        seen["checked"] = uow.repo.share_gc_state_and_condemned_since([digest], epoch)
+
+    committer = threading.Thread(target=lambda: database.run(commit, write=True))
+    try:
+        committer.start()
+        committer.join(0.5)
+        assert committer.is_alive(), "the commit's share lock should wait for the sweep's exclusive lock"
+        sweeping.condemn([(digest, 1)])
+        sweep.commit()
+        committer.join(10)
+        assert not committer.is_alive()
+        assert seen["latest"] == "d0"
+        pruned_through, taken = seen["checked"]
+        assert taken == [digest] and pruned_through <= epoch
+    finally:
+        sweep.close()
+        database.run(lambda uow: uow.repo.close_condemnation(uow.repo.lock_gc_state(), [digest]), write=True)
