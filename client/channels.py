@@ -173,21 +173,22 @@ def channel_target(address: str) -> tuple[str, str]:
 
     ``address`` is one ``HOST:PORT`` (a DNS name resolving to several replicas is balanced
     over all of them), a gRPC target URI (``dns:///name:port``, ``ipv4:a:p,b:p``, ...) used
-    as it is, or several ``HOST:PORT`` separated by commas: those are resolved once, here,
+    as it is once its ports are checked, or several ``HOST:PORT`` separated by commas: those are resolved once, here,
     into one ``ipv4:``/``ipv6:`` target, so calls fail over between them in milliseconds.
     A name that does not resolve is left out (with a warning) while another does.
 
     Raises:
-        MregError: INVALID_ARGUMENT for an entry that is not HOST:PORT or a port outside 1-65535,
+        MregError: INVALID_ARGUMENT for an entry that is not HOST:PORT (a port empty or not a number) or a
+            port outside 1-65535,
             UNAVAILABLE if no name of a list resolves.
     """
     address = address.strip()
+    scheme = address.partition(":")[0].lower()
+    if scheme in _TARGET_SCHEMES or "://" in address:
+        return _checked_uri(address, scheme)
     if "," not in address:
-        _, separator, port = address.rpartition(":")
-        if separator and port.isdigit() and "/" not in address:
-            _check_port(port, address)
-        host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0].strip("[]")
-        return address, host
+        _check_endpoint(address, address)
+        return address, _host_of(address)
     endpoints = [part.strip() for part in address.split(",") if part.strip()]
     resolved: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
     unresolved: list[str] = []
@@ -218,6 +219,39 @@ def channel_target(address: str) -> tuple[str, str]:
     mapped = ["[::ffff:{}]:{}".format(*ip_port.rsplit(":", 1)) for ip_port in resolved[socket.AF_INET]]
     v6 = ["[{}]:{}".format(*ip_port.rsplit(":", 1)) for ip_port in resolved[socket.AF_INET6]]
     return f"ipv6:{','.join([*mapped, *v6])}", first_host
+
+
+# gRPC name resolvers whose targets are taken as they are: "ipv4:a:p,b:p" must not be read as a comma list.
+_TARGET_SCHEMES = {"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"}
+
+
+def _checked_uri(address: str, scheme: str) -> tuple[str, str]:
+    """A gRPC target URI, as it is, once its ports are checked (gRPC takes a port above 65535 modulo 65536)."""
+    if scheme.startswith("unix") or scheme == "vsock":
+        return address, "localhost"
+    # dns:///name:port, dns://resolver/name:port, ipv4:a:p,b:p, ipv6:[a]:p,[b]:p
+    endpoints = address.rsplit("/", 1)[-1] if "/" in address else address.partition(":")[2]
+    for endpoint in endpoints.split(","):
+        _check_endpoint(endpoint.strip(), address)
+    return address, _host_of(endpoints.split(",")[0].strip())
+
+
+def _check_endpoint(endpoint: str, address: str) -> None:
+    """Refuses a HOST:PORT whose port is empty, not a number or outside 1-65535; a bare HOST (gRPC's default
+    port) passes."""
+    if endpoint.endswith("]") or ":" not in endpoint or (not endpoint.startswith("[") and endpoint.count(":") > 1):
+        return  # [v6], HOST, or a bare IPv6 address: no port given
+    port = endpoint.rpartition(":")[2]
+    if not port.isdigit():
+        raise MregError("INVALID_ARGUMENT", f"{endpoint!r} in {address!r} is not HOST:PORT: the port must be a number")
+    _check_port(port, address)
+
+
+def _host_of(endpoint: str) -> str:
+    """The host of HOST:PORT, [V6]:PORT or a bare HOST, for TLS to check the certificate against."""
+    if endpoint.startswith("["):
+        return endpoint[1 : endpoint.find("]")] if "]" in endpoint else endpoint[1:]
+    return endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 else endpoint
 
 
 def _check_port(port: str, address: str) -> None:

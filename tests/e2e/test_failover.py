@@ -44,6 +44,23 @@ def test_ports_outside_1_to_65535_are_refused_up_front() -> None:
         assert error.value.code == "INVALID_ARGUMENT" and "port" in error.value.message
 
 
+def test_a_grpc_target_uri_listing_replicas_is_used_as_it_is() -> None:
+    # The first entry of "ipv4:a:p,b:p" was taken for the host "ipv4:a" of a comma list, and dropped.
+    assert channel_target("ipv4:127.0.0.1:7001,127.0.0.1:7002") == ("ipv4:127.0.0.1:7001,127.0.0.1:7002", "127.0.0.1")
+    assert channel_target("ipv6:[::1]:7001,[::1]:7002") == ("ipv6:[::1]:7001,[::1]:7002", "::1")
+    assert channel_target("unix:/run/mreg.sock") == ("unix:/run/mreg.sock", "localhost")
+
+
+def test_an_address_whose_port_is_missing_or_not_a_number_is_refused_up_front() -> None:
+    # "HOST:" went to port 443, "HOST:abc" failed as UNAVAILABLE, and a URI's port 70000 became 4464.
+    for bad in ("127.0.0.1:", "127.0.0.1:abc", "dns:///127.0.0.1:70000", "ipv4:127.0.0.1:7001,127.0.0.1:70000"):
+        with pytest.raises(MregError) as error:
+            channel_target(bad)
+        assert error.value.code == "INVALID_ARGUMENT" and "port" in error.value.message, (bad, error.value.message)
+    assert channel_target("registry.internal") == ("registry.internal", "registry.internal")  # gRPC's default port
+    assert channel_target("[::1]:7001") == ("[::1]:7001", "::1")
+
+
 def test_a_replica_whose_name_does_not_resolve_is_left_out_while_others_do(caplog: pytest.LogCaptureFixture) -> None:
     target, _ = channel_target("127.0.0.1:7001,nosuchhost.invalid:7002")
     assert target == "ipv4:127.0.0.1:7001"
