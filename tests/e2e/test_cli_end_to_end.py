@@ -297,6 +297,21 @@ def test_ls_of_what_is_not_a_collection_says_what_is_wrong(mreg, unique) -> None
         assert code != 0 and (error["code"], error["reason"]) == (code_name, reason), (target, error)
 
 
+def test_gc_reports_its_sweep_when_the_blob_service_it_would_ask_for_the_minimum_grace_is_unreachable(
+    mreg, monkeypatch
+) -> None:
+    # The sweep runs in the metadata service; asking the client's blob address for the minimum grace came after,
+    # and its failure made `mreg gc` exit 1 with UNAVAILABLE although the sweep had deleted content.
+    monkeypatch.setenv("MREG_BLOB_ADDR", "127.0.0.1:1")
+    code, report, err = mreg("gc", "--grace-seconds", "0", "--dry-run")
+    assert code == 0, err
+    assert report["dry_run"] is True and report["examined_blobs"] >= 0
+    assert report["blob_service_min_gc_grace_seconds"] is None
+    assert "minimum grace" in err and "127.0.0.1:1" in err
+    code, text, err = mreg("gc", "--grace-seconds", "0", "--dry-run", json_output=False)
+    assert code == 0 and text.startswith("would delete "), (text, err)
+
+
 def test_gc_with_a_grace_below_the_blob_services_minimum_says_that_minimum_held(mreg) -> None:
     # Asked for grace 0, an operator would otherwise read "deleted 0 blobs" as "nothing is unreferenced".
     code, text, err = mreg("gc", "--grace-seconds", "0", "--dry-run", json_output=False)
