@@ -853,7 +853,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
             "pip install 'mreg[server]' (from a clone: pip install '.[server]')",
         ) from e
 
-    from mreg.server_runtime.transport import TransportConfigError
+    from mreg.server_runtime.transport import StartupError, TransportConfigError
 
     try:
         serve(
@@ -876,6 +876,9 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> None:
         # A setting the services refuse to start with is a usage error, as for `python -m mreg.*_service`.
         print(f"mreg serve: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from e
+    except StartupError as e:  # a port in use, a database that cannot be reached
+        print(f"mreg serve: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from e
 
 
 def cmd_web(args: argparse.Namespace, out: Output) -> None:

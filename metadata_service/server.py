@@ -10,7 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from mreg.metadata.v1 import metadata_service_pb2, token_service_pb2
 from mreg.metadata_service.authorization import TokenAuthenticator, authorize
@@ -74,6 +75,26 @@ class RunningMetadataServer:
         self.database.close()
 
 
+def _open_database(config: MetadataConfig) -> Engine:
+    """The engine for ``--database-url``, the schema upgraded unless told not to.
+
+    Raises:
+        transport.StartupError: the URL is malformed, or the database cannot be reached or upgraded.
+    """
+    shown = config.database_url
+    try:
+        shown = make_url(config.database_url).render_as_string(hide_password=True)
+        engine = create_database_engine(config.database_url)
+        if config.migrate:
+            upgrade_schema(engine)
+        return engine
+    except OSError as e:  # SQLite's directory or lock file
+        raise transport.StartupError(f"cannot use the database {shown}: {e.strerror or e}: {e.filename}") from e
+    except (ArgumentError, DBAPIError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise transport.StartupError(f"cannot use the database {shown}: {reason}") from e
+
+
 def start(config: MetadataConfig) -> RunningMetadataServer:
     """Starts a metadata server (upgrading the schema first unless told not to).
 
@@ -81,6 +102,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         transport.TransportConfigError: the TLS settings (its own or the blob connection's) are
             incomplete or unreadable, or ``listen`` is not a loopback address and the loopback rule
             refuses it.
+        transport.StartupError: the database cannot be used, or ``listen`` or the metrics address bound.
     """
     credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
     blob_credentials = transport.channel_credentials(
@@ -98,9 +120,7 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
     )
-    engine = create_database_engine(config.database_url)
-    if config.migrate:
-        upgrade_schema(engine)
+    engine = _open_database(config)
     service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
     content = BlobServiceClient(config.blob_addr, credentials=blob_credentials, token=service_secret)
     database = Database(engine)

@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from mreg.server_runtime.transport import TransportConfigError, is_loopback, listen_host
+from mreg.server_runtime.transport import StartupError, TransportConfigError, is_loopback, listen_host
 
 RPC_LOGGER = "mreg.rpc"
 rpc_log = logging.getLogger(RPC_LOGGER)
@@ -380,8 +380,10 @@ def check_metrics_address(listen: str, *, insecure: bool, insecure_flag: str = "
         TransportConfigError: a non-loopback address without ``insecure``, or no port.
     """
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or (not host and not listen.startswith(":")):
-        raise TransportConfigError(f"--metrics-listen {listen}: give HOST:PORT, e.g. 127.0.0.1:9464")
+    if not sep or not port.isdigit() or int(port) > 65535 or (not host and not listen.startswith(":")):
+        raise TransportConfigError(
+            f"--metrics-listen {listen}: give HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:9464"
+        )
     if is_loopback(listen):
         return
     if not insecure:
@@ -402,7 +404,7 @@ def serve_metrics(listen: str, registry: Collector) -> MetricsEndpoint:
     Call :func:`check_metrics_address` first.
 
     Raises:
-        RuntimeError: ``listen`` cannot be bound.
+        StartupError: ``listen`` cannot be bound.
     """
     from prometheus_client import start_http_server
 
@@ -411,7 +413,7 @@ def serve_metrics(listen: str, registry: Collector) -> MetricsEndpoint:
     try:
         httpd, _thread = start_http_server(port, host, registry)
     except OSError as e:
-        raise RuntimeError(f"cannot serve metrics on {listen}: {e.strerror or e}") from e
+        raise StartupError(f"cannot serve metrics on {listen}: {e.strerror or e}") from e
     return MetricsEndpoint(httpd, host)
 
 

@@ -26,7 +26,7 @@ import grpc
 from mreg.server_runtime import streams
 from mreg.server_runtime.introspection import add_health_and_reflection
 from mreg.server_runtime.metrics import RPC_LOGGER, check_metrics_address
-from mreg.server_runtime.transport import TransportConfigError, check_listen_address
+from mreg.server_runtime.transport import StartupError, TransportConfigError, check_listen_address
 
 # Seconds in-flight calls get to finish once a stop signal arrives.
 STOP_GRACE_SECONDS = 5
@@ -41,6 +41,9 @@ def connection_options(max_connection_age_seconds: float) -> list[tuple[str, Any
     replicas added since (a Kubernetes headless Service scaling out). gRPC adds +/-10% jitter to the age, so
     a fleet's connections do not all move at once."""
     options: list[tuple[str, Any]] = [
+        # gRPC sets SO_REUSEPORT by default: a second service started on a port in use would share it, and the
+        # kernel split connections between two services (on different stores). Without it, the bind fails.
+        ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
     ]
@@ -105,7 +108,7 @@ def start_server(
         max_connection_age_seconds: see ``connection_options``.
 
     Raises:
-        RuntimeError: ``listen`` cannot be bound.
+        StartupError: ``listen`` cannot be bound.
     """
     pool, max_rpcs = streams.thread_pool(workers, max_streams, thread_name)
     admission = streams.StreamAdmission(max_streams, max_streams_setting, error_domain)
@@ -117,9 +120,12 @@ def start_server(
     )
     add_servicers(server)
     add_health_and_reflection(server, service_name, *more_service_names)
-    port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    try:
+        port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    except RuntimeError:  # gRPC's "Failed to bind", which says no more
+        port = 0
     if port == 0:
-        raise RuntimeError(f"cannot listen on {listen}")
+        raise StartupError(f"cannot listen on {listen}: the address is in use, or not one of this machine's")
     server.start()
     return StartedServer(server, port, admission)
 
@@ -188,6 +194,9 @@ def run_main(
     except TransportConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except StartupError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     # The host as --listen gave it ([::1], 0.0.0.0, a name), with the port bound (--listen HOST:0 picks one).
     host = str(getattr(args, "listen", running.address)).rsplit(":", 1)[0]
     print(f"{what} listening on {host}:{running.address.rsplit(':', 1)[1]}", flush=True)

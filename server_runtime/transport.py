@@ -7,7 +7,9 @@ service's own outgoing channel (the metadata service's connection to the blob se
 :func:`check_listen_address` is the loopback rule: a service listens on a network address other than
 loopback only when callers must authenticate, or when the operator said ``--insecure``; either way it
 warns about what still travels unprotected. Both raise :class:`TransportConfigError`, which the
-``python -m`` entry points (``runtime.run_main``) turn into one line on stderr and exit status 2.
+``python -m`` entry points (``runtime.run_main``) turn into one line on stderr and exit status 2; an
+address that cannot be bound, or anything else a service cannot start without, is a :class:`StartupError`
+(one line, exit status 1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,23 @@ log = logging.getLogger(__name__)
 
 class TransportConfigError(Exception):
     """A listen address or TLS setting the service refuses to start with; the message names the fix."""
+
+
+class StartupError(Exception):
+    """What a service cannot start without is not there: its address is in use, its database unreachable.
+    The message says which, in one line."""
+
+
+def check_port(listen: str, flag: str) -> None:
+    """Refuses a HOST:PORT whose port is not a number from 0 (any free one) to 65535: gRPC would bind a larger
+    one modulo 65536, a port nobody asked for. Unix sockets have no port."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return
+    port = listen.rpartition(":")[2] if not listen.endswith("]") else ""
+    if not port.isdigit() or int(port) > 65535:
+        raise TransportConfigError(
+            f"{flag} {listen}: give HOST:PORT with a port from 0 to 65535 (0 picks a free one), e.g. 127.0.0.1:50051"
+        )
 
 
 def _read_pem(path: str, flag: str) -> bytes:
@@ -141,8 +160,10 @@ def check_listen_address(
         insecure_flag: how to say ``--insecure`` (with its environment variable) in the refusal.
 
     Raises:
-        TransportConfigError: a non-loopback address without authentication or ``insecure``.
+        TransportConfigError: a port that is not a number from 0 to 65535, or a non-loopback address without
+            authentication or ``insecure``.
     """
+    check_port(listen, "--listen")
     if is_loopback(listen):
         return
     if not authenticated and not insecure:
