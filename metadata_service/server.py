@@ -120,9 +120,14 @@ def start(config: MetadataConfig) -> RunningMetadataServer:
         tls=credentials is not None,
         insecure_flag="--insecure (env MREG_METADATA_INSECURE=1)",
     )
-    engine = _open_database(config)
     service_secret = read_or_create_secret_file(Path(config.service_token_file)) if config.auth else None
+    # Before the database: a malformed --blob-addr is refused without waiting on a database first.
     content = BlobServiceClient(config.blob_addr, credentials=blob_credentials, token=service_secret)
+    try:
+        engine = _open_database(config)
+    except BaseException:
+        content.close()
+        raise
     database = Database(engine)
     catalog = MetadataCatalog(
         database,

@@ -98,3 +98,17 @@ def test_a_database_the_metadata_service_cannot_reach_is_one_line_without_its_pa
     assert result.returncode == 1, result.stderr
     line = _one_error_line(result, "mreg.metadata_service")
     assert "cannot use the database" in line and "secret" not in result.stderr, line
+
+
+def test_a_malformed_blob_address_is_refused_before_the_database_is_tried(tmp_path: Path) -> None:
+    result = _start(
+        "mreg.metadata_service",
+        ["--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"],
+        tmp_path,
+        "--listen",
+        "127.0.0.1:0",
+        "--blob-addr",
+        "127.0.0.1:7001,,x",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--blob-addr" in _one_error_line(result, "mreg.metadata_service") and "database" not in result.stderr
