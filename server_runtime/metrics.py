@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from mreg.server_runtime.transport import StartupError, TransportConfigError, is_loopback, listen_host
+from mreg.server_runtime.transport import StartupError, TransportConfigError, check_port, is_loopback, listen_host
 
 RPC_LOGGER = "mreg.rpc"
 rpc_log = logging.getLogger(RPC_LOGGER)
@@ -379,11 +379,9 @@ def check_metrics_address(listen: str, *, insecure: bool, insecure_flag: str = "
     Raises:
         TransportConfigError: a non-loopback address without ``insecure``, or no port.
     """
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or (not host and not listen.startswith(":")):
-        raise TransportConfigError(
-            f"--metrics-listen {listen}: give HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:9464"
-        )
+    if listen.startswith(("unix:", "unix-abstract:")) or (not listen.rpartition(":")[0] and not listen.startswith(":")):
+        raise TransportConfigError(f"--metrics-listen {listen}: give HOST:PORT, e.g. 127.0.0.1:9464")
+    check_port(listen, "--metrics-listen", "127.0.0.1:9464")
     if is_loopback(listen):
         return
     if not insecure:

@@ -32,7 +32,7 @@ class StartupError(Exception):
     The message says which, in one line."""
 
 
-def check_port(listen: str, flag: str) -> None:
+def check_port(listen: str, flag: str, example: str = "127.0.0.1:50051") -> None:
     """Refuses a HOST:PORT whose port is not a number from 0 (any free one) to 65535: gRPC would bind a larger
     one modulo 65536, a port nobody asked for. Unix sockets have no port."""
     if listen.startswith(("unix:", "unix-abstract:")):
@@ -40,7 +40,7 @@ def check_port(listen: str, flag: str) -> None:
     port = listen.rpartition(":")[2] if not listen.endswith("]") else ""
     if not port.isdigit() or int(port) > 65535:
         raise TransportConfigError(
-            f"{flag} {listen}: give HOST:PORT with a port from 0 to 65535 (0 picks a free one), e.g. 127.0.0.1:50051"
+            f"{flag} {listen}: give HOST:PORT with a port from 0 to 65535 (0 picks a free one), e.g. {example}"
         )
 
 
