@@ -81,9 +81,14 @@ def _open_database(config: MetadataConfig) -> Engine:
     Raises:
         transport.StartupError: the URL is malformed, or the database cannot be reached or upgraded.
     """
-    shown = config.database_url
     try:
         shown = make_url(config.database_url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError) as e:  # not echoed: it may hold a password
+        raise transport.StartupError(
+            f"cannot use the database given by --database-url, which is not a URL such as sqlite:///PATH or "
+            f"postgresql://USER@HOST:PORT/NAME ({e})"
+        ) from e
+    try:
         engine = create_database_engine(config.database_url)
         if config.migrate:
             upgrade_schema(engine)

@@ -89,7 +89,12 @@ def test_a_metrics_port_in_use_is_one_line(module: str, args: list[str], tmp_pat
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://postgres:secret@127.0.0.1:1/nowhere", "sqlite:////proc/no-such-directory/metadata.db"],
+    [
+        "postgresql://postgres:secret@127.0.0.1:1/nowhere",
+        "sqlite:////proc/no-such-directory/metadata.db",
+        "postgresql://postgres:secret@127.0.0.1:port/nowhere",
+        "not a url with a secret",
+    ],
 )
 def test_a_database_the_metadata_service_cannot_reach_is_one_line_without_its_password(
     url: str, tmp_path: Path
