@@ -212,7 +212,7 @@ def channel_target(address: str) -> tuple[str, str]:
         raise MregError("UNAVAILABLE", f"cannot resolve any replica of {address!r}: {', '.join(unresolved)}")
     if unresolved:
         log.warning("left out of %r, as they do not resolve: %s", address, ", ".join(unresolved))
-    first_host = endpoints[0].rpartition(":")[0].strip("[]")
+    first_host = _host_of(endpoints[0])
     if not resolved[socket.AF_INET6]:
         return f"ipv4:{','.join(resolved[socket.AF_INET])}", first_host
     # A static target takes one family: IPv4 replicas join IPv6 ones as IPv4-mapped addresses.
@@ -230,10 +230,11 @@ def _checked_uri(address: str, scheme: str) -> tuple[str, str]:
     if scheme.startswith("unix") or scheme == "vsock":
         return address, "localhost"
     # dns:///name:port, dns://resolver/name:port, ipv4:a:p,b:p, ipv6:[a]:p,[b]:p
-    endpoints = address.rsplit("/", 1)[-1] if "/" in address else address.partition(":")[2]
-    for endpoint in endpoints.split(","):
-        _check_endpoint(endpoint.strip(), address)
-    return address, _host_of(endpoints.split(",")[0].strip())
+    listed = address.rsplit("/", 1)[-1] if "/" in address else address.partition(":")[2]
+    endpoints = [endpoint.strip() for endpoint in listed.split(",")]
+    for endpoint in endpoints:
+        _check_endpoint(endpoint, address)
+    return address, _host_of(endpoints[0])
 
 
 def _check_endpoint(endpoint: str, address: str) -> None:
