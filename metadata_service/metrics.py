@@ -65,6 +65,14 @@ class MetadataMetrics:
         self.gc_last_run = metrics.gauge(
             "mreg_gc_last_run_timestamp_seconds", "When the last garbage collection sweep completed (Unix time)."
         )
+        self.commit_groups = metrics.counter(
+            "mreg_commit_groups",
+            "Transactions that committed several one-call commits to one artifact together: those that queued "
+            "behind another commit to it.",
+        )
+        self.commits_in_groups = metrics.counter(
+            "mreg_commits_in_groups", "One-call commits committed together with others, in mreg_commit_groups."
+        )
         self.pending_expired = metrics.counter(
             "mreg_pending_versions_expired", "Pending versions deleted because they were not committed in time."
         )
@@ -77,6 +85,11 @@ class MetadataMetrics:
         }
         database.on_retry = lambda kind: retries[kind].inc()
         catalog.garbage.on_sweep = self.record_sweep
+        catalog.versions.new_versions.on_together = self.record_commit_group
+
+    def record_commit_group(self, size: int) -> None:
+        self.commit_groups.inc()
+        self.commits_in_groups.inc(size)
 
     def record_sweep(self, report: GarbageReport) -> None:
         self.gc_runs.inc()

@@ -152,7 +152,7 @@ def _insert_or_nothing(dialect: str, table: Table) -> Any:
 _ALLOCATE_INDEX = (
     update(_table(Collection))
     .where(_table(Collection).c.id == bindparam("collection_id"))
-    .values(next_index=_table(Collection).c.next_index + 1)
+    .values(next_index=_table(Collection).c.next_index + bindparam("count"))
     .returning(_table(Collection).c.next_index)
 )
 _SET_COLLECTION_TYPE = (
@@ -203,18 +203,19 @@ _APPEND_EVENTS_POSTGRESQL = text(
     {_INSERT_TAKEN_EVENTS}
     """
 )
-# The same, recording a mutation's request id first (catalog.idempotency) in the same round trip: the events
-# are appended only if the id was free, and the statement answers 1 if it was, 0 if an earlier request holds it.
-_APPEND_EVENTS_RECORDING_REQUEST_POSTGRESQL = text(
+# The same, recording mutations' request ids first (catalog.idempotency) in the same round trip: the events
+# are appended only if every id was free, and the statement answers how many were.
+_APPEND_EVENTS_RECORDING_REQUESTS_POSTGRESQL = text(
     f"""
     WITH recorded AS (
         INSERT INTO request_records (request_id, method, fingerprint, result, created_at)
-        VALUES (:request_id, :method, :fingerprint, CAST(:result AS jsonb), :created_at)
+        SELECT r ->> 'request_id', r ->> 'method', r ->> 'fingerprint', r -> 'result', :created_at
+        FROM jsonb_array_elements(CAST(:requests AS jsonb)) AS r
         ON CONFLICT DO NOTHING
         RETURNING request_id
     ), taken AS (
         UPDATE event_counter SET last_sequence = last_sequence + :count
-        WHERE id = 1 AND EXISTS (SELECT FROM recorded)
+        WHERE id = 1 AND (SELECT count(*) FROM recorded) = :request_count
         RETURNING last_sequence
     ), notified AS (
         SELECT pg_notify('{EVENTS_CHANNEL}', '') FROM taken
@@ -325,6 +326,25 @@ class Repository:
                 return []
             cursor.execute(sendable.sql, sendable.parameters(values))
             return list(cursor.fetchall()) if cursor.description is not None else []
+        except self._sql_dialect.loaded_dbapi.Error as e:
+            raise self._driver_failure(e, connection, cursor, sendable.sql) from e
+        finally:
+            cursor.close()
+
+    def _send_each(self, statement: Any, values: list[dict[str, Any]]) -> list[list[Any]]:
+        """``_send`` once per item of ``values``, with the rows of each: on PostgreSQL in one round trip
+        (psycopg pipelines an executemany), on SQLite, in-process, one after another."""
+        if self._dialect != "postgresql" or len(values) == 1:
+            return [self._send(statement, item) for item in values]
+        connection = self._statements()
+        sendable = _driver_statement(statement, self._sql_dialect, tuple(values[0]))
+        cursor: Any = connection.connection.cursor()  # psycopg's: its executemany can return each one's rows
+        try:
+            cursor.executemany(sendable.sql, [sendable.parameters(item) for item in values], returning=True)
+            rows = [list(cursor.fetchall())]
+            while cursor.nextset():
+                rows.append(list(cursor.fetchall()))
+            return rows
         except self._sql_dialect.loaded_dbapi.Error as e:
             raise self._driver_failure(e, connection, cursor, sendable.sql) from e
         finally:
@@ -491,12 +511,13 @@ class Repository:
             query = query.where(Collection.name > after_name)
         return self.session.scalars(query.order_by(Collection.name).limit(limit)).all()
 
-    def allocate_index(self, collection: Collection) -> int:
-        """Takes the collection's next index (of a version or a link) and advances the counter."""
-        next_index = int(self._send_for_value(_ALLOCATE_INDEX, {"collection_id": collection.id}))
+    def allocate_index(self, collection: Collection, count: int = 1) -> int:
+        """Takes the collection's next ``count`` indexes (of versions or links) and advances the counter;
+        returns the first."""
+        next_index = int(self._send_for_value(_ALLOCATE_INDEX, {"collection_id": collection.id, "count": count}))
         # The Core UPDATE leaves the loaded row alone: bring it up to date without marking it changed.
         set_committed_value(collection, "next_index", next_index)
-        return next_index - 1
+        return next_index - count
 
     # Versions ------------------------------------------------------------------------------
 
@@ -505,13 +526,21 @@ class Repository:
 
         Attributes left unset are left out, so the columns' defaults apply as an ORM flush would.
         """
-        values = {
-            column.name: value
-            for attribute, column in _NEW_VERSION_COLUMNS
-            if (value := getattr(version, attribute)) is not None
-        }
-        version.id = int(self._send_for_value(_INSERT_VERSION, values))
+        self.add_versions([version])
         return version
+
+    def add_versions(self, versions: Sequence[Version]) -> None:
+        """``add_version`` for each of ``versions``, which set the same attributes, in one round trip."""
+        values = [
+            {
+                column.name: value
+                for attribute, column in _NEW_VERSION_COLUMNS
+                if (value := getattr(version, attribute)) is not None
+            }
+            for version in versions
+        ]
+        for version, rows in zip(versions, self._send_each(_INSERT_VERSION, values), strict=True):
+            version.id = int(rows[0][0])
 
     def find_version_by_uid(self, uid: str, *, for_update: bool = False) -> Version | None:
         query = _VERSION_BY_UID_FOR_UPDATE if for_update else _VERSION_BY_UID
@@ -600,6 +629,10 @@ class Repository:
     # Manifests ---------------------------------------------------------------------------
 
     def add_manifest(self, version_id: int, entries: Iterable[FileEntry]) -> None:
+        self.add_manifests([(version_id, entries)])
+
+    def add_manifests(self, manifests: Iterable[tuple[int, Iterable[FileEntry]]]) -> None:
+        """The manifests of several versions, by version id, in one round trip."""
         rows = [
             {
                 "version_id": version_id,
@@ -608,6 +641,7 @@ class Repository:
                 "size_bytes": e.size_bytes,
                 "metadata": e.metadata,
             }
+            for version_id, entries in manifests
             for e in entries
         ]
         if rows:
@@ -942,9 +976,11 @@ class Repository:
 
     # Events --------------------------------------------------------------------------------
 
-    def append_events(self, events: Sequence[PendingEvent], actor: str, request: PendingRequest | None = None) -> bool:
-        """Appends the transaction's events, after recording ``request`` if given; False (and nothing
-        appended) if an earlier request holds its id."""
+    def append_events(
+        self, events: Sequence[PendingEvent], actor: str, requests: Sequence[PendingRequest] = ()
+    ) -> bool:
+        """Appends the transaction's events, after recording ``requests``; False (and nothing appended) if
+        an earlier request holds one of their ids."""
         # Changes still pending in the session go first: the counter row's lock, taken here, is
         # then held only until the COMMIT that follows.
         self.session.flush()
@@ -965,17 +1001,26 @@ class Repository:
                 for e in events
             ]
             appended = {"count": len(events), "events": json.dumps(described), "actor": actor, "created_at": now}
-            if request is None:
+            if not requests:
                 self._send(_APPEND_EVENTS_POSTGRESQL, appended)
                 return True
             recording = {
-                "request_id": request.request_id,
-                "method": request.method,
-                "fingerprint": request.fingerprint,
-                "result": json.dumps(request.result),
+                "requests": json.dumps(
+                    [
+                        {
+                            "request_id": request.request_id,
+                            "method": request.method,
+                            "fingerprint": request.fingerprint,
+                            "result": request.result,
+                        }
+                        for request in requests
+                    ]
+                ),
+                "request_count": len(requests),
             }
-            return bool(self._send_for_value(_APPEND_EVENTS_RECORDING_REQUEST_POSTGRESQL, appended | recording))
-        if request is not None and not self.record_request(request):
+            recorded = self._send_for_value(_APPEND_EVENTS_RECORDING_REQUESTS_POSTGRESQL, appended | recording)
+            return recorded == len(requests)
+        if not all(self.record_request(request) for request in requests):
             return False
         if not events:
             return True

@@ -54,7 +54,7 @@ class UnitOfWork:
         self.session = self._make_session()
         self.repo = Repository(self.session)
         self.events = []
-        self.request: PendingRequest | None = None
+        self.requests: list[PendingRequest] = []
         return self
 
     def record(
@@ -72,16 +72,15 @@ class UnitOfWork:
 
     def record_request_at_commit(self, request: PendingRequest) -> None:
         """Records a mutation's request id when the transaction commits, with its events (in the same
-        statement on PostgreSQL); the commit raises RequestAlreadyRecorded if an earlier request holds it."""
-        self.request = request
+        statement on PostgreSQL); the commit raises RequestAlreadyRecorded if an earlier request holds it
+        (or, for mutations run together, any of theirs)."""
+        self.requests.append(request)
 
     def commit(self) -> None:
         # Last statement before COMMIT: the counter row lock is held only briefly, and sequence order
         # equals commit order, which Watch relies on.
-        if (self.events or self.request is not None) and not self.repo.append_events(
-            self.events, self.actor, self.request
-        ):
-            raise RequestAlreadyRecorded(self.request.request_id if self.request else "")
+        if (self.events or self.requests) and not self.repo.append_events(self.events, self.actor, self.requests):
+            raise RequestAlreadyRecorded(", ".join(request.request_id for request in self.requests))
         self.session.commit()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -35,7 +35,10 @@ def _validate_request_id(request_id: str) -> str:
     return request_id
 
 
-def _fingerprint(*parts: Any) -> str:
+def _request_fingerprint(caller: Caller, method: str, request_id: str, arguments: tuple[Any, ...]) -> str:
+    """What makes two requests under one id the same request; refuses a malformed id."""
+    _validate_request_id(request_id)
+    parts = (method, caller.defaults.entity, caller.defaults.project, *arguments)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -69,8 +72,7 @@ class Mutations:
         Raises:
             InvalidArgument: the request id is malformed, or was used for a different request.
         """
-        _validate_request_id(request_id)
-        fingerprint = _fingerprint(method, caller.defaults.entity, caller.defaults.project, *arguments)
+        fingerprint = _request_fingerprint(caller, method, request_id, arguments)
 
         def transaction(uow: UnitOfWork) -> T:
             result, key = work(uow)
@@ -88,6 +90,32 @@ class Mutations:
             if not request_id or not self._replays(request_id):
                 raise
         return self.db.run(lambda uow: self._replay(uow, request_id, method, fingerprint, replay), write=False)
+
+    def run_together(
+        self,
+        actor: str,
+        method: str,
+        requests: Sequence[tuple[Caller, str, tuple[Any, ...]]],
+        work: Callable[[UnitOfWork], list[tuple[T, dict[str, Any]]]],
+    ) -> list[T]:
+        """Runs mutations of one actor, each ``(caller, request_id, arguments)`` as ``run`` takes them, in one
+        transaction: ``work`` returns each one's result and key, in order, and each is recorded under its id.
+
+        Nothing is replayed here: if any id is recorded already the transaction raises RequestAlreadyRecorded,
+        and the caller runs each mutation through ``run`` instead, as it does on any error.
+        """
+        fingerprints = [
+            _request_fingerprint(caller, method, request_id, arguments) for caller, request_id, arguments in requests
+        ]
+
+        def transaction(uow: UnitOfWork) -> list[T]:
+            outcomes = work(uow)
+            for (_, request_id, _), fingerprint, (_, key) in zip(requests, fingerprints, outcomes, strict=True):
+                if request_id:
+                    uow.record_request_at_commit(PendingRequest(request_id, method, fingerprint, key))
+            return [result for result, _ in outcomes]
+
+        return self.db.run(transaction, write=True, actor=actor)
 
     def _replays(self, request_id: str) -> bool:
         return self.db.run(lambda uow: uow.repo.request_record(request_id) is not None, write=False)

@@ -18,6 +18,7 @@ from typing import Any
 from mreg.metadata_service import filters
 from mreg.metadata_service.catalog import garbage
 from mreg.metadata_service.catalog.aliases import move_alias, remove_alias
+from mreg.metadata_service.catalog.batching import CommitQueue
 from mreg.metadata_service.catalog.common import (
     BlobService,
     Caller,
@@ -109,6 +110,46 @@ class _CommitPlan:
     def refuse_collected_content(self, repo: Repository) -> None:
         garbage.refuse_collected_content(repo, self.manifest.entries, self.gc_epoch, fresh=self.fresh_epoch)
 
+    def request_arguments(self, version_arguments: tuple[Any, ...]) -> tuple[Any, ...]:
+        """What makes two CommitVersion requests under one request id the same request."""
+        links = [(str(name), aliases) for name, aliases in self.link_targets]
+        return (*version_arguments, self.digest, self.aliases, links, self.run)
+
+
+@dataclass(slots=True)
+class _NewVersion:
+    """A version to create and commit in one call, checked and planned, before its transaction."""
+
+    caller: Caller
+    name: CollectionName
+    type_: str
+    description: str
+    tags: list[str]
+    metadata: dict[str, Any]
+    plan: _CommitPlan
+    request_id: str
+
+    def request_arguments(self) -> tuple[Any, ...]:
+        version = ("new", str(self.name), self.type_, self.description, self.tags, self.metadata)
+        return self.plan.request_arguments(version)
+
+    def committed_version(self, artifact_id: int, index: int, now: datetime) -> Version:
+        return Version(
+            uid=uuid.uuid4().hex,
+            artifact_id=artifact_id,
+            index=index,
+            state=VersionState.COMMITTED.value,
+            description=self.description,
+            tags=self.tags,
+            metadata_doc=self.metadata,
+            created_at=now,
+            **self.plan.committed_columns(now),
+        )
+
+
+class _RunAlone(Exception):
+    """Commits queued together that must each run in a transaction of its own."""
+
 
 class Versions:
     """The life of a version, from pending to committed to deleted."""
@@ -126,6 +167,9 @@ class Versions:
         self.mutations = mutations
         self.pending_ttl = pending_ttl
         self.resolver = Resolver()
+        self.new_versions: CommitQueue[_NewVersion, CommitResult] = CommitQueue(
+            self._commit_new_version, self._commit_new_versions_together
+        )
         self.gc_epochs = garbage.EpochReader(database)
         self.seen_content = garbage.SeenContent(content_check_cache.total_seconds())
 
@@ -223,7 +267,7 @@ class Versions:
             repo.add_manifest(version.id, plan.manifest.entries)
             return version, artifact, True
 
-        return self._run_commit(caller, plan, (uid,), locate, request_id)
+        return self._run_commit(caller, plan, plan.request_arguments((uid,)), locate, request_id)
 
     def create_and_commit(
         self,
@@ -247,11 +291,18 @@ class Versions:
         """
         name, clean_tags, clean_metadata = _check_new_version(caller, artifact, type_, tags, metadata)
         plan = self._plan_commit(caller, entries, aliases, links, run)
+        new = _NewVersion(caller, name, type_, description, clean_tags, clean_metadata, plan, request_id)
+        # Commits to one artifact by one actor queue behind each other's transaction, then run together.
+        return self.new_versions.run((str(name), type_, caller.actor), new)
+
+    def _commit_new_version(self, new: _NewVersion) -> CommitResult:
+        """``create_and_commit``'s transaction for one version."""
+        plan = new.plan
 
         def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
             repo = uow.repo
-            caller.require(Role.WRITER, name.entity, name.project)
-            row = _ensure_artifact(uow, name, type_, lock=True)
+            new.caller.require(Role.WRITER, new.name.entity, new.name.project)
+            row = _ensure_artifact(uow, new.name, new.type_, lock=True)
             # The digest alone decides; the latest version is loaded only when it is the answer.
             if (
                 row.next_index > 0
@@ -261,25 +312,51 @@ class Versions:
                 assert latest is not None
                 return latest, row, False
             plan.refuse_collected_content(repo)
-            now = utcnow()
-            version = repo.add_version(
-                Version(
-                    uid=uuid.uuid4().hex,
-                    artifact_id=row.id,
-                    index=repo.allocate_index(row),
-                    state=VersionState.COMMITTED.value,
-                    description=description,
-                    tags=clean_tags,
-                    metadata_doc=clean_metadata,
-                    created_at=now,
-                    **plan.committed_columns(now),
-                )
-            )
+            version = repo.add_version(new.committed_version(row.id, repo.allocate_index(row), utcnow()))
             repo.add_manifest(version.id, plan.manifest.entries)
             return version, row, True
 
-        arguments = ("new", str(name), type_, description, clean_tags, clean_metadata)
-        return self._run_commit(caller, plan, arguments, locate, request_id)
+        return self._run_commit(new.caller, plan, new.request_arguments(), locate, new.request_id)
+
+    def _commit_new_versions_together(self, group: Sequence[_NewVersion]) -> list[CommitResult]:
+        """``create_and_commit``'s transaction for versions of one artifact by one actor, in order: one lock,
+        one read of the latest digest and one index allocation for all, each version's statements in one
+        round trip with the others'.
+
+        Raises:
+            _RunAlone: one would repeat the latest version's content (and commit nothing new), or the
+                artifact's retention policy must run after each; any other error of the transaction.
+        """
+        first = group[0]
+        with_content = any(new.plan.manifest.entries for new in group)
+
+        def work(uow: UnitOfWork) -> list[tuple[CommitResult, dict[str, Any]]]:
+            repo = uow.repo
+            for new in group:
+                new.caller.require(Role.WRITER, new.name.entity, new.name.project)
+            row = _ensure_artifact(uow, first.name, first.type_, lock=True)
+            if row.retention_keep_last is not None:
+                raise _RunAlone("the artifact's retention policy runs after each commit")
+            digests = [new.plan.digest for new in group]
+            latest = repo.latest_digest(row.id, share_gc_state=with_content) if row.next_index > 0 else None
+            if any(before == digest for before, digest in zip([latest, *digests], digests, strict=False)):
+                raise _RunAlone("a commit repeats the content of the version before it")
+            garbage.refuse_collected_content(
+                repo,
+                [entry for new in group for entry in new.plan.manifest.entries],
+                min(new.plan.gc_epoch for new in group),
+                fresh=all(new.plan.fresh_epoch for new in group),
+            )
+            first_index = repo.allocate_index(row, len(group))
+            now = utcnow()
+            versions = [new.committed_version(row.id, first_index + i, now) for i, new in enumerate(group)]
+            repo.add_versions(versions)
+            made = list(zip(versions, group, strict=True))
+            repo.add_manifests((version.id, new.plan.manifest.entries) for version, new in made)
+            return [self._finish_commit(uow, new.caller, new.plan, version, row, created=True) for version, new in made]
+
+        requests = [(new.caller, new.request_id, new.request_arguments()) for new in group]
+        return self.mutations.run_together(first.caller.actor, "CommitVersion", requests, work)
 
     def _plan_commit(
         self,
@@ -315,80 +392,93 @@ class Versions:
         self,
         caller: Caller,
         plan: _CommitPlan,
-        version_arguments: tuple[Any, ...],
+        arguments: tuple[Any, ...],
         locate: Callable[[UnitOfWork], tuple[Version, Collection, bool]],
         request_id: str,
     ) -> CommitResult:
         """Runs a commit's transaction: ``locate`` finds or makes the committed version, and the
-        events, aliases, links and retention policy follow in the same transaction."""
+        events, aliases, links and retention policy follow in the same transaction. ``arguments`` are
+        the request's, for its idempotency record."""
 
         def work(uow: UnitOfWork) -> tuple[CommitResult, dict[str, Any]]:
-            repo = uow.repo
             target, artifact, created = locate(uow)
-            assert target.index is not None
-            collection_name = repo.collection_full_name(artifact)
-            if created and target.index == 0:
-                uow.record(
-                    "collection.created",
-                    str(collection_name),
-                    after={"kind": "artifact", "type": artifact.type},
-                    collection_id=artifact.id,
-                )
-            if created:
-                uow.record(
-                    "version.committed",
-                    f"{collection_name}:v{target.index}",
-                    after={
-                        "index": target.index,
-                        "digest": target.digest,
-                        "size_bytes": target.size_bytes,
-                        "file_count": target.file_count,
-                        "run": plan.run,
-                    },
-                    collection_id=artifact.id,
-                )
-            for alias in plan.aliases:
-                move_alias(uow, caller, artifact, collection_name, alias, target.index)
-            linked = [
-                link_version(uow, caller, target, artifact, rm_name, rm_aliases)
-                for rm_name, rm_aliases in plan.link_targets
-            ]
-            link_views = tuple(view for view, _, _ in linked)
-            retention_deleted: tuple[int, ...] = ()
-            if created and artifact.retention_keep_last is not None:
-                retention_deleted = apply_retention(uow, artifact, collection_name)
-            if created:
-                # Nothing needs reading back: the new version is the latest, the only aliases naming it
-                # are the ones this commit just moved, and its manifest is the one in hand (sorted as stored).
-                moved = {alias: target.index for alias in plan.aliases}
-                view = build_version_view(
-                    target, CollectionContext(artifact, collection_name, moved, target.index), plan.manifest.entries
-                )
-            else:
-                view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
-            if created:
-                log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
-            key = {
-                "version_id": target.id,
-                "created": created,
-                "link_ids": [link_id for _, _, link_id in linked],
-                "retention_deleted": list(retention_deleted),
-            }
-            return CommitResult(view, created, link_views, retention_deleted), key
+            return self._finish_commit(uow, caller, plan, target, artifact, created=created)
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> CommitResult:
             view = version_view_of(uow.repo, version_replayed(uow.repo, key["version_id"]), with_manifest=True)
             links = tuple(link_view_by_id(uow.repo, link_id) for link_id in key["link_ids"])
             return CommitResult(view, key["created"], links, tuple(key.get("retention_deleted", ())))
 
-        links = [(str(n), a) for n, a in plan.link_targets]
-        arguments = (*version_arguments, plan.digest, plan.aliases, links, plan.run)
         try:
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
         except garbage.StaleEpoch:
             plan.gc_epoch, plan.fresh_epoch = self.gc_epochs.fresh(), True
             self._require_content(plan, ask=True)
             return self.mutations.run(caller, "CommitVersion", request_id, arguments, work, replay)
+
+    def _finish_commit(
+        self,
+        uow: UnitOfWork,
+        caller: Caller,
+        plan: _CommitPlan,
+        target: Version,
+        artifact: Collection,
+        *,
+        created: bool,
+    ) -> tuple[CommitResult, dict[str, Any]]:
+        """What follows in a commit's transaction once its version is found or made: the events, aliases,
+        links and retention policy; returns the result and its idempotency key."""
+        repo = uow.repo
+        assert target.index is not None
+        collection_name = repo.collection_full_name(artifact)
+        if created and target.index == 0:
+            uow.record(
+                "collection.created",
+                str(collection_name),
+                after={"kind": "artifact", "type": artifact.type},
+                collection_id=artifact.id,
+            )
+        if created:
+            uow.record(
+                "version.committed",
+                f"{collection_name}:v{target.index}",
+                after={
+                    "index": target.index,
+                    "digest": target.digest,
+                    "size_bytes": target.size_bytes,
+                    "file_count": target.file_count,
+                    "run": plan.run,
+                },
+                collection_id=artifact.id,
+            )
+        for alias in plan.aliases:
+            move_alias(uow, caller, artifact, collection_name, alias, target.index)
+        linked = [
+            link_version(uow, caller, target, artifact, rm_name, rm_aliases)
+            for rm_name, rm_aliases in plan.link_targets
+        ]
+        link_views = tuple(view for view, _, _ in linked)
+        retention_deleted: tuple[int, ...] = ()
+        if created and artifact.retention_keep_last is not None:
+            retention_deleted = apply_retention(uow, artifact, collection_name)
+        if created:
+            # Nothing needs reading back: the new version is the latest, the only aliases naming it
+            # are the ones this commit just moved, and its manifest is the one in hand (sorted as stored).
+            moved = {alias: target.index for alias in plan.aliases}
+            view = build_version_view(
+                target, CollectionContext(artifact, collection_name, moved, target.index), plan.manifest.entries
+            )
+        else:
+            view = version_view(repo, target, collection_context(repo, artifact), with_manifest=True)
+        if created:
+            log.info("committed %s (%d files, %d bytes)", view.name, view.file_count, view.size_bytes)
+        key = {
+            "version_id": target.id,
+            "created": created,
+            "link_ids": [link_id for _, _, link_id in linked],
+            "retention_deleted": list(retention_deleted),
+        }
+        return CommitResult(view, created, link_views, retention_deleted), key
 
     def _require_content(self, plan: _CommitPlan, *, ask: bool = False) -> None:
         """Refuses (MISSING_BLOB) a manifest naming content the blob service does not hold.

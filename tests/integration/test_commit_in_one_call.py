@@ -235,3 +235,86 @@ def test_an_artifact_nobody_saw_takes_the_type_of_the_first_version_to_commit(se
 
     assert (committed.version.index, committed.version.type) == (0, "model")
     assert registry.get_artifact(name).type == "model"
+
+
+def test_concurrent_commits_with_aliases_and_retried_ids_each_get_their_own_answer_in_commit_order(
+    servers, registry, unique, wire, monkeypatch
+) -> None:
+    # Commits to one artifact that queue behind each other run together in one transaction: each must
+    # still get its own version, the alias must move with each in turn, and a retry its first answer.
+    queue = servers.metadata.catalog.versions.new_versions
+    groups: list[int] = []
+    counted = queue.on_together
+    monkeypatch.setattr(queue, "on_together", lambda size: (groups.append(size), counted(size)))
+    name = f"one-call-mixed-{unique}"
+    first_wave, second_wave = 24, 8
+    commits = first_wave + second_wave
+    contents = upload(wire, *[f"one call mixed {i} {unique}".encode() for i in range(commits)])
+    requests = []
+    for i, content in enumerate(contents):
+        fields: dict[str, Any] = {"metadata": {"step": i}}
+        if i % 4 == 0:
+            fields["aliases"] = ["best"]
+        if i % 6 == 1:
+            fields["request_id"] = uuid.uuid4().hex
+        requests.append(one_call(name, [pb.ManifestEntry(path=f"step-{i}", digest=content)], **fields))
+    answers = _all_at_once(requests[:first_wave], wire)
+    assert groups, "no commits ran together: this test did not test that"
+    # Then the first wave's requests that carry an id, each sent twice more, as a client retrying a lost
+    # answer would, at once with new commits.
+    retried = [request for request in requests[:first_wave] if request.request_id]
+    second = _all_at_once(requests[first_wave:] + retried + retried, wire)
+    answers += second[:second_wave]
+    retry_answers = second[second_wave:]
+
+    assert sorted(a.version.index for a in answers) == list(range(commits))
+    for i, answer in enumerate(answers):
+        assert answer.created
+        assert [(f.path, f.digest.hash) for f in answer.version.manifest] == [(f"step-{i}", contents[i].hash)]
+        assert answer.version.metadata["step"] == i
+        assert ("best" in answer.version.aliases) == (i % 4 == 0)
+        assert "latest" in answer.version.aliases  # it was the latest when it committed
+    by_id = {request.request_id: answer for request, answer in zip(requests, answers, strict=True)}
+    for request, answer in zip(retried + retried, retry_answers, strict=True):
+        assert (answer.version.uid, answer.created) == (by_id[request.request_id].version.uid, True)
+    stored = {v.index: v for v in registry.list_versions(name)}
+    assert sorted(stored) == list(range(commits))
+    for answer in answers:
+        assert stored[answer.version.index].uid == answer.version.uid
+        assert stored[answer.version.index].metadata == {"step": answer.version.metadata["step"]}
+    best = [a.version.index for r, a in zip(requests, answers, strict=True) if "best" in r.aliases]
+    assert registry.resolve(f"{name}:best").version.index == max(best)
+    # The log has every commit once, in index order, each alias move right after the commit that made it.
+    expected = [("collection.created", f"acme/vision/{name}", None)]
+    for index in range(commits):
+        expected.append(("version.committed", f"acme/vision/{name}:v{index}", None))
+        if index in best:
+            expected.append(("alias.set", f"acme/vision/{name}:best", index))
+    events = []
+    for update in registry.watch(0, resource_prefix=f"acme/vision/{name}", timeout=30):
+        if update.event is not None:
+            after = update.event.after.get("index") if update.event.kind == "alias.set" else None
+            events.append((update.event.kind, update.event.resource, after))
+        if len(events) == len(expected):
+            break
+    assert events == expected
+
+
+def test_concurrent_commits_under_a_retention_policy_each_delete_what_their_own_commit_pushed_out(
+    registry, unique, wire
+) -> None:
+    # The policy runs after each commit, so these never run together: each answer still names what it deleted.
+    name = f"one-call-retention-{unique}"
+    contents = upload(wire, *[f"one call retention {i} {unique}".encode() for i in range(13)])
+    wire.call(wire.metadata.CommitVersion, one_call(name, [pb.ManifestEntry(path="first", digest=contents[0])]))
+    registry.set_retention(name, 2)
+    answers = _all_at_once(
+        [one_call(name, [pb.ManifestEntry(path=f"step-{i}", digest=c)]) for i, c in enumerate(contents[1:])], wire
+    )
+
+    assert sorted(a.version.index for a in answers) == list(range(1, 13))
+    deleted = sorted(index for a in answers for index in a.retention_deleted_indexes)
+    assert deleted == list(range(11))  # each pushed out once, by the commit that made it third from last
+    for answer in answers:
+        assert list(answer.retention_deleted_indexes) in ([], [answer.version.index - 2])
+    assert [v.index for v in registry.list_versions(name)] == [12, 11]

@@ -11,7 +11,9 @@ import logging
 import os
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime.metrics import RPC_LOGGER, MergedRegistries
 from mreg.server_runtime.runtime import JsonFormatter
-from tests.helpers import make_checkpoint
+from tests.helpers import make_checkpoint, upload
 from tests.wire import Wire
 
 METADATA = "mreg.metadata.v1.MetadataService"
@@ -367,3 +369,28 @@ def test_a_failed_call_logs_its_principal_and_never_a_token(secured: Any, rpc_li
     for line in (found, refused_line, denied_line):
         text = json.dumps(line)
         assert reader not in text and bogus not in text and outsider not in text
+
+
+def test_commits_run_together_are_counted_by_group_and_by_commit(observed: Observed) -> None:
+    before, _ = observed.scrape()
+    name = f"grouped-{uuid.uuid4().hex[:8]}"
+    with observed.wire() as wire:
+        (content,) = upload(wire, b"grouped commits " + name.encode())
+
+        def commit(i: int) -> int:
+            request = pb.CommitVersionRequest(
+                new_version=pb.CommitVersionRequest.NewVersion(parent=name, type="model"),
+                manifest=[pb.ManifestEntry(path=f"step-{i}", digest=content)],
+            )
+            return wire.call(wire.metadata.CommitVersion, request).version.index
+
+        with ThreadPoolExecutor(16) as pool:
+            indexes = list(pool.map(commit, range(320)))
+    after, _ = observed.scrape()
+
+    assert sorted(indexes) == list(range(320))
+    groups = value(after, "mreg_commit_groups_total") - value(before, "mreg_commit_groups_total")
+    grouped = value(after, "mreg_commits_in_groups_total") - value(before, "mreg_commits_in_groups_total")
+    # Sixteen clients on one artifact: commits queue behind one another, and those that queued run together.
+    assert groups >= 1
+    assert 2 * groups <= grouped <= 320

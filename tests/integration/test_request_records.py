@@ -79,8 +79,8 @@ def test_a_transaction_recording_an_id_another_is_recording_waits_and_then_finds
 
     def hold_open(uow: UnitOfWork) -> None:
         _record(uow, request_id, first)
-        assert uow.repo.append_events(uow.events, uow.actor, uow.request)
-        uow.events, uow.request = [], None  # appended already: commit only commits
+        assert uow.repo.append_events(uow.events, uow.actor, uow.requests)
+        uow.events, uow.requests = [], []  # appended already: commit only commits
         first_appended.set()
         assert release_first.wait(10)
 
@@ -122,3 +122,27 @@ def test_a_request_recorded_without_events_is_recorded_alone(database: Database)
         )
     assert _last_sequence(database) == before
     assert _recorded(database, request_id) == ("fingerprint", {"n": 1})
+
+
+def test_mutations_run_together_record_every_id_or_none_and_append_nothing_if_one_is_taken(
+    database: Database,
+) -> None:
+    taken, free, together = uuid.uuid4().hex, uuid.uuid4().hex, f"together-{uuid.uuid4().hex}"
+    database.run(lambda uow: _record(uow, taken, f"first-{taken}"), write=True)
+    after_first = _last_sequence(database)
+
+    def both(uow: UnitOfWork, first_id: str, second_id: str) -> None:
+        _record(uow, first_id, together)
+        uow.record_request_at_commit(PendingRequest(second_id, "Test", "fingerprint", {"resource": together}))
+
+    with pytest.raises(RequestAlreadyRecorded):
+        database.run(lambda uow: both(uow, free, taken), write=True)
+    assert _last_sequence(database) == after_first
+    assert _resources(database, together) == []
+    assert _recorded(database, free) is None
+
+    second_free = uuid.uuid4().hex
+    database.run(lambda uow: both(uow, free, second_free), write=True)
+    assert _resources(database, together) == [f"{together}/0", f"{together}/1"]
+    assert _recorded(database, free) == ("fingerprint", {"resource": together})
+    assert _recorded(database, second_free) == ("fingerprint", {"resource": together})
