@@ -121,15 +121,24 @@ class _MethodSeries:
 
     __slots__ = ("by_code", "method", "metrics", "open_streams", "received", "sent", "service")
 
-    def __init__(self, metrics: ServiceMetrics, full_method: str) -> None:
+    def __init__(self, metrics: ServiceMetrics, full_method: str, *, streaming: bool) -> None:
         service, _, method = full_method.lstrip("/").rpartition("/")
         self.metrics = metrics
         self.service = service
         self.method = method
-        self.open_streams = metrics.open_streams.labels(metrics.server, service, method)
+        # Only streaming methods get the gauge: a unary method's would always show 0 open streams.
+        self.open_streams = metrics.open_streams.labels(metrics.server, service, method) if streaming else None
         self.received = metrics.received_bytes.labels(metrics.server, service, method)
         self.sent = metrics.sent_bytes.labels(metrics.server, service, method)
         self.by_code: dict[grpc.StatusCode, tuple[Any, Any]] = {}
+
+    def stream_opened(self) -> None:
+        if self.open_streams is not None:
+            self.open_streams.inc()
+
+    def stream_closed(self) -> None:
+        if self.open_streams is not None:
+            self.open_streams.dec()
 
     def finished(self, code: grpc.StatusCode, seconds: float) -> None:
         children = self.by_code.get(code)
@@ -168,7 +177,10 @@ class RpcObserver(grpc.ServerInterceptor):
         series = self._series.get(full_method)
         if series is None:
             # Only methods the server has get series: an unknown name (handler None) adds none.
-            series = self._series.setdefault(full_method, _MethodSeries(self._metrics, full_method))
+            streaming = handler.request_streaming or handler.response_streaming
+            series = self._series.setdefault(
+                full_method, _MethodSeries(self._metrics, full_method, streaming=streaming)
+            )
         if handler.response_streaming:
             return self._observe_response_stream(handler, series)
         return self._observe_unary_response(handler, series)
@@ -185,8 +197,7 @@ class RpcObserver(grpc.ServerInterceptor):
             started = time.perf_counter()
             note = CallNote() if track_principal else None
             token = CURRENT_CALL.set(note) if note is not None else None
-            if streaming:
-                series.open_streams.inc()
+            series.stream_opened()
             try:
                 response = behavior(request, context)
             except BaseException as e:
@@ -206,7 +217,7 @@ class RpcObserver(grpc.ServerInterceptor):
         def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             note = CallNote() if track_principal else None
-            series.open_streams.inc()
+            series.stream_opened()
             responses = iter(behavior(request, context))
             try:
                 while True:
@@ -268,7 +279,7 @@ def _end(
     if token is not None:
         CURRENT_CALL.reset(token)
     if open_stream:
-        series.open_streams.dec()
+        series.stream_closed()
     _finish(series, context, started, error, note, stream)
 
 

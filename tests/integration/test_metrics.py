@@ -394,3 +394,19 @@ def test_commits_run_together_are_counted_by_group_and_by_commit(observed: Obser
     # Sixteen clients on one artifact: commits queue behind one another, and those that queued run together.
     assert groups >= 1
     assert 2 * groups <= grouped <= 320
+
+
+def test_only_streaming_methods_have_an_open_streams_gauge(observed: Observed) -> None:
+    with observed.wire() as wire:
+        with pytest.raises(MregError):
+            wire.call(wire.metadata.GetVersion, pb.GetVersionRequest(name="acme/metrics/no-such-model:v0"))
+        (content,) = upload(wire, b"open streams gauge")
+        list(wire.blobs.Read(blob_pb.ReadRequest(digest=content)))
+    metadata, blob = observed.scrape()
+
+    def gauges(samples: Samples) -> set[str]:
+        return {dict(labels)["method"] for name, labels in samples if name == "mreg_rpc_open_streams"}
+
+    assert "GetVersion" not in gauges(metadata)
+    assert {"BatchUpdateBlobs", "FindMissingBlobs"}.isdisjoint(gauges(blob))
+    assert "Read" in gauges(blob)
