@@ -2228,9 +2228,24 @@ _leaf(
 )(_stub)
 
 
+class _WarningsOnStderr(logging.Handler):
+    """The client library's warnings, worded as the command's own notes: ``mreg: warning: …`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError, ValueError):  # stderr as it is now: tests and callers swap it
+            print(f"mreg: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def _say_library_warnings() -> None:
+    library = logging.getLogger("mreg.client")
+    if not any(isinstance(handler, _WarningsOnStderr) for handler in library.handlers):
+        library.addHandler(_WarningsOnStderr(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command. Exit status: 0 success, 1 error (one line on stderr), 2 usage error,
     130 interrupted, 141 output pipe closed by the reader."""
+    _say_library_warnings()
     if argv is None and "_MREG_COMPLETE" in os.environ:
         cli.main(prog_name="mreg", complete_var="_MREG_COMPLETE")  # prints the completion script or candidates
     arguments = list(sys.argv[1:] if argv is None else argv)

@@ -234,3 +234,13 @@ def test_a_malformed_blob_replica_list_stops_the_metadata_service_at_start_up(tm
     )
     assert started.returncode == 2, started.stderr
     assert "--blob-addr" in started.stderr and "'not-an-address'" in started.stderr
+
+
+@pytest.mark.any_database
+def test_the_cli_says_which_replicas_it_left_out_as_a_warning(servers, mreg, monkeypatch) -> None:
+    monkeypatch.setenv("MREG_METADATA_ADDR", f"{servers.metadata.address},nosuchhost.invalid:7002")
+    code, _, err = mreg("ls", "acme")
+
+    assert code == 0, err
+    [line] = [line for line in err.splitlines() if "nosuchhost.invalid" in line]
+    assert line.startswith("mreg: warning: left out of ")
