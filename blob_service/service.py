@@ -47,6 +47,9 @@ UPLOAD_EXPIRY = timedelta(days=1)
 PUBLISHED_CHECK_EVERY = 64
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# The hash of an upload's digest until its last message brings it (write_digest_at_finish): no SHA-256
+# reads so, and the backends name the upload's partial state after it.
+UNHASHED = "unhashed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,8 @@ class WriteChunk:
     offset: int
     data: bytes
     finish: bool
+    # With finish, of an upload begun without the hash: the whole digest the content must match.
+    final_digest: Digest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,15 +236,21 @@ class BlobStore:
             InvalidArgument: more bytes than the digest's size, or a hash mismatch.
         """
         validate_upload_id(upload_id)
+        hash_at_finish = digest.hash == UNHASHED
         if digest.is_empty:
             return 0
-        if self.storage.has(digest):
+        if not hash_at_finish and self.storage.has(digest):
             self.storage.touch(digest)
             return digest.size_bytes
         try:
-            upload = self.storage.begin_write(upload_id, digest)
+            upload = self.storage.begin_write(upload_id, digest, fresh=hash_at_finish)
+            if hash_at_finish and upload.committed_size:
+                # Left by an earlier stream under this id (this server died under it): never continued.
+                self.storage.abort_write(upload)
+                upload = self.storage.begin_write(upload_id, digest, fresh=True)
         except StorageFull as e:
             raise _no_room(digest, e) from e
+        published = False
         try:
             hasher = self._restore_hash(upload)
             for received, chunk in enumerate(chunks, start=1):
@@ -260,18 +271,25 @@ class BlobStore:
                 hasher.update(chunk.data)
                 upload.append(chunk.data)
                 if chunk.finish:
+                    if chunk.final_digest is not None:
+                        upload.digest = chunk.final_digest
+                    published = True
                     return self._publish(upload, hasher)
-                if received % PUBLISHED_CHECK_EVERY == 0 and self.storage.has(digest):
+                if not hash_at_finish and received % PUBLISHED_CHECK_EVERY == 0 and self.storage.has(digest):
                     # Another upload of the same content won: stop receiving.
                     self.storage.abort_write(upload)
                     return digest.size_bytes
-            return upload.committed_size
+            return 0 if hash_at_finish else upload.committed_size
         except StorageFull as e:
             # Release what the upload holds: the next, smaller push must find the room.
             received = upload.committed_size
             self.storage.abort_write(upload)
+            published = True
             raise _no_room(digest, e, received) from e
         finally:
+            if hash_at_finish and not published:
+                # Not resumable (nothing names it but this stream): its bytes go with it.
+                self.storage.abort_write(upload)
             upload.close()
 
     def _restore_hash(self, upload: PartialUpload) -> hashlib._Hash:

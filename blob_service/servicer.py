@@ -19,7 +19,7 @@ from mreg.blob_service import limits
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, InvalidArgument, Reason
 from mreg.blob_service.metrics import BlobMetrics
-from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk
+from mreg.blob_service.service import UNHASHED, BlobStore, Capabilities, WriteChunk
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 from mreg.server_runtime.error_mapping import abort_on_domain_error, domain_status
 from mreg.server_runtime.metrics import ServiceMetrics
@@ -58,6 +58,36 @@ def add_to_server(servicer: BlobServicer, server: grpc.Server) -> None:
 
 def _digest(message: pb.Digest) -> Digest:
     return Digest.parse(message.hash, message.size_bytes)
+
+
+def _size_only(message: pb.Digest) -> Digest:
+    """The digest of an upload whose hash comes with its last message: its size, and no hash yet."""
+    if message.size_bytes <= 0:
+        raise InvalidArgument(
+            "a Write whose digest has no hash must give its size (size_bytes > 0); the hash then comes with "
+            "finish_write",
+            Reason.DIGEST_INVALID,
+            {"field": "digest"},
+        )
+    return Digest(UNHASHED, message.size_bytes)
+
+
+def _final_digest(message: pb.Digest, size_bytes: int) -> Digest:
+    """The whole digest the last message of an upload begun without a hash must carry, of the size first given."""
+    if not message.hash:
+        raise InvalidArgument(
+            "this upload began without the digest's hash: the message with finish_write must carry the whole digest",
+            Reason.DIGEST_INVALID,
+            {"field": "digest"},
+        )
+    digest = _digest(message)
+    if digest.size_bytes != size_bytes:
+        raise InvalidArgument(
+            f"the digest with finish_write gives {digest.size_bytes} bytes, the first message {size_bytes}",
+            Reason.DIGEST_INVALID,
+            {"field": "digest"},
+        )
+    return digest
 
 
 def _digest_pb(digest: Digest) -> pb.Digest:
@@ -109,6 +139,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             min_gc_grace=_duration(c.min_gc_grace),
             upload_expiry=_duration(c.upload_expiry),
             stream_idle_timeout=_duration(c.stream_idle_timeout),
+            write_digest_at_finish=True,
         )
 
     @_abort_on_domain_error
@@ -177,21 +208,27 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 "the first WriteRequest must set upload_id and digest",
                 metadata={"field": "digest" if first.upload_id else "upload_id"},
             )
-        digest = _digest(first.digest)
+        # No hash in the first message: it comes with the last (write_digest_at_finish).
+        hash_at_finish = not first.digest.hash
+        digest = _size_only(first.digest) if hash_at_finish else _digest(first.digest)
         received = self.metrics.write_received
 
         def chunks() -> Iterator[WriteChunk]:
             message = first
             while True:
                 received.inc(len(message.data))
+                final = None
+                if hash_at_finish and message.finish_write:
+                    final = _final_digest(message.digest, digest.size_bytes)
                 if (message.upload_id and message.upload_id != first.upload_id) or (
-                    message.HasField("digest") and message.digest != first.digest
+                    final is None and message.HasField("digest") and message.digest != first.digest
                 ):
                     raise InvalidArgument(
-                        "upload_id and digest must not change within a write stream",
+                        "upload_id and digest must not change within a write stream"
+                        + (" (its hash comes with finish_write)" if hash_at_finish else ""),
                         metadata={"field": "digest" if message.upload_id == first.upload_id else "upload_id"},
                     )
-                yield WriteChunk(message.write_offset, message.data, message.finish_write)
+                yield WriteChunk(message.write_offset, message.data, message.finish_write, final)
                 if message.finish_write:
                     return
                 next_message = next(request_iterator, None)

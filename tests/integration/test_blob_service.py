@@ -385,3 +385,92 @@ def test_a_write_stream_that_ends_without_finish_write_keeps_its_bytes_and_publi
     # Reusing the upload id of a completed upload: already stored, nothing more is read.
     again = blob_stub.Write(write_requests(data, digest, upload_id))
     assert again.committed_size == len(data)
+
+
+def hash_at_finish_requests(
+    data: bytes, final: pb.Digest | None, upload_id: str, *, finish: bool = True
+) -> list[pb.WriteRequest]:
+    """A Write that begins with the size alone and gives the whole digest (``final``) with finish_write."""
+    requests = list(write_requests(data, pb.Digest(size_bytes=len(data)), upload_id, finish=finish))
+    if finish and final is not None:
+        requests[-1].digest.CopyFrom(final)
+    return requests
+
+
+def partial_uploads(location: str) -> list[str]:
+    """The partial uploads a disk store holds (none to look at on S3, whose tests rely on the answers)."""
+    uploads = os.path.join(location, "uploads")
+    return sorted(os.listdir(uploads)) if os.path.isdir(uploads) else []
+
+
+def test_a_write_may_give_the_hash_with_its_last_message_when_the_server_says_so(blob_stub) -> None:
+    assert blob_stub.GetCapabilities(pb.GetCapabilitiesRequest()).write_digest_at_finish
+    data = os.urandom(3 * CHUNK + 4321)
+    digest = digest_of(data)
+
+    response = blob_stub.Write(iter(hash_at_finish_requests(data, digest, uuid.uuid4().hex)))
+
+    assert response.committed_size == len(data)
+    assert not blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests
+    assert read_all(blob_stub, digest) == data
+    # The same content again that way: already stored, and still one blob.
+    assert blob_stub.Write(iter(hash_at_finish_requests(data, digest, uuid.uuid4().hex))).committed_size == len(data)
+    assert read_all(blob_stub, digest) == data
+
+
+def test_a_hash_given_at_the_end_that_does_not_match_stores_nothing(blob_stub) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    claimed = digest_of(data[:-1] + b"?")
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(iter(hash_at_finish_requests(data, claimed, uuid.uuid4().hex)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not match" in error.value.details()
+    missing = blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[claimed, digest_of(data)]))
+    assert len(missing.missing_blob_digests) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no hash at the end", "must carry the whole digest"),
+        ("another size at the end", "gives"),
+        ("no size at the start", "must give its size"),
+        ("a hash in the middle", "must not change"),
+    ],
+)
+def test_an_upload_begun_without_the_hash_is_refused_unless_its_last_message_brings_the_whole_digest(
+    blob_stub, change: str, message: str
+) -> None:
+    data = os.urandom(2 * CHUNK + 9)
+    digest = digest_of(data)
+    requests = hash_at_finish_requests(data, digest, uuid.uuid4().hex)
+    if change == "no hash at the end":
+        requests[-1].digest.hash = ""
+    elif change == "another size at the end":
+        requests[-1].digest.size_bytes += 1
+    elif change == "no size at the start":
+        requests[0].digest.size_bytes = 0
+    else:
+        requests[1].digest.CopyFrom(digest)
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(iter(requests))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
+
+
+def test_an_upload_begun_without_the_hash_that_ends_unfinished_is_discarded(blob_store_location, blob_stub) -> None:
+    data = os.urandom(2 * CHUNK)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    before = partial_uploads(blob_store_location)
+
+    response = blob_stub.Write(iter(hash_at_finish_requests(data, None, upload_id, finish=False)))
+
+    assert response.committed_size == 0  # nothing kept: nothing could name it to continue it
+    assert partial_uploads(blob_store_location) == before
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
+    # The same upload id, begun again without the hash, starts from nothing and publishes.
+    again = blob_stub.Write(iter(hash_at_finish_requests(data, digest, upload_id)))
+    assert again.committed_size == len(data)
+    assert read_all(blob_stub, digest) == data
