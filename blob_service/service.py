@@ -47,9 +47,18 @@ UPLOAD_EXPIRY = timedelta(days=1)
 PUBLISHED_CHECK_EVERY = 64
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-# The hash of an upload's digest until its last message brings it (write_digest_at_finish): no SHA-256
-# reads so, and the backends name the upload's partial state after it.
-UNHASHED = "unhashed"
+# The hash of an upload's digest until its last message brings it (write_digest_at_finish), followed by its
+# size: no SHA-256 reads so, and the backends name the upload's partial state after it.
+_UNHASHED = "unhashed-"
+
+
+def unhashed(size_bytes: int) -> Digest:
+    """The digest naming an upload whose hash comes with its last message: (upload_id, size) names it until then."""
+    return Digest(f"{_UNHASHED}{size_bytes}", size_bytes)
+
+
+def is_unhashed(digest: Digest) -> bool:
+    return digest.hash.startswith(_UNHASHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,21 +245,16 @@ class BlobStore:
             InvalidArgument: more bytes than the digest's size, or a hash mismatch.
         """
         validate_upload_id(upload_id)
-        hash_at_finish = digest.hash == UNHASHED
+        hash_at_finish = is_unhashed(digest)
         if digest.is_empty:
             return 0
         if not hash_at_finish and self.storage.has(digest):
             self.storage.touch(digest)
             return digest.size_bytes
         try:
-            upload = self.storage.begin_write(upload_id, digest, fresh=hash_at_finish)
-            if hash_at_finish and upload.committed_size:
-                # Left by an earlier stream under this id (this server died under it): never continued.
-                self.storage.abort_write(upload)
-                upload = self.storage.begin_write(upload_id, digest, fresh=True)
+            upload = self.storage.begin_write(upload_id, digest)
         except StorageFull as e:
             raise _no_room(digest, e) from e
-        published = False
         try:
             hasher = self._restore_hash(upload)
             for received, chunk in enumerate(chunks, start=1):
@@ -272,24 +276,19 @@ class BlobStore:
                 upload.append(chunk.data)
                 if chunk.finish:
                     if chunk.final_digest is not None:
-                        upload.digest = chunk.final_digest
-                    published = True
+                        upload.digest = chunk.final_digest  # published under it; its partial state keeps its name
                     return self._publish(upload, hasher)
                 if not hash_at_finish and received % PUBLISHED_CHECK_EVERY == 0 and self.storage.has(digest):
                     # Another upload of the same content won: stop receiving.
                     self.storage.abort_write(upload)
                     return digest.size_bytes
-            return 0 if hash_at_finish else upload.committed_size
+            return upload.committed_size
         except StorageFull as e:
             # Release what the upload holds: the next, smaller push must find the room.
             received = upload.committed_size
             self.storage.abort_write(upload)
-            published = True
             raise _no_room(digest, e, received) from e
         finally:
-            if hash_at_finish and not published:
-                # Not resumable (nothing names it but this stream): its bytes go with it.
-                self.storage.abort_write(upload)
             upload.close()
 
     def _restore_hash(self, upload: PartialUpload) -> hashlib._Hash:
@@ -328,7 +327,7 @@ class BlobStore:
             NotFound: no such upload is in progress and the blob is not stored.
         """
         validate_upload_id(upload_id)
-        if digest.is_empty or self.storage.has(digest):
+        if digest.is_empty or (not is_unhashed(digest) and self.storage.has(digest)):
             return digest.size_bytes, True
         size = self.storage.upload_size(upload_id, digest)
         if size is None:

@@ -19,7 +19,7 @@ from mreg.blob_service import limits
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, InvalidArgument, Reason
 from mreg.blob_service.metrics import BlobMetrics
-from mreg.blob_service.service import UNHASHED, BlobStore, Capabilities, WriteChunk
+from mreg.blob_service.service import BlobStore, Capabilities, WriteChunk, unhashed
 from mreg.server_runtime.edge import Undecodable, add_servicer_to_server
 from mreg.server_runtime.error_mapping import abort_on_domain_error, domain_status
 from mreg.server_runtime.metrics import ServiceMetrics
@@ -69,7 +69,7 @@ def _size_only(message: pb.Digest) -> Digest:
             Reason.DIGEST_INVALID,
             {"field": "digest"},
         )
-    return Digest(UNHASHED, message.size_bytes)
+    return unhashed(message.size_bytes)
 
 
 def _final_digest(message: pb.Digest, size_bytes: int) -> Digest:
@@ -243,7 +243,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     def QueryWriteStatus(
         self, request: pb.QueryWriteStatusRequest, context: grpc.ServicerContext
     ) -> pb.QueryWriteStatusResponse:
-        committed, complete = self.store.query_write_status(request.upload_id, _digest(request.digest))
+        # An upload begun without the hash is known by its size until it finishes (write_digest_at_finish).
+        digest = _size_only(request.digest) if not request.digest.hash else _digest(request.digest)
+        committed, complete = self.store.query_write_status(request.upload_id, digest)
         return pb.QueryWriteStatusResponse(committed_size=committed, complete=complete)
 
     @_abort_on_domain_error

@@ -62,9 +62,11 @@ from mreg.client.settings import ClientSettings
 from mreg.client.snapshots import Download, SnapshotCache
 from mreg.client.transfer import (
     DEFAULT_RETRY_SECONDS,
+    STREAM_WHILE_HASHING_MIN_BYTES,
     BlobTransfer,
     ProgressCallback,
     RemoteFile,
+    StreamsWhileHashing,
     prepare_destination,
 )
 from mreg.metadata.v1 import metadata_service_pb2 as pb
@@ -351,7 +353,38 @@ class Registry:
         struct = _struct(metadata)
         # Resolving the root once gives every file an absolute path to key the hash cache by.
         listing = list_files(Path(directory).resolve())
-        local = self._hash_directory(listing.files, hash_progress)
+        infos, known = self._look_up_digests(listing.files)
+        pending_uid = ""
+        streams: StreamsWhileHashing | None = None
+        streamed: dict[int, int] = {}  # file index -> its index in streams
+        large = self._to_stream_while_hashing(listing.files, infos, known)
+        if large and self.transfer.limits().write_digest_at_finish:
+            # The pending version first, as below, then they stream while they are hashed.
+            pending_uid = self._create_pending_version(ref, type, description, tags, struct)
+            streams = StreamsWhileHashing(
+                self.transfer, [(listing.files[i][0], infos[i]) for i in large], self.hash_cache
+            )
+            streamed = {i: j for j, i in enumerate(large)}
+            for i in large:
+                sha = known[i]
+                if sha is not None:
+                    streams.hashed(streamed[i], sha)
+        try:
+            local = self._hash_directory(
+                listing.files,
+                infos,
+                known,
+                hash_progress,
+                on_hashed=_told_to(streams, streamed) if streams is not None else None,
+            )
+        except BaseException as e:
+            if streams is None:
+                raise
+            streams.cancel()
+            if isinstance(e, KeyboardInterrupt):
+                total = sum(info.st_size for info in infos)
+                raise PushInterrupted(streams.stored_bytes(), total) from None
+            raise
         request = pb.CommitVersionRequest(
             manifest=[
                 pb.ManifestEntry(path=f.path, digest=blob_pb.Digest(hash=f.sha256, size_bytes=f.size_bytes))
@@ -361,18 +394,21 @@ class Registry:
             links=[pb.LinkTarget(registered_model=m) for m in link_to],
             run=run,
         )
-        missing: set[tuple[str, int]] | None = self.transfer.find_missing(
-            sorted({(f.sha256, f.size_bytes) for f in local})
-        )
-        if missing:
+        try:
+            missing: set[tuple[str, int]] | None = self.transfer.find_missing(
+                sorted({(f.sha256, f.size_bytes) for f in local})
+            )
+        except MregError as e:
+            if streams is None:
+                raise
+            streams.cancel()
+            if e.code not in RESUMABLE_PUSH_FAILURES:
+                raise
+            raise _kept_for_a_rerun(e) from e
+        if missing or pending_uid:
             # Content to upload: a pending version first, so what the service refuses (another type, a
             # registered model's name) is refused before any byte is sent.
-            request.uid = self._call(
-                self.metadata.CreateVersion,
-                pb.CreateVersionRequest(
-                    parent=ref, type=type, description=description, tags=list(tags), metadata=struct
-                ),
-            ).version.uid
+            request.uid = pending_uid or self._create_pending_version(ref, type, description, tags, struct)
         else:
             # Everything is stored already: the version is created and committed in one call.
             request.new_version.CopyFrom(
@@ -380,7 +416,7 @@ class Registry:
                     parent=ref, type=type, description=description, tags=list(tags), metadata=struct
                 )
             )
-        uploaded = self._upload_missing(local, progress, missing)
+        uploaded = self._upload_missing(local, progress, missing, streams, [local[i] for i in streamed])
         # Only now, with the directory read, the version accepted and its content stored: a push that fails
         # before its commit leaves no registered model behind, and one whose commit is refused removes those
         # it created.
@@ -442,39 +478,86 @@ class Registry:
         if run:
             references.check_collection(run, self.entity, self.project, "run")
 
+    def _to_stream_while_hashing(
+        self, found: list[tuple[Path, str]], infos: list[os.stat_result], known: list[str | None]
+    ) -> list[int]:
+        """The large files not hashed before (content to upload, most likely), and those an interrupted push
+        began to stream (StreamsWhileHashing)."""
+
+        def begun(i: int) -> bool:
+            return self.hash_cache is not None and self.hash_cache.has_file_upload(found[i][0], infos[i])
+
+        return [
+            i
+            for i in range(len(found))
+            if infos[i].st_size >= STREAM_WHILE_HASHING_MIN_BYTES and (known[i] is None or begun(i))
+        ]
+
+    def _create_pending_version(
+        self, ref: str, type: str, description: str, tags: Sequence[str], metadata: struct_pb2.Struct | None
+    ) -> str:
+        request = pb.CreateVersionRequest(
+            parent=ref, type=type, description=description, tags=list(tags), metadata=metadata
+        )
+        return self._call(self.metadata.CreateVersion, request).version.uid
+
     def _upload_missing(
         self,
         local: Sequence[LocalFile],
         progress: Callable[[int], ProgressCallback] | None,
         missing: set[tuple[str, int]] | None = None,
+        streams: StreamsWhileHashing | None = None,
+        streamed: Sequence[LocalFile] = (),
     ) -> int:
-        """Uploads the files whose content the blob service lacks (``missing``, or asked now if None)."""
+        """Uploads the files whose content the blob service lacks (``missing``, or asked now if None), but for
+        those ``streams`` is streaming (``streamed``): it finishes them, and those it did not store follow."""
         content = {(f.sha256, f.size_bytes): f.size_bytes for f in local}
         if missing is None:
             missing = self.transfer.find_missing(sorted(content))
-        to_send = [f for f in local if (f.sha256, f.size_bytes) in missing]
+        sending = missing - {(f.sha256, f.size_bytes) for f in streamed}
+        to_send = [f for f in local if (f.sha256, f.size_bytes) in sending]
         total = sum(size for key, size in content.items() if key in missing)
+        report = progress(total) if progress and total else None
         try:
-            return self.transfer.upload(to_send, progress(total) if progress else None) if to_send else 0
-        except PushInterrupted as e:
+            try:
+                return self._send_missing(to_send, report, missing, streams, streamed)
+            except BaseException:
+                if streams is not None:
+                    streams.cancel()
+                raise
+        except (PushInterrupted, KeyboardInterrupt) as e:
             # What was stored before this push plus what it stored; of all the version's content.
             present = sum(content.values()) - total
-            raise PushInterrupted(present + e.stored_bytes, sum(content.values())) from None
+            stored = (e.stored_bytes if isinstance(e, PushInterrupted) else 0) + (
+                streams.stored_bytes() if streams is not None else 0
+            )
+            raise PushInterrupted(present + stored, sum(content.values())) from None
         except MregError as e:
             if e.code not in RESUMABLE_PUSH_FAILURES:
                 raise
-            # The blob service went away after its retries: whole blobs stored stay, and so does the part of
-            # each stream it received (its upload id is in the cache), so a re-run sends only the rest.
-            raise e.with_message(f"{e.message}; what was stored is kept: run the same push again to resume") from e
+            raise _kept_for_a_rerun(e) from e
 
-    def _hash_directory(
-        self, found: list[tuple[Path, str]], progress: Callable[[int], ProgressCallback] | None = None
-    ) -> list[LocalFile]:
-        """Digests of the files ``list_files`` found; unchanged files cost a stat and a cache lookup.
+    def _send_missing(
+        self,
+        to_send: list[LocalFile],
+        report: ProgressCallback | None,
+        missing: set[tuple[str, int]],
+        streams: StreamsWhileHashing | None,
+        streamed: Sequence[LocalFile],
+    ) -> int:
+        """Uploads ``to_send`` while ``streams`` finishes ``streamed``, then what they did not store; returns
+        the bytes sent."""
+        if streams is not None and report is not None:
+            streams.report_to(report)
+        sent = self.transfer.upload(to_send, report) if to_send else 0
+        if streams is None:
+            return sent
+        not_stored, streamed_bytes = streams.finish()
+        retry = [f for i, f in enumerate(streamed) if i in not_stored and (f.sha256, f.size_bytes) in missing]
+        return sent + streamed_bytes + (self.transfer.upload(retry, report) if retry else 0)
 
-        ``progress`` is called with the bytes to hash when they reach HASH_PROGRESS_MIN_BYTES
-        (a large checkpoint takes seconds to hash), and returns a callback told of each block.
-        """
+    def _look_up_digests(self, found: list[tuple[Path, str]]) -> tuple[list[os.stat_result], list[str | None]]:
+        """Each file's stat, and its digest if the hash cache knows the file unchanged (else None)."""
         try:
             infos = [source.stat() for source, _ in found]
         except OSError as e:
@@ -483,6 +566,23 @@ class Registry:
             self.hash_cache.lookup(source, info) if self.hash_cache else None
             for (source, _), info in zip(found, infos, strict=True)
         ]
+        return infos, known
+
+    def _hash_directory(
+        self,
+        found: list[tuple[Path, str]],
+        infos: list[os.stat_result],
+        known: list[str | None],
+        progress: Callable[[int], ProgressCallback] | None = None,
+        on_hashed: Callable[[int, str], None] | None = None,
+    ) -> list[LocalFile]:
+        """Digests of the files ``list_files`` found (``_look_up_digests`` gave their stats and known digests):
+        unchanged files cost a stat and a cache lookup, the others are hashed, and ``on_hashed`` is told of
+        each as (index, digest) once it is.
+
+        ``progress`` is called with the bytes to hash when they reach HASH_PROGRESS_MIN_BYTES
+        (a large checkpoint takes seconds to hash), and returns a callback told of each block.
+        """
         to_hash = [i for i, sha in enumerate(known) if sha is None]
         pending_bytes = sum(infos[i].st_size for i in to_hash)
         advance = progress(pending_bytes) if progress and pending_bytes >= HASH_PROGRESS_MIN_BYTES else None
@@ -490,7 +590,13 @@ class Registry:
         pool = ThreadPoolExecutor(max(2, self.parallel))
 
         def hash_group(group: list[int]) -> list[tuple[int, str]]:
-            return [(i, sha256_file(found[i][0], stop, advance, infos[i].st_size)[0]) for i in group]
+            hashed = []
+            for i in group:
+                sha = sha256_file(found[i][0], stop, advance, infos[i].st_size)[0]
+                if on_hashed is not None:
+                    on_hashed(i, sha)
+                hashed.append((i, sha))
+            return hashed
 
         try:
             groups = _hash_groups(to_hash, [infos[i].st_size for i in to_hash])
@@ -1117,6 +1223,23 @@ def _default_actor() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def _kept_for_a_rerun(error: MregError) -> MregError:
+    """A push's failure to reach the blob service (RESUMABLE_PUSH_FAILURES), saying a re-run resumes: whole blobs
+    stored stay, and so does the part of each stream the service received (its upload id is in the cache), so a
+    re-run sends only the rest."""
+    return error.with_message(f"{error.message}; what was stored is kept: run the same push again to resume")
+
+
+def _told_to(streams: StreamsWhileHashing, streamed: dict[int, int]) -> Callable[[int, str], None]:
+    """Tells ``streams`` the digest of each file it streams (``streamed`` maps file indexes to its own)."""
+
+    def hashed(index: int, sha256: str) -> None:
+        if index in streamed:
+            streams.hashed(streamed[index], sha256)
+
+    return hashed
 
 
 def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:

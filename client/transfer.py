@@ -77,6 +77,9 @@ DEFAULT_RETRY_SECONDS = 30.0
 
 # After Ctrl-C, how long workers get to notice the cancellation and clean up their temp files.
 CANCEL_GRACE_SECONDS = 1.0
+# Files at least this large, whose digest is not known yet, are streamed while they are hashed
+# (StreamsWhileHashing): hashing one then costs a push no time of its own.
+STREAM_WHILE_HASHING_MIN_BYTES = 64 << 20
 
 ProgressCallback = Callable[[int], None]
 FileT = TypeVar("FileT", LocalFile, "RemoteFile")
@@ -199,6 +202,7 @@ class TransferLimits:
     small_file_bytes: int  # files up to this size travel in batches
     chunk_bytes: int  # data per WriteRequest
     min_gc_grace_seconds: int = 0  # content used more recently is never deleted, whatever grace GC is given
+    write_digest_at_finish: bool = False  # a Write may give its hash in its last message (StreamsWhileHashing)
 
     @classmethod
     def from_capabilities(cls, caps: pb.GetCapabilitiesResponse, max_receive_message_bytes: int) -> TransferLimits:
@@ -228,6 +232,7 @@ class TransferLimits:
             small_file_bytes=max(0, min(SMALL_FILE_BYTES, batch)),
             chunk_bytes=max(1, chunk),
             min_gc_grace_seconds=caps.min_gc_grace.seconds,
+            write_digest_at_finish=caps.write_digest_at_finish,
         )
 
 
@@ -813,6 +818,162 @@ class _RangedFile:
             if self.broken:
                 with contextlib.suppress(FileNotFoundError):
                     self.temp.unlink()
+
+
+class StreamsWhileHashing:
+    """Large files streamed to the blob service while a push is still hashing them (write_digest_at_finish).
+
+    A push names content by its hash, and a multi-GB file takes seconds to hash on one core before its
+    upload could start. Streamed meanwhile, with the hash in the stream's last message, its hashing costs
+    the push no time of its own. Each stream holds its last chunk back until its file is hashed; if the
+    hash shows the blob service holds that content already, the stream is cancelled, having cost only
+    bytes. Until its last message an upload is named by its id and the file's size, and the id is kept in
+    the hash cache under the file's identity (path, mtime, inode), so a stream that broke, or a push
+    interrupted, continues where it stopped, in this push or the next. A stream that still fails leaves
+    its file to the push's usual upload; ``finish`` says which files those are.
+    """
+
+    ATTEMPTS = 3
+
+    def __init__(
+        self, transfer: BlobTransfer, files: Sequence[tuple[Path, os.stat_result]], upload_ids: HashCache | None
+    ) -> None:
+        """Starts streaming ``files``, as (path, the stat the push took)."""
+        self._transfer = transfer
+        self._files = list(files)
+        self._upload_ids = upload_ids
+        self._op = _Operation()
+        self._digests: list[pb.Digest | None] = [None] * len(self._files)
+        self._hashed = [threading.Event() for _ in self._files]
+        self._stored_already = [False] * len(self._files)
+        self._calls: list[Any] = [None] * len(self._files)
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._report: ProgressCallback | None = None
+        self._pool = ThreadPoolExecutor(min(len(self._files), transfer.parallel), thread_name_prefix="mreg-stream")
+        self._streams = [self._pool.submit(self._stream, index) for index in range(len(self._files))]
+
+    def hashed(self, index: int, sha256: str) -> None:
+        """``files[index]`` is hashed: its stream may finish, or stop if the blob service has its content."""
+        size = self._files[index][1].st_size
+        self._digests[index] = pb.Digest(hash=sha256, size_bytes=size)
+        self._hashed[index].set()
+        try:
+            present = not self._transfer.find_missing([(sha256, size)])
+        except MregError:
+            return  # the stream carries on; the push asks again once everything is hashed
+        if present:
+            with self._lock:
+                self._stored_already[index] = True
+                call = self._calls[index]
+            if call is not None:
+                call.cancel()
+
+    def report_to(self, report: ProgressCallback) -> None:
+        """Sends the bytes streamed so far, and from now on, to ``report`` (an upload's progress)."""
+        with self._lock:
+            self._report, sent, self._unreported = report, self._unreported, 0
+        report(sent)
+
+    def finish(self) -> tuple[set[int], int]:
+        """Waits for the streams; returns the indexes of the files whose content they did not store (the blob
+        service may still hold it from elsewhere), and the bytes they sent."""
+        not_stored = {index for index, stream in enumerate(self._streams) if not stream.result()}
+        self._pool.shutdown()
+        return not_stored, self._op.sent_bytes
+
+    def stored_bytes(self) -> int:
+        """The bytes of these files the blob service holds now: stored whole, or kept by an unfinished stream."""
+        return self._transfer._stored(self._op)
+
+    def cancel(self) -> None:
+        """Stops every stream at once (the push failed or was interrupted); what they sent stays resumable."""
+        for hashed in self._hashed:
+            hashed.set()  # a stream waiting for its hash sees the cancellation
+        self._op.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _advance(self, n: int) -> None:
+        with self._lock:
+            report = self._report
+            if report is None:
+                self._unreported += n
+        if report is not None:
+            report(n)
+
+    def _stream(self, index: int) -> bool:
+        """Streams one file, resuming after a break; True if the blob service stored its content (or had it)."""
+        path, info = self._files[index]
+        size_only = pb.Digest(size_bytes=info.st_size)
+        if self._upload_ids is not None:
+            upload_id, new = self._upload_ids.claim_file_upload_id(path, info)
+        else:
+            upload_id, new = uuid.uuid4().hex, True
+        with self._op.lock:
+            self._op.streaming[upload_id] = size_only
+        offset = 0 if new else max(self._transfer._resume_offset(self._op, upload_id, size_only), 0)
+        self._advance(offset)
+        for attempt in range(self.ATTEMPTS):
+            try:
+                call = self._transfer.stub.Write.future(self._requests(index, upload_id, offset))
+                with self._lock:
+                    self._calls[index] = call
+                    stored_already = self._stored_already[index]
+                if stored_already:
+                    call.cancel()
+                response = self._op.wait(call)
+                if response.committed_size != info.st_size:
+                    return False
+            except (grpc.RpcError, grpc.FutureCancelledError, _Cancelled, OSError, MregError) as e:
+                resumable = isinstance(e, grpc.RpcError) and (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE)
+                if self._stored_already[index] or self._op.cancelled.is_set() or not resumable:
+                    return self._stored_already[index]
+                try:
+                    self._op.sleep(attempt)
+                    # -1 (not known yet) starts at 0, and the service's OUT_OF_RANGE then says where it stands.
+                    offset = self._transfer._resume_offset(self._op, upload_id, size_only)
+                except (_Cancelled, MregError):
+                    return False
+                continue
+            with self._op.lock:
+                self._op.streaming.pop(upload_id, None)
+                self._op.completed_bytes += info.st_size
+            if self._upload_ids is not None:
+                self._upload_ids.forget_file_upload(path, info)
+            return True
+        return False
+
+    def _requests(self, index: int, upload_id: str, start: int) -> Iterator[pb.WriteRequest]:
+        path, info = self._files[index]
+        size = info.st_size
+        chunk = self._transfer.limits().chunk_bytes
+        offset = max(start, 0)
+        first = True
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            while not self._op.cancelled.is_set():
+                data = f.read(chunk)
+                last = not data or offset + len(data) >= size
+                digest = pb.Digest(size_bytes=size) if first else None
+                if last:
+                    self._hashed[index].wait()
+                    if self._op.cancelled.is_set() or self._stored_already[index]:
+                        return
+                    digest = self._digests[index]
+                yield pb.WriteRequest(
+                    upload_id=upload_id if first else "",
+                    digest=digest,
+                    write_offset=offset,
+                    finish_write=last,
+                    data=data,
+                )
+                first = False
+                offset += len(data)
+                with self._op.lock:
+                    self._op.sent_bytes += len(data)
+                self._advance(len(data))
+                if last:
+                    return
 
 
 def safe_destination(dest: Path, path: str) -> Path:

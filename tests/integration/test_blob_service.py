@@ -459,18 +459,30 @@ def test_an_upload_begun_without_the_hash_is_refused_unless_its_last_message_bri
     assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
 
 
-def test_an_upload_begun_without_the_hash_that_ends_unfinished_is_discarded(blob_store_location, blob_stub) -> None:
-    data = os.urandom(2 * CHUNK)
+def test_an_upload_begun_without_the_hash_resumes_under_its_size_until_its_last_message(blob_stub) -> None:
+    data = os.urandom(3 * CHUNK + 17)
     digest = digest_of(data)
     upload_id = uuid.uuid4().hex
-    before = partial_uploads(blob_store_location)
+    size_only = pb.Digest(size_bytes=len(data))
 
-    response = blob_stub.Write(iter(hash_at_finish_requests(data, None, upload_id, finish=False)))
+    first_two = hash_at_finish_requests(data, None, upload_id, finish=False)[:2]
+    partial = blob_stub.Write(iter(first_two))
 
-    assert response.committed_size == 0  # nothing kept: nothing could name it to continue it
-    assert partial_uploads(blob_store_location) == before
+    assert partial.committed_size == 2 * CHUNK
+    status = blob_stub.QueryWriteStatus(pb.QueryWriteStatusRequest(upload_id=upload_id, digest=size_only))
+    assert (status.committed_size, status.complete) == (2 * CHUNK, False)
     assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
-    # The same upload id, begun again without the hash, starts from nothing and publishes.
-    again = blob_stub.Write(iter(hash_at_finish_requests(data, digest, upload_id)))
-    assert again.committed_size == len(data)
+    # Another size is another upload.
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.QueryWriteStatus(
+            pb.QueryWriteStatusRequest(upload_id=upload_id, digest=pb.Digest(size_bytes=len(data) + 1))
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    rest = [r for r in hash_at_finish_requests(data, digest, upload_id) if r.write_offset >= status.committed_size]
+    rest[0].upload_id, rest[0].digest.hash = upload_id, ""
+    rest[0].digest.size_bytes = len(data)
+    if rest[-1] is not rest[0]:
+        rest[-1].digest.CopyFrom(digest)
+
+    assert blob_stub.Write(iter(rest)).committed_size == len(data)
     assert read_all(blob_stub, digest) == data

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ from mreg.client import MregError, Registry
 from mreg.client.cache import SMALL_ENTRY_BYTES, ContentCache, reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
-from mreg.client.transfer import BATCH_COUNT, BlobTransfer, RemoteFile
+from mreg.client.transfer import BATCH_COUNT, STREAM_WHILE_HASHING_MIN_BYTES, BlobTransfer, RemoteFile
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import (
@@ -734,3 +735,152 @@ def test_the_retry_policy_retries_unary_calls_answered_unavailable(tmp_path: Pat
     assert [r.status.code for r in stored.responses] == [0]
     assert read.responses[0].data == data
     assert flaky.seen["BatchUpdateBlobs"] == 3 and flaky.seen["BatchReadBlobs"] == 3
+
+
+class WatchingWrites(grpc.StreamUnaryClientInterceptor, grpc.UnaryUnaryClientInterceptor):
+    """Records each Write stream's first and last messages' digests; with ``hide_hash_at_finish``, answers
+    GetCapabilities as a server without write_digest_at_finish would."""
+
+    def __init__(self, hide_hash_at_finish: bool = False) -> None:
+        self.hide = hide_hash_at_finish
+        self.writes: list[list[Any]] = []  # per stream: first digest, last digest, bytes sent
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        if not details.method.endswith("/Write"):
+            return continuation(details, request_iterator)
+
+        def watched():
+            record: list[Any] = []  # first digest, last digest, bytes sent: kept up to date, as a cancelled
+            for request in request_iterator:  # stream's requests are never all taken
+                if not record:
+                    first = pb.Digest()
+                    first.CopyFrom(request.digest)
+                    record += [first, pb.Digest(), 0]
+                    self.writes.append(record)
+                record[1] = request.digest
+                record[2] += len(request.data)
+                yield request
+
+        return continuation(details, watched())
+
+    def intercept_unary_unary(self, continuation, details, request):
+        response = continuation(details, request)
+        if self.hide and details.method.endswith("/GetCapabilities"):
+            caps = pb.GetCapabilitiesResponse()
+            caps.CopyFrom(response.result())
+            caps.write_digest_at_finish = False
+            return _Answered(caps)
+        return response
+
+
+class _Answered(grpc.Call, grpc.Future):
+    """A unary call's outcome, as an interceptor that rewrote the response returns it."""
+
+    def __init__(self, response: object) -> None:
+        self._response = response
+
+    def result(self, timeout=None):  # type: ignore[no-untyped-def]
+        return self._response
+
+    def exception(self, timeout=None):  # type: ignore[no-untyped-def]
+        return None
+
+    def traceback(self, timeout=None):  # type: ignore[no-untyped-def]
+        return None
+
+    def add_done_callback(self, fn):  # type: ignore[no-untyped-def]
+        fn(self)
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self):  # type: ignore[no-untyped-def]
+        return None
+
+    def add_callback(self, callback):  # type: ignore[no-untyped-def]
+        return False
+
+    def initial_metadata(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def trailing_metadata(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    def details(self) -> str:
+        return ""
+
+
+def watched_registry(stack: Stack, watcher: WatchingWrites, cache_dir: Path) -> Registry:
+    blob_channel = grpc.intercept_channel(grpc.insecure_channel(stack.blob.address), watcher)
+    metadata_channel = grpc.insecure_channel(stack.metadata.address)
+    return Registry(metadata_channel, blob_channel, entity="acme", project="transfer", cache_dir=cache_dir)
+
+
+def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack, tmp_path: Path) -> None:
+    root = tmp_path / "one-file"
+    root.mkdir()
+    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 12345))
+    (root / "config.json").write_bytes(b'{"layers": 2}')
+    size = (root / "model.pt").stat().st_size
+    name = f"streamed-{uuid.uuid4().hex[:6]}"
+    watcher = WatchingWrites()
+
+    with watched_registry(stack, watcher, tmp_path / "cache") as registry:
+        pushed = registry.push(root, name)
+        registry.pull(pushed.version.name, tmp_path / "out")
+
+    assert_same_tree(root, tmp_path / "out")
+    assert pushed.created and pushed.uploaded_bytes >= size
+    [(first, last, sent)] = watcher.writes
+    sha256 = next(f.sha256 for f in pushed.version.manifest if f.path == "model.pt")
+    # The stream began before the file was hashed: size alone first, the whole digest with the last message.
+    assert (first.hash, first.size_bytes) == ("", size)
+    assert (last.hash, last.size_bytes, sent) == (sha256, size, size)
+
+
+def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(stack, tmp_path: Path) -> None:
+    root = tmp_path / "held"
+    root.mkdir()
+    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 1))
+    size = (root / "model.pt").stat().st_size
+    name = f"held-{uuid.uuid4().hex[:6]}"
+    with stack.registry() as registry:
+        first = registry.push(root, name)
+    watcher = WatchingWrites()
+
+    # Another machine's push: its cache has never seen the file.
+    with watched_registry(stack, watcher, tmp_path / "other-cache") as registry:
+        again = registry.push(root, name)
+
+    assert (again.created, again.version.uid) == (False, first.version.uid)
+    assert again.uploaded_bytes < size  # cancelled once the hash showed the content is there
+    assert [sent < size for _, _, sent in watcher.writes] == [True]
+
+
+def test_a_server_without_hash_at_finish_gets_the_digest_first(stack, tmp_path: Path) -> None:
+    root = tmp_path / "older-server"
+    root.mkdir()
+    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 7))
+    watcher = WatchingWrites(hide_hash_at_finish=True)
+
+    with watched_registry(stack, watcher, tmp_path / "cache") as registry:
+        pushed = registry.push(root, f"older-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "out")
+
+    assert_same_tree(root, tmp_path / "out")
+    assert [first.hash != "" for first, _, _ in watcher.writes] == [True]
