@@ -161,8 +161,11 @@ class Registry:
         cache_dir: Path | None = None,
         use_cache: bool = True,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        stream_while_hashing: bool = True,
     ) -> None:
         self._channels = (metadata_channel, blob_channel)
+        # Push streams large files not hashed before while it hashes them (transfer.StreamsWhileHashing).
+        self.stream_while_hashing = stream_while_hashing
         self.metadata = pb_grpc.MetadataServiceStub(metadata_channel)
         self.blobs = blob_grpc.BlobServiceStub(blob_channel)
         self.tokens = token_grpc.TokenServiceStub(metadata_channel)
@@ -251,6 +254,7 @@ class Registry:
             cache_dir=settings.cache_dir,
             use_cache=use_cache,
             retry_seconds=settings.retry_seconds,
+            stream_while_hashing=settings.stream_while_hashing,
         )
         registry.settings = settings
         return registry
@@ -358,7 +362,7 @@ class Registry:
         streams: StreamsWhileHashing | None = None
         streamed: dict[int, int] = {}  # file index -> its index in streams
         large = self._to_stream_while_hashing(listing.files, infos, known)
-        if large and self.transfer.limits().write_digest_at_finish:
+        if large and self.stream_while_hashing and self.transfer.limits().write_digest_at_finish:
             # The pending version first, as below, then they stream while they are hashed.
             pending_uid = self._create_pending_version(ref, type, description, tags, struct)
             streams = StreamsWhileHashing(

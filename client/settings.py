@@ -116,6 +116,11 @@ class ClientSettings(BaseSettings):
         description="seconds a transfer stream keeps retrying a blob service that stopped answering, from its "
         "last progress, before the transfer fails (a push run again resumes where it stopped)",
     )
+    stream_while_hashing: bool = Field(
+        True,
+        description="stream large files not hashed before while hashing them (a new checkpoint uploads sooner; "
+        "a copy of content the blob service holds sends part of its bytes before its hash shows them stored)",
+    )
     cache_dir: Path = Field(default_factory=_xdg_cache_dir, description="the local hash, content and download cache")
     cache_max_size: int | None = Field(
         DEFAULT_MAX_SIZE, description="the download cache's size limit in bytes; None: no limit"

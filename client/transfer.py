@@ -80,6 +80,10 @@ CANCEL_GRACE_SECONDS = 1.0
 # Files at least this large, whose digest is not known yet, are streamed while they are hashed
 # (StreamsWhileHashing): hashing one then costs a push no time of its own.
 STREAM_WHILE_HASHING_MIN_BYTES = 64 << 20
+# Such streams at once. A stream sends bytes before its file's hash can show the blob service has them (a
+# copied checkpoint the hash cache does not know): few at once leave the cores to hashing, and a file whose
+# hash shows it stored before its turn is never streamed at all.
+STREAMS_WHILE_HASHING = 2
 
 ProgressCallback = Callable[[int], None]
 FileT = TypeVar("FileT", LocalFile, "RemoteFile")
@@ -850,7 +854,9 @@ class StreamsWhileHashing:
         self._lock = threading.Lock()
         self._unreported = 0
         self._report: ProgressCallback | None = None
-        self._pool = ThreadPoolExecutor(min(len(self._files), transfer.parallel), thread_name_prefix="mreg-stream")
+        self._pool = ThreadPoolExecutor(
+            min(len(self._files), transfer.parallel, STREAMS_WHILE_HASHING), thread_name_prefix="mreg-stream"
+        )
         self._streams = [self._pool.submit(self._stream, index) for index in range(len(self._files))]
 
     def hashed(self, index: int, sha256: str) -> None:
@@ -904,6 +910,8 @@ class StreamsWhileHashing:
     def _stream(self, index: int) -> bool:
         """Streams one file, resuming after a break; True if the blob service stored its content (or had it)."""
         path, info = self._files[index]
+        if self._stored_already[index] or self._op.cancelled.is_set():
+            return self._stored_already[index]  # found stored (or the push stopped) before its turn came
         size_only = pb.Digest(size_bytes=info.st_size)
         if self._upload_ids is not None:
             upload_id, new = self._upload_ids.claim_file_upload_id(path, info)

@@ -825,10 +825,10 @@ class _Answered(grpc.Call, grpc.Future):
         return ""
 
 
-def watched_registry(stack: Stack, watcher: WatchingWrites, cache_dir: Path) -> Registry:
+def watched_registry(stack: Stack, watcher: WatchingWrites, cache_dir: Path, **options: Any) -> Registry:
     blob_channel = grpc.intercept_channel(grpc.insecure_channel(stack.blob.address), watcher)
     metadata_channel = grpc.insecure_channel(stack.metadata.address)
-    return Registry(metadata_channel, blob_channel, entity="acme", project="transfer", cache_dir=cache_dir)
+    return Registry(metadata_channel, blob_channel, entity="acme", project="transfer", cache_dir=cache_dir, **options)
 
 
 def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack, tmp_path: Path) -> None:
@@ -872,13 +872,17 @@ def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(stac
     assert [sent < size for _, _, sent in watcher.writes] == [True]
 
 
-def test_a_server_without_hash_at_finish_gets_the_digest_first(stack, tmp_path: Path) -> None:
-    root = tmp_path / "older-server"
+@pytest.mark.parametrize("why", ["the server cannot take it", "the client is told not to"])
+def test_without_hash_at_finish_a_large_file_is_hashed_first_and_sent_with_its_digest(
+    stack, tmp_path: Path, why: str
+) -> None:
+    root = tmp_path / "digest-first"
     root.mkdir()
     (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 7))
-    watcher = WatchingWrites(hide_hash_at_finish=True)
+    watcher = WatchingWrites(hide_hash_at_finish=why == "the server cannot take it")
+    options = {"stream_while_hashing": why != "the client is told not to"}
 
-    with watched_registry(stack, watcher, tmp_path / "cache") as registry:
+    with watched_registry(stack, watcher, tmp_path / "cache", **options) as registry:
         pushed = registry.push(root, f"older-{uuid.uuid4().hex[:6]}")
         registry.pull(pushed.version.name, tmp_path / "out")
 
