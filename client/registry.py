@@ -662,6 +662,7 @@ class Registry:
         finally:
             if cache is not None:
                 cache.flush()  # what this pull cached, trusted by other processes from now on
+        self._remember_digests(target, files)
         if run:
             self.record_run_inputs(run, [version.name])
         return PullResult(
@@ -671,6 +672,23 @@ class Registry:
             size_bytes=total,
             downloaded_bytes=received,
         )
+
+    def _remember_digests(self, root: Path, files: Sequence[RemoteFile]) -> None:
+        """Records the digest of each file a pull placed under ``root`` in the hash cache, as a push records
+        those it hashes: a push of the pulled directory, edited, then hashes only what was edited since."""
+        if self.hash_cache is None:
+            return
+        base = root.resolve()  # as a push keys them (list_files of the resolved directory)
+        entries = []
+        for f in files:
+            path = base.joinpath(*f.path.split("/"))
+            try:
+                info = path.stat()
+            except OSError:
+                continue  # gone already: nothing to remember
+            if info.st_size == f.size_bytes:
+                entries.append((path, info, f.sha256))
+        self.hash_cache.store(entries)
 
     def _place_cached(
         self, cache: ContentCache, files: Sequence[RemoteFile], paths: Sequence[Path]

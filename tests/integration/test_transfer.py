@@ -888,3 +888,19 @@ def test_without_hash_at_finish_a_large_file_is_hashed_first_and_sent_with_its_d
 
     assert_same_tree(root, tmp_path / "out")
     assert [first.hash != "" for first, _, _ in watcher.writes] == [True]
+
+
+def test_a_pulled_directory_pushed_again_after_an_edit_hashes_only_the_edited_file(stack, tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ck", large_bytes=4 << 20)
+    name = f"pulled-{uuid.uuid4().hex[:6]}"
+    with stack.registry(cache_dir=tmp_path / "pusher-cache", use_cache=True) as registry:
+        first = registry.push(checkpoint, name)
+    # Another machine pulls it, edits one file and pushes the directory back.
+    with stack.registry(cache_dir=tmp_path / "puller-cache", use_cache=True) as registry:
+        registry.pull(first.version.name, tmp_path / "work")
+        (tmp_path / "work" / "config.json").write_text('{"layers": 101}')
+        hits_before = registry.hash_cache.hits
+        edited = registry.push(tmp_path / "work", name)
+
+    assert registry.hash_cache.hits - hits_before == first.files - 1
+    assert edited.created and edited.uploaded_bytes == len('{"layers": 101}')
