@@ -277,6 +277,11 @@ class BlobStore:
                 if chunk.finish:
                     if chunk.final_digest is not None:
                         upload.digest = chunk.final_digest  # published under it; its partial state keeps its name
+                        if self.storage.has(upload.digest):
+                            # Stored meanwhile, or before (the client may finish early once its hash says so).
+                            self.storage.abort_write(upload)
+                            self.storage.touch(upload.digest)
+                            return digest.size_bytes
                     return self._publish(upload, hasher)
                 if not hash_at_finish and received % PUBLISHED_CHECK_EVERY == 0 and self.storage.has(digest):
                     # Another upload of the same content won: stop receiving.

@@ -849,8 +849,8 @@ class StreamsWhileHashing:
         self._op = _Operation()
         self._digests: list[pb.Digest | None] = [None] * len(self._files)
         self._hashed = [threading.Event() for _ in self._files]
+        # The blob service holds a file's content (its hash says so): its stream ends with its next message.
         self._stored_already = [False] * len(self._files)
-        self._calls: list[Any] = [None] * len(self._files)
         self._lock = threading.Lock()
         self._unreported = 0
         self._report: ProgressCallback | None = None
@@ -863,17 +863,11 @@ class StreamsWhileHashing:
         """``files[index]`` is hashed: its stream may finish, or stop if the blob service has its content."""
         size = self._files[index][1].st_size
         self._digests[index] = pb.Digest(hash=sha256, size_bytes=size)
+        # Asked before the stream may finish: one told the content is there ends at once. If asking fails, it
+        # carries on, and the push asks again once everything is hashed.
+        with contextlib.suppress(MregError):
+            self._stored_already[index] = not self._transfer.find_missing([(sha256, size)])
         self._hashed[index].set()
-        try:
-            present = not self._transfer.find_missing([(sha256, size)])
-        except MregError:
-            return  # the stream carries on; the push asks again once everything is hashed
-        if present:
-            with self._lock:
-                self._stored_already[index] = True
-                call = self._calls[index]
-            if call is not None:
-                call.cancel()
 
     def report_to(self, report: ProgressCallback) -> None:
         """Sends the bytes streamed so far, and from now on, to ``report`` (an upload's progress)."""
@@ -923,19 +917,18 @@ class StreamsWhileHashing:
         self._advance(offset)
         for attempt in range(self.ATTEMPTS):
             try:
-                call = self._transfer.stub.Write.future(self._requests(index, upload_id, offset))
-                with self._lock:
-                    self._calls[index] = call
-                    stored_already = self._stored_already[index]
-                if stored_already:
-                    call.cancel()
-                response = self._op.wait(call)
+                response = self._op.wait(self._transfer.stub.Write.future(self._requests(index, upload_id, offset)))
                 if response.committed_size != info.st_size:
-                    return False
+                    return False  # stopped by Ctrl-C: what it sent is kept, to resume
             except (grpc.RpcError, grpc.FutureCancelledError, _Cancelled, OSError, MregError) as e:
                 resumable = isinstance(e, grpc.RpcError) and (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE)
-                if self._stored_already[index] or self._op.cancelled.is_set() or not resumable:
-                    return self._stored_already[index]
+                if self._op.cancelled.is_set():
+                    return False
+                if not resumable:
+                    # Refused (the file changed under the stream?): the service discarded the upload.
+                    if self._upload_ids is not None:
+                        self._upload_ids.forget_file_upload(path, info)
+                    return False
                 try:
                     self._op.sleep(attempt)
                     # -1 (not known yet) starts at 0, and the service's OUT_OF_RANGE then says where it stands.
@@ -960,17 +953,25 @@ class StreamsWhileHashing:
         with open(path, "rb", buffering=0) as f:
             f.seek(offset)
             while not self._op.cancelled.is_set():
-                data = f.read(chunk)
-                last = not data or offset + len(data) >= size
-                digest = pb.Digest(size_bytes=size) if first else None
+                stored_already = self._stored_already[index]
+                data = b"" if stored_already else f.read(chunk)
+                last = stored_already or not data or offset + len(data) >= size
+                if first and last:
+                    # The first message names the upload by its size, as every stream of it did.
+                    yield pb.WriteRequest(upload_id=upload_id, digest=pb.Digest(size_bytes=size), write_offset=offset)
+                    first = False
                 if last:
                     self._hashed[index].wait()
-                    if self._op.cancelled.is_set() or self._stored_already[index]:
+                    if self._op.cancelled.is_set():
                         return
-                    digest = self._digests[index]
+                    # Early when the content is stored already: the service then discards what this upload
+                    # holds and answers that the blob is stored.
+                    if self._stored_already[index]:
+                        data = b""
+                opening = pb.Digest(size_bytes=size) if first else None
                 yield pb.WriteRequest(
                     upload_id=upload_id if first else "",
-                    digest=digest,
+                    digest=self._digests[index] if last else opening,
                     write_offset=offset,
                     finish_write=last,
                     data=data,

@@ -486,3 +486,26 @@ def test_an_upload_begun_without_the_hash_resumes_under_its_size_until_its_last_
 
     assert blob_stub.Write(iter(rest)).committed_size == len(data)
     assert read_all(blob_stub, digest) == data
+
+
+def test_an_upload_begun_without_the_hash_may_finish_early_once_the_content_is_stored(
+    blob_store_location, blob_stub
+) -> None:
+    data = os.urandom(3 * CHUNK)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    begun = hash_at_finish_requests(data, None, upload_id, finish=False)[:1]
+    early_finish = pb.WriteRequest(write_offset=CHUNK, finish_write=True, digest=digest)
+
+    # Not stored: finishing with a chunk of three is a mismatch, and stores nothing.
+    with pytest.raises(grpc.RpcError) as error:
+        blob_stub.Write(iter([*begun, early_finish]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(blob_stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests)
+
+    blob_stub.Write(write_requests(data, digest, uuid.uuid4().hex))
+    # Stored (by another upload): the same early finish succeeds and leaves nothing of this upload behind.
+    before = partial_uploads(blob_store_location)
+    assert blob_stub.Write(iter([*begun, early_finish])).committed_size == len(data)
+    assert partial_uploads(blob_store_location) == before
+    assert read_all(blob_stub, digest) == data
