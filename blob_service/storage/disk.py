@@ -5,7 +5,7 @@ Layout under the root directory::
     blobs/ab/abcdef...      published blobs, named by their SHA-256
     blobs/ab/.put-<id>      a small blob being stored whole (BatchUpdateBlobs)
     packs/                  small blobs that arrived many to a batch, a file per batch (see ``packs``)
-    uploads/<id>.<sha256>   uploads in progress
+    uploads/<id>.<sha256>   uploads in progress (<id>.unhashed-<size> while one's hash is to come last)
     state/<name>            small objects of the service's own (the scrub's lease)
 
 A published file is always complete: uploads are written to their own file, fsynced,

@@ -3,7 +3,8 @@
 Layout under ``s3://BUCKET/PREFIX``::
 
     PREFIX/blobs/<sha256>                      published blobs
-    PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress
+    PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress (<id>.unhashed-<size>
+                                               while its hash is to come with its last message)
     PREFIX/uploads/<id>.<sha256>/active        touched while a replica writes the upload
     PREFIX/state/<name>                        small objects of the service's own (the scrub's lease)
 
