@@ -769,60 +769,29 @@ class WatchingWrites(grpc.StreamUnaryClientInterceptor, grpc.UnaryUnaryClientInt
             caps = pb.GetCapabilitiesResponse()
             caps.CopyFrom(response.result())
             caps.write_digest_at_finish = False
-            return _Answered(caps)
+            return _Answered(response, caps)
         return response
 
 
-class _Answered(grpc.Call, grpc.Future):
-    """A unary call's outcome, as an interceptor that rewrote the response returns it."""
+class _Answered:
+    """The call an interceptor continued, whose ``result()`` is another response."""
 
-    def __init__(self, response: object) -> None:
+    def __init__(self, call: Any, response: object) -> None:
+        self._call = call
         self._response = response
 
-    def result(self, timeout=None):  # type: ignore[no-untyped-def]
+    def result(self, timeout: float | None = None) -> object:
         return self._response
 
-    def exception(self, timeout=None):  # type: ignore[no-untyped-def]
-        return None
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
 
-    def traceback(self, timeout=None):  # type: ignore[no-untyped-def]
-        return None
 
-    def add_done_callback(self, fn):  # type: ignore[no-untyped-def]
-        fn(self)
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self):  # type: ignore[no-untyped-def]
-        return None
-
-    def add_callback(self, callback):  # type: ignore[no-untyped-def]
-        return False
-
-    def initial_metadata(self):  # type: ignore[no-untyped-def]
-        return ()
-
-    def trailing_metadata(self):  # type: ignore[no-untyped-def]
-        return ()
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK
-
-    def details(self) -> str:
-        return ""
+def large_file_directory(root: Path, extra_bytes: int) -> int:
+    """A directory holding one new file just large enough to stream while hashed, as torch.save writes; its size."""
+    root.mkdir()
+    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + extra_bytes))
+    return (root / "model.pt").stat().st_size
 
 
 def watched_registry(stack: Stack, watcher: WatchingWrites, cache_dir: Path, **options: Any) -> Registry:
@@ -833,10 +802,8 @@ def watched_registry(stack: Stack, watcher: WatchingWrites, cache_dir: Path, **o
 
 def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack, tmp_path: Path) -> None:
     root = tmp_path / "one-file"
-    root.mkdir()
-    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 12345))
+    size = large_file_directory(root, 12345)
     (root / "config.json").write_bytes(b'{"layers": 2}')
-    size = (root / "model.pt").stat().st_size
     name = f"streamed-{uuid.uuid4().hex[:6]}"
     watcher = WatchingWrites()
 
@@ -857,9 +824,7 @@ def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(
     stack, blob_store_location: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "held"
-    root.mkdir()
-    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 1))
-    size = (root / "model.pt").stat().st_size
+    size = large_file_directory(root, 1)
     name = f"held-{uuid.uuid4().hex[:6]}"
     with stack.registry() as registry:
         first = registry.push(root, name)
@@ -884,8 +849,7 @@ def test_without_hash_at_finish_a_large_file_is_hashed_first_and_sent_with_its_d
     stack, tmp_path: Path, why: str
 ) -> None:
     root = tmp_path / "digest-first"
-    root.mkdir()
-    (root / "model.pt").write_bytes(os.urandom(STREAM_WHILE_HASHING_MIN_BYTES + 7))
+    large_file_directory(root, 7)
     watcher = WatchingWrites(hide_hash_at_finish=why == "the server cannot take it")
     options = {"stream_while_hashing": why != "the client is told not to"}
 
