@@ -530,7 +530,8 @@ class Repository:
         return version
 
     def add_versions(self, versions: Sequence[Version]) -> None:
-        """``add_version`` for each of ``versions``, which set the same attributes, in one round trip."""
+        """``add_version`` for each of ``versions``: in one round trip for those that set the same attributes
+        (one statement is compiled for the columns it binds)."""
         values = [
             {
                 column.name: value
@@ -539,8 +540,13 @@ class Repository:
             }
             for version in versions
         ]
-        for version, rows in zip(versions, self._send_each(_INSERT_VERSION, values), strict=True):
-            version.id = int(rows[0][0])
+        alike: dict[tuple[str, ...], list[int]] = {}
+        for position, row in enumerate(values):
+            alike.setdefault(tuple(row), []).append(position)
+        for positions in alike.values():
+            inserted = self._send_each(_INSERT_VERSION, [values[i] for i in positions])
+            for i, rows in zip(positions, inserted, strict=True):
+                versions[i].id = int(rows[0][0])
 
     def find_version_by_uid(self, uid: str, *, for_update: bool = False) -> Version | None:
         query = _VERSION_BY_UID_FOR_UPDATE if for_update else _VERSION_BY_UID

@@ -257,6 +257,8 @@ def test_concurrent_commits_with_aliases_and_retried_ids_each_get_their_own_answ
             fields["aliases"] = ["best"]
         if i % 6 == 1:
             fields["request_id"] = uuid.uuid4().hex
+        if i % 2:
+            fields["run"] = f"run-{unique}-{i}"
         requests.append(one_call(name, [pb.ManifestEntry(path=f"step-{i}", digest=content)], **fields))
     answers = _all_at_once(requests[:first_wave], wire)
     assert groups, "no commits ran together: this test did not test that"
@@ -274,6 +276,7 @@ def test_concurrent_commits_with_aliases_and_retried_ids_each_get_their_own_answ
         assert answer.version.metadata["step"] == i
         assert ("best" in answer.version.aliases) == (i % 4 == 0)
         assert "latest" in answer.version.aliases  # it was the latest when it committed
+        assert answer.version.run == (f"acme/vision/run-{unique}-{i}" if i % 2 else "")
     by_id = {request.request_id: answer for request, answer in zip(requests, answers, strict=True)}
     for request, answer in zip(retried + retried, retry_answers, strict=True):
         assert (answer.version.uid, answer.created) == (by_id[request.request_id].version.uid, True)
@@ -282,6 +285,7 @@ def test_concurrent_commits_with_aliases_and_retried_ids_each_get_their_own_answ
     for answer in answers:
         assert stored[answer.version.index].uid == answer.version.uid
         assert stored[answer.version.index].metadata == {"step": answer.version.metadata["step"]}
+        assert (stored[answer.version.index].run or "") == answer.version.run
     best = [a.version.index for r, a in zip(requests, answers, strict=True) if "best" in r.aliases]
     assert registry.resolve(f"{name}:best").version.index == max(best)
     # The log has every commit once, in index order, each alias move right after the commit that made it.
