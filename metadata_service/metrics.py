@@ -67,11 +67,11 @@ class MetadataMetrics:
         )
         self.commit_groups = metrics.counter(
             "mreg_commit_groups",
-            "Transactions that committed several one-call commits to one artifact together: those that queued "
-            "behind another commit to it.",
+            "Transactions that committed several commits to one artifact together: those that queued behind "
+            "another commit to it.",
         )
         self.commits_in_groups = metrics.counter(
-            "mreg_commits_in_groups", "One-call commits committed together with others, in mreg_commit_groups."
+            "mreg_commits_in_groups", "Commits committed together with others, in mreg_commit_groups."
         )
         self.pending_expired = metrics.counter(
             "mreg_pending_versions_expired", "Pending versions deleted because they were not committed in time."
@@ -86,6 +86,7 @@ class MetadataMetrics:
         database.on_retry = lambda kind: retries[kind].inc()
         catalog.garbage.on_sweep = self.record_sweep
         catalog.versions.new_versions.on_together = self.record_commit_group
+        catalog.versions.pending_commits.on_together = self.record_commit_group
 
     def record_commit_group(self, size: int) -> None:
         self.commit_groups.inc()

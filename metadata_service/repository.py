@@ -230,6 +230,7 @@ _COMMIT_VERSION = (
     .values(committed_at=bindparam("committed_at"), producer_run=bindparam("producer_run"))
 )
 _VERSION_BY_UID = select(Version).where(Version.uid == bindparam("uid"))
+_ARTIFACT_OF_VERSION = select(_table(Version).c.artifact_id).where(_table(Version).c.uid == bindparam("uid"))
 _VERSION_BY_UID_FOR_UPDATE = _VERSION_BY_UID.with_for_update()
 _ALIAS_TARGET_FOR_UPDATE = (
     select(_table(Alias).c.target_index)
@@ -457,19 +458,20 @@ class Repository:
             self._send(_LOCK_COLLECTION, {"entity": name.entity, "project": name.project, "name": name.name})
 
     def lock_version_for_commit(
-        self, uid: str, *, share_gc_state: bool = False
+        self, uid: str, *, share_gc_state: bool = False, latest_digest: bool = True
     ) -> tuple[Version, Collection, str | None] | None:
         """A version by uid and its artifact, both locked, with the artifact's full name and the digest of
         its latest committed version (None if it has none): what a commit reads, in one statement.
 
-        ``share_gc_state``: as ``latest_digest``'s.
+        ``share_gc_state``: as ``latest_digest``'s. Without ``latest_digest`` (commits run together, which
+        know it), PostgreSQL skips that read and the digest is None.
         """
         if self._dialect != "postgresql":
             # The write transaction began holding SQLite's write lock: its reads are already current.
             found = self.session.execute(_LOCK_VERSION_FOR_COMMIT, {"uid": uid}).one_or_none()
             if found is None:
                 return None
-            version, artifact, entity, project, latest_digest = found
+            version, artifact, entity, project, digest = found
         else:
             # A row lock PostgreSQL had to wait for re-reads the locked rows, but a subquery in the same
             # statement keeps the snapshot from before the wait, which may predate the commit it waited for.
@@ -477,9 +479,9 @@ class Repository:
             if found is None:
                 return None
             version, artifact, entity, project = found
-            latest_digest = self.latest_digest(artifact.id, share_gc_state=share_gc_state)
+            digest = self.latest_digest(artifact.id, share_gc_state=share_gc_state) if latest_digest else None
         self._names[artifact.id] = CollectionName(entity, project, artifact.name)
-        return version, artifact, latest_digest
+        return version, artifact, digest
 
     def create_collection(
         self, project: Project, name: str, kind: CollectionKind, type_: str, description: str
@@ -548,6 +550,10 @@ class Repository:
             for i, rows in zip(positions, inserted, strict=True):
                 versions[i].id = int(rows[0][0])
 
+    def artifact_of_version(self, uid: str) -> int | None:
+        """The id of the artifact the version ``uid`` belongs to, without loading the version."""
+        return self._send_for_value(_ARTIFACT_OF_VERSION, {"uid": uid})
+
     def find_version_by_uid(self, uid: str, *, for_update: bool = False) -> Version | None:
         query = _VERSION_BY_UID_FOR_UPDATE if for_update else _VERSION_BY_UID
         return self.session.scalars(query, {"uid": uid}).one_or_none()
@@ -592,6 +598,18 @@ class Repository:
         # One Core UPDATE instead of an ORM flush; the loaded row is brought up to date unchanged-marked.
         for attribute, value in values.items():
             set_committed_value(version, attribute, value)
+
+    def mark_versions_committed(self, committed: Sequence[tuple[Version, dict[str, Any]]]) -> None:
+        """``mark_version_committed`` for each (version, its columns), in one round trip."""
+        rows = [
+            {"committed_version_id": version.id, "state": VersionState.COMMITTED.value, **columns}
+            for version, columns in committed
+        ]
+        self._send(_COMMIT_VERSION, rows)
+        for (version, _), row in zip(committed, rows, strict=True):
+            for attribute, value in row.items():
+                if attribute != "committed_version_id":
+                    set_committed_value(version, attribute, value)
 
     def mark_version_deleted(self, version: Version) -> None:
         """Tombstones a version, flushed so later queries of this transaction see it deleted."""

@@ -61,6 +61,10 @@ class CommitQueue(Generic[M, R]):
         # Called with the size of each group that ran together (the service's metrics count them).
         self.on_together: Callable[[int], None] = lambda size: None
 
+    def busy(self) -> bool:
+        """Whether a commit of any key is running (one arriving now may have to wait for it)."""
+        return bool(self._waiting)
+
     def run(self, key: Hashable, member: M) -> R:
         """Runs ``member``'s commit, alone or together with others of ``key``; raises what its commit raises."""
         me: _Waiting[M, R] = _Waiting(member)

@@ -9,6 +9,7 @@ in the commit's transaction.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from mreg.metadata_service.domain import (
     VersionView,
 )
 from mreg.metadata_service.errors import MISSING_BLOB, FailedPrecondition, NotFound, Reason
+from mreg.metadata_service.lru import WeightedLru
 from mreg.metadata_service.manifest import FileEntry, Manifest, build_manifest
 from mreg.metadata_service.models import Collection, Version, utcnow
 from mreg.metadata_service.pagination import decode_token, encode_token, page_size, path_key, version_key
@@ -75,6 +77,8 @@ from mreg.server_runtime.principals import Role
 log = logging.getLogger(__name__)
 
 DEFAULT_PENDING_TTL = timedelta(hours=24)
+# Versions created lately whose artifact a commit looks up to join its queue (see Versions.commit).
+PENDING_ARTIFACTS_KEPT = 10_000
 DEFAULT_FILE_PAGE_SIZE = 1000
 MAX_FILE_PAGE_SIZE = 10_000
 
@@ -147,6 +151,19 @@ class _NewVersion:
         )
 
 
+@dataclass(slots=True)
+class _PendingCommit:
+    """A commit of a pending version, checked and planned, before its transaction."""
+
+    caller: Caller
+    uid: str
+    plan: _CommitPlan
+    request_id: str
+
+    def request_arguments(self) -> tuple[Any, ...]:
+        return self.plan.request_arguments((self.uid,))
+
+
 class _RunAlone(Exception):
     """Commits queued together that must each run in a transaction of its own."""
 
@@ -170,6 +187,15 @@ class Versions:
         self.new_versions: CommitQueue[_NewVersion, CommitResult] = CommitQueue(
             self._commit_new_version, self._commit_new_versions_together
         )
+        self.pending_commits: CommitQueue[_PendingCommit, CommitResult] = CommitQueue(
+            self._commit_pending, self._commit_pending_together
+        )
+        # The artifact of each version this replica created lately, by uid: the queue a commit of it joins.
+        # A commit of a version created elsewhere reads it, if other commits are running here (see commit).
+        self._created_in: WeightedLru[str, int] = WeightedLru(PENDING_ARTIFACTS_KEPT)
+        # Commits of pending versions running outside the queue, whose artifact was not looked up.
+        self._unqueued_commits = 0
+        self._unqueued_lock = threading.Lock()
         self.gc_epochs = garbage.EpochReader(database)
         self.seen_content = garbage.SeenContent(content_check_cache.total_seconds())
 
@@ -205,13 +231,18 @@ class Versions:
             # A pending version has no index, so no alias or 'latest' can name it: its view needs no
             # reading of the artifact's aliases and latest version.
             context = CollectionContext(row, uow.repo.collection_full_name(row), {}, None)
+            created_in[version.uid] = row.id
             return build_version_view(version, context, ()), {"uid": version.uid}
 
         def replay(uow: UnitOfWork, key: dict[str, Any]) -> VersionView:
             return view_by_uid(uow.repo, key["uid"])
 
+        created_in: dict[str, int] = {}
         arguments = (str(name), type_, description, clean_tags, clean_metadata)
-        return self.mutations.run(caller, "CreateVersion", request_id, arguments, work, replay)
+        view = self.mutations.run(caller, "CreateVersion", request_id, arguments, work, replay)
+        if view.uid in created_in:
+            self._created_in.put(view.uid, created_in[view.uid])
+        return view
 
     def commit(
         self,
@@ -229,6 +260,25 @@ class Versions:
         is dropped and the result names the latest.
         """
         plan = self._plan_commit(caller, entries, aliases, links, run)
+        pending = _PendingCommit(caller, uid, plan, request_id)
+        artifact_id = self._created_in.get(uid)
+        if artifact_id is None and (self.pending_commits.busy() or self._unqueued_commits):
+            # Created through another replica, while commits run here: one read finds the queue to join.
+            artifact_id = self.db.run(lambda uow: uow.repo.artifact_of_version(uid), write=False)
+        if artifact_id is None:
+            with self._unqueued_lock:
+                self._unqueued_commits += 1
+            try:
+                return self._commit_pending(pending)
+            finally:
+                with self._unqueued_lock:
+                    self._unqueued_commits -= 1
+        # Commits to one artifact by one actor queue behind each other's transaction, then run together.
+        return self.pending_commits.run((artifact_id, caller.actor), pending)
+
+    def _commit_pending(self, pending: _PendingCommit) -> CommitResult:
+        """``commit``'s transaction for one version."""
+        caller, uid, plan = pending.caller, pending.uid, pending.plan
 
         def locate(uow: UnitOfWork) -> tuple[Version, Collection, bool]:
             repo = uow.repo
@@ -267,7 +317,66 @@ class Versions:
             repo.add_manifest(version.id, plan.manifest.entries)
             return version, artifact, True
 
-        return self._run_commit(caller, plan, plan.request_arguments((uid,)), locate, request_id)
+        return self._run_commit(caller, plan, pending.request_arguments(), locate, pending.request_id)
+
+    def _commit_pending_together(self, group: Sequence[_PendingCommit]) -> list[CommitResult]:
+        """``commit``'s transaction for pending versions of one artifact by one actor, in order: one read of
+        the latest digest and one index allocation for all, their rows updated and their manifests written in
+        a round trip each.
+
+        Raises:
+            _RunAlone: one is not a pending version of the artifact (committed, deleted, expired, unknown), or
+                would repeat the content of the version before it, or the artifact's retention policy must
+                run after each; any other error of the transaction.
+        """
+        with_content = any(pending.plan.manifest.entries for pending in group)
+
+        def work(uow: UnitOfWork) -> list[tuple[CommitResult, dict[str, Any]]]:
+            repo = uow.repo
+            first = repo.lock_version_for_commit(group[0].uid, share_gc_state=with_content)
+            if first is None:
+                raise _RunAlone("a pending version is not there")
+            _, artifact, latest = first
+            versions = [first[0]]
+            for pending in group[1:]:
+                locked = repo.lock_version_for_commit(pending.uid, latest_digest=False)
+                if locked is None or locked[1].id != artifact.id:
+                    raise _RunAlone("a pending version is not there, or of another artifact")
+                versions.append(locked[0])
+            if artifact.retention_keep_last is not None:
+                raise _RunAlone("the artifact's retention policy runs after each commit")
+            owner = repo.collection_full_name(artifact)
+            expired = utcnow() - self.pending_ttl
+            for pending, version in zip(group, versions, strict=True):
+                pending.caller.require(Role.WRITER, owner.entity, owner.project)
+                if version.state != VersionState.PENDING.value or version.created_at < expired:
+                    raise _RunAlone("a version is committed, deleted or expired")
+            digests = [pending.plan.digest for pending in group]
+            if any(before == digest for before, digest in zip([latest, *digests], digests, strict=False)):
+                raise _RunAlone("a commit repeats the content of the version before it")
+            garbage.refuse_collected_content(
+                repo,
+                [entry for pending in group for entry in pending.plan.manifest.entries],
+                min(pending.plan.gc_epoch for pending in group),
+                fresh=all(pending.plan.fresh_epoch for pending in group),
+            )
+            first_index = repo.allocate_index(artifact, len(group))
+            now = utcnow()
+            repo.mark_versions_committed(
+                [
+                    (version, {"index": first_index + i, **pending.plan.committed_columns(now)})
+                    for i, (pending, version) in enumerate(zip(group, versions, strict=True))
+                ]
+            )
+            made = list(zip(versions, group, strict=True))
+            repo.add_manifests((version.id, pending.plan.manifest.entries) for version, pending in made)
+            return [
+                self._finish_commit(uow, pending.caller, pending.plan, version, artifact, created=True)
+                for version, pending in made
+            ]
+
+        requests = [(pending.caller, pending.request_id, pending.request_arguments()) for pending in group]
+        return self.mutations.run_together(group[0].caller.actor, "CommitVersion", requests, work)
 
     def create_and_commit(
         self,

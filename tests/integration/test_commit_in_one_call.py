@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import delete
 
 from mreg.client import MregError
 from mreg.metadata.v1 import metadata_service_pb2 as pb
+from mreg.metadata_service.lru import WeightedLru
 from mreg.metadata_service.models import Version
 from tests.helpers import digest_of, upload
 from tests.wire import Wire
@@ -322,3 +324,52 @@ def test_concurrent_commits_under_a_retention_policy_each_delete_what_their_own_
     for answer in answers:
         assert list(answer.retention_deleted_indexes) in ([], [answer.version.index - 2])
     assert [v.index for v in registry.list_versions(name)] == [12, 11]
+
+
+@pytest.mark.parametrize("created", ["here", "through another replica"])
+def test_concurrent_commits_of_pending_versions_run_together_each_with_its_own_answer(
+    servers, registry, unique, wire, monkeypatch, created: str
+) -> None:
+    # CreateVersion, upload, then CommitVersion with the uid: how a push that must upload commits. These queue
+    # by artifact too, whichever replica created the versions.
+    versions = servers.metadata.catalog.versions
+    queue = versions.pending_commits
+    groups: list[int] = []
+    counted = queue.on_together
+    monkeypatch.setattr(queue, "on_together", lambda size: (groups.append(size), counted(size)))
+    name = f"pending-race-{unique}"
+    commits = 48
+    contents = upload(wire, *[f"pending race {i} {unique}".encode() for i in range(commits)])
+    pending = [
+        wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")).version.uid
+        for _ in range(commits)
+    ]
+    if created != "here":
+        monkeypatch.setattr(versions, "_created_in", WeightedLru(10))  # this replica never saw them created
+    requests = [
+        pb.CommitVersionRequest(
+            uid=uid,
+            manifest=[pb.ManifestEntry(path=f"step-{i}", digest=contents[i])],
+            aliases=["best"] if i % 4 == 0 else [],
+            run=f"run-{unique}-{i}" if i % 2 else "",
+            request_id=uuid.uuid4().hex,
+        )
+        for i, uid in enumerate(pending)
+    ]
+
+    # Eight clients committing one version after another: after the first, each arrives while others run.
+    with ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(lambda request: wire.call(wire.metadata.CommitVersion, request), requests))
+    retried = _all_at_once(requests[:4], wire)
+
+    assert groups, "no commits ran together: this test did not test that"
+    assert sorted(a.version.index for a in answers) == list(range(commits))
+    stored = {v.index: v for v in registry.list_versions(name)}
+    for i, answer in enumerate(answers):
+        assert (answer.created, answer.version.uid) == (True, pending[i])
+        assert [(f.path, f.digest.hash) for f in answer.version.manifest] == [(f"step-{i}", contents[i].hash)]
+        assert stored[answer.version.index].uid == pending[i]
+        assert (stored[answer.version.index].run or "") == (f"acme/vision/run-{unique}-{i}" if i % 2 else "")
+    assert [a.version.uid for a in retried] == pending[:4]
+    best = [a.version.index for i, a in enumerate(answers) if i % 4 == 0]
+    assert registry.resolve(f"{name}:best").version.index == max(best)
