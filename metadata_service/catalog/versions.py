@@ -326,10 +326,13 @@ class Versions:
 
         Raises:
             _RunAlone: one is not a pending version of the artifact (committed, deleted, expired, unknown), or
-                would repeat the content of the version before it, or the artifact's retention policy must
-                run after each; any other error of the transaction.
+                is in the group twice, or would repeat the content of the version before it, or the artifact's
+                retention policy must run after each; any other error of the transaction.
         """
         with_content = any(pending.plan.manifest.entries for pending in group)
+        if len({pending.uid for pending in group}) < len(group):
+            # The same version twice (a retry under another request id): the second commit must see the first.
+            raise _RunAlone("a version is committed twice")
 
         def work(uow: UnitOfWork) -> list[tuple[CommitResult, dict[str, Any]]]:
             repo = uow.repo

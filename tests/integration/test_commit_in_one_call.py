@@ -373,3 +373,39 @@ def test_concurrent_commits_of_pending_versions_run_together_each_with_its_own_a
     assert [a.version.uid for a in retried] == pending[:4]
     best = [a.version.index for i, a in enumerate(answers) if i % 4 == 0]
     assert registry.resolve(f"{name}:best").version.index == max(best)
+
+
+def test_a_pending_version_committed_several_times_at_once_is_committed_once(registry, unique, wire) -> None:
+    # Commits queued together may name one version more than once: a client retrying under a new request id,
+    # or a confused one sending another manifest. The version commits once, with one manifest.
+    name = f"pending-twice-{unique}"
+    contents = upload(wire, *[f"pending twice {i} {unique}".encode() for i in range(9)])
+    pending = [
+        wire.call(wire.metadata.CreateVersion, pb.CreateVersionRequest(parent=name, type="model")).version.uid
+        for _ in range(8)
+    ]
+    requests = [
+        pb.CommitVersionRequest(uid=uid, manifest=[pb.ManifestEntry(path=f"step-{i}", digest=contents[i])])
+        for i, uid in enumerate(pending)
+    ]
+    other = pb.CommitVersionRequest(uid=pending[0], manifest=[pb.ManifestEntry(path="other", digest=contents[8])])
+    sent = [requests[0], *requests[1:4], other, *requests[4:], requests[0], other]
+
+    def commit(request: pb.CommitVersionRequest) -> pb.CommitVersionResponse | str:
+        try:
+            return wire.call(wire.metadata.CommitVersion, request)
+        except MregError as e:
+            return e.reason
+
+    with ThreadPoolExecutor(8) as clients:
+        answers = list(clients.map(commit, sent))
+
+    refused = [a for a in answers if isinstance(a, str)]
+    assert refused and set(refused) == {"VERSION_ALREADY_COMMITTED"}  # the manifest that lost
+    committed = [a for a in answers if not isinstance(a, str)]
+    assert {a.version.uid for a in committed} == set(pending)
+    assert len({a.version.index for a in committed if a.version.uid == pending[0]}) == 1
+    stored = registry.list_versions(name)
+    assert sorted(v.index for v in stored) == list(range(8))
+    for version in stored:
+        assert len(registry.get_version(version.name).manifest) == 1
