@@ -346,24 +346,13 @@ class Versions:
                 if locked is None or locked[1].id != artifact.id:
                     raise _RunAlone("a pending version is not there, or of another artifact")
                 versions.append(locked[0])
-            if artifact.retention_keep_last is not None:
-                raise _RunAlone("the artifact's retention policy runs after each commit")
             owner = repo.collection_full_name(artifact)
             expired = utcnow() - self.pending_ttl
             for pending, version in zip(group, versions, strict=True):
                 pending.caller.require(Role.WRITER, owner.entity, owner.project)
                 if version.state != VersionState.PENDING.value or version.created_at < expired:
                     raise _RunAlone("a version is committed, deleted or expired")
-            digests = [pending.plan.digest for pending in group]
-            if any(before == digest for before, digest in zip([latest, *digests], digests, strict=False)):
-                raise _RunAlone("a commit repeats the content of the version before it")
-            garbage.refuse_collected_content(
-                repo,
-                [entry for pending in group for entry in pending.plan.manifest.entries],
-                min(pending.plan.gc_epoch for pending in group),
-                fresh=all(pending.plan.fresh_epoch for pending in group),
-            )
-            first_index = repo.allocate_index(artifact, len(group))
+            first_index = _admit_together(repo, [pending.plan for pending in group], artifact, latest)
             now = utcnow()
             repo.mark_versions_committed(
                 [
@@ -447,19 +436,8 @@ class Versions:
             for new in group:
                 new.caller.require(Role.WRITER, new.name.entity, new.name.project)
             row = _ensure_artifact(uow, first.name, first.type_, lock=True)
-            if row.retention_keep_last is not None:
-                raise _RunAlone("the artifact's retention policy runs after each commit")
-            digests = [new.plan.digest for new in group]
             latest = repo.latest_digest(row.id, share_gc_state=with_content) if row.next_index > 0 else None
-            if any(before == digest for before, digest in zip([latest, *digests], digests, strict=False)):
-                raise _RunAlone("a commit repeats the content of the version before it")
-            garbage.refuse_collected_content(
-                repo,
-                [entry for new in group for entry in new.plan.manifest.entries],
-                min(new.plan.gc_epoch for new in group),
-                fresh=all(new.plan.fresh_epoch for new in group),
-            )
-            first_index = repo.allocate_index(row, len(group))
+            first_index = _admit_together(repo, [new.plan for new in group], row, latest)
             now = utcnow()
             versions = [new.committed_version(row.id, first_index + i, now) for i, new in enumerate(group)]
             repo.add_versions(versions)
@@ -724,6 +702,29 @@ class Versions:
         if count:
             log.info("expired %d pending versions", count)
         return count
+
+
+def _admit_together(repo: Repository, plans: Sequence[_CommitPlan], artifact: Collection, latest: str | None) -> int:
+    """What commits running together check before they write, in the artifact's lock; returns the first of the
+    indexes it allocates them.
+
+    Raises:
+        _RunAlone: the artifact's retention policy must run after each, or one would repeat the content of the
+            version before it (``latest``, the latest committed version's digest, for the first).
+        FailedPrecondition, garbage.StaleEpoch: as refuse_collected_content, for their content together.
+    """
+    if artifact.retention_keep_last is not None:
+        raise _RunAlone("the artifact's retention policy runs after each commit")
+    digests = [plan.digest for plan in plans]
+    if any(before == digest for before, digest in zip([latest, *digests], digests, strict=False)):
+        raise _RunAlone("a commit repeats the content of the version before it")
+    garbage.refuse_collected_content(
+        repo,
+        [entry for plan in plans for entry in plan.manifest.entries],
+        min(plan.gc_epoch for plan in plans),
+        fresh=all(plan.fresh_epoch for plan in plans),
+    )
+    return repo.allocate_index(artifact, len(plans))
 
 
 def _check_new_version(
