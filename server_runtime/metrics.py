@@ -201,9 +201,9 @@ class RpcObserver(grpc.ServerInterceptor):
             try:
                 response = behavior(request, context)
             except BaseException as e:
-                _end(series, context, started, e, note, token, streaming, stream=False)
+                _end(series, context, started, e, note, token, stream=False)
                 raise
-            _end(series, context, started, None, note, token, streaming, stream=False)
+            _end(series, context, started, None, note, token, stream=False)
             return response
 
         make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
@@ -239,9 +239,9 @@ class RpcObserver(grpc.ServerInterceptor):
                     if close is not None:
                         close()
                 finally:
-                    _end(series, context, started, e, note, None, True, stream=True)
+                    _end(series, context, started, e, note, None, stream=True)
                 raise
-            _end(series, context, started, None, note, None, True, stream=True)
+            _end(series, context, started, None, note, None, stream=True)
 
         make = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_stream_rpc_method_handler
         return make(observed, **_counting_bytes(handler, series))
@@ -272,14 +272,12 @@ def _end(
     error: BaseException | None,
     note: CallNote | None,
     token: Token[CallNote | None] | None,
-    open_stream: bool,
     *,
     stream: bool,
 ) -> None:
     if token is not None:
         CURRENT_CALL.reset(token)
-    if open_stream:
-        series.stream_closed()
+    series.stream_closed()  # nothing for a unary method, which has no open-streams gauge
     _finish(series, context, started, error, note, stream)
 
 
