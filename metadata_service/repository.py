@@ -308,10 +308,12 @@ class Repository:
         # ``pruned_through`` of the garbage collection state, once this transaction holds its share lock.
         self._shared_gc_pruned_through: int | None = None
 
-    def _send(self, statement: Any, values: dict[str, Any] | list[dict[str, Any]]) -> list[Any]:
+    def _send(
+        self, statement: Any, values: dict[str, Any] | list[dict[str, Any]], *, rows_of_each: bool = False
+    ) -> list[Any]:
         """Sends a Core statement straight through the driver (see DriverStatement), on this unit of work's
         connection and in its transaction; ``values`` as a list sends it once per item. Returns the rows
-        (none for a list).
+        (for a list, none; with ``rows_of_each``, PostgreSQL only, each item's rows).
 
         Unlike ``session.execute``, this does not flush the session first: the statements sent this way
         write or lock rows the session's pending changes never touch. The columns bound are the keys of
@@ -320,13 +322,20 @@ class Repository:
         connection = self._statements()
         first = values[0] if isinstance(values, list) else values
         sendable = _driver_statement(statement, self._sql_dialect, tuple(first))
-        cursor = connection.connection.cursor()
+        cursor: Any = connection.connection.cursor()
         try:
-            if isinstance(values, list):
-                cursor.executemany(sendable.sql, [sendable.parameters(item) for item in values])
+            if not isinstance(values, list):
+                cursor.execute(sendable.sql, sendable.parameters(values))
+                return list(cursor.fetchall()) if cursor.description is not None else []
+            parameters = [sendable.parameters(item) for item in values]
+            if not rows_of_each:
+                cursor.executemany(sendable.sql, parameters)
                 return []
-            cursor.execute(sendable.sql, sendable.parameters(values))
-            return list(cursor.fetchall()) if cursor.description is not None else []
+            cursor.executemany(sendable.sql, parameters, returning=True)  # psycopg's: each item's rows in turn
+            rows = [list(cursor.fetchall())]
+            while cursor.nextset():
+                rows.append(list(cursor.fetchall()))
+            return rows
         except self._sql_dialect.loaded_dbapi.Error as e:
             raise self._driver_failure(e, connection, cursor, sendable.sql) from e
         finally:
@@ -337,19 +346,7 @@ class Repository:
         (psycopg pipelines an executemany), on SQLite, in-process, one after another."""
         if self._dialect != "postgresql" or len(values) == 1:
             return [self._send(statement, item) for item in values]
-        connection = self._statements()
-        sendable = _driver_statement(statement, self._sql_dialect, tuple(values[0]))
-        cursor: Any = connection.connection.cursor()  # psycopg's: its executemany can return each one's rows
-        try:
-            cursor.executemany(sendable.sql, [sendable.parameters(item) for item in values], returning=True)
-            rows = [list(cursor.fetchall())]
-            while cursor.nextset():
-                rows.append(list(cursor.fetchall()))
-            return rows
-        except self._sql_dialect.loaded_dbapi.Error as e:
-            raise self._driver_failure(e, connection, cursor, sendable.sql) from e
-        finally:
-            cursor.close()
+        return self._send(statement, values, rows_of_each=True)
 
     def _statements(self) -> Connection:
         """This unit of work's connection, for statements that bypass the ORM; the first call begins the
@@ -593,23 +590,17 @@ class Repository:
 
     def mark_version_committed(self, version: Version, **committed: Any) -> None:
         """Sets the columns a commit fills in (index, state, digest…) on the row and on ``version``."""
-        values = {"state": VersionState.COMMITTED.value, **committed}
-        self._send(_COMMIT_VERSION, {"committed_version_id": version.id, **values})
-        # One Core UPDATE instead of an ORM flush; the loaded row is brought up to date unchanged-marked.
-        for attribute, value in values.items():
-            set_committed_value(version, attribute, value)
+        self.mark_versions_committed([(version, committed)])
 
     def mark_versions_committed(self, committed: Sequence[tuple[Version, dict[str, Any]]]) -> None:
         """``mark_version_committed`` for each (version, its columns), in one round trip."""
-        rows = [
-            {"committed_version_id": version.id, "state": VersionState.COMMITTED.value, **columns}
-            for version, columns in committed
-        ]
-        self._send(_COMMIT_VERSION, rows)
-        for (version, _), row in zip(committed, rows, strict=True):
-            for attribute, value in row.items():
-                if attribute != "committed_version_id":
-                    set_committed_value(version, attribute, value)
+        updates = [(version, {"state": VersionState.COMMITTED.value, **columns}) for version, columns in committed]
+        rows = [{"committed_version_id": version.id, **values} for version, values in updates]
+        self._send(_COMMIT_VERSION, rows if len(rows) > 1 else rows[0])
+        # One Core UPDATE instead of an ORM flush; the loaded rows are brought up to date unchanged-marked.
+        for version, values in updates:
+            for attribute, value in values.items():
+                set_committed_value(version, attribute, value)
 
     def mark_version_deleted(self, version: Version) -> None:
         """Tombstones a version, flushed so later queries of this transaction see it deleted."""
