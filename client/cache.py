@@ -119,23 +119,18 @@ class HashCache:
     # identity instead of a digest: the next push of the unchanged file continues it.
 
     @staticmethod
-    def _file_key(path: Path, info: os.stat_result) -> str:
+    def file_key(path: Path, info: os.stat_result) -> str:
+        """What ``claim_upload_id`` takes in place of a sha256 for the unchanged file at ``path`` (``info`` its
+        stat)."""
         return f"file:{info.st_mtime_ns}:{info.st_ino}:{path}"
-
-    def claim_file_upload_id(self, path: Path, info: os.stat_result) -> tuple[str, bool]:
-        """``claim_upload_id`` for the unchanged file at ``path`` (``info`` its stat)."""
-        return self.claim_upload_id(self._file_key(path, info), info.st_size)
 
     def has_file_upload(self, path: Path, info: os.stat_result) -> bool:
         """Whether an upload of the unchanged file at ``path`` was begun and not finished."""
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM uploads WHERE sha256 = ? AND size = ?", (self._file_key(path, info), info.st_size)
+                "SELECT 1 FROM uploads WHERE sha256 = ? AND size = ?", (self.file_key(path, info), info.st_size)
             ).fetchone()
         return row is not None
-
-    def forget_file_upload(self, path: Path, info: os.stat_result) -> None:
-        self.forget_upload(self._file_key(path, info), info.st_size)
 
     def close(self) -> None:
         self._db.close()

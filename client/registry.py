@@ -365,9 +365,7 @@ class Registry:
         if large and self.stream_while_hashing and self.transfer.limits().write_digest_at_finish:
             # The pending version first, as below, then they stream while they are hashed.
             pending_uid = self._create_pending_version(ref, type, description, tags, struct)
-            streams = StreamsWhileHashing(
-                self.transfer, [(listing.files[i][0], infos[i]) for i in large], self.hash_cache
-            )
+            streams = StreamsWhileHashing(self.transfer, [(listing.files[i][0], infos[i]) for i in large])
             streamed = {i: j for j, i in enumerate(large)}
             for i in large:
                 sha = known[i]

@@ -108,6 +108,27 @@ def _digest(sha256: str, size: int) -> pb.Digest:
     return pb.Digest(hash=sha256, size_bytes=size)
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    """A file's content to store with Write streams, resumable under an upload id the hash cache keeps by
+    ``key`` (the content's sha256, or for a file streamed while it is hashed, the file's identity)."""
+
+    source: Path
+    size: int
+    key: str
+    # What each stream's first message names the upload by: the whole digest, or only the size when the hash
+    # comes at the finish.
+    opening: pb.Digest
+    # With the hash at the finish: waits for the whole digest (None if the transfer was cancelled meanwhile).
+    final_digest: Callable[[], pb.Digest | None] | None = None
+    # Whether the blob service is known to hold the content already: the stream then finishes at once.
+    stored_already: Callable[[], bool] = _never
+
+
 class _Cancelled(Exception):
     """Raised in a worker whose transfer was cancelled (Ctrl-C); never leaves BlobTransfer."""
 
@@ -412,32 +433,45 @@ class BlobTransfer:
 
     def _upload_stream(self, op: _Operation, file: LocalFile, report: ProgressCallback) -> None:
         digest = _digest(file.sha256, file.size_bytes)
+        self._stream_upload(op, _Upload(file.source, file.size_bytes, file.sha256, digest), report, file.path)
+
+    def _stream_upload(self, op: _Operation, upload: _Upload, report: ProgressCallback, name: str) -> None:
+        """Stores ``upload`` with Write streams, resuming each one that broke from what the blob service holds;
+        returns once the service answers that the content is stored.
+
+        Raises:
+            MregError: refused (the upload id is then forgotten: the service discarded what it held), or no
+                progress for ``retry_seconds`` (it is kept, for the next push to resume); ``name`` leads the
+                message.
+            _Cancelled: cancelled; what was sent stays resumable.
+        """
         if self.upload_ids is not None:
             # The same id as an interrupted earlier run: continue where it stopped.
-            upload_id, new = self.upload_ids.claim_upload_id(file.sha256, file.size_bytes)
+            upload_id, new = self.upload_ids.claim_upload_id(upload.key, upload.size)
             # A new id has nothing to resume: asking would only earn a NOT_FOUND (and a failure log line).
-            offset = 0 if new else self._resume_offset(op, upload_id, digest)
+            offset, complete = (0, False) if new else self._resume_offset(op, upload_id, upload.opening)
             report(max(offset, 0))
         else:
-            upload_id, offset = uuid.uuid4().hex, 0
+            upload_id, offset, complete = uuid.uuid4().hex, 0, False
         with op.lock:
-            op.streaming[upload_id] = digest
+            op.streaming[upload_id] = upload.opening
         patience = _Patience(self.retry_seconds)
         stored = max(offset, 0)
-        while offset != file.size_bytes:
+        while not complete:
             op.check()
             try:
-                response = op.wait(
-                    self.stub.Write.future(self._write_requests(op, file, upload_id, digest, offset, report))
-                )
-                if response.committed_size == file.size_bytes:
+                response = op.wait(self.stub.Write.future(self._write_requests(op, upload, upload_id, offset, report)))
+                if response.committed_size == upload.size:
                     break
                 op.check()
-                raise MregError("DATA_LOSS", f"{file.path}: the blob service stored only part of the file")
+                raise MregError("DATA_LOSS", f"{name}: the blob service stored only part of the file")
             except grpc.RpcError as e:
-                if not (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE) or not patience.another_try():
+                resumable = _transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE
+                if not resumable or not patience.another_try():
+                    if not resumable and self.upload_ids is not None:
+                        self.upload_ids.forget_upload(upload.key, upload.size)
                     error = MregError.from_rpc(e, "the blob service")
-                    raise error.with_message(f"{file.path}: {error.message}") from e
+                    raise error.with_message(f"{name}: {error.message}") from e
                 op.sleep(patience.failures - 1)
                 if e.code() == grpc.StatusCode.ABORTED and patience.failures >= 3:
                     # Another stream (a concurrent push of the same content from this machine)
@@ -445,18 +479,23 @@ class BlobTransfer:
                     with op.lock:
                         op.streaming.pop(upload_id, None)
                         upload_id = uuid.uuid4().hex
-                        op.streaming[upload_id] = digest
-                offset = self._resume_offset(op, upload_id, digest, timeout=max(1.0, patience.remaining()))
+                        op.streaming[upload_id] = upload.opening
+                timeout = max(1.0, patience.remaining())
+                offset, complete = self._resume_offset(op, upload_id, upload.opening, timeout=timeout)
                 if offset > stored:
                     stored = offset
                     patience.progressed()
         with op.lock:
             op.streaming.pop(upload_id, None)
-            op.completed_bytes += file.size_bytes
+            op.completed_bytes += upload.size
         if self.upload_ids is not None:
-            self.upload_ids.forget_upload(file.sha256, file.size_bytes)
+            self.upload_ids.forget_upload(upload.key, upload.size)
 
-    def _resume_offset(self, op: _Operation, upload_id: str, digest: pb.Digest, timeout: float | None = None) -> int:
+    def _resume_offset(
+        self, op: _Operation, upload_id: str, digest: pb.Digest, timeout: float | None = None
+    ) -> tuple[int, bool]:
+        """Where an upload stands: the bytes the blob service holds of it (-1 if it could not say now), and
+        whether it is complete. All the bytes held is not complete: the message finishing it is still due."""
         try:
             status = op.wait(
                 self.stub.QueryWriteStatus.future(
@@ -465,28 +504,43 @@ class BlobTransfer:
             )
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
-                return 0
+                return 0, False
             if _transient(e):
-                return -1  # unknown yet; the next Write attempt will be told the right offset
+                return -1, False  # unknown yet; the next Write attempt will be told the right offset
             raise MregError.from_rpc(e, "the blob service") from e
-        return digest.size_bytes if status.complete else status.committed_size
+        return (digest.size_bytes, True) if status.complete else (status.committed_size, False)
 
     def _write_requests(
-        self, op: _Operation, file: LocalFile, upload_id: str, digest: pb.Digest, offset: int, report: ProgressCallback
+        self, op: _Operation, upload: _Upload, upload_id: str, offset: int, report: ProgressCallback
     ) -> Iterator[pb.WriteRequest]:
+        """One Write stream's messages from ``offset``: the first names the upload, the last finishes it. For a
+        digest at finish, the last chunk waits for the file's hash, and is left out if the hash shows the
+        content stored already."""
         offset = max(offset, 0)
         chunk = self.limits().chunk_bytes
-        with open(file.source, "rb", buffering=0) as f:
+        first = True
+        with open(upload.source, "rb", buffering=0) as f:
             f.seek(offset)
-            first = True
             while not op.cancelled.is_set():
-                data = f.read(chunk)
-                finish = offset + len(data) >= file.size_bytes
+                data = b"" if upload.stored_already() else f.read(chunk)
+                last = not data or offset + len(data) >= upload.size
+                digest = upload.opening if first else None
+                if last and upload.final_digest is not None:
+                    if first:
+                        # Named before the wait, as every stream of this upload was: by its size.
+                        yield pb.WriteRequest(upload_id=upload_id, digest=upload.opening, write_offset=offset)
+                        first = False
+                    digest = upload.final_digest()
+                    if digest is None:
+                        return  # cancelled while waiting
+                    if upload.stored_already():
+                        # The service then discards what this upload holds and answers that the blob is stored.
+                        data = b""
                 yield pb.WriteRequest(
                     upload_id=upload_id if first else "",
-                    digest=digest if first else None,
+                    digest=digest,
                     write_offset=offset,
-                    finish_write=finish,
+                    finish_write=last,
                     data=data,
                 )
                 first = False
@@ -494,7 +548,7 @@ class BlobTransfer:
                 with op.lock:
                     op.sent_bytes += len(data)
                 report(len(data))
-                if finish or not data:
+                if last:
                     return
 
     # Downloads -------------------------------------------------------------------------
@@ -830,22 +884,18 @@ class StreamsWhileHashing:
     A push names content by its hash, and a multi-GB file takes seconds to hash on one core before its
     upload could start. Streamed meanwhile, with the hash in the stream's last message, its hashing costs
     the push no time of its own. Each stream holds its last chunk back until its file is hashed; if the
-    hash shows the blob service holds that content already, the stream is cancelled, having cost only
-    bytes. Until its last message an upload is named by its id and the file's size, and the id is kept in
-    the hash cache under the file's identity (path, mtime, inode), so a stream that broke, or a push
-    interrupted, continues where it stopped, in this push or the next. A stream that still fails leaves
-    its file to the push's usual upload; ``finish`` says which files those are.
+    hash shows the blob service holds that content already, the stream finishes with its next message,
+    having cost only the bytes sent. Until its last message an upload is named by its id and the file's
+    size, and the id is kept in the hash cache under the file's identity (path, mtime, inode), so a stream
+    that broke, or a push interrupted, continues where it stopped, in this push or the next. A stream that
+    still fails leaves its file to the push's usual upload; ``finish`` says which files those are.
     """
 
-    ATTEMPTS = 3
-
-    def __init__(
-        self, transfer: BlobTransfer, files: Sequence[tuple[Path, os.stat_result]], upload_ids: HashCache | None
-    ) -> None:
-        """Starts streaming ``files``, as (path, the stat the push took)."""
+    def __init__(self, transfer: BlobTransfer, files: Sequence[tuple[Path, os.stat_result]]) -> None:
+        """Starts streaming ``files``, as (path, the stat the push took), through ``transfer`` (which keeps
+        their upload ids)."""
         self._transfer = transfer
         self._files = list(files)
-        self._upload_ids = upload_ids
         self._op = _Operation()
         self._digests: list[pb.Digest | None] = [None] * len(self._files)
         self._hashed = [threading.Event() for _ in self._files]
@@ -906,83 +956,25 @@ class StreamsWhileHashing:
         path, info = self._files[index]
         if self._stored_already[index] or self._op.cancelled.is_set():
             return self._stored_already[index]  # found stored (or the push stopped) before its turn came
-        size_only = pb.Digest(size_bytes=info.st_size)
-        if self._upload_ids is not None:
-            upload_id, new = self._upload_ids.claim_file_upload_id(path, info)
-        else:
-            upload_id, new = uuid.uuid4().hex, True
-        with self._op.lock:
-            self._op.streaming[upload_id] = size_only
-        offset = 0 if new else max(self._transfer._resume_offset(self._op, upload_id, size_only), 0)
-        self._advance(offset)
-        for attempt in range(self.ATTEMPTS):
-            try:
-                response = self._op.wait(self._transfer.stub.Write.future(self._requests(index, upload_id, offset)))
-                if response.committed_size != info.st_size:
-                    return False  # stopped by Ctrl-C: what it sent is kept, to resume
-            except (grpc.RpcError, grpc.FutureCancelledError, _Cancelled, OSError, MregError) as e:
-                resumable = isinstance(e, grpc.RpcError) and (_transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE)
-                if self._op.cancelled.is_set():
-                    return False
-                if not resumable:
-                    # Refused (the file changed under the stream?): the service discarded the upload.
-                    if self._upload_ids is not None:
-                        self._upload_ids.forget_file_upload(path, info)
-                    return False
-                try:
-                    self._op.sleep(attempt)
-                    # -1 (not known yet) starts at 0, and the service's OUT_OF_RANGE then says where it stands.
-                    offset = self._transfer._resume_offset(self._op, upload_id, size_only)
-                except (_Cancelled, MregError):
-                    return False
-                continue
-            with self._op.lock:
-                self._op.streaming.pop(upload_id, None)
-                self._op.completed_bytes += info.st_size
-            if self._upload_ids is not None:
-                self._upload_ids.forget_file_upload(path, info)
-            return True
-        return False
+        upload = _Upload(
+            path,
+            info.st_size,
+            HashCache.file_key(path, info),
+            pb.Digest(size_bytes=info.st_size),
+            final_digest=lambda: self._final_digest(index),
+            stored_already=lambda: self._stored_already[index],
+        )
+        try:
+            self._transfer._stream_upload(self._op, upload, self._advance, str(path))
+        except (MregError, _Cancelled, grpc.FutureCancelledError, OSError):
+            # Refused (the file changed under the stream?), unreachable, unreadable or stopped: the push's usual
+            # upload takes the file over, or the next push resumes what was sent.
+            return False
+        return True
 
-    def _requests(self, index: int, upload_id: str, start: int) -> Iterator[pb.WriteRequest]:
-        path, info = self._files[index]
-        size = info.st_size
-        chunk = self._transfer.limits().chunk_bytes
-        offset = max(start, 0)
-        first = True
-        with open(path, "rb", buffering=0) as f:
-            f.seek(offset)
-            while not self._op.cancelled.is_set():
-                stored_already = self._stored_already[index]
-                data = b"" if stored_already else f.read(chunk)
-                last = stored_already or not data or offset + len(data) >= size
-                if first and last:
-                    # The first message names the upload by its size, as every stream of it did.
-                    yield pb.WriteRequest(upload_id=upload_id, digest=pb.Digest(size_bytes=size), write_offset=offset)
-                    first = False
-                if last:
-                    self._hashed[index].wait()
-                    if self._op.cancelled.is_set():
-                        return
-                    # Early when the content is stored already: the service then discards what this upload
-                    # holds and answers that the blob is stored.
-                    if self._stored_already[index]:
-                        data = b""
-                opening = pb.Digest(size_bytes=size) if first else None
-                yield pb.WriteRequest(
-                    upload_id=upload_id if first else "",
-                    digest=self._digests[index] if last else opening,
-                    write_offset=offset,
-                    finish_write=last,
-                    data=data,
-                )
-                first = False
-                offset += len(data)
-                with self._op.lock:
-                    self._op.sent_bytes += len(data)
-                self._advance(len(data))
-                if last:
-                    return
+    def _final_digest(self, index: int) -> pb.Digest | None:
+        self._hashed[index].wait()
+        return None if self._op.cancelled.is_set() else self._digests[index]
 
 
 def safe_destination(dest: Path, path: str) -> Path:

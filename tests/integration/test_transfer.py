@@ -320,6 +320,31 @@ def test_upload_cut_by_the_client_resumes_to_an_identical_blob(blob_only, blob_s
     assert hashlib.sha256(read_all(blob_stub, digest)).hexdigest() == digest.hash
 
 
+def test_an_upload_holding_every_byte_but_never_finished_is_finished_by_the_next_push(stack, tmp_path: Path) -> None:
+    """An upload whose stream ended with all its bytes stored but no finishing message handled (cut at that
+    moment): the service holds every byte and no blob. The next push of that content resumes it with one
+    finishing message, sending nothing again, rather than taking it for stored and uploading it anew."""
+    data = os.urandom(16 << 20)  # two whole parts on S3, which keeps only whole parts of an unfinished upload
+    digest = digest_of(data)
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    (directory / "weights.bin").write_bytes(data)
+    with stack.registry(cache_dir=tmp_path / "cache", use_cache=True) as registry:
+        # The id this client's push will resume, as a run interrupted at that moment left it.
+        upload_id, _ = registry.hash_cache.claim_upload_id(digest.hash, len(data))
+        stub = registry.blobs
+        with contextlib.suppress(grpc.RpcError):
+            stub.Write(write_requests(data, digest, upload_id, finish=False))
+        assert _settled_offset(stub, upload_id, digest) == len(data)
+        assert stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests
+
+        pushed = registry.push(directory, f"unfinished-{uuid.uuid4().hex[:6]}")
+        assert pushed.uploaded_bytes == 0
+        assert hashlib.sha256(read_all(stub, digest)).hexdigest() == digest.hash
+        registry.pull(pushed.version.name, tmp_path / "pulled")
+        assert (tmp_path / "pulled" / "weights.bin").read_bytes() == data
+
+
 def _settled_offset(stub, upload_id: str, digest: pb.Digest) -> int:
     """QueryWriteStatus once the broken stream's handler has finished with the upload."""
     previous, deadline = -1, time.monotonic() + 10
