@@ -812,6 +812,50 @@ class _Answered:
         return getattr(self._call, name)
 
 
+class BreakingWrites(WatchingWrites):
+    """A WatchingWrites whose first ``breaks`` Write streams break after ``after`` messages, as a connection
+    reset does: the service keeps what arrived, and the client is told UNAVAILABLE."""
+
+    def __init__(self, breaks: int, after: int) -> None:
+        super().__init__()
+        self.breaks = breaks
+        self.after = after
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        if not details.method.endswith("/Write") or self.breaks == 0:
+            return super().intercept_stream_unary(continuation, details, request_iterator)
+        self.breaks -= 1
+
+        def cut() -> Iterator[pb.WriteRequest]:
+            for i, request in enumerate(request_iterator):
+                if i == self.after:
+                    raise ConnectionResetError("connection reset by peer")
+                yield request
+
+        return _Reset(super().intercept_stream_unary(continuation, details, cut()))
+
+
+class _Reset(grpc.RpcError):
+    """A call that broke: its ``result()`` raises UNAVAILABLE once the call has ended."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def result(self, timeout: float | None = None) -> object:
+        with contextlib.suppress(grpc.RpcError):
+            self._call.result(timeout)
+        raise self
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset by peer"
+
+    def cancel(self) -> bool:
+        return self._call.cancel()
+
+
 def large_file_directory(root: Path, extra_bytes: int) -> int:
     """A directory holding one new file just large enough to stream while hashed, as torch.save writes; its size."""
     root.mkdir()
@@ -843,6 +887,23 @@ def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack
     # The stream began before the file was hashed: size alone first, the whole digest with the last message.
     assert (first.hash, first.size_bytes) == ("", size)
     assert (last.hash, last.size_bytes, sent) == (sha256, size, size)
+
+
+def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(stack, tmp_path: Path) -> None:
+    """Four breaks in a row: the stream resumes after each from what the service holds, with the patience of any
+    upload, rather than giving the file up to an upload from its first byte."""
+    root = tmp_path / "flaky"
+    size = large_file_directory(root, 777)
+    watcher = BreakingWrites(breaks=4, after=8)
+
+    with watched_registry(stack, watcher, tmp_path / "cache") as registry:
+        pushed = registry.push(root, f"flaky-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "out")
+
+    assert_same_tree(root, tmp_path / "out")
+    # Five streams of one upload, all named by the size alone: none began again under the whole digest.
+    assert [(first.hash, first.size_bytes) for first, _, _ in watcher.writes] == [("", size)] * 5
+    assert watcher.writes[-1][1].size_bytes == size and watcher.writes[-1][1].hash
 
 
 def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(
