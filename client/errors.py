@@ -59,7 +59,7 @@ class MregError(Exception):
         if code == grpc.StatusCode.UNAVAILABLE and what and not (info and info.reason):
             # No reason attached: the transport failed. With one, the service answered, and its message says
             # what it could not reach (its database, the blob service, its store).
-            details = f"{what} is unreachable ({details})"
+            details = f"{what} is unreachable ({details}){_tls_hint(details)}"
         return cls(
             code.name,
             details or "no details",
@@ -84,6 +84,31 @@ class MregError(Exception):
     def with_message(self, message: str) -> MregError:
         """The same error (code, reason, metadata, violations) with another message, e.g. naming a file."""
         return MregError(self.code, message, self.violations, reason=self.reason, metadata=self.metadata)
+
+
+# Transport failures that are a TLS setting to fix rather than a server to wait for, by what gRPC's message says
+# (BoringSSL's reason names), and what to do about each.
+_TLS_HINTS = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "its TLS certificate is not signed by a CA this client trusts: give the CA certificate that signed it "
+        "(--ca-cert or MREG_CA_CERT)",
+    ),
+    (
+        "WRONG_VERSION_NUMBER",
+        "it does not speak TLS on that address: connect without --tls/--ca-cert (MREG_TLS, MREG_CA_CERT), or "
+        "give the address where it serves TLS",
+    ),
+    (
+        "not in peer certificate",
+        "its TLS certificate does not name the host this client dialled: use a name or address the certificate lists",
+    ),
+)
+
+
+def _tls_hint(details: str) -> str:
+    """What to change, for a transport failure that a TLS setting explains; "" otherwise."""
+    return next((f"; {hint}" for marker, hint in _TLS_HINTS if marker in details), "")
 
 
 class InvalidArgument(MregError, code="INVALID_ARGUMENT"):

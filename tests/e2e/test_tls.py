@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mreg.client import Credentials, MregError
+from mreg.client import Credentials, MregError, Registry
 from mreg.client.cli import main as cli_main
 from tests.certificates import Pki, credentials_of
 from tests.helpers import assert_same_tree, make_checkpoint
@@ -62,6 +62,18 @@ def test_a_client_trusting_another_ca_is_refused_at_the_handshake(tls_servers) -
 
     assert error.code == "UNAVAILABLE"
     assert "handshake" in error.message.lower() or "ssl" in error.message.lower(), error.message
+    # What to change, not only what failed.
+    assert "not signed by a CA this client trusts" in error.message and "--ca-cert" in error.message, error.message
+
+
+def test_a_tls_client_of_a_plaintext_server_is_told_it_does_not_speak_tls(servers, pki: Pki) -> None:
+    with Registry.connect(servers.metadata.address, servers.blob.address, credentials=credentials_of(pki.ca_cert)) as (
+        registry
+    ):
+        error = _refusal(lambda: registry.resolve("acme/vision/anything"))
+
+    assert error.code == "UNAVAILABLE"
+    assert "does not speak TLS" in error.message, error.message
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate_and_serves_one_with(mtls_servers) -> None:
