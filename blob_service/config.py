@@ -23,6 +23,7 @@ class BlobConfig:
     workers: int = 32
     max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     max_streams: int = 200
+    stream_window_bytes: int = 2 << 20
     stream_idle_timeout_seconds: float = 60
     touch_interval_seconds: float = 600
     min_gc_grace_seconds: float = 3600
@@ -97,6 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MREG_BLOB_MAX_STREAMS",
         "concurrent Read/Write/ListBlobs streams served, each on a thread of its own; more are refused "
         "with RESOURCE_EXHAUSTED",
+    )
+    flag(
+        "stream_window_bytes",
+        "MREG_BLOB_STREAM_WINDOW_BYTES",
+        "the HTTP/2 window of each stream this service receives: how much of a push may arrive ahead of "
+        "what it has stored, so pushes hold at most --max-streams times this in memory; raise it for "
+        "clients on high-latency links (a stream moves at most one window per round trip); 0 leaves the "
+        "window to gRPC, which grows it with the link's bandwidth-delay product without a memory bound",
     )
     flag(
         "stream_idle_timeout_seconds",

@@ -40,6 +40,9 @@ BATCH_FRAMING_BYTES = 2 << 20
 # last one completed, on any replica), so a restart or a replica that died postpones a scrub by at
 # most this much; the first look is this long after start-up.
 SCRUB_CHECK_SECONDS = 3600.0
+# --stream-window-bytes, when set: at least HTTP/2's default window, at most the largest it can announce.
+MIN_STREAM_WINDOW_BYTES = 64 << 10
+MAX_STREAM_WINDOW_BYTES = (1 << 31) - 1
 
 
 def message_limit(config: BlobConfig) -> int:
@@ -49,7 +52,23 @@ def message_limit(config: BlobConfig) -> int:
 
 def grpc_options(config: BlobConfig) -> list[tuple[str, int]]:
     limit = message_limit(config)
-    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    if config.stream_window_bytes:
+        # gRPC otherwise sizes each stream's window from the bandwidth-delay product it probes, at 4-16 MiB
+        # even on loopback: 128 pushes at once held 1.4-3.6 GB here, as the service stores chunks more
+        # slowly than they arrive. A fixed window bounds that (0.6 GB at 1 MiB, 1 GB at 4 MiB) with the same
+        # aggregate throughput; one stream alone pushed 4-6% slower on loopback at 1-2 MiB.
+        options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", config.stream_window_bytes)]
+    return options
+
+
+def check_stream_window(window: int) -> None:
+    """Raises StartupError for a window HTTP/2 cannot announce, or too small to carry a chunk in a few steps."""
+    if window != 0 and not MIN_STREAM_WINDOW_BYTES <= window <= MAX_STREAM_WINDOW_BYTES:
+        raise transport.StartupError(
+            f"--stream-window-bytes {window} is out of range: give 0 (gRPC sizes the window) or "
+            f"{MIN_STREAM_WINDOW_BYTES} to {MAX_STREAM_WINDOW_BYTES} bytes"
+        )
 
 
 @dataclass
@@ -89,7 +108,9 @@ def start(config: BlobConfig) -> RunningBlobServer:
     Raises:
         transport.TransportConfigError: the TLS settings are incomplete or unreadable, or ``listen``
             is not a loopback address and the loopback rule refuses it.
+        transport.StartupError: ``stream_window_bytes`` is out of range, or ``listen`` cannot be bound.
     """
+    check_stream_window(config.stream_window_bytes)
     credentials = transport.server_credentials(cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca)
     runtime.check_addresses(
         config.listen,
