@@ -68,6 +68,8 @@ FALLBACK_CAPABILITIES = pb.GetCapabilitiesResponse(
     read_chunk_size_bytes=CHUNK_SIZE,
     write_chunk_size_bytes=CHUNK_SIZE,
 )
+# The blob service's reason for uploaded bytes that do not hash to the digest they were sent under.
+DIGEST_MISMATCH = "DIGEST_MISMATCH"
 # Streams that broke are resumed, not retried by the channel: codes worth resuming after.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 # Failures in a row a stream retries, with backoff capped at 2 s: enough to ride out a blob service restart.
@@ -127,6 +129,21 @@ class _Upload:
     final_digest: Callable[[], pb.Digest | None] | None = None
     # Whether the blob service is known to hold the content already: the stream then finishes at once.
     stored_already: Callable[[], bool] = _never
+
+
+def _changed_while_pushing(upload: _Upload, name: str) -> MregError | None:
+    """The error for a file whose size is no longer the one hashed (or that is gone); None if it is unchanged."""
+    try:
+        size = os.stat(upload.source).st_size
+    except OSError as e:
+        return local_error(e, name)
+    if size == upload.size:
+        return None
+    return MregError(
+        "FAILED_PRECONDITION",
+        f"{name}: the file changed while pushing: it has {size} bytes, {upload.size} when it was hashed; "
+        "push it again once it is written",
+    )
 
 
 class _Cancelled(Exception):
@@ -464,13 +481,20 @@ class BlobTransfer:
                 if response.committed_size == upload.size:
                     break
                 op.check()
-                raise MregError("DATA_LOSS", f"{name}: the blob service stored only part of the file")
+                raise _changed_while_pushing(upload, name) or MregError(
+                    "DATA_LOSS", f"{name}: the blob service stored only part of the file"
+                )
             except grpc.RpcError as e:
                 resumable = _transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE
                 if not resumable or not patience.another_try():
                     if not resumable and self.upload_ids is not None:
                         self.upload_ids.forget_upload(upload.key, upload.size)
                     error = MregError.from_rpc(e, "the blob service")
+                    if error.reason == DIGEST_MISMATCH:
+                        # The bytes sent are not those hashed: the file is being written (or was) meanwhile.
+                        raise _changed_while_pushing(upload, name) or error.with_message(
+                            f"{name}: {error.message}; the file changed while pushing: push it again once it is written"
+                        ) from e
                     raise error.with_message(f"{name}: {error.message}") from e
                 op.sleep(patience.failures - 1)
                 if e.code() == grpc.StatusCode.ABORTED and patience.failures >= 3:

@@ -345,6 +345,39 @@ def test_an_upload_holding_every_byte_but_never_finished_is_finished_by_the_next
         assert (tmp_path / "pulled" / "weights.bin").read_bytes() == data
 
 
+@pytest.mark.parametrize("change", ["truncated", "rewritten"])
+def test_a_file_changed_between_hashing_and_upload_is_refused_saying_so(stack, tmp_path: Path, change: str) -> None:
+    """A checkpoint still being written when the push hashed it: its upload sends other bytes than were hashed.
+    The push fails saying the file changed (not that the service lost data), and stores nothing of it."""
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    weights = directory / "weights.bin"
+    weights.write_bytes(os.urandom(16 << 20))
+    hashed = digest_of(weights.read_bytes())
+
+    def changing_it(total: int):  # type: ignore[no-untyped-def]
+        # The upload's progress starts once hashing is done, before any byte is sent.
+        if change == "truncated":
+            with open(weights, "r+b") as f:
+                f.truncate(5 << 20)
+        else:
+            with open(weights, "r+b") as f:
+                f.write(b"another epoch")
+        return lambda sent: None
+
+    with stack.registry() as registry, pytest.raises(MregError) as refused:
+        registry.push(directory, f"changing-{uuid.uuid4().hex[:6]}", progress=changing_it)
+
+    error = refused.value
+    assert error.code in ("FAILED_PRECONDITION", "INVALID_ARGUMENT"), error
+    assert "weights.bin" in error.message and "changed while pushing" in error.message, error.message
+    if change == "truncated":
+        assert f"{5 << 20} bytes" in error.message and f"{16 << 20} when it was hashed" in error.message
+    with stack.registry() as registry:
+        missing = registry.blobs.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[hashed]))
+    assert list(missing.missing_blob_digests) == [hashed]
+
+
 def _settled_offset(stub, upload_id: str, digest: pb.Digest) -> int:
     """QueryWriteStatus once the broken stream's handler has finished with the upload."""
     previous, deadline = -1, time.monotonic() + 10
