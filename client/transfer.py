@@ -125,8 +125,10 @@ class _Upload:
     # What each stream's first message names the upload by: the whole digest, or only the size when the hash
     # comes at the finish.
     opening: pb.Digest
-    # With the hash at the finish: waits for the whole digest (None if the transfer was cancelled meanwhile).
+    # With the hash at the finish: the whole digest, waited for (None if the transfer was cancelled meanwhile),
+    # and whether it is known yet.
     final_digest: Callable[[], pb.Digest | None] | None = None
+    digest_known: Callable[[], bool] = _never
     # Whether the blob service is known to hold the content already: the stream then finishes at once.
     stored_already: Callable[[], bool] = _never
 
@@ -144,6 +146,16 @@ def _changed_while_pushing(upload: _Upload, name: str) -> MregError | None:
         f"{name}: the file changed while pushing: it has {size} bytes, {upload.size} when it was hashed; "
         "push it again once it is written",
     )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one Write stream of an upload did: the bytes it sent, and whether it ended unfinished on purpose, at
+    its last chunk, because the file's hash was not known yet (no stream is held open waiting for it: the
+    service ends one that sends nothing for its idle timeout)."""
+
+    sent: int = 0
+    awaiting_hash: bool = False
 
 
 class _Cancelled(Exception):
@@ -476,20 +488,36 @@ class BlobTransfer:
         stored = max(offset, 0)
         while not complete:
             op.check()
+            attempt = _Attempt()
             try:
-                response = op.wait(self.stub.Write.future(self._write_requests(op, upload, upload_id, offset, report)))
+                requests = self._write_requests(op, upload, upload_id, offset, report, attempt)
+                response = op.wait(self.stub.Write.future(requests))
                 if response.committed_size == upload.size:
                     break
                 op.check()
+                if attempt.awaiting_hash:
+                    if upload.final_digest is None or upload.final_digest() is None:
+                        raise _Cancelled()
+                    offset = stored = response.committed_size
+                    patience.progressed()
+                    continue
                 raise _changed_while_pushing(upload, name) or MregError(
                     "DATA_LOSS", f"{name}: the blob service stored only part of the file"
                 )
             except grpc.RpcError as e:
                 resumable = _transient(e) or e.code() == grpc.StatusCode.OUT_OF_RANGE
+                if resumable and attempt.sent:
+                    # A stream that sent bytes may have moved the upload on, however long it ran: what the service
+                    # holds says whether it did, before the time since the last progress is judged.
+                    held, complete = self._resume_offset(op, upload_id, upload.opening, timeout=CANCEL_GRACE_SECONDS)
+                    if held > stored:
+                        offset = stored = held
+                        patience.progressed()
                 if not resumable or not patience.another_try():
-                    if not resumable and self.upload_ids is not None:
-                        self.upload_ids.forget_upload(upload.key, upload.size)
                     error = MregError.from_rpc(e, "the blob service")
+                    if error.reason == DIGEST_MISMATCH and self.upload_ids is not None:
+                        # The service discarded what the upload held: nothing is left to resume.
+                        self.upload_ids.forget_upload(upload.key, upload.size)
                     if error.reason == DIGEST_MISMATCH:
                         # The bytes sent are not those hashed: the file is being written (or was) meanwhile.
                         raise _changed_while_pushing(upload, name) or error.with_message(
@@ -535,11 +563,18 @@ class BlobTransfer:
         return (digest.size_bytes, True) if status.complete else (status.committed_size, False)
 
     def _write_requests(
-        self, op: _Operation, upload: _Upload, upload_id: str, offset: int, report: ProgressCallback
+        self,
+        op: _Operation,
+        upload: _Upload,
+        upload_id: str,
+        offset: int,
+        report: ProgressCallback,
+        attempt: _Attempt,
     ) -> Iterator[pb.WriteRequest]:
         """One Write stream's messages from ``offset``: the first names the upload, the last finishes it. For a
-        digest at finish, the last chunk waits for the file's hash, and is left out if the hash shows the
-        content stored already."""
+        digest at finish, a stream that reaches the last chunk before the file's hash is known ends there,
+        unfinished (``attempt.awaiting_hash``), and the last chunk is left out if the hash shows the content
+        stored already."""
         offset = max(offset, 0)
         chunk = self.limits().chunk_bytes
         first = True
@@ -551,12 +586,16 @@ class BlobTransfer:
                 digest = upload.opening if first else None
                 if last and upload.final_digest is not None:
                     if first:
-                        # Named before the wait, as every stream of this upload was: by its size.
+                        # Named as every stream of this upload was, by its size: the whole digest comes only with
+                        # the finish, in a message of its own.
                         yield pb.WriteRequest(upload_id=upload_id, digest=upload.opening, write_offset=offset)
                         first = False
+                    if not upload.digest_known():
+                        attempt.awaiting_hash = True
+                        return
                     digest = upload.final_digest()
                     if digest is None:
-                        return  # cancelled while waiting
+                        return  # cancelled
                     if upload.stored_already():
                         # The service then discards what this upload holds and answers that the blob is stored.
                         data = b""
@@ -569,6 +608,7 @@ class BlobTransfer:
                 )
                 first = False
                 offset += len(data)
+                attempt.sent += len(data)
                 with op.lock:
                     op.sent_bytes += len(data)
                 report(len(data))
@@ -907,12 +947,13 @@ class StreamsWhileHashing:
 
     A push names content by its hash, and a multi-GB file takes seconds to hash on one core before its
     upload could start. Streamed meanwhile, with the hash in the stream's last message, its hashing costs
-    the push no time of its own. Each stream holds its last chunk back until its file is hashed; if the
-    hash shows the blob service holds that content already, the stream finishes with its next message,
-    having cost only the bytes sent. Until its last message an upload is named by its id and the file's
-    size, and the id is kept in the hash cache under the file's identity (path, mtime, inode), so a stream
-    that broke, or a push interrupted, continues where it stopped, in this push or the next. A stream that
-    still fails leaves its file to the push's usual upload; ``finish`` says which files those are.
+    the push no time of its own. A stream that reaches its file's last chunk before the hash ends there,
+    unfinished, and another sends that chunk with the hash once it is known; if the hash shows the blob
+    service holds that content already, the stream finishes at once, having cost only the bytes sent.
+    Until its last message an upload is named by its id and the file's size, and the id is kept in the hash
+    cache under the file's identity (path, mtime, inode), so a stream that broke, or a push interrupted,
+    continues where it stopped, in this push or the next. A stream that still fails leaves its file to the
+    push's usual upload; ``finish`` says which files those are.
     """
 
     def __init__(self, transfer: BlobTransfer, files: Sequence[tuple[Path, os.stat_result]]) -> None:
@@ -962,9 +1003,9 @@ class StreamsWhileHashing:
 
     def cancel(self) -> None:
         """Stops every stream at once (the push failed or was interrupted); what they sent stays resumable."""
+        self._op.cancel()
         for hashed in self._hashed:
             hashed.set()  # a stream waiting for its hash sees the cancellation
-        self._op.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _advance(self, n: int) -> None:
@@ -986,6 +1027,7 @@ class StreamsWhileHashing:
             HashCache.file_key(path, info),
             pb.Digest(size_bytes=info.st_size),
             final_digest=lambda: self._final_digest(index),
+            digest_known=self._hashed[index].is_set,
             stored_already=lambda: self._stored_already[index],
         )
         try:

@@ -30,7 +30,13 @@ from mreg.client import MregError, Registry
 from mreg.client.cache import SMALL_ENTRY_BYTES, ContentCache, reflink
 from mreg.client.channels import open_channel
 from mreg.client.hashing import LocalFile
-from mreg.client.transfer import BATCH_COUNT, STREAM_WHILE_HASHING_MIN_BYTES, BlobTransfer, RemoteFile
+from mreg.client.transfer import (
+    BATCH_COUNT,
+    STREAM_WHILE_HASHING_MIN_BYTES,
+    BlobTransfer,
+    RemoteFile,
+    StreamsWhileHashing,
+)
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from tests.helpers import (
@@ -849,10 +855,12 @@ class BreakingWrites(WatchingWrites):
     """A WatchingWrites whose first ``breaks`` Write streams break after ``after`` messages, as a connection
     reset does: the service keeps what arrived, and the client is told UNAVAILABLE."""
 
-    def __init__(self, breaks: int, after: int) -> None:
+    def __init__(self, breaks: int, after: int, pause: float = 0.0) -> None:
+        """``pause``: seconds between the messages of a stream that will break, so it lasts a while first."""
         super().__init__()
         self.breaks = breaks
         self.after = after
+        self.pause = pause
 
     def intercept_stream_unary(self, continuation, details, request_iterator):
         if not details.method.endswith("/Write") or self.breaks == 0:
@@ -863,6 +871,7 @@ class BreakingWrites(WatchingWrites):
             for i, request in enumerate(request_iterator):
                 if i == self.after:
                     raise ConnectionResetError("connection reset by peer")
+                time.sleep(self.pause)
                 yield request
 
         return _Reset(super().intercept_stream_unary(continuation, details, cut()))
@@ -922,7 +931,9 @@ def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack
     assert (last.hash, last.size_bytes, sent) == (sha256, size, size)
 
 
-def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(stack, tmp_path: Path) -> None:
+def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(
+    stack, blob_store_location: str, tmp_path: Path
+) -> None:
     """Four breaks in a row: the stream resumes after each from what the service holds, with the patience of any
     upload, rather than giving the file up to an upload from its first byte."""
     root = tmp_path / "flaky"
@@ -937,6 +948,55 @@ def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(
     # Five streams of one upload, all named by the size alone: none began again under the whole digest.
     assert [(first.hash, first.size_bytes) for first, _, _ in watcher.writes] == [("", size)] * 5
     assert watcher.writes[-1][1].size_bytes == size and watcher.writes[-1][1].hash
+    if not blob_store_location.startswith("s3://"):
+        # Each stream continued from what the service held: of the 8 MiB each broken stream sent, only what was
+        # still in flight when it broke went again (S3 keeps only whole 8 MiB parts, so no such bound there).
+        assert sum(sent for _, _, sent in watcher.writes) <= size + 4 * (4 << 20)
+
+
+def test_an_upload_that_breaks_once_after_streaming_longer_than_the_retry_window_resumes(stack, tmp_path: Path) -> None:
+    """The retry window counts from the last progress, and a stream that sent bytes made progress: a break after a
+    long stream is resumed, not taken for a service that stopped answering."""
+    root = tmp_path / "long"
+    root.mkdir()
+    data = os.urandom(16 << 20)
+    (root / "weights.bin").write_bytes(data)
+    # The stream that breaks takes 12 x 0.05 s, longer than the 0.5 s of patience, and its 12 MiB leave at least
+    # a whole 8 MiB part stored on S3.
+    watcher = BreakingWrites(breaks=1, after=12, pause=0.05)
+
+    with watched_registry(stack, watcher, tmp_path / "cache", retry_seconds=0.5) as registry:
+        pushed = registry.push(root, f"long-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "out")
+
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == data
+    assert len(watcher.writes) == 2 and watcher.writes[1][0].hash == digest_of(data).hash
+
+
+def test_a_stream_whose_hash_comes_after_the_services_idle_timeout_waits_for_it_outside_the_stream(
+    tmp_path: Path,
+) -> None:
+    """Hashing can lag the stream (many files hashed before this one, a slow disk). The stream then ends unfinished
+    at its last chunk rather than sit silent in an open call until the service's idle timeout ends it; once the
+    hash is known, one more stream sends that chunk with it. Nothing is sent twice."""
+    blob = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs"), stream_idle_timeout_seconds=1)
+    )
+    source = tmp_path / "model.pt"
+    data = os.urandom(STREAM_WHILE_HASHING_MIN_BYTES)
+    source.write_bytes(data)
+    try:
+        with grpc.insecure_channel(blob.address) as channel:
+            stub = blob_service_pb2_grpc.BlobServiceStub(channel)
+            streams = StreamsWhileHashing(BlobTransfer(stub), [(source, source.stat())])
+            time.sleep(5)  # five idle timeouts: an open stream would have been cut again and again
+            streams.hashed(0, digest_of(data).hash)
+            not_stored, sent = streams.finish()
+            assert not_stored == set()
+            assert sent == len(data)
+            assert hashlib.sha256(read_all(stub, digest_of(data))).hexdigest() == digest_of(data).hash
+    finally:
+        blob.stop(grace=None)
 
 
 def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(
