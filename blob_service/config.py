@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stream_window_bytes",
         "MREG_BLOB_STREAM_WINDOW_BYTES",
         "the HTTP/2 window of each stream this service receives: how much of a push may arrive ahead of "
-        "what it has stored, so pushes hold at most --max-streams times this in memory; raise it for "
+        "what it has stored, so pushes hold about --max-streams times this (plus a chunk each) in memory; raise it for "
         "clients on high-latency links (a stream moves at most one window per round trip); 0 leaves the "
         "window to gRPC, which grows it with the link's bandwidth-delay product without a memory bound",
     )

@@ -64,7 +64,7 @@ def grpc_options(config: BlobConfig) -> list[tuple[str, int]]:
 
 
 def check_stream_window(window: int) -> None:
-    """Raises StartupError for a window HTTP/2 cannot announce, or too small to carry a chunk in a few steps."""
+    """Raises StartupError for a window below HTTP/2's default or above the largest it can announce."""
     if window != 0 and not MIN_STREAM_WINDOW_BYTES <= window <= MAX_STREAM_WINDOW_BYTES:
         raise transport.StartupError(
             f"--stream-window-bytes {window} is out of range: give 0 (gRPC sizes the window) or "

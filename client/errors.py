@@ -90,6 +90,14 @@ class MregError(Exception):
 # (BoringSSL's reason names), and what to do about each.
 _TLS_HINTS = (
     (
+        "certificate has expired",
+        "its TLS certificate has expired (or this machine's clock is wrong): renew it, or set the clock",
+    ),
+    (
+        "certificate is not yet valid",
+        "its TLS certificate is not valid yet (or this machine's clock is wrong): check the clocks",
+    ),
+    (
         "CERTIFICATE_VERIFY_FAILED",
         "its TLS certificate is not signed by a CA this client trusts: give the CA certificate that signed it "
         "(--ca-cert or MREG_CA_CERT)",
@@ -107,7 +115,8 @@ _TLS_HINTS = (
 
 
 def _tls_hint(details: str) -> str:
-    """What to change, for a transport failure that a TLS setting explains; "" otherwise."""
+    """What to change, for a transport failure that a TLS setting explains (the first that matches: an expired
+    certificate fails verification too); "" otherwise."""
     return next((f"; {hint}" for marker, hint in _TLS_HINTS if marker in details), "")
 
 

@@ -62,6 +62,8 @@ class RawWrite:
         body = message.SerializeToString()
         pending = struct.pack(">?I", False, len(body)) + body
         while pending:
+            if self.ended:
+                raise AssertionError(f"the service ended the call early: {self.trailers}")
             allowed = min(self.conn.local_flow_control_window(self.stream), self.conn.max_outbound_frame_size)
             if allowed == 0:
                 self._receive()
@@ -128,13 +130,15 @@ def test_a_push_is_granted_exactly_the_configured_stream_window_and_never_more(w
     config = BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs"), stream_window_bytes=window)
     running = blob_server.start(config)
     data = b"".join(bytes([i]) * CHUNK for i in range(48))
-    call = RawWrite(running.address)
     try:
-        for message, last in write_messages(data):
-            call.send(message, end=last)
-        committed, trailers = call.finish()
+        call = RawWrite(running.address)
+        try:
+            for message, last in write_messages(data):
+                call.send(message, end=last)
+            committed, trailers = call.finish()
+        finally:
+            call.close()
     finally:
-        call.close()
         running.stop(grace=None)
 
     assert trailers.get("grpc-status") == "0", trailers
@@ -148,4 +152,7 @@ def test_a_push_is_granted_exactly_the_configured_stream_window_and_never_more(w
 @pytest.mark.parametrize("window", [1, (64 << 10) - 1, 1 << 31])
 def test_a_stream_window_http2_cannot_announce_is_refused_at_startup(window: int, tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="--stream-window-bytes"):
-        blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs"), stream_window_bytes=window))
+        started = blob_server.start(
+            BlobConfig(listen="127.0.0.1:0", store=str(tmp_path / "blobs"), stream_window_bytes=window)
+        )
+        started.stop(grace=None)  # not refused: the test fails, and leaves no server behind
