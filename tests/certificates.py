@@ -21,7 +21,8 @@ from mreg.client.channels import Credentials
 
 @dataclass(frozen=True)
 class Pki:
-    """PEM files: ``ca`` signed ``server`` and ``client``; ``other_ca`` signed nothing of ours."""
+    """PEM files: ``ca`` signed ``server``, ``expired_server`` (valid until yesterday) and ``client``;
+    ``other_ca`` signed nothing of ours."""
 
     ca_cert: Path
     server_cert: Path
@@ -29,6 +30,8 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca_cert: Path
+    expired_server_cert: Path
+    expired_server_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -83,10 +86,11 @@ def _leaf(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     usages: list[x509.ObjectIdentifier],
     names: list[x509.GeneralName],
+    expired: bool = False,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2 if expired else 0)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -112,16 +116,14 @@ def make_pki(directory: Path) -> Pki:
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca("mreg test CA")
-    server = _leaf(
-        "mreg test server",
-        ca,
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ],
-    )
+    server_names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    server_usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    server = _leaf("mreg test server", ca, server_usages, server_names)
+    expired_server = _leaf("mreg test server", ca, server_usages, server_names, expired=True)
     client = _leaf("mreg test client", ca, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     other_ca, _ = _ca("some other CA")
     pki = Pki(
@@ -131,6 +133,8 @@ def make_pki(directory: Path) -> Pki:
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
         other_ca_cert=directory / "other-ca.pem",
+        expired_server_cert=directory / "expired-server.pem",
+        expired_server_key=directory / "expired-server-key.pem",
     )
     _write_cert(ca[0], pki.ca_cert)
     _write_cert(server[0], pki.server_cert)
@@ -138,6 +142,8 @@ def make_pki(directory: Path) -> Pki:
     _write_cert(client[0], pki.client_cert)
     _write_key(client[1], pki.client_key)
     _write_cert(other_ca, pki.other_ca_cert)
+    _write_cert(expired_server[0], pki.expired_server_cert)
+    _write_key(expired_server[1], pki.expired_server_key)
     return pki
 
 

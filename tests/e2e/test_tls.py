@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mreg.blob_service import server as blob_server
+from mreg.blob_service.config import BlobConfig
 from mreg.client import Credentials, MregError, Registry
 from mreg.client.cli import main as cli_main
 from tests.certificates import Pki, credentials_of
@@ -64,6 +66,26 @@ def test_a_client_trusting_another_ca_is_refused_at_the_handshake(tls_servers) -
     assert "handshake" in error.message.lower() or "ssl" in error.message.lower(), error.message
     # What to change, not only what failed.
     assert "not signed by a CA this client trusts" in error.message and "--ca-cert" in error.message, error.message
+
+
+def test_a_server_certificate_past_its_validity_is_refused_saying_it_expired(pki: Pki, tmp_path: Path) -> None:
+    blobs = blob_server.start(
+        BlobConfig(
+            listen="127.0.0.1:0",
+            store=str(tmp_path / "blobs"),
+            tls_cert=str(pki.expired_server_cert),
+            tls_key=str(pki.expired_server_key),
+        )
+    )
+    try:
+        with Registry.connect(blobs.address, blobs.address, credentials=credentials_of(pki.ca_cert)) as registry:
+            error = _refusal(lambda: registry.resolve("acme/vision/anything"))
+    finally:
+        blobs.stop(grace=None)
+
+    assert error.code == "UNAVAILABLE"
+    # Signed by the trusted CA: the hint is about its dates, not about which CA to trust.
+    assert "has expired" in error.message and "--ca-cert" not in error.message, error.message
 
 
 def test_a_tls_client_of_a_plaintext_server_is_told_it_does_not_speak_tls(servers, pki: Pki) -> None:
