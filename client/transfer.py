@@ -469,9 +469,9 @@ class BlobTransfer:
         returns once the service answers that the content is stored.
 
         Raises:
-            MregError: refused (the upload id is then forgotten: the service discarded what it held), or no
-                progress for ``retry_seconds`` (it is kept, for the next push to resume); ``name`` leads the
-                message.
+            MregError: refused, or no progress for ``retry_seconds``; ``name`` leads the message. The upload
+                id is kept for the next push to resume, unless the bytes did not match the digest (the service
+                then discarded them).
             _Cancelled: cancelled; what was sent stays resumable.
         """
         if self.upload_ids is not None:
