@@ -108,7 +108,7 @@ _TLS_HINTS = (
         "give the address where it serves TLS",
     ),
     (
-        "not in peer certificate",
+        "Hostname Verification Check failed",
         "its TLS certificate does not name the host this client dialled: use a name or address the certificate lists",
     ),
 )

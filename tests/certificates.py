@@ -21,8 +21,8 @@ from mreg.client.channels import Credentials
 
 @dataclass(frozen=True)
 class Pki:
-    """PEM files: ``ca`` signed ``server``, ``expired_server`` (valid until yesterday) and ``client``;
-    ``other_ca`` signed nothing of ours."""
+    """PEM files: ``ca`` signed ``server``, ``expired_server`` (valid until yesterday), ``misnamed_server``
+    (naming only elsewhere.example) and ``client``; ``other_ca`` signed nothing of ours."""
 
     ca_cert: Path
     server_cert: Path
@@ -32,6 +32,8 @@ class Pki:
     other_ca_cert: Path
     expired_server_cert: Path
     expired_server_key: Path
+    misnamed_server_cert: Path
+    misnamed_server_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -124,6 +126,7 @@ def make_pki(directory: Path) -> Pki:
     server_usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     server = _leaf("mreg test server", ca, server_usages, server_names)
     expired_server = _leaf("mreg test server", ca, server_usages, server_names, expired=True)
+    misnamed_server = _leaf("mreg test server", ca, server_usages, [x509.DNSName("elsewhere.example")])
     client = _leaf("mreg test client", ca, [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     other_ca, _ = _ca("some other CA")
     pki = Pki(
@@ -135,6 +138,8 @@ def make_pki(directory: Path) -> Pki:
         other_ca_cert=directory / "other-ca.pem",
         expired_server_cert=directory / "expired-server.pem",
         expired_server_key=directory / "expired-server-key.pem",
+        misnamed_server_cert=directory / "misnamed-server.pem",
+        misnamed_server_key=directory / "misnamed-server-key.pem",
     )
     _write_cert(ca[0], pki.ca_cert)
     _write_cert(server[0], pki.server_cert)
@@ -144,6 +149,8 @@ def make_pki(directory: Path) -> Pki:
     _write_cert(other_ca, pki.other_ca_cert)
     _write_cert(expired_server[0], pki.expired_server_cert)
     _write_key(expired_server[1], pki.expired_server_key)
+    _write_cert(misnamed_server[0], pki.misnamed_server_cert)
+    _write_key(misnamed_server[1], pki.misnamed_server_key)
     return pki
 
 

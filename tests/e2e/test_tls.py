@@ -68,24 +68,31 @@ def test_a_client_trusting_another_ca_is_refused_at_the_handshake(tls_servers) -
     assert "not signed by a CA this client trusts" in error.message and "--ca-cert" in error.message, error.message
 
 
-def test_a_server_certificate_past_its_validity_is_refused_saying_it_expired(pki: Pki, tmp_path: Path) -> None:
-    blobs = blob_server.start(
-        BlobConfig(
-            listen="127.0.0.1:0",
-            store=str(tmp_path / "blobs"),
-            tls_cert=str(pki.expired_server_cert),
-            tls_key=str(pki.expired_server_key),
-        )
-    )
+def _refusal_by_tls_server(cert: Path, key: Path, ca_cert: Path, store: Path) -> MregError:
+    """What a client trusting ``ca_cert`` is told by a TLS service presenting ``cert``."""
+    blobs = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=str(store), tls_cert=str(cert), tls_key=str(key)))
     try:
-        with Registry.connect(blobs.address, blobs.address, credentials=credentials_of(pki.ca_cert)) as registry:
-            error = _refusal(lambda: registry.resolve("acme/vision/anything"))
+        with Registry.connect(blobs.address, blobs.address, credentials=credentials_of(ca_cert)) as registry:
+            return _refusal(lambda: registry.resolve("acme/vision/anything"))
     finally:
         blobs.stop(grace=None)
+
+
+def test_a_server_certificate_past_its_validity_is_refused_saying_it_expired(pki: Pki, tmp_path: Path) -> None:
+    error = _refusal_by_tls_server(pki.expired_server_cert, pki.expired_server_key, pki.ca_cert, tmp_path / "blobs")
 
     assert error.code == "UNAVAILABLE"
     # Signed by the trusted CA: the hint is about its dates, not about which CA to trust.
     assert "has expired" in error.message and "--ca-cert" not in error.message, error.message
+
+
+def test_a_server_certificate_for_another_name_is_refused_saying_so(pki: Pki, tmp_path: Path) -> None:
+    error = _refusal_by_tls_server(pki.misnamed_server_cert, pki.misnamed_server_key, pki.ca_cert, tmp_path / "blobs")
+
+    assert error.code == "UNAVAILABLE"
+    # Signed by the trusted CA, for elsewhere.example: the hint is about the name dialled.
+    assert "does not name the host this client dialled" in error.message, error.message
+    assert "--ca-cert" not in error.message, error.message
 
 
 def test_a_tls_client_of_a_plaintext_server_is_told_it_does_not_speak_tls(servers, pki: Pki) -> None:
