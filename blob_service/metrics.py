@@ -11,8 +11,8 @@ from mreg.server_runtime.metrics import ServiceMetrics
 
 
 class BlobMetrics:
-    """Content bytes in and out by method, partial uploads discarded and scrub results, in the service's
-    registry."""
+    """Content bytes in and out by method, requests to an S3 store, partial uploads discarded and scrub
+    results, in the service's registry."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         received = metrics.counter(
@@ -26,10 +26,18 @@ class BlobMetrics:
         self.batch_received = received.labels("BatchUpdateBlobs")
         self.read_sent = sent.labels("Read")
         self.batch_sent = sent.labels("BatchReadBlobs")
+        self.store_requests = metrics.counter(
+            "mreg_blob_store_requests",
+            "Requests the service made to its S3 store, by HTTP method (none for a store on disk).",
+            ("method",),
+        )
         self.upload_parts_expired = metrics.counter(
             "mreg_blob_expired_upload_parts", "Parts of abandoned partial uploads discarded by the janitor."
         )
         self.scrub = ScrubMetrics(metrics)
+
+    def store_request(self, method: str) -> None:
+        self.store_requests.labels(method).inc()
 
 
 class ScrubMetrics:

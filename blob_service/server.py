@@ -153,6 +153,7 @@ def start(config: BlobConfig) -> RunningBlobServer:
         interceptors.append(AuthInterceptor(authenticator, authorize, ERROR_DOMAIN))
     metrics = ServiceMetrics("blob")
     blob_metrics = BlobMetrics(metrics)
+    store.storage.count_requests(blob_metrics.store_request)
     started = runtime.start_server(
         listen=config.listen,
         workers=config.workers,

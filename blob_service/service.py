@@ -488,7 +488,9 @@ class BlobStore:
                     raise InvalidArgument(
                         f"data does not match digest {digest}; nothing was stored", Reason.DIGEST_MISMATCH
                     )
-                return not digest.is_empty and self.storage.last_used(digest) is None
+                if digest.is_empty:
+                    return False
+                return not self.storage.looks_before_storing or self.storage.last_used(digest) is None
             except BlobError as e:
                 return e
 

@@ -75,6 +75,15 @@ class PartialUpload(ABC):
 class BlobStorage(ABC):
     """Where blob bytes live. One subclass per backend."""
 
+    # Whether looking a small blob up costs less than storing it again: so on a local disk (a stat, against a
+    # write and an fsync), not in an object store, where the HEAD is a request like the PUT it might save.
+    looks_before_storing: bool = True
+
+    def count_requests(self, count: Callable[[str], None]) -> None:
+        """Has ``count(method)`` called for every request this backend makes to a remote store, by HTTP
+        method; a local backend makes none."""
+        return None
+
     @abstractmethod
     def has(self, digest: Digest) -> bool:
         """True if the blob is published."""

@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 from xml.etree import ElementTree
 
 import urllib3
@@ -79,11 +79,34 @@ def _unavailable(error: Exception) -> Unavailable:
     return Unavailable(f"the S3 store cannot be reached: {type(error).__name__}: {str(error)[:300]}")
 
 
+class _CountingPoolManager(urllib3.PoolManager):
+    """The S3 client's connections, telling ``on_request`` the method of every request made through them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_request: Callable[[str], None] = lambda method: None
+
+    def urlopen(  # type: ignore[override]  # as urllib3 itself declares it
+        self, method: str, url: str, redirect: bool = True, **kw: Any
+    ) -> urllib3.BaseHTTPResponse:
+        self.on_request(method)
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
 class _S3Reader(BlobReader):
     def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
         self._response = response
         etag = response.headers.get("ETag")
         self.identity = etag.strip('"') if etag else None
+
+    @property
+    def object_size(self) -> int | None:
+        """The whole object's size, as the GET's answer gives it (a ranged one in Content-Range)."""
+        whole = self._response.headers.get("Content-Range", "").rpartition("/")[2]
+        if whole.isdigit():
+            return int(whole)
+        length = self._response.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() and self._response.status == 200 else None
 
     def read(self, size: int) -> bytes:
         try:
@@ -153,8 +176,18 @@ class _S3Upload(PartialUpload):
 class S3Storage(BlobStorage):
     """Blobs as objects in one bucket, under one prefix."""
 
-    def __init__(self, client: Minio, bucket: str, prefix: str = "", endpoint: str = "") -> None:
+    looks_before_storing = False
+
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        prefix: str = "",
+        endpoint: str = "",
+        connections: _CountingPoolManager | None = None,
+    ) -> None:
         self.client = client
+        self._connections = connections
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = endpoint
@@ -196,7 +229,7 @@ class S3Storage(BlobStorage):
         endpoint = options.get("endpoint", "s3.amazonaws.com")
         access = os.environ.get("MREG_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = os.environ.get("MREG_S3_SECRET_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
-        http = urllib3.PoolManager(
+        http = _CountingPoolManager(
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=64,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
@@ -209,7 +242,11 @@ class S3Storage(BlobStorage):
             region=options.get("region", "us-east-1"),
             http_client=http,
         )
-        return cls(client, parsed.netloc, parsed.path, endpoint)
+        return cls(client, parsed.netloc, parsed.path, endpoint, http)
+
+    def count_requests(self, count: Callable[[str], None]) -> None:
+        if self._connections is not None:
+            self._connections.on_request = count
 
     def __repr__(self) -> str:
         return f"S3Storage({self.endpoint}/{self.bucket}/{self.prefix})"
@@ -257,7 +294,7 @@ class S3Storage(BlobStorage):
         except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
             raise _unavailable(e) from e
 
-    def open_key(self, key: str, offset: int = 0, length: int = 0) -> BlobReader:
+    def open_key(self, key: str, offset: int = 0, length: int = 0) -> _S3Reader:
         # A bounded Range: an open-ended one makes the server send (and some servers copy)
         # everything after ``offset`` for a reader that wants only part of it.
         try:
@@ -317,12 +354,31 @@ class S3Storage(BlobStorage):
         return self._stat_size(self._blob_key(digest)) == digest.size_bytes
 
     def open_read(self, digest: Digest, offset: int = 0, length: int = 0) -> BlobReader:
-        if self._stat_size(self._blob_key(digest)) != digest.size_bytes:
-            # A digest is hash and size: content of this hash with another size is another blob.
-            raise NotFound(f"blob {digest} is not stored (is the size right?)")
+        # A digest is hash and size: content of this hash with another size is another blob.
+        absent = NotFound(f"blob {digest} is not stored (is the size right?)")
+        key = self._blob_key(digest)
         if digest.size_bytes == 0:
+            if self._stat_size(key) != 0:
+                raise absent
             return _EmptyReader()
-        return self.open_key(self._blob_key(digest), offset, length)
+        # The GET's answer says the object's size, so a read is one request, not a HEAD and a GET: for
+        # small blobs, half the requests.
+        try:
+            reader = self.open_key(key, offset, length)
+        except NotFound:
+            raise absent from None
+        except Unavailable:
+            # A range past the end of a shorter copy is refused (416) rather than absent: a HEAD tells.
+            if self._stat_size(key) != digest.size_bytes:
+                raise absent from None
+            raise
+        size = reader.object_size
+        if size is None:  # an answer that did not say (no length, no range)
+            size = self._stat_size(key)
+        if size != digest.size_bytes:
+            reader.close()
+            raise absent
+        return reader
 
     def stored_size(self, sha256: str) -> int | None:
         return self._stat_size(self._hash_key(sha256))
