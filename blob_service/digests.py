@@ -37,6 +37,11 @@ class Digest:
         return f"{self.hash}/{self.size_bytes}"
 
     @property
+    def names_content(self) -> bool:
+        """A SHA-256, rather than a placeholder naming an upload whose hash is still to come."""
+        return _HEX64.fullmatch(self.hash) is not None
+
+    @property
     def is_empty(self) -> bool:
         """The empty blob, which every blob service holds without storing it."""
         return self.size_bytes == 0 and self.hash == EMPTY_SHA256

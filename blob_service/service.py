@@ -21,6 +21,7 @@ from typing import TypeVar
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import BlobError, DataLoss, InvalidArgument, NotFound, OutOfRange, Reason, StorageFull
 from mreg.blob_service.limits import MAX_ITEMS, quote
+from mreg.blob_service.sha256 import Sha256, StateRefused
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Capabilities:
     min_gc_grace: timedelta
     upload_expiry: timedelta
     stream_idle_timeout: timedelta | None
+    write_digest_at_finish: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,7 @@ class BlobStore:
             min_gc_grace=self.min_gc_grace,
             upload_expiry=self.upload_expiry,
             stream_idle_timeout=stream_idle_timeout,
+            write_digest_at_finish=self.storage.stores_hash_at_finish_as_cheaply,
         )
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
@@ -296,18 +299,29 @@ class BlobStore:
         finally:
             upload.close()
 
-    def _restore_hash(self, upload: PartialUpload) -> hashlib._Hash:
-        hasher = hashlib.sha256()
+    def _restore_hash(self, upload: PartialUpload) -> Sha256:
         if upload.committed_size > upload.digest.size_bytes:
             self.storage.abort_write(upload)
             raise InvalidArgument(
                 f"upload {upload.upload_id} holds more bytes than its digest; restart it", Reason.DIGEST_MISMATCH
             )
-        for block in upload.read_back():
+        try:
+            state, rest = upload.resume_from()
+            hasher = Sha256() if state is None else Sha256.restore(state)
+        except StateRefused as e:
+            # Saved by a replica of another build: what it holds cannot be verified, so it starts again.
+            self.storage.abort_write(upload)
+            raise OutOfRange(
+                f"upload {upload.upload_id} cannot be continued here ({e}); start it again at offset 0",
+                Reason.WRITE_OFFSET_INVALID,
+                {"committed_size": "0"},
+            ) from e
+        for block in rest:
             hasher.update(block)
+        upload.hash_with(hasher)
         return hasher
 
-    def _publish(self, upload: PartialUpload, hasher: hashlib._Hash) -> int:
+    def _publish(self, upload: PartialUpload, hasher: Sha256) -> int:
         digest = upload.digest
         actual = hasher.hexdigest()
         if upload.committed_size != digest.size_bytes or actual != digest.hash:

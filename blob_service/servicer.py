@@ -139,7 +139,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             min_gc_grace=_duration(c.min_gc_grace),
             upload_expiry=_duration(c.upload_expiry),
             stream_idle_timeout=_duration(c.stream_idle_timeout),
-            write_digest_at_finish=True,
+            write_digest_at_finish=c.write_digest_at_finish,
         )
 
     @_abort_on_domain_error

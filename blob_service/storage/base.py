@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mreg.blob_service.digests import Digest
+from mreg.blob_service.sha256 import Sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,16 @@ class PartialUpload(ABC):
     def read_back(self) -> Iterator[bytes]:
         """Yields the bytes kept so far, so a resumed upload can restore its hash state."""
 
+    def resume_from(self) -> tuple[bytes | None, Iterator[bytes]]:
+        """How a resumed upload restores its hash state: a state saved for a prefix of the kept bytes (None:
+        none, hash from the first byte) and the kept bytes after that prefix. By default, every kept byte."""
+        return None, self.read_back()
+
+    def hash_with(self, hasher: Sha256) -> None:
+        """Tells the upload the hasher that is given every chunk just before ``append`` is, for a backend that
+        keeps the hash state at its own points (``resume_from``) rather than bytes it can read back."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Makes the received bytes durable and releases the upload for other writers."""
@@ -78,6 +89,10 @@ class BlobStorage(ABC):
     # Whether looking a small blob up costs less than storing it again: so on a local disk (a stat, against a
     # write and an fsync), not in an object store, where the HEAD is a request like the PUT it might save.
     looks_before_storing: bool = True
+    # Whether an upload whose hash comes with its last message is stored as cheaply as one whose hash comes
+    # first: so on disk (renamed into place either way), not in an S3 store, which sends an upload of known
+    # hash straight to the blob's key but must stage one of unknown hash apart and copy it at the end.
+    stores_hash_at_finish_as_cheaply: bool = True
 
     def count_requests(self, count: Callable[[str], None]) -> None:
         """Has ``count(method)`` called for every request this backend makes to a remote store, by HTTP

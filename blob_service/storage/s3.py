@@ -3,23 +3,31 @@
 Layout under ``s3://BUCKET/PREFIX``::
 
     PREFIX/blobs/<sha256>                      published blobs
-    PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload in progress (<id>.unhashed-<size>
-                                               while its hash is to come with its last message)
-    PREFIX/uploads/<id>.<sha256>/active        touched while a replica writes the upload
+    PREFIX/uploads/<id>.<sha256>/multipart     the record of an upload sent as an S3 multipart upload
+    PREFIX/uploads/<id>.<sha256>/<offset>      staged parts of an upload whose hash is to come with its last
+                                               message (<id>.unhashed-<size>), or begun by an earlier version
+    PREFIX/uploads/<id>.<sha256>/active        touched while a replica writes such an upload
     PREFIX/state/<name>                        small objects of the service's own (the scrub's lease)
 
-Each part of an upload is staged as its own object as soon as it is complete (8 MiB
-by default), so the upload's durable offset is the sum of its staged parts and any
-replica can continue it, or read the parts back to restore the hash. Only when the
-service has verified the digest are the parts assembled into the final object, by
-server-side multipart copy (``compose_object``) where the server supports it and by a
-streaming multipart upload otherwise; either way the blob appears atomically, complete.
+An upload of known hash is sent as an S3 multipart upload of the blob's own key, in parts of 8 MiB: each
+byte goes to the store once, and completing the multipart upload (only once the service has verified the
+digest) publishes the blob atomically, with nothing copied. Its parts cannot be read back before then, so its
+record (the S3 upload, its parts, the service's hash state after them, and the bytes it holds short of a part
+when a stream ends) lets any replica continue it (``_S3MultipartUpload``).
 
-Every replica's janitor expires uploads whose newest object is older than the expiry.
-A replica writing an upload whose staged parts are old (a client resuming it, or sending
-slowly) keeps it alive by touching its ``active`` object when it opens the upload and
-at least every ``HEARTBEAT_SECONDS`` while writing, so no janitor discards it meanwhile.
-The upload expiry must therefore be well above ``HEARTBEAT_SECONDS``.
+An upload whose hash comes with its last message has no key until then. Each of its parts is staged as an
+object of its own as soon as it is complete, so the upload's durable offset is the sum of its staged parts
+and any replica can continue it, or read the parts back to restore the hash. Only when the service has
+verified the digest are the parts assembled into the final object, by server-side multipart copy
+(``compose_object``) where the server supports it and by a streaming multipart upload otherwise; either way
+the blob appears atomically, complete. Such uploads cost the store each byte again, so the service does not
+offer them to clients (write_digest_at_finish), though it takes them.
+
+Every replica's janitor expires uploads whose newest object is older than the expiry (aborting a multipart
+upload with its record). A replica writing an upload keeps it alive by saving its record with each part, or
+touching its ``active`` object, when it opens the upload and at least every ``HEARTBEAT_SECONDS`` while
+writing, so no janitor discards it meanwhile. The upload expiry must therefore be well above
+``HEARTBEAT_SECONDS``.
 
 Servers differ in how they report errors (some send bodies the SDK cannot parse), so
 existence is decided by HEAD (``stat_object``) and HTTP status codes alone.
@@ -27,27 +35,33 @@ existence is decided by HEAD (``stat_object``) and HTTP status codes alone.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
+import json
 import logging
 import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar, cast
 from xml.etree import ElementTree
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
-from minio.datatypes import Object
+from minio.datatypes import Object, Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from mreg.blob_service import sha256
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.errors import InvalidArgument, NotFound, StorageFull, Unavailable
+from mreg.blob_service.sha256 import Sha256, StateRefused
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PART_SIZE = 8 << 20
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
@@ -55,6 +69,8 @@ MIN_COMPOSE_PART = 5 << 20
 # How often a replica writing an upload with staged parts renews its ``active`` object.
 HEARTBEAT_SECONDS = 60.0
 _HEARTBEAT = "active"
+# The record of an upload sent as an S3 multipart upload (``_S3MultipartUpload``).
+_RECORD = "multipart"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
 # MinIO says XMinioStorageFull (HTTP 507); Ceph RGW and others say QuotaExceeded.
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
@@ -173,10 +189,162 @@ class _S3Upload(PartialUpload):
         self.flush()
 
 
+class _UploadLost(Unavailable):
+    """The store no longer holds a multipart upload in progress, so its parts are gone."""
+
+
+class _S3MultipartUpload(PartialUpload):
+    """An upload sent as the parts of an S3 multipart upload of the blob's own key.
+
+    Every byte is sent to the store once: completing the multipart upload, which the service does only after
+    it verified the digest, makes the parts the blob, in one request, with nothing copied. Parts cannot be
+    read back before that, so after each part the upload saves its record (``.../multipart``: the S3 upload,
+    its parts and the service's hash state after them); a stream that ends unfinished adds the bytes it holds
+    short of a part to the record. Any replica continues the upload from its record.
+    """
+
+    def __init__(self, storage: S3Storage, upload_id: str, digest: Digest, record: _Record | None) -> None:
+        super().__init__(upload_id, digest)
+        self._storage = storage
+        self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
+        self._target = storage._blob_key(digest)
+        self._record = record or _Record()
+        self._buffer = bytearray(self._record.tail)
+        self._hasher: Sha256 | None = None
+        self._finished = False
+        self._last_saved = float("-inf")
+        if record is not None:
+            self._save()  # tells other replicas' janitors the upload is in use again
+
+    @property
+    def committed_size(self) -> int:
+        return self._record.parts_size + len(self._buffer)
+
+    def resume_from(self) -> tuple[bytes | None, Iterator[bytes]]:
+        if self._record.parts and self._record.hash_state is None:
+            # Begun where the hash state could not be saved: nothing held can be verified.
+            raise StateRefused("its parts were sent without a saved hash state")
+        return self._record.hash_state, iter([bytes(self._buffer)])
+
+    def read_back(self) -> Iterator[bytes]:
+        raise NotImplementedError("the parts of an S3 multipart upload cannot be read before it is completed")
+
+    def hash_with(self, hasher: Sha256) -> None:
+        self._hasher = hasher
+
+    def append(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= PART_SIZE:
+            with self._forgotten_if_lost():
+                self._send_part()
+        elif time.monotonic() - self._last_saved >= HEARTBEAT_SECONDS and self._record.parts:
+            self._save()
+
+    @contextlib.contextmanager
+    def _forgotten_if_lost(self) -> Iterator[None]:
+        """Forgets the upload if the store lost it meanwhile: the client's retry finds none and starts again."""
+        try:
+            yield
+        except _UploadLost:
+            self._finished = True
+            self._storage._remove([f"{self.prefix}{_RECORD}"])
+            raise
+
+    def _send_part(self) -> None:
+        record = self._record
+        if record.s3_upload is None:
+            record.s3_upload = self._storage.create_multipart_upload(self._target)
+            # Recorded before any part is sent, so an expired upload's parts are always found; the bytes about
+            # to be sent as the first part are not worth keeping in the record meanwhile.
+            self._save(with_tail=False)
+        number = len(record.parts) + 1
+        etag = self._storage.upload_part(self._target, record.s3_upload, number, bytes(self._buffer))
+        record.parts.append((number, etag, len(self._buffer)))
+        # The hasher has seen exactly these bytes: the service gives it each chunk before appending it.
+        record.hash_state = self._hasher.state() if self._hasher is not None else None
+        self._buffer.clear()
+        self._save()
+
+    def _save(self, *, with_tail: bool = True) -> None:
+        """Saves the record, with the bytes held short of a part (what the upload holds is then what it says)."""
+        tail = bytes(self._buffer) if with_tail else b""
+        self._storage.put(f"{self.prefix}{_RECORD}", self._record.encode(tail))
+        self._last_saved = time.monotonic()
+
+    def complete(self) -> None:
+        """Publishes the upload under its digest (verified by the caller)."""
+        record = self._record
+        if record.s3_upload is None:
+            # Never reached a part: the whole blob is in the buffer, and one PUT publishes it.
+            self._storage.put(self._target, bytes(self._buffer))
+        else:
+            with self._forgotten_if_lost():
+                if self._buffer:
+                    number = len(record.parts) + 1
+                    etag = self._storage.upload_part(self._target, record.s3_upload, number, bytes(self._buffer))
+                    record.parts.append((number, etag, len(self._buffer)))
+                self._storage.complete_multipart_upload(self._target, record.s3_upload, record.parts)
+        self._finished = True
+        self._storage._remove([f"{self.prefix}{_RECORD}"])
+
+    def abort(self) -> None:
+        self._finished = True
+        self._buffer.clear()
+        if self._record.s3_upload is not None:
+            self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
+        self._storage._remove([f"{self.prefix}{_RECORD}"])
+
+    def close(self) -> None:
+        # A stream that ends without finishing keeps what it sent: the bytes short of a part go in the record.
+        if not self._finished and (self._buffer or self._record.parts):
+            self._save()
+
+
+class _Record:
+    """An S3 multipart upload in progress, as saved beside it: a JSON line, then the bytes held short of a part."""
+
+    def __init__(
+        self,
+        s3_upload: str | None = None,
+        parts: list[tuple[int, str, int]] | None = None,
+        hash_state: bytes | None = None,
+        tail: bytes = b"",
+    ) -> None:
+        self.s3_upload = s3_upload
+        self.parts = parts or []
+        self.hash_state = hash_state
+        self.tail = tail
+
+    @property
+    def parts_size(self) -> int:
+        return sum(size for _, _, size in self.parts)
+
+    def encode(self, tail: bytes) -> bytes:
+        header = {
+            "s3_upload": self.s3_upload,
+            "parts": self.parts,
+            "hash_state": None if self.hash_state is None else base64.b64encode(self.hash_state).decode(),
+        }
+        return json.dumps(header).encode() + b"\n" + tail
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Record:
+        line, _, tail = data.partition(b"\n")
+        header = json.loads(line)
+        state = header.get("hash_state")
+        return cls(
+            header.get("s3_upload"),
+            [(int(number), str(etag), int(size)) for number, etag, size in header.get("parts", [])],
+            None if state is None else base64.b64decode(state),
+            tail,
+        )
+
+
 class S3Storage(BlobStorage):
     """Blobs as objects in one bucket, under one prefix."""
 
     looks_before_storing = False
+    stores_hash_at_finish_as_cheaply = False
 
     def __init__(
         self,
@@ -384,13 +552,111 @@ class S3Storage(BlobStorage):
         return self._stat_size(self._hash_key(sha256))
 
     def begin_write(self, upload_id: str, digest: Digest, *, fresh: bool = False) -> PartialUpload:
-        return _S3Upload(self, upload_id, digest, fresh=fresh)
+        if not (digest.names_content and sha256.resumable):
+            # The blob's key is not known until the upload's last message (or the hash state cannot be
+            # saved): its parts are staged as objects of their own and assembled at the end.
+            return _S3Upload(self, upload_id, digest, fresh=fresh)
+        if fresh:
+            return _S3MultipartUpload(self, upload_id, digest, None)
+        prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
+        record = self._live_record(prefix, digest)
+        if record is None and self.staged_parts(prefix):
+            return _S3Upload(self, upload_id, digest)  # staged by a version of the service before multipart
+        return _S3MultipartUpload(self, upload_id, digest, record)
+
+    def _live_record(self, prefix: str, digest: Digest) -> _Record | None:
+        """The upload's record, unless the store no longer holds the multipart upload it names (a server that
+        keeps uploads in memory restarted, a lifecycle rule aborted it): then its parts are gone, and so is it."""
+        record = self._read_record(prefix)
+        if record is None or record.s3_upload is None:
+            return record
+        if self.holds_multipart_upload(self._blob_key(digest), record.s3_upload):
+            return record
+        log.warning("the S3 store lost multipart upload %s of %s; it starts again", record.s3_upload, prefix)
+        self._remove([f"{prefix}{_RECORD}"])
+        return None
+
+    def _read_record(self, prefix: str) -> _Record | None:
+        key = f"{prefix}{_RECORD}"
+        try:
+            with self.open_key(key) as reader:
+                data = b"".join(iter(lambda: reader.read(1 << 20), b""))
+        except NotFound:
+            return None
+        try:
+            return _Record.decode(data)
+        except (ValueError, TypeError, KeyError) as e:
+            raise Unavailable(f"the record of upload {key} is unreadable: {e}") from e
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
-        parts = self.staged_parts(self.key(f"uploads/{upload_id}.{digest.hash}/"))
+        prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
+        if digest.names_content and (record := self._live_record(prefix, digest)) is not None:
+            return record.parts_size + len(record.tail)
+        parts = self.staged_parts(prefix)
         return sum(size for _, size in parts) if parts else None
 
+    # S3 multipart uploads: the SDK's own steps (those its put_object and compose_object take), named here once.
+
+    def _multipart_step(self, what: str, step: Callable[[], T]) -> T:
+        try:
+            return step()
+        except (S3Error, InvalidResponseError, ServerError) as e:
+            if _is_full(e):
+                raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
+            if isinstance(e, S3Error | InvalidResponseError) and _is_not_found(e):
+                raise _UploadLost(f"the S3 store no longer holds the upload ({what}): push again to resend it") from e
+            raise Unavailable(f"the S3 store refused to {what}: {e}") from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _unavailable(e) from e
+
+    def create_multipart_upload(self, key: str) -> str:
+        def create() -> str:
+            try:
+                return self.client._create_multipart_upload(self.bucket, key, {})
+            except S3Error as e:
+                if e.code != "NoSuchBucket":
+                    raise
+                self._ensure_bucket()  # the bucket vanished (a wiped test server, a lifecycle rule)
+                return self.client._create_multipart_upload(self.bucket, key, {})
+
+        return self._multipart_step(f"begin a multipart upload of {key}", create)
+
+    def holds_multipart_upload(self, key: str, s3_upload: str) -> bool:
+        try:
+            self._multipart_step(
+                f"list the parts of {key}",
+                lambda: self.client._list_parts(self.bucket, key, s3_upload, max_parts=1),
+            )
+        except _UploadLost:
+            return False
+        return True
+
+    def upload_part(self, key: str, s3_upload: str, number: int, data: bytes) -> str:
+        return self._multipart_step(
+            f"store part {number} of {key}",
+            lambda: self.client._upload_part(self.bucket, key, data, None, s3_upload, number),
+        )
+
+    def complete_multipart_upload(self, key: str, s3_upload: str, parts: list[tuple[int, str, int]]) -> None:
+        listed = [Part(number, etag) for number, etag, _ in parts]
+        self._multipart_step(
+            f"complete the multipart upload of {key}",
+            lambda: self.client._complete_multipart_upload(self.bucket, key, s3_upload, listed),
+        )
+
+    def abort_multipart_upload(self, key: str, s3_upload: str) -> None:
+        try:
+            self.client._abort_multipart_upload(self.bucket, key, s3_upload)
+        except (S3Error, InvalidResponseError) as e:
+            if not _is_not_found(e):  # aborted already (another replica's janitor)
+                log.warning("could not abort the multipart upload %s of %s: %s", s3_upload, key, e)
+        except (ServerError, urllib3.exceptions.HTTPError, OSError) as e:
+            log.warning("could not abort the multipart upload %s of %s: %s", s3_upload, key, e)
+
     def commit_write(self, upload: PartialUpload) -> None:
+        if isinstance(upload, _S3MultipartUpload):
+            upload.complete()
+            return
         assert isinstance(upload, _S3Upload)
         target = self._blob_key(upload.digest)
         if not upload.parts:
@@ -446,6 +712,9 @@ class S3Storage(BlobStorage):
         self.put(self._blob_key(digest), data)  # stored for good once the PUT is answered
 
     def abort_write(self, upload: PartialUpload) -> None:
+        if isinstance(upload, _S3MultipartUpload):
+            upload.abort()
+            return
         assert isinstance(upload, _S3Upload)
         upload._buffer.clear()
         self._remove([key for key, _ in upload.parts] + [f"{upload.prefix}{_HEARTBEAT}"])
@@ -546,8 +815,17 @@ class S3Storage(BlobStorage):
 
     def remove_stale_uploads(self, older_than: datetime) -> int:
         stale = self.stale_uploads(older_than)
+        parts = 0
+        for key in stale:
+            if key.endswith(f"/{_RECORD}"):
+                # A multipart upload's parts are the store's, not objects: they go when it is aborted.
+                record = self._read_record(key.removesuffix(_RECORD))
+                if record is not None and record.s3_upload is not None:
+                    sha = key.removesuffix(f"/{_RECORD}").rsplit(".", 1)[1]
+                    self.abort_multipart_upload(self._hash_key(sha), record.s3_upload)
+                    parts += len(record.parts)
         self._remove(stale)
-        return len(stale)
+        return len(stale) + parts
 
 
 class _EmptyReader(BlobReader):

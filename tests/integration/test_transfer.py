@@ -802,11 +802,11 @@ def test_the_retry_policy_retries_unary_calls_answered_unavailable(tmp_path: Pat
 
 
 class WatchingWrites(grpc.StreamUnaryClientInterceptor, grpc.UnaryUnaryClientInterceptor):
-    """Records each Write stream's first and last messages' digests; with ``hide_hash_at_finish``, answers
-    GetCapabilities as a server without write_digest_at_finish would."""
+    """Records each Write stream's first and last messages' digests; with ``announce_hash_at_finish``, answers
+    GetCapabilities as a server with (True) or without (False) write_digest_at_finish would."""
 
-    def __init__(self, hide_hash_at_finish: bool = False) -> None:
-        self.hide = hide_hash_at_finish
+    def __init__(self, announce_hash_at_finish: bool | None = None) -> None:
+        self.announce = announce_hash_at_finish
         self.writes: list[list[Any]] = []  # per stream: first digest, last digest, bytes sent
 
     def intercept_stream_unary(self, continuation, details, request_iterator):
@@ -829,10 +829,10 @@ class WatchingWrites(grpc.StreamUnaryClientInterceptor, grpc.UnaryUnaryClientInt
 
     def intercept_unary_unary(self, continuation, details, request):
         response = continuation(details, request)
-        if self.hide and details.method.endswith("/GetCapabilities"):
+        if self.announce is not None and details.method.endswith("/GetCapabilities"):
             caps = pb.GetCapabilitiesResponse()
             caps.CopyFrom(response.result())
-            caps.write_digest_at_finish = False
+            caps.write_digest_at_finish = self.announce
             return _Answered(response, caps)
         return response
 
@@ -855,9 +855,11 @@ class BreakingWrites(WatchingWrites):
     """A WatchingWrites whose first ``breaks`` Write streams break after ``after`` messages, as a connection
     reset does: the service keeps what arrived, and the client is told UNAVAILABLE."""
 
-    def __init__(self, breaks: int, after: int, pause: float = 0.0) -> None:
+    def __init__(
+        self, breaks: int, after: int, pause: float = 0.0, announce_hash_at_finish: bool | None = None
+    ) -> None:
         """``pause``: seconds between the messages of a stream that will break, so it lasts a while first."""
-        super().__init__()
+        super().__init__(announce_hash_at_finish)
         self.breaks = breaks
         self.after = after
         self.pause = pause
@@ -916,7 +918,9 @@ def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack
     size = large_file_directory(root, 12345)
     (root / "config.json").write_bytes(b'{"layers": 2}')
     name = f"streamed-{uuid.uuid4().hex[:6]}"
-    watcher = WatchingWrites()
+    # Announced on every store: an S3 service prefers the hash first but takes it at the end from a client that
+    # gives it so.
+    watcher = WatchingWrites(announce_hash_at_finish=True)
 
     with watched_registry(stack, watcher, tmp_path / "cache") as registry:
         pushed = registry.push(root, name)
@@ -931,6 +935,27 @@ def test_a_large_new_file_streams_while_it_is_hashed_and_arrives_identical(stack
     assert (last.hash, last.size_bytes, sent) == (sha256, size, size)
 
 
+def test_a_large_new_file_is_streamed_while_hashed_only_where_the_service_prefers_it(
+    stack, blob_store_location: str, tmp_path: Path
+) -> None:
+    """On disk an upload is renamed into place whether its hash comes first or last, so the client streams while
+    it hashes. An S3 store sends an upload of known hash straight to the blob's key, where one whose hash comes
+    last is staged apart and copied once more: its service says so, and the client hashes first."""
+    root = tmp_path / "preferred"
+    size = large_file_directory(root, 4321)
+    watcher = WatchingWrites()
+
+    with watched_registry(stack, watcher, tmp_path / "cache") as registry:
+        pushed = registry.push(root, f"preferred-{uuid.uuid4().hex[:6]}")
+        registry.pull(pushed.version.name, tmp_path / "out")
+
+    assert_same_tree(root, tmp_path / "out")
+    [(first, _, sent)] = watcher.writes
+    on_s3 = blob_store_location.startswith("s3://")
+    assert (first.hash, first.size_bytes) == (pushed.version.manifest[0].sha256 if on_s3 else "", size)
+    assert sent == size
+
+
 def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(
     stack, blob_store_location: str, tmp_path: Path
 ) -> None:
@@ -938,7 +963,7 @@ def test_a_large_file_streamed_while_hashed_resumes_each_time_its_stream_breaks(
     upload, rather than giving the file up to an upload from its first byte."""
     root = tmp_path / "flaky"
     size = large_file_directory(root, 777)
-    watcher = BreakingWrites(breaks=4, after=8)
+    watcher = BreakingWrites(breaks=4, after=8, announce_hash_at_finish=True)
 
     with watched_registry(stack, watcher, tmp_path / "cache") as registry:
         pushed = registry.push(root, f"flaky-{uuid.uuid4().hex[:6]}")
@@ -1007,7 +1032,7 @@ def test_a_large_file_the_service_holds_already_stops_streaming_once_hashed(
     name = f"held-{uuid.uuid4().hex[:6]}"
     with stack.registry() as registry:
         first = registry.push(root, name)
-    watcher = WatchingWrites()
+    watcher = WatchingWrites(announce_hash_at_finish=True)
 
     # Another machine's push: its cache has never seen the file.
     with watched_registry(stack, watcher, tmp_path / "other-cache") as registry:
@@ -1029,7 +1054,7 @@ def test_without_hash_at_finish_a_large_file_is_hashed_first_and_sent_with_its_d
 ) -> None:
     root = tmp_path / "digest-first"
     large_file_directory(root, 7)
-    watcher = WatchingWrites(hide_hash_at_finish=why == "the server cannot take it")
+    watcher = WatchingWrites(announce_hash_at_finish=False if why == "the server cannot take it" else None)
     options = {"stream_while_hashing": why != "the client is told not to"}
 
     with watched_registry(stack, watcher, tmp_path / "cache", **options) as registry:
