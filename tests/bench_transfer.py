@@ -17,6 +17,10 @@ pull that verifies every byte could reach; and with writing the same number of b
 file on one thread (no fsync), which every pull must also do. Small-file pushes are also compared with the
 same files written durably (hash, temporary file, fsync, rename, directory fsync) by 16
 threads: what the blob service must do for each blob it accepts.
+On S3, transfers are also compared with what the S3 server takes and gives straight from its SDK, in the same
+run: the checkpoint's files put as multipart uploads (8 files at once, as the client's 8 streams, each the
+SDK's default of 3 parts in flight) and got back, and the small files put and got one request each by 16
+threads (as the blob service's I/O pool).
 Every timed transfer and baseline starts right after writing and deleting a scratch file as large as what it
 writes (``warm_memory``): on this virtual machine, memory the kernel left free for a few seconds costs a fault
 per page when written again, which alone halved a pull depending on how long the run had paused before it.
@@ -25,6 +29,7 @@ per page when written again, which alone halved a pull depending on how long the
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import os
 import random
@@ -288,6 +293,56 @@ def cp_baseline(source: Path, work: Path) -> float:
     return tree_bytes(source) / MB / elapsed
 
 
+def s3_baseline(s3: S3Server, checkpoint: Path, many: Path) -> dict[str, float]:
+    """What the S3 server takes and gives through the minio SDK alone, on a bucket of its own (see the top)."""
+    from minio import Minio
+
+    client = Minio(
+        f"127.0.0.1:{s3.port}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False, region="us-east-1"
+    )
+    bucket = "raw-baseline"
+    client.make_bucket(bucket)
+    large = sorted(p for p in checkpoint.rglob("*") if p.is_file())
+    large_bytes = sum(p.stat().st_size for p in large)
+    small = [(p.name, p.read_bytes()) for p in sorted(many.rglob("*")) if p.is_file()]
+
+    def put(path: Path) -> None:
+        client.fput_object(bucket, f"large/{path.relative_to(checkpoint)}", str(path), part_size=8 << 20)
+
+    def get(path: Path) -> None:
+        response = client.get_object(bucket, f"large/{path.relative_to(checkpoint)}")
+        try:
+            for _ in response.stream(CHUNK):
+                pass
+        finally:
+            response.close()
+            response.release_conn()
+
+    def put_small(item: tuple[str, bytes]) -> None:
+        client.put_object(bucket, f"small/{item[0]}", io.BytesIO(item[1]), len(item[1]))
+
+    def get_small(item: tuple[str, bytes]) -> None:
+        response = client.get_object(bucket, f"small/{item[0]}")
+        try:
+            response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def timed(function: Any, items: list[Any], threads: int) -> float:
+        started = time.perf_counter()
+        with futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(function, items))
+        return time.perf_counter() - started
+
+    return {
+        "s3_put_MBps": large_bytes / MB / timed(put, large, 8),
+        "s3_get_MBps": large_bytes / MB / timed(get, large, 8),
+        "s3_small_puts_per_s": len(small) / timed(put_small, small, 16),
+        "s3_small_gets_per_s": len(small) / timed(get_small, small, 16),
+    }
+
+
 def change_tenth_and_push(source: Path, copy: Path, client: Registry) -> tuple[int, int, int]:
     """Copies ``source``, changes one byte in every tenth file, pushes the copy; returns (sent, changed, total)."""
     shutil.copytree(source, copy)
@@ -426,6 +481,12 @@ def bench_store(
             out["b_push_vs_durable_writes"] = round(
                 out["b_push_files_per_s"] / baseline["durable_small_file_writes_per_s"], 3
             )
+        if "s3_put_MBps" in baseline:  # against what the S3 server takes and gives through its SDK alone
+            out["a_push_vs_s3_put"] = round(out["a_push_MBps"] / baseline["s3_put_MBps"], 3)
+            out["a_pull_vs_s3_get"] = round(out["a_pull_MBps"] / baseline["s3_get_MBps"], 3)
+            out["e_one_file_push_vs_s3_put"] = round(out["e_one_file_push_MBps"] / baseline["s3_put_MBps"], 3)
+            out["b_push_vs_s3_small_puts"] = round(out["b_push_files_per_s"] / baseline["s3_small_puts_per_s"], 3)
+            out["b_pull_vs_s3_small_gets"] = round(out["b_pull_files_per_s"] / baseline["s3_small_gets_per_s"], 3)
         log(
             f"  {label}: {count} small files: push {out['b_push_files_per_s']}/s, pull {out['b_pull_files_per_s']}/s, "
             f"again from the cache {out['b_pull_from_cache_files_per_s']}/s"
@@ -559,8 +620,16 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     # 330 MB/s either way), so a ranged pull through moto measures moto, not the registry.
     s3 = S3Server("rclone", work / "rclone").start()
     try:
+        s3_raw = s3_baseline(s3, checkpoint, work / "many-s3")
+        log(
+            f"  S3 baselines (minio SDK alone): put {s3_raw['s3_put_MBps']:.0f} MB/s, get {s3_raw['s3_get_MBps']:.0f} "
+            f"MB/s, small files put {s3_raw['s3_small_puts_per_s']:.0f}/s, got {s3_raw['s3_small_gets_per_s']:.0f}/s"
+        )
+        results["baseline"].update({k: round(v, 1) for k, v in s3_raw.items()})
         store = s3.store_url("bench")
-        results["s3_rclone"] = bench_store("s3", store, checkpoint, big_file, work / "many-s3", work, baseline)
+        results["s3_rclone"] = bench_store(
+            "s3", store, checkpoint, big_file, work / "many-s3", work, {**baseline, **s3_raw}
+        )
     finally:
         s3.stop()
     return results
