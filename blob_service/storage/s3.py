@@ -41,9 +41,11 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar, cast
 from xml.etree import ElementTree
@@ -56,7 +58,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 
 from mreg.blob_service import sha256
 from mreg.blob_service.digests import Digest
-from mreg.blob_service.errors import InvalidArgument, NotFound, StorageFull, Unavailable
+from mreg.blob_service.errors import BlobError, InvalidArgument, NotFound, StorageFull, Unavailable
 from mreg.blob_service.sha256 import Sha256, StateRefused
 from mreg.blob_service.storage.base import BlobReader, BlobStorage, PartialUpload, StoredBlob
 
@@ -66,6 +68,9 @@ T = TypeVar("T")
 PART_SIZE = 8 << 20
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
+# Parts sent while their streams go on receiving, across all uploads: each holds a part (8 MiB) beyond what its
+# stream buffers, so this bounds the memory it costs. With none free, a stream sends its part before going on.
+PARTS_SENT_ASIDE = 16
 # How often a replica writing an upload with staged parts renews its ``active`` object.
 HEARTBEAT_SECONDS = 60.0
 _HEARTBEAT = "active"
@@ -210,15 +215,18 @@ class _S3MultipartUpload(PartialUpload):
         self._target = storage._blob_key(digest)
         self._record = record or _Record()
         self._buffer = bytearray(self._record.tail)
+        self._received = self._record.parts_size + len(self._buffer)
         self._hasher: Sha256 | None = None
         self._finished = False
         self._last_saved = float("-inf")
+        # The part being sent while the stream goes on receiving the next, if any.
+        self._sending: Future[None] | None = None
         if record is not None:
             self._save()  # tells other replicas' janitors the upload is in use again
 
     @property
     def committed_size(self) -> int:
-        return self._record.parts_size + len(self._buffer)
+        return self._received
 
     def resume_from(self) -> tuple[bytes | None, Iterator[bytes]]:
         if self._record.parts and self._record.hash_state is None:
@@ -234,10 +242,13 @@ class _S3MultipartUpload(PartialUpload):
 
     def append(self, data: bytes) -> None:
         self._buffer += data
+        self._received += len(data)
         if len(self._buffer) >= PART_SIZE:
             with self._forgotten_if_lost():
                 self._send_part()
         elif time.monotonic() - self._last_saved >= HEARTBEAT_SECONDS and self._record.parts:
+            with self._forgotten_if_lost():
+                self._settle()  # the record then says what the buffer follows
             self._save()
 
     @contextlib.contextmanager
@@ -251,19 +262,34 @@ class _S3MultipartUpload(PartialUpload):
             raise
 
     def _send_part(self) -> None:
+        """Sends the buffer as the next part: while the stream receives the part after it, if a sender is free."""
+        self._settle()
         record = self._record
         if record.s3_upload is None:
             record.s3_upload = self._storage.create_multipart_upload(self._target)
             # Recorded before any part is sent, so an expired upload's parts are always found; the bytes about
             # to be sent as the first part are not worth keeping in the record meanwhile.
             self._save(with_tail=False)
-        number = len(record.parts) + 1
-        etag = self._storage.upload_part(self._target, record.s3_upload, number, bytes(self._buffer))
-        record.parts.append((number, etag, len(self._buffer)))
+        data, number = bytes(self._buffer), len(record.parts) + 1
         # The hasher has seen exactly these bytes: the service gives it each chunk before appending it.
-        record.hash_state = self._hasher.state() if self._hasher is not None else None
+        state = self._hasher.state() if self._hasher is not None else None
         self._buffer.clear()
-        self._save()
+        self._sending = self._storage.send_part_aside(lambda: self._store_part(number, data, state))
+        if self._sending is None:
+            self._store_part(number, data, state)
+
+    def _store_part(self, number: int, data: bytes, hash_state: bytes | None) -> None:
+        assert self._record.s3_upload is not None
+        etag = self._storage.upload_part(self._target, self._record.s3_upload, number, data)
+        self._record.parts.append((number, etag, len(data)))
+        self._record.hash_state = hash_state
+        self._save(with_tail=False)  # the bytes after the part are still arriving: the stream's end keeps them
+
+    def _settle(self) -> None:
+        """Waits for the part being sent aside, if any; raises what made it fail."""
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            sending.result()
 
     def _save(self, *, with_tail: bool = True) -> None:
         """Saves the record, with the bytes held short of a part (what the upload holds is then what it says)."""
@@ -273,6 +299,8 @@ class _S3MultipartUpload(PartialUpload):
 
     def complete(self) -> None:
         """Publishes the upload under its digest (verified by the caller)."""
+        with self._forgotten_if_lost():
+            self._settle()
         record = self._record
         if record.s3_upload is None:
             # Never reached a part: the whole blob is in the buffer, and one PUT publishes it.
@@ -290,13 +318,23 @@ class _S3MultipartUpload(PartialUpload):
     def abort(self) -> None:
         self._finished = True
         self._buffer.clear()
+        with contextlib.suppress(BlobError):
+            self._settle()  # its failure no longer matters
         if self._record.s3_upload is not None:
             self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
         self._storage._remove([f"{self.prefix}{_RECORD}"])
 
     def close(self) -> None:
+        if self._finished:
+            return
+        try:
+            self._settle()
+        except BlobError as e:
+            # The record says what the store holds (up to the part before): the client continues from there.
+            log.warning("upload %s ended with a part unsent: %s", self.prefix, e)
+            return
         # A stream that ends without finishing keeps what it sent: the bytes short of a part go in the record.
-        if not self._finished and (self._buffer or self._record.parts):
+        if self._buffer or self._record.parts:
             self._save()
 
 
@@ -356,6 +394,8 @@ class S3Storage(BlobStorage):
     ) -> None:
         self.client = client
         self._connections = connections
+        self._part_senders = ThreadPoolExecutor(PARTS_SENT_ASIDE, thread_name_prefix="s3-parts")
+        self._free_senders = threading.BoundedSemaphore(PARTS_SENT_ASIDE)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = endpoint
@@ -630,6 +670,19 @@ class S3Storage(BlobStorage):
         except _UploadLost:
             return False
         return True
+
+    def send_part_aside(self, send: Callable[[], None]) -> Future[None] | None:
+        """Runs ``send`` on a sender of its own if one is free (None if not: the caller sends it itself)."""
+        if not self._free_senders.acquire(blocking=False):
+            return None
+
+        def sending() -> None:
+            try:
+                send()
+            finally:
+                self._free_senders.release()
+
+        return self._part_senders.submit(sending)
 
     def upload_part(self, key: str, s3_upload: str, number: int, data: bytes) -> str:
         return self._multipart_step(
