@@ -336,8 +336,21 @@ class BlobStore:
             self.storage.abort_write(upload)
         else:
             self.storage.commit_write(upload)
+            self._renew_if_dated_early(digest)
             log.debug("stored blob %s", digest)
         return digest.size_bytes
+
+    def _renew_if_dated_early(self, digest: Digest) -> None:
+        """Renews a blob just published whose use time is older than the touch interval.
+
+        Some S3 servers date an object made by a multipart upload when the upload began, not when it was
+        completed (rclone does; AWS is reported to): a blob whose upload began hours ago would look unused
+        as long, and garbage collection could take it before the version naming it is committed. It is
+        renewed as ``find_missing`` renews a blob it finds.
+        """
+        last_used = self.storage.last_used(digest)
+        if last_used is not None and last_used < datetime.now(UTC) - self.touch_interval:
+            self.storage.touch(digest)
 
     def query_write_status(self, upload_id: str, digest: Digest) -> tuple[int, bool]:
         """Returns (committed size, complete) for an upload.

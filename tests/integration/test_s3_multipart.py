@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -236,3 +237,27 @@ def test_a_hash_state_saved_by_another_build_starts_the_upload_again(replicas: t
     assert committed(one.stub, upload_id, digest) is None
     assert other.stub.Write(write_requests(data, digest, upload_id)).committed_size == len(data)
     assert hashlib.sha256(read_all(one.stub, digest)).hexdigest() == digest.hash
+
+
+def test_a_blob_published_from_an_upload_begun_long_before_is_dated_when_published(
+    s3_server: S3Server,
+) -> None:
+    """Some S3 servers date an object made by a multipart upload when the upload began (rclone does; AWS is
+    reported to): a blob from an upload begun hours earlier would look unused that long, and garbage collection
+    could take it before its version is committed. Here the minimum grace is 3 s, so renewal is due after 1 s."""
+    store = s3_server.store_url(f"dated-{uuid.uuid4().hex[:8]}")
+    running = blob_server.start(BlobConfig(listen="127.0.0.1:0", store=store, min_gc_grace_seconds=3))
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = pb_grpc.BlobServiceStub(channel)
+            data = os.urandom(10 * MiB)
+            digest = digest_of(data)
+            upload_id = uuid.uuid4().hex
+            send_part_of(stub, data, digest, upload_id, mib=9)  # the multipart upload begins with its first part
+            threading.Event().wait(2.5)
+            finishing = datetime.now(UTC).replace(microsecond=0)  # S3 dates have one-second resolution
+            stub.Write(write_requests(data, digest, upload_id, offset=9 * MiB))
+            last_used = running.store.storage.last_used(Digest(digest.hash, digest.size_bytes))
+            assert last_used is not None and last_used >= finishing
+    finally:
+        running.stop(grace=None)
