@@ -112,8 +112,9 @@ def test_a_large_upload_sends_each_part_once_and_is_published_without_a_copy(
     made = {method: count for method, count in made.items() if count}
     # Three parts, each PUT once, and a record saved after the upload began and after each whole part; one
     # multipart upload begun and completed (POST); no part read back or copied. The service looks for the
-    # blob before and after (HEAD), and for an upload to continue (its record, then staged parts: GET).
-    assert made == {"PUT": 3 + 3, "POST": 2, "HEAD": 2, "GET": 2, "DELETE": 1}
+    # blob before and after, and at its date once published (HEAD), and for an upload to continue (its
+    # record, then staged parts: GET).
+    assert made == {"PUT": 3 + 3, "POST": 2, "HEAD": 3, "GET": 2, "DELETE": 1}
     assert read_all(one.stub, digest) == data
 
 
