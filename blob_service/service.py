@@ -290,6 +290,9 @@ class BlobStore:
                     # Another upload of the same content won: stop receiving.
                     self.storage.abort_write(upload)
                     return digest.size_bytes
+            # The stream ended unfinished: once closed, the upload holds what it kept (a part it was still
+            # sending may have failed), which is what the response reports. Closing again below is harmless.
+            upload.close()
             return upload.committed_size
         except StorageFull as e:
             # Release what the upload holds: the next, smaller push must find the room.
@@ -348,9 +351,14 @@ class BlobStore:
         as long, and garbage collection could take it before the version naming it is committed. It is
         renewed as ``find_missing`` renews a blob it finds.
         """
-        last_used = self.storage.last_used(digest)
-        if last_used is not None and last_used < datetime.now(UTC) - self.touch_interval:
-            self.storage.touch(digest)
+        try:
+            last_used = self.storage.last_used(digest)
+            if last_used is not None and last_used < datetime.now(UTC) - self.touch_interval:
+                # On S3 a copy of the object onto itself: for a blob whose upload took this long, the cost is
+                # small beside the upload.
+                self.storage.touch(digest)
+        except BlobError as e:  # the blob is published; only its date could not be renewed
+            log.warning("could not renew the date of blob %s just published: %s", digest, e)
 
     def query_write_status(self, upload_id: str, digest: Digest) -> tuple[int, bool]:
         """Returns (committed size, complete) for an upload.

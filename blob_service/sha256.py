@@ -2,10 +2,11 @@
 
 An upload staged as the parts of an S3 multipart upload cannot be read back before it is completed, so a
 replica continuing it (or this one after a restart) cannot hash its bytes again. It restores the hash state
-saved with the last part instead. ``hashlib`` keeps its state private; OpenSSL's SHA256_CTX, which is what
-``hashlib`` runs on, is a plain public struct, so through ctypes the same code hashes at the same speed and
-its state is 112 bytes that can be stored. Where the C library does not offer it, ``resumable`` is False and
-``Sha256`` is ``hashlib``'s, whose state cannot be saved: callers keep bytes that can be read back instead.
+saved with the last part instead. ``hashlib`` keeps its state private; OpenSSL's SHA256_CTX, the state of
+the SHA-256 ``hashlib`` usually runs on, is a plain public struct, so through ctypes OpenSSL hashes at
+``hashlib``'s speed and its state is 112 bytes that can be stored. Where the C library does not offer it,
+``resumable`` is False and ``Sha256`` is ``hashlib``'s, whose state cannot be saved: callers keep bytes that
+can be read back instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _STATE_TAG = b"sha256-ctx-v1-" + sys.byteorder.encode() + b":"
 
 
 def _load_libcrypto() -> Any | None:
+    if sys.platform == "darwin":
+        return None  # macOS's own libcrypto aborts a process that loads it; hashlib's is not reachable by name
     for name in (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so.1.1"):
         if not name:
             continue
@@ -87,8 +90,8 @@ class Sha256:
             self._hashlib.update(data)
             return
         if not isinstance(data, bytes):
-            view = memoryview(data).cast("B")
-            if view.readonly or not view.contiguous:
+            view = memoryview(data).cast("B")  # refuses a non-contiguous view, as hashlib does
+            if view.readonly:
                 data = bytes(view)  # ctypes lends only writable buffers' addresses
             else:
                 buffer = (ctypes.c_char * view.nbytes).from_buffer(view)

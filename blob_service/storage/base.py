@@ -80,7 +80,8 @@ class PartialUpload(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Makes the received bytes durable and releases the upload for other writers."""
+        """Makes the received bytes durable and releases the upload for other writers; ``committed_size`` is then
+        what the upload keeps. Closing again does nothing."""
 
 
 class BlobStorage(ABC):

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PART_SIZE = 8 << 20
+# S3 numbers the parts of a multipart upload 1 to 10 000.
+MAX_PARTS = 10_000
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
 # Parts sent while their streams go on receiving, across all uploads: each holds a part (8 MiB) beyond what its
@@ -77,6 +79,8 @@ _HEARTBEAT = "active"
 # The record of an upload sent as an S3 multipart upload (``_S3MultipartUpload``).
 _RECORD = "multipart"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"}
+# A completion refused for its parts: another stream of the same upload sent other ones. Retrying cannot mend it.
+_PARTS_REFUSED_CODES = {"InvalidPart", "InvalidPartOrder", "EntityTooSmall"}
 # MinIO says XMinioStorageFull (HTTP 507); Ceph RGW and others say QuotaExceeded.
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
 
@@ -124,10 +128,10 @@ class _S3Reader(BlobReader):
     def object_size(self) -> int | None:
         """The whole object's size, as the GET's answer gives it (a ranged one in Content-Range)."""
         whole = self._response.headers.get("Content-Range", "").rpartition("/")[2]
-        if whole.isdigit():
+        if whole.isascii() and whole.isdigit():
             return int(whole)
         length = self._response.headers.get("Content-Length", "")
-        return int(length) if length.isdigit() and self._response.status == 200 else None
+        return int(length) if length.isascii() and length.isdigit() and self._response.status == 200 else None
 
     def read(self, size: int) -> bytes:
         try:
@@ -205,7 +209,9 @@ class _S3MultipartUpload(PartialUpload):
     it verified the digest, makes the parts the blob, in one request, with nothing copied. Parts cannot be
     read back before that, so after each part the upload saves its record (``.../multipart``: the S3 upload,
     its parts and the service's hash state after them); a stream that ends unfinished adds the bytes it holds
-    short of a part to the record. Any replica continues the upload from its record.
+    short of a part to the record. Any replica continues the upload from its record, which only ever says
+    what the store holds: a part is recorded once the store has it, and a part that failed leaves the record
+    as it was.
     """
 
     def __init__(self, storage: S3Storage, upload_id: str, digest: Digest, record: _Record | None) -> None:
@@ -213,11 +219,16 @@ class _S3MultipartUpload(PartialUpload):
         self._storage = storage
         self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
         self._target = storage._blob_key(digest)
+        # S3 takes at most 10 000 parts: parts of a blob too large for that many of 8 MiB are larger. The size
+        # follows from the digest, so every replica cuts the same parts.
+        self._part_size = max(PART_SIZE, -(-digest.size_bytes // MAX_PARTS))
         self._record = record or _Record()
         self._buffer = bytearray(self._record.tail)
         self._received = self._record.parts_size + len(self._buffer)
+        self._saved_size = self._received  # what the record in the store says the upload holds
         self._hasher: Sha256 | None = None
         self._finished = False
+        self._broken = False  # a part failed: the record in the store stays what it was
         self._last_saved = float("-inf")
         # The part being sent while the stream goes on receiving the next, if any.
         self._sending: Future[None] | None = None
@@ -243,7 +254,7 @@ class _S3MultipartUpload(PartialUpload):
     def append(self, data: bytes) -> None:
         self._buffer += data
         self._received += len(data)
-        if len(self._buffer) >= PART_SIZE:
+        if len(self._buffer) >= self._part_size:
             with self._forgotten_if_lost():
                 self._send_part()
         elif time.monotonic() - self._last_saved >= HEARTBEAT_SECONDS and self._record.parts:
@@ -253,11 +264,14 @@ class _S3MultipartUpload(PartialUpload):
 
     @contextlib.contextmanager
     def _forgotten_if_lost(self) -> Iterator[None]:
-        """Forgets the upload if the store lost it meanwhile: the client's retry finds none and starts again."""
+        """Forgets the upload if the store lost it or refused its parts: the client's retry finds none and
+        starts again."""
         try:
             yield
         except _UploadLost:
             self._finished = True
+            if self._record.s3_upload is not None:
+                self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
             self._storage._remove([f"{self.prefix}{_RECORD}"])
             raise
 
@@ -276,7 +290,7 @@ class _S3MultipartUpload(PartialUpload):
         self._buffer.clear()
         self._sending = self._storage.send_part_aside(lambda: self._store_part(number, data, state))
         if self._sending is None:
-            self._store_part(number, data, state)
+            self._sending_failed_if_raises(lambda: self._store_part(number, data, state))
 
     def _store_part(self, number: int, data: bytes, hash_state: bytes | None) -> None:
         assert self._record.s3_upload is not None
@@ -289,12 +303,21 @@ class _S3MultipartUpload(PartialUpload):
         """Waits for the part being sent aside, if any; raises what made it fail."""
         sending, self._sending = self._sending, None
         if sending is not None:
-            sending.result()
+            self._sending_failed_if_raises(sending.result)
+
+    def _sending_failed_if_raises(self, send: Callable[[], object]) -> None:
+        try:
+            send()
+        except BaseException:
+            # The part's bytes are no longer in the buffer: from here on, only the record tells what is held.
+            self._broken = True
+            raise
 
     def _save(self, *, with_tail: bool = True) -> None:
         """Saves the record, with the bytes held short of a part (what the upload holds is then what it says)."""
         tail = bytes(self._buffer) if with_tail else b""
         self._storage.put(f"{self.prefix}{_RECORD}", self._record.encode(tail))
+        self._saved_size = self._record.parts_size + len(tail)
         self._last_saved = time.monotonic()
 
     def complete(self) -> None:
@@ -306,12 +329,15 @@ class _S3MultipartUpload(PartialUpload):
             # Never reached a part: the whole blob is in the buffer, and one PUT publishes it.
             self._storage.put(self._target, bytes(self._buffer))
         else:
+            # The last part joins the record only once the blob is published: until then, what is left in
+            # the buffer stays the record's tail if the completion fails.
+            parts = list(record.parts)
             with self._forgotten_if_lost():
                 if self._buffer:
-                    number = len(record.parts) + 1
+                    number = len(parts) + 1
                     etag = self._storage.upload_part(self._target, record.s3_upload, number, bytes(self._buffer))
-                    record.parts.append((number, etag, len(self._buffer)))
-                self._storage.complete_multipart_upload(self._target, record.s3_upload, record.parts)
+                    parts.append((number, etag, len(self._buffer)))
+                self._storage.complete_multipart_upload(self._target, record.s3_upload, parts, self.digest.size_bytes)
         self._finished = True
         self._storage._remove([f"{self.prefix}{_RECORD}"])
 
@@ -327,15 +353,17 @@ class _S3MultipartUpload(PartialUpload):
     def close(self) -> None:
         if self._finished:
             return
+        self._finished = True
         try:
             self._settle()
+            # A stream that ends without finishing keeps what it sent: the bytes short of a part go in the record.
+            if not self._broken and (self._buffer or self._record.parts):
+                self._save()
         except BlobError as e:
-            # The record says what the store holds (up to the part before): the client continues from there.
+            # The record in the store says what it holds (up to the last part sent): the client continues there.
             log.warning("upload %s ended with a part unsent: %s", self.prefix, e)
-            return
-        # A stream that ends without finishing keeps what it sent: the bytes short of a part go in the record.
-        if self._buffer or self._record.parts:
-            self._save()
+        finally:
+            self._received = self._saved_size
 
 
 class _Record:
@@ -473,19 +501,25 @@ class S3Storage(BlobStorage):
     def put(self, key: str, data: bytes) -> None:
         try:
             try:
-                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+                self._put_once(key, data)
             except S3Error as e:
                 if e.code != "NoSuchBucket":
                     raise
                 # The bucket vanished (a wiped test server, a lifecycle rule): recreate it once.
                 self._ensure_bucket()
-                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+                self._put_once(key, data)
         except (S3Error, InvalidResponseError, ServerError) as e:
             if _is_full(e):
                 raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
             raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
+
+    def _put_once(self, key: str, data: bytes) -> None:
+        # One request: the SDK would make an object above 5 MiB a multipart upload of 5 MiB parts.
+        self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), part_size=max(MIN_COMPOSE_PART, len(data))
+        )
 
     def _stat_size(self, key: str) -> int | None:
         info = self._head(key)
@@ -580,9 +614,13 @@ class S3Storage(BlobStorage):
             if self._stat_size(key) != digest.size_bytes:
                 raise absent from None
             raise
-        size = reader.object_size
-        if size is None:  # an answer that did not say (no length, no range)
-            size = self._stat_size(key)
+        try:
+            size = reader.object_size
+            if size is None:  # an answer that did not say (no length, no range)
+                size = self._stat_size(key)
+        except BaseException:
+            reader.close()
+            raise
         if size != digest.size_bytes:
             reader.close()
             raise absent
@@ -626,7 +664,9 @@ class S3Storage(BlobStorage):
         try:
             return _Record.decode(data)
         except (ValueError, TypeError, KeyError) as e:
-            raise Unavailable(f"the record of upload {key} is unreadable: {e}") from e
+            # Its upload cannot be continued (nor its multipart upload found: a lifecycle rule ends that).
+            log.warning("the record of upload %s is unreadable (%s); the upload starts again", key, e)
+            return None
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
         prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
@@ -643,9 +683,12 @@ class S3Storage(BlobStorage):
         except (S3Error, InvalidResponseError, ServerError) as e:
             if _is_full(e):
                 raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
-            if isinstance(e, S3Error | InvalidResponseError) and _is_not_found(e):
+            lost = isinstance(e, S3Error) and e.code in _PARTS_REFUSED_CODES
+            if lost or (isinstance(e, S3Error | InvalidResponseError) and _is_not_found(e)):
                 raise _UploadLost(f"the S3 store no longer holds the upload ({what}): push again to resend it") from e
             raise Unavailable(f"the S3 store refused to {what}: {e}") from e
+        except (ValueError, ElementTree.ParseError) as e:  # an answer the SDK could not read
+            raise Unavailable(f"the S3 store answered {what} unreadably: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _unavailable(e) from e
 
@@ -690,12 +733,24 @@ class S3Storage(BlobStorage):
             lambda: self.client._upload_part(self.bucket, key, data, None, s3_upload, number),
         )
 
-    def complete_multipart_upload(self, key: str, s3_upload: str, parts: list[tuple[int, str, int]]) -> None:
+    def complete_multipart_upload(self, key: str, s3_upload: str, parts: list[tuple[int, str, int]], size: int) -> None:
+        """Completes a multipart upload and checks that the object it makes is there, of ``size`` bytes.
+
+        Raises:
+            _UploadLost: the store no longer holds the upload, or refuses its parts (they cannot be mended).
+            Unavailable: the store failed otherwise, or answered without making the object (S3 may answer a
+                completion 200 with an error in the body).
+        """
         listed = [Part(number, etag) for number, etag, _ in parts]
         self._multipart_step(
             f"complete the multipart upload of {key}",
             lambda: self.client._complete_multipart_upload(self.bucket, key, s3_upload, listed),
         )
+        stored = self._stat_size(key)
+        if stored != size:
+            raise Unavailable(
+                f"the S3 store answered the completion of {key} but holds {stored} bytes there, not {size}"
+            )
 
     def abort_multipart_upload(self, key: str, s3_upload: str) -> None:
         try:

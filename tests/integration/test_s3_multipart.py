@@ -30,6 +30,7 @@ from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.storage.s3 import _RECORD, S3Storage, _Record, _S3Upload
 from tests.helpers import digest_of, read_all, write_requests
+from tests.s3_faults import Fault, FaultyS3Proxy
 from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 
 MiB = 1 << 20
@@ -112,9 +113,9 @@ def test_a_large_upload_sends_each_part_once_and_is_published_without_a_copy(
     made = {method: count for method, count in made.items() if count}
     # Three parts, each PUT once, and a record saved after the upload began and after each whole part; one
     # multipart upload begun and completed (POST); no part read back or copied. The service looks for the
-    # blob before and after, and at its date once published (HEAD), and for an upload to continue (its
-    # record, then staged parts: GET).
-    assert made == {"PUT": 3 + 3, "POST": 2, "HEAD": 3, "GET": 2, "DELETE": 1}
+    # blob before and after receiving it, checks what the completion made, and looks at its date (HEAD); it
+    # looks for an upload to continue (its record, then staged parts: GET).
+    assert made == {"PUT": 3 + 3, "POST": 2, "HEAD": 4, "GET": 2, "DELETE": 1}
     assert read_all(one.stub, digest) == data
 
 
@@ -262,3 +263,73 @@ def test_a_blob_published_from_an_upload_begun_long_before_is_dated_when_publish
             assert last_used is not None and last_used >= finishing
     finally:
         running.stop(grace=None)
+
+
+@pytest.fixture
+def faulty(s3_server: S3Server) -> Iterator[tuple[FaultyS3Proxy, pb_grpc.BlobServiceStub]]:
+    """A blob service whose S3 store answers through a proxy that fails the requests a test picks."""
+    proxy = FaultyS3Proxy(s3_server.port).start()
+    running = blob_server.start(
+        BlobConfig(listen="127.0.0.1:0", store=proxy.store_url(f"faults-{uuid.uuid4().hex[:8]}"))
+    )
+    channel = grpc.insecure_channel(running.address)
+    yield proxy, pb_grpc.BlobServiceStub(channel)
+    channel.close()
+    running.stop(grace=None)
+    proxy.stop()
+
+
+def resumed_until_stored(stub: pb_grpc.BlobServiceStub, data: bytes, digest: pb.Digest, upload_id: str) -> None:
+    """What a client does after a broken Write: asks what the service holds and continues from there."""
+    offset = committed(stub, upload_id, digest) or 0
+    assert offset <= len(data), f"the service says it holds {offset} bytes of a {len(data)}-byte blob"
+    assert stub.Write(write_requests(data, digest, upload_id, offset=offset)).committed_size == len(data)
+    assert read_all(stub, digest) == data
+
+
+# urllib3 tries a PUT answered 503 three times in all, and a POST (not idempotent) once: faults of that many
+# answers fail the request for the service.
+PUT_FAILED_FOR_GOOD, POST_FAILED_FOR_GOOD = 3, 1
+
+
+def test_a_part_the_store_fails_leaves_the_upload_holding_what_the_store_holds(
+    faulty: tuple[FaultyS3Proxy, pb_grpc.BlobServiceStub],
+) -> None:
+    proxy, stub = faulty
+    data = os.urandom(30 * MiB)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    proxy.fail(Fault("PUT", "partNumber=2&", PUT_FAILED_FOR_GOOD))
+
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Write(write_requests(data, digest, upload_id))
+
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
+    assert proxy.failed, "the fault never happened"
+    assert committed(stub, upload_id, digest) == 8 * MiB  # the first part; the second never reached the store
+    resumed_until_stored(stub, data, digest, upload_id)
+
+
+@pytest.mark.parametrize("answer", ["an error", "200 with an error in the body"])
+def test_a_completion_the_store_fails_leaves_the_upload_to_be_completed_again(
+    faulty: tuple[FaultyS3Proxy, pb_grpc.BlobServiceStub], answer: str
+) -> None:
+    """S3 may answer a completion 200 and put its error in the body: the blob is then not there, whatever the
+    status said, and the Write must not report it stored."""
+    proxy, stub = faulty
+    data = os.urandom(20 * MiB + 99)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    if answer == "an error":
+        proxy.fail(Fault("POST", "uploadId=", POST_FAILED_FOR_GOOD))
+    else:
+        body = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code><Message>x</Message></Error>"
+        proxy.fail(Fault("POST", "uploadId=", 1, status=200, body=body))
+
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Write(write_requests(data, digest, upload_id))
+
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
+    missing = stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests
+    assert list(missing) == [digest]
+    resumed_until_stored(stub, data, digest, upload_id)

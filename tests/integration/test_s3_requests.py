@@ -139,7 +139,7 @@ def test_a_read_by_a_larger_size_than_stored_is_not_found_wherever_it_starts(
 
 
 def test_a_large_blob_read_back_whole_is_one_get(service: CountedBlobService) -> None:
-    data = os.urandom((8 << 20) + 12345)  # stored from two staged parts
+    data = os.urandom((8 << 20) + 12345)  # stored from two parts
     digest = digest_of(data)
     service.stub.Write(write_requests(data, digest, uuid.uuid4().hex))
     assert service.requests_made_by(lambda: read_all(service.stub, digest)) == {"GET": 1}
