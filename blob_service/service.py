@@ -312,7 +312,8 @@ class BlobStore:
             state, rest = upload.resume_from()
             hasher = Sha256() if state is None else Sha256.restore(state)
         except StateRefused as e:
-            # Saved by a replica of another build: what it holds cannot be verified, so it starts again.
+            # Saved by a replica of another build, or not saved at all: what it holds cannot be verified, so it
+            # starts again.
             self.storage.abort_write(upload)
             raise OutOfRange(
                 f"upload {upload.upload_id} cannot be continued here ({e}); start it again at offset 0",

@@ -24,10 +24,11 @@ the blob appears atomically, complete. Such uploads cost the store each byte aga
 offer them to clients (write_digest_at_finish), though it takes them.
 
 Every replica's janitor expires uploads whose newest object is older than the expiry (aborting a multipart
-upload with its record). A replica writing an upload keeps it alive by saving its record with each part, or
-touching its ``active`` object, when it opens the upload and at least every ``HEARTBEAT_SECONDS`` while
-writing, so no janitor discards it meanwhile. The upload expiry must therefore be well above
-``HEARTBEAT_SECONDS``.
+upload with its record), and aborts multipart uploads of blobs that no record names at two runs in a row. A
+replica writing an upload keeps it alive by saving its record (with each part, and when it continues an
+upload) or touching its ``active`` object (when it opens staged parts), and at least every
+``HEARTBEAT_SECONDS`` while writing, so no janitor discards it meanwhile. The upload expiry must therefore be
+well above ``HEARTBEAT_SECONDS``.
 
 Servers differ in how they report errors (some send bodies the SDK cannot parse), so
 existence is decided by HEAD (``stat_object``) and HTTP status codes alone.
@@ -68,12 +69,15 @@ T = TypeVar("T")
 PART_SIZE = 8 << 20
 # S3 numbers the parts of a multipart upload 1 to 10 000.
 MAX_PARTS = 10_000
+# Pages of 1 000 multipart uploads the janitor looks through per run for ones no record names.
+UNRECORDED_SWEEP_PAGES = 10
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
 # Parts sent while their streams go on receiving, across all uploads: each holds a part (8 MiB) beyond what its
 # stream buffers, so this bounds the memory it costs. With none free, a stream sends its part before going on.
 PARTS_SENT_ASIDE = 16
-# How often a replica writing an upload with staged parts renews its ``active`` object.
+# How often a replica writing an upload renews its record (a multipart upload) or its ``active`` object (staged
+# parts), while no new part does it.
 HEARTBEAT_SECONDS = 60.0
 _HEARTBEAT = "active"
 # The record of an upload sent as an S3 multipart upload (``_S3MultipartUpload``).
@@ -422,6 +426,8 @@ class S3Storage(BlobStorage):
     ) -> None:
         self.client = client
         self._connections = connections
+        # Multipart uploads of blobs no record named at the janitor's last run (``_abort_unrecorded_...``).
+        self._unrecorded_before: set[str] = set()
         self._part_senders = ThreadPoolExecutor(PARTS_SENT_ASIDE, thread_name_prefix="s3-parts")
         self._free_senders = threading.BoundedSemaphore(PARTS_SENT_ASIDE)
         self.bucket = bucket
@@ -906,7 +912,7 @@ class S3Storage(BlobStorage):
         return info.last_modified if info.size == digest.size_bytes else None
 
     def stale_uploads(self, older_than: datetime) -> list[str]:
-        """The staged parts of uploads whose newest part is older than ``older_than``.
+        """The objects (staged parts, records) of uploads whose newest object is older than ``older_than``.
 
         An upload goes whole or not at all: dropping the old first part of an upload that
         is still receiving would leave it with a hole.
@@ -933,7 +939,46 @@ class S3Storage(BlobStorage):
                     self.abort_multipart_upload(self._hash_key(sha), record.s3_upload)
                     parts += len(record.parts)
         self._remove(stale)
-        return len(stale) + parts
+        return len(stale) + parts + self._abort_unrecorded_multipart_uploads(older_than)
+
+    def _abort_unrecorded_multipart_uploads(self, begun_before: datetime) -> int:
+        """Aborts the multipart uploads of blobs begun before ``begun_before`` that no upload's record names, and
+        that no record named when this was last called either (some servers report no true start time, and an
+        upload is recorded milliseconds after it begins).
+
+        Two streams writing one upload at once (a client retrying on another replica before the first noticed)
+        each begin one, and the record names the last; a replica killed between beginning one and recording it
+        leaves one too. Their parts would be kept, and billed, until a lifecycle rule ended them.
+        """
+        named = set()
+        for item in self._list(self.key("uploads/"), recursive=True):
+            if item.object_name and item.object_name.endswith(f"/{_RECORD}"):
+                record = self._read_record(item.object_name.removesuffix(_RECORD))
+                if record is not None and record.s3_upload is not None:
+                    named.add(record.s3_upload)
+        aborted, key_marker, unrecorded = 0, None, set()
+        for _ in range(UNRECORDED_SWEEP_PAGES):
+            try:
+                page = self.client._list_multipart_uploads(
+                    self.bucket, prefix=self.key("blobs/"), key_marker=key_marker
+                )
+            except (S3Error, InvalidResponseError, ServerError, ValueError, ElementTree.ParseError) as e:
+                log.warning("could not list the multipart uploads in %s: %s", self.bucket, e)
+                break
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise _unavailable(e) from e
+            for upload in page.uploads:
+                begun = upload.initiated_time
+                if upload.upload_id and upload.upload_id not in named and begun is not None and begun < begun_before:
+                    unrecorded.add(upload.upload_id)
+                    if upload.upload_id in self._unrecorded_before:
+                        self.abort_multipart_upload(upload.object_name, upload.upload_id)
+                        aborted += 1
+            if not page.is_truncated or not page.next_key_marker:
+                break
+            key_marker = page.next_key_marker
+        self._unrecorded_before = unrecorded
+        return aborted
 
 
 class _EmptyReader(BlobReader):

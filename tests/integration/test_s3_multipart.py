@@ -333,3 +333,39 @@ def test_a_completion_the_store_fails_leaves_the_upload_to_be_completed_again(
     missing = stub.FindMissingBlobs(pb.FindMissingBlobsRequest(blob_digests=[digest])).missing_blob_digests
     assert list(missing) == [digest]
     resumed_until_stored(stub, data, digest, upload_id)
+
+
+def test_the_janitor_aborts_old_multipart_uploads_no_record_names_and_leaves_recorded_ones(
+    replicas: tuple[Replica, Replica], s3_server: S3Server
+) -> None:
+    """A second stream of one upload, or a replica killed before it recorded its multipart upload, leaves one no
+    record names: its parts would be kept (and billed) for good."""
+    one, other = replicas
+    data = os.urandom(9 * MiB)
+    digest = digest_of(data)
+    upload_id = uuid.uuid4().hex
+    send_part_of(one.stub, data, digest, upload_id, mib=9)
+    record = record_of(one, upload_id, digest)
+    assert record is not None and record.s3_upload is not None
+    key = one.storage._hash_key(digest.hash)
+    client = minio_of(s3_server)
+    unrecorded = client._create_multipart_upload(one.storage.bucket, key, {})
+
+    def multipart_uploads() -> set[str]:
+        listed = client._list_multipart_uploads(one.storage.bucket, prefix=one.storage.key("blobs/"))
+        return {upload.upload_id for upload in listed.uploads if upload.upload_id}
+
+    if not multipart_uploads():
+        pytest.skip(f"{s3_server.kind} lists no multipart uploads (rclone keeps them in memory until it restarts)")
+    assert {unrecorded, record.s3_upload} <= multipart_uploads()
+    later = datetime.now(UTC) + timedelta(days=1)  # as if the upload expiry had passed since both began
+
+    # Seen unrecorded once: it may be a stream that is about to record it, so it stays.
+    other.storage._abort_unrecorded_multipart_uploads(later)
+    assert {unrecorded, record.s3_upload} <= multipart_uploads()
+    # Still unrecorded at the next run: abandoned. The recorded one stays.
+    other.storage._abort_unrecorded_multipart_uploads(later)
+
+    remaining = multipart_uploads()
+    assert unrecorded not in remaining and record.s3_upload in remaining
+    assert other.stub.Write(write_requests(data, digest, upload_id, offset=9 * MiB)).committed_size == len(data)
