@@ -64,14 +64,16 @@ class HashCache:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(root / "hashes.db", check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " inode INTEGER, sha256 TEXT)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT, size INTEGER, upload_id TEXT, PRIMARY KEY (sha256, size))"
-        )
+        with setting_up(root / "hashes.db"):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                " inode INTEGER, sha256 TEXT)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS uploads (sha256 TEXT, size INTEGER, upload_id TEXT,"
+                " PRIMARY KEY (sha256, size))"
+            )
         self._lock = threading.Lock()
         self.hits = 0
 
@@ -155,13 +157,14 @@ class ContentCache:
         self.root = root / "blobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(root / "content.db", check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        with setting_up(root / "content.db"):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS verified (sha256 TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                " ctime_ns INTEGER, inode INTEGER)"
+            )
         # No fsync per record: a record lost in a crash only costs one more hash of the entry.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS verified (sha256 TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-            " ctime_ns INTEGER, inode INTEGER)"
-        )
         self._lock = threading.Lock()
         # Fan-out directories known to exist, so adopting thousands of small files does not mkdir each time.
         self._made: set[Path] = set()
@@ -494,8 +497,7 @@ class SmallContent:
         """A connection for lookups and one for writes, so a batch being written (megabytes) never holds up a
         lookup for longer than its commit."""
         reads = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        # Several processes may open a new cache at the same moment; the first sets the database up, alone.
-        with file_lock(self.path.with_name(f".{self.path.name}.lock"), fcntl.LOCK_EX, True), reads:
+        with setting_up(self.path), reads:
             # Set before the first table exists, so rows deleted by eviction give their space back (reclaim).
             reads.execute("PRAGMA auto_vacuum=INCREMENTAL")
             # The content column comes last: listing sizes and ages then never reads a blob's overflow pages.
@@ -639,6 +641,13 @@ class SmallContent:
         self.flush()
         self._reads.close()
         self._writes.close()
+
+
+def setting_up(database: Path) -> contextlib.AbstractContextManager[bool]:
+    """Held while this process sets a cache database up (journal mode, tables), which processes opening it at
+    the same moment then do in turn: SQLite refuses a journal-mode change at once, rather than after its busy
+    timeout, to connections that each hold a read lock and want the write lock."""
+    return file_lock(database.with_name(f".{database.name}.lock"), fcntl.LOCK_EX, True)
 
 
 @contextlib.contextmanager

@@ -237,3 +237,29 @@ def test_cache_prune_counts_small_rows_and_evicts_them_oldest_first(tmp_path: Pa
     finally:
         content.close()
         snapshots.close()
+
+
+def test_processes_opening_one_new_cache_at_the_same_instant_all_open_it(tmp_path: Path) -> None:
+    """SQLite refuses a journal-mode change at once, not after its busy timeout, to connections that each hold a
+    read lock and want the write lock: processes setting a new cache database up at the same instant take turns
+    rather than fail ("database is locked"). Each round starts 8 processes that wait for one file, then open."""
+    script = (
+        "import sys, time; from pathlib import Path; import mreg.client.cache as m\n"
+        "go = Path(sys.argv[2])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "m.ContentCache(Path(sys.argv[1])).close(); m.HashCache(Path(sys.argv[1])).close()\n"
+    )
+    for round_ in range(3):
+        go = tmp_path / f"go-{round_}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(tmp_path / f"cache-{round_}"), str(go)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        threading.Event().wait(1.5)  # every process imported and waiting
+        go.touch()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, errors
