@@ -5,6 +5,8 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import os
+import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,23 @@ def create_token(channel: Any, name: str, role: str, scope: str) -> str:
     """Creates a token over ``channel`` (which must carry an admin token); returns its secret."""
     request = token_pb.CreateTokenRequest(name=name, role=f"ROLE_{role.upper()}", scope=scope)
     return str(token_grpc.TokenServiceStub(channel).CreateToken(request).secret)
+
+
+def store_requests(metrics_address: str) -> dict[str, float]:
+    """The requests a blob service made to its S3 store so far, by HTTP method, as its metrics endpoint shows."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["method"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mreg_blob_store_requests_total"
+    }
+
+
+def new_upload(size: int) -> tuple[bytes, blob_pb.Digest, str]:
+    """Random content of ``size`` bytes, its digest and a new upload id."""
+    data = os.urandom(size)
+    return data, digest_of(data), uuid.uuid4().hex

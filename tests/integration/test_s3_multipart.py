@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import os
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from minio import Minio
-from prometheus_client.parser import text_string_to_metric_families
 
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
@@ -29,7 +27,7 @@ from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
 from mreg.blob_service.digests import Digest
 from mreg.blob_service.storage.s3 import _RECORD, S3Storage, _Record, _S3Upload
-from tests.helpers import digest_of, read_all, write_requests
+from tests.helpers import digest_of, new_upload, read_all, store_requests, write_requests
 from tests.s3_faults import Fault, FaultyS3Proxy
 from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 
@@ -50,14 +48,7 @@ class Replica:
     def requests(self) -> dict[str, float]:
         endpoint = self.running.metrics_endpoint
         assert endpoint is not None
-        with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return {
-            sample.labels["method"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "mreg_blob_store_requests_total"
-        }
+        return store_requests(endpoint.address)
 
 
 @pytest.fixture
@@ -123,9 +114,7 @@ def test_an_upload_cut_on_one_replica_continues_on_the_other_from_the_last_byte_
     replicas: tuple[Replica, Replica],
 ) -> None:
     one, other = replicas
-    data = os.urandom(20 * MiB + 777)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(20 * MiB + 777)
     # 12 MiB: one whole 8 MiB part sent to the store, the 4 MiB after it kept in the upload's record.
     assert send_part_of(one.stub, data, digest, upload_id, mib=12) == 12 * MiB
     assert committed(other.stub, upload_id, digest) == 12 * MiB
@@ -141,9 +130,7 @@ def test_bytes_changed_after_the_cut_are_refused_whole_by_the_replica_that_conti
     replicas: tuple[Replica, Replica],
 ) -> None:
     one, other = replicas
-    data = os.urandom(20 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(20 * MiB)
     send_part_of(one.stub, data, digest, upload_id, mib=10)
     changed = data[: 15 * MiB] + b"?" + data[15 * MiB + 1 :]
 
@@ -163,9 +150,7 @@ def test_an_upload_the_store_lost_is_reported_gone_and_starts_again(
     """A server that keeps uploads in memory restarted, or a lifecycle rule aborted the upload: its parts are
     gone, so no replica may report them as held."""
     one, other = replicas
-    data = os.urandom(18 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(18 * MiB)
     send_part_of(one.stub, data, digest, upload_id, mib=9)
     record = record_of(one, upload_id, digest)
     assert record is not None and record.s3_upload is not None and len(record.parts) == 1
@@ -186,9 +171,7 @@ def test_the_janitor_aborts_an_abandoned_upload_and_its_parts_with_it(
     replicas: tuple[Replica, Replica], s3_server: S3Server
 ) -> None:
     one, other = replicas
-    data = os.urandom(17 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(17 * MiB)
     send_part_of(one.stub, data, digest, upload_id, mib=17)
     record = record_of(one, upload_id, digest)
     assert record is not None and record.s3_upload is not None and len(record.parts) == 2
@@ -206,9 +189,7 @@ def test_an_upload_staged_by_an_earlier_version_is_continued_as_it_was_begun(
 ) -> None:
     """Uploads in progress when the service is upgraded: staged as objects of their own, they still finish."""
     one, other = replicas
-    data = os.urandom(12 * MiB + 5)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(12 * MiB + 5)
     staged = _S3Upload(one.storage, upload_id, Digest(digest.hash, digest.size_bytes))
     staged.append(data[: 9 * MiB])
     staged.close()
@@ -221,9 +202,7 @@ def test_an_upload_staged_by_an_earlier_version_is_continued_as_it_was_begun(
 
 def test_a_hash_state_saved_by_another_build_starts_the_upload_again(replicas: tuple[Replica, Replica]) -> None:
     one, other = replicas
-    data = os.urandom(10 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(10 * MiB)
     send_part_of(one.stub, data, digest, upload_id, mib=9)
     prefix = one.storage.key(f"uploads/{upload_id}.{digest.hash}/")
     record = one.storage._read_record(prefix)
@@ -296,9 +275,7 @@ def test_a_part_the_store_fails_leaves_the_upload_holding_what_the_store_holds(
     faulty: tuple[FaultyS3Proxy, pb_grpc.BlobServiceStub],
 ) -> None:
     proxy, stub = faulty
-    data = os.urandom(30 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(30 * MiB)
     proxy.fail(Fault("PUT", "partNumber=2&", PUT_FAILED_FOR_GOOD))
 
     with pytest.raises(grpc.RpcError) as error:
@@ -317,9 +294,7 @@ def test_a_completion_the_store_fails_leaves_the_upload_to_be_completed_again(
     """S3 may answer a completion 200 and put its error in the body: the blob is then not there, whatever the
     status said, and the Write must not report it stored."""
     proxy, stub = faulty
-    data = os.urandom(20 * MiB + 99)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(20 * MiB + 99)
     if answer == "an error":
         proxy.fail(Fault("POST", "uploadId=", POST_FAILED_FOR_GOOD))
     else:
@@ -341,9 +316,7 @@ def test_the_janitor_aborts_old_multipart_uploads_no_record_names_and_leaves_rec
     """A second stream of one upload, or a replica killed before it recorded its multipart upload, leaves one no
     record names: its parts would be kept (and billed) for good."""
     one, other = replicas
-    data = os.urandom(9 * MiB)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(9 * MiB)
     send_part_of(one.stub, data, digest, upload_id, mib=9)
     record = record_of(one, upload_id, digest)
     assert record is not None and record.s3_upload is not None

@@ -9,20 +9,18 @@ S3 servers (moto, rclone) and check what each operation asks of them.
 from __future__ import annotations
 
 import os
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
 from mreg.blob_service import server as blob_server
 from mreg.blob_service.config import BlobConfig
-from tests.helpers import digest_of, read_all, write_requests
+from tests.helpers import digest_of, read_all, store_requests, write_requests
 from tests.s3_server import S3Server
 
 SMALL_BLOBS = 12
@@ -40,14 +38,7 @@ class CountedBlobService:
         """Requests made to the store so far, by HTTP method."""
         endpoint = self.running.metrics_endpoint
         assert endpoint is not None
-        with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return {
-            sample.labels["method"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "mreg_blob_store_requests_total"
-        }
+        return store_requests(endpoint.address)
 
     def requests_made_by(self, operation: Any) -> dict[str, int]:
         """The requests, by method, that ``operation()`` made the service send its store."""
