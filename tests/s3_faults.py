@@ -52,7 +52,8 @@ class FaultyS3Proxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(fault.body)))
                     self.end_headers()
-                    self.wfile.write(fault.body)
+                    if self.command != "HEAD":  # a HEAD's answer has no body, whatever its length says
+                        self.wfile.write(fault.body)
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 try:

@@ -69,6 +69,8 @@ T = TypeVar("T")
 PART_SIZE = 8 << 20
 # S3 numbers the parts of a multipart upload 1 to 10 000.
 MAX_PARTS = 10_000
+# Bytes of a record read for its header line alone (its parts; not the bytes it holds short of a part).
+RECORD_HEADER_READ = 64 << 10
 # Pages of 1 000 multipart uploads the janitor looks through per run for ones no record names.
 UNRECORDED_SWEEP_PAGES = 10
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
@@ -104,7 +106,13 @@ def _is_full(error: Exception) -> bool:
     return False
 
 
+# What the SDK raises for an answer it cannot read (a malformed error body): the store is not serving properly.
+_UNREADABLE = (ValueError, ElementTree.ParseError)
+
+
 def _unavailable(error: Exception) -> Unavailable:
+    if isinstance(error, _UNREADABLE):
+        return Unavailable(f"the S3 store answered unreadably: {type(error).__name__}: {str(error)[:300]}")
     return Unavailable(f"the S3 store cannot be reached: {type(error).__name__}: {str(error)[:300]}")
 
 
@@ -363,6 +371,10 @@ class _S3MultipartUpload(PartialUpload):
             # A stream that ends without finishing keeps what it sent: the bytes short of a part go in the record.
             if not self._broken and (self._buffer or self._record.parts):
                 self._save()
+        except _UploadLost as e:
+            log.warning("upload %s was lost by the store: %s", self.prefix, e)
+            self._storage._remove([f"{self.prefix}{_RECORD}"])
+            self._saved_size = 0
         except BlobError as e:
             # The record in the store says what it holds (up to the last part sent): the client continues there.
             log.warning("upload %s ended with a part unsent: %s", self.prefix, e)
@@ -379,11 +391,14 @@ class _Record:
         parts: list[tuple[int, str, int]] | None = None,
         hash_state: bytes | None = None,
         tail: bytes = b"",
+        tail_size: int | None = None,
     ) -> None:
         self.s3_upload = s3_upload
         self.parts = parts or []
         self.hash_state = hash_state
         self.tail = tail
+        # The tail's length, known from the header line alone (a reader of the header has not the tail).
+        self.tail_size = len(tail) if tail_size is None else tail_size
 
     @property
     def parts_size(self) -> int:
@@ -394,19 +409,24 @@ class _Record:
             "s3_upload": self.s3_upload,
             "parts": self.parts,
             "hash_state": None if self.hash_state is None else base64.b64encode(self.hash_state).decode(),
+            "tail_size": len(tail),
         }
         return json.dumps(header).encode() + b"\n" + tail
 
     @classmethod
-    def decode(cls, data: bytes) -> _Record:
-        line, _, tail = data.partition(b"\n")
+    def decode(cls, data: bytes, *, header_only: bool = False) -> _Record:
+        """The record in ``data``: all of it, or (``header_only``) its header line, without the tail's bytes."""
+        line, newline, tail = data.partition(b"\n")
+        if not newline:
+            raise ValueError("the record has no header line")
         header = json.loads(line)
         state = header.get("hash_state")
         return cls(
             header.get("s3_upload"),
             [(int(number), str(etag), int(size)) for number, etag, size in header.get("parts", [])],
             None if state is None else base64.b64decode(state),
-            tail,
+            b"" if header_only else tail,
+            int(header["tail_size"]) if header_only else None,
         )
 
 
@@ -426,8 +446,9 @@ class S3Storage(BlobStorage):
     ) -> None:
         self.client = client
         self._connections = connections
-        # Multipart uploads of blobs no record named at the janitor's last run (``_abort_unrecorded_...``).
-        self._unrecorded_before: set[str] = set()
+        # Multipart uploads of blobs no record names, and since when (``_abort_unrecorded_...``).
+        self._unrecorded_since: dict[str, float] = {}
+        self._sweep_lock = threading.Lock()
         self._part_senders = ThreadPoolExecutor(PARTS_SENT_ASIDE, thread_name_prefix="s3-parts")
         self._free_senders = threading.BoundedSemaphore(PARTS_SENT_ASIDE)
         self.bucket = bucket
@@ -518,7 +539,7 @@ class S3Storage(BlobStorage):
             if _is_full(e):
                 raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
             raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
 
     def _put_once(self, key: str, data: bytes) -> None:
@@ -539,7 +560,7 @@ class S3Storage(BlobStorage):
             if _is_not_found(e):
                 return None
             raise Unavailable(f"the S3 store failed a HEAD of {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
 
     def open_key(self, key: str, offset: int = 0, length: int = 0) -> _S3Reader:
@@ -552,7 +573,7 @@ class S3Storage(BlobStorage):
                 raise NotFound(f"object {key} is not stored") from e
             # Refused for another reason (access denied, a server error): retryable, never "absent".
             raise Unavailable(f"the S3 store failed a GET of {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
 
     def _list(self, prefix: str, *, recursive: bool) -> list[Object]:
@@ -565,7 +586,7 @@ class S3Storage(BlobStorage):
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
         except (InvalidResponseError, ServerError) as e:
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
 
     def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
@@ -648,10 +669,10 @@ class S3Storage(BlobStorage):
             return _S3Upload(self, upload_id, digest)  # staged by a version of the service before multipart
         return _S3MultipartUpload(self, upload_id, digest, record)
 
-    def _live_record(self, prefix: str, digest: Digest) -> _Record | None:
+    def _live_record(self, prefix: str, digest: Digest, *, header_only: bool = False) -> _Record | None:
         """The upload's record, unless the store no longer holds the multipart upload it names (a server that
         keeps uploads in memory restarted, a lifecycle rule aborted it): then its parts are gone, and so is it."""
-        record = self._read_record(prefix)
+        record = self._read_record(prefix, header_only=header_only)
         if record is None or record.s3_upload is None:
             return record
         if self.holds_multipart_upload(self._blob_key(digest), record.s3_upload):
@@ -660,15 +681,21 @@ class S3Storage(BlobStorage):
         self._remove([f"{prefix}{_RECORD}"])
         return None
 
-    def _read_record(self, prefix: str) -> _Record | None:
+    def _read_record(self, prefix: str, *, header_only: bool = False) -> _Record | None:
+        """The upload's record; with ``header_only``, without its tail (up to a part's bytes), read only when
+        the upload is continued."""
         key = f"{prefix}{_RECORD}"
         try:
-            with self.open_key(key) as reader:
+            with self.open_key(key, 0, RECORD_HEADER_READ if header_only else 0) as reader:
                 data = b"".join(iter(lambda: reader.read(1 << 20), b""))
+            if header_only and b"\n" not in data:  # a header longer than that (thousands of parts)
+                header_only = False
+                with self.open_key(key) as reader:
+                    data = b"".join(iter(lambda: reader.read(1 << 20), b""))
         except NotFound:
             return None
         try:
-            return _Record.decode(data)
+            return _Record.decode(data, header_only=header_only)
         except (ValueError, TypeError, KeyError) as e:
             # Its upload cannot be continued (nor its multipart upload found: a lifecycle rule ends that).
             log.warning("the record of upload %s is unreadable (%s); the upload starts again", key, e)
@@ -676,8 +703,8 @@ class S3Storage(BlobStorage):
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
         prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
-        if digest.names_content and (record := self._live_record(prefix, digest)) is not None:
-            return record.parts_size + len(record.tail)
+        if digest.names_content and (record := self._live_record(prefix, digest, header_only=True)) is not None:
+            return record.parts_size + record.tail_size
         parts = self.staged_parts(prefix)
         return sum(size for _, size in parts) if parts else None
 
@@ -731,7 +758,11 @@ class S3Storage(BlobStorage):
             finally:
                 self._free_senders.release()
 
-        return self._part_senders.submit(sending)
+        try:
+            return self._part_senders.submit(sending)
+        except RuntimeError:  # shutting down: the caller sends the part itself
+            self._free_senders.release()
+            return None
 
     def upload_part(self, key: str, s3_upload: str, number: int, data: bytes) -> str:
         return self._multipart_step(
@@ -907,7 +938,7 @@ class S3Storage(BlobStorage):
             if _is_not_found(e):
                 return None
             raise Unavailable(f"the S3 store failed a HEAD of blob {digest}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
         return info.last_modified if info.size == digest.size_bytes else None
 
@@ -933,7 +964,7 @@ class S3Storage(BlobStorage):
         for key in stale:
             if key.endswith(f"/{_RECORD}"):
                 # A multipart upload's parts are the store's, not objects: they go when it is aborted.
-                record = self._read_record(key.removesuffix(_RECORD))
+                record = self._read_record(key.removesuffix(_RECORD), header_only=True)
                 if record is not None and record.s3_upload is not None:
                     sha = key.removesuffix(f"/{_RECORD}").rsplit(".", 1)[1]
                     self.abort_multipart_upload(self._hash_key(sha), record.s3_upload)
@@ -943,8 +974,8 @@ class S3Storage(BlobStorage):
 
     def _abort_unrecorded_multipart_uploads(self, begun_before: datetime) -> int:
         """Aborts the multipart uploads of blobs begun before ``begun_before`` that no upload's record names, and
-        that no record named when this was last called either (some servers report no true start time, and an
-        upload is recorded milliseconds after it begins).
+        that this replica has seen unrecorded, at an earlier call, for at least as long as ``begun_before`` is
+        ago (some servers report no true start time, and an upload is recorded milliseconds after it begins).
 
         Two streams writing one upload at once (a client retrying on another replica before the first noticed)
         each begin one, and the record names the last; a replica killed between beginning one and recording it
@@ -953,10 +984,15 @@ class S3Storage(BlobStorage):
         named = set()
         for item in self._list(self.key("uploads/"), recursive=True):
             if item.object_name and item.object_name.endswith(f"/{_RECORD}"):
-                record = self._read_record(item.object_name.removesuffix(_RECORD))
+                record = self._read_record(item.object_name.removesuffix(_RECORD), header_only=True)
                 if record is not None and record.s3_upload is not None:
                     named.add(record.s3_upload)
-        aborted, key_marker, unrecorded = 0, None, set()
+        # Aborted once seen unrecorded for as long as the expiry, on this replica's clock: neither the store's
+        # start times (moto reports 2010 for all) nor how often this is called (the janitor, DeleteBlobs) can
+        # cut that short, so a long compose on the staged path or a minio self-copy over 5 GiB is left alone.
+        required = (datetime.now(UTC) - begun_before).total_seconds()
+        now = time.monotonic()
+        aborted, key_marker, unrecorded = 0, None, {}
         for _ in range(UNRECORDED_SWEEP_PAGES):
             try:
                 page = self.client._list_multipart_uploads(
@@ -970,14 +1006,17 @@ class S3Storage(BlobStorage):
             for upload in page.uploads:
                 begun = upload.initiated_time
                 if upload.upload_id and upload.upload_id not in named and begun is not None and begun < begun_before:
-                    unrecorded.add(upload.upload_id)
-                    if upload.upload_id in self._unrecorded_before:
+                    with self._sweep_lock:
+                        first_seen = self._unrecorded_since.get(upload.upload_id)
+                    unrecorded[upload.upload_id] = now if first_seen is None else first_seen
+                    if first_seen is not None and now - first_seen >= required:
                         self.abort_multipart_upload(upload.object_name, upload.upload_id)
                         aborted += 1
             if not page.is_truncated or not page.next_key_marker:
                 break
             key_marker = page.next_key_marker
-        self._unrecorded_before = unrecorded
+        with self._sweep_lock:
+            self._unrecorded_since = unrecorded
         return aborted
 
 
