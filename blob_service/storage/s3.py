@@ -75,8 +75,9 @@ RECORD_HEADER_READ = 64 << 10
 UNRECORDED_SWEEP_PAGES = 10
 # S3 requires every part but the last of a multipart upload to be at least 5 MiB.
 MIN_COMPOSE_PART = 5 << 20
-# Parts sent while their streams go on receiving, across all uploads: each holds a part (8 MiB) beyond what its
-# stream buffers, so this bounds the memory it costs. With none free, a stream sends its part before going on.
+# Parts sent while their streams go on receiving, across all uploads: each holds a part (about 8 MiB; the larger
+# parts of very large blobs are never sent aside) beyond what its stream buffers, so this bounds the memory it
+# costs (about 128 MiB). With none free, a stream sends its part before going on.
 PARTS_SENT_ASIDE = 16
 # How often a replica writing an upload renews its record (a multipart upload) or its ``active`` object (staged
 # parts), while no new part does it.
@@ -300,7 +301,10 @@ class _S3MultipartUpload(PartialUpload):
         # The hasher has seen exactly these bytes: the service gives it each chunk before appending it.
         state = self._hasher.state() if self._hasher is not None else None
         self._buffer.clear()
-        self._sending = self._storage.send_part_aside(lambda: self._store_part(number, data, state))
+        # Only parts of the usual size (8 MiB and the rest of the chunk that reached it) go aside, so 16 of
+        # them hold about 128 MiB; the larger parts of a blob over 78 GiB are sent in turn.
+        if self._part_size == PART_SIZE:
+            self._sending = self._storage.send_part_aside(lambda: self._store_part(number, data, state))
         if self._sending is None:
             self._sending_failed_if_raises(lambda: self._store_part(number, data, state))
 
