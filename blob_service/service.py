@@ -168,14 +168,7 @@ class BlobStore:
         renew_before = datetime.now(UTC) - self.touch_interval
 
         def missing(digest: Digest) -> bool:
-            if digest.is_empty:
-                return False
-            last_used = self.storage.last_used(digest)
-            if last_used is None:
-                return True
-            if last_used < renew_before:
-                self.storage.touch(digest)
-            return False
+            return not digest.is_empty and not self._renewed_if_stored(digest, renew_before)
 
         # Lookups are I/O (a stat, or a HEAD request on S3): run them side by side.
         return [d for d, absent in zip(unique, self._side_by_side(missing, unique), strict=True) if absent]
@@ -353,13 +346,20 @@ class BlobStore:
         renewed as ``find_missing`` renews a blob it finds.
         """
         try:
-            last_used = self.storage.last_used(digest)
-            if last_used is not None and last_used < datetime.now(UTC) - self.touch_interval:
-                # On S3 a copy of the object onto itself: for a blob whose upload took this long, the cost is
-                # small beside the upload.
-                self.storage.touch(digest)
+            # On S3 a copy of the object onto itself: for a blob whose upload took this long, the cost is small
+            # beside the upload.
+            self._renewed_if_stored(digest, datetime.now(UTC) - self.touch_interval)
         except BlobError as e:  # the blob is published; only its date could not be renewed
             log.warning("could not renew the date of blob %s just published: %s", digest, e)
+
+    def _renewed_if_stored(self, digest: Digest, renew_before: datetime) -> bool:
+        """Whether the blob is stored; if it is, and last used before ``renew_before``, it is marked used now."""
+        last_used = self.storage.last_used(digest)
+        if last_used is None:
+            return False
+        if last_used < renew_before:
+            self.storage.touch(digest)
+        return True
 
     def query_write_status(self, upload_id: str, digest: Digest) -> tuple[int, bool]:
         """Returns (committed size, complete) for an upload.

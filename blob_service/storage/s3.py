@@ -163,7 +163,7 @@ class _S3Upload(PartialUpload):
     def __init__(self, storage: S3Storage, upload_id: str, digest: Digest, *, fresh: bool = False) -> None:
         super().__init__(upload_id, digest)
         self._storage = storage
-        self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
+        self.prefix = storage.upload_prefix(upload_id, digest)
         self.parts: list[tuple[str, int]] = [] if fresh else storage.staged_parts(self.prefix)
         self._staged = sum(size for _, size in self.parts)
         self._buffer = bytearray()
@@ -230,7 +230,7 @@ class _S3MultipartUpload(PartialUpload):
     def __init__(self, storage: S3Storage, upload_id: str, digest: Digest, record: _Record | None) -> None:
         super().__init__(upload_id, digest)
         self._storage = storage
-        self.prefix = storage.key(f"uploads/{upload_id}.{digest.hash}/")
+        self.prefix = storage.upload_prefix(upload_id, digest)
         self._target = storage._blob_key(digest)
         # S3 takes at most 10 000 parts: parts of a blob too large for that many of 8 MiB are larger. The size
         # follows from the digest, so every replica cuts the same parts.
@@ -282,11 +282,15 @@ class _S3MultipartUpload(PartialUpload):
         try:
             yield
         except _UploadLost:
-            self._finished = True
-            if self._record.s3_upload is not None:
-                self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
-            self._storage._remove([f"{self.prefix}{_RECORD}"])
+            self._forget()
             raise
+
+    def _forget(self) -> None:
+        """Ends the upload with nothing kept: its multipart upload (if the store still holds it) and its record."""
+        self._finished = True
+        if self._record.s3_upload is not None:
+            self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
+        self._storage._remove([f"{self.prefix}{_RECORD}"])
 
     def _send_part(self) -> None:
         """Sends the buffer as the next part: while the stream receives the part after it, if a sender is free."""
@@ -362,9 +366,7 @@ class _S3MultipartUpload(PartialUpload):
         self._buffer.clear()
         with contextlib.suppress(BlobError):
             self._settle()  # its failure no longer matters
-        if self._record.s3_upload is not None:
-            self._storage.abort_multipart_upload(self._target, self._record.s3_upload)
-        self._storage._remove([f"{self.prefix}{_RECORD}"])
+        self._forget()
 
     def close(self) -> None:
         if self._finished:
@@ -377,7 +379,7 @@ class _S3MultipartUpload(PartialUpload):
                 self._save()
         except _UploadLost as e:
             log.warning("upload %s was lost by the store: %s", self.prefix, e)
-            self._storage._remove([f"{self.prefix}{_RECORD}"])
+            self._forget()
             self._saved_size = 0
         except BlobError as e:
             # The record in the store says what it holds (up to the last part sent): the client continues there.
@@ -521,6 +523,10 @@ class S3Storage(BlobStorage):
     def key(self, suffix: str) -> str:
         return f"{self.prefix}{suffix}"
 
+    def upload_prefix(self, upload_id: str, digest: Digest) -> str:
+        """Where the objects of an upload in progress live (its record, or its staged parts)."""
+        return self.key(f"uploads/{upload_id}.{digest.hash}/")
+
     def _blob_key(self, digest: Digest) -> str:
         return self._hash_key(digest.hash)
 
@@ -529,16 +535,20 @@ class S3Storage(BlobStorage):
 
     # Low-level helpers, shared with uploads ---------------------------------------------------
 
+    def _recreating_bucket(self, write: Callable[[], T]) -> T:
+        """Runs ``write``; if the bucket vanished (a wiped test server, a lifecycle rule), recreates it once and
+        runs ``write`` again."""
+        try:
+            return write()
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
+            self._ensure_bucket()
+            return write()
+
     def put(self, key: str, data: bytes) -> None:
         try:
-            try:
-                self._put_once(key, data)
-            except S3Error as e:
-                if e.code != "NoSuchBucket":
-                    raise
-                # The bucket vanished (a wiped test server, a lifecycle rule): recreate it once.
-                self._ensure_bucket()
-                self._put_once(key, data)
+            self._recreating_bucket(lambda: self._put_once(key, data))
         except (S3Error, InvalidResponseError, ServerError) as e:
             if _is_full(e):
                 raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
@@ -579,6 +589,15 @@ class S3Storage(BlobStorage):
             raise Unavailable(f"the S3 store failed a GET of {key}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
+
+    def _get(self, key: str, length: int = 0) -> bytes:
+        """A small object's bytes (its first ``length``; 0: all).
+
+        Raises:
+            NotFound: there is no such object.
+        """
+        with self.open_key(key, 0, length) as reader:
+            return b"".join(iter(lambda: reader.read(1 << 20), b""))
 
     def _list(self, prefix: str, *, recursive: bool) -> list[Object]:
         """The objects under ``prefix``; none when the bucket does not exist (yet)."""
@@ -667,7 +686,7 @@ class S3Storage(BlobStorage):
             return _S3Upload(self, upload_id, digest, fresh=fresh)
         if fresh:
             return _S3MultipartUpload(self, upload_id, digest, None)
-        prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
+        prefix = self.upload_prefix(upload_id, digest)
         record = self._live_record(prefix, digest)
         if record is None and self.staged_parts(prefix):
             return _S3Upload(self, upload_id, digest)  # staged by a version of the service before multipart
@@ -690,12 +709,10 @@ class S3Storage(BlobStorage):
         the upload is continued."""
         key = f"{prefix}{_RECORD}"
         try:
-            with self.open_key(key, 0, RECORD_HEADER_READ if header_only else 0) as reader:
-                data = b"".join(iter(lambda: reader.read(1 << 20), b""))
+            data = self._get(key, RECORD_HEADER_READ if header_only else 0)
             if header_only and b"\n" not in data:  # a header longer than that (thousands of parts)
                 header_only = False
-                with self.open_key(key) as reader:
-                    data = b"".join(iter(lambda: reader.read(1 << 20), b""))
+                data = self._get(key)
         except NotFound:
             return None
         try:
@@ -706,7 +723,7 @@ class S3Storage(BlobStorage):
             return None
 
     def upload_size(self, upload_id: str, digest: Digest) -> int | None:
-        prefix = self.key(f"uploads/{upload_id}.{digest.hash}/")
+        prefix = self.upload_prefix(upload_id, digest)
         if digest.names_content and (record := self._live_record(prefix, digest, header_only=True)) is not None:
             return record.parts_size + record.tail_size
         parts = self.staged_parts(prefix)
@@ -724,22 +741,14 @@ class S3Storage(BlobStorage):
             if lost or (isinstance(e, S3Error | InvalidResponseError) and _is_not_found(e)):
                 raise _UploadLost(f"the S3 store no longer holds the upload ({what}): push again to resend it") from e
             raise Unavailable(f"the S3 store refused to {what}: {e}") from e
-        except (ValueError, ElementTree.ParseError) as e:  # an answer the SDK could not read
-            raise Unavailable(f"the S3 store answered {what} unreadably: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
             raise _unavailable(e) from e
 
     def create_multipart_upload(self, key: str) -> str:
-        def create() -> str:
-            try:
-                return self.client._create_multipart_upload(self.bucket, key, {})
-            except S3Error as e:
-                if e.code != "NoSuchBucket":
-                    raise
-                self._ensure_bucket()  # the bucket vanished (a wiped test server, a lifecycle rule)
-                return self.client._create_multipart_upload(self.bucket, key, {})
-
-        return self._multipart_step(f"begin a multipart upload of {key}", create)
+        return self._multipart_step(
+            f"begin a multipart upload of {key}",
+            lambda: self._recreating_bucket(lambda: self.client._create_multipart_upload(self.bucket, key, {})),
+        )
 
     def holds_multipart_upload(self, key: str, s3_upload: str) -> bool:
         try:
@@ -889,14 +898,10 @@ class S3Storage(BlobStorage):
         return self._stat_size(key) is None
 
     def read_state(self, name: str) -> bytes | None:
-        key = self.key(f"state/{name}")
-        if self._stat_size(key) is None:
+        try:
+            return self._get(self.key(f"state/{name}"))
+        except NotFound:
             return None
-        chunks = []
-        with self.open_key(key) as reader:
-            while block := reader.read(1 << 16):
-                chunks.append(block)
-        return b"".join(chunks)
 
     def write_state(self, name: str, data: bytes) -> None:
         self.put(self.key(f"state/{name}"), data)
@@ -1002,7 +1007,7 @@ class S3Storage(BlobStorage):
                 page = self.client._list_multipart_uploads(
                     self.bucket, prefix=self.key("blobs/"), key_marker=key_marker
                 )
-            except (S3Error, InvalidResponseError, ServerError, ValueError, ElementTree.ParseError) as e:
+            except (S3Error, InvalidResponseError, ServerError, *_UNREADABLE) as e:
                 log.warning("could not list the multipart uploads in %s: %s", self.bucket, e)
                 break
             except (urllib3.exceptions.HTTPError, OSError) as e:
