@@ -295,11 +295,7 @@ def cp_baseline(source: Path, work: Path) -> float:
 
 def s3_baseline(s3: S3Server, checkpoint: Path, many: Path) -> dict[str, float]:
     """What the S3 server takes and gives through the minio SDK alone, on a bucket of its own (see the top)."""
-    from minio import Minio
-
-    client = Minio(
-        f"127.0.0.1:{s3.port}", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False, region="us-east-1"
-    )
+    client = s3.client()
     bucket = "raw-baseline"
     client.make_bucket(bucket)
     large = sorted(p for p in checkpoint.rglob("*") if p.is_file())

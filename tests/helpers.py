@@ -173,17 +173,29 @@ def create_token(channel: Any, name: str, role: str, scope: str) -> str:
     return str(token_grpc.TokenServiceStub(channel).CreateToken(request).secret)
 
 
-def store_requests(metrics_address: str) -> dict[str, float]:
-    """The requests a blob service made to its S3 store so far, by HTTP method, as its metrics endpoint shows."""
+# Prometheus samples by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(endpoint: Any) -> Samples:
+    """Every sample a service's metrics endpoint shows, by name and labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
-        sample.labels["method"]: sample.value
+        (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "mreg_blob_store_requests_total"
+    }
+
+
+def store_requests(endpoint: Any) -> dict[str, float]:
+    """The requests a blob service made to its S3 store so far, by HTTP method, as its metrics endpoint shows."""
+    return {
+        dict(labels)["method"]: count
+        for (name, labels), count in scrape(endpoint).items()
+        if name == "mreg_blob_store_requests_total"
     }
 
 

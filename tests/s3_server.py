@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from minio import Minio
+
 from tests.processes import free_port
 
 S3_ACCESS_KEY = "mreg-test"
@@ -45,6 +47,16 @@ class S3Server:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+    def client(self) -> Minio:
+        """A minio client of this server, for what a test or benchmark does to the store directly."""
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY,
+            secure=False,
+            region="us-east-1",
+        )
 
     def store_url(self, bucket: str) -> str:
         return f"s3://{bucket}/mreg?endpoint=127.0.0.1:{self.port}&region=us-east-1"

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,24 +33,11 @@ from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime.metrics import RPC_LOGGER, MergedRegistries
 from mreg.server_runtime.runtime import JsonFormatter
-from tests.helpers import make_checkpoint, upload
+from tests.helpers import Samples, make_checkpoint, scrape, upload
 from tests.wire import Wire
 
 METADATA = "mreg.metadata.v1.MetadataService"
 BLOB = "mreg.blob.v1.BlobService"
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(endpoint: Any) -> Samples:
-    """Every sample the endpoint shows, by name and labels."""
-    with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

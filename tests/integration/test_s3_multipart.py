@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from minio import Minio
 
 from mreg.blob.v1 import blob_service_pb2 as pb
 from mreg.blob.v1 import blob_service_pb2_grpc as pb_grpc
@@ -29,7 +28,7 @@ from mreg.blob_service.digests import Digest
 from mreg.blob_service.storage.s3 import _RECORD, S3Storage, _Record, _S3Upload
 from tests.helpers import digest_of, new_upload, read_all, store_requests, write_requests
 from tests.s3_faults import Fault, FaultyS3Proxy
-from tests.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
+from tests.s3_server import S3Server
 
 MiB = 1 << 20
 
@@ -48,7 +47,7 @@ class Replica:
     def requests(self) -> dict[str, float]:
         endpoint = self.running.metrics_endpoint
         assert endpoint is not None
-        return store_requests(endpoint.address)
+        return store_requests(endpoint)
 
 
 @pytest.fixture
@@ -62,16 +61,6 @@ def replicas(s3_server: S3Server) -> Iterator[tuple[Replica, Replica]]:
     for running, channel in started:
         channel.close()
         running.stop(grace=None)
-
-
-def minio_of(s3_server: S3Server) -> Minio:
-    return Minio(
-        f"127.0.0.1:{s3_server.port}",
-        access_key=S3_ACCESS_KEY,
-        secret_key=S3_SECRET_KEY,
-        secure=False,
-        region="us-east-1",
-    )
 
 
 def send_part_of(stub: pb_grpc.BlobServiceStub, data: bytes, digest: pb.Digest, upload_id: str, mib: int) -> int:
@@ -154,9 +143,7 @@ def test_an_upload_the_store_lost_is_reported_gone_and_starts_again(
     send_part_of(one.stub, data, digest, upload_id, mib=9)
     record = record_of(one, upload_id, digest)
     assert record is not None and record.s3_upload is not None and len(record.parts) == 1
-    minio_of(s3_server)._abort_multipart_upload(
-        one.storage.bucket, one.storage._hash_key(digest.hash), record.s3_upload
-    )
+    s3_server.client()._abort_multipart_upload(one.storage.bucket, one.storage._hash_key(digest.hash), record.s3_upload)
 
     assert committed(other.stub, upload_id, digest) is None
     with pytest.raises(grpc.RpcError) as error:
@@ -321,7 +308,7 @@ def test_the_janitor_aborts_old_multipart_uploads_no_record_names_and_leaves_rec
     record = record_of(one, upload_id, digest)
     assert record is not None and record.s3_upload is not None
     key = one.storage._hash_key(digest.hash)
-    client = minio_of(s3_server)
+    client = s3_server.client()
     unrecorded = client._create_multipart_upload(one.storage.bucket, key, {})
 
     def multipart_uploads() -> set[str]:

@@ -38,7 +38,7 @@ class CountedBlobService:
         """Requests made to the store so far, by HTTP method."""
         endpoint = self.running.metrics_endpoint
         assert endpoint is not None
-        return store_requests(endpoint.address)
+        return store_requests(endpoint)
 
     def requests_made_by(self, operation: Any) -> dict[str, int]:
         """The requests, by method, that ``operation()`` made the service send its store."""
