@@ -51,6 +51,11 @@ class MregError(Exception):
         self.reason = reason
         self.metadata = dict(metadata or {})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An exception pickles as its class called with ``args``, which here hold only the joined text: a
+        # process pool could not rebuild the error its worker raised (and broke instead of reporting it).
+        return MregError, (self.code, self.message, self.violations), {"reason": self.reason, "metadata": self.metadata}
+
     @classmethod
     def from_rpc(cls, error: grpc.RpcError, what: str = "") -> MregError:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -226,3 +231,6 @@ class PushInterrupted(KeyboardInterrupt):
         super().__init__(f"{stored_bytes} of {total_bytes} bytes stored")
         self.stored_bytes = stored_bytes
         self.total_bytes = total_bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return PushInterrupted, (self.stored_bytes, self.total_bytes)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import multiprocessing
+import pickle
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from mreg.client import (
     InvalidArgument,
     MregError,
     NotFound,
+    PushInterrupted,
     RegisteredModel,
     Registry,
     Version,
@@ -247,3 +251,34 @@ def test_a_new_tokens_secret_never_shows_in_its_repr() -> None:
     assert "s3cr3t" not in repr(created)
     name, secret = created
     assert (name, secret) == (token, "mreg_s3cr3t_value")
+
+
+def _resolve_in_a_worker(metadata_address: str, blob_address: str, reference: str) -> None:
+    """Run in a process of a pool: resolves ``reference`` there."""
+    with Registry.connect(metadata_address, blob_address, entity="acme", project="pool") as registry:
+        registry.resolve(reference)
+
+
+def test_an_error_raised_in_a_worker_process_reaches_the_parent_whole(servers, unique: str) -> None:
+    """Training jobs push and pull from process pools (multiprocessing, ProcessPoolExecutor), which send a worker's
+    exception back pickled: it must arrive as the error it was, not break the pool that carries it."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        reference = f"missing-{unique}:v0"
+        failed = pool.submit(_resolve_in_a_worker, servers.metadata.address, servers.blob.address, reference)
+        with pytest.raises(NotFound) as caught:
+            failed.result(timeout=120)
+
+    error = caught.value
+    assert error.code == "NOT_FOUND" and f"missing-{unique}" in error.message
+    assert error.reason and error.metadata, (error.reason, error.metadata)
+    assert str(error).startswith("NOT_FOUND: ")
+
+
+def test_a_push_interrupted_in_a_worker_process_keeps_its_counts_across_a_pickle() -> None:
+    """PushInterrupted carries what a rerun resumes from; it crosses a process boundary as MregError does."""
+    interrupted = pickle.loads(pickle.dumps(PushInterrupted(3, 10)))
+
+    assert isinstance(interrupted, PushInterrupted)
+    assert (interrupted.stored_bytes, interrupted.total_bytes) == (3, 10)
+    assert str(interrupted) == "3 of 10 bytes stored"
