@@ -406,7 +406,10 @@ def check_metrics_address(listen: str, *, insecure: bool, insecure_flag: str = "
 
 
 def serve_metrics(listen: str, registry: Collector) -> MetricsEndpoint:
-    """Serves ``registry`` over HTTP at ``listen`` (HOST:PORT; port 0 picks a free one) on a daemon thread.
+    """Serves ``registry`` over HTTP at ``listen`` (HOST:PORT; port 0 picks a free one) on a daemon thread,
+    with the process's own series (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, open file
+    descriptors; Linux only) and the Python runtime's (garbage collections), once per endpoint: they describe
+    the process, which may run more than one service (``mreg serve``).
 
     Call :func:`check_metrics_address` first.
 
@@ -418,10 +421,21 @@ def serve_metrics(listen: str, registry: Collector) -> MetricsEndpoint:
     host = listen_host(listen) or "0.0.0.0"
     port = int(listen.rpartition(":")[2])
     try:
-        httpd, _thread = start_http_server(port, host, registry)
+        httpd, _thread = start_http_server(port, host, MergedRegistries(registry, _process_registry()))
     except OSError as e:
         raise StartupError(f"cannot serve metrics on {listen}: {e.strerror or e}") from e
     return MetricsEndpoint(httpd, host)
+
+
+def _process_registry() -> CollectorRegistry:
+    """The series of this process and its Python runtime, in a registry of their own."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 class MergedRegistries(Collector):
@@ -430,7 +444,7 @@ class MergedRegistries(Collector):
     Families of the same name are merged; their samples differ in the ``server`` label.
     """
 
-    def __init__(self, *registries: CollectorRegistry) -> None:
+    def __init__(self, *registries: Collector) -> None:
         self._registries = registries
 
     def collect(self) -> Iterator[Any]:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from mreg.metadata.v1 import metadata_service_pb2 as pb
 from mreg.metadata.v1 import metadata_service_pb2_grpc as pb_grpc
 from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
-from mreg.server_runtime.metrics import RPC_LOGGER, MergedRegistries
+from mreg.server_runtime.metrics import RPC_LOGGER, MergedRegistries, serve_metrics
 from mreg.server_runtime.runtime import JsonFormatter
 from tests.helpers import Samples, make_checkpoint, scrape, upload
 from tests.wire import Wire
@@ -327,6 +328,32 @@ def test_one_endpoint_shows_both_services_apart_for_mreg_serve(observed: Observe
     servers = {sample.labels["server"] for sample in families["mreg_rpc_handled"].samples}
     assert servers == {"metadata", "blob"}
     assert "mreg_db_pool_size_connections" in families and "mreg_blob_received_bytes" in families
+
+
+def test_each_endpoint_shows_its_process_cpu_and_memory(observed: Observed) -> None:
+    """What the benchmarks report of a service (CPU seconds per GB moved, resident memory under many streams),
+    an operator reads off its endpoint: the standard process series, which do not depend on a service."""
+    for samples in observed.scrape():
+        assert value(samples, "process_cpu_seconds_total") > 0
+        assert value(samples, "process_resident_memory_bytes") > 10 << 20
+        assert value(samples, "process_open_fds") > 0
+        assert value(samples, "process_max_fds") > 0
+
+
+def test_one_endpoint_of_two_services_shows_its_process_once(observed: Observed) -> None:
+    """``mreg serve`` runs both services in one process behind one endpoint: one set of process series."""
+    endpoint = serve_metrics(
+        "127.0.0.1:0", MergedRegistries(observed.metadata.metrics.registry, observed.blob.metrics.registry)
+    )
+    try:
+        with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        endpoint.stop()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert len(families["process_cpu_seconds"].samples) == 1
+    assert len(families["process_resident_memory_bytes"].samples) == 1
+    assert {sample.labels["server"] for sample in families["mreg_rpc_handled"].samples} == {"metadata", "blob"}
 
 
 def test_a_failed_call_logs_its_principal_and_never_a_token(secured: Any, rpc_lines: list[dict[str, Any]]) -> None:
