@@ -54,7 +54,8 @@ class MregError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # An exception pickles as its class called with ``args``, which here hold only the joined text: a
         # process pool could not rebuild the error its worker raised (and broke instead of reporting it).
-        return MregError, (self.code, self.message, self.violations), {"reason": self.reason, "metadata": self.metadata}
+        state = {"reason": self.reason, "metadata": self.metadata}
+        return type(self), (self.code, self.message, self.violations), state
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError, what: str = "") -> MregError:
