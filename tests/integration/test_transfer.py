@@ -44,6 +44,7 @@ from tests.helpers import (
     corrupt_blob,
     digest_of,
     make_checkpoint,
+    new_upload,
     read_all,
     truncate_blob,
     write_requests,
@@ -305,9 +306,7 @@ def test_a_broken_range_resumes_where_it_stopped(stack, small_ranges: int, tmp_p
 
 @pytest.mark.parametrize("cut_after_chunks", [1, 5, 9, 17])
 def test_upload_cut_by_the_client_resumes_to_an_identical_blob(blob_only, blob_stub, cut_after_chunks: int) -> None:
-    data = os.urandom(20 * CHUNK + 333)
-    digest = digest_of(data)
-    upload_id = uuid.uuid4().hex
+    data, digest, upload_id = new_upload(20 * CHUNK + 333)
 
     def cut_stream() -> Iterator[pb.WriteRequest]:
         for i, message in enumerate(write_requests(data, digest, upload_id)):
@@ -438,9 +437,7 @@ def test_s3_server_stopped_mid_upload_is_unavailable_and_a_retry_succeeds(s3_ser
     try:
         with grpc.insecure_channel(running.address) as channel:
             stub = blob_service_pb2_grpc.BlobServiceStub(channel)
-            data = os.urandom(20 * CHUNK)
-            digest = digest_of(data)
-            upload_id = uuid.uuid4().hex
+            data, digest, upload_id = new_upload(20 * CHUNK)
 
             def stream_that_outlives_s3() -> Iterator[pb.WriteRequest]:
                 for i, message in enumerate(write_requests(data, digest, upload_id)):
