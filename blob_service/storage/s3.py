@@ -109,6 +109,8 @@ def _is_full(error: Exception) -> bool:
 
 # What the SDK raises for an answer it cannot read (a malformed error body): the store is not serving properly.
 _UNREADABLE = (ValueError, ElementTree.ParseError)
+# Failures of the exchange with the store rather than answers from it: each is ``_unavailable``.
+_TRANSPORT_FAILURES = (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE)
 
 
 def _unavailable(error: Exception) -> Unavailable:
@@ -149,7 +151,7 @@ class _S3Reader(BlobReader):
     def read(self, size: int) -> bytes:
         try:
             return self._response.read(size)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
 
     def close(self) -> None:
@@ -553,7 +555,7 @@ class S3Storage(BlobStorage):
             if _is_full(e):
                 raise StorageFull(f"the S3 store {self.endpoint}/{self.bucket} is full: {e}") from e
             raise Unavailable(f"the S3 store refused to store {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
 
     def _put_once(self, key: str, data: bytes) -> None:
@@ -574,7 +576,7 @@ class S3Storage(BlobStorage):
             if _is_not_found(e):
                 return None
             raise Unavailable(f"the S3 store failed a HEAD of {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
+        except (*_TRANSPORT_FAILURES, ServerError) as e:
             raise _unavailable(e) from e
 
     def open_key(self, key: str, offset: int = 0, length: int = 0) -> _S3Reader:
@@ -587,7 +589,7 @@ class S3Storage(BlobStorage):
                 raise NotFound(f"object {key} is not stored") from e
             # Refused for another reason (access denied, a server error): retryable, never "absent".
             raise Unavailable(f"the S3 store failed a GET of {key}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
+        except (*_TRANSPORT_FAILURES, ServerError) as e:
             raise _unavailable(e) from e
 
     def _get(self, key: str, length: int = 0) -> bytes:
@@ -609,7 +611,7 @@ class S3Storage(BlobStorage):
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
         except (InvalidResponseError, ServerError) as e:
             raise Unavailable(f"the S3 store failed to list {prefix}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
 
     def staged_parts(self, prefix: str) -> list[tuple[str, int]]:
@@ -741,7 +743,7 @@ class S3Storage(BlobStorage):
             if lost or (isinstance(e, S3Error | InvalidResponseError) and _is_not_found(e)):
                 raise _UploadLost(f"the S3 store no longer holds the upload ({what}): push again to resend it") from e
             raise Unavailable(f"the S3 store refused to {what}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, *_UNREADABLE) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
 
     def create_multipart_upload(self, key: str) -> str:
@@ -825,7 +827,7 @@ class S3Storage(BlobStorage):
         upload.flush()
         try:
             self._assemble(upload, target)
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
         self._remove([key for key, _ in upload.parts] + [f"{upload.prefix}{_HEARTBEAT}"])
 
@@ -914,7 +916,7 @@ class S3Storage(BlobStorage):
                     yield StoredBlob(Digest(name, item.size or 0), item.last_modified.astimezone(UTC))
         except (S3Error, InvalidResponseError, ServerError) as e:
             raise Unavailable(f"the S3 store failed to list blobs: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except _TRANSPORT_FAILURES as e:
             raise _unavailable(e) from e
 
     def touch(self, digest: Digest) -> None:
@@ -947,7 +949,7 @@ class S3Storage(BlobStorage):
             if _is_not_found(e):
                 return None
             raise Unavailable(f"the S3 store failed a HEAD of blob {digest}: {e}") from e
-        except (urllib3.exceptions.HTTPError, OSError, ServerError, *_UNREADABLE) as e:
+        except (*_TRANSPORT_FAILURES, ServerError) as e:
             raise _unavailable(e) from e
         return info.last_modified if info.size == digest.size_bytes else None
 
@@ -1010,7 +1012,7 @@ class S3Storage(BlobStorage):
             except (S3Error, InvalidResponseError, ServerError, *_UNREADABLE) as e:
                 log.warning("could not list the multipart uploads in %s: %s", self.bucket, e)
                 break
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            except _TRANSPORT_FAILURES as e:
                 raise _unavailable(e) from e
             for upload in page.uploads:
                 begun = upload.initiated_time

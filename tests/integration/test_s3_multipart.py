@@ -218,9 +218,7 @@ def test_a_blob_published_from_an_upload_begun_long_before_is_dated_when_publish
     try:
         with grpc.insecure_channel(running.address) as channel:
             stub = pb_grpc.BlobServiceStub(channel)
-            data = os.urandom(10 * MiB)
-            digest = digest_of(data)
-            upload_id = uuid.uuid4().hex
+            data, digest, upload_id = new_upload(10 * MiB)
             send_part_of(stub, data, digest, upload_id, mib=9)  # the multipart upload begins with its first part
             threading.Event().wait(2.5)
             finishing = datetime.now(UTC).replace(microsecond=0)  # S3 dates have one-second resolution
@@ -329,3 +327,25 @@ def test_the_janitor_aborts_old_multipart_uploads_no_record_names_and_leaves_rec
     remaining = multipart_uploads()
     assert unrecorded not in remaining and record.s3_upload in remaining
     assert other.stub.Write(write_requests(data, digest, upload_id, offset=9 * MiB)).committed_size == len(data)
+
+
+def test_a_blob_listing_the_store_answers_unreadably_is_unavailable(
+    faulty: tuple[FaultyS3Proxy, pb_grpc.BlobServiceStub],
+) -> None:
+    """Every other request's unreadable answer is UNAVAILABLE (a store not serving properly); so is a listing's,
+    which garbage collection and ListBlobs read."""
+    proxy, stub = faulty
+    data, digest, _ = new_upload(1000)
+    stub.BatchUpdateBlobs(
+        pb.BatchUpdateBlobsRequest(requests=[pb.BatchUpdateBlobsRequest.Request(digest=digest, data=data)])
+    )
+    proxy.fail(Fault("GET", "list-type=2", 1, status=200, body=b"<ListBucketResult><Contents>"))
+    listing = pb.ListBlobsRequest()
+    listing.unused_before.GetCurrentTime()
+
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub.ListBlobs(listing))
+
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, (error.value.code(), error.value.details())
+    assert proxy.failed, "the fault never happened"
+    list(stub.ListBlobs(listing))  # the next listing, answered properly, goes through
