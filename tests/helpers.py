@@ -177,15 +177,19 @@ def create_token(channel: Any, name: str, role: str, scope: str) -> str:
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def metrics_text(endpoint: Any) -> str:
+    """What a metrics endpoint serves, as Prometheus reads it."""
+    with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def scrape(endpoint: Any) -> Samples:
     """Every sample a service's metrics endpoint shows, by name and labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
-        text = response.read().decode()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(metrics_text(endpoint))
         for sample in family.samples
     }
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from mreg.metadata_service import server as metadata_server
 from mreg.metadata_service.config import MetadataConfig
 from mreg.server_runtime.metrics import RPC_LOGGER, MergedRegistries, serve_metrics
 from mreg.server_runtime.runtime import JsonFormatter
-from tests.helpers import Samples, make_checkpoint, scrape, upload
+from tests.helpers import Samples, make_checkpoint, metrics_text, scrape, upload
 from tests.wire import Wire
 
 METADATA = "mreg.metadata.v1.MetadataService"
@@ -346,10 +345,10 @@ def test_one_endpoint_of_two_services_shows_its_process_once(observed: Observed)
         "127.0.0.1:0", MergedRegistries(observed.metadata.metrics.registry, observed.blob.metrics.registry)
     )
     try:
-        with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        text = metrics_text(endpoint)
     finally:
         endpoint.stop()
+    # Read as families, not through scrape(): a series shown twice would be one key there.
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert len(families["process_cpu_seconds"].samples) == 1
     assert len(families["process_resident_memory_bytes"].samples) == 1
