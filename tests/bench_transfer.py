@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -598,10 +598,7 @@ def bench_concurrent_pushers(
     out: dict[str, Any] = {}
 
     def report(prefix: str, jobs: JobsAtOnce) -> None:
-        out[f"{prefix}_aggregate_MBps"] = jobs.aggregate_MBps
-        out[f"{prefix}_slowest_s"] = jobs.slowest_s
-        out[f"{prefix}_service_cpu_s_per_GB"] = jobs.service_cpu_s_per_GB
-        out[f"{prefix}_clients_cpu_s_per_GB"] = jobs.clients_cpu_s_per_GB
+        out.update({f"{prefix}_{field}": value for field, value in asdict(jobs).items()})
 
     try:
         for count in counts:
