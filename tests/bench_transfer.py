@@ -15,7 +15,9 @@ Measured in one run on the same generated data:
 Pulls are also compared with the transport alone: the raw stream of the same bytes from
 the server's page cache, discarded on arrival; and with SHA-256 on every core, the most a
 pull that verifies every byte could reach; and with writing the same number of bytes into a
-file on one thread (no fsync), which every pull must also do. Small-file pushes are also compared with the
+file on one thread (no fsync), which every pull must also do; and with the ceiling those three make
+together: the MB/s every core could reach doing nothing but the transport's measured CPU per byte, one hash
+and one file write of each byte (``pull_ceiling``). Small-file pushes are also compared with the
 same files written durably (hash, temporary file, fsync, rename, directory fsync) by 16
 threads: what the blob service must do for each blob it accepts.
 On S3, transfers are also compared with what the S3 server takes and gives straight from its SDK, in the same
@@ -201,22 +203,38 @@ def raw_baseline(source: Path, work: Path) -> dict[str, float]:
                 out.flush()
                 os.fsync(out.fileno())
             pull_s = time.perf_counter() - started
-            # The transport alone: the same bytes streamed from the server's page cache, discarded.
+            # The transport alone: the same bytes streamed from the server's page cache, discarded; with the
+            # CPU both ends spent on it, which every pull spends too.
             warm_for(work, total)
+            server_cpu, own_cpu = _process_cpu_seconds(process.pid), _own_cpu_seconds()
             started = time.perf_counter()
             for _ in get(stored):
                 pass
             transport_s = time.perf_counter() - started
+            transport_cpu = _process_cpu_seconds(process.pid) - server_cpu + _own_cpu_seconds() - own_cpu
         return {
             "push_MBps": total / MB / push_s,
             "pull_MBps": total / MB / pull_s,
             "pull_transport_MBps": total / MB / transport_s,
+            "pull_transport_cpu_s_per_GB": transport_cpu / (total / 1e9),
         }
     finally:
         process.terminate()
         process.wait()
         shutil.rmtree(work / "raw", ignore_errors=True)
         (work / "raw-back.bin").unlink(missing_ok=True)
+
+
+def pull_ceiling(baseline: dict[str, float], cores: int) -> float:
+    """MB/s a verified pull could reach here if ``cores`` cores did nothing but the work every pulled byte
+    needs: crossing the transport (both ends' CPU, as measured), being hashed once and written into a file
+    once. Nothing else (protobuf framing, the store's read, scheduling) is counted, so no pull reaches it."""
+    cpu_s_per_MB = (
+        baseline["pull_transport_cpu_s_per_GB"] / 1000
+        + 1 / baseline["sha256_MBps_one_core"]
+        + 1 / baseline["file_write_MBps_one_thread"]
+    )
+    return min(baseline["pull_transport_MBps"], cores / cpu_s_per_MB)
 
 
 def sha256_baseline() -> float:
@@ -405,6 +423,7 @@ def bench_store(
         out["a_push_vs_raw_grpc"] = round(out["a_push_MBps"] / baseline["push_MBps"], 3)
         out["a_pull_vs_raw_grpc"] = round(out["a_pull_MBps"] / baseline["pull_MBps"], 3)
         out["a_pull_vs_transport"] = round(out["a_pull_MBps"] / baseline["pull_transport_MBps"], 3)
+        out["a_pull_vs_ceiling"] = round(out["a_pull_MBps"] / baseline["pull_ceiling_MBps"], 3)
         # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
         out["a_pull_vs_sha256_all_cores"] = round(out["a_pull_MBps"] / baseline["sha256_MBps_all_cores"], 3)
         # Writing the bytes alone, on one thread: below the transport on some machines (page cache copies).
@@ -423,6 +442,7 @@ def bench_store(
         out["e_one_file_pull_MBps"] = round(big_total / MB / big_pull_s, 1)
         out["e_one_file_push_vs_raw_grpc"] = round(out["e_one_file_push_MBps"] / baseline["push_MBps"], 3)
         out["e_one_file_pull_vs_transport"] = round(out["e_one_file_pull_MBps"] / baseline["pull_transport_MBps"], 3)
+        out["e_one_file_pull_vs_ceiling"] = round(out["e_one_file_pull_MBps"] / baseline["pull_ceiling_MBps"], 3)
         log(
             f"  {label}: one {big_total >> 20} MiB file: push {out['e_one_file_push_MBps']} MB/s, "
             f"pull {out['e_one_file_pull_MBps']} MB/s"
@@ -524,10 +544,15 @@ def _push_job(metadata_address: str, blob_address: str, folder: str, artifact: s
     ) as client:
         next(client.list_projects("bench", limit=1), None)  # connected before the start line
         ready.wait()
-        began, cpu_before = time.perf_counter(), os.times()
+        began, cpu_before = time.perf_counter(), _own_cpu_seconds()
         client.push(folder, artifact)
-        cpu_after = os.times()
-        return time.perf_counter() - began, (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        return time.perf_counter() - began, _own_cpu_seconds() - cpu_before
+
+
+def _own_cpu_seconds() -> float:
+    """User and system CPU seconds this process has used."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -652,15 +677,23 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     baseline["file_write_MBps_one_thread"] = file_write_baseline(work)
     baseline["file_write_MBps_after_idle"] = file_write_baseline(work, idle_seconds=IDLE_SECONDS)
     baseline["durable_small_file_writes_per_s"] = durable_writes_baseline(work / "many-disk", work)
+    baseline["pull_ceiling_MBps"] = pull_ceiling(baseline, os.cpu_count() or 1)
+    # Below 0.6, the goal of a pull at 0.6 x the transport is beyond what this machine's cores can do.
+    baseline["pull_ceiling_vs_transport"] = baseline["pull_ceiling_MBps"] / baseline["pull_transport_MBps"]
     log(
         f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s "
         f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s, "
         f"sha256 {baseline['sha256_MBps_one_core']:.0f} MB/s per core, "
         f"file writes {baseline['file_write_MBps_one_thread']:.0f} MB/s on one thread "
         f"({baseline['file_write_MBps_after_idle']:.0f} MB/s after {IDLE_SECONDS} s idle), "
-        f"{baseline['durable_small_file_writes_per_s']:.0f} small files/s written durably"
+        f"{baseline['durable_small_file_writes_per_s']:.0f} small files/s written durably; "
+        f"the transport alone costs {baseline['pull_transport_cpu_s_per_GB']:.2f} CPU s per GB, so a verified pull "
+        f"can reach at most {baseline['pull_ceiling_MBps']:.0f} MB/s here "
+        f"({baseline['pull_ceiling_vs_transport']:.2f} x the transport)"
     )
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
+    results["baseline"]["pull_transport_cpu_s_per_GB"] = round(baseline["pull_transport_cpu_s_per_GB"], 2)
+    results["baseline"]["pull_ceiling_vs_transport"] = round(baseline["pull_ceiling_vs_transport"], 3)
     results["disk"] = bench_store("disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline)
     results["disk_concurrent_jobs"] = bench_concurrent_pushers(work, raw_push_MBps=baseline["push_MBps"])
     os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
