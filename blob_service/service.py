@@ -46,6 +46,12 @@ MIN_GC_GRACE = timedelta(hours=1)
 UPLOAD_EXPIRY = timedelta(days=1)
 # While receiving an upload, check this often whether a concurrent upload has published it.
 PUBLISHED_CHECK_EVERY = 64
+# Chunks at least this large are written on another thread while the receiving thread hashes them; below it,
+# handing the write over costs about what running it alongside the hash saves.
+WRITE_ALONGSIDE_HASH_BYTES = 256 << 10
+# Threads writing chunks alongside their hashing, across all streams: more streams than this at once wait for
+# one (they are sharing the cores by then anyway).
+CHUNK_WRITERS = 32
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # The hash of an upload's digest until its last message brings it (write_digest_at_finish), followed by its
@@ -142,6 +148,7 @@ class BlobStore:
         self.upload_expiry = upload_expiry
         self.touch_interval = min(touch_interval, min_gc_grace / 3)
         self._pool = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="blob-io")
+        self._chunk_writers = ThreadPoolExecutor(CHUNK_WRITERS, thread_name_prefix="blob-chunk-writer")
 
     def capabilities(self, max_receive_message_bytes: int, stream_idle_timeout: timedelta | None) -> Capabilities:
         """This store's limits, with the transport's message limit and idle timeout the server applies."""
@@ -268,8 +275,7 @@ class BlobStore:
                         "nothing was stored",
                         Reason.DIGEST_MISMATCH,
                     )
-                hasher.update(chunk.data)
-                upload.append(chunk.data)
+                self._hash_and_append(hasher, upload, chunk.data)
                 if chunk.finish:
                     if chunk.final_digest is not None:
                         upload.digest = chunk.final_digest  # published under it; its partial state keeps its name
@@ -294,6 +300,23 @@ class BlobStore:
             raise _no_room(digest, e, received) from e
         finally:
             upload.close()
+
+    def _hash_and_append(self, hasher: Sha256, upload: PartialUpload, data: bytes) -> None:
+        """Hashes a chunk and appends it to the upload; both done when this returns.
+
+        Both copy every byte (hashlib and the file write release the GIL), so on a backend that allows it a
+        large chunk is written on another thread while this one hashes it: one stream then keeps two cores
+        busy, and a single large file arrives about a tenth faster on two cores.
+        """
+        if not upload.appends_while_hashing or len(data) < WRITE_ALONGSIDE_HASH_BYTES:
+            hasher.update(data)
+            upload.append(data)
+            return
+        appended = self._chunk_writers.submit(upload.append, data)
+        try:
+            hasher.update(data)
+        finally:
+            appended.result()  # raises what the append raised; and nothing touches the upload until it is done
 
     def _restore_hash(self, upload: PartialUpload) -> Sha256:
         if upload.committed_size > upload.digest.size_bytes:

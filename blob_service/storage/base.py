@@ -51,6 +51,10 @@ class PartialUpload(ABC):
     Any process that opens the same upload id continues from ``committed_size``.
     """
 
+    # Whether ``append`` may run on another thread while the service hashes the same bytes: true of a backend
+    # whose append only copies them out (a file write), not of one that reads the hasher's state in it.
+    appends_while_hashing: bool = False
+
     def __init__(self, upload_id: str, digest: Digest) -> None:
         self.upload_id = upload_id
         self.digest = digest

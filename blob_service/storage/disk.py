@@ -145,6 +145,8 @@ class _PackReader(BlobReader):
 
 
 class _DiskUpload(PartialUpload):
+    appends_while_hashing = True
+
     def __init__(self, upload_id: str, digest: Digest, path: Path, root: Path) -> None:
         super().__init__(upload_id, digest)
         self.path = path
