@@ -8,6 +8,8 @@ Measured in one run on the same generated data:
   (c) re-push of the unchanged checkpoint: seconds and bytes sent;
   (d) push of a copy with every tenth file changed: bytes sent against bytes changed;
   (e) push and pull of one 512 MiB file (as torch.save writes a checkpoint);
+      on disk, (a) and (e) run three rounds, each beside a raw round of its own and with content new to the
+      store, and each figure is the median of its rounds (each ratio, of the ratios within each round);
   (f) many jobs at once: 1, 8, 16 and 32 clients (processes, each its own connection) each
       pushing its own 128 MiB checkpoint at the same moment, aggregate MB/s against one
       client alone and against one client pushing the 32 jobs' bytes alone, with the CPU
@@ -37,6 +39,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +63,9 @@ JOB_CHECKPOINT_BYTES = 128 << 20
 WARM_BLOCK = 4 << 20
 # How long memory the guest freed stays its own before the balloon driver hands it back (see warm_memory).
 IDLE_SECONDS = 8
+# Rounds of (a) and (e) on disk, each beside a raw round of its own: the machine's speed drifts within a run (the
+# raw pull was seen at 471 and at 993 MB/s in two runs an hour apart), so a figure is its rounds' median.
+ROUNDS = 3
 
 
 def log(message: str) -> None:
@@ -166,37 +172,61 @@ def raw_server(port: int, directory: str) -> None:
     server.wait_for_termination()
 
 
-def raw_baseline(source: Path, work: Path) -> dict[str, float]:
-    """Streams every byte of ``source`` through one bare gRPC stream into a file and back."""
-    port = free_port()
-    (work / "raw").mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench_transfer", "--raw-server", str(port), str(work / "raw")]
-    )
-    try:
-        wait_serving(f"127.0.0.1:{port}")
+class RawServer:
+    """The bare gRPC server of the raw baselines (``raw_server``), in a process of its own, kept running so
+    that its rounds can alternate with the registry's."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.directory = work / "raw"
+        port = free_port()
+        self.directory.mkdir()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench_transfer", "--raw-server", str(port), str(self.directory)]
+        )
+        try:
+            wait_serving(f"127.0.0.1:{port}")
+        except BaseException:
+            self.close()
+            raise
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)])
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close()
+        self.close()
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def measure(self, source: Path) -> dict[str, float]:
+        """Streams every byte of ``source`` through one bare gRPC stream into a file with sha256 and fsync, back
+        into a file the same way, and back once more to be discarded (the transport alone)."""
         files = sorted(p for p in source.rglob("*") if p.is_file())
         total = sum(p.stat().st_size for p in files)
-        with grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as channel:
-            put = channel.stream_unary("/bench.Raw/Put")
-            get = channel.unary_stream("/bench.Raw/Get")
+        put = self.channel.stream_unary("/bench.Raw/Put")
+        get = self.channel.unary_stream("/bench.Raw/Get")
 
-            def chunks():  # type: ignore[no-untyped-def]
-                for path in files:
-                    with open(path, "rb") as f:
-                        while chunk := f.read(CHUNK):
-                            yield chunk
+        def chunks():  # type: ignore[no-untyped-def]
+            for path in files:
+                with open(path, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        yield chunk
 
-            warm_for(work, total)
-            started = time.perf_counter()
-            stored = put(chunks()).split(b" ")[1]
-            push_s = time.perf_counter() - started
-            warm_for(work, total)
+        pulled = self.work / "raw-back.bin"
+        warm_for(self.work, total)
+        started = time.perf_counter()
+        stored = put(chunks()).split(b" ")[1]
+        push_s = time.perf_counter() - started
+        try:
+            warm_for(self.work, total)
             started = time.perf_counter()
             hasher = hashlib.sha256()
-            with open(work / "raw-back.bin", "wb") as out:
+            with open(pulled, "wb") as out:
                 for chunk in get(stored):
                     hasher.update(chunk)
                     out.write(chunk)
@@ -205,24 +235,22 @@ def raw_baseline(source: Path, work: Path) -> dict[str, float]:
             pull_s = time.perf_counter() - started
             # The transport alone: the same bytes streamed from the server's page cache, discarded; with the
             # CPU both ends spent on it, which every pull spends too.
-            warm_for(work, total)
-            server_cpu, own_cpu = _process_cpu_seconds(process.pid), _own_cpu_seconds()
+            warm_for(self.work, total)
+            server_cpu, own_cpu = _process_cpu_seconds(self.process.pid), _own_cpu_seconds()
             started = time.perf_counter()
             for _ in get(stored):
                 pass
             transport_s = time.perf_counter() - started
-            transport_cpu = _process_cpu_seconds(process.pid) - server_cpu + _own_cpu_seconds() - own_cpu
+            transport_cpu = _process_cpu_seconds(self.process.pid) - server_cpu + _own_cpu_seconds() - own_cpu
+        finally:
+            pulled.unlink(missing_ok=True)
+            (self.directory / stored.decode()).unlink(missing_ok=True)
         return {
             "push_MBps": total / MB / push_s,
             "pull_MBps": total / MB / pull_s,
             "pull_transport_MBps": total / MB / transport_s,
             "pull_transport_cpu_s_per_GB": transport_cpu / (total / 1e9),
         }
-    finally:
-        process.terminate()
-        process.wait()
-        shutil.rmtree(work / "raw", ignore_errors=True)
-        (work / "raw-back.bin").unlink(missing_ok=True)
 
 
 def pull_ceiling(baseline: dict[str, float], cores: int) -> float:
@@ -380,9 +408,69 @@ def change_tenth_and_push(source: Path, copy: Path, client: Registry) -> tuple[i
 # The registry ---------------------------------------------------------------------------------
 
 
+def mark_round(root: Path, number: int) -> None:
+    """Writes a marker naming round ``number`` over the first bytes of every file under ``root``: each round's
+    content is then new to the store, at the same sizes."""
+    marker = f"round-{number:03d}".encode()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with open(path, "r+b") as f:
+            f.write(marker)
+
+
+def checkpoint_figures(push_MBps: float, pull_MBps: float, baseline: dict[str, float]) -> dict[str, float]:
+    """(a): the checkpoint's push and pull, and their ratios to the baselines."""
+    return {
+        "a_push_MBps": push_MBps,
+        "a_pull_MBps": pull_MBps,
+        "a_push_vs_raw_grpc": push_MBps / baseline["push_MBps"],
+        "a_pull_vs_raw_grpc": pull_MBps / baseline["pull_MBps"],
+        "a_pull_vs_transport": pull_MBps / baseline["pull_transport_MBps"],
+        "a_pull_vs_ceiling": pull_MBps / baseline["pull_ceiling_MBps"],
+        # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
+        "a_pull_vs_sha256_all_cores": pull_MBps / baseline["sha256_MBps_all_cores"],
+        # Writing the bytes alone, on one thread: below the transport on some machines (page cache copies).
+        "a_pull_vs_file_write_one_thread": pull_MBps / baseline["file_write_MBps_one_thread"],
+        "a_push_vs_cp": push_MBps / baseline["cp_MBps"],
+        "a_pull_vs_cp": pull_MBps / baseline["cp_MBps"],
+    }
+
+
+def one_file_figures(push_MBps: float, pull_MBps: float, baseline: dict[str, float]) -> dict[str, float]:
+    """(e): one big file's push and pull, as torch.save writes a checkpoint, and their ratios."""
+    return {
+        "e_one_file_push_MBps": push_MBps,
+        "e_one_file_pull_MBps": pull_MBps,
+        "e_one_file_push_vs_raw_grpc": push_MBps / baseline["push_MBps"],
+        "e_one_file_pull_vs_transport": pull_MBps / baseline["pull_transport_MBps"],
+        "e_one_file_pull_vs_ceiling": pull_MBps / baseline["pull_ceiling_MBps"],
+    }
+
+
+def median_of_rounds(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (a ratio's, of the ratios within each round); with several rounds
+    each ratio's rounds too, which show how far the machine drifted during the run."""
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = [figures[key] for figures in rounds]
+        digits = 3 if "_vs_" in key else 1
+        out[key] = round(statistics.median(values), digits)
+        if "_vs_" in key and len(rounds) > 1:
+            out[f"{key}_rounds"] = [round(value, digits) for value in values]
+    return out
+
+
 def bench_store(
-    label: str, store: str, checkpoint: Path, big_file: Path, many: Path, work: Path, baseline: dict[str, float]
+    label: str,
+    store: str,
+    checkpoint: Path,
+    big_file: Path,
+    many: Path,
+    work: Path,
+    baseline: dict[str, float],
+    raw: RawServer | None = None,
 ) -> dict[str, Any]:
+    """(a) to (e) on one store. With ``raw``, (a) and (e) run ``ROUNDS`` times, each round beside a raw round of
+    its own, and report medians."""
     blob = ServiceProcess("mreg.blob_service", ["--store", store]).start()
     metadata = ServiceProcess(
         "mreg.metadata_service", ["--database-url", f"sqlite:///{work / f'{label}.db'}", "--blob-addr", blob.address]
@@ -417,35 +505,41 @@ def bench_store(
             return pushed, push_s, pull_s
 
         total = tree_bytes(checkpoint)
-        pushed, push_s, pull_s = push_then_pull(checkpoint, "checkpoint", "checkpoint")
-        out["a_push_MBps"] = round(total / MB / push_s, 1)
-        out["a_pull_MBps"] = round(total / MB / pull_s, 1)
-        out["a_push_vs_raw_grpc"] = round(out["a_push_MBps"] / baseline["push_MBps"], 3)
-        out["a_pull_vs_raw_grpc"] = round(out["a_pull_MBps"] / baseline["pull_MBps"], 3)
-        out["a_pull_vs_transport"] = round(out["a_pull_MBps"] / baseline["pull_transport_MBps"], 3)
-        out["a_pull_vs_ceiling"] = round(out["a_pull_MBps"] / baseline["pull_ceiling_MBps"], 3)
-        # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
-        out["a_pull_vs_sha256_all_cores"] = round(out["a_pull_MBps"] / baseline["sha256_MBps_all_cores"], 3)
-        # Writing the bytes alone, on one thread: below the transport on some machines (page cache copies).
-        out["a_pull_vs_file_write_one_thread"] = round(out["a_pull_MBps"] / baseline["file_write_MBps_one_thread"], 3)
-        out["a_push_vs_cp"] = round(out["a_push_MBps"] / baseline["cp_MBps"], 3)
-        out["a_pull_vs_cp"] = round(out["a_pull_MBps"] / baseline["cp_MBps"], 3)
+        big_total = tree_bytes(big_file)
+        rounds = ROUNDS if raw is not None else 1
+        figures: list[dict[str, float]] = []
+        for number in range(rounds):
+            # New content each round (the store would find the last round's), the same size and page-cache state.
+            mark_round(checkpoint, number)
+            mark_round(big_file, number)
+            round_baseline = baseline
+            if number and raw is not None:
+                round_baseline = {**baseline, **raw.measure(checkpoint)}
+                round_baseline["pull_ceiling_MBps"] = pull_ceiling(round_baseline, os.cpu_count() or 1)
+            # The last round's push leaves its hash cache for the unchanged re-push of (c).
+            cache = "checkpoint" if number == rounds - 1 else f"checkpoint-{number}"
+            pushed, push_s, pull_s = push_then_pull(checkpoint, "checkpoint", cache)
+            _, big_push_s, big_pull_s = push_then_pull(big_file, "one-big-file", f"big-{number}")
+            figures.append(
+                checkpoint_figures(total / MB / push_s, total / MB / pull_s, round_baseline)
+                | one_file_figures(big_total / MB / big_push_s, big_total / MB / big_pull_s, round_baseline)
+            )
+            if raw is not None:
+                log(
+                    f"  {label}, round {number + 1} of {rounds}: raw gRPC push {round_baseline['push_MBps']:.0f} MB/s, "
+                    f"pull {round_baseline['pull_MBps']:.0f}, transport {round_baseline['pull_transport_MBps']:.0f}; "
+                    f"push {figures[-1]['a_push_MBps']:.0f}, pull {figures[-1]['a_pull_MBps']:.0f}; one file: push "
+                    f"{figures[-1]['e_one_file_push_MBps']:.0f}, pull {figures[-1]['e_one_file_pull_MBps']:.0f}"
+                )
+                out.setdefault("baseline_rounds", []).append(
+                    {key: round(round_baseline[key], 1) for key in ("push_MBps", "pull_MBps", "pull_transport_MBps")}
+                )
+        out.update(median_of_rounds(figures))
         log(
             f"  {label}: push {out['a_push_MBps']} MB/s, pull {out['a_pull_MBps']} MB/s "
-            f"(uploaded {pushed.uploaded_bytes})"
-        )
-
-        # One big file, as torch.save writes a checkpoint.
-        big_total = tree_bytes(big_file)
-        _, big_push_s, big_pull_s = push_then_pull(big_file, "one-big-file", "big")
-        out["e_one_file_push_MBps"] = round(big_total / MB / big_push_s, 1)
-        out["e_one_file_pull_MBps"] = round(big_total / MB / big_pull_s, 1)
-        out["e_one_file_push_vs_raw_grpc"] = round(out["e_one_file_push_MBps"] / baseline["push_MBps"], 3)
-        out["e_one_file_pull_vs_transport"] = round(out["e_one_file_pull_MBps"] / baseline["pull_transport_MBps"], 3)
-        out["e_one_file_pull_vs_ceiling"] = round(out["e_one_file_pull_MBps"] / baseline["pull_ceiling_MBps"], 3)
-        log(
-            f"  {label}: one {big_total >> 20} MiB file: push {out['e_one_file_push_MBps']} MB/s, "
-            f"pull {out['e_one_file_pull_MBps']} MB/s"
+            f"(uploaded {pushed.uploaded_bytes}); one {big_total >> 20} MiB file: push "
+            f"{out['e_one_file_push_MBps']} MB/s, pull {out['e_one_file_pull_MBps']} MB/s"
+            + (f" (medians of {rounds} rounds)" if rounds > 1 else "")
         )
 
         with registry("checkpoint-push-cache") as client:  # the hash cache is warm from the push above
@@ -657,20 +751,10 @@ def bench_concurrent_pushers(
         blob.stop()
 
 
-def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: int = 2_000) -> dict[str, Any]:
-    checkpoint = work / "checkpoint"
-    log("  generating 1 GiB checkpoint and small-file sets")
-    make_checkpoint(checkpoint)
-    big_file = work / "one-big-file"
-    big_file.mkdir()
-    with open(big_file / "model.pt", "wb") as f:
-        rng = random.Random(11)
-        for _ in range(ONE_FILE_BYTES // (16 << 20)):
-            f.write(rng.randbytes(16 << 20))
-    make_many_files(work / "many-disk", small_files_disk)
-    make_many_files(work / "many-s3", small_files_s3)
-    drop_page_cache_hint(work)
-    baseline = raw_baseline(checkpoint, work)
+def bench_disk(
+    work: Path, checkpoint: Path, big_file: Path, baseline: dict[str, float], raw: RawServer
+) -> dict[str, Any]:
+    """The other baselines (added to ``baseline``), then (a) to (e) on local disk."""
     baseline["cp_MBps"] = cp_baseline(checkpoint, work)
     baseline["sha256_MBps_one_core"] = sha256_baseline()
     baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * (os.cpu_count() or 1)
@@ -694,7 +778,28 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
     results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
     results["baseline"]["pull_transport_cpu_s_per_GB"] = round(baseline["pull_transport_cpu_s_per_GB"], 2)
     results["baseline"]["pull_ceiling_vs_transport"] = round(baseline["pull_ceiling_vs_transport"], 3)
-    results["disk"] = bench_store("disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline)
+    results["disk"] = bench_store(
+        "disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline, raw
+    )
+    return results
+
+
+def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: int = 2_000) -> dict[str, Any]:
+    checkpoint = work / "checkpoint"
+    log("  generating 1 GiB checkpoint and small-file sets")
+    make_checkpoint(checkpoint)
+    big_file = work / "one-big-file"
+    big_file.mkdir()
+    with open(big_file / "model.pt", "wb") as f:
+        rng = random.Random(11)
+        for _ in range(ONE_FILE_BYTES // (16 << 20)):
+            f.write(rng.randbytes(16 << 20))
+    make_many_files(work / "many-disk", small_files_disk)
+    make_many_files(work / "many-s3", small_files_s3)
+    drop_page_cache_hint(work)
+    with RawServer(work) as raw:
+        baseline = raw.measure(checkpoint)
+        results = bench_disk(work, checkpoint, big_file, baseline, raw)
     results["disk_concurrent_jobs"] = bench_concurrent_pushers(work, raw_push_MBps=baseline["push_MBps"])
     os.environ["MREG_S3_ACCESS_KEY"] = S3_ACCESS_KEY
     os.environ["MREG_S3_SECRET_KEY"] = S3_SECRET_KEY
