@@ -306,7 +306,7 @@ class BlobStore:
 
         Both copy every byte (hashlib and the file write release the GIL), so on a backend that allows it a
         large chunk is written on another thread while this one hashes it: one stream then keeps two cores
-        busy, and a single large file arrives about a tenth faster on two cores.
+        busy (one 512 MiB file was pushed 7% faster on two cores).
         """
         if not upload.appends_while_hashing or len(data) < WRITE_ALONGSIDE_HASH_BYTES:
             hasher.update(data)
