@@ -417,32 +417,21 @@ def mark_round(root: Path, number: int) -> None:
             f.write(marker)
 
 
-def checkpoint_figures(push_MBps: float, pull_MBps: float, baseline: dict[str, float]) -> dict[str, float]:
-    """(a): the checkpoint's push and pull, and their ratios to the baselines."""
+def push_pull_figures(prefix: str, push_MBps: float, pull_MBps: float, baseline: dict[str, float]) -> dict[str, float]:
+    """A push's and a pull's MB/s, and their ratios to the baselines, under names beginning with ``prefix``."""
     return {
-        "a_push_MBps": push_MBps,
-        "a_pull_MBps": pull_MBps,
-        "a_push_vs_raw_grpc": push_MBps / baseline["push_MBps"],
-        "a_pull_vs_raw_grpc": pull_MBps / baseline["pull_MBps"],
-        "a_pull_vs_transport": pull_MBps / baseline["pull_transport_MBps"],
-        "a_pull_vs_ceiling": pull_MBps / baseline["pull_ceiling_MBps"],
+        f"{prefix}push_MBps": push_MBps,
+        f"{prefix}pull_MBps": pull_MBps,
+        f"{prefix}push_vs_raw_grpc": push_MBps / baseline["push_MBps"],
+        f"{prefix}pull_vs_raw_grpc": pull_MBps / baseline["pull_MBps"],
+        f"{prefix}pull_vs_transport": pull_MBps / baseline["pull_transport_MBps"],
+        f"{prefix}pull_vs_ceiling": pull_MBps / baseline["pull_ceiling_MBps"],
         # The ceiling of a pull that hashes every byte it receives, if hashing had every core to itself.
-        "a_pull_vs_sha256_all_cores": pull_MBps / baseline["sha256_MBps_all_cores"],
+        f"{prefix}pull_vs_sha256_all_cores": pull_MBps / baseline["sha256_MBps_all_cores"],
         # Writing the bytes alone, on one thread: below the transport on some machines (page cache copies).
-        "a_pull_vs_file_write_one_thread": pull_MBps / baseline["file_write_MBps_one_thread"],
-        "a_push_vs_cp": push_MBps / baseline["cp_MBps"],
-        "a_pull_vs_cp": pull_MBps / baseline["cp_MBps"],
-    }
-
-
-def one_file_figures(push_MBps: float, pull_MBps: float, baseline: dict[str, float]) -> dict[str, float]:
-    """(e): one big file's push and pull, as torch.save writes a checkpoint, and their ratios."""
-    return {
-        "e_one_file_push_MBps": push_MBps,
-        "e_one_file_pull_MBps": pull_MBps,
-        "e_one_file_push_vs_raw_grpc": push_MBps / baseline["push_MBps"],
-        "e_one_file_pull_vs_transport": pull_MBps / baseline["pull_transport_MBps"],
-        "e_one_file_pull_vs_ceiling": pull_MBps / baseline["pull_ceiling_MBps"],
+        f"{prefix}pull_vs_file_write_one_thread": pull_MBps / baseline["file_write_MBps_one_thread"],
+        f"{prefix}push_vs_cp": push_MBps / baseline["cp_MBps"],
+        f"{prefix}pull_vs_cp": pull_MBps / baseline["cp_MBps"],
     }
 
 
@@ -521,8 +510,11 @@ def bench_store(
             pushed, push_s, pull_s = push_then_pull(checkpoint, "checkpoint", cache)
             _, big_push_s, big_pull_s = push_then_pull(big_file, "one-big-file", f"big-{number}")
             figures.append(
-                checkpoint_figures(total / MB / push_s, total / MB / pull_s, round_baseline)
-                | one_file_figures(big_total / MB / big_push_s, big_total / MB / big_pull_s, round_baseline)
+                push_pull_figures("a_", total / MB / push_s, total / MB / pull_s, round_baseline)
+                # One big file, as torch.save writes a checkpoint.
+                | push_pull_figures(
+                    "e_one_file_", big_total / MB / big_push_s, big_total / MB / big_pull_s, round_baseline
+                )
             )
             if raw is not None:
                 log(
