@@ -66,6 +66,8 @@ IDLE_SECONDS = 8
 # Rounds of (a) and (e) on disk, each beside a raw round of its own: the machine's speed drifts within a run (the
 # raw pull was seen at 471 and at 993 MB/s in two runs an hour apart), so a figure is its rounds' median.
 ROUNDS = 3
+# The cores the baselines' all-core figures and the pull ceiling count on.
+CORES = os.cpu_count() or 1
 
 
 def log(message: str) -> None:
@@ -253,8 +255,8 @@ class RawServer:
         }
 
 
-def pull_ceiling(baseline: dict[str, float], cores: int) -> float:
-    """MB/s a verified pull could reach here if ``cores`` cores did nothing but the work every pulled byte
+def pull_ceiling(baseline: dict[str, float]) -> float:
+    """MB/s a verified pull could reach here if every core did nothing but the work every pulled byte
     needs: crossing the transport (both ends' CPU, as measured), being hashed once and written into a file
     once. Nothing else (protobuf framing, the store's read, scheduling) is counted, so no pull reaches it."""
     cpu_s_per_MB = (
@@ -262,7 +264,7 @@ def pull_ceiling(baseline: dict[str, float], cores: int) -> float:
         + 1 / baseline["sha256_MBps_one_core"]
         + 1 / baseline["file_write_MBps_one_thread"]
     )
-    return min(baseline["pull_transport_MBps"], cores / cpu_s_per_MB)
+    return min(baseline["pull_transport_MBps"], CORES / cpu_s_per_MB)
 
 
 def sha256_baseline() -> float:
@@ -504,7 +506,7 @@ def bench_store(
             round_baseline = baseline
             if number and raw is not None:
                 round_baseline = {**baseline, **raw.measure(checkpoint)}
-                round_baseline["pull_ceiling_MBps"] = pull_ceiling(round_baseline, os.cpu_count() or 1)
+                round_baseline["pull_ceiling_MBps"] = pull_ceiling(round_baseline)
             # The last round's push leaves its hash cache for the unchanged re-push of (c).
             cache = "checkpoint" if number == rounds - 1 else f"checkpoint-{number}"
             pushed, push_s, pull_s = push_then_pull(checkpoint, "checkpoint", cache)
@@ -749,11 +751,11 @@ def bench_disk(
     """The other baselines (added to ``baseline``), then (a) to (e) on local disk."""
     baseline["cp_MBps"] = cp_baseline(checkpoint, work)
     baseline["sha256_MBps_one_core"] = sha256_baseline()
-    baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * (os.cpu_count() or 1)
+    baseline["sha256_MBps_all_cores"] = baseline["sha256_MBps_one_core"] * CORES
     baseline["file_write_MBps_one_thread"] = file_write_baseline(work)
     baseline["file_write_MBps_after_idle"] = file_write_baseline(work, idle_seconds=IDLE_SECONDS)
     baseline["durable_small_file_writes_per_s"] = durable_writes_baseline(work / "many-disk", work)
-    baseline["pull_ceiling_MBps"] = pull_ceiling(baseline, os.cpu_count() or 1)
+    baseline["pull_ceiling_MBps"] = pull_ceiling(baseline)
     # Below 0.6, the goal of a pull at 0.6 x the transport is beyond what this machine's cores can do.
     baseline["pull_ceiling_vs_transport"] = baseline["pull_ceiling_MBps"] / baseline["pull_transport_MBps"]
     log(
