@@ -25,7 +25,11 @@ threads: what the blob service must do for each blob it accepts.
 On S3, transfers are also compared with what the S3 server takes and gives straight from its SDK, in the same
 run: the checkpoint's files put as multipart uploads (8 files at once, as the client's 8 streams, each the
 SDK's default of 3 parts in flight) and got back, and the small files put and got one request each by 16
-threads (as the blob service's I/O pool).
+threads (as the blob service's I/O pool). The S3 server runs on this machine's cores, so the SDK's put and
+every push also report the CPU seconds per GB each process spent (the S3 server, the blob service, the metadata
+service and the client) and the cores they kept busy together; while both keep every core busy,
+``a_push_vs_s3_put_if_cpu_bound`` is the most a push can reach against that put, however well it overlaps its
+work. The raw push and every disk push report the same CPU figures.
 Every timed transfer and baseline starts right after writing and deleting a scratch file as large as what it
 writes (``warm_memory``): on this virtual machine, memory the kernel left free for a few seconds costs a fault
 per page when written again, which alone halved a pull depending on how long the run had paused before it.
@@ -207,7 +211,8 @@ class RawServer:
 
     def measure(self, source: Path) -> dict[str, float]:
         """Streams every byte of ``source`` through one bare gRPC stream into a file with sha256 and fsync, back
-        into a file the same way, and back once more to be discarded (the transport alone)."""
+        into a file the same way, and back once more to be discarded (the transport alone); with the CPU both
+        ends spent per GB on the push and on the transport."""
         files = sorted(p for p in source.rglob("*") if p.is_file())
         total = sum(p.stat().st_size for p in files)
         put = self.channel.stream_unary("/bench.Raw/Put")
@@ -220,10 +225,13 @@ class RawServer:
                         yield chunk
 
         pulled = self.work / "raw-back.bin"
+        cpu = CpuMeter({"raw_server": self.process.pid}, own="client")
         warm_for(self.work, total)
+        cpu.start()
         started = time.perf_counter()
         stored = put(chunks()).split(b" ")[1]
         push_s = time.perf_counter() - started
+        push_cpu = cpu.figures(total, push_s, "push_")
         try:
             warm_for(self.work, total)
             started = time.perf_counter()
@@ -238,20 +246,21 @@ class RawServer:
             # The transport alone: the same bytes streamed from the server's page cache, discarded; with the
             # CPU both ends spent on it, which every pull spends too.
             warm_for(self.work, total)
-            server_cpu, own_cpu = _process_cpu_seconds(self.process.pid), _own_cpu_seconds()
+            cpu.start()
             started = time.perf_counter()
             for _ in get(stored):
                 pass
             transport_s = time.perf_counter() - started
-            transport_cpu = _process_cpu_seconds(self.process.pid) - server_cpu + _own_cpu_seconds() - own_cpu
+            transport_cpu = cpu.figures(total, transport_s, "pull_transport_")
         finally:
             pulled.unlink(missing_ok=True)
             (self.directory / stored.decode()).unlink(missing_ok=True)
         return {
             "push_MBps": total / MB / push_s,
+            **push_cpu,
             "pull_MBps": total / MB / pull_s,
             "pull_transport_MBps": total / MB / transport_s,
-            "pull_transport_cpu_s_per_GB": transport_cpu / (total / 1e9),
+            **transport_cpu,
         }
 
 
@@ -344,7 +353,8 @@ def cp_baseline(source: Path, work: Path) -> float:
 
 
 def s3_baseline(s3: S3Server, checkpoint: Path, many: Path) -> dict[str, float]:
-    """What the S3 server takes and gives through the minio SDK alone, on a bucket of its own (see the top)."""
+    """What the S3 server takes and gives through the minio SDK alone, on a bucket of its own (see the top),
+    and the CPU its put costs the S3 server and the SDK per GB."""
     client = s3.client()
     bucket = "raw-baseline"
     client.make_bucket(bucket)
@@ -381,8 +391,13 @@ def s3_baseline(s3: S3Server, checkpoint: Path, many: Path) -> dict[str, float]:
             list(pool.map(function, items))
         return time.perf_counter() - started
 
+    assert s3.process is not None
+    cpu = CpuMeter({"s3_server": s3.process.pid}, own="sdk")
+    cpu.start()
+    put_s = timed(put, large, 8)
     return {
-        "s3_put_MBps": large_bytes / MB / timed(put, large, 8),
+        "s3_put_MBps": large_bytes / MB / put_s,
+        **cpu.figures(large_bytes, put_s, "s3_put_"),
         "s3_get_MBps": large_bytes / MB / timed(get, large, 8),
         "s3_small_puts_per_s": len(small) / timed(put_small, small, 16),
         "s3_small_gets_per_s": len(small) / timed(get_small, small, 16),
@@ -443,10 +458,9 @@ def median_of_rounds(rounds: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in rounds[0]:
         values = [figures[key] for figures in rounds]
-        digits = 3 if "_vs_" in key else 1
-        out[key] = round(statistics.median(values), digits)
+        out[key] = rounded(key, statistics.median(values))
         if "_vs_" in key and len(rounds) > 1:
-            out[f"{key}_rounds"] = [round(value, digits) for value in values]
+            out[f"{key}_rounds"] = [rounded(key, value) for value in values]
     return out
 
 
@@ -459,13 +473,19 @@ def bench_store(
     work: Path,
     baseline: dict[str, float],
     raw: RawServer | None = None,
+    store_server_pid: int | None = None,
 ) -> dict[str, Any]:
     """(a) to (e) on one store. With ``raw``, (a) and (e) run ``ROUNDS`` times, each round beside a raw round of
-    its own, and report medians."""
+    its own, and report medians. Pushes report the CPU they cost each process per GB, the store's server's
+    (``store_server_pid``) too."""
     blob = ServiceProcess("mreg.blob_service", ["--store", store]).start()
     metadata = ServiceProcess(
         "mreg.metadata_service", ["--database-url", f"sqlite:///{work / f'{label}.db'}", "--blob-addr", blob.address]
     ).start()
+    assert blob.process is not None and metadata.process is not None
+    processes = {"blob_service": blob.process.pid, "metadata_service": metadata.process.pid}
+    if store_server_pid is not None:
+        processes["s3_server"] = store_server_pid
     out: dict[str, Any] = {}
     try:
 
@@ -479,21 +499,27 @@ def bench_store(
                 parallel=8,
             )
 
-        def push_then_pull(source: Path, artifact: str, cache: str) -> tuple[PushResult, float, float]:
-            """Pushes ``source`` and pulls it back, each through a client with a fresh cache; returns seconds."""
+        def push_then_pull(
+            source: Path, artifact: str, cache: str, prefix: str
+        ) -> tuple[PushResult, float, float, dict[str, float]]:
+            """Pushes ``source`` and pulls it back, each through a client with a fresh cache; returns seconds, and
+            the push's CPU figures under ``prefix``."""
             size = tree_bytes(source)
+            cpu = CpuMeter(processes, own="client")
             with registry(f"{cache}-push-cache") as client:
                 warm_for(work, size)
+                cpu.start()
                 started = time.perf_counter()
                 pushed = client.push(source, artifact)
                 push_s = time.perf_counter() - started
+                push_cpu = cpu.figures(size, push_s, prefix)
             with registry(f"{cache}-pull-cache") as client:
                 warm_for(work, size)
                 started = time.perf_counter()
                 client.pull(artifact, work / f"{label}-{cache}-pulled")
                 pull_s = time.perf_counter() - started
             shutil.rmtree(work / f"{label}-{cache}-pulled")
-            return pushed, push_s, pull_s
+            return pushed, push_s, pull_s, push_cpu
 
         total = tree_bytes(checkpoint)
         big_total = tree_bytes(big_file)
@@ -509,14 +535,18 @@ def bench_store(
                 round_baseline["pull_ceiling_MBps"] = pull_ceiling(round_baseline)
             # The last round's push leaves its hash cache for the unchanged re-push of (c).
             cache = "checkpoint" if number == rounds - 1 else f"checkpoint-{number}"
-            pushed, push_s, pull_s = push_then_pull(checkpoint, "checkpoint", cache)
-            _, big_push_s, big_pull_s = push_then_pull(big_file, "one-big-file", f"big-{number}")
+            pushed, push_s, pull_s, push_cpu = push_then_pull(checkpoint, "checkpoint", cache, "a_push_")
+            _, big_push_s, big_pull_s, big_push_cpu = push_then_pull(
+                big_file, "one-big-file", f"big-{number}", "e_one_file_push_"
+            )
             figures.append(
                 push_pull_figures("a_", total / MB / push_s, total / MB / pull_s, round_baseline)
+                | push_cpu
                 # One big file, as torch.save writes a checkpoint.
                 | push_pull_figures(
                     "e_one_file_", big_total / MB / big_push_s, big_total / MB / big_pull_s, round_baseline
                 )
+                | big_push_cpu
             )
             if raw is not None:
                 log(
@@ -534,6 +564,11 @@ def bench_store(
             f"(uploaded {pushed.uploaded_bytes}); one {big_total >> 20} MiB file: push "
             f"{out['e_one_file_push_MBps']} MB/s, pull {out['e_one_file_pull_MBps']} MB/s"
             + (f" (medians of {rounds} rounds)" if rounds > 1 else "")
+        )
+        log(
+            f"  {label}: the checkpoint's push costs CPU s per GB: "
+            + ", ".join(f"{name} {out[f'a_push_cpu_s_per_GB_{name}']}" for name in (*processes, "client"))
+            + f"; {out['a_push_cpu_s_per_GB']} in all, {out['a_push_cores_busy']} cores busy"
         )
 
         with registry("checkpoint-push-cache") as client:  # the hash cache is warm from the push above
@@ -589,6 +624,11 @@ def bench_store(
             )
         if "s3_put_MBps" in baseline:  # against what the S3 server takes and gives through its SDK alone
             out["a_push_vs_s3_put"] = round(out["a_push_MBps"] / baseline["s3_put_MBps"], 3)
+            # The S3 server shares this machine's cores: while the put and the push both keep every core busy
+            # (their cores_busy), a push reaches at most the put's CPU per GB over its own, however it overlaps.
+            out["a_push_vs_s3_put_if_cpu_bound"] = round(
+                baseline["s3_put_cpu_s_per_GB"] / out["a_push_cpu_s_per_GB"], 3
+            )
             out["a_pull_vs_s3_get"] = round(out["a_pull_MBps"] / baseline["s3_get_MBps"], 3)
             out["e_one_file_push_vs_s3_put"] = round(out["e_one_file_push_MBps"] / baseline["s3_put_MBps"], 3)
             out["b_push_vs_s3_small_puts"] = round(out["b_push_files_per_s"] / baseline["s3_small_puts_per_s"], 3)
@@ -647,6 +687,39 @@ def _process_cpu_seconds(pid: int) -> float:
     """User and system CPU seconds a process has used (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """The CPU a transfer cost: seconds per GB for each process taking part and for this one (``own``), and how
+    many cores they kept busy together, which tells a CPU-bound transfer from one that waits."""
+
+    def __init__(self, processes: dict[str, int], own: str) -> None:
+        self.processes = processes
+        self.own = own
+        self.started: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: _process_cpu_seconds(pid) for name, pid in self.processes.items()} | {
+            self.own: _own_cpu_seconds()
+        }
+
+    def start(self) -> None:
+        self.started = self._now()
+
+    def figures(self, transferred: int, seconds: float, prefix: str) -> dict[str, float]:
+        """Since ``start``, for ``transferred`` bytes in ``seconds``: ``{prefix}cpu_s_per_GB_{name}`` for each,
+        their sum as ``{prefix}cpu_s_per_GB``, and ``{prefix}cores_busy``."""
+        spent = {name: cpu - self.started[name] for name, cpu in self._now().items()}
+        gigabytes = transferred / 1e9
+        return {f"{prefix}cpu_s_per_GB_{name}": cpu / gigabytes for name, cpu in spent.items()} | {
+            f"{prefix}cpu_s_per_GB": sum(spent.values()) / gigabytes,
+            f"{prefix}cores_busy": sum(spent.values()) / seconds,
+        }
+
+
+def rounded(key: str, value: float) -> float:
+    """A figure rounded as the JSON reports it: ratios to 3 digits, CPU figures to 2, rates to 1."""
+    return round(value, 3 if "_vs_" in key else 2 if "cpu_s_per_GB" in key or "cores_busy" in key else 1)
 
 
 @dataclass(frozen=True)
@@ -759,7 +832,8 @@ def bench_disk(
     # Below 0.6, the goal of a pull at 0.6 x the transport is beyond what this machine's cores can do.
     baseline["pull_ceiling_vs_transport"] = baseline["pull_ceiling_MBps"] / baseline["pull_transport_MBps"]
     log(
-        f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s, pull {baseline['pull_MBps']:.0f} MB/s "
+        f"  baselines: raw gRPC push {baseline['push_MBps']:.0f} MB/s ({baseline['push_cpu_s_per_GB']:.2f} CPU s "
+        f"per GB, {baseline['push_cores_busy']:.2f} cores busy), pull {baseline['pull_MBps']:.0f} MB/s "
         f"(transport alone {baseline['pull_transport_MBps']:.0f} MB/s), cp -r {baseline['cp_MBps']:.0f} MB/s, "
         f"sha256 {baseline['sha256_MBps_one_core']:.0f} MB/s per core, "
         f"file writes {baseline['file_write_MBps_one_thread']:.0f} MB/s on one thread "
@@ -769,9 +843,7 @@ def bench_disk(
         f"can reach at most {baseline['pull_ceiling_MBps']:.0f} MB/s here "
         f"({baseline['pull_ceiling_vs_transport']:.2f} x the transport)"
     )
-    results: dict[str, Any] = {"baseline": {k: round(v, 1) for k, v in baseline.items()}}
-    results["baseline"]["pull_transport_cpu_s_per_GB"] = round(baseline["pull_transport_cpu_s_per_GB"], 2)
-    results["baseline"]["pull_ceiling_vs_transport"] = round(baseline["pull_ceiling_vs_transport"], 3)
+    results: dict[str, Any] = {"baseline": {key: rounded(key, value) for key, value in baseline.items()}}
     results["disk"] = bench_store(
         "disk", str(work / "blobs"), checkpoint, big_file, work / "many-disk", work, baseline, raw
     )
@@ -805,12 +877,22 @@ def bench_transfer(work: Path, small_files_disk: int = 10_000, small_files_s3: i
         s3_raw = s3_baseline(s3, checkpoint, work / "many-s3")
         log(
             f"  S3 baselines (minio SDK alone): put {s3_raw['s3_put_MBps']:.0f} MB/s, get {s3_raw['s3_get_MBps']:.0f} "
-            f"MB/s, small files put {s3_raw['s3_small_puts_per_s']:.0f}/s, got {s3_raw['s3_small_gets_per_s']:.0f}/s"
+            f"MB/s, small files put {s3_raw['s3_small_puts_per_s']:.0f}/s, got {s3_raw['s3_small_gets_per_s']:.0f}/s; "
+            f"the put costs the S3 server {s3_raw['s3_put_cpu_s_per_GB_s3_server']:.2f} and the SDK "
+            f"{s3_raw['s3_put_cpu_s_per_GB_sdk']:.2f} CPU s per GB, {s3_raw['s3_put_cores_busy']:.2f} cores busy"
         )
-        results["baseline"].update({k: round(v, 1) for k, v in s3_raw.items()})
+        results["baseline"].update({key: rounded(key, value) for key, value in s3_raw.items()})
         store = s3.store_url("bench")
+        assert s3.process is not None
         results["s3_rclone"] = bench_store(
-            "s3", store, checkpoint, big_file, work / "many-s3", work, {**baseline, **s3_raw}
+            "s3",
+            store,
+            checkpoint,
+            big_file,
+            work / "many-s3",
+            work,
+            {**baseline, **s3_raw},
+            store_server_pid=s3.process.pid,
         )
     finally:
         s3.stop()
