@@ -690,18 +690,20 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """The CPU a transfer cost: seconds per GB for each process taking part and for this one (``own``), and how
-    many cores they kept busy together, which tells a CPU-bound transfer from one that waits."""
+    """The CPU a transfer cost: seconds per GB for each process taking part and for this one (named ``own``, if
+    it takes part), and how many cores they kept busy together, which tells a CPU-bound transfer from one that
+    waits."""
 
-    def __init__(self, processes: dict[str, int], own: str) -> None:
+    def __init__(self, processes: dict[str, int], own: str | None = None) -> None:
         self.processes = processes
         self.own = own
         self.started: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        return {name: _process_cpu_seconds(pid) for name, pid in self.processes.items()} | {
-            self.own: _own_cpu_seconds()
-        }
+        now = {name: _process_cpu_seconds(pid) for name, pid in self.processes.items()}
+        if self.own is not None:
+            now[self.own] = _own_cpu_seconds()
+        return now
 
     def start(self) -> None:
         self.started = self._now()
@@ -752,17 +754,19 @@ def _push_at_once(
         )
         warm_for(work, jobs * job_bytes)
         ready.wait()  # every job connected and waiting
-        service_cpu_before = _process_cpu_seconds(blob.process.pid)
+        # The jobs measure their own CPU, each in its process: this one only waits for them.
+        service = CpuMeter({"blob_service": blob.process.pid})
+        service.start()
         began = time.perf_counter()
         outcomes = pending.get(timeout=1800)
         elapsed = time.perf_counter() - began
-        service_cpu = _process_cpu_seconds(blob.process.pid) - service_cpu_before
+        service_cpu_s_per_GB = service.figures(jobs * job_bytes, elapsed, "")["cpu_s_per_GB"]
     shutil.rmtree(work / name)
     gigabytes = jobs * job_bytes / 1e9
     return JobsAtOnce(
         aggregate_MBps=round(jobs * job_bytes / MB / elapsed, 1),
         slowest_s=round(max(seconds for seconds, _ in outcomes), 2),
-        service_cpu_s_per_GB=round(service_cpu / gigabytes, 2),
+        service_cpu_s_per_GB=round(service_cpu_s_per_GB, 2),
         clients_cpu_s_per_GB=round(sum(cpu for _, cpu in outcomes) / gigabytes, 2),
     )
 
